@@ -1,0 +1,338 @@
+"""The public layers, :class:`GRU` and :class:`GRUCell`.
+
+They own the parameters (in PyTorch's layout and state-dict keys), check
+every argument, build a canonical :class:`~gru.backends.ForwardRequest` and
+hand it to the backend the registry selects.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from gru import _validation as v
+from gru._registry import select_backend
+from gru.backends._base import Backend, ForwardRequest, LayerWeights
+
+Seed = int | np.random.Generator | None
+BackendChoice = str | Backend | None
+
+
+class GateTrace(NamedTuple):
+    """Gate activations of every step: r (reset), z (update), n (candidate).
+
+    For :class:`GRU` each is (num_layers * num_directions, T, B, H), or
+    (num_layers * num_directions, B, T, H) with ``batch_first``, or
+    (num_layers * num_directions, T, H) for unbatched input; entries past a
+    sequence's length are zero. Index ``layer * num_directions + direction``
+    as in ``h_n``. For :class:`GRUCell` each is (B, H) or (H,).
+    """
+
+    r: Any
+    z: Any
+    n: Any
+
+
+def _make_rng(seed: Seed) -> np.random.Generator:
+    if isinstance(seed, np.random.Generator):
+        return seed
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+        raise TypeError(f"seed: expected an int, a numpy.random.Generator or None, got {seed!r}")
+    return np.random.default_rng(seed)
+
+
+class _Recurrent:
+    """Parameters, state dict and dispatch shared by GRU and GRUCell."""
+
+    def __init__(self, input_size, hidden_size, bias, reset_after, dtype, backend, seed):
+        self.input_size = v.check_int(input_size, "input_size", 1)
+        self.hidden_size = v.check_int(hidden_size, "hidden_size", 1)
+        self.bias = v.check_bool(bias, "bias")
+        self.reset_after = v.check_bool(reset_after, "reset_after")
+        self.dtype = v.check_dtype(dtype)
+        if backend is not None and not isinstance(backend, (str, Backend)):
+            raise TypeError(f"backend: expected a backend name, a Backend or None, got {backend!r}")
+        self.backend = backend
+        self._rng = _make_rng(seed)
+        self._params: dict[str, np.ndarray] = {}
+        self._weights: tuple[LayerWeights, ...] | None = None
+        bound = 1.0 / np.sqrt(self.hidden_size)
+        for name, shape in self._parameter_shapes().items():
+            self._params[name] = self._rng.uniform(-bound, bound, shape).astype(self.dtype)
+
+    # -- parameters -----------------------------------------------------------------
+    def _parameter_shapes(self) -> dict[str, tuple[int, ...]]:
+        raise NotImplementedError
+
+    def _weight_keys(self) -> list[tuple[str, str, str | None, str | None]]:
+        """(w_ih, w_hh, b_ih, b_hh) key names per (layer, direction), in request order."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Copies of the parameters under PyTorch's keys (``weight_ih_l0``, ...)."""
+        return {name: value.copy() for name, value in self._params.items()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Replace every parameter; keys, shapes and gate order (r, z, n) as in PyTorch.
+
+        Nothing changes unless every entry is valid.
+        """
+        if not hasattr(state_dict, "keys"):
+            raise TypeError(
+                f"state_dict: expected a mapping of parameter names to arrays, got {type(state_dict).__name__}"
+            )
+        shapes = self._parameter_shapes()
+        missing = [k for k in shapes if k not in state_dict]
+        unexpected = [k for k in state_dict.keys() if k not in shapes]
+        if missing or unexpected:
+            raise ValueError(f"state_dict: keys do not match the layer: missing {missing}, unexpected {unexpected}")
+        loaded = {k: v.canonical_parameter(state_dict[k], k, shape, self.dtype) for k, shape in shapes.items()}
+        self._params = loaded
+        self._weights = None
+
+    def __getattr__(self, name: str) -> np.ndarray:
+        params = self.__dict__.get("_params", {})
+        if name in params:
+            view = params[name].view()
+            view.flags.writeable = False  # change parameters through load_state_dict
+            return view
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def _layer_weights(self) -> tuple[LayerWeights, ...]:
+        if self._weights is None:
+            zeros = np.zeros(3 * self.hidden_size, self.dtype)
+            self._weights = tuple(
+                LayerWeights(
+                    w_ih=self._params[w_ih],
+                    w_hh=self._params[w_hh],
+                    b_ih=self._params[b_ih] if b_ih else zeros,
+                    b_hh=self._params[b_hh] if b_hh else zeros,
+                )
+                for w_ih, w_hh, b_ih, b_hh in self._weight_keys()
+            )
+        return self._weights
+
+
+class GRU(_Recurrent):
+    """A multi-layer GRU, shaped like ``torch.nn.GRU``.
+
+    ``m(x, h0=None, lengths=None)`` returns ``(output, h_n)``:
+
+    * x: (T, B, input_size), (B, T, input_size) with ``batch_first``, or (T, input_size);
+    * h0, h_n: (num_layers * num_directions, B, hidden_size) whatever ``batch_first`` says;
+    * output: (T, B, num_directions * hidden_size) (B first with ``batch_first``);
+    * lengths: one int per sequence (PackedSequence semantics without packing).
+
+    ``reset_after=True`` (default) applies the reset gate to the recurrent
+    product, as the source article and PyTorch do; ``reset_after=False``
+    applies it to h_{t-1} before the product (ONNX's default).
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        *,
+        reset_after: bool = True,
+        dtype: str | np.dtype = "float32",
+        backend: BackendChoice = None,
+        seed: Seed = None,
+    ) -> None:
+        self.num_layers = v.check_int(num_layers, "num_layers", 1)
+        self.batch_first = v.check_bool(batch_first, "batch_first")
+        self.dropout = v.check_probability(dropout, "dropout")
+        self.bidirectional = v.check_bool(bidirectional, "bidirectional")
+        if self.dropout > 0 and self.num_layers == 1:
+            warnings.warn(
+                "dropout > 0 has no effect with num_layers=1: it applies between layers", UserWarning, stacklevel=2
+            )
+        super().__init__(input_size, hidden_size, bias, reset_after, dtype, backend, seed)
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    def _weight_keys(self):
+        keys = []
+        for layer in range(self.num_layers):
+            for suffix in ("", "_reverse")[: self.num_directions]:
+                tag = f"l{layer}{suffix}"
+                keys.append(
+                    (
+                        f"weight_ih_{tag}",
+                        f"weight_hh_{tag}",
+                        f"bias_ih_{tag}" if self.bias else None,
+                        f"bias_hh_{tag}" if self.bias else None,
+                    )
+                )
+        return keys
+
+    def _parameter_shapes(self):
+        H = self.hidden_size
+        shapes = {}
+        for index, (w_ih, w_hh, b_ih, b_hh) in enumerate(self._weight_keys()):
+            layer_input = self.input_size if index < self.num_directions else self.num_directions * H
+            shapes[w_ih] = (3 * H, layer_input)
+            shapes[w_hh] = (3 * H, H)
+            if self.bias:
+                shapes[b_ih] = (3 * H,)
+                shapes[b_hh] = (3 * H,)
+        return shapes
+
+    def __call__(
+        self,
+        x: Any,
+        h0: Any = None,
+        lengths: Any = None,
+        *,
+        return_gates: bool = False,
+        train: bool = False,
+        backend: BackendChoice = None,
+    ) -> tuple[Any, Any] | tuple[Any, Any, GateTrace]:
+        """Run the layer; with ``return_gates=True`` also return a :class:`GateTrace`.
+
+        ``train=True`` applies dropout between layers (masks from the layer's seed).
+        """
+        return_gates = v.check_bool(return_gates, "return_gates")
+        train = v.check_bool(train, "train")
+        x, batched = v.canonical_input(x, input_size=self.input_size, batch_first=self.batch_first, dtype=self.dtype)
+        xp = v.array_module(x)
+        T, B = x.shape[0], x.shape[1]
+        LD, H = self.num_layers * self.num_directions, self.hidden_size
+        h0 = v.canonical_h0(h0, shape=(LD, B, H), batched=batched, dtype=self.dtype, xp=xp)
+        lengths = v.canonical_lengths(lengths, batch=B, seq_len=T, batched=batched)
+
+        request = ForwardRequest(
+            x=x,
+            h0=h0,
+            weights=self._layer_weights(),
+            lengths=lengths,
+            hidden_size=H,
+            num_layers=self.num_layers,
+            num_directions=self.num_directions,
+            reset_after=self.reset_after,
+            return_gates=return_gates,
+            dtype=self.dtype,
+            dropout_masks=self._dropout_masks(T, B) if train else None,
+        )
+        result = select_backend(backend if backend is not None else self.backend, request).forward(request)
+
+        output, h_n = result.output, result.h_n
+        if not batched:
+            output, h_n = output[:, 0], h_n[:, 0]
+        elif self.batch_first:
+            output = output.transpose(1, 0, 2)
+        if not return_gates:
+            return output, h_n
+        gates = result.gates  # (LD, 3, T, B, H)
+        if not batched:
+            gates = gates[:, :, :, 0]
+        elif self.batch_first:
+            gates = gates.transpose(0, 1, 3, 2, 4)
+        return output, h_n, GateTrace(gates[:, 0], gates[:, 1], gates[:, 2])
+
+    def _dropout_masks(self, T: int, B: int) -> tuple[np.ndarray, ...] | None:
+        if self.dropout == 0 or self.num_layers == 1:
+            return None
+        keep = 1.0 - self.dropout
+        shape = (T, B, self.num_directions * self.hidden_size)
+        return tuple(((self._rng.random(shape) < keep) / keep).astype(self.dtype) for _ in range(self.num_layers - 1))
+
+    def __repr__(self) -> str:
+        extra = "".join(
+            f", {name}={getattr(self, name)!r}"
+            for name, default in (
+                ("num_layers", 1),
+                ("bias", True),
+                ("batch_first", False),
+                ("dropout", 0.0),
+                ("bidirectional", False),
+            )
+            if getattr(self, name) != default
+        )
+        return (
+            f"GRU({self.input_size}, {self.hidden_size}{extra}, reset_after={self.reset_after}, dtype={self.dtype!r})"
+        )
+
+
+class GRUCell(_Recurrent):
+    """One GRU step, shaped like ``torch.nn.GRUCell``: ``h1 = cell(x, h0)``.
+
+    x is (B, input_size) or (input_size,); h0 (B, hidden_size) or (hidden_size,),
+    zeros when omitted. State-dict keys: weight_ih, weight_hh, bias_ih, bias_hh.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        *,
+        reset_after: bool = True,
+        dtype: str | np.dtype = "float32",
+        backend: BackendChoice = None,
+        seed: Seed = None,
+    ) -> None:
+        super().__init__(input_size, hidden_size, bias, reset_after, dtype, backend, seed)
+
+    def _weight_keys(self):
+        return [("weight_ih", "weight_hh", "bias_ih" if self.bias else None, "bias_hh" if self.bias else None)]
+
+    def _parameter_shapes(self):
+        H = self.hidden_size
+        shapes = {"weight_ih": (3 * H, self.input_size), "weight_hh": (3 * H, H)}
+        if self.bias:
+            shapes.update(bias_ih=(3 * H,), bias_hh=(3 * H,))
+        return shapes
+
+    def __call__(self, x: Any, h0: Any = None, *, return_gates: bool = False, backend: BackendChoice = None):
+        """One step; with ``return_gates=True`` returns ``(h1, GateTrace)``."""
+        return_gates = v.check_bool(return_gates, "return_gates")
+        x = v.as_float_array(x, "x", self.dtype)
+        if x.ndim not in (1, 2) or x.shape[-1] != self.input_size:
+            raise ValueError(
+                f"x: expected shape (batch, {self.input_size}) or ({self.input_size},), got {tuple(x.shape)}"
+            )
+        batched = x.ndim == 2
+        xp = v.array_module(x)
+        steps = xp.ascontiguousarray(x[None] if batched else x[None, None])  # (1, B, I)
+        B, H = steps.shape[1], self.hidden_size
+        if h0 is not None:
+            h0 = v.as_float_array(h0, "h0", self.dtype)
+            expected = (B, H) if batched else (H,)
+            if tuple(h0.shape) != expected:
+                raise ValueError(f"h0: expected shape {expected}, got {tuple(h0.shape)}")
+            h0 = xp.ascontiguousarray(h0.reshape(1, B, H))
+        else:
+            h0 = xp.zeros((1, B, H), self.dtype)
+        request = ForwardRequest(
+            x=steps,
+            h0=h0,
+            weights=self._layer_weights(),
+            lengths=None,
+            hidden_size=H,
+            num_layers=1,
+            num_directions=1,
+            reset_after=self.reset_after,
+            return_gates=return_gates,
+            dtype=self.dtype,
+        )
+        result = select_backend(backend if backend is not None else self.backend, request).forward(request)
+        h1 = result.h_n[0] if batched else result.h_n[0, 0]
+        if not return_gates:
+            return h1
+        gates = result.gates[0, :, 0] if batched else result.gates[0, :, 0, 0]
+        return h1, GateTrace(gates[0], gates[1], gates[2])
+
+    def __repr__(self) -> str:
+        return (
+            f"GRUCell({self.input_size}, {self.hidden_size}, bias={self.bias}, "
+            f"reset_after={self.reset_after}, dtype={self.dtype!r})"
+        )

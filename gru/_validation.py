@@ -1,0 +1,153 @@
+"""Argument checking, done once for every backend.
+
+Each function turns a user's argument into the canonical form of
+:class:`gru.backends.ForwardRequest` or raises ``TypeError`` / ``ValueError``
+with a message that names the argument, what was expected and what came.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numpy as np
+
+SUPPORTED_DTYPES = ("float32", "float64")
+
+
+def array_module(value: Any) -> Any:
+    """The array module a value belongs to: CuPy for device arrays, else NumPy."""
+    if hasattr(value, "__cuda_array_interface__"):
+        import cupy
+
+        return cupy
+    return np
+
+
+def check_dtype(dtype: Any, name: str = "dtype") -> str:
+    try:
+        canonical = np.dtype(dtype).name
+    except TypeError:
+        raise TypeError(f"{name}: expected one of {SUPPORTED_DTYPES}, got {dtype!r}") from None
+    if canonical not in SUPPORTED_DTYPES:
+        raise TypeError(f"{name}: expected one of {SUPPORTED_DTYPES}, got {canonical}")
+    return canonical
+
+
+def check_int(value: Any, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected an integer >= {minimum}, got {value!r} ({type(value).__name__})")
+    if value < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_bool(value: Any, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected True or False, got {value!r}")
+    return bool(value)
+
+
+def check_probability(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a number in [0, 1), got {value!r}")
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{name}: expected a number in [0, 1), got {value}")
+    return float(value)
+
+
+def as_float_array(value: Any, name: str, dtype: str) -> Any:
+    """``value`` as a NumPy or CuPy array of the layer's ``dtype`` (no silent precision change)."""
+    xp = array_module(value)
+    try:
+        array = xp.asarray(value)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name}: expected an array of {dtype}, got {type(value).__name__} ({exc})") from None
+    if array.dtype.kind != "f":
+        raise TypeError(f"{name}: expected a floating-point array of {dtype}, got dtype {array.dtype}")
+    if array.dtype.name != dtype:
+        raise TypeError(
+            f"{name}: expected dtype {dtype} (the layer's dtype), got {array.dtype}; "
+            f"convert with .astype('{dtype}') or build the layer with dtype='{array.dtype}'"
+        )
+    return array
+
+
+def canonical_input(x: Any, *, input_size: int, batch_first: bool, dtype: str) -> tuple[Any, bool]:
+    """Return x as a contiguous (T, B, I) array and whether the call is batched."""
+    x = as_float_array(x, "x", dtype)
+    if x.ndim not in (2, 3):
+        raise ValueError(f"x: expected a 3-D (seq, batch, feature) array or a 2-D unbatched one, got shape {x.shape}")
+    if x.shape[-1] != input_size:
+        raise ValueError(f"x: expected {input_size} features in the last axis (input_size), got shape {x.shape}")
+    batched = x.ndim == 3
+    if not batched:
+        x = x[:, None, :]
+    elif batch_first:
+        x = x.transpose(1, 0, 2)
+    xp = array_module(x)
+    return xp.ascontiguousarray(x), batched
+
+
+def canonical_h0(h0: Any, *, shape: tuple[int, int, int], batched: bool, dtype: str, xp: Any) -> Any:
+    """Return h0 as a contiguous (L*D, B, H) array; zeros when ``h0`` is None."""
+    if h0 is None:
+        return xp.zeros(shape, dtype)
+    h0 = as_float_array(h0, "h0", dtype)
+    expected = shape if batched else (shape[0], shape[2])
+    if tuple(h0.shape) != expected:
+        what = (
+            "(num_layers * num_directions, batch, hidden_size)"
+            if batched
+            else "(num_layers * num_directions, hidden_size) for unbatched x"
+        )
+        raise ValueError(f"h0: expected shape {expected} {what}, got {tuple(h0.shape)}")
+    if not batched:
+        h0 = h0[:, None, :]
+    return array_module(h0).ascontiguousarray(h0)
+
+
+def canonical_lengths(lengths: Any, *, batch: int, seq_len: int, batched: bool) -> np.ndarray | None:
+    """Return lengths as an int64 host array, or None when every sequence is full."""
+    if lengths is None:
+        return None
+    if hasattr(lengths, "__cuda_array_interface__"):
+        lengths = lengths.get()
+    if not batched and np.ndim(lengths) == 0:
+        lengths = [lengths]
+    try:
+        array = np.asarray(lengths)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"lengths: expected a sequence of {batch} integers, got {type(lengths).__name__} ({exc})"
+        ) from None
+    if array.dtype.kind not in "iu":
+        raise TypeError(f"lengths: expected integers, got dtype {array.dtype} ({lengths!r:.80})")
+    if array.shape != (batch,):
+        raise ValueError(f"lengths: expected {batch} lengths (one per sequence), got shape {array.shape}")
+    if batch and (array.min() < 0 or array.max() > seq_len):
+        raise ValueError(
+            f"lengths: expected values in [0, {seq_len}] (0 <= length <= seq_len), "
+            f"got min {array.min()} and max {array.max()}"
+        )
+    array = array.astype(np.int64)
+    return None if bool(np.all(array == seq_len)) else array
+
+
+def canonical_parameter(value: Any, name: str, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    """A state-dict entry as a fresh contiguous host array of ``shape`` and ``dtype``."""
+    if hasattr(value, "detach"):  # a torch tensor: no autograd, host memory
+        value = value.detach().cpu().numpy()
+    elif hasattr(value, "__cuda_array_interface__"):
+        value = value.get()
+    try:
+        array = np.asarray(value)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"state_dict[{name!r}]: expected an array of shape {shape}, got {type(value).__name__} ({exc})"
+        ) from None
+    if array.dtype.kind not in "fiu" or array.dtype == np.bool_:
+        raise TypeError(f"state_dict[{name!r}]: expected a real numeric array, got dtype {array.dtype}")
+    if array.shape != shape:
+        raise ValueError(f"state_dict[{name!r}]: expected shape {shape}, got {array.shape}")
+    return np.array(array, dtype=dtype, order="C", copy=True)

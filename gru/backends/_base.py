@@ -1,0 +1,243 @@
+"""The backend protocol: what a compute backend receives and must return.
+
+A backend sees only canonical, validated data (see :class:`ForwardRequest`);
+everything a user can get wrong is checked once, in :mod:`gru._validation`,
+before a backend is called. A backend author therefore writes maths, not
+argument checking.
+
+Two ways to write a backend:
+
+* subclass :class:`StackedBackend` and implement :meth:`StackedBackend.run_direction`
+  (one layer, one direction): stacking, bidirectional concatenation and
+  inter-layer dropout are done for you;
+* subclass :class:`Backend` and implement :meth:`Backend.forward` for the whole
+  stack when you want to fuse across layers or directions.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "Backend",
+    "Capabilities",
+    "ForwardRequest",
+    "ForwardResult",
+    "LayerWeights",
+    "StackedBackend",
+    "reverse_padded",
+]
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do; the registry consults it before dispatching.
+
+    ``device`` is where the backend's arrays live ("cpu" for NumPy arrays,
+    "cuda" for CuPy arrays); ``priority`` ranks backends for ``backend="auto"``
+    (higher wins among those that can run a call).
+    """
+
+    dtypes: frozenset[str] = frozenset({"float32", "float64"})
+    reset_after: bool = True
+    reset_before: bool = True
+    lengths: bool = True
+    gates: bool = True
+    training: bool = False
+    device: str = "cpu"
+    priority: int = 0
+
+
+@dataclass(frozen=True, eq=False)
+class LayerWeights:
+    """Parameters of one layer in one direction, in the canonical layout.
+
+    PyTorch's layout: gate blocks of H rows in the order (r, z, n).
+    ``w_ih`` is (3H, I_layer), ``w_hh`` is (3H, H), the biases are (3H,);
+    a layer built with ``bias=False`` gets zero biases. Every array is
+    C-contiguous, of the request's dtype, and must not be modified.
+    Objects compare by identity, so a backend may cache packed weights keyed
+    on them (the layer builds new ones whenever its parameters change).
+    """
+
+    w_ih: Any
+    w_hh: Any
+    b_ih: Any
+    b_hh: Any
+
+
+@dataclass(frozen=True, eq=False)
+class ForwardRequest:
+    """A validated forward call in canonical form.
+
+    * ``x``: (T, B, I) time-major, C-contiguous, ``dtype``.
+    * ``h0``: (num_layers * num_directions, B, H), C-contiguous.
+    * ``weights``: one :class:`LayerWeights` per (layer, direction),
+      index ``layer * num_directions + direction`` (direction 1 is reverse).
+    * ``lengths``: ``None`` when every sequence has length T, else an int64
+      NumPy array (B,) with 0 <= lengths[b] <= T.
+    * ``dropout_masks``: ``None``, or one (T, B, D*H) array per layer boundary
+      (``num_layers - 1`` of them), already scaled by 1 / (1 - p), to multiply
+      into the output of every layer but the last.
+    """
+
+    x: Any
+    h0: Any
+    weights: tuple[LayerWeights, ...]
+    lengths: np.ndarray | None
+    hidden_size: int
+    num_layers: int
+    num_directions: int
+    reset_after: bool
+    return_gates: bool
+    dtype: str
+    dropout_masks: tuple[Any, ...] | None = None
+    threads: int | None = None
+
+    @property
+    def seq_len(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def batch_size(self) -> int:
+        return self.x.shape[1]
+
+
+@dataclass
+class ForwardResult:
+    """What :meth:`Backend.forward` returns.
+
+    * ``output``: (T, B, D*H), zeros at steps past a sequence's length;
+    * ``h_n``: (num_layers * D, B, H), the state at each sequence's last valid step;
+    * ``gates``: when requested, (num_layers * D, 3, T, B, H) holding r, z, n
+      (zeros past a sequence's length), else ``None``.
+    """
+
+    output: Any
+    h_n: Any
+    gates: Any = None
+
+
+class Backend(abc.ABC):
+    """Base class of every backend.
+
+    Subclasses set :attr:`capabilities`, may override :meth:`available`
+    (cheap, import heavy dependencies here and not at module import) and must
+    implement :meth:`forward`.
+    """
+
+    #: set by the registry to the name the backend was registered under
+    name: str = ""
+    capabilities: Capabilities = Capabilities()
+
+    def available(self) -> bool | str:
+        """True when the backend can run on this machine, else a reason."""
+        return True
+
+    def supports(self, request: ForwardRequest) -> bool | str:
+        """True when this backend can run ``request``, else a reason."""
+        caps = self.capabilities
+        if request.dtype not in caps.dtypes:
+            return f"dtype {request.dtype} is not one of {sorted(caps.dtypes)}"
+        if request.reset_after and not caps.reset_after:
+            return "reset_after=True is not supported"
+        if not request.reset_after and not caps.reset_before:
+            return "reset_after=False (reset-before) is not supported"
+        if request.lengths is not None and not caps.lengths:
+            return "variable lengths are not supported"
+        if request.return_gates and not caps.gates:
+            return "return_gates=True is not supported"
+        return True
+
+    @abc.abstractmethod
+    def forward(self, request: ForwardRequest) -> ForwardResult:
+        """Run the whole stack of layers on ``request``."""
+
+    def __repr__(self) -> str:
+        return f"<gru backend {self.name or type(self).__name__!r}>"
+
+
+class StackedBackend(Backend):
+    """A backend that only implements one layer in one direction.
+
+    :meth:`forward` runs the layers in order, the directions of a layer on
+    the same input, concatenates them and applies dropout masks between layers.
+    ``xp`` is the array module the backend's arrays belong to.
+    """
+
+    xp: Any = np
+
+    @abc.abstractmethod
+    def run_direction(
+        self,
+        x: Any,
+        h0: Any,
+        weights: LayerWeights,
+        lengths: np.ndarray | None,
+        *,
+        reverse: bool,
+        reset_after: bool,
+        output: Any,
+        h_n: Any,
+        gates: Any | None,
+    ) -> None:
+        """Run one direction of one layer, writing into the given buffers.
+
+        ``x`` is (T, B, I_layer); ``h0`` is (B, H). Write the hidden state of
+        every step into ``output`` (T, B, H; a strided view, arriving filled
+        with zeros: leave steps past a sequence's length at zero), the last
+        valid state into ``h_n`` (B, H) and, when ``gates`` is not None, the
+        gate activations into it (3, T, B, H, zeros). ``reverse`` runs each
+        sequence from its own last valid step back to step 0.
+        """
+
+    def forward(self, request: ForwardRequest) -> ForwardResult:
+        xp = self.xp
+        T, B = request.seq_len, request.batch_size
+        H, D = request.hidden_size, request.num_directions
+        dtype = request.dtype
+        h_n = xp.empty_like(request.h0)
+        gates = xp.zeros((request.num_layers * D, 3, T, B, H), dtype) if request.return_gates else None
+        layer_input = request.x
+        for layer in range(request.num_layers):
+            output = xp.zeros((T, B, D * H), dtype)
+            for direction in range(D):
+                k = layer * D + direction
+                self.run_direction(
+                    layer_input,
+                    request.h0[k],
+                    request.weights[k],
+                    request.lengths,
+                    reverse=direction == 1,
+                    reset_after=request.reset_after,
+                    output=output[:, :, direction * H : (direction + 1) * H],
+                    h_n=h_n[k],
+                    gates=None if gates is None else gates[k],
+                )
+            if request.dropout_masks is not None and layer < request.num_layers - 1:
+                output *= request.dropout_masks[layer]
+            layer_input = output
+        return ForwardResult(output=layer_input, h_n=h_n, gates=gates)
+
+
+def reverse_padded(a: Any, lengths: np.ndarray | None, axis: int = 0, xp: Any = np) -> Any:
+    """Reverse each sequence of ``a`` in time within its own length.
+
+    ``a`` has time on ``axis`` and batch on ``axis + 1``. Step s of sequence b
+    becomes step ``lengths[b] - 1 - s``; steps past the length stay where they
+    are. The mapping is its own inverse, so the same call undoes it. This lets
+    a backend run the reverse direction as a forward one.
+    """
+    if lengths is None:
+        return xp.flip(a, axis=axis)
+    T, B = a.shape[axis], a.shape[axis + 1]
+    steps = xp.arange(T)[:, None]
+    lens = xp.asarray(lengths)[None, :]
+    index = xp.where(steps < lens, lens - 1 - steps, steps)  # (T, B)
+    shape = [1] * a.ndim
+    shape[axis], shape[axis + 1] = T, B
+    return xp.take_along_axis(a, index.reshape(shape), axis=axis)

@@ -1,0 +1,57 @@
+"""Helpers shared by the conformance tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gru
+from gru.testing.oracle import oracle_forward
+
+#: float32 results within this absolute distance of the float64 oracle on unit-scale data
+TOLERANCE = {"float32": 1e-5, "float64": 1e-12}
+DTYPES = ("float32", "float64")
+
+
+def require(
+    backend_name: str, *, dtype: str = "float64", reset_after: bool = True, lengths: bool = False, gates: bool = False
+):
+    """Skip the test when the backend declares it does not support what it needs."""
+    caps = gru.get_backend(backend_name).capabilities
+    if dtype not in caps.dtypes:
+        pytest.skip(f"{backend_name} does not support {dtype}")
+    if not reset_after and not caps.reset_before:
+        pytest.skip(f"{backend_name} does not support reset_after=False")
+    if reset_after and not caps.reset_after:
+        pytest.skip(f"{backend_name} does not support reset_after=True")
+    if lengths and not caps.lengths:
+        pytest.skip(f"{backend_name} does not support variable lengths")
+    if gates and not caps.gates:
+        pytest.skip(f"{backend_name} does not support return_gates")
+
+
+def to_numpy(a) -> np.ndarray:
+    """Host copy of a backend's result (NumPy or CuPy)."""
+    return a.get() if hasattr(a, "__cuda_array_interface__") else np.asarray(a)
+
+
+def assert_close(actual, expected, dtype: str, what: str) -> None:
+    actual = to_numpy(actual)
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape}, expected {expected.shape}"
+    assert actual.dtype == np.dtype(dtype), f"{what}: dtype {actual.dtype}, expected {dtype}"
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=TOLERANCE[dtype], err_msg=what)
+
+
+def oracle_for(layer: gru.GRU, x_tbi: np.ndarray, h0=None, lengths=None, dropout_masks=None):
+    """The oracle's answer for ``layer`` on time-major input."""
+    return oracle_forward(
+        x_tbi,
+        layer.state_dict(),
+        num_layers=layer.num_layers,
+        bidirectional=layer.bidirectional,
+        reset_after=layer.reset_after,
+        h0=h0,
+        lengths=lengths,
+        bias=layer.bias,
+        dropout_masks=dropout_masks,
+    )

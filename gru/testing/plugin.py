@@ -1,0 +1,51 @@
+"""pytest plugin: ``--gru-backend NAME`` picks the backend(s) the conformance suite runs on.
+
+Registered through the ``pytest11`` entry point so the option exists however
+the suite is invoked (``pytest --pyargs gru.testing``). Every test that takes
+the ``backend_name`` fixture runs once per selected backend; without the
+option, once per available backend.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("gru")
+    group.addoption(
+        "--gru-backend",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="run the gru conformance suite on this backend (repeatable; default: every available backend)",
+    )
+
+
+def selected_backends(config: pytest.Config) -> list[str]:
+    import gru
+
+    chosen = config.getoption("--gru-backend")
+    if chosen:
+        for name in chosen:
+            try:
+                gru.get_backend(name)
+            except gru.BackendError as exc:
+                raise pytest.UsageError(f"--gru-backend {name}: {exc}") from None
+        return list(chosen)
+    return [info.name for info in gru.list_backends() if info.available]
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    import gru
+
+    lines = []
+    for info in gru.list_backends():
+        state = "available" if info.available else f"unavailable: {info.reason}"
+        lines.append(f"gru backend {info.name}: {state}")
+    return lines
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend_name" in metafunc.fixturenames:
+        metafunc.parametrize("backend_name", selected_backends(metafunc.config))

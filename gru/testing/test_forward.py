@@ -1,0 +1,113 @@
+"""The forward pass over the full feature matrix, against the float64 oracle."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gru
+from gru.testing._support import DTYPES, assert_close, oracle_for, require
+
+T, B, I, H = 6, 4, 3, 5
+MIXED_LENGTHS = [T, 0, 3, 1]  # full, empty, partial, one step; unsorted
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("num_layers", [1, 2, 3])
+@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@pytest.mark.parametrize("lengths", [None, MIXED_LENGTHS], ids=["full", "lengths"])
+@pytest.mark.parametrize("with_h0", [False, True], ids=["zero_h0", "h0"])
+@pytest.mark.parametrize("batch_first", [False, True], ids=["tbi", "bti"])
+def test_matches_oracle(
+    backend_name, dtype, bias, bidirectional, num_layers, reset_after, lengths, with_h0, batch_first
+):
+    require(backend_name, dtype=dtype, reset_after=reset_after, lengths=lengths is not None, gates=True)
+    seed = hash((bias, bidirectional, num_layers, reset_after, with_h0, batch_first)) % 2**32
+    rng = np.random.default_rng(seed)
+    layer = gru.GRU(
+        I,
+        H,
+        num_layers,
+        bias=bias,
+        batch_first=batch_first,
+        bidirectional=bidirectional,
+        reset_after=reset_after,
+        dtype=dtype,
+        backend=backend_name,
+        seed=rng,
+    )
+    D = layer.num_directions
+    x_tbi = rng.standard_normal((T, B, I)).astype(dtype)
+    h0 = rng.standard_normal((num_layers * D, B, H)).astype(dtype) if with_h0 else None
+
+    x = np.ascontiguousarray(x_tbi.transpose(1, 0, 2)) if batch_first else x_tbi
+    output, h_n, gates = layer(x, h0, lengths, return_gates=True)
+    expected_output, expected_h_n, expected_gates = oracle_for(layer, x_tbi, h0, lengths)
+
+    if batch_first:
+        expected_output = expected_output.transpose(1, 0, 2)
+        expected_gates = expected_gates.transpose(0, 1, 3, 2, 4)
+    assert_close(output, expected_output, dtype, "output")
+    assert_close(h_n, expected_h_n, dtype, "h_n")
+    for g, name in enumerate("rzn"):
+        assert_close(getattr(gates, name), expected_gates[:, g], dtype, f"gate {name}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+def test_without_gates_gives_the_same_answer(backend_name, dtype, reset_after):
+    require(backend_name, dtype=dtype, reset_after=reset_after, lengths=True)
+    rng = np.random.default_rng(1)
+    layer = gru.GRU(I, H, 2, bidirectional=True, reset_after=reset_after, dtype=dtype, backend=backend_name, seed=rng)
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    output, h_n = layer(x, lengths=MIXED_LENGTHS)
+    expected_output, expected_h_n, _ = oracle_for(layer, x, lengths=MIXED_LENGTHS)
+    assert_close(output, expected_output, dtype, "output")
+    assert_close(h_n, expected_h_n, dtype, "h_n")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_lengths_zero_keeps_h0_and_zero_output(backend_name, dtype):
+    require(backend_name, dtype=dtype, lengths=True)
+    rng = np.random.default_rng(2)
+    layer = gru.GRU(I, H, 2, bidirectional=True, dtype=dtype, backend=backend_name, seed=3)
+    x = rng.standard_normal((T, 2, I)).astype(dtype)
+    h0 = rng.standard_normal((4, 2, H)).astype(dtype)
+    output, h_n = layer(x, h0, lengths=[0, 0])
+    assert np.all(np.asarray(output) == 0)
+    np.testing.assert_array_equal(np.asarray(h_n), h0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+def test_dropout_in_training_uses_the_layers_generator(backend_name, dtype, reset_after):
+    """train=True multiplies masks drawn from the layer's generator, in layer order, into the
+    output of every layer but the last: ``gen.random((T, B, D*H)) < 1 - p``, scaled by 1 / (1 - p)."""
+    require(backend_name, dtype=dtype, reset_after=reset_after)
+    p, L = 0.4, 3
+    generator = np.random.default_rng(11)
+    layer = gru.GRU(
+        I,
+        H,
+        L,
+        dropout=p,
+        bidirectional=True,
+        reset_after=reset_after,
+        dtype=dtype,
+        backend=backend_name,
+        seed=generator,
+    )
+    x = np.random.default_rng(4).standard_normal((T, B, I)).astype(dtype)
+    twin = np.random.default_rng()
+    twin.bit_generator.state = generator.bit_generator.state
+    masks = [((twin.random((T, B, 2 * H)) < 1 - p) / (1 - p)).astype(dtype) for _ in range(L - 1)]
+
+    output, h_n = layer(x, train=True)
+    expected_output, expected_h_n, _ = oracle_for(layer, x, dropout_masks=masks)
+    assert_close(output, expected_output, dtype, "output with dropout")
+    assert_close(h_n, expected_h_n, dtype, "h_n with dropout")
+
+    inference_output, _ = layer(x)  # inference ignores dropout
+    assert_close(inference_output, oracle_for(layer, x)[0], dtype, "output in inference")

@@ -40,6 +40,8 @@ def _make_rng(seed: Seed) -> np.random.Generator:
         return seed
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
         raise TypeError(f"seed: expected an int, a numpy.random.Generator or None, got {seed!r}")
+    if seed is not None and seed < 0:
+        raise ValueError(f"seed: expected a non-negative int, got {seed}")
     return np.random.default_rng(seed)
 
 
@@ -99,6 +101,12 @@ class _Recurrent:
             view.flags.writeable = False  # change parameters through load_state_dict
             return view
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # assigning would only shadow the parameter: the layer would go on computing with the old one
+        if name in self.__dict__.get("_params", {}):
+            raise AttributeError(f"{name}: parameters are read-only; change them with load_state_dict")
+        super().__setattr__(name, value)
 
     def _layer_weights(self) -> tuple[LayerWeights, ...]:
         if self._weights is None:
@@ -195,13 +203,19 @@ class GRU(_Recurrent):
         return_gates: bool = False,
         train: bool = False,
         backend: BackendChoice = None,
+        threads: int | None = None,
     ) -> tuple[Any, Any] | tuple[Any, Any, GateTrace]:
         """Run the layer; with ``return_gates=True`` also return a :class:`GateTrace`.
 
-        ``train=True`` applies dropout between layers (masks from the layer's seed).
+        ``train=True`` applies dropout between layers: masks are drawn from the
+        layer's generator (``seed``), one per layer boundary in layer order, as
+        ``gen.random((T, B, D*H)) < 1 - dropout``, scaled by 1 / (1 - dropout).
+        ``threads`` caps the threads of backends that use them (None: the
+        backend's default).
         """
         return_gates = v.check_bool(return_gates, "return_gates")
         train = v.check_bool(train, "train")
+        threads = None if threads is None else v.check_int(threads, "threads", 1)
         x, batched = v.canonical_input(x, input_size=self.input_size, batch_first=self.batch_first, dtype=self.dtype)
         xp = v.array_module(x)
         T, B = x.shape[0], x.shape[1]
@@ -221,6 +235,7 @@ class GRU(_Recurrent):
             return_gates=return_gates,
             dtype=self.dtype,
             dropout_masks=self._dropout_masks(T, B) if train else None,
+            threads=threads,
         )
         result = select_backend(backend if backend is not None else self.backend, request).forward(request)
 

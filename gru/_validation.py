@@ -25,6 +25,8 @@ def array_module(value: Any) -> Any:
 
 
 def check_dtype(dtype: Any, name: str = "dtype") -> str:
+    if dtype is None:  # np.dtype(None) is float64, which would silently differ from the float32 default
+        raise TypeError(f"{name}: expected one of {SUPPORTED_DTYPES}, got None")
     try:
         canonical = np.dtype(dtype).name
     except TypeError:
@@ -121,6 +123,8 @@ def canonical_lengths(lengths: Any, *, batch: int, seq_len: int, batched: bool) 
         raise TypeError(
             f"lengths: expected a sequence of {batch} integers, got {type(lengths).__name__} ({exc})"
         ) from None
+    if array.size == 0 and array.dtype == np.float64:  # np.asarray([]) is float64: no value, no wrong type
+        array = array.astype(np.int64)
     if array.dtype.kind not in "iu":
         raise TypeError(f"lengths: expected integers, got dtype {array.dtype} ({lengths!r:.80})")
     if array.shape != (batch,):

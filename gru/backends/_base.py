@@ -184,6 +184,7 @@ class StackedBackend(Backend):
         output: Any,
         h_n: Any,
         gates: Any | None,
+        threads: int | None,
     ) -> None:
         """Run one direction of one layer, writing into the given buffers.
 
@@ -192,7 +193,9 @@ class StackedBackend(Backend):
         with zeros: leave steps past a sequence's length at zero), the last
         valid state into ``h_n`` (B, H) and, when ``gates`` is not None, the
         gate activations into it (3, T, B, H, zeros). ``reverse`` runs each
-        sequence from its own last valid step back to step 0.
+        sequence from its own last valid step back to step 0. ``threads`` is
+        the call's thread request (None: the backend's default); a backend
+        that does not thread ignores it.
         """
 
     def forward(self, request: ForwardRequest) -> ForwardResult:
@@ -217,6 +220,7 @@ class StackedBackend(Backend):
                     output=output[:, :, direction * H : (direction + 1) * H],
                     h_n=h_n[k],
                     gates=None if gates is None else gates[k],
+                    threads=request.threads,
                 )
             if request.dropout_masks is not None and layer < request.num_layers - 1:
                 output *= request.dropout_masks[layer]

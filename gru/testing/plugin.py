@@ -22,17 +22,27 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-def selected_backends(config: pytest.Config) -> list[str]:
+def pytest_configure(config: pytest.Config) -> None:
+    """Check ``--gru-backend`` names once, before collection, with one clear error."""
+    chosen = config.getoption("--gru-backend", default=None)
+    if not chosen:
+        return
     import gru
 
+    for name in chosen:
+        try:
+            gru.get_backend(name)
+        except gru.BackendError as exc:
+            raise pytest.UsageError(f"--gru-backend {name}: {exc}") from None
+
+
+def selected_backends(config: pytest.Config) -> list[str]:
+    """The backends the suite runs on: the ``--gru-backend`` ones, else every available one."""
     chosen = config.getoption("--gru-backend")
     if chosen:
-        for name in chosen:
-            try:
-                gru.get_backend(name)
-            except gru.BackendError as exc:
-                raise pytest.UsageError(f"--gru-backend {name}: {exc}") from None
         return list(chosen)
+    import gru
+
     return [info.name for info in gru.list_backends() if info.available]
 
 

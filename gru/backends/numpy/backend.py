@@ -35,7 +35,9 @@ class NumpyBackend(StackedBackend):
 
     capabilities = Capabilities(priority=0)
 
-    def run_direction(self, x, h0, weights: LayerWeights, lengths, *, reverse, reset_after, output, h_n, gates):
+    def run_direction(
+        self, x, h0, weights: LayerWeights, lengths, *, reverse, reset_after, output, h_n, gates, threads
+    ):
         T, B, _ = x.shape
         if reverse:
             x = reverse_padded(x, lengths)

@@ -1,0 +1,270 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Compiled GRU recurrence: one layer, one direction, the whole time loop without the GIL.
+
+Work split: T threads are started once per call (an OpenMP parallel region)
+and each owns a contiguous slice of hidden units. A thread computes the input
+projection of its units for every step (one GEMM per gate over all T*B rows),
+then, per step, the recurrent products of its units (its rows of W_hh stay in
+its own cache across steps) and the fused gate pass, and meets the others at
+one barrier (two for reset-before, whose candidate needs the whole r ⊙ h).
+BLAS is called single-threaded from each thread: the caller limits BLAS
+threads so the two never oversubscribe the cores.
+
+Sequences are processed in order of decreasing length (``order``) so that the
+live ones form a prefix: finished sequences cost nothing.
+"""
+
+from cython.parallel cimport parallel
+from libc.string cimport memcpy
+from scipy.linalg.cython_blas cimport dgemm, dgemv, sgemm, sgemv
+
+ctypedef fused floating:
+    float
+    double
+
+cdef extern from "gru_math.h" nogil:
+    void gru_barrier()
+    int gru_max_threads()
+    int gru_num_threads()
+    int gru_has_openmp()
+    void gru_gates_after_f(int n, int stride, const float* gx, const float* gh, const float* b_hh, const float* h_old,
+                           float* h_new, float* out, float* r_out, float* z_out, float* n_out)
+    void gru_gates_after_d(int n, int stride, const double* gx, const double* gh, const double* b_hh,
+                           const double* h_old, double* h_new, double* out, double* r_out, double* z_out,
+                           double* n_out)
+    void gru_reset_before_f(int n, const float* gx, const float* gh, const float* b_hh, const float* h_old,
+                            float* r_out, float* rh)
+    void gru_reset_before_d(int n, const double* gx, const double* gh, const double* b_hh, const double* h_old,
+                            double* r_out, double* rh)
+    void gru_gates_before_f(int n, int stride, const float* gx, const float* gh, const float* b_hh,
+                            const float* h_old, float* h_new, float* out, float* z_out, float* n_out)
+    void gru_gates_before_d(int n, int stride, const double* gx, const double* gh, const double* b_hh,
+                            const double* h_old, double* h_new, double* out, double* z_out, double* n_out)
+
+
+# Thread ids without cython.parallel.threadid(), whose use in a parallel
+# block makes Cython add per-thread bookkeeping we do not need.
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    static inline int gru_thread_id(void) { return omp_get_thread_num(); }
+    #else
+    static inline int gru_thread_id(void) { return 0; }
+    #endif
+    """
+    int gru_thread_id() nogil
+
+
+def max_threads() -> int:
+    """Threads OpenMP would use now (OMP_NUM_THREADS, threadpoolctl limits)."""
+    return gru_max_threads()
+
+
+def has_openmp() -> bool:
+    return bool(gru_has_openmp())
+
+
+cdef inline void gates_after(int n, int stride, const floating* gx, const floating* gh, const floating* b_hh,
+                             const floating* h_old, floating* h_new, floating* out,
+                             floating* r_out, floating* z_out, floating* n_out) noexcept nogil:
+    if floating is float:
+        gru_gates_after_f(n, stride, gx, gh, b_hh, h_old, h_new, out, r_out, z_out, n_out)
+    else:
+        gru_gates_after_d(n, stride, gx, gh, b_hh, h_old, h_new, out, r_out, z_out, n_out)
+
+
+cdef inline void reset_before(int n, const floating* gx, const floating* gh, const floating* b_hh,
+                              const floating* h_old, floating* r_out, floating* rh) noexcept nogil:
+    if floating is float:
+        gru_reset_before_f(n, gx, gh, b_hh, h_old, r_out, rh)
+    else:
+        gru_reset_before_d(n, gx, gh, b_hh, h_old, r_out, rh)
+
+
+cdef inline void gates_before(int n, int stride, const floating* gx, const floating* gh, const floating* b_hh,
+                              const floating* h_old, floating* h_new, floating* out,
+                              floating* z_out, floating* n_out) noexcept nogil:
+    if floating is float:
+        gru_gates_before_f(n, stride, gx, gh, b_hh, h_old, h_new, out, z_out, n_out)
+    else:
+        gru_gates_before_d(n, stride, gx, gh, b_hh, h_old, h_new, out, z_out, n_out)
+
+
+cdef inline void matmul_t(int m, int n, int k, const floating* a, int lda, const floating* w, int ldw,
+                          floating beta, floating* c, int ldc) noexcept nogil:
+    """Row-major C[m, n] = A[m, k] @ W[n, k]^T + beta C, through column-major BLAS.
+
+    A row-major matrix is its transpose in column-major order, so this is
+    C^T = W A^T: gemm('T', 'N') with the operands swapped (gemv when m == 1).
+    """
+    cdef char trans = b'T'
+    cdef char notrans = b'N'
+    cdef int one_i = 1
+    cdef floating one = 1
+    if m <= 0 or n <= 0:
+        return
+    if m == 1:
+        if floating is float:
+            sgemv(&trans, &k, &n, &one, <float*>w, &ldw, <float*>a, &one_i, &beta, c, &one_i)
+        else:
+            dgemv(&trans, &k, &n, &one, <double*>w, &ldw, <double*>a, &one_i, &beta, c, &one_i)
+    else:
+        if floating is float:
+            sgemm(&trans, &notrans, &n, &m, &k, &one, <float*>w, &ldw, <float*>a, &lda, &beta, c, &ldc)
+        else:
+            dgemm(&trans, &notrans, &n, &m, &k, &one, <double*>w, &ldw, <double*>a, &lda, &beta, c, &ldc)
+
+
+# OpenBLAS multiplies products of up to about a million multiply-adds with
+# kernels that skip its packing step; at small batch that is ~3x faster per
+# step than one large call, so the per-step products are cut to that size.
+cdef enum:
+    SMALL_PRODUCT = 1000000
+
+
+cdef inline void matmul_t_small(int m, int n, int k, const floating* a, int lda, const floating* w, int ldw,
+                                floating* c, int ldc) noexcept nogil:
+    """C = A W^T like matmul_t (beta = 0), as column blocks that each stay a small product."""
+    cdef int block = n
+    cdef int start = 0
+    if m > 1 and <long long>m * n * k > SMALL_PRODUCT:
+        block = max(16, <int>(SMALL_PRODUCT // (<long long>m * k)) // 16 * 16)
+    while start < n:
+        matmul_t(m, min(block, n - start), k, a, lda, w + <Py_ssize_t>start * ldw, ldw, 0, c + start, ldc)
+        start += block
+
+
+cdef void thread_body(
+    int T, int B, int I, int H, int steps,
+    const floating* x, const floating* w_ih, const floating* b_ih,
+    const floating* w_hh, const floating* b_hh,
+    const long long* lengths, const long long* order,
+    bint reverse, bint reset_after,
+    floating* gx, floating* gh, floating* rh, floating* h_a, floating* h_b, floating* scratch,
+    floating* out, Py_ssize_t out_t, Py_ssize_t out_b,
+    floating* h_n, floating* gates,
+) noexcept nogil:
+    """Everything one thread does; every thread passes the same barriers."""
+    # unit slices of whole cache lines (16 values), from the team OpenMP really gave us
+    cdef int team = gru_num_threads()
+    cdef int unit_chunk = ((H + team - 1) // team + 15) // 16 * 16
+    cdef int u0 = min(gru_thread_id() * unit_chunk, H)
+    cdef int u1 = min(u0 + unit_chunk, H)
+    cdef int nu = u1 - u0
+    cdef int G = 3 * H
+    cdef Py_ssize_t M = <Py_ssize_t>T * B
+    cdef Py_ssize_t plane = M * H  # one gate's block in ``gates``
+    cdef int g, s, i, t, live, seq, products
+    cdef Py_ssize_t row
+    cdef floating* h_prev = h_a
+    cdef floating* h_next = h_b
+    cdef floating* swap
+    cdef floating* gx_row
+    cdef floating* r_out
+    cdef floating* z_out
+    cdef floating* n_out
+
+    # Input projection of this thread's units, every step at once: gx = x W_ih^T + b_ih.
+    if nu > 0:
+        for row in range(M):
+            for g in range(3):
+                memcpy(gx + row * G + g * H + u0, b_ih + g * H + u0, nu * sizeof(floating))
+        for g in range(3):
+            matmul_t(<int>M, nu, I, x, I, w_ih + <Py_ssize_t>(g * H + u0) * I, I, 1, gx + g * H + u0, G)
+
+    products = 3 if reset_after else 2  # reset-before computes W_hn (r h) once r is known
+    live = B
+    for s in range(steps):
+        while live > 0 and lengths[live - 1] <= s:
+            live -= 1
+        if nu > 0:
+            for g in range(products):
+                matmul_t_small(live, nu, H, h_prev, H, w_hh + <Py_ssize_t>(g * H + u0) * H, H, gh + g * H + u0, G)
+        if not reset_after:
+            if nu > 0:
+                for i in range(live):
+                    t = <int>(lengths[i] - 1 - s) if reverse else s
+                    gx_row = gx + (<Py_ssize_t>t * B + order[i]) * G + u0
+                    r_out = gates + (<Py_ssize_t>t * B + order[i]) * H + u0 if gates != NULL else scratch + u0
+                    reset_before(nu, gx_row, gh + i * G + u0, b_hh + u0, h_prev + i * H + u0, r_out, rh + i * H + u0)
+            gru_barrier()  # every thread's part of r ⊙ h_{t-1} is written
+            if nu > 0:
+                matmul_t_small(live, nu, H, rh, H, w_hh + <Py_ssize_t>(2 * H + u0) * H, H, gh + 2 * H + u0, G)
+        if nu > 0:
+            for i in range(live):
+                seq = <int>order[i]
+                t = <int>(lengths[i] - 1 - s) if reverse else s
+                gx_row = gx + (<Py_ssize_t>t * B + seq) * G + u0
+                if gates != NULL:
+                    r_out = gates + (<Py_ssize_t>t * B + seq) * H + u0
+                else:
+                    r_out = scratch + u0
+                z_out = r_out + plane if gates != NULL else scratch + H + u0
+                n_out = z_out + plane if gates != NULL else scratch + 2 * H + u0
+                if reset_after:
+                    gates_after(nu, H, gx_row, gh + i * G + u0, b_hh + u0, h_prev + i * H + u0, h_next + i * H + u0,
+                                out + t * out_t + seq * out_b + u0, r_out, z_out, n_out)
+                else:
+                    gates_before(nu, H, gx_row, gh + i * G + u0, b_hh + u0, h_prev + i * H + u0, h_next + i * H + u0,
+                                 out + t * out_t + seq * out_b + u0, z_out, n_out)
+                if lengths[i] == s + 1:  # this sequence ends here: its final state
+                    memcpy(h_n + seq * H + u0, h_next + i * H + u0, nu * sizeof(floating))
+        gru_barrier()  # h_t is complete; it becomes h_{t-1}
+        swap = h_prev
+        h_prev = h_next
+        h_next = swap
+
+
+def run_direction(
+    const floating[:, :, ::1] x,
+    const floating[:, ::1] w_ih,
+    const floating[::1] b_ih,
+    const floating[:, ::1] w_hh,
+    const floating[::1] b_hh,
+    const long long[::1] lengths,
+    const long long[::1] order,
+    bint reverse,
+    bint reset_after,
+    floating[:, :, :] output,
+    floating[:, ::1] h_n,
+    floating[:, :, :, ::1] gates,
+    floating[:, ::1] workspace,
+    int threads,
+):
+    """Run one layer in one direction; see the module docstring.
+
+    ``lengths`` is sorted in decreasing order and ``order[i]`` is the batch
+    index of the i-th longest sequence; ``h_n`` arrives holding h0 and
+    ``output``/``gates`` arrive filled with zeros. ``workspace`` is scratch
+    of (T*B + 2*B + 1, 3H), laid out below.
+    """
+    cdef int T = x.shape[0], B = x.shape[1], I = x.shape[2], H = w_hh.shape[1]
+    cdef int G = 3 * H
+    cdef int steps = <int>lengths[0] if B > 0 else 0
+    cdef int i, u
+    if T == 0 or B == 0:
+        return
+    threads = max(1, min(threads, (H + 15) // 16))  # at least 16 units per thread
+
+    cdef floating* gx = &workspace[0, 0]
+    cdef floating* gh = gx + <Py_ssize_t>T * B * G
+    cdef floating* rh = gh + <Py_ssize_t>B * G
+    cdef floating* h_a = rh + <Py_ssize_t>B * H
+    cdef floating* h_b = h_a + <Py_ssize_t>B * H
+    cdef floating* scratch = h_b + <Py_ssize_t>B * H  # gate values nobody asked for (3H)
+    cdef floating* gates_ptr = NULL
+    if gates is not None:
+        gates_ptr = &gates[0, 0, 0, 0]
+    cdef floating* out = &output[0, 0, 0]
+    cdef Py_ssize_t out_t = output.strides[0] // sizeof(floating)
+    cdef Py_ssize_t out_b = output.strides[1] // sizeof(floating)
+
+    with nogil:
+        for i in range(B):  # the state, in order of decreasing length
+            for u in range(H):
+                h_a[i * H + u] = h_n[order[i], u]
+        with parallel(num_threads=threads):
+            thread_body(T, B, I, H, steps, &x[0, 0, 0], &w_ih[0, 0], &b_ih[0], &w_hh[0, 0], &b_hh[0],
+                        &lengths[0], &order[0], reverse, reset_after, gx, gh, rh, h_a, h_b, scratch,
+                        out, out_t, out_b, &h_n[0, 0], gates_ptr)

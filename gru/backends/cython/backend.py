@@ -1,0 +1,99 @@
+"""Cython CPU backend: the time loop runs in compiled code without the GIL.
+
+See ``_kernels.pyx`` for the algorithm. This module prepares the canonical
+request for it: thread count, sequence order, scratch memory, BLAS threads.
+
+Threads: ``threads=`` on the call, else the ``GRU_NUM_THREADS`` environment
+variable, else what OpenMP would use (``OMP_NUM_THREADS``, or a
+``threadpoolctl`` limit in force). BLAS is kept to one thread while the
+backend's own threads run, so the two never oversubscribe the cores.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+
+from gru.backends._base import Capabilities, LayerWeights, StackedBackend
+
+THREADS_ENV_VAR = "GRU_NUM_THREADS"
+
+
+class CythonBackend(StackedBackend):
+    """Compiled CPU backend; every feature, float32 and float64."""
+
+    capabilities = Capabilities(priority=100)
+
+    def __init__(self) -> None:
+        self._kernels = None
+        self._blas_controller = None
+        self._lock = threading.Lock()
+
+    def available(self) -> bool | str:
+        try:
+            from gru.backends.cython import _kernels
+        except ImportError as exc:
+            return f"the compiled extension is missing ({exc}); reinstall gru from source with a C compiler"
+        self._kernels = _kernels
+        return True
+
+    def thread_count(self, requested: int | None) -> int:
+        """Resolve the number of threads for one call."""
+        if requested is not None:
+            return requested
+        from_env = os.environ.get(THREADS_ENV_VAR)
+        if from_env:
+            try:
+                return max(1, int(from_env))
+            except ValueError:
+                raise ValueError(f"{THREADS_ENV_VAR}: expected a positive integer, got {from_env!r}") from None
+        return self._kernels.max_threads()
+
+    def _single_threaded_blas(self):
+        """A context in which BLAS uses one thread (threadpoolctl), built once."""
+        with self._lock:
+            if self._blas_controller is None:
+                from threadpoolctl import ThreadpoolController
+
+                self._blas_controller = ThreadpoolController()
+        return self._blas_controller.limit(limits=1, user_api="blas")
+
+    def forward(self, request):
+        if self._kernels is None:
+            self.available()
+        with self._single_threaded_blas():
+            return super().forward(request)
+
+    def run_direction(
+        self, x, h0, weights: LayerWeights, lengths, *, reverse, reset_after, output, h_n, gates, threads
+    ):
+        T, B, _ = x.shape
+        H = h0.shape[-1]
+        h_n[...] = h0
+        if T == 0 or B == 0:
+            return
+        if lengths is None:
+            order = np.arange(B, dtype=np.int64)
+            sorted_lengths = np.full(B, T, dtype=np.int64)
+        else:
+            order = np.argsort(-lengths, kind="stable").astype(np.int64)
+            sorted_lengths = np.ascontiguousarray(lengths[order])
+        workspace = np.empty((T * B + 2 * B + 1, 3 * H), x.dtype)  # gx, gh, r*h and two states, gate scratch
+        self._kernels.run_direction(
+            x,
+            weights.w_ih,
+            weights.b_ih,
+            weights.w_hh,
+            weights.b_hh,
+            sorted_lengths,
+            order,
+            reverse,
+            reset_after,
+            output,
+            h_n,
+            gates,
+            workspace,
+            self.thread_count(threads),
+        )

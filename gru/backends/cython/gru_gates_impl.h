@@ -1,0 +1,58 @@
+/* The fused gate pass for one sequence and a contiguous run of n hidden units,
+ * written once for REAL = float and REAL = double (included twice by
+ * gru_math.h with REAL, SFX, SIGMOID and TANH defined).
+ *
+ * Gate blocks are (r, z, n), `stride` values apart: gx and gh point at the
+ * r-entry of the first unit, so gx[u], gx[stride + u], gx[2 * stride + u] are
+ * its r, z, n pre-activations. `restrict` lets the compiler vectorise.
+ * The gate activations are always stored (to r_out, z_out, n_out: scratch
+ * when the caller does not want them) so that each loop is one straight
+ * body the compiler vectorises.
+ */
+
+/* reset-after: n = tanh(x_n + r * (W_hn h + b_hn)); h_t goes to h_new and out */
+static inline void GRU_NAME(gru_gates_after)(
+    int n, int stride, const REAL *restrict gx, const REAL *restrict gh, const REAL *restrict b_hh,
+    const REAL *restrict h_old, REAL *restrict h_new, REAL *restrict out,
+    REAL *restrict r_out, REAL *restrict z_out, REAL *restrict n_out) {
+    for (int u = 0; u < n; u++) {
+        const REAL r = SIGMOID(gx[u] + gh[u] + b_hh[u]);
+        const REAL z = SIGMOID(gx[stride + u] + gh[stride + u] + b_hh[stride + u]);
+        const REAL c = TANH(gx[2 * stride + u] + r * (gh[2 * stride + u] + b_hh[2 * stride + u]));
+        const REAL h = (1 - z) * c + z * h_old[u];
+        h_new[u] = h;
+        out[u] = h;
+        r_out[u] = r;
+        z_out[u] = z;
+        n_out[u] = c;
+    }
+}
+
+/* reset-before, first half: r = sigmoid(x_r + W_hr h + b_hr) to r_out,
+ * and r * h_{t-1} to rh for the candidate's product */
+static inline void GRU_NAME(gru_reset_before)(
+    int n, const REAL *restrict gx, const REAL *restrict gh, const REAL *restrict b_hh,
+    const REAL *restrict h_old, REAL *restrict r_out, REAL *restrict rh) {
+    for (int u = 0; u < n; u++) {
+        const REAL r = SIGMOID(gx[u] + gh[u] + b_hh[u]);
+        r_out[u] = r;
+        rh[u] = r * h_old[u];
+    }
+}
+
+/* reset-before, second half, once W_hn (r * h) is in gh's n block:
+ * n = tanh(x_n + W_hn (r * h) + b_hn) */
+static inline void GRU_NAME(gru_gates_before)(
+    int n, int stride, const REAL *restrict gx, const REAL *restrict gh, const REAL *restrict b_hh,
+    const REAL *restrict h_old, REAL *restrict h_new, REAL *restrict out,
+    REAL *restrict z_out, REAL *restrict n_out) {
+    for (int u = 0; u < n; u++) {
+        const REAL z = SIGMOID(gx[stride + u] + gh[stride + u] + b_hh[stride + u]);
+        const REAL c = TANH(gx[2 * stride + u] + gh[2 * stride + u] + b_hh[2 * stride + u]);
+        const REAL h = (1 - z) * c + z * h_old[u];
+        h_new[u] = h;
+        out[u] = h;
+        z_out[u] = z;
+        n_out[u] = c;
+    }
+}

@@ -1,0 +1,197 @@
+"""The ``gru`` command: ``backends``, ``demo`` and ``conformance``."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from importlib.metadata import EntryPoint, entry_points
+
+import numpy as np
+import pytest
+
+import gru
+from gru import _registry
+from gru.backends.numpy import NumpyBackend
+from gru.cli import main
+
+# one row of `gru demo`: backend, dtype, max |diff|, time
+DEMO_ROW = re.compile(r"^(\S+)\s+(float32|float64)\s+(\S+)\s+(\S+)$")
+TOLERANCE = {"float32": 1e-5, "float64": 1e-10}
+
+
+@pytest.fixture(autouse=True)
+def fresh_registry(monkeypatch):
+    monkeypatch.delenv("GRU_BACKEND", raising=False)
+    _registry.refresh()
+    yield
+    _registry.refresh()
+
+
+def numpy_entry_point() -> EntryPoint:
+    return next(ep for ep in entry_points(group="gru.backends") if ep.name == "numpy" and ep.dist.name == "gru")
+
+
+def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "GRU_BACKEND"}
+    return subprocess.run(
+        [sys.executable, "-m", "gru.cli", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
+
+
+def backend_rows(text: str) -> dict[str, list[str]]:
+    """`gru backends` rows by name: [available, device, priority, details]."""
+    lines = text.splitlines()
+    assert lines[0].split()[:4] == ["backend", "available", "device", "priority"]
+    rows = {}
+    for line in lines[1:]:
+        if line.strip().startswith("note:"):
+            continue
+        name, available, device, priority, details = line.split(maxsplit=4)
+        rows[name] = [available, device, priority, details]
+    return rows
+
+
+def demo_rows(text: str) -> list[tuple[str, str, float]]:
+    rows = []
+    for line in text.splitlines():
+        match = DEMO_ROW.match(line.strip())
+        if match:
+            rows.append((match[1], match[2], float(match[3])))
+    return rows
+
+
+# -- gru backends -----------------------------------------------------------------------------
+
+
+def test_backends_lists_numpy(capsys):
+    assert main(["backends"]) == 0
+    out = capsys.readouterr().out
+    rows = backend_rows(out)
+    assert rows["numpy"][:3] == ["yes", "cpu", "0"]
+    assert "gru.backends.numpy:NumpyBackend" in rows["numpy"][3]
+    assert set(rows) == {info.name for info in gru.list_backends()}
+
+
+def test_backends_explains_broken_and_duplicate_plugins(capsys, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "gru_cli_broken_plugin.py").write_text("raise ImportError('libfoo.so.1 not found')\n")
+    broken = EntryPoint(name="broken", value="gru_cli_broken_plugin:Plugin", group="gru.backends")
+    twin = EntryPoint(name="numpy", value="gru_cli_broken_plugin:Other", group="gru.backends")
+    with pytest.warns(RuntimeWarning, match="registered twice"):
+        _registry.refresh(entry_points_override=[numpy_entry_point(), broken, twin])
+    try:
+        assert main(["backends"]) == 0
+    finally:
+        sys.modules.pop("gru_cli_broken_plugin", None)
+    out = capsys.readouterr().out
+    rows = backend_rows(out)
+    assert rows["broken"][:3] == ["no", "-", "-"]
+    assert "ImportError: libfoo.so.1 not found" in rows["broken"][3]
+    assert rows["numpy"][0] == "yes"
+    notes = [line.strip() for line in out.splitlines() if line.strip().startswith("note:")]
+    assert len(notes) == 1 and "gru_cli_broken_plugin:Other" in notes[0]
+
+
+def test_backends_in_a_subprocess():
+    proc = run_cli("backends", timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    rows = backend_rows(proc.stdout)
+    assert rows["numpy"][:3] == ["yes", "cpu", "0"]
+    assert "entry point 'gru.backends.numpy:NumpyBackend' of gru" in rows["numpy"][3]
+
+
+# -- gru demo ---------------------------------------------------------------------------------
+
+
+def test_demo_reports_agreement(capsys):
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    assert "max |diff|" in out
+    rows = demo_rows(out)
+    available = [info for info in gru.list_backends() if info.available]
+    expected = {(info.name, dtype) for info in available for dtype in info.capabilities.dtypes}
+    assert {(name, dtype) for name, dtype, _ in rows} == expected
+    assert ("numpy", "float64", 0.0) in rows  # the reference against itself
+    for name, dtype, diff in rows:
+        assert 0.0 <= diff < TOLERANCE[dtype], (name, dtype, diff)
+    numpy32 = next(diff for name, dtype, diff in rows if (name, dtype) == ("numpy", "float32"))
+    assert 0.0 < numpy32  # float32 rounding shows: the diff is really measured
+
+
+class OffByALittle(NumpyBackend):
+    """A wrong backend: the demo must show its disagreement."""
+
+    def forward(self, request):
+        result = super().forward(request)
+        result.output = result.output + 1e-3
+        return result
+
+
+def test_demo_shows_disagreement_and_unavailable_backends(capsys, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "gru_cli_gpu_plugin.py").write_text(
+        "from gru.backends.numpy import NumpyBackend\n"
+        "class Plugin(NumpyBackend):\n"
+        "    def available(self):\n"
+        "        return 'no GPU here'\n"
+    )
+    gpu = EntryPoint(name="gpu", value="gru_cli_gpu_plugin:Plugin", group="gru.backends")
+    _registry.refresh(entry_points_override=[numpy_entry_point(), gpu])
+    gru.register_backend("wrong", OffByALittle)
+    try:
+        assert main(["demo", "--seed", "3"]) == 0
+    finally:
+        sys.modules.pop("gru_cli_gpu_plugin", None)
+    out = capsys.readouterr().out
+    assert re.search(r"^gpu\s+unavailable: no GPU here$", out, re.MULTILINE)
+    diffs = {(name, dtype): diff for name, dtype, diff in demo_rows(out)}
+    assert set(diffs) == {("numpy", "float32"), ("numpy", "float64"), ("wrong", "float32"), ("wrong", "float64")}
+    assert diffs["numpy", "float64"] == 0.0
+    for dtype in ("float32", "float64"):
+        np.testing.assert_allclose(diffs["wrong", dtype], 1e-3, rtol=1e-2)
+
+
+def test_demo_seed_changes_the_lengths(capsys):
+    _registry.refresh(entry_points_override=[numpy_entry_point()])
+
+    def lengths(seed):
+        assert main(["demo", "--seed", str(seed)]) == 0
+        return re.search(r"lengths (\[.*\])", capsys.readouterr().out)[1]
+
+    assert lengths(0) == lengths(0)
+    assert lengths(0) != lengths(1)
+
+
+# -- gru conformance --------------------------------------------------------------------------
+
+
+def test_conformance_passes_on_numpy():
+    proc = run_cli("conformance", "numpy", "-x", "-q", "-k", "golden")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "passed" in proc.stdout or re.search(r"^\.+", proc.stdout, re.MULTILINE)  # tests ran (rc 5 if none)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="gru/cli.py bug: argparse gives the words after '--' to the backend names (nargs='+'), "
+    "so they reach pytest as --gru-backend values",
+)
+def test_conformance_passes_pytest_args_after_double_dash():
+    proc = run_cli("conformance", "numpy", "--", "-x", "-q", "-k", "golden")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_conformance_unknown_backend_fails():
+    proc = run_cli("conformance", "nosuchbackend", timeout=60)
+    assert proc.returncode != 0
+    assert "nosuchbackend" in proc.stdout + proc.stderr
+
+
+def test_unknown_command_and_missing_command_exit_with_usage(capsys):
+    for argv in (["nosuchcommand"], []):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2
+        assert "usage: gru" in capsys.readouterr().err

@@ -1,0 +1,104 @@
+"""The Cython backend's own concerns: threads, BLAS limits, sizes the conformance suite keeps small."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gru
+from gru.testing._support import oracle_for
+
+try:
+    gru.get_backend("cython")
+except gru.BackendError as exc:  # pragma: no cover - only without a compiler
+    pytest.skip(f"cython backend unavailable: {exc}", allow_module_level=True)
+
+from threadpoolctl import threadpool_info, threadpool_limits
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 5])
+@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@pytest.mark.parametrize("batch", [1, 5])
+def test_thread_counts_split_hidden_units_correctly(threads, reset_after, batch):
+    """H = 72 splits into several 16-unit slices (one partial): every split must match the oracle."""
+    rng = np.random.default_rng(threads * 10 + batch)
+    layer = gru.GRU(9, 72, 2, bidirectional=True, reset_after=reset_after, dtype="float64", backend="cython", seed=rng)
+    x = rng.standard_normal((11, batch, 9))
+    lengths = rng.integers(0, 12, batch)
+    h0 = rng.standard_normal((4, batch, 72))
+    output, h_n, gates = layer(x, h0, lengths, threads=threads, return_gates=True)
+    expected_output, expected_h_n, expected_gates = oracle_for(layer, x, h0, lengths)
+    np.testing.assert_allclose(output, expected_output, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(h_n, expected_h_n, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(gates.n, expected_gates[:, 2], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("batch", [3, 70])
+def test_large_products_cut_into_small_blocks_stay_exact(batch):
+    """B * H * H above a million multiply-adds takes the blocked path of the per-step product."""
+    rng = np.random.default_rng(batch)
+    layer = gru.GRU(8, 160, dtype="float64", backend="cython", seed=rng)
+    x = rng.standard_normal((3, batch, 8))
+    output, h_n = layer(x, threads=2)
+    expected_output, expected_h_n, _ = oracle_for(layer, x)
+    np.testing.assert_allclose(output, expected_output, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(h_n, expected_h_n, rtol=0, atol=1e-12)
+
+
+def test_float32_with_many_units_stays_within_tolerance():
+    rng = np.random.default_rng(3)
+    layer = gru.GRU(64, 256, dtype="float32", backend="cython", seed=rng)
+    x = rng.standard_normal((20, 4, 64)).astype("float32")
+    output, _ = layer(x)
+    expected, _, _ = oracle_for(layer, x)
+    np.testing.assert_allclose(output, expected, rtol=0, atol=1e-5)
+
+
+def test_thread_count_does_not_change_float64_results_beyond_rounding():
+    rng = np.random.default_rng(4)
+    layer = gru.GRU(16, 96, dtype="float64", backend="cython", seed=rng)
+    x = rng.standard_normal((30, 2, 16))
+    one = layer(x, threads=1)[0]
+    for threads in (2, 4):
+        np.testing.assert_allclose(layer(x, threads=threads)[0], one, rtol=0, atol=1e-13)
+
+
+def test_blas_thread_limit_is_restored_after_a_call():
+    def blas_threads():
+        return sorted(info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas")
+
+    layer = gru.GRU(8, 32, backend="cython", seed=0)
+    x = np.zeros((4, 2, 8), "float32")
+    layer(x)  # loads BLAS
+    before = blas_threads()
+    layer(x)
+    assert blas_threads() == before
+
+
+def test_threadpoolctl_limit_and_environment_variable_are_respected(monkeypatch):
+    backend = gru.get_backend("cython")
+    with threadpool_limits(limits=1, user_api="openmp"):
+        assert backend.thread_count(None) == 1
+    monkeypatch.setenv("GRU_NUM_THREADS", "3")
+    assert backend.thread_count(None) == 3
+    assert backend.thread_count(2) == 2  # the call's argument wins
+    monkeypatch.setenv("GRU_NUM_THREADS", "many")
+    with pytest.raises(ValueError, match="GRU_NUM_THREADS"):
+        backend.thread_count(None)
+
+
+def test_threads_argument_is_validated():
+    layer = gru.GRU(4, 8, backend="cython", seed=0)
+    x = np.zeros((2, 1, 4), "float32")
+    with pytest.raises(ValueError, match="threads"):
+        layer(x, threads=0)
+    with pytest.raises(TypeError, match="threads"):
+        layer(x, threads=1.5)
+
+
+def test_read_only_inputs_are_accepted():
+    layer = gru.GRU(4, 20, backend="cython", seed=0)
+    x = np.random.default_rng(0).standard_normal((5, 2, 4)).astype("float32")
+    x.flags.writeable = False
+    expected = gru.GRU(4, 20, backend="numpy", seed=0)(x)[0]
+    np.testing.assert_allclose(layer(x)[0], expected, rtol=0, atol=1e-5)

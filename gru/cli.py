@@ -76,9 +76,24 @@ def main(argv: list[str] | None = None) -> int:
     demo.set_defaults(run=_demo)
     conformance = sub.add_parser("conformance", help="run the conformance suite on backends (pytest)")
     conformance.add_argument("backend", nargs="+", help="backend name(s)")
-    conformance.add_argument("pytest_args", nargs=argparse.REMAINDER, help="extra pytest arguments after --")
+    conformance.epilog = "Arguments after -- go to pytest, e.g. gru conformance mine -- -x -k golden"
     conformance.set_defaults(run=_conformance)
+    from gru import bench as bench_module  # light: its optional dependencies load only when a run needs them
+
+    bench = sub.add_parser(
+        "bench",
+        help="time the CPU backends against torch.nn.GRU and ONNX Runtime (see benchmarks/README.md)",
+        description="Time the package's CPU backends against torch.nn.GRU and ONNX Runtime's GRU.",
+    )
+    bench_module.add_arguments(bench)
+    bench.set_defaults(run=bench_module.run_from_args)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pytest_args = []
+    if "--" in argv:  # everything after it belongs to pytest (gru conformance NAME -- -x)
+        split = argv.index("--")
+        argv, pytest_args = argv[:split], argv[split + 1 :]
     args = parser.parse_args(argv)
+    args.pytest_args = pytest_args
     return args.run(args)
 
 

@@ -1,0 +1,150 @@
+"""The CPU benchmark (gru.bench) on a tiny shape: report structure, peers, and the agreement check."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import gru
+from gru import bench
+from gru.cli import main as cli_main
+
+TINY = bench.Case(input_size=8, hidden_size=16, batch=2, steps=5)
+
+
+@pytest.fixture(autouse=True)
+def _restore_thread_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``gru bench`` sets OMP_NUM_THREADS and friends; undo it after each test."""
+    for var in bench._THREAD_ENV:
+        monkeypatch.delenv(var, raising=False)
+
+
+def _quick_run(implementations, **kwargs):
+    return bench.run(
+        [TINY],
+        implementations=implementations,
+        threads=1,
+        repeats=2,
+        warmup=1,
+        progress=False,
+        measure_machine_gemm=False,
+        **kwargs,
+    )
+
+
+def test_cli_writes_a_complete_json_report(tmp_path, capsys):
+    path = tmp_path / "results" / "cpu.json"
+    argv = ["bench", "--shapes", "8,16,2,5", "--backends", "numpy", "--repeats", "2", "--warmup", "1"]
+    assert cli_main([*argv, "--threads", "1", "--json", str(path), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "numpy" in out and "8,16,2,5" in out and "sgemm" in out
+
+    report = json.loads(path.read_text())
+    assert report["schema"] == bench.SCHEMA
+    machine = report["machine"]
+    assert machine["cpu"] and machine["logical_cpus"] >= 1
+    assert machine["versions"]["numpy"] == np.__version__ and machine["versions"]["gru"] == gru.__version__
+    assert report["settings"]["threads"] == 1 and report["settings"]["dtype"] == "float32"
+    assert report["gemm"]["gflops"] > 0
+    assert report["peers"] == [] and report["geomean_speedup"] == {}
+    (case,) = report["cases"]
+    assert case["shape"] == {"I": 8, "H": 16, "B": 2, "T": 5}
+    assert case["flops"] == 6 * 16 * (8 + 16) * 2 * 5
+    assert "other_load_cpus" in case and "other_load_cpus" in report
+    (result,) = case["results"]
+    assert result["name"] == "numpy" and result["status"] == "ok" and result["max_abs_diff"] == 0.0
+    assert len(result["times_s"]) == result["repeats"] == 2
+    assert result["median_s"] == pytest.approx(float(np.median(result["times_s"])))
+    assert result["us_per_step"] == pytest.approx(result["median_s"] / 5 * 1e6)
+    assert result["gflops"] == pytest.approx(case["flops"] / result["median_s"] / 1e9)
+    assert 0 < result["gemm_fraction"] == pytest.approx(result["gflops"] / report["gemm"]["gflops"])
+
+
+@pytest.mark.parametrize("peer, modules", [("torch", ["torch"]), ("onnxruntime", ["onnx", "onnxruntime"])])
+def test_peers_agree_and_get_speedups(peer, modules):
+    for module in modules:
+        pytest.importorskip(module)
+    report = _quick_run(bench.resolve_implementations(["numpy", peer]))
+    assert report["peers"] == [peer]
+    results = {r["name"]: r for r in report["cases"][0]["results"]}
+    assert results[peer]["status"] == "ok", results[peer].get("reason")
+    assert results[peer]["max_abs_diff"] < 1e-5
+    ours = results["numpy"]
+    assert ours["speedup"][peer] == pytest.approx(results[peer]["median_s"] / ours["median_s"])
+    assert report["geomean_speedup"]["numpy"][peer]["cases"] == 1
+    assert f"vs {peer}" in bench.format_table(report)
+
+
+class _Numpy(bench.Implementation):
+    """The numpy backend, with its output passed through ``damage``."""
+
+    kind = "gru"
+
+    def __init__(self, name, damage):
+        self.name, self.damage = name, damage
+
+    def prepare(self, state, case, dtype, threads):
+        layer = gru.GRU(case.input_size, case.hidden_size, dtype=dtype, backend="numpy")
+        layer.load_state_dict(state)
+        return lambda x: self.damage(layer(x)[0])
+
+
+def _raise(_):
+    raise RuntimeError("boom")
+
+
+def test_a_wrong_implementation_is_refused_not_timed():
+    wrong = _Numpy("wrong", lambda y: y * 1.01)
+    broken = _Numpy("broken", _raise)
+    misshapen = _Numpy("misshapen", lambda y: y[:-1])
+    right = _Numpy("right", lambda y: y + 1e-6)  # within tolerance
+    report = _quick_run(bench.resolve_implementations(["numpy"]), extra=[wrong, broken, misshapen, right])
+    results = {r["name"]: r for r in report["cases"][0]["results"]}
+    assert results["wrong"]["status"] == "mismatch" and results["wrong"]["max_abs_diff"] > 1e-4
+    assert results["broken"]["status"] == "error" and "boom" in results["broken"]["reason"]
+    assert results["misshapen"]["status"] == "mismatch" and "shape" in results["misshapen"]["reason"]
+    for name in ("wrong", "broken", "misshapen"):
+        assert "times_s" not in results[name] and "median_s" not in results[name]
+    assert results["right"]["status"] == "ok" and results["numpy"]["status"] == "ok"
+    table = bench.format_table(report)
+    assert "NOT TIMED: 8,16,2,5 wrong" in table and "MISMATCH" in table
+
+
+def test_bad_arguments_exit_2(capsys):
+    assert bench.main(["--backends", "no-such-backend", "--no-progress"]) == 2
+    assert "unknown implementation" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.main(["--shapes", "1,2,3"])
+
+
+def test_plot_is_written(tmp_path):
+    pytest.importorskip("matplotlib")
+    report = _quick_run(bench.resolve_implementations(["numpy"]))
+    path = tmp_path / "speedup.png"
+    assert bench.write_plot(report, str(path)) is None
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_runs_without_optional_dependencies():
+    """Blocks the optional imports in a fresh interpreter: peers are skipped with a note, ours still run."""
+    code = """
+import json, sys
+for name in ("torch", "onnx", "onnxruntime", "tqdm", "matplotlib", "threadpoolctl"):
+    sys.modules[name] = None  # makes "import name" raise ImportError
+from gru import bench
+report = bench.run([bench.Case(4, 8, 1, 3)], implementations=bench.resolve_implementations(["numpy", "torch",
+    "onnxruntime"]), threads=1, repeats=1, warmup=0, measure_machine_gemm=False)
+print(json.dumps({"peers": report["peers"], "notes": report["notes"],
+    "status": [r["status"] for r in report["cases"][0]["results"]],
+    "plot": bench.write_plot(report, "unused.png")}))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["peers"] == [] and result["status"] == ["ok"]
+    assert any(n.startswith("torch: skipped") for n in result["notes"])
+    assert any(n.startswith("onnxruntime: skipped") for n in result["notes"])
+    assert "matplotlib" in result["plot"]

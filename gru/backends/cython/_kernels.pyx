@@ -91,14 +91,15 @@ cdef inline void gates_before(int n, int stride, const floating* gx, const float
         gru_gates_before_d(n, stride, gx, gh, b_hh, h_old, h_new, out, z_out, n_out)
 
 
-cdef inline void matmul_t(int m, int n, int k, const floating* a, int lda, const floating* w, int ldw,
-                          floating beta, floating* c, int ldc) noexcept nogil:
-    """Row-major C[m, n] = A[m, k] @ W[n, k]^T + beta C, through column-major BLAS.
+cdef inline void matmul(int m, int n, int k, const floating* a, int lda, const floating* wt, int ldw,
+                        floating beta, floating* c, int ldc) noexcept nogil:
+    """Row-major C[m, n] = A[m, k] @ Wt[k, n] + beta C, through column-major BLAS.
 
     A row-major matrix is its transpose in column-major order, so this is
-    C^T = W A^T: gemm('T', 'N') with the operands swapped (gemv when m == 1).
+    C^T = Wt^T A^T: gemm('N', 'N') with the operands swapped (gemv when m == 1).
+    Weights are kept transposed (Wt = W^T) so that both operands are 'N': the
+    layout OpenBLAS serves fastest at small batch.
     """
-    cdef char trans = b'T'
     cdef char notrans = b'N'
     cdef int one_i = 1
     cdef floating one = 1
@@ -106,39 +107,41 @@ cdef inline void matmul_t(int m, int n, int k, const floating* a, int lda, const
         return
     if m == 1:
         if floating is float:
-            sgemv(&trans, &k, &n, &one, <float*>w, &ldw, <float*>a, &one_i, &beta, c, &one_i)
+            sgemv(&notrans, &n, &k, &one, <float*>wt, &ldw, <float*>a, &one_i, &beta, c, &one_i)
         else:
-            dgemv(&trans, &k, &n, &one, <double*>w, &ldw, <double*>a, &one_i, &beta, c, &one_i)
+            dgemv(&notrans, &n, &k, &one, <double*>wt, &ldw, <double*>a, &one_i, &beta, c, &one_i)
     else:
         if floating is float:
-            sgemm(&trans, &notrans, &n, &m, &k, &one, <float*>w, &ldw, <float*>a, &lda, &beta, c, &ldc)
+            sgemm(&notrans, &notrans, &n, &m, &k, &one, <float*>wt, &ldw, <float*>a, &lda, &beta, c, &ldc)
         else:
-            dgemm(&trans, &notrans, &n, &m, &k, &one, <double*>w, &ldw, <double*>a, &lda, &beta, c, &ldc)
+            dgemm(&notrans, &notrans, &n, &m, &k, &one, <double*>wt, &ldw, <double*>a, &lda, &beta, c, &ldc)
 
 
 # OpenBLAS multiplies products of up to about a million multiply-adds with
 # kernels that skip its packing step; at small batch that is ~3x faster per
-# step than one large call, so the per-step products are cut to that size.
+# step than one large call, so the per-step products are cut to that size
+# (when a block of 16 units is small enough to qualify).
 cdef enum:
     SMALL_PRODUCT = 1000000
 
 
-cdef inline void matmul_t_small(int m, int n, int k, const floating* a, int lda, const floating* w, int ldw,
-                                floating* c, int ldc) noexcept nogil:
-    """C = A W^T like matmul_t (beta = 0), as column blocks that each stay a small product."""
+cdef inline void matmul_step(int m, int n, int k, const floating* a, int lda, const floating* wt, int ldw,
+                             floating* c, int ldc) noexcept nogil:
+    """C = A Wt like matmul (beta = 0), as column blocks that each stay a small product."""
     cdef int block = n
     cdef int start = 0
-    if m > 1 and <long long>m * n * k > SMALL_PRODUCT:
-        block = max(16, <int>(SMALL_PRODUCT // (<long long>m * k)) // 16 * 16)
+    cdef long long per_unit = <long long>m * k
+    if m > 1 and per_unit * n > SMALL_PRODUCT and per_unit * 16 <= SMALL_PRODUCT:
+        block = <int>(SMALL_PRODUCT // per_unit) // 16 * 16
     while start < n:
-        matmul_t(m, min(block, n - start), k, a, lda, w + <Py_ssize_t>start * ldw, ldw, 0, c + start, ldc)
+        matmul(m, min(block, n - start), k, a, lda, wt + start, ldw, 0, c + start, ldc)
         start += block
 
 
 cdef void thread_body(
     int T, int B, int I, int H, int steps,
-    const floating* x, const floating* w_ih, const floating* b_ih,
-    const floating* w_hh, const floating* b_hh,
+    const floating* x, const floating* w_ih_t, const floating* b_ih,
+    const floating* w_hh_t, const floating* b_hh,
     const long long* lengths, const long long* order,
     bint reverse, bint reset_after,
     floating* gx, floating* gh, floating* rh, floating* h_a, floating* h_b, floating* scratch,
@@ -171,7 +174,7 @@ cdef void thread_body(
             for g in range(3):
                 memcpy(gx + row * G + g * H + u0, b_ih + g * H + u0, nu * sizeof(floating))
         for g in range(3):
-            matmul_t(<int>M, nu, I, x, I, w_ih + <Py_ssize_t>(g * H + u0) * I, I, 1, gx + g * H + u0, G)
+            matmul(<int>M, nu, I, x, I, w_ih_t + g * H + u0, G, 1, gx + g * H + u0, G)
 
     products = 3 if reset_after else 2  # reset-before computes W_hn (r h) once r is known
     live = B
@@ -180,7 +183,7 @@ cdef void thread_body(
             live -= 1
         if nu > 0:
             for g in range(products):
-                matmul_t_small(live, nu, H, h_prev, H, w_hh + <Py_ssize_t>(g * H + u0) * H, H, gh + g * H + u0, G)
+                matmul_step(live, nu, H, h_prev, H, w_hh_t + g * H + u0, G, gh + g * H + u0, G)
         if not reset_after:
             if nu > 0:
                 for i in range(live):
@@ -190,7 +193,7 @@ cdef void thread_body(
                     reset_before(nu, gx_row, gh + i * G + u0, b_hh + u0, h_prev + i * H + u0, r_out, rh + i * H + u0)
             gru_barrier()  # every thread's part of r ⊙ h_{t-1} is written
             if nu > 0:
-                matmul_t_small(live, nu, H, rh, H, w_hh + <Py_ssize_t>(2 * H + u0) * H, H, gh + 2 * H + u0, G)
+                matmul_step(live, nu, H, rh, H, w_hh_t + 2 * H + u0, G, gh + 2 * H + u0, G)
         if nu > 0:
             for i in range(live):
                 seq = <int>order[i]
@@ -218,9 +221,9 @@ cdef void thread_body(
 
 def run_direction(
     const floating[:, :, ::1] x,
-    const floating[:, ::1] w_ih,
+    const floating[:, ::1] w_ih_t,
     const floating[::1] b_ih,
-    const floating[:, ::1] w_hh,
+    const floating[:, ::1] w_hh_t,
     const floating[::1] b_hh,
     const long long[::1] lengths,
     const long long[::1] order,
@@ -234,12 +237,13 @@ def run_direction(
 ):
     """Run one layer in one direction; see the module docstring.
 
+    ``w_ih_t`` (I, 3H) and ``w_hh_t`` (H, 3H) are the transposed weights.
     ``lengths`` is sorted in decreasing order and ``order[i]`` is the batch
     index of the i-th longest sequence; ``h_n`` arrives holding h0 and
     ``output``/``gates`` arrive filled with zeros. ``workspace`` is scratch
     of (T*B + 2*B + 1, 3H), laid out below.
     """
-    cdef int T = x.shape[0], B = x.shape[1], I = x.shape[2], H = w_hh.shape[1]
+    cdef int T = x.shape[0], B = x.shape[1], I = x.shape[2], H = w_hh_t.shape[0]
     cdef int G = 3 * H
     cdef int steps = <int>lengths[0] if B > 0 else 0
     cdef int i, u
@@ -265,6 +269,6 @@ def run_direction(
             for u in range(H):
                 h_a[i * H + u] = h_n[order[i], u]
         with parallel(num_threads=threads):
-            thread_body(T, B, I, H, steps, &x[0, 0, 0], &w_ih[0, 0], &b_ih[0], &w_hh[0, 0], &b_hh[0],
+            thread_body(T, B, I, H, steps, &x[0, 0, 0], &w_ih_t[0, 0], &b_ih[0], &w_hh_t[0, 0], &b_hh[0],
                         &lengths[0], &order[0], reverse, reset_after, gx, gh, rh, h_a, h_b, scratch,
                         out, out_t, out_b, &h_n[0, 0], gates_ptr)

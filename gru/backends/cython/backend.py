@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 
 import numpy as np
 
@@ -30,6 +31,17 @@ class CythonBackend(StackedBackend):
         self._kernels = None
         self._blas_controller = None
         self._lock = threading.Lock()
+        # transposed weights (BLAS's fastest layout here), made once per LayerWeights
+        self._transposed: weakref.WeakKeyDictionary[LayerWeights, tuple[np.ndarray, np.ndarray]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def _transposed_weights(self, weights: LayerWeights) -> tuple[np.ndarray, np.ndarray]:
+        pair = self._transposed.get(weights)
+        if pair is None:
+            pair = (np.ascontiguousarray(weights.w_ih.T), np.ascontiguousarray(weights.w_hh.T))
+            self._transposed[weights] = pair
+        return pair
 
     def available(self) -> bool | str:
         try:
@@ -81,11 +93,12 @@ class CythonBackend(StackedBackend):
             order = np.argsort(-lengths, kind="stable").astype(np.int64)
             sorted_lengths = np.ascontiguousarray(lengths[order])
         workspace = np.empty((T * B + 2 * B + 1, 3 * H), x.dtype)  # gx, gh, r*h and two states, gate scratch
+        w_ih_t, w_hh_t = self._transposed_weights(weights)
         self._kernels.run_direction(
             x,
-            weights.w_ih,
+            w_ih_t,
             weights.b_ih,
-            weights.w_hh,
+            w_hh_t,
             weights.b_hh,
             sorted_lengths,
             order,

@@ -102,3 +102,22 @@ def test_read_only_inputs_are_accepted():
     x.flags.writeable = False
     expected = gru.GRU(4, 20, backend="numpy", seed=0)(x)[0]
     np.testing.assert_allclose(layer(x)[0], expected, rtol=0, atol=1e-5)
+
+
+def test_concurrent_calls_from_python_threads_match_serial_ones_and_restore_blas():
+    from concurrent.futures import ThreadPoolExecutor
+
+    def blas_threads():
+        return sorted(info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas")
+
+    rng = np.random.default_rng(5)
+    layers = [gru.GRU(6, 48, 2, bidirectional=True, backend="cython", seed=k) for k in range(3)]
+    inputs = [rng.standard_normal((25, 3, 6)).astype("float32") for _ in range(8)]
+    layers[0](inputs[0])
+    before = blas_threads()
+    serial = [layers[k % 3](x, lengths=[25, 9, 0])[0] for k, x in enumerate(inputs)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        parallel = list(pool.map(lambda kx: layers[kx[0] % 3](kx[1], lengths=[25, 9, 0])[0], enumerate(inputs)))
+    for a, b in zip(serial, parallel, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert blas_threads() == before

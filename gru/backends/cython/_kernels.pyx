@@ -1,12 +1,15 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
 """Compiled GRU recurrence: one layer, one direction, the whole time loop without the GIL.
 
-Work split: T threads are started once per call (an OpenMP parallel region)
-and each owns a contiguous slice of hidden units. A thread computes the input
-projection of its units for every step (one GEMM per gate over all T*B rows),
-then, per step, the recurrent products of its units (its rows of W_hh stay in
-its own cache across steps) and the fused gate pass, and meets the others at
-one barrier (two for reset-before, whose candidate needs the whole r ⊙ h).
+Work split: the threads are started once per call (an OpenMP parallel
+region) and each owns a contiguous slice of hidden units. A thread
+* copies the recurrent weights of its units into a contiguous panel of its
+  own (so they stay in its cache across steps when they fit);
+* computes the input projection of its units for every step at once (one
+  GEMM per gate over all T*B rows);
+* then, per step, one product of h_{t-1} with its panel for all three gates,
+  the fused gate pass, and one barrier with the others (two for reset-before,
+  whose candidate needs the whole r ⊙ h_{t-1}).
 BLAS is called single-threaded from each thread: the caller limits BLAS
 threads so the two never oversubscribe the cores.
 
@@ -27,18 +30,18 @@ cdef extern from "gru_math.h" nogil:
     int gru_max_threads()
     int gru_num_threads()
     int gru_has_openmp()
-    void gru_gates_after_f(int n, int stride, const float* gx, const float* gh, const float* b_hh, const float* h_old,
+    void gru_gates_after_f(int n, int stride, int gh_stride, const float* gx, const float* gh, const float* b_hh, const float* h_old,
                            float* h_new, float* out, float* r_out, float* z_out, float* n_out)
-    void gru_gates_after_d(int n, int stride, const double* gx, const double* gh, const double* b_hh,
+    void gru_gates_after_d(int n, int stride, int gh_stride, const double* gx, const double* gh, const double* b_hh,
                            const double* h_old, double* h_new, double* out, double* r_out, double* z_out,
                            double* n_out)
     void gru_reset_before_f(int n, const float* gx, const float* gh, const float* b_hh, const float* h_old,
                             float* r_out, float* rh)
     void gru_reset_before_d(int n, const double* gx, const double* gh, const double* b_hh, const double* h_old,
                             double* r_out, double* rh)
-    void gru_gates_before_f(int n, int stride, const float* gx, const float* gh, const float* b_hh,
+    void gru_gates_before_f(int n, int stride, int gh_stride, const float* gx, const float* gh, const float* b_hh,
                             const float* h_old, float* h_new, float* out, float* z_out, float* n_out)
-    void gru_gates_before_d(int n, int stride, const double* gx, const double* gh, const double* b_hh,
+    void gru_gates_before_d(int n, int stride, int gh_stride, const double* gx, const double* gh, const double* b_hh,
                             const double* h_old, double* h_new, double* out, double* z_out, double* n_out)
 
 
@@ -65,13 +68,13 @@ def has_openmp() -> bool:
     return bool(gru_has_openmp())
 
 
-cdef inline void gates_after(int n, int stride, const floating* gx, const floating* gh, const floating* b_hh,
+cdef inline void gates_after(int n, int stride, int gh_stride, const floating* gx, const floating* gh, const floating* b_hh,
                              const floating* h_old, floating* h_new, floating* out,
                              floating* r_out, floating* z_out, floating* n_out) noexcept nogil:
     if floating is float:
-        gru_gates_after_f(n, stride, gx, gh, b_hh, h_old, h_new, out, r_out, z_out, n_out)
+        gru_gates_after_f(n, stride, gh_stride, gx, gh, b_hh, h_old, h_new, out, r_out, z_out, n_out)
     else:
-        gru_gates_after_d(n, stride, gx, gh, b_hh, h_old, h_new, out, r_out, z_out, n_out)
+        gru_gates_after_d(n, stride, gh_stride, gx, gh, b_hh, h_old, h_new, out, r_out, z_out, n_out)
 
 
 cdef inline void reset_before(int n, const floating* gx, const floating* gh, const floating* b_hh,
@@ -82,13 +85,13 @@ cdef inline void reset_before(int n, const floating* gx, const floating* gh, con
         gru_reset_before_d(n, gx, gh, b_hh, h_old, r_out, rh)
 
 
-cdef inline void gates_before(int n, int stride, const floating* gx, const floating* gh, const floating* b_hh,
+cdef inline void gates_before(int n, int stride, int gh_stride, const floating* gx, const floating* gh, const floating* b_hh,
                               const floating* h_old, floating* h_new, floating* out,
                               floating* z_out, floating* n_out) noexcept nogil:
     if floating is float:
-        gru_gates_before_f(n, stride, gx, gh, b_hh, h_old, h_new, out, z_out, n_out)
+        gru_gates_before_f(n, stride, gh_stride, gx, gh, b_hh, h_old, h_new, out, z_out, n_out)
     else:
-        gru_gates_before_d(n, stride, gx, gh, b_hh, h_old, h_new, out, z_out, n_out)
+        gru_gates_before_d(n, stride, gh_stride, gx, gh, b_hh, h_old, h_new, out, z_out, n_out)
 
 
 cdef inline void matmul(int m, int n, int k, const floating* a, int lda, const floating* wt, int ldw,
@@ -144,7 +147,7 @@ cdef void thread_body(
     const floating* w_hh_t, const floating* b_hh,
     const long long* lengths, const long long* order,
     bint reverse, bint reset_after,
-    floating* gx, floating* gh, floating* rh, floating* h_a, floating* h_b, floating* scratch,
+    floating* gx, floating* gh, floating* rh, floating* h_a, floating* h_b, floating* scratch, floating* panels,
     floating* out, Py_ssize_t out_t, Py_ssize_t out_b,
     floating* h_n, floating* gates,
 ) noexcept nogil:
@@ -156,49 +159,60 @@ cdef void thread_body(
     cdef int u1 = min(u0 + unit_chunk, H)
     cdef int nu = u1 - u0
     cdef int G = 3 * H
+    cdef int P = 3 * nu  # this thread's columns: r, z, n of its units
     cdef Py_ssize_t M = <Py_ssize_t>T * B
     cdef Py_ssize_t plane = M * H  # one gate's block in ``gates``
-    cdef int g, s, i, t, live, seq, products
+    cdef int g, s, i, k, t, live, seq
     cdef Py_ssize_t row
     cdef floating* h_prev = h_a
     cdef floating* h_next = h_b
     cdef floating* swap
     cdef floating* gx_row
+    cdef floating* gh_row
     cdef floating* r_out
     cdef floating* z_out
     cdef floating* n_out
+    # This thread's recurrent weights, packed contiguous: (H, 3 nu), row k = W_hh^T[k] at
+    # the r, z, n columns of its units. Written and read by this thread alone, it stays in
+    # its own cache when it fits, and one product per step covers all three gates.
+    cdef floating* panel = panels + <Py_ssize_t>H * 3 * u0
+    # the per-step products go to gh rows laid out per thread: [r | z | n] of its units
+    cdef floating* gh_mine = gh + 3 * u0
 
-    # Input projection of this thread's units, every step at once: gx = x W_ih^T + b_ih.
     if nu > 0:
+        for k in range(H):
+            for g in range(3):
+                memcpy(panel + <Py_ssize_t>k * P + g * nu, w_hh_t + <Py_ssize_t>k * G + g * H + u0, nu * sizeof(floating))
+        # Input projection of this thread's units, every step at once: gx = x W_ih^T + b_ih.
         for row in range(M):
             for g in range(3):
                 memcpy(gx + row * G + g * H + u0, b_ih + g * H + u0, nu * sizeof(floating))
         for g in range(3):
             matmul(<int>M, nu, I, x, I, w_ih_t + g * H + u0, G, 1, gx + g * H + u0, G)
 
-    products = 3 if reset_after else 2  # reset-before computes W_hn (r h) once r is known
     live = B
     for s in range(steps):
         while live > 0 and lengths[live - 1] <= s:
             live -= 1
         if nu > 0:
-            for g in range(products):
-                matmul_step(live, nu, H, h_prev, H, w_hh_t + g * H + u0, G, gh + g * H + u0, G)
+            # reset-before defers the candidate's product until r ⊙ h is known
+            matmul_step(live, P if reset_after else 2 * nu, H, h_prev, H, panel, P, gh_mine, G)
         if not reset_after:
             if nu > 0:
                 for i in range(live):
                     t = <int>(lengths[i] - 1 - s) if reverse else s
                     gx_row = gx + (<Py_ssize_t>t * B + order[i]) * G + u0
                     r_out = gates + (<Py_ssize_t>t * B + order[i]) * H + u0 if gates != NULL else scratch + u0
-                    reset_before(nu, gx_row, gh + i * G + u0, b_hh + u0, h_prev + i * H + u0, r_out, rh + i * H + u0)
+                    reset_before(nu, gx_row, gh_mine + i * G, b_hh + u0, h_prev + i * H + u0, r_out, rh + i * H + u0)
             gru_barrier()  # every thread's part of r ⊙ h_{t-1} is written
             if nu > 0:
-                matmul_step(live, nu, H, rh, H, w_hh_t + 2 * H + u0, G, gh + 2 * H + u0, G)
+                matmul_step(live, nu, H, rh, H, panel + 2 * nu, P, gh_mine + 2 * nu, G)
         if nu > 0:
             for i in range(live):
                 seq = <int>order[i]
                 t = <int>(lengths[i] - 1 - s) if reverse else s
                 gx_row = gx + (<Py_ssize_t>t * B + seq) * G + u0
+                gh_row = gh_mine + i * G
                 if gates != NULL:
                     r_out = gates + (<Py_ssize_t>t * B + seq) * H + u0
                 else:
@@ -206,10 +220,10 @@ cdef void thread_body(
                 z_out = r_out + plane if gates != NULL else scratch + H + u0
                 n_out = z_out + plane if gates != NULL else scratch + 2 * H + u0
                 if reset_after:
-                    gates_after(nu, H, gx_row, gh + i * G + u0, b_hh + u0, h_prev + i * H + u0, h_next + i * H + u0,
+                    gates_after(nu, H, nu, gx_row, gh_row, b_hh + u0, h_prev + i * H + u0, h_next + i * H + u0,
                                 out + t * out_t + seq * out_b + u0, r_out, z_out, n_out)
                 else:
-                    gates_before(nu, H, gx_row, gh + i * G + u0, b_hh + u0, h_prev + i * H + u0, h_next + i * H + u0,
+                    gates_before(nu, H, nu, gx_row, gh_row, b_hh + u0, h_prev + i * H + u0, h_next + i * H + u0,
                                  out + t * out_t + seq * out_b + u0, z_out, n_out)
                 if lengths[i] == s + 1:  # this sequence ends here: its final state
                     memcpy(h_n + seq * H + u0, h_next + i * H + u0, nu * sizeof(floating))
@@ -233,6 +247,7 @@ def run_direction(
     floating[:, ::1] h_n,
     floating[:, :, :, ::1] gates,
     floating[:, ::1] workspace,
+    floating[:, ::1] panels,
     int threads,
 ):
     """Run one layer in one direction; see the module docstring.
@@ -241,7 +256,8 @@ def run_direction(
     ``lengths`` is sorted in decreasing order and ``order[i]`` is the batch
     index of the i-th longest sequence; ``h_n`` arrives holding h0 and
     ``output``/``gates`` arrive filled with zeros. ``workspace`` is scratch
-    of (T*B + 2*B + 1, 3H), laid out below.
+    of (T*B + 2*B + 1, 3H), laid out below; ``panels`` (H, 3H) receives each
+    thread's packed recurrent weights.
     """
     cdef int T = x.shape[0], B = x.shape[1], I = x.shape[2], H = w_hh_t.shape[0]
     cdef int G = 3 * H
@@ -270,5 +286,5 @@ def run_direction(
                 h_a[i * H + u] = h_n[order[i], u]
         with parallel(num_threads=threads):
             thread_body(T, B, I, H, steps, &x[0, 0, 0], &w_ih_t[0, 0], &b_ih[0], &w_hh_t[0, 0], &b_hh[0],
-                        &lengths[0], &order[0], reverse, reset_after, gx, gh, rh, h_a, h_b, scratch,
+                        &lengths[0], &order[0], reverse, reset_after, gx, gh, rh, h_a, h_b, scratch, &panels[0, 0],
                         out, out_t, out_b, &h_n[0, 0], gates_ptr)

@@ -11,6 +11,7 @@ backend's own threads run, so the two never oversubscribe the cores.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import weakref
@@ -30,7 +31,10 @@ class CythonBackend(StackedBackend):
     def __init__(self) -> None:
         self._kernels = None
         self._blas_controller = None
+        self._blas_limit = None
+        self._blas_users = 0
         self._lock = threading.Lock()
+        self._local = threading.local()
         # transposed weights (BLAS's fastest layout here), made once per LayerWeights
         self._transposed: weakref.WeakKeyDictionary[LayerWeights, tuple[np.ndarray, np.ndarray]] = (
             weakref.WeakKeyDictionary()
@@ -51,6 +55,25 @@ class CythonBackend(StackedBackend):
         self._kernels = _kernels
         return True
 
+    def _scratch(self, dtype: np.dtype, *shapes: tuple[int, int]) -> list[np.ndarray]:
+        """Scratch arrays of these shapes, from a buffer kept per calling thread.
+
+        Reusing the memory spares every call the page faults of fresh
+        allocations (milliseconds for large layers); one buffer per Python
+        thread keeps concurrent calls apart.
+        """
+        sizes = [rows * cols for rows, cols in shapes]
+        key = np.dtype(dtype).name
+        buffers = self._local.__dict__.setdefault("buffers", {})
+        buffer = buffers.get(key)
+        if buffer is None or buffer.size < sum(sizes):
+            buffer = buffers[key] = np.empty(sum(sizes), dtype)
+        views, start = [], 0
+        for shape, size in zip(shapes, sizes, strict=True):
+            views.append(buffer[start : start + size].reshape(shape))
+            start += size
+        return views
+
     def thread_count(self, requested: int | None) -> int:
         """Resolve the number of threads for one call."""
         if requested is not None:
@@ -63,14 +86,31 @@ class CythonBackend(StackedBackend):
                 raise ValueError(f"{THREADS_ENV_VAR}: expected a positive integer, got {from_env!r}") from None
         return self._kernels.max_threads()
 
+    @contextlib.contextmanager
     def _single_threaded_blas(self):
-        """A context in which BLAS uses one thread (threadpoolctl), built once."""
-        with self._lock:
-            if self._blas_controller is None:
-                from threadpoolctl import ThreadpoolController
+        """Hold BLAS to one thread while any call of this backend runs.
 
-                self._blas_controller = ThreadpoolController()
-        return self._blas_controller.limit(limits=1, user_api="blas")
+        Reference-counted: with calls running concurrently from several Python
+        threads, the first one in sets the limit and the last one out restores
+        it (a plain threadpoolctl context per call would restore it under the
+        feet of the others).
+        """
+        with self._lock:
+            if self._blas_users == 0:
+                if self._blas_controller is None:
+                    from threadpoolctl import ThreadpoolController
+
+                    self._blas_controller = ThreadpoolController()
+                self._blas_limit = self._blas_controller.limit(limits=1, user_api="blas")
+            self._blas_users += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._blas_users -= 1
+                if self._blas_users == 0:
+                    self._blas_limit.restore_original_limits()
+                    self._blas_limit = None
 
     def forward(self, request):
         if self._kernels is None:
@@ -92,7 +132,8 @@ class CythonBackend(StackedBackend):
         else:
             order = np.argsort(-lengths, kind="stable").astype(np.int64)
             sorted_lengths = np.ascontiguousarray(lengths[order])
-        workspace = np.empty((T * B + 2 * B + 1, 3 * H), x.dtype)  # gx, gh, r*h and two states, gate scratch
+        # gx, gh, r*h and two states, gate scratch; then each thread's packed recurrent weights
+        workspace, panels = self._scratch(x.dtype, (T * B + 2 * B + 1, 3 * H), (H, 3 * H))
         w_ih_t, w_hh_t = self._transposed_weights(weights)
         self._kernels.run_direction(
             x,
@@ -108,5 +149,6 @@ class CythonBackend(StackedBackend):
             h_n,
             gates,
             workspace,
+            panels,
             self.thread_count(threads),
         )

@@ -2,9 +2,10 @@
  * written once for REAL = float and REAL = double (included twice by
  * gru_math.h with REAL, SFX, SIGMOID and TANH defined).
  *
- * Gate blocks are (r, z, n), `stride` values apart: gx and gh point at the
- * r-entry of the first unit, so gx[u], gx[stride + u], gx[2 * stride + u] are
- * its r, z, n pre-activations. `restrict` lets the compiler vectorise.
+ * Gate blocks are (r, z, n): gx, gh and b_hh point at the r-entry of the
+ * first unit, and the z and n entries follow `stride` values apart in gx and
+ * b_hh, `gh_stride` apart in gh. So gx[u], gx[stride + u], gx[2 * stride + u]
+ * are unit u's r, z, n input parts. `restrict` lets the compiler vectorise.
  * The gate activations are always stored (to r_out, z_out, n_out: scratch
  * when the caller does not want them) so that each loop is one straight
  * body the compiler vectorises.
@@ -12,13 +13,13 @@
 
 /* reset-after: n = tanh(x_n + r * (W_hn h + b_hn)); h_t goes to h_new and out */
 static inline void GRU_NAME(gru_gates_after)(
-    int n, int stride, const REAL *restrict gx, const REAL *restrict gh, const REAL *restrict b_hh,
+    int n, int stride, int gh_stride, const REAL *restrict gx, const REAL *restrict gh, const REAL *restrict b_hh,
     const REAL *restrict h_old, REAL *restrict h_new, REAL *restrict out,
     REAL *restrict r_out, REAL *restrict z_out, REAL *restrict n_out) {
     for (int u = 0; u < n; u++) {
         const REAL r = SIGMOID(gx[u] + gh[u] + b_hh[u]);
-        const REAL z = SIGMOID(gx[stride + u] + gh[stride + u] + b_hh[stride + u]);
-        const REAL c = TANH(gx[2 * stride + u] + r * (gh[2 * stride + u] + b_hh[2 * stride + u]));
+        const REAL z = SIGMOID(gx[stride + u] + gh[gh_stride + u] + b_hh[stride + u]);
+        const REAL c = TANH(gx[2 * stride + u] + r * (gh[2 * gh_stride + u] + b_hh[2 * stride + u]));
         const REAL h = (1 - z) * c + z * h_old[u];
         h_new[u] = h;
         out[u] = h;
@@ -43,12 +44,12 @@ static inline void GRU_NAME(gru_reset_before)(
 /* reset-before, second half, once W_hn (r * h) is in gh's n block:
  * n = tanh(x_n + W_hn (r * h) + b_hn) */
 static inline void GRU_NAME(gru_gates_before)(
-    int n, int stride, const REAL *restrict gx, const REAL *restrict gh, const REAL *restrict b_hh,
+    int n, int stride, int gh_stride, const REAL *restrict gx, const REAL *restrict gh, const REAL *restrict b_hh,
     const REAL *restrict h_old, REAL *restrict h_new, REAL *restrict out,
     REAL *restrict z_out, REAL *restrict n_out) {
     for (int u = 0; u < n; u++) {
-        const REAL z = SIGMOID(gx[stride + u] + gh[stride + u] + b_hh[stride + u]);
-        const REAL c = TANH(gx[2 * stride + u] + gh[2 * stride + u] + b_hh[2 * stride + u]);
+        const REAL z = SIGMOID(gx[stride + u] + gh[gh_stride + u] + b_hh[stride + u]);
+        const REAL c = TANH(gx[2 * stride + u] + gh[2 * gh_stride + u] + b_hh[2 * stride + u]);
         const REAL h = (1 - z) * c + z * h_old[u];
         h_new[u] = h;
         out[u] = h;

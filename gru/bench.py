@@ -61,8 +61,12 @@ DEFAULT_SHAPES: tuple[tuple[int, int, int, int], ...] = (
     (512, 512, 64, 100),
 )
 DEFAULT_REPEATS = 10
-DEFAULT_WARMUP = 1
+DEFAULT_WARMUP = 2
 ROUNDS = 3  # the timed calls of a shape are split into this many rounds over the implementations
+# Pause before each implementation's share of a round: OpenBLAS and OpenMP worker
+# threads keep spinning for up to ~0.1 s after a call, and a spinning pool of the
+# previous library steals cores from the next one (fatal for per-step barriers).
+QUIESCE_S = 0.2
 DEFAULT_BUDGET_S = 3.0  # timed seconds per (shape, implementation) before repeats are cut
 BUSY_LOAD_CPUS = 0.25  # other processes' average CPU use above which the report warns
 QUICK_REPEATS = 3
@@ -634,8 +638,9 @@ def _run_case(
 
     Rounds spread a burst of load from elsewhere on a shared machine over all
     implementations instead of one; each implementation's share of a round
-    starts with one untimed call, which re-warms its caches and lets the
-    previous library's worker threads stop spinning.
+    starts with a pause that lets the previous library's worker threads stop
+    spinning (:data:`QUIESCE_S`), then the warm-up calls, which re-wake its
+    own threads and re-warm its caches.
     """
     dtype = settings.dtype
     reference = gru.GRU(case.input_size, case.hidden_size, dtype=dtype, backend="numpy", seed=rng)
@@ -681,9 +686,10 @@ def _run_case(
             budget = None if settings.budget_s is None else settings.budget_s * (r + 1) / rounds
             for entry, forward, times in timed:
                 bar.set_description(f"I,H,B,T={case.label} {entry['name']} (round {r + 1}/{rounds})")
-                if settings.warmup:
+                time.sleep(QUIESCE_S)
+                for _ in range(settings.warmup):
                     forward(x)
-                    tick()
+                tick(min(settings.warmup, 1))
                 for k in range(share):
                     if k and budget is not None and sum(times) > budget:
                         break

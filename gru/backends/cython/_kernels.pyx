@@ -30,19 +30,22 @@ cdef extern from "gru_math.h" nogil:
     int gru_max_threads()
     int gru_num_threads()
     int gru_has_openmp()
-    void gru_gates_after_f(int n, int stride, int gh_stride, const float* gx, const float* gh, const float* b_hh, const float* h_old,
-                           float* h_new, float* out, float* r_out, float* z_out, float* n_out)
-    void gru_gates_after_d(int n, int stride, int gh_stride, const double* gx, const double* gh, const double* b_hh,
-                           const double* h_old, double* h_new, double* out, double* r_out, double* z_out,
-                           double* n_out)
-    void gru_reset_before_f(int n, const float* gx, const float* gh, const float* b_hh, const float* h_old,
+    void gru_gates_after_f(int n, int stride, int gh_stride, const float* gx, const float* gh, const float* bias,
+                           const float* b_hn, const float* h_old, float* h_new, float* out,
+                           float* r_out, float* z_out, float* n_out)
+    void gru_gates_after_d(int n, int stride, int gh_stride, const double* gx, const double* gh, const double* bias,
+                           const double* b_hn, const double* h_old, double* h_new, double* out,
+                           double* r_out, double* z_out, double* n_out)
+    void gru_reset_before_f(int n, const float* gx, const float* gh, const float* bias, const float* h_old,
                             float* r_out, float* rh)
-    void gru_reset_before_d(int n, const double* gx, const double* gh, const double* b_hh, const double* h_old,
+    void gru_reset_before_d(int n, const double* gx, const double* gh, const double* bias, const double* h_old,
                             double* r_out, double* rh)
-    void gru_gates_before_f(int n, int stride, int gh_stride, const float* gx, const float* gh, const float* b_hh,
-                            const float* h_old, float* h_new, float* out, float* z_out, float* n_out)
-    void gru_gates_before_d(int n, int stride, int gh_stride, const double* gx, const double* gh, const double* b_hh,
-                            const double* h_old, double* h_new, double* out, double* z_out, double* n_out)
+    void gru_gates_before_f(int n, int stride, int gh_stride, const float* gx, const float* gh, const float* bias,
+                            const float* b_hn, const float* h_old, float* h_new, float* out,
+                            float* z_out, float* n_out)
+    void gru_gates_before_d(int n, int stride, int gh_stride, const double* gx, const double* gh, const double* bias,
+                            const double* b_hn, const double* h_old, double* h_new, double* out,
+                            double* z_out, double* n_out)
 
 
 # Thread ids without cython.parallel.threadid(), whose use in a parallel
@@ -68,30 +71,30 @@ def has_openmp() -> bool:
     return bool(gru_has_openmp())
 
 
-cdef inline void gates_after(int n, int stride, int gh_stride, const floating* gx, const floating* gh, const floating* b_hh,
-                             const floating* h_old, floating* h_new, floating* out,
-                             floating* r_out, floating* z_out, floating* n_out) noexcept nogil:
+cdef inline void gates_after(int n, int stride, int gh_stride, const floating* gx, const floating* gh,
+                             const floating* bias, const floating* b_hn, const floating* h_old, floating* h_new,
+                             floating* out, floating* r_out, floating* z_out, floating* n_out) noexcept nogil:
     if floating is float:
-        gru_gates_after_f(n, stride, gh_stride, gx, gh, b_hh, h_old, h_new, out, r_out, z_out, n_out)
+        gru_gates_after_f(n, stride, gh_stride, gx, gh, bias, b_hn, h_old, h_new, out, r_out, z_out, n_out)
     else:
-        gru_gates_after_d(n, stride, gh_stride, gx, gh, b_hh, h_old, h_new, out, r_out, z_out, n_out)
+        gru_gates_after_d(n, stride, gh_stride, gx, gh, bias, b_hn, h_old, h_new, out, r_out, z_out, n_out)
 
 
-cdef inline void reset_before(int n, const floating* gx, const floating* gh, const floating* b_hh,
+cdef inline void reset_before(int n, const floating* gx, const floating* gh, const floating* bias,
                               const floating* h_old, floating* r_out, floating* rh) noexcept nogil:
     if floating is float:
-        gru_reset_before_f(n, gx, gh, b_hh, h_old, r_out, rh)
+        gru_reset_before_f(n, gx, gh, bias, h_old, r_out, rh)
     else:
-        gru_reset_before_d(n, gx, gh, b_hh, h_old, r_out, rh)
+        gru_reset_before_d(n, gx, gh, bias, h_old, r_out, rh)
 
 
-cdef inline void gates_before(int n, int stride, int gh_stride, const floating* gx, const floating* gh, const floating* b_hh,
-                              const floating* h_old, floating* h_new, floating* out,
-                              floating* z_out, floating* n_out) noexcept nogil:
+cdef inline void gates_before(int n, int stride, int gh_stride, const floating* gx, const floating* gh,
+                              const floating* bias, const floating* b_hn, const floating* h_old, floating* h_new,
+                              floating* out, floating* z_out, floating* n_out) noexcept nogil:
     if floating is float:
-        gru_gates_before_f(n, stride, gh_stride, gx, gh, b_hh, h_old, h_new, out, z_out, n_out)
+        gru_gates_before_f(n, stride, gh_stride, gx, gh, bias, b_hn, h_old, h_new, out, z_out, n_out)
     else:
-        gru_gates_before_d(n, stride, gh_stride, gx, gh, b_hh, h_old, h_new, out, z_out, n_out)
+        gru_gates_before_d(n, stride, gh_stride, gx, gh, bias, b_hn, h_old, h_new, out, z_out, n_out)
 
 
 cdef inline void matmul(int m, int n, int k, const floating* a, int lda, const floating* wt, int ldw,
@@ -143,8 +146,8 @@ cdef inline void matmul_step(int m, int n, int k, const floating* a, int lda, co
 
 cdef void thread_body(
     int T, int B, int I, int H, int steps,
-    const floating* x, const floating* w_ih_t, const floating* b_ih,
-    const floating* w_hh_t, const floating* b_hh,
+    const floating* x, const floating* w_ih_t, const floating* w_hh_t,
+    const floating* bias, const floating* b_hn,
     const long long* lengths, const long long* order,
     bint reverse, bint reset_after,
     floating* gx, floating* gh, floating* rh, floating* h_a, floating* h_b, floating* scratch, floating* panels,
@@ -183,12 +186,10 @@ cdef void thread_body(
         for k in range(H):
             for g in range(3):
                 memcpy(panel + <Py_ssize_t>k * P + g * nu, w_hh_t + <Py_ssize_t>k * G + g * H + u0, nu * sizeof(floating))
-        # Input projection of this thread's units, every step at once: gx = x W_ih^T + b_ih.
-        for row in range(M):
-            for g in range(3):
-                memcpy(gx + row * G + g * H + u0, b_ih + g * H + u0, nu * sizeof(floating))
+        # Input projection of this thread's units, every step at once: gx = x W_ih^T
+        # (the biases are added in the gate pass, folded with the recurrent ones).
         for g in range(3):
-            matmul(<int>M, nu, I, x, I, w_ih_t + g * H + u0, G, 1, gx + g * H + u0, G)
+            matmul(<int>M, nu, I, x, I, w_ih_t + g * H + u0, G, 0, gx + g * H + u0, G)
 
     live = B
     for s in range(steps):
@@ -203,7 +204,7 @@ cdef void thread_body(
                     t = <int>(lengths[i] - 1 - s) if reverse else s
                     gx_row = gx + (<Py_ssize_t>t * B + order[i]) * G + u0
                     r_out = gates + (<Py_ssize_t>t * B + order[i]) * H + u0 if gates != NULL else scratch + u0
-                    reset_before(nu, gx_row, gh_mine + i * G, b_hh + u0, h_prev + i * H + u0, r_out, rh + i * H + u0)
+                    reset_before(nu, gx_row, gh_mine + i * G, bias + u0, h_prev + i * H + u0, r_out, rh + i * H + u0)
             gru_barrier()  # every thread's part of r ⊙ h_{t-1} is written
             if nu > 0:
                 matmul_step(live, nu, H, rh, H, panel + 2 * nu, P, gh_mine + 2 * nu, G)
@@ -220,11 +221,11 @@ cdef void thread_body(
                 z_out = r_out + plane if gates != NULL else scratch + H + u0
                 n_out = z_out + plane if gates != NULL else scratch + 2 * H + u0
                 if reset_after:
-                    gates_after(nu, H, nu, gx_row, gh_row, b_hh + u0, h_prev + i * H + u0, h_next + i * H + u0,
-                                out + t * out_t + seq * out_b + u0, r_out, z_out, n_out)
+                    gates_after(nu, H, nu, gx_row, gh_row, bias + u0, b_hn + u0, h_prev + i * H + u0,
+                                h_next + i * H + u0, out + t * out_t + seq * out_b + u0, r_out, z_out, n_out)
                 else:
-                    gates_before(nu, H, nu, gx_row, gh_row, b_hh + u0, h_prev + i * H + u0, h_next + i * H + u0,
-                                 out + t * out_t + seq * out_b + u0, z_out, n_out)
+                    gates_before(nu, H, nu, gx_row, gh_row, bias + u0, b_hn + u0, h_prev + i * H + u0,
+                                 h_next + i * H + u0, out + t * out_t + seq * out_b + u0, z_out, n_out)
                 if lengths[i] == s + 1:  # this sequence ends here: its final state
                     memcpy(h_n + seq * H + u0, h_next + i * H + u0, nu * sizeof(floating))
         gru_barrier()  # h_t is complete; it becomes h_{t-1}
@@ -236,9 +237,9 @@ cdef void thread_body(
 def run_direction(
     const floating[:, :, ::1] x,
     const floating[:, ::1] w_ih_t,
-    const floating[::1] b_ih,
     const floating[:, ::1] w_hh_t,
-    const floating[::1] b_hh,
+    const floating[::1] bias,
+    const floating[::1] b_hn,
     const long long[::1] lengths,
     const long long[::1] order,
     bint reverse,
@@ -252,7 +253,8 @@ def run_direction(
 ):
     """Run one layer in one direction; see the module docstring.
 
-    ``w_ih_t`` (I, 3H) and ``w_hh_t`` (H, 3H) are the transposed weights.
+    ``w_ih_t`` (I, 3H) and ``w_hh_t`` (H, 3H) are the transposed weights;
+    ``bias`` is (b_ir + b_hr, b_iz + b_hz, b_in) and ``b_hn`` the rest.
     ``lengths`` is sorted in decreasing order and ``order[i]`` is the batch
     index of the i-th longest sequence; ``h_n`` arrives holding h0 and
     ``output``/``gates`` arrive filled with zeros. ``workspace`` is scratch
@@ -285,6 +287,6 @@ def run_direction(
             for u in range(H):
                 h_a[i * H + u] = h_n[order[i], u]
         with parallel(num_threads=threads):
-            thread_body(T, B, I, H, steps, &x[0, 0, 0], &w_ih_t[0, 0], &b_ih[0], &w_hh_t[0, 0], &b_hh[0],
+            thread_body(T, B, I, H, steps, &x[0, 0, 0], &w_ih_t[0, 0], &w_hh_t[0, 0], &bias[0], &b_hn[0],
                         &lengths[0], &order[0], reverse, reset_after, gx, gh, rh, h_a, h_b, scratch, &panels[0, 0],
                         out, out_t, out_b, &h_n[0, 0], gates_ptr)

@@ -30,22 +30,14 @@ class CythonBackend(StackedBackend):
 
     def __init__(self) -> None:
         self._kernels = None
-        self._blas_controller = None
-        self._blas_limit = None
+        self._blas_libs = None  # threadpoolctl's controllers of the loaded BLAS libraries
+        self._blas_saved: list[int] = []
         self._blas_users = 0
         self._lock = threading.Lock()
         self._local = threading.local()
-        # transposed weights (BLAS's fastest layout here), made once per LayerWeights
-        self._transposed: weakref.WeakKeyDictionary[LayerWeights, tuple[np.ndarray, np.ndarray]] = (
+        self._prepared_weights: weakref.WeakKeyDictionary[LayerWeights, tuple[np.ndarray, ...]] = (
             weakref.WeakKeyDictionary()
         )
-
-    def _transposed_weights(self, weights: LayerWeights) -> tuple[np.ndarray, np.ndarray]:
-        pair = self._transposed.get(weights)
-        if pair is None:
-            pair = (np.ascontiguousarray(weights.w_ih.T), np.ascontiguousarray(weights.w_hh.T))
-            self._transposed[weights] = pair
-        return pair
 
     def available(self) -> bool | str:
         try:
@@ -54,6 +46,27 @@ class CythonBackend(StackedBackend):
             return f"the compiled extension is missing ({exc}); reinstall gru from source with a C compiler"
         self._kernels = _kernels
         return True
+
+    def _prepared(self, weights: LayerWeights) -> tuple[np.ndarray, ...]:
+        """Weights as the kernel takes them, made once per LayerWeights.
+
+        Transposed matrices (BLAS's fastest layout for these products), and the
+        biases folded: (b_ir + b_hr, b_iz + b_hz, b_in) and b_hn, which
+        reset-after applies under the reset gate.
+        """
+        prepared = self._prepared_weights.get(weights)
+        if prepared is None:
+            H = weights.w_hh.shape[1]
+            bias = weights.b_ih.copy()
+            bias[: 2 * H] += weights.b_hh[: 2 * H]
+            prepared = (
+                np.ascontiguousarray(weights.w_ih.T),
+                np.ascontiguousarray(weights.w_hh.T),
+                bias,
+                np.ascontiguousarray(weights.b_hh[2 * H :]),
+            )
+            self._prepared_weights[weights] = prepared
+        return prepared
 
     def _scratch(self, dtype: np.dtype, *shapes: tuple[int, int]) -> list[np.ndarray]:
         """Scratch arrays of these shapes, from a buffer kept per calling thread.
@@ -90,18 +103,21 @@ class CythonBackend(StackedBackend):
     def _single_threaded_blas(self):
         """Hold BLAS to one thread while any call of this backend runs.
 
-        Reference-counted: with calls running concurrently from several Python
-        threads, the first one in sets the limit and the last one out restores
-        it (a plain threadpoolctl context per call would restore it under the
-        feet of the others).
+        The BLAS libraries are found once (threadpoolctl) and then set through
+        their own get/set calls, a few microseconds instead of a fresh
+        threadpoolctl scan per call. Reference-counted: with calls running
+        concurrently from several Python threads, the first one in sets the
+        limit and the last one out restores it.
         """
         with self._lock:
             if self._blas_users == 0:
-                if self._blas_controller is None:
+                if self._blas_libs is None:
                     from threadpoolctl import ThreadpoolController
 
-                    self._blas_controller = ThreadpoolController()
-                self._blas_limit = self._blas_controller.limit(limits=1, user_api="blas")
+                    self._blas_libs = ThreadpoolController().select(user_api="blas").lib_controllers
+                self._blas_saved = [lib.get_num_threads() for lib in self._blas_libs]
+                for lib in self._blas_libs:
+                    lib.set_num_threads(1)
             self._blas_users += 1
         try:
             yield
@@ -109,8 +125,8 @@ class CythonBackend(StackedBackend):
             with self._lock:
                 self._blas_users -= 1
                 if self._blas_users == 0:
-                    self._blas_limit.restore_original_limits()
-                    self._blas_limit = None
+                    for lib, threads in zip(self._blas_libs, self._blas_saved, strict=True):
+                        lib.set_num_threads(threads)
 
     def forward(self, request):
         if self._kernels is None:
@@ -134,13 +150,9 @@ class CythonBackend(StackedBackend):
             sorted_lengths = np.ascontiguousarray(lengths[order])
         # gx, gh, r*h and two states, gate scratch; then each thread's packed recurrent weights
         workspace, panels = self._scratch(x.dtype, (T * B + 2 * B + 1, 3 * H), (H, 3 * H))
-        w_ih_t, w_hh_t = self._transposed_weights(weights)
         self._kernels.run_direction(
             x,
-            w_ih_t,
-            weights.b_ih,
-            w_hh_t,
-            weights.b_hh,
+            *self._prepared(weights),
             sorted_lengths,
             order,
             reverse,

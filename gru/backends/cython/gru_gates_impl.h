@@ -2,24 +2,28 @@
  * written once for REAL = float and REAL = double (included twice by
  * gru_math.h with REAL, SFX, SIGMOID and TANH defined).
  *
- * Gate blocks are (r, z, n): gx, gh and b_hh point at the r-entry of the
+ * Gate blocks are (r, z, n): gx, gh and bias point at the r-entry of the
  * first unit, and the z and n entries follow `stride` values apart in gx and
- * b_hh, `gh_stride` apart in gh. So gx[u], gx[stride + u], gx[2 * stride + u]
- * are unit u's r, z, n input parts. `restrict` lets the compiler vectorise.
+ * bias, `gh_stride` apart in gh. So gx[u], gx[stride + u], gx[2 * stride + u]
+ * are unit u's r, z, n input parts (x W_i^T without bias). The biases come
+ * folded: bias = (b_ir + b_hr, b_iz + b_hz, b_in), and b_hn on its own, since
+ * reset-after puts it under the reset gate. `restrict` lets the compiler
+ * vectorise.
  * The gate activations are always stored (to r_out, z_out, n_out: scratch
  * when the caller does not want them) so that each loop is one straight
  * body the compiler vectorises.
  */
 
-/* reset-after: n = tanh(x_n + r * (W_hn h + b_hn)); h_t goes to h_new and out */
+/* reset-after: n = tanh(x_n + b_in + r * (W_hn h + b_hn)); h_t goes to h_new and out */
 static inline void GRU_NAME(gru_gates_after)(
-    int n, int stride, int gh_stride, const REAL *restrict gx, const REAL *restrict gh, const REAL *restrict b_hh,
+    int n, int stride, int gh_stride, const REAL *restrict gx, const REAL *restrict gh,
+    const REAL *restrict bias, const REAL *restrict b_hn,
     const REAL *restrict h_old, REAL *restrict h_new, REAL *restrict out,
     REAL *restrict r_out, REAL *restrict z_out, REAL *restrict n_out) {
     for (int u = 0; u < n; u++) {
-        const REAL r = SIGMOID(gx[u] + gh[u] + b_hh[u]);
-        const REAL z = SIGMOID(gx[stride + u] + gh[gh_stride + u] + b_hh[stride + u]);
-        const REAL c = TANH(gx[2 * stride + u] + r * (gh[2 * gh_stride + u] + b_hh[2 * stride + u]));
+        const REAL r = SIGMOID(gx[u] + gh[u] + bias[u]);
+        const REAL z = SIGMOID(gx[stride + u] + gh[gh_stride + u] + bias[stride + u]);
+        const REAL c = TANH(gx[2 * stride + u] + bias[2 * stride + u] + r * (gh[2 * gh_stride + u] + b_hn[u]));
         const REAL h = (1 - z) * c + z * h_old[u];
         h_new[u] = h;
         out[u] = h;
@@ -29,27 +33,28 @@ static inline void GRU_NAME(gru_gates_after)(
     }
 }
 
-/* reset-before, first half: r = sigmoid(x_r + W_hr h + b_hr) to r_out,
+/* reset-before, first half: r = sigmoid(x_r + W_hr h + b_ir + b_hr) to r_out,
  * and r * h_{t-1} to rh for the candidate's product */
 static inline void GRU_NAME(gru_reset_before)(
-    int n, const REAL *restrict gx, const REAL *restrict gh, const REAL *restrict b_hh,
+    int n, const REAL *restrict gx, const REAL *restrict gh, const REAL *restrict bias,
     const REAL *restrict h_old, REAL *restrict r_out, REAL *restrict rh) {
     for (int u = 0; u < n; u++) {
-        const REAL r = SIGMOID(gx[u] + gh[u] + b_hh[u]);
+        const REAL r = SIGMOID(gx[u] + gh[u] + bias[u]);
         r_out[u] = r;
         rh[u] = r * h_old[u];
     }
 }
 
 /* reset-before, second half, once W_hn (r * h) is in gh's n block:
- * n = tanh(x_n + W_hn (r * h) + b_hn) */
+ * n = tanh(x_n + b_in + W_hn (r * h) + b_hn) */
 static inline void GRU_NAME(gru_gates_before)(
-    int n, int stride, int gh_stride, const REAL *restrict gx, const REAL *restrict gh, const REAL *restrict b_hh,
+    int n, int stride, int gh_stride, const REAL *restrict gx, const REAL *restrict gh,
+    const REAL *restrict bias, const REAL *restrict b_hn,
     const REAL *restrict h_old, REAL *restrict h_new, REAL *restrict out,
     REAL *restrict z_out, REAL *restrict n_out) {
     for (int u = 0; u < n; u++) {
-        const REAL z = SIGMOID(gx[stride + u] + gh[gh_stride + u] + b_hh[stride + u]);
-        const REAL c = TANH(gx[2 * stride + u] + gh[2 * gh_stride + u] + b_hh[2 * stride + u]);
+        const REAL z = SIGMOID(gx[stride + u] + gh[gh_stride + u] + bias[stride + u]);
+        const REAL c = TANH(gx[2 * stride + u] + bias[2 * stride + u] + gh[2 * gh_stride + u] + b_hn[u]);
         const REAL h = (1 - z) * c + z * h_old[u];
         h_new[u] = h;
         out[u] = h;

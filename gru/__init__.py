@@ -5,8 +5,10 @@
 >>> y, h_n = m(x)                       # doctest: +SKIP
 """
 
+from gru import onnx
 from gru._errors import BackendError, BackendNotFoundError, BackendUnavailableError, UnsupportedRequestError
-from gru._layers import GRU, GateTrace, GRUCell
+from gru._io import load
+from gru._layers import GRU, GateTrace, Gradients, GRUCell
 from gru._registry import BackendInfo, get_backend, list_backends, register_backend
 
 __version__ = "0.1.0"
@@ -19,8 +21,11 @@ __all__ = [
     "BackendUnavailableError",
     "GRUCell",
     "GateTrace",
+    "Gradients",
     "UnsupportedRequestError",
     "get_backend",
     "list_backends",
+    "load",
+    "onnx",
     "register_backend",
 ]

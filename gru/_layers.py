@@ -7,17 +7,39 @@ hand it to the backend the registry selects.
 
 from __future__ import annotations
 
+import os
+import threading
 import warnings
 from typing import Any, NamedTuple
 
 import numpy as np
 
+from gru import _arrays
 from gru import _validation as v
 from gru._registry import select_backend
 from gru.backends._base import Backend, ForwardRequest, LayerWeights
 
 Seed = int | np.random.Generator | None
 BackendChoice = str | Backend | None
+
+
+class Gradients(NamedTuple):
+    """What :meth:`GRU.backward` returns: d loss / d input, d loss / d h0, and
+    d loss / d parameter for every parameter, keyed like ``state_dict()``."""
+
+    input: Any
+    h0: Any
+    params: dict[str, Any]
+
+
+class _Tape(NamedTuple):
+    """A training call's request and result, kept for :meth:`GRU.backward`."""
+
+    backend: Backend
+    request: ForwardRequest
+    result: Any
+    batched: bool
+    give_back: Any
 
 
 class GateTrace(NamedTuple):
@@ -58,6 +80,7 @@ class _Recurrent:
             raise TypeError(f"backend: expected a backend name, a Backend or None, got {backend!r}")
         self.backend = backend
         self._rng = _make_rng(seed)
+        self._tapes = threading.local()  # the last training call of each thread, for backward()
         self._params: dict[str, np.ndarray] = {}
         self._weights: tuple[LayerWeights, ...] | None = None
         bound = 1.0 / np.sqrt(self.hidden_size)
@@ -93,6 +116,34 @@ class _Recurrent:
         loaded = {k: v.canonical_parameter(state_dict[k], k, shape, self.dtype) for k, shape in shapes.items()}
         self._params = loaded
         self._weights = None
+
+    # -- other libraries and files (converters live in gru.interop, gru._onnx_model, gru._io) ------
+    @classmethod
+    def from_torch(cls, module: Any, *, dtype: str | None = None, backend: BackendChoice = None):
+        """The layer equal to a ``torch.nn.GRU`` (``GRUCell`` for a ``torch.nn.GRUCell``).
+
+        Sizes, layers, directions, bias, ``batch_first`` and dropout come from the
+        module; ``dtype`` defaults to float64 for a float64 module, else float32.
+        Torch itself is not imported: the module is only read.
+        """
+        from gru import interop
+
+        return interop.layer_from_torch(cls, module, dtype=dtype, backend=backend)
+
+    def to_torch(self) -> Any:
+        """A ``torch.nn.GRU`` (or ``GRUCell``) with this layer's parameters, in eval mode; imports torch."""
+        from gru import interop
+
+        return interop.layer_to_torch(self)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write parameters and configuration to ``path``, atomically: safetensors, or NumPy's ``.npz``.
+
+        Read it back with :func:`gru.load`.
+        """
+        from gru import _io
+
+        _io.save(self, path)
 
     def __getattr__(self, name: str) -> np.ndarray:
         params = self.__dict__.get("_params", {})
@@ -194,6 +245,81 @@ class GRU(_Recurrent):
                 shapes[b_hh] = (3 * H,)
         return shapes
 
+    @classmethod
+    def from_keras(
+        cls,
+        kernel: Any,
+        recurrent_kernel: Any = None,
+        bias: Any = None,
+        *,
+        reset_after: bool | None = None,
+        batch_first: bool = True,
+        dtype: str | None = None,
+        backend: BackendChoice = None,
+    ) -> GRU:
+        """A one-layer GRU from a Keras ``GRU``: its weights, or the Keras layer itself.
+
+        ``kernel`` (I, 3H), ``recurrent_kernel`` (H, 3H), ``bias`` (2, 3H) with
+        ``reset_after=True`` (Keras's default) or (3H,) without, None for
+        ``use_bias=False``; gate order z, r, h. Keras is not needed. Keras
+        models are batch-major, hence ``batch_first=True`` by default.
+        """
+        from gru import interop
+
+        return interop.layer_from_keras(
+            cls,
+            kernel,
+            recurrent_kernel,
+            bias,
+            reset_after=reset_after,
+            batch_first=batch_first,
+            dtype=dtype,
+            backend=backend,
+        )
+
+    def keras_weights(self) -> list[list[np.ndarray]]:
+        """``[kernel, recurrent_kernel, bias]`` per (layer, direction), ready for Keras ``set_weights``.
+
+        Index ``layer * num_directions + direction``. For ``reset_after=False``
+        the two biases are folded into Keras's single one (same function).
+        """
+        from gru import interop
+
+        return interop.layer_keras_weights(self)
+
+    @classmethod
+    def from_onnx(cls, path_or_model: Any, *, dtype: str | None = None, backend: BackendChoice = None) -> GRU:
+        """The GRU stack of an ONNX model (path, bytes or ``onnx.ModelProto``); needs the onnx package.
+
+        Each ``GRU`` node becomes a layer; their weights must be constants.
+        Nodes after the last ``GRU`` are not part of the layer.
+        """
+        from gru import _onnx_model
+
+        return _onnx_model.layer_from_onnx(cls, path_or_model, dtype=dtype, backend=backend)
+
+    def to_onnx(
+        self,
+        path: str | os.PathLike | None = None,
+        *,
+        opset: int = 17,
+        initial_state: bool = False,
+        lengths: bool = False,
+    ) -> Any:
+        """This layer as an ONNX model (returned, and written to ``path`` when given); needs onnx.
+
+        Inputs ``x`` (and ``h0`` with ``initial_state=True``, int32 ``lengths``
+        with ``lengths=True``); outputs ``output`` and ``h_n``, shaped as this
+        layer's. ONNX Runtime gives a length-0 sequence ``h_n = 0`` where this
+        layer gives ``h0``.
+        """
+        from gru import _io, _onnx_model
+
+        model = _onnx_model.layer_to_onnx(self, opset=opset, initial_state=initial_state, lengths=lengths)
+        if path is not None:
+            _io._atomic_write(_io._check_path(path), model.SerializeToString())
+        return model
+
     def __call__(
         self,
         x: Any,
@@ -207,12 +333,16 @@ class GRU(_Recurrent):
     ) -> tuple[Any, Any] | tuple[Any, Any, GateTrace]:
         """Run the layer; with ``return_gates=True`` also return a :class:`GateTrace`.
 
-        ``train=True`` applies dropout between layers: masks are drawn from the
-        layer's generator (``seed``), one per layer boundary in layer order, as
-        ``gen.random((T, B, D*H)) < 1 - dropout``, scaled by 1 / (1 - dropout).
+        ``train=True`` runs in training mode: it keeps what :meth:`backward`
+        needs (the gate activations; inference keeps nothing), on a backend
+        that declares training, and applies dropout between layers: masks are
+        drawn from the layer's generator (``seed``), one per layer boundary in
+        layer order, as ``gen.random((T, B, D*H)) < 1 - dropout``, scaled by
+        1 / (1 - dropout).
         ``threads`` caps the threads of backends that use them (None: the
         backend's default).
         """
+        give_back = _arrays.returner(x)  # results come back as x's array type (torch in, torch out)
         return_gates = v.check_bool(return_gates, "return_gates")
         train = v.check_bool(train, "train")
         threads = None if threads is None else v.check_int(threads, "threads", 1)
@@ -236,8 +366,12 @@ class GRU(_Recurrent):
             dtype=self.dtype,
             dropout_masks=self._dropout_masks(T, B) if train else None,
             threads=threads,
+            training=train,
         )
-        result = select_backend(backend if backend is not None else self.backend, request).forward(request)
+        chosen = select_backend(backend if backend is not None else self.backend, request)
+        result = chosen.forward(request)
+        if train:  # what backward() needs, kept per calling thread
+            self._tapes.tape = _Tape(chosen, request, result, batched, give_back)
 
         output, h_n = result.output, result.h_n
         if not batched:
@@ -245,13 +379,59 @@ class GRU(_Recurrent):
         elif self.batch_first:
             output = output.transpose(1, 0, 2)
         if not return_gates:
-            return output, h_n
+            return give_back(output), give_back(h_n)
         gates = result.gates  # (LD, 3, T, B, H)
         if not batched:
             gates = gates[:, :, :, 0]
         elif self.batch_first:
             gates = gates.transpose(0, 1, 3, 2, 4)
-        return output, h_n, GateTrace(gates[:, 0], gates[:, 1], gates[:, 2])
+        return give_back(output), give_back(h_n), GateTrace(*(give_back(gates[:, g]) for g in range(3)))
+
+    def backward(self, d_output: Any, d_h_n: Any = None) -> Gradients:
+        """Gradients through this thread's last ``train=True`` call.
+
+        ``d_output`` and ``d_h_n`` are the gradients of your loss with respect
+        to that call's ``output`` and ``h_n``, in the same shapes (``d_h_n``
+        None: the loss does not use ``h_n``). Returns the gradients with
+        respect to the input, the initial state and every parameter (keyed like
+        :meth:`state_dict`). Calling it again on the same call is allowed.
+        """
+        tape = getattr(self._tapes, "tape", None)
+        if tape is None:
+            raise RuntimeError("backward: no training call to differentiate in this thread; call the layer with train=True")
+        request, result = tape.request, tape.result
+        T, B = request.seq_len, request.batch_size
+        LD, H = request.num_layers * request.num_directions, request.hidden_size
+        out_shape = (T, B, request.num_directions * H)
+        if not tape.batched:
+            user_out, user_hn = (T, out_shape[2]), (LD, H)
+        else:
+            user_out, user_hn = ((B, T, out_shape[2]) if self.batch_first else out_shape), (LD, B, H)
+        xp = v.array_module(request.x)
+        d_output = v.as_float_array(d_output, "d_output", self.dtype)
+        if tuple(d_output.shape) != user_out:
+            raise ValueError(f"d_output: expected the output's shape {user_out}, got {tuple(d_output.shape)}")
+        d_output = d_output[:, None] if not tape.batched else d_output.transpose(1, 0, 2) if self.batch_first else d_output
+        if d_h_n is None:
+            d_h_n = xp.zeros((LD, B, H), self.dtype)
+        else:
+            d_h_n = v.as_float_array(d_h_n, "d_h_n", self.dtype)
+            if tuple(d_h_n.shape) != user_hn:
+                raise ValueError(f"d_h_n: expected h_n's shape {user_hn}, got {tuple(d_h_n.shape)}")
+            d_h_n = d_h_n.reshape(LD, B, H)
+        grads = tape.backend.backward(request, result, xp.ascontiguousarray(d_output), xp.ascontiguousarray(d_h_n))
+
+        d_x, d_h0 = grads.d_x, grads.d_h0
+        if not tape.batched:
+            d_x, d_h0 = d_x[:, 0], d_h0[:, 0]
+        elif self.batch_first:
+            d_x = d_x.transpose(1, 0, 2)
+        params = {}
+        for names, layer_grads in zip(self._weight_keys(), grads.weights, strict=True):
+            for name, value in zip(names, (layer_grads.w_ih, layer_grads.w_hh, layer_grads.b_ih, layer_grads.b_hh)):
+                if name is not None:  # no bias parameters without bias
+                    params[name] = tape.give_back(value)
+        return Gradients(input=tape.give_back(d_x), h0=tape.give_back(d_h0), params=params)
 
     def _dropout_masks(self, T: int, B: int) -> tuple[np.ndarray, ...] | None:
         if self.dropout == 0 or self.num_layers == 1:
@@ -309,6 +489,7 @@ class GRUCell(_Recurrent):
 
     def __call__(self, x: Any, h0: Any = None, *, return_gates: bool = False, backend: BackendChoice = None):
         """One step; with ``return_gates=True`` returns ``(h1, GateTrace)``."""
+        give_back = _arrays.returner(x)
         return_gates = v.check_bool(return_gates, "return_gates")
         x = v.as_float_array(x, "x", self.dtype)
         if x.ndim not in (1, 2) or x.shape[-1] != self.input_size:
@@ -342,9 +523,9 @@ class GRUCell(_Recurrent):
         result = select_backend(backend if backend is not None else self.backend, request).forward(request)
         h1 = result.h_n[0] if batched else result.h_n[0, 0]
         if not return_gates:
-            return h1
+            return give_back(h1)
         gates = result.gates[0, :, 0] if batched else result.gates[0, :, 0, 0]
-        return h1, GateTrace(gates[0], gates[1], gates[2])
+        return give_back(h1), GateTrace(*(give_back(g) for g in gates))
 
     def __repr__(self) -> str:
         return (

@@ -24,6 +24,7 @@ import numpy as np
 
 __all__ = [
     "Backend",
+    "BackwardResult",
     "Capabilities",
     "ForwardRequest",
     "ForwardResult",
@@ -39,7 +40,10 @@ class Capabilities:
 
     ``device`` is where the backend's arrays live ("cpu" for NumPy arrays,
     "cuda" for CuPy arrays); ``priority`` ranks backends for ``backend="auto"``
-    (higher wins among those that can run a call).
+    (higher wins among those that can run a call). ``accepts_host_arrays``: a
+    device backend that also takes NumPy inputs (copying them over and
+    returning NumPy results) when it is named explicitly; ``backend="auto"``
+    still only picks backends on the input's own device.
     """
 
     dtypes: frozenset[str] = frozenset({"float32", "float64"})
@@ -50,6 +54,7 @@ class Capabilities:
     training: bool = False
     device: str = "cpu"
     priority: int = 0
+    accepts_host_arrays: bool = False
 
 
 @dataclass(frozen=True, eq=False)
@@ -83,6 +88,8 @@ class ForwardRequest:
     * ``dropout_masks``: ``None``, or one (T, B, D*H) array per layer boundary
       (``num_layers - 1`` of them), already scaled by 1 / (1 - p), to multiply
       into the output of every layer but the last.
+    * ``training``: keep what :meth:`Backend.backward` needs in
+      :attr:`ForwardResult.saved` (only sent to backends declaring training).
     """
 
     x: Any
@@ -97,6 +104,7 @@ class ForwardRequest:
     dtype: str
     dropout_masks: tuple[Any, ...] | None = None
     threads: int | None = None
+    training: bool = False
 
     @property
     def seq_len(self) -> int:
@@ -120,6 +128,22 @@ class ForwardResult:
     output: Any
     h_n: Any
     gates: Any = None
+    saved: Any = None  # training only: whatever the backend's backward needs, opaque to the API
+
+
+@dataclass
+class BackwardResult:
+    """What :meth:`Backend.backward` returns, in the canonical layouts.
+
+    * ``d_x``: (T, B, I), zeros at steps past a sequence's length;
+    * ``d_h0``: (num_layers * D, B, H);
+    * ``weights``: one :class:`LayerWeights` of gradients per (layer, direction),
+      shaped like the weights (bias gradients too, even for ``bias=False``).
+    """
+
+    d_x: Any
+    d_h0: Any
+    weights: tuple[LayerWeights, ...]
 
 
 class Backend(abc.ABC):
@@ -151,22 +175,50 @@ class Backend(abc.ABC):
             return "variable lengths are not supported"
         if request.return_gates and not caps.gates:
             return "return_gates=True is not supported"
+        if request.training and not caps.training:
+            return "training (train=True, backward) is not supported"
         return True
 
     @abc.abstractmethod
     def forward(self, request: ForwardRequest) -> ForwardResult:
         """Run the whole stack of layers on ``request``."""
 
+    def backward(self, request: ForwardRequest, result: ForwardResult, d_output: Any, d_h_n: Any) -> BackwardResult:
+        """Gradients of a loss through a training-mode forward.
+
+        ``request``/``result`` are that forward's; ``d_output`` (T, B, D*H) and
+        ``d_h_n`` (L*D, B, H) are the loss's gradients with respect to its
+        outputs (the API passes zeros where the loss does not depend on one).
+        Backends that declare ``training`` implement this.
+        """
+        raise NotImplementedError(f"backend {self.name!r} does not implement training")
+
     def __repr__(self) -> str:
         return f"<gru backend {self.name or type(self).__name__!r}>"
+
+
+@dataclass
+class StackedTape:
+    """What :class:`StackedBackend` keeps from a training forward for its backward.
+
+    Per layer, its input (after the previous layer's dropout) and its output
+    (before dropout); per (layer, direction), the gate activations r, z, n and,
+    for reset-after, hn = W_hn h_{t-1} + b_hn (the reset gate's other factor).
+    """
+
+    inputs: list[Any]
+    outputs: list[Any]
+    gates: Any  # (L*D, 3, T, B, H)
+    hn: Any  # (L*D, T, B, H) or None
 
 
 class StackedBackend(Backend):
     """A backend that only implements one layer in one direction.
 
     :meth:`forward` runs the layers in order, the directions of a layer on
-    the same input, concatenates them and applies dropout masks between layers.
-    ``xp`` is the array module the backend's arrays belong to.
+    the same input, concatenates them and applies dropout masks between layers;
+    :meth:`backward` does the same in reverse. ``xp`` is the array module the
+    backend's arrays belong to.
     """
 
     xp: Any = np
@@ -185,6 +237,7 @@ class StackedBackend(Backend):
         h_n: Any,
         gates: Any | None,
         threads: int | None,
+        hn: Any | None = None,
     ) -> None:
         """Run one direction of one layer, writing into the given buffers.
 
@@ -195,18 +248,54 @@ class StackedBackend(Backend):
         gate activations into it (3, T, B, H, zeros). ``reverse`` runs each
         sequence from its own last valid step back to step 0. ``threads`` is
         the call's thread request (None: the backend's default); a backend
-        that does not thread ignores it.
+        that does not thread ignores it. Training calls (only made to
+        backends that declare training) also pass ``hn``: None, or for
+        reset-after a (T, B, H) buffer for W_hn h_{t-1} + b_hn of every step.
         """
+
+    def backward_direction(
+        self,
+        x: Any,
+        h0: Any,
+        weights: LayerWeights,
+        lengths: np.ndarray | None,
+        *,
+        reverse: bool,
+        reset_after: bool,
+        output: Any,
+        gates: Any,
+        hn: Any | None,
+        d_output: Any,
+        d_h_n: Any,
+        d_x: Any,
+        d_h0: Any,
+        grads: LayerWeights,
+        threads: int | None,
+    ) -> None:
+        """Backpropagate through one direction of one layer (training backends).
+
+        Takes what :meth:`run_direction` took and wrote (``output`` (T, B, H),
+        ``gates`` (3, T, B, H), ``hn``) and the gradients of the loss with
+        respect to ``output`` (``d_output``; entries past a sequence's length
+        are ignored) and to the last state (``d_h_n``, (B, H)). Adds the input
+        gradient into ``d_x`` (T, B, I_layer; the other direction adds too),
+        writes ``d_h0`` (B, H) and the weight gradients into ``grads`` (arrays
+        shaped like the weights, arriving zero-filled).
+        """
+        raise NotImplementedError(f"backend {self.name!r} does not implement training")
 
     def forward(self, request: ForwardRequest) -> ForwardResult:
         xp = self.xp
         T, B = request.seq_len, request.batch_size
-        H, D = request.hidden_size, request.num_directions
+        H, D, L = request.hidden_size, request.num_directions, request.num_layers
         dtype = request.dtype
         h_n = xp.empty_like(request.h0)
-        gates = xp.zeros((request.num_layers * D, 3, T, B, H), dtype) if request.return_gates else None
+        keep_gates = request.return_gates or request.training
+        gates = xp.zeros((L * D, 3, T, B, H), dtype) if keep_gates else None
+        hn = xp.zeros((L * D, T, B, H), dtype) if request.training and request.reset_after else None
+        inputs, outputs = [], []
         layer_input = request.x
-        for layer in range(request.num_layers):
+        for layer in range(L):
             output = xp.zeros((T, B, D * H), dtype)
             for direction in range(D):
                 k = layer * D + direction
@@ -221,11 +310,50 @@ class StackedBackend(Backend):
                     h_n=h_n[k],
                     gates=None if gates is None else gates[k],
                     threads=request.threads,
+                    **({"hn": None if hn is None else hn[k]} if request.training else {}),
                 )
-            if request.dropout_masks is not None and layer < request.num_layers - 1:
-                output *= request.dropout_masks[layer]
+            inputs.append(layer_input)
+            outputs.append(output)
+            if request.dropout_masks is not None and layer < L - 1:
+                output = output * request.dropout_masks[layer]
             layer_input = output
-        return ForwardResult(output=layer_input, h_n=h_n, gates=gates)
+        saved = StackedTape(inputs, outputs, gates, hn) if request.training else None
+        return ForwardResult(output=layer_input, h_n=h_n, gates=gates if request.return_gates else None, saved=saved)
+
+    def backward(self, request: ForwardRequest, result: ForwardResult, d_output: Any, d_h_n: Any) -> BackwardResult:
+        xp = self.xp
+        tape: StackedTape = result.saved
+        H, D, L = request.hidden_size, request.num_directions, request.num_layers
+        d_h0 = xp.zeros_like(request.h0)
+        grads = [LayerWeights(*(xp.zeros_like(a) for a in (w.w_ih, w.w_hh, w.b_ih, w.b_hh))) for w in request.weights]
+        d_layer_output = d_output
+        for layer in reversed(range(L)):
+            layer_input = tape.inputs[layer]
+            d_input = xp.zeros_like(layer_input)
+            for direction in range(D):
+                k = layer * D + direction
+                columns = slice(direction * H, (direction + 1) * H)
+                self.backward_direction(
+                    layer_input,
+                    request.h0[k],
+                    request.weights[k],
+                    request.lengths,
+                    reverse=direction == 1,
+                    reset_after=request.reset_after,
+                    output=tape.outputs[layer][:, :, columns],
+                    gates=tape.gates[k],
+                    hn=None if tape.hn is None else tape.hn[k],
+                    d_output=d_layer_output[:, :, columns],
+                    d_h_n=d_h_n[k],
+                    d_x=d_input,
+                    d_h0=d_h0[k],
+                    grads=grads[k],
+                    threads=request.threads,
+                )
+            if layer > 0 and request.dropout_masks is not None:
+                d_input = d_input * request.dropout_masks[layer - 1]
+            d_layer_output = d_input
+        return BackwardResult(d_x=d_layer_output, d_h0=d_h0, weights=tuple(grads))
 
 
 def reverse_padded(a: Any, lengths: np.ndarray | None, axis: int = 0, xp: Any = np) -> Any:

@@ -10,6 +10,6 @@ Without ``--gru-backend`` it runs on every available backend. Its oracle
 the equations, itself checked against golden values produced by PyTorch.
 """
 
-from gru.testing.oracle import oracle_forward
+from gru.testing.oracle import oracle_backward, oracle_forward
 
-__all__ = ["oracle_forward"]
+__all__ = ["oracle_backward", "oracle_forward"]

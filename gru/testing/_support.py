@@ -55,3 +55,38 @@ def oracle_for(layer: gru.GRU, x_tbi: np.ndarray, h0=None, lengths=None, dropout
         bias=layer.bias,
         dropout_masks=dropout_masks,
     )
+
+
+#: gradients: float64 against the oracle's analytic ones; float32 (sums over many products) looser
+GRADIENT_TOLERANCE = {"float32": 1e-4, "float64": 1e-10}
+
+
+def require_training(backend_name: str) -> None:
+    if not gru.get_backend(backend_name).capabilities.training:
+        pytest.skip(f"{backend_name} does not declare training")
+
+
+def oracle_gradients_for(layer: gru.GRU, x_tbi, d_output, d_h_n, h0=None, lengths=None, dropout_masks=None):
+    """The oracle's gradients for ``layer`` on time-major data."""
+    from gru.testing.oracle import oracle_backward
+
+    return oracle_backward(
+        x_tbi,
+        layer.state_dict(),
+        d_output,
+        d_h_n,
+        num_layers=layer.num_layers,
+        bidirectional=layer.bidirectional,
+        reset_after=layer.reset_after,
+        h0=h0,
+        lengths=lengths,
+        bias=layer.bias,
+        dropout_masks=dropout_masks,
+    )
+
+
+def assert_gradient_close(actual, expected, dtype: str, what: str) -> None:
+    actual = to_numpy(actual)
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape}, expected {expected.shape}"
+    tol = GRADIENT_TOLERANCE[dtype]
+    np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol, err_msg=what)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import gru
-from gru.testing._support import DTYPES, assert_close, oracle_for, require
+from gru.testing._support import DTYPES, assert_close, oracle_for, require, require_training
 
 T, B, I, H = 6, 4, 3, 5
 MIXED_LENGTHS = [T, 0, 3, 1]  # full, empty, partial, one step; unsorted
@@ -86,6 +86,7 @@ def test_dropout_in_training_uses_the_layers_generator(backend_name, dtype, rese
     """train=True multiplies masks drawn from the layer's generator, in layer order, into the
     output of every layer but the last: ``gen.random((T, B, D*H)) < 1 - p``, scaled by 1 / (1 - p)."""
     require(backend_name, dtype=dtype, reset_after=reset_after)
+    require_training(backend_name)  # train=True is a training call
     p, L = 0.4, 3
     generator = np.random.default_rng(11)
     layer = gru.GRU(

@@ -31,12 +31,12 @@ def gate_blocks(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 class NumpyBackend(StackedBackend):
-    """The reference implementation: every feature, both dtypes, no dependency beyond NumPy."""
+    """The reference implementation: every feature, both dtypes, training, no dependency beyond NumPy."""
 
-    capabilities = Capabilities(priority=0)
+    capabilities = Capabilities(priority=0, training=True)
 
     def run_direction(
-        self, x, h0, weights: LayerWeights, lengths, *, reverse, reset_after, output, h_n, gates, threads
+        self, x, h0, weights: LayerWeights, lengths, *, reverse, reset_after, output, h_n, gates, threads=None, hn=None
     ):
         T, B, _ = x.shape
         if reverse:
@@ -48,14 +48,16 @@ class NumpyBackend(StackedBackend):
         x_r, x_z, x_n = np.split(x @ weights.w_ih.T + weights.b_ih, 3, axis=-1)
 
         states = np.zeros_like(output)
-        trace = None if gates is None else np.zeros_like(gates)
+        trace = np.zeros((4, *output.shape), output.dtype)  # r, z, n and W_hn h_{t-1} + b_hn
         h = h0.copy()
         for t in range(T):
             r = sigmoid(x_r[t] + h @ W_hr.T + b_hr)
             z = sigmoid(x_z[t] + h @ W_hz.T + b_hz)
             if reset_after:
-                n = np.tanh(x_n[t] + r * (h @ W_hn.T + b_hn))
+                h_part = h @ W_hn.T + b_hn
+                n = np.tanh(x_n[t] + r * h_part)
             else:
+                h_part = 0.0
                 n = np.tanh(x_n[t] + (r * h) @ W_hn.T + b_hn)
             h_new = (1.0 - z) * n + z * h
 
@@ -63,11 +65,87 @@ class NumpyBackend(StackedBackend):
             alive = np.ones((B, 1), bool) if lengths is None else (t < lengths)[:, None]
             h = np.where(alive, h_new, h)
             states[t] = np.where(alive, h_new, 0.0)
-            if trace is not None:
-                for g, value in enumerate((r, z, n)):
-                    trace[g, t] = np.where(alive, value, 0.0)
+            for g, value in enumerate((r, z, n, h_part)):
+                trace[g, t] = np.where(alive, value, 0.0)
 
-        output[...] = reverse_padded(states, lengths) if reverse else states
+        def in_time_order(a, axis=0):
+            return reverse_padded(a, lengths, axis=axis) if reverse else a
+
+        output[...] = in_time_order(states)
         h_n[...] = h
-        if trace is not None:
-            gates[...] = reverse_padded(trace, lengths, axis=1) if reverse else trace
+        if gates is not None:
+            gates[...] = in_time_order(trace[:3], axis=1)
+        if hn is not None:
+            hn[...] = in_time_order(trace[3])
+
+    def backward_direction(
+        self,
+        x,
+        h0,
+        weights,
+        lengths,
+        *,
+        reverse,
+        reset_after,
+        output,
+        gates,
+        hn,
+        d_output,
+        d_h_n,
+        d_x,
+        d_h0,
+        grads,
+        threads=None,
+    ):
+        T, B, _ = x.shape
+
+        def in_step_order(a, axis=0):  # the order the forward pass took the steps in (its own inverse)
+            return reverse_padded(a, lengths, axis=axis) if reverse else a
+
+        x = in_step_order(x)
+        states = in_step_order(output)
+        r, z, n = in_step_order(gates, axis=1)
+        h_part = in_step_order(hn) if reset_after else None
+        d_states = in_step_order(d_output)
+        alive = np.ones((T, B, 1), bool) if lengths is None else (np.arange(T)[:, None] < lengths)[:, :, None]
+        # h_{t-1} of every step: h0, then the previous step's state (only read where alive)
+        h_prev = np.concatenate([h0[None], states[:-1]], axis=0)
+
+        W_hr, W_hz, W_hn = gate_blocks(weights.w_hh)
+        W_hrz = weights.w_hh[: 2 * h0.shape[-1]]
+        d_pre_x = np.zeros((T, B, 3 * h0.shape[-1]), x.dtype)  # d loss / d (W_i· x_t + b_i·)
+        d_pre_h = np.zeros_like(d_pre_x)  # d loss / d (W_h· h_{t-1} + b_h·), (W_hn (r h) + b_hn) for reset-before
+        d_h = d_h_n.copy()  # d loss / d h_t, carried backwards through time
+        for t in reversed(range(T)):
+            dh = d_h + np.where(alive[t], d_states[t], 0.0)
+            # h_t = (1 - z) n + z h_{t-1}
+            d_n = dh * (1.0 - z[t])
+            d_z = dh * (h_prev[t] - n[t])
+            d_n_pre = d_n * (1.0 - n[t] ** 2)  # through tanh
+            d_z_pre = d_z * z[t] * (1.0 - z[t])  # through σ
+            if reset_after:  # n = tanh(x_n + r * h_part)
+                d_r = d_n_pre * h_part[t]
+                d_h_part = d_n_pre * r[t]
+                d_r_pre = d_r * r[t] * (1.0 - r[t])
+                d_pre_h_t = np.concatenate([d_r_pre, d_z_pre, d_h_part], axis=-1)
+                d_h_prev = dh * z[t] + d_pre_h_t @ weights.w_hh
+            else:  # n = tanh(x_n + W_hn (r h) + b_hn)
+                d_rh = d_n_pre @ W_hn
+                d_r_pre = d_rh * h_prev[t] * r[t] * (1.0 - r[t])
+                d_pre_h_t = np.concatenate([d_r_pre, d_z_pre, d_n_pre], axis=-1)
+                d_h_prev = dh * z[t] + d_rh * r[t] + d_pre_h_t[:, : 2 * h0.shape[-1]] @ W_hrz
+            d_pre_x[t] = np.where(alive[t], np.concatenate([d_r_pre, d_z_pre, d_n_pre], axis=-1), 0.0)
+            d_pre_h[t] = np.where(alive[t], d_pre_h_t, 0.0)
+            d_h = np.where(alive[t], d_h_prev, d_h)  # an ended sequence's state passed through unchanged
+
+        d_h0[...] = d_h
+        rows = T * B
+        d_x += in_step_order(d_pre_x @ weights.w_ih)
+        grads.w_ih[...] = d_pre_x.reshape(rows, -1).T @ x.reshape(rows, -1)
+        grads.b_ih[...] = d_pre_x.reshape(rows, -1).sum(axis=0)
+        # the recurrent products' inputs: h_{t-1}, and r ⊙ h_{t-1} for reset-before's candidate
+        H = h0.shape[-1]
+        grads.w_hh[: 2 * H] = d_pre_h[..., : 2 * H].reshape(rows, -1).T @ h_prev.reshape(rows, -1)
+        n_input = h_prev if reset_after else r * h_prev
+        grads.w_hh[2 * H :] = d_pre_h[..., 2 * H :].reshape(rows, -1).T @ n_input.reshape(rows, -1)
+        grads.b_hh[...] = d_pre_h.reshape(rows, -1).sum(axis=0)

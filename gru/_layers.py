@@ -398,7 +398,9 @@ class GRU(_Recurrent):
         """
         tape = getattr(self._tapes, "tape", None)
         if tape is None:
-            raise RuntimeError("backward: no training call to differentiate in this thread; call the layer with train=True")
+            raise RuntimeError(
+                "backward: no training call to differentiate in this thread; call the layer with train=True"
+            )
         request, result = tape.request, tape.result
         T, B = request.seq_len, request.batch_size
         LD, H = request.num_layers * request.num_directions, request.hidden_size
@@ -411,7 +413,10 @@ class GRU(_Recurrent):
         d_output = v.as_float_array(d_output, "d_output", self.dtype)
         if tuple(d_output.shape) != user_out:
             raise ValueError(f"d_output: expected the output's shape {user_out}, got {tuple(d_output.shape)}")
-        d_output = d_output[:, None] if not tape.batched else d_output.transpose(1, 0, 2) if self.batch_first else d_output
+        if not tape.batched:
+            d_output = d_output[:, None]
+        elif self.batch_first:
+            d_output = d_output.transpose(1, 0, 2)
         if d_h_n is None:
             d_h_n = xp.zeros((LD, B, H), self.dtype)
         else:
@@ -428,7 +433,8 @@ class GRU(_Recurrent):
             d_x = d_x.transpose(1, 0, 2)
         params = {}
         for names, layer_grads in zip(self._weight_keys(), grads.weights, strict=True):
-            for name, value in zip(names, (layer_grads.w_ih, layer_grads.w_hh, layer_grads.b_ih, layer_grads.b_hh)):
+            values = (layer_grads.w_ih, layer_grads.w_hh, layer_grads.b_ih, layer_grads.b_hh)
+            for name, value in zip(names, values, strict=True):
                 if name is not None:  # no bias parameters without bias
                     params[name] = tape.give_back(value)
         return Gradients(input=tape.give_back(d_x), h0=tape.give_back(d_h0), params=params)

@@ -196,7 +196,7 @@ def test_gradients_with_dropout_use_the_forward_masks(backend_name, reset_after)
     d_output = rng.standard_normal((T, B, 2 * H))
     layer(x, train=True)
     grads = layer.backward(d_output)
-    d_x, d_h0, d_params = oracle_gradients_for(layer, x, d_output, np.zeros((2 * L, B, H)), dropout_masks=masks)
+    d_x, _, d_params = oracle_gradients_for(layer, x, d_output, np.zeros((2 * L, B, H)), dropout_masks=masks)
     assert_gradient_close(grads.input, d_x, "float64", "d input")
     for name, value in d_params.items():
         assert_gradient_close(grads.params[name], value, "float64", f"d {name}")

@@ -111,7 +111,7 @@ class NumpyBackend(StackedBackend):
         # h_{t-1} of every step: h0, then the previous step's state (only read where alive)
         h_prev = np.concatenate([h0[None], states[:-1]], axis=0)
 
-        W_hr, W_hz, W_hn = gate_blocks(weights.w_hh)
+        W_hn = gate_blocks(weights.w_hh)[2]
         W_hrz = weights.w_hh[: 2 * h0.shape[-1]]
         d_pre_x = np.zeros((T, B, 3 * h0.shape[-1]), x.dtype)  # d loss / d (W_i· x_t + b_i·)
         d_pre_h = np.zeros_like(d_pre_x)  # d loss / d (W_h· h_{t-1} + b_h·), (W_hn (r h) + b_hn) for reset-before

@@ -197,7 +197,9 @@ def select_backend(choice: str | Backend | None, request: ForwardRequest) -> Bac
     else:
         backend = get_backend(choice)
     device = _device_of(request)
-    if backend.capabilities.device != device:
+    caps = backend.capabilities
+    host_input_accepted = device == "cpu" and caps.accepts_host_arrays  # named explicitly: the user's intent
+    if caps.device != device and not host_input_accepted:
         raise UnsupportedRequestError(
             f"backend {backend.name or backend!r} runs on {backend.capabilities.device} but the input is on {device}"
         )

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from gru._arrays import as_array, is_torch_tensor, to_host
+
 SUPPORTED_DTYPES = ("float32", "float64")
 
 
@@ -59,11 +61,16 @@ def check_probability(value: Any, name: str) -> float:
 
 
 def as_float_array(value: Any, name: str, dtype: str) -> Any:
-    """``value`` as a NumPy or CuPy array of the layer's ``dtype`` (no silent precision change)."""
-    xp = array_module(value)
+    """``value`` as a NumPy or CuPy array of the layer's ``dtype`` (no silent precision change).
+
+    Anything that speaks an array protocol is read without a copy where it allows
+    (torch tensors, DLPack, CUDA arrays: see :mod:`gru._arrays`).
+    """
     try:
-        array = xp.asarray(value)
+        array = as_array(value, name)
     except (TypeError, ValueError) as exc:
+        if str(exc).startswith(f"{name}:"):
+            raise TypeError(str(exc)) from None
         raise TypeError(f"{name}: expected an array of {dtype}, got {type(value).__name__} ({exc})") from None
     if array.dtype.kind != "f":
         raise TypeError(f"{name}: expected a floating-point array of {dtype}, got dtype {array.dtype}")
@@ -113,8 +120,8 @@ def canonical_lengths(lengths: Any, *, batch: int, seq_len: int, batched: bool) 
     """Return lengths as an int64 host array, or None when every sequence is full."""
     if lengths is None:
         return None
-    if hasattr(lengths, "__cuda_array_interface__"):
-        lengths = lengths.get()
+    if hasattr(lengths, "__cuda_array_interface__") or is_torch_tensor(lengths):
+        lengths = to_host(lengths, "lengths")
     if not batched and np.ndim(lengths) == 0:
         lengths = [lengths]
     try:
@@ -141,11 +148,12 @@ def canonical_lengths(lengths: Any, *, batch: int, seq_len: int, batched: bool) 
 def canonical_parameter(value: Any, name: str, shape: tuple[int, ...], dtype: str) -> np.ndarray:
     """A state-dict entry as a fresh contiguous host array of ``shape`` and ``dtype``."""
     if hasattr(value, "detach"):  # a torch tensor: no autograd, host memory
-        value = value.detach().cpu().numpy()
-    elif hasattr(value, "__cuda_array_interface__"):
-        value = value.get()
+        value = value.detach().cpu()
+        if str(value.dtype) == "torch.bfloat16":  # no NumPy dtype: widen, exactly
+            value = value.float()
+        value = value.numpy()
     try:
-        array = np.asarray(value)
+        array = to_host(value, f"state_dict[{name!r}]")
     except (TypeError, ValueError) as exc:
         raise TypeError(
             f"state_dict[{name!r}]: expected an array of shape {shape}, got {type(value).__name__} ({exc})"

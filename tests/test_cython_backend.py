@@ -121,3 +121,26 @@ def test_concurrent_calls_from_python_threads_match_serial_ones_and_restore_blas
     for a, b in zip(serial, parallel, strict=True):
         np.testing.assert_array_equal(a, b)
     assert blas_threads() == before
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 5])
+@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@pytest.mark.parametrize("batch", [1, 4])
+def test_backward_with_several_threads_matches_the_oracle(threads, reset_after, batch):
+    """H = 72: several unit slices (one partial) in the backward's per-step products and weight GEMMs."""
+    from gru.testing._support import oracle_gradients_for
+
+    rng = np.random.default_rng(threads * 100 + batch)
+    layer = gru.GRU(7, 72, 2, bidirectional=True, reset_after=reset_after, dtype="float64", backend="cython", seed=rng)
+    x = rng.standard_normal((9, batch, 7))
+    h0 = rng.standard_normal((4, batch, 72))
+    lengths = rng.integers(0, 10, batch)
+    d_output = rng.standard_normal((9, batch, 144))
+    d_h_n = rng.standard_normal((4, batch, 72))
+    layer(x, h0, lengths, train=True, threads=threads)
+    grads = layer.backward(d_output, d_h_n)
+    d_x, d_h0, d_params = oracle_gradients_for(layer, x, d_output, d_h_n, h0, lengths)
+    np.testing.assert_allclose(grads.input, d_x, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(grads.h0, d_h0, rtol=1e-10, atol=1e-10)
+    for name, value in d_params.items():
+        np.testing.assert_allclose(grads.params[name], value, rtol=1e-10, atol=1e-10, err_msg=name)

@@ -18,7 +18,7 @@ live ones form a prefix: finished sequences cost nothing.
 """
 
 from cython.parallel cimport parallel
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 from scipy.linalg.cython_blas cimport dgemm, dgemv, sgemm, sgemv
 
 ctypedef fused floating:
@@ -32,10 +32,10 @@ cdef extern from "gru_math.h" nogil:
     int gru_has_openmp()
     void gru_gates_after_f(int n, int stride, int gh_stride, const float* gx, const float* gh, const float* bias,
                            const float* b_hn, const float* h_old, float* h_new, float* out,
-                           float* r_out, float* z_out, float* n_out)
+                           float* r_out, float* z_out, float* n_out, float* hn_out)
     void gru_gates_after_d(int n, int stride, int gh_stride, const double* gx, const double* gh, const double* bias,
                            const double* b_hn, const double* h_old, double* h_new, double* out,
-                           double* r_out, double* z_out, double* n_out)
+                           double* r_out, double* z_out, double* n_out, double* hn_out)
     void gru_reset_before_f(int n, const float* gx, const float* gh, const float* bias, const float* h_old,
                             float* r_out, float* rh)
     void gru_reset_before_d(int n, const double* gx, const double* gh, const double* bias, const double* h_old,
@@ -46,6 +46,20 @@ cdef extern from "gru_math.h" nogil:
     void gru_gates_before_d(int n, int stride, int gh_stride, const double* gx, const double* gh, const double* bias,
                             const double* b_hn, const double* h_old, double* h_new, double* out,
                             double* z_out, double* n_out)
+    void gru_backward_after_f(int n, int stride, const float* dh, const float* h_prev, const float* r,
+                              const float* z, const float* c, const float* hn, float* d_x, float* d_h,
+                              float* d_carry)
+    void gru_backward_after_d(int n, int stride, const double* dh, const double* h_prev, const double* r,
+                              const double* z, const double* c, const double* hn, double* d_x, double* d_h,
+                              double* d_carry)
+    void gru_backward_before_f(int n, int stride, const float* dh, const float* h_prev, const float* z,
+                               const float* c, float* d_x, float* d_h, float* d_carry)
+    void gru_backward_before_d(int n, int stride, const double* dh, const double* h_prev, const double* z,
+                               const double* c, double* d_x, double* d_h, double* d_carry)
+    void gru_backward_before_reset_f(int n, const float* d_rh, const float* h_prev, const float* r,
+                                     float* d_x_r, float* d_h_r, float* d_carry)
+    void gru_backward_before_reset_d(int n, const double* d_rh, const double* h_prev, const double* r,
+                                     double* d_x_r, double* d_h_r, double* d_carry)
 
 
 # Thread ids without cython.parallel.threadid(), whose use in a parallel
@@ -73,11 +87,12 @@ def has_openmp() -> bool:
 
 cdef inline void gates_after(int n, int stride, int gh_stride, const floating* gx, const floating* gh,
                              const floating* bias, const floating* b_hn, const floating* h_old, floating* h_new,
-                             floating* out, floating* r_out, floating* z_out, floating* n_out) noexcept nogil:
+                             floating* out, floating* r_out, floating* z_out, floating* n_out,
+                             floating* hn_out) noexcept nogil:
     if floating is float:
-        gru_gates_after_f(n, stride, gh_stride, gx, gh, bias, b_hn, h_old, h_new, out, r_out, z_out, n_out)
+        gru_gates_after_f(n, stride, gh_stride, gx, gh, bias, b_hn, h_old, h_new, out, r_out, z_out, n_out, hn_out)
     else:
-        gru_gates_after_d(n, stride, gh_stride, gx, gh, bias, b_hn, h_old, h_new, out, r_out, z_out, n_out)
+        gru_gates_after_d(n, stride, gh_stride, gx, gh, bias, b_hn, h_old, h_new, out, r_out, z_out, n_out, hn_out)
 
 
 cdef inline void reset_before(int n, const floating* gx, const floating* gh, const floating* bias,
@@ -95,6 +110,31 @@ cdef inline void gates_before(int n, int stride, int gh_stride, const floating* 
         gru_gates_before_f(n, stride, gh_stride, gx, gh, bias, b_hn, h_old, h_new, out, z_out, n_out)
     else:
         gru_gates_before_d(n, stride, gh_stride, gx, gh, bias, b_hn, h_old, h_new, out, z_out, n_out)
+
+
+cdef inline void backward_after(int n, int stride, const floating* dh, const floating* h_prev, const floating* r,
+                                const floating* z, const floating* c, const floating* hn, floating* d_x,
+                                floating* d_h, floating* d_carry) noexcept nogil:
+    if floating is float:
+        gru_backward_after_f(n, stride, dh, h_prev, r, z, c, hn, d_x, d_h, d_carry)
+    else:
+        gru_backward_after_d(n, stride, dh, h_prev, r, z, c, hn, d_x, d_h, d_carry)
+
+
+cdef inline void backward_before(int n, int stride, const floating* dh, const floating* h_prev, const floating* z,
+                                 const floating* c, floating* d_x, floating* d_h, floating* d_carry) noexcept nogil:
+    if floating is float:
+        gru_backward_before_f(n, stride, dh, h_prev, z, c, d_x, d_h, d_carry)
+    else:
+        gru_backward_before_d(n, stride, dh, h_prev, z, c, d_x, d_h, d_carry)
+
+
+cdef inline void backward_before_reset(int n, const floating* d_rh, const floating* h_prev, const floating* r,
+                                       floating* d_x_r, floating* d_h_r, floating* d_carry) noexcept nogil:
+    if floating is float:
+        gru_backward_before_reset_f(n, d_rh, h_prev, r, d_x_r, d_h_r, d_carry)
+    else:
+        gru_backward_before_reset_d(n, d_rh, h_prev, r, d_x_r, d_h_r, d_carry)
 
 
 cdef inline void matmul(int m, int n, int k, const floating* a, int lda, const floating* wt, int ldw,
@@ -152,7 +192,7 @@ cdef void thread_body(
     bint reverse, bint reset_after,
     floating* gx, floating* gh, floating* rh, floating* h_a, floating* h_b, floating* scratch, floating* panels,
     floating* out, Py_ssize_t out_t, Py_ssize_t out_b,
-    floating* h_n, floating* gates,
+    floating* h_n, floating* gates, floating* hn_keep,
 ) noexcept nogil:
     """Everything one thread does; every thread passes the same barriers."""
     # unit slices of whole cache lines (16 values), from the team OpenMP really gave us
@@ -222,7 +262,8 @@ cdef void thread_body(
                 n_out = z_out + plane if gates != NULL else scratch + 2 * H + u0
                 if reset_after:
                     gates_after(nu, H, nu, gx_row, gh_row, bias + u0, b_hn + u0, h_prev + i * H + u0,
-                                h_next + i * H + u0, out + t * out_t + seq * out_b + u0, r_out, z_out, n_out)
+                                h_next + i * H + u0, out + t * out_t + seq * out_b + u0, r_out, z_out, n_out,
+                                hn_keep + (<Py_ssize_t>t * B + seq) * H + u0 if hn_keep != NULL else scratch + 3 * H + u0)
                 else:
                     gates_before(nu, H, nu, gx_row, gh_row, bias + u0, b_hn + u0, h_prev + i * H + u0,
                                  h_next + i * H + u0, out + t * out_t + seq * out_b + u0, z_out, n_out)
@@ -247,6 +288,7 @@ def run_direction(
     floating[:, :, :] output,
     floating[:, ::1] h_n,
     floating[:, :, :, ::1] gates,
+    floating[:, :, ::1] hn,
     floating[:, ::1] workspace,
     floating[:, ::1] panels,
     int threads,
@@ -257,8 +299,9 @@ def run_direction(
     ``bias`` is (b_ir + b_hr, b_iz + b_hz, b_in) and ``b_hn`` the rest.
     ``lengths`` is sorted in decreasing order and ``order[i]`` is the batch
     index of the i-th longest sequence; ``h_n`` arrives holding h0 and
-    ``output``/``gates`` arrive filled with zeros. ``workspace`` is scratch
-    of (T*B + 2*B + 1, 3H), laid out below; ``panels`` (H, 3H) receives each
+    ``output``/``gates`` arrive filled with zeros; ``hn`` (training, reset-after)
+    receives W_hn h_{t-1} + b_hn. ``workspace`` is scratch of (T*B + 2*B + 2, 3H),
+    laid out below; ``panels`` (H, 3H) receives each
     thread's packed recurrent weights.
     """
     cdef int T = x.shape[0], B = x.shape[1], I = x.shape[2], H = w_hh_t.shape[0]
@@ -274,8 +317,11 @@ def run_direction(
     cdef floating* rh = gh + <Py_ssize_t>B * G
     cdef floating* h_a = rh + <Py_ssize_t>B * H
     cdef floating* h_b = h_a + <Py_ssize_t>B * H
-    cdef floating* scratch = h_b + <Py_ssize_t>B * H  # gate values nobody asked for (3H)
+    cdef floating* scratch = h_b + <Py_ssize_t>B * H  # gate values nobody asked for (4H)
     cdef floating* gates_ptr = NULL
+    cdef floating* hn_ptr = NULL
+    if hn is not None:
+        hn_ptr = &hn[0, 0, 0]
     if gates is not None:
         gates_ptr = &gates[0, 0, 0, 0]
     cdef floating* out = &output[0, 0, 0]
@@ -289,4 +335,212 @@ def run_direction(
         with parallel(num_threads=threads):
             thread_body(T, B, I, H, steps, &x[0, 0, 0], &w_ih_t[0, 0], &w_hh_t[0, 0], &bias[0], &b_hn[0],
                         &lengths[0], &order[0], reverse, reset_after, gx, gh, rh, h_a, h_b, scratch, &panels[0, 0],
-                        out, out_t, out_b, &h_n[0, 0], gates_ptr)
+                        out, out_t, out_b, &h_n[0, 0], gates_ptr, hn_ptr)
+
+
+# --- backward --------------------------------------------------------------------------
+
+cdef inline void matmul_tn(int m, int n, int k, const floating* a, int lda, const floating* b, int ldb,
+                           floating beta, floating* c, int ldc) noexcept nogil:
+    """Row-major C[m, n] = A[k, m]^T @ B[k, n] + beta C: the weight gradients, summed over k rows.
+
+    In column-major terms C^T = B^T A: gemm('N', 'T') with the operands swapped.
+    """
+    cdef char notrans = b'N'
+    cdef char trans = b'T'
+    cdef floating one = 1
+    if m <= 0 or n <= 0:
+        return
+    if floating is float:
+        sgemm(&notrans, &trans, &n, &m, &k, &one, <float*>b, &ldb, <float*>a, &lda, &beta, c, &ldc)
+    else:
+        dgemm(&notrans, &trans, &n, &m, &k, &one, <double*>b, &ldb, <double*>a, &lda, &beta, c, &ldc)
+
+
+cdef void backward_thread_body(
+    int T, int B, int I, int H, int steps,
+    const floating* x, const floating* h0, const floating* w_ih, const floating* w_hh,
+    const long long* lengths, const long long* order,
+    bint reverse, bint reset_after,
+    const floating* out, Py_ssize_t out_t, Py_ssize_t out_b,
+    const floating* d_out, Py_ssize_t d_out_t, Py_ssize_t d_out_b,
+    const floating* gates, const floating* hn,
+    floating* d_gx, floating* d_gh, floating* h_prevs, floating* rh, floating* d_carry, floating* d_rh,
+    floating* dh, floating* d_x, floating* d_w_ih, floating* d_w_hh, floating* d_b_ih, floating* d_b_hh,
+) noexcept nogil:
+    """Backpropagation through time, one thread's share (its hidden units, as in the forward).
+
+    Per step s (last first), for the live sequences in sorted order: the gate
+    pre-activation gradients of this thread's units, into d_gx (rows t*B + seq,
+    for the input side) and d_gh (rows s*B + i, for the recurrent side), with
+    h_{t-1} (and r ⊙ h_{t-1}) stored in the same rows for the weight gradients;
+    then, after a barrier, this thread's columns of d loss / d h_{t-1} =
+    dh z + d_gh W_hh. After the loop, this thread's rows of the weight
+    gradients as whole-sequence GEMMs, and its rows of d_x.
+    """
+    cdef int team = gru_num_threads()
+    cdef int tid = gru_thread_id()
+    cdef int unit_chunk = ((H + team - 1) // team + 15) // 16 * 16
+    cdef int u0 = min(tid * unit_chunk, H)
+    cdef int u1 = min(u0 + unit_chunk, H)
+    cdef int nu = u1 - u0
+    cdef int G = 3 * H
+    cdef Py_ssize_t M = <Py_ssize_t>T * B
+    cdef Py_ssize_t plane = M * H
+    cdef Py_ssize_t row, step_row, gate_at
+    cdef int g, s, i, u, t, t_prev, live, seq
+    cdef const floating* hp_src
+    cdef floating* hp
+    cdef Py_ssize_t rows_per_thread, r0, r1
+
+    if nu > 0:  # zero this thread's columns: rows that no step writes must read as zeros
+        for row in range(M):
+            for g in range(3):
+                memset(d_gx + row * G + g * H + u0, 0, nu * sizeof(floating))
+                memset(d_gh + row * G + g * H + u0, 0, nu * sizeof(floating))
+            memset(h_prevs + row * H + u0, 0, nu * sizeof(floating))
+            if not reset_after:
+                memset(rh + row * H + u0, 0, nu * sizeof(floating))
+    gru_barrier()
+
+    live = 0
+    for s in range(steps - 1, -1, -1):
+        while live < B and lengths[live] > s:
+            live += 1
+        if nu > 0:
+            for i in range(live):
+                seq = <int>order[i]
+                t = <int>(lengths[i] - 1 - s) if reverse else s
+                step_row = <Py_ssize_t>s * B + i
+                hp = h_prevs + step_row * H
+                if s == 0:
+                    hp_src = h0 + seq * H
+                else:
+                    t_prev = t + 1 if reverse else t - 1
+                    hp_src = out + t_prev * out_t + seq * out_b
+                memcpy(hp + u0, hp_src + u0, nu * sizeof(floating))
+                for u in range(u0, u1):  # d loss / d h_t: carried from step t + 1, plus the output's own
+                    dh[i * H + u] = d_carry[i * H + u] + d_out[t * d_out_t + seq * d_out_b + u]
+                gate_at = (<Py_ssize_t>t * B + seq) * H + u0
+                if reset_after:
+                    backward_after(nu, H, dh + i * H + u0, hp + u0, gates + gate_at, gates + plane + gate_at,
+                                   gates + 2 * plane + gate_at, hn + gate_at, d_gx + (<Py_ssize_t>t * B + seq) * G + u0,
+                                   d_gh + step_row * G + u0, d_carry + i * H + u0)
+                else:
+                    backward_before(nu, H, dh + i * H + u0, hp + u0, gates + plane + gate_at,
+                                    gates + 2 * plane + gate_at, d_gx + (<Py_ssize_t>t * B + seq) * G + u0,
+                                    d_gh + step_row * G + u0, d_carry + i * H + u0)
+                    for u in range(u0, u1):
+                        rh[step_row * H + u] = gates[gate_at - u0 + u] * hp[u]
+        gru_barrier()  # every unit's d_gh of this step is written
+        if not reset_after:
+            if nu > 0:
+                # d loss / d (r ⊙ h_{t-1}) = d_n_pre W_hn, this thread's columns
+                matmul(live, nu, H, d_gh + <Py_ssize_t>s * B * G + 2 * H, G, w_hh + <Py_ssize_t>2 * H * H + u0, H, 0,
+                       d_rh + u0, H)
+                for i in range(live):
+                    seq = <int>order[i]
+                    t = <int>(lengths[i] - 1 - s) if reverse else s
+                    step_row = <Py_ssize_t>s * B + i
+                    gate_at = (<Py_ssize_t>t * B + seq) * H + u0
+                    backward_before_reset(nu, d_rh + i * H + u0, h_prevs + step_row * H + u0, gates + gate_at,
+                                          d_gx + (<Py_ssize_t>t * B + seq) * G + u0, d_gh + step_row * G + u0,
+                                          d_carry + i * H + u0)
+            gru_barrier()  # the r blocks too
+        if nu > 0:
+            # d loss / d h_{t-1} += d_gh W_hh (W_hh's r and z rows only for reset-before: its n
+            # rows met r ⊙ h, handled above), this thread's columns
+            matmul(live, nu, G if reset_after else 2 * H, d_gh + <Py_ssize_t>s * B * G, G, w_hh + u0, H, 1,
+                   d_carry + u0, H)
+        # no barrier: the next step reads only this thread's columns of d_carry, and other rows of d_gh
+
+    gru_barrier()
+    if nu > 0:
+        # weight gradients of this thread's rows, over every step at once
+        for g in range(3):
+            matmul_tn(nu, I, <int>M, d_gx + g * H + u0, G, x, I, 0, d_w_ih + <Py_ssize_t>(g * H + u0) * I, I)
+            matmul_tn(nu, H, <int>M, d_gh + g * H + u0, G, rh if (g == 2 and not reset_after) else h_prevs, H, 0,
+                      d_w_hh + <Py_ssize_t>(g * H + u0) * H, H)
+            for u in range(u0, u1):
+                d_b_ih[g * H + u] = 0
+                d_b_hh[g * H + u] = 0
+            for row in range(M):
+                for u in range(u0, u1):
+                    d_b_ih[g * H + u] += d_gx[row * G + g * H + u]
+                    d_b_hh[g * H + u] += d_gh[row * G + g * H + u]
+    # d_x += d_gx W_ih, this thread's rows of it
+    rows_per_thread = (M + team - 1) // team
+    r0 = min(<Py_ssize_t>tid * rows_per_thread, M)
+    r1 = min(r0 + rows_per_thread, M)
+    if r1 > r0:
+        matmul(<int>(r1 - r0), I, G, d_gx + r0 * G, G, w_ih, I, 1, d_x + r0 * I, I)
+
+
+def backward_direction(
+    const floating[:, :, ::1] x,
+    const floating[:, ::1] h0,
+    const floating[:, ::1] w_ih,
+    const floating[:, ::1] w_hh,
+    const long long[::1] lengths,
+    const long long[::1] order,
+    bint reverse,
+    bint reset_after,
+    const floating[:, :, :] output,
+    const floating[:, :, :, ::1] gates,
+    const floating[:, :, ::1] hn,
+    const floating[:, :, :] d_output,
+    const floating[:, ::1] d_h_n,
+    floating[:, :, ::1] d_x,
+    floating[:, ::1] d_h0,
+    floating[:, ::1] d_w_ih,
+    floating[:, ::1] d_w_hh,
+    floating[::1] d_b_ih,
+    floating[::1] d_b_hh,
+    floating[:, ::1] workspace,
+    int threads,
+):
+    """Backpropagate one layer in one direction; see backward_thread_body.
+
+    Takes the forward's inputs and outputs (``output`` (T, B, H) and ``gates``
+    (3, T, B, H) in time order; ``hn`` (T, B, H) for reset-after, else None),
+    the gradients of the loss with respect to ``output`` and the last state,
+    and the same ``lengths``/``order`` as the forward. Adds into ``d_x``;
+    writes ``d_h0`` and the weight gradients. ``workspace`` is scratch of
+    (T*B*8 + 4*B, H): d_gx and d_gh (3H each per row), h_{t-1} and r ⊙ h_{t-1}
+    per row, then four (B, H) blocks.
+    """
+    cdef int T = x.shape[0], B = x.shape[1], I = x.shape[2], H = w_hh.shape[1]
+    cdef int steps = <int>lengths[0] if B > 0 else 0
+    cdef int i, u
+    if T == 0 or B == 0:
+        return
+    threads = max(1, min(threads, (H + 15) // 16))
+    cdef Py_ssize_t M = <Py_ssize_t>T * B
+    cdef floating* d_gx = &workspace[0, 0]
+    cdef floating* d_gh = d_gx + M * 3 * H
+    cdef floating* h_prevs = d_gh + M * 3 * H
+    cdef floating* rh = h_prevs + M * H
+    cdef floating* d_carry = rh + M * H
+    cdef floating* d_rh = d_carry + <Py_ssize_t>B * H
+    cdef floating* dh = d_rh + <Py_ssize_t>B * H
+    cdef const floating* hn_ptr = NULL
+    if hn is not None:
+        hn_ptr = &hn[0, 0, 0]
+    cdef Py_ssize_t out_t = output.strides[0] // sizeof(floating)
+    cdef Py_ssize_t out_b = output.strides[1] // sizeof(floating)
+    cdef Py_ssize_t d_out_t = d_output.strides[0] // sizeof(floating)
+    cdef Py_ssize_t d_out_b = d_output.strides[1] // sizeof(floating)
+
+    with nogil:
+        for i in range(B):  # the carried gradient starts as d loss / d h_n, in sorted order
+            for u in range(H):
+                d_carry[i * H + u] = d_h_n[order[i], u]
+        with parallel(num_threads=threads):
+            backward_thread_body(T, B, I, H, steps, &x[0, 0, 0], &h0[0, 0], &w_ih[0, 0], &w_hh[0, 0],
+                                 &lengths[0], &order[0], reverse, reset_after,
+                                 &output[0, 0, 0], out_t, out_b, &d_output[0, 0, 0], d_out_t, d_out_b,
+                                 &gates[0, 0, 0, 0], hn_ptr, d_gx, d_gh, h_prevs, rh, d_carry, d_rh, dh,
+                                 &d_x[0, 0, 0], &d_w_ih[0, 0], &d_w_hh[0, 0], &d_b_ih[0], &d_b_hh[0])
+        for i in range(B):
+            for u in range(H):
+                d_h0[order[i], u] = d_carry[i * H + u]

@@ -24,9 +24,9 @@ THREADS_ENV_VAR = "GRU_NUM_THREADS"
 
 
 class CythonBackend(StackedBackend):
-    """Compiled CPU backend; every feature, float32 and float64."""
+    """Compiled CPU backend; every feature, training included, float32 and float64."""
 
-    capabilities = Capabilities(priority=100)
+    capabilities = Capabilities(priority=100, training=True)
 
     def __init__(self) -> None:
         self._kernels = None
@@ -134,22 +134,29 @@ class CythonBackend(StackedBackend):
         with self._single_threaded_blas():
             return super().forward(request)
 
+    def backward(self, request, result, d_output, d_h_n):
+        with self._single_threaded_blas():
+            return super().backward(request, result, d_output, d_h_n)
+
+    @staticmethod
+    def _sequence_order(lengths: np.ndarray | None, T: int, B: int) -> tuple[np.ndarray, np.ndarray]:
+        """Sequences by decreasing length, and those lengths: live sequences form a prefix."""
+        if lengths is None:
+            return np.arange(B, dtype=np.int64), np.full(B, T, dtype=np.int64)
+        order = np.argsort(-lengths, kind="stable").astype(np.int64)
+        return order, np.ascontiguousarray(lengths[order])
+
     def run_direction(
-        self, x, h0, weights: LayerWeights, lengths, *, reverse, reset_after, output, h_n, gates, threads
+        self, x, h0, weights: LayerWeights, lengths, *, reverse, reset_after, output, h_n, gates, threads, hn=None
     ):
         T, B, _ = x.shape
         H = h0.shape[-1]
         h_n[...] = h0
         if T == 0 or B == 0:
             return
-        if lengths is None:
-            order = np.arange(B, dtype=np.int64)
-            sorted_lengths = np.full(B, T, dtype=np.int64)
-        else:
-            order = np.argsort(-lengths, kind="stable").astype(np.int64)
-            sorted_lengths = np.ascontiguousarray(lengths[order])
+        order, sorted_lengths = self._sequence_order(lengths, T, B)
         # gx, gh, r*h and two states, gate scratch; then each thread's packed recurrent weights
-        workspace, panels = self._scratch(x.dtype, (T * B + 2 * B + 1, 3 * H), (H, 3 * H))
+        workspace, panels = self._scratch(x.dtype, (T * B + 2 * B + 2, 3 * H), (H, 3 * H))
         self._kernels.run_direction(
             x,
             *self._prepared(weights),
@@ -160,7 +167,43 @@ class CythonBackend(StackedBackend):
             output,
             h_n,
             gates,
+            hn,
             workspace,
             panels,
+            self.thread_count(threads),
+        )
+
+    def backward_direction(
+        self, x, h0, weights, lengths, *, reverse, reset_after, output, gates, hn, d_output, d_h_n, d_x, d_h0, grads,
+        threads=None,
+    ):
+        T, B, _ = x.shape
+        H = h0.shape[-1]
+        if T == 0 or B == 0:
+            d_h0[...] = d_h_n
+            return
+        order, sorted_lengths = self._sequence_order(lengths, T, B)
+        (workspace,) = self._scratch(x.dtype, (8 * T * B + 3 * B, H))
+        self._kernels.backward_direction(
+            x,
+            h0,
+            weights.w_ih,
+            weights.w_hh,
+            sorted_lengths,
+            order,
+            reverse,
+            reset_after,
+            output,
+            gates,
+            hn,
+            d_output,
+            np.ascontiguousarray(d_h_n),
+            d_x,
+            d_h0,
+            grads.w_ih,
+            grads.w_hh,
+            grads.b_ih,
+            grads.b_hh,
+            workspace,
             self.thread_count(threads),
         )

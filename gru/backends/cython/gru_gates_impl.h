@@ -19,17 +19,19 @@ static inline void GRU_NAME(gru_gates_after)(
     int n, int stride, int gh_stride, const REAL *restrict gx, const REAL *restrict gh,
     const REAL *restrict bias, const REAL *restrict b_hn,
     const REAL *restrict h_old, REAL *restrict h_new, REAL *restrict out,
-    REAL *restrict r_out, REAL *restrict z_out, REAL *restrict n_out) {
+    REAL *restrict r_out, REAL *restrict z_out, REAL *restrict n_out, REAL *restrict hn_out) {
     for (int u = 0; u < n; u++) {
         const REAL r = SIGMOID(gx[u] + gh[u] + bias[u]);
         const REAL z = SIGMOID(gx[stride + u] + gh[gh_stride + u] + bias[stride + u]);
-        const REAL c = TANH(gx[2 * stride + u] + bias[2 * stride + u] + r * (gh[2 * gh_stride + u] + b_hn[u]));
+        const REAL hn = gh[2 * gh_stride + u] + b_hn[u];
+        const REAL c = TANH(gx[2 * stride + u] + bias[2 * stride + u] + r * hn);
         const REAL h = (1 - z) * c + z * h_old[u];
         h_new[u] = h;
         out[u] = h;
         r_out[u] = r;
         z_out[u] = z;
         n_out[u] = c;
+        hn_out[u] = hn; /* training keeps it: the reset gate's other factor */
     }
 }
 
@@ -60,5 +62,57 @@ static inline void GRU_NAME(gru_gates_before)(
         out[u] = h;
         z_out[u] = z;
         n_out[u] = c;
+    }
+}
+
+/* Backward, reset-after, one sequence and n units of one step. dh is d loss /
+ * d h_t (the carried gradient plus the output's). Writes the gradients of the
+ * gate pre-activations: d_x (input side: r, z, n blocks `stride` apart) and
+ * d_h (recurrent side: r, z and hn), and d_carry = dh * z, the direct part of
+ * d loss / d h_{t-1}. */
+static inline void GRU_NAME(gru_backward_after)(
+    int n, int stride, const REAL *restrict dh, const REAL *restrict h_prev,
+    const REAL *restrict r, const REAL *restrict z, const REAL *restrict c, const REAL *restrict hn,
+    REAL *restrict d_x, REAL *restrict d_h, REAL *restrict d_carry) {
+    for (int u = 0; u < n; u++) {
+        const REAL d_n_pre = dh[u] * (1 - z[u]) * (1 - c[u] * c[u]);
+        const REAL d_z_pre = dh[u] * (h_prev[u] - c[u]) * z[u] * (1 - z[u]);
+        const REAL d_r_pre = d_n_pre * hn[u] * r[u] * (1 - r[u]);
+        d_x[u] = d_r_pre;
+        d_x[stride + u] = d_z_pre;
+        d_x[2 * stride + u] = d_n_pre;
+        d_h[u] = d_r_pre;
+        d_h[stride + u] = d_z_pre;
+        d_h[2 * stride + u] = d_n_pre * r[u];
+        d_carry[u] = dh[u] * z[u];
+    }
+}
+
+/* Backward, reset-before, first half: everything but the reset gate, whose
+ * gradient needs W_hn^T d_n_pre over all units. d_h's n block is d_n_pre. */
+static inline void GRU_NAME(gru_backward_before)(
+    int n, int stride, const REAL *restrict dh, const REAL *restrict h_prev,
+    const REAL *restrict z, const REAL *restrict c,
+    REAL *restrict d_x, REAL *restrict d_h, REAL *restrict d_carry) {
+    for (int u = 0; u < n; u++) {
+        const REAL d_n_pre = dh[u] * (1 - z[u]) * (1 - c[u] * c[u]);
+        const REAL d_z_pre = dh[u] * (h_prev[u] - c[u]) * z[u] * (1 - z[u]);
+        d_x[stride + u] = d_z_pre;
+        d_x[2 * stride + u] = d_n_pre;
+        d_h[stride + u] = d_z_pre;
+        d_h[2 * stride + u] = d_n_pre;
+        d_carry[u] = dh[u] * z[u];
+    }
+}
+
+/* Backward, reset-before, second half: d_rh = d loss / d (r * h_{t-1}). */
+static inline void GRU_NAME(gru_backward_before_reset)(
+    int n, const REAL *restrict d_rh, const REAL *restrict h_prev, const REAL *restrict r,
+    REAL *restrict d_x_r, REAL *restrict d_h_r, REAL *restrict d_carry) {
+    for (int u = 0; u < n; u++) {
+        const REAL d_r_pre = d_rh[u] * h_prev[u] * r[u] * (1 - r[u]);
+        d_x_r[u] = d_r_pre;
+        d_h_r[u] = d_r_pre;
+        d_carry[u] += d_rh[u] * r[u];
     }
 }

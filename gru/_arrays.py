@@ -1,0 +1,145 @@
+"""Arrays in, arrays out: the array protocols gru speaks.
+
+Everything a backend sees is a NumPy array (host) or a CuPy array (CUDA).
+This module turns what a user passes into one of those, sharing memory
+where the source allows it, and turns results back into the user's type:
+
+======================================  ===================================  ===========================
+what comes in                           how it is read                       what comes back
+======================================  ===================================  ===========================
+``numpy.ndarray``                       as is                                NumPy
+CuPy array, ``__cuda_array_interface__`` ``cupy.asarray`` (no copy)           CuPy
+``torch.Tensor`` on the CPU             ``Tensor.numpy()`` (no copy)         ``torch.Tensor`` (no copy)
+``torch.Tensor`` on CUDA                through CuPy (no copy)               ``torch.Tensor`` on CUDA
+other objects with ``__dlpack__``       ``numpy.from_dlpack`` (no copy)      their namespace's
+                                                                             ``from_dlpack`` when they
+                                                                             have ``__array_namespace__``,
+                                                                             else NumPy
+lists, scalars, ``__array__`` objects   ``numpy.asarray``                    NumPy
+======================================  ===================================  ===========================
+
+Torch is never imported here: a tensor can only exist once its user has
+imported torch, so ``sys.modules`` tells whether a value can be one.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+_DLPACK_CPU = 1
+_DLPACK_CUDA = 2
+
+
+def _torch_tensor_type() -> type | None:
+    torch = sys.modules.get("torch")
+    return getattr(torch, "Tensor", None) if torch is not None else None
+
+
+def is_torch_tensor(value: Any) -> bool:
+    tensor = _torch_tensor_type()
+    return tensor is not None and isinstance(value, tensor)
+
+
+def _cupy(name: str) -> Any:
+    try:
+        import cupy
+    except ImportError:
+        raise TypeError(
+            f"{name}: got an array in CUDA memory, which needs CuPy to read (pip install cupy-cuda12x), "
+            "or move it to the host first"
+        ) from None
+    return cupy
+
+
+def _from_torch(value: Any, name: str) -> Any:
+    tensor = value.detach()  # no autograd; shares memory
+    device = tensor.device.type
+    if device == "cpu":
+        tensor = tensor.resolve_conj().resolve_neg()  # no-ops unless a lazy view is pending
+        try:
+            return tensor.numpy()
+        except TypeError as exc:  # e.g. bfloat16 has no NumPy dtype
+            raise TypeError(f"{name}: torch dtype {tensor.dtype} has no NumPy equivalent ({exc})") from None
+    if device == "cuda":
+        return _cupy(name).asarray(tensor)
+    raise TypeError(f"{name}: expected a tensor on the CPU or a CUDA device, got one on {device!r}")
+
+
+def as_array(value: Any, name: str) -> Any:
+    """``value`` as a NumPy or CuPy array, sharing its memory where the protocol allows.
+
+    Raises ``TypeError`` or ``ValueError`` (from NumPy) for what is not an array;
+    callers add the context. Dtype and shape are not checked here.
+    """
+    if isinstance(value, np.ndarray):
+        return value
+    if is_torch_tensor(value):
+        return _from_torch(value, name)
+    if hasattr(value, "__cuda_array_interface__"):
+        return _cupy(name).asarray(value)
+    if hasattr(value, "__dlpack__") and hasattr(value, "__dlpack_device__"):
+        device = value.__dlpack_device__()[0]
+        if device == _DLPACK_CUDA:
+            return _cupy(name).from_dlpack(value)
+        if device == _DLPACK_CPU:
+            try:
+                return np.from_dlpack(value)
+            except (BufferError, TypeError, RuntimeError):
+                pass  # e.g. a dtype DLPack cannot describe: let __array__ try
+    return np.asarray(value)
+
+
+def to_host(value: Any, name: str) -> np.ndarray:
+    """``value`` as a NumPy array on the host (copies device memory)."""
+    array = as_array(value, name)
+    if not isinstance(array, np.ndarray):
+        array = array.get()
+    return array
+
+
+def returner(value: Any) -> Callable[[Any], Any]:
+    """A function that gives a result (NumPy or CuPy) back in the type of ``value``.
+
+    Results are fresh arrays, so handing their memory to another library is safe.
+    """
+    if isinstance(value, np.ndarray) or value is None:
+        return _same
+    if is_torch_tensor(value):
+        return _to_torch
+    namespace = getattr(value, "__array_namespace__", None)
+    if namespace is not None and hasattr(value, "__dlpack__"):
+        try:
+            xp = namespace()
+        except Exception:
+            return _same
+        if getattr(xp, "__name__", "") in ("numpy", "cupy"):
+            return _same
+        from_dlpack = getattr(xp, "from_dlpack", None)
+        if from_dlpack is not None:
+            return lambda result: from_dlpack(_contiguous_if_reversed(result))
+    return _same
+
+
+def _same(result: Any) -> Any:
+    return result
+
+
+def _contiguous_if_reversed(result: Any) -> Any:
+    """A copy when some stride is negative: DLPack and torch.from_numpy refuse those."""
+    if any(stride < 0 for stride in result.strides):
+        return result.copy()
+    return result
+
+
+def _to_torch(result: Any) -> Any:
+    torch = sys.modules["torch"]
+    result = _contiguous_if_reversed(result)
+    if isinstance(result, np.ndarray):
+        if not result.flags.writeable:
+            result = result.copy()
+        return torch.from_numpy(result)
+    return torch.from_dlpack(result)

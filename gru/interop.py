@@ -1,0 +1,343 @@
+"""Weight layouts of other libraries, converted at the edge.
+
+The layers keep ONE layout, PyTorch's: gate blocks of H rows in the order
+(r, z, n), ``w_ih`` (3H, I), ``w_hh`` (3H, H), ``b_ih`` and ``b_hh`` (3H,).
+The functions here translate to and from the other common layouts; they
+need NumPy only (never PyTorch, Keras or onnx).
+
+* ONNX ``GRU``: gate order (z, r, h); W [D, 3H, I], R [D, 3H, H],
+  B [D, 6H] = [Wb, Rb].
+* Keras ``GRU``: gate order (z, r, h); ``kernel`` (I, 3H),
+  ``recurrent_kernel`` (H, 3H); ``bias`` (2, 3H) = [input, recurrent] with
+  ``reset_after=True``, else (3H,), the input bias alone (no recurrent bias).
+
+Going from (r, z, ·) to (z, r, ·) swaps the first two gate blocks; the swap is
+its own inverse.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from gru._arrays import to_host
+
+__all__ = [
+    "TorchWeights",
+    "keras_to_torch",
+    "onnx_to_torch",
+    "torch_to_keras",
+    "torch_to_onnx",
+]
+
+
+class TorchWeights(NamedTuple):
+    """One direction of one layer in PyTorch's layout (gate order r, z, n)."""
+
+    w_ih: np.ndarray
+    w_hh: np.ndarray
+    b_ih: np.ndarray
+    b_hh: np.ndarray
+
+
+def swap_rz(a: np.ndarray, axis: int = 0) -> np.ndarray:
+    """Swap the first two of three gate blocks along ``axis`` (r, z, n <-> z, r, n); a new array."""
+    first, second, third = np.split(a, 3, axis=axis)
+    return np.ascontiguousarray(np.concatenate([second, first, third], axis=axis))
+
+
+def _host(value: Any, name: str, ndim: int) -> np.ndarray:
+    try:
+        array = to_host(value, name)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name}: expected a real array, got {type(value).__name__} ({exc})") from None
+    if array.dtype.kind not in "fiu" or array.dtype == np.bool_:
+        raise TypeError(f"{name}: expected a real numeric array, got dtype {array.dtype}")
+    if array.ndim != ndim:
+        raise ValueError(f"{name}: expected a {ndim}-D array, got shape {array.shape}")
+    return array
+
+
+# -- ONNX ---------------------------------------------------------------------------------------
+
+
+def onnx_to_torch(W: Any, R: Any, B: Any = None) -> list[TorchWeights]:
+    """ONNX ``GRU`` weights (z, r, h) as one :class:`TorchWeights` per direction.
+
+    ``B=None`` gives zero biases, as ONNX says.
+    """
+    W = _host(W, "W", 3)
+    R = _host(R, "R", 3)
+    D, three_h, _ = W.shape
+    if three_h % 3:
+        raise ValueError(f"W: expected shape [num_directions, 3*hidden_size, input_size], got {W.shape}")
+    H = three_h // 3
+    if R.shape != (D, 3 * H, H):
+        raise ValueError(f"R: expected shape {(D, 3 * H, H)} to match W {W.shape}, got {R.shape}")
+    if B is None:
+        B = np.zeros((D, 6 * H), W.dtype)
+    B = _host(B, "B", 2)
+    if B.shape != (D, 6 * H):
+        raise ValueError(f"B: expected shape {(D, 6 * H)} to match W {W.shape}, got {B.shape}")
+    return [
+        TorchWeights(swap_rz(W[d]), swap_rz(R[d]), swap_rz(B[d, : 3 * H]), swap_rz(B[d, 3 * H :])) for d in range(D)
+    ]
+
+
+def torch_to_onnx(directions: list[TorchWeights] | list[tuple]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One layer's directions in PyTorch's layout as ONNX ``(W, R, B)``."""
+    W = np.stack([swap_rz(np.asarray(d[0])) for d in directions])
+    R = np.stack([swap_rz(np.asarray(d[1])) for d in directions])
+    B = np.stack([np.concatenate([swap_rz(np.asarray(d[2])), swap_rz(np.asarray(d[3]))]) for d in directions])
+    return W, R, B
+
+
+# -- Keras --------------------------------------------------------------------------------------
+
+
+def keras_to_torch(kernel: Any, recurrent_kernel: Any, bias: Any = None, *, reset_after: bool = True) -> TorchWeights:
+    """A Keras ``GRU``'s weights (z, r, h) in PyTorch's layout (r, z, n).
+
+    With ``reset_after=False`` Keras has one bias, added to the input
+    projection; the recurrent bias is then zero. ``bias=None`` (``use_bias=False``)
+    gives zero biases.
+    """
+    kernel = _host(kernel, "kernel", 2)
+    recurrent_kernel = _host(recurrent_kernel, "recurrent_kernel", 2)
+    three_h = kernel.shape[1]
+    if three_h % 3:
+        raise ValueError(f"kernel: expected shape (input_size, 3*units), got {kernel.shape}")
+    H = three_h // 3
+    if recurrent_kernel.shape != (H, 3 * H):
+        raise ValueError(
+            f"recurrent_kernel: expected shape {(H, 3 * H)} to match kernel {kernel.shape}, "
+            f"got {recurrent_kernel.shape}"
+        )
+    zeros = np.zeros(3 * H, kernel.dtype)
+    if bias is None:
+        b_ih, b_hh = zeros, zeros
+    elif reset_after:
+        bias = _host(bias, "bias", 2)
+        if bias.shape != (2, 3 * H):
+            raise ValueError(
+                f"bias: expected shape {(2, 3 * H)} (input and recurrent bias) with reset_after=True, got {bias.shape}"
+            )
+        b_ih, b_hh = bias[0], bias[1]
+    else:
+        bias = _host(bias, "bias", 1)
+        if bias.shape != (3 * H,):
+            raise ValueError(f"bias: expected shape {(3 * H,)} with reset_after=False, got {bias.shape}")
+        b_ih, b_hh = bias, zeros
+    return TorchWeights(swap_rz(kernel.T, 0), swap_rz(recurrent_kernel.T, 0), swap_rz(b_ih), swap_rz(b_hh))
+
+
+def torch_to_keras(weights: TorchWeights | tuple, *, reset_after: bool = True, bias: bool = True) -> list[np.ndarray]:
+    """One direction in PyTorch's layout as Keras ``[kernel, recurrent_kernel, bias]``.
+
+    With ``reset_after=False`` the two biases fold into Keras's single one
+    (b_ih + b_hh: in the reset-before candidate both are added outside the
+    reset gate, so the function is the same). ``bias=False`` leaves the bias out.
+    """
+    w_ih, w_hh, b_ih, b_hh = (np.asarray(a) for a in weights)
+    out = [np.ascontiguousarray(swap_rz(w_ih).T), np.ascontiguousarray(swap_rz(w_hh).T)]
+    if bias:
+        out.append(np.stack([swap_rz(b_ih), swap_rz(b_hh)]) if reset_after else swap_rz(b_ih + b_hh))
+    return out
+
+
+# -- building layers ----------------------------------------------------------------------------
+
+
+def _torch_dtype_name(tensor: Any) -> str:
+    return "float64" if str(getattr(tensor, "dtype", "")) == "torch.float64" else "float32"
+
+
+def layer_from_torch(cls: type, module: Any, *, dtype: str | None = None, backend: Any = None) -> Any:
+    """Build a :class:`gru.GRU` / :class:`gru.GRUCell` equal to a ``torch.nn`` GRU module."""
+    from gru._layers import GRU, GRUCell
+
+    kind = type(module).__name__
+    is_cell = cls is GRUCell
+    wanted = "torch.nn.GRUCell" if is_cell else "torch.nn.GRU"
+    if not (hasattr(module, "state_dict") and hasattr(module, "hidden_size") and hasattr(module, "input_size")):
+        raise TypeError(f"module: expected a {wanted}, got {kind}")
+    if is_cell != (not hasattr(module, "num_layers")) or getattr(module, "mode", "GRU") != "GRU":
+        raise TypeError(f"module: expected a {wanted}, got {kind}")
+    weight_ih = getattr(module, "weight_ih" if is_cell else "weight_ih_l0", None)
+    if weight_ih is None or tuple(weight_ih.shape)[:1] != (3 * module.hidden_size,):
+        raise TypeError(f"module: expected a {wanted} (3 gate blocks), got {kind}")
+    if getattr(module, "proj_size", 0):
+        raise ValueError(f"module: proj_size={module.proj_size} has no GRU equivalent")
+    state = module.state_dict()
+    first = next(iter(state.values()), None)
+    dtype = dtype if dtype is not None else _torch_dtype_name(first)
+    if is_cell:
+        layer = GRUCell(module.input_size, module.hidden_size, bias=module.bias, dtype=dtype, backend=backend, seed=0)
+    else:
+        layer = GRU(
+            module.input_size,
+            module.hidden_size,
+            num_layers=module.num_layers,
+            bias=module.bias,
+            batch_first=module.batch_first,
+            dropout=float(module.dropout) if module.num_layers > 1 else 0.0,
+            bidirectional=module.bidirectional,
+            dtype=dtype,
+            backend=backend,
+            seed=0,
+        )
+    layer.load_state_dict(state)
+    return layer
+
+
+def layer_to_torch(layer: Any) -> Any:
+    """A ``torch.nn.GRU`` / ``torch.nn.GRUCell`` holding ``layer``'s parameters (imports torch)."""
+    import torch
+
+    from gru._layers import GRUCell
+
+    if not layer.reset_after:
+        raise ValueError(
+            "reset_after: PyTorch implements only reset-after (reset gate applied to the recurrent product); "
+            "this layer is reset-before (reset_after=False), which torch.nn cannot represent"
+        )
+    dtype = torch.float64 if layer.dtype == "float64" else torch.float32
+    if isinstance(layer, GRUCell):
+        module = torch.nn.GRUCell(layer.input_size, layer.hidden_size, bias=layer.bias, dtype=dtype)
+    else:
+        module = torch.nn.GRU(
+            layer.input_size,
+            layer.hidden_size,
+            num_layers=layer.num_layers,
+            bias=layer.bias,
+            batch_first=layer.batch_first,
+            dropout=layer.dropout,
+            bidirectional=layer.bidirectional,
+            dtype=dtype,
+        )
+    module.load_state_dict({k: torch.from_numpy(v) for k, v in layer.state_dict().items()})
+    return module.eval()
+
+
+def _is_keras_layer(obj: Any) -> bool:
+    return hasattr(obj, "get_config") and hasattr(obj, "get_weights")
+
+
+def _keras_activation_name(value: Any) -> str:
+    if isinstance(value, dict):  # a serialized activation object
+        value = value.get("config", {}).get("name", value.get("class_name"))
+    return str(getattr(value, "__name__", value))
+
+
+def layer_from_keras(
+    cls: type,
+    kernel: Any,
+    recurrent_kernel: Any = None,
+    bias: Any = None,
+    *,
+    reset_after: bool | None = None,
+    batch_first: bool = True,
+    dtype: str | None = None,
+    backend: Any = None,
+) -> Any:
+    """Build a one-layer :class:`gru.GRU` from a Keras GRU (the layer object or its weights)."""
+    if _is_keras_layer(kernel) and recurrent_kernel is None:
+        config = kernel.get_config()
+        weights = kernel.get_weights()
+        name = type(kernel).__name__
+        if "units" not in config or "recurrent_activation" not in config:
+            raise TypeError(f"kernel: expected a keras.layers.GRU (or its weights), got {name}")
+        for key, expected in (("activation", "tanh"), ("recurrent_activation", "sigmoid")):
+            got = _keras_activation_name(config.get(key, expected))
+            if got != expected:
+                raise ValueError(
+                    f"{key}: gru.GRU computes the Keras default {expected!r}, the Keras layer uses {got!r}; "
+                    "gru.onnx.gru takes other activations"
+                )
+        if config.get("go_backwards", False):
+            raise ValueError(
+                "go_backwards: a Keras GRU with go_backwards=True runs the sequence backwards only, "
+                "which gru.GRU has no layer for; reverse the input (x[:, ::-1]) and build it without"
+            )
+        layer_reset_after = bool(config.get("reset_after", True))
+        if reset_after is not None and reset_after != layer_reset_after:
+            raise ValueError(f"reset_after: got {reset_after} but the Keras layer has reset_after={layer_reset_after}")
+        reset_after = layer_reset_after
+        use_bias = bool(config.get("use_bias", True))
+        if len(weights) != (3 if use_bias else 2):
+            raise ValueError(
+                f"kernel: the Keras layer holds {len(weights)} weight arrays, expected "
+                f"{3 if use_bias else 2} (is it built?)"
+            )
+        kernel, recurrent_kernel = weights[0], weights[1]
+        bias = weights[2] if use_bias else None
+    elif recurrent_kernel is None:
+        raise TypeError(
+            f"recurrent_kernel: expected the Keras recurrent_kernel (units, 3*units) with kernel, got None "
+            f"(kernel is a {type(kernel).__name__}, not a Keras layer)"
+        )
+    reset_after = True if reset_after is None else reset_after
+    from gru import _validation as v
+
+    reset_after = v.check_bool(reset_after, "reset_after")
+    weights = keras_to_torch(kernel, recurrent_kernel, bias, reset_after=reset_after)
+    if dtype is None:
+        dtype = "float64" if np.asarray(weights.w_ih).dtype == np.float64 else "float32"
+    I, H = weights.w_ih.shape[1], weights.w_hh.shape[1]
+    layer = cls(
+        I, H, bias=bias is not None, batch_first=batch_first, reset_after=reset_after, dtype=dtype, backend=backend
+    )
+    state = {"weight_ih_l0": weights.w_ih, "weight_hh_l0": weights.w_hh}
+    if bias is not None:
+        state.update(bias_ih_l0=weights.b_ih, bias_hh_l0=weights.b_hh)
+    layer.load_state_dict(state)
+    return layer
+
+
+def layer_keras_weights(layer: Any) -> list[list[np.ndarray]]:
+    """``[kernel, recurrent_kernel, bias]`` for each (layer, direction), for Keras ``set_weights``."""
+    out = []
+    for w in layer._layer_weights():
+        out.append(torch_to_keras((w.w_ih, w.w_hh, w.b_ih, w.b_hh), reset_after=layer.reset_after, bias=layer.bias))
+    return out
+
+
+# -- plain state dicts --------------------------------------------------------------------------
+
+
+def config_from_state_dict(shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
+    """The architecture a PyTorch-keyed state dict describes: class, sizes, layers, directions, bias.
+
+    ``batch_first`` and ``reset_after`` are not in the weights; they keep the
+    layer defaults unless the caller says otherwise.
+    """
+    if "weight_ih" in shapes and "weight_hh" in shapes:
+        w_hh = shapes["weight_hh"]
+        if len(w_hh) != 2 or len(shapes["weight_ih"]) != 2:
+            raise ValueError(f"weight_hh: expected a 2-D (3*hidden_size, hidden_size) array, got shape {w_hh}")
+        return {
+            "class": "GRUCell",
+            "input_size": shapes["weight_ih"][1],
+            "hidden_size": w_hh[1],
+            "bias": "bias_ih" in shapes,
+        }
+    if "weight_ih_l0" not in shapes or "weight_hh_l0" not in shapes:
+        raise ValueError(
+            "state dict: expected PyTorch GRU keys (weight_ih_l0, weight_hh_l0, ... or weight_ih, weight_hh "
+            f"for a cell), got {sorted(shapes)[:8]}"
+        )
+    num_layers = 0
+    while f"weight_ih_l{num_layers}" in shapes:
+        num_layers += 1
+    w_ih, w_hh = shapes["weight_ih_l0"], shapes["weight_hh_l0"]
+    if len(w_ih) != 2 or len(w_hh) != 2:
+        raise ValueError(f"weight_ih_l0: expected 2-D weights, got shapes {w_ih} and {w_hh}")
+    return {
+        "class": "GRU",
+        "input_size": w_ih[1],
+        "hidden_size": w_hh[1],
+        "num_layers": num_layers,
+        "bias": "bias_ih_l0" in shapes,
+        "bidirectional": "weight_ih_l0_reverse" in shapes,
+    }

@@ -1,0 +1,213 @@
+"""Arrays in: NumPy, torch tensors, DLPack and __array__ objects, CuPy; without copies; results in the caller's type."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gru
+from gru import _arrays
+from gru.backends import Backend, Capabilities
+
+I, H, T, B = 3, 4, 5, 2
+
+
+@pytest.fixture(autouse=True)
+def no_env_backend(monkeypatch):
+    monkeypatch.delenv("GRU_BACKEND", raising=False)
+
+
+@pytest.fixture
+def torch():
+    return pytest.importorskip("torch")
+
+
+def normal(*shape, dtype="float32", seed=1):
+    return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+
+
+class Recorder(Backend):
+    """Keeps the requests it gets (to see whether x was copied) and computes with the NumPy backend."""
+
+    capabilities = Capabilities()
+
+    def __init__(self):
+        from gru.backends.numpy import NumpyBackend
+
+        self.requests = []
+        self.inner = NumpyBackend()
+
+    def forward(self, request):
+        self.requests.append(request)
+        return self.inner.forward(request)
+
+
+# -- torch ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_torch_in_torch_out(torch, batch_first):
+    layer = gru.GRU(I, H, num_layers=2, bidirectional=True, batch_first=batch_first, seed=0)
+    x = normal(*((B, T, I) if batch_first else (T, B, I)))
+    h0 = normal(4, B, H, seed=2)
+    expected, expected_h, gates = layer(x, h0, [T, 3], return_gates=True)
+    output, h_n, tgates = layer(torch.from_numpy(x), torch.from_numpy(h0), torch.tensor([T, 3]), return_gates=True)
+    assert isinstance(output, torch.Tensor) and isinstance(h_n, torch.Tensor)
+    assert all(isinstance(g, torch.Tensor) for g in tgates)
+    np.testing.assert_array_equal(output.numpy(), expected)
+    np.testing.assert_array_equal(h_n.numpy(), expected_h)
+    np.testing.assert_array_equal(tgates.z.numpy(), gates.z)
+    unbatched, _ = layer(torch.from_numpy(x[0] if batch_first else x[:, 0]))
+    assert isinstance(unbatched, torch.Tensor) and tuple(unbatched.shape) == (T, 2 * H)
+
+
+def test_torch_input_is_not_copied(torch):
+    recorder = Recorder()
+    layer = gru.GRU(I, H, backend=recorder, seed=0)
+    x = torch.from_numpy(normal(T, B, I))
+    layer(x)
+    assert np.shares_memory(recorder.requests[-1].x, x.numpy())
+    # a tensor that requires grad is read through a detached view, still without a copy
+    w = x.clone().requires_grad_(True)
+    output, _ = layer(w)
+    assert not output.requires_grad
+    assert np.shares_memory(recorder.requests[-1].x, w.detach().numpy())
+
+
+def test_torch_strided_and_odd_tensors(torch):
+    layer = gru.GRU(I, H, seed=0)
+    base = normal(B, T, I)
+    expected, _ = layer(np.ascontiguousarray(base.transpose(1, 0, 2)))
+    got, _ = layer(torch.from_numpy(base).transpose(0, 1))  # a non-contiguous view
+    np.testing.assert_array_equal(got.numpy(), expected)
+    with pytest.raises(TypeError, match=r"^x"):
+        layer(torch.zeros(T, B, I, dtype=torch.bfloat16))
+    with pytest.raises(TypeError, match=r"^x"):
+        layer(torch.zeros(T, B, I, dtype=torch.float64))  # the layer is float32: no silent precision change
+    with pytest.raises(TypeError, match=r"^x"):
+        layer(torch.zeros(T, B, I, dtype=torch.int64))
+
+
+def test_torch_cell_and_onnx_function(torch):
+    cell = gru.GRUCell(I, H, seed=0)
+    x = normal(B, I)
+    h1 = cell(torch.from_numpy(x))
+    assert isinstance(h1, torch.Tensor)
+    np.testing.assert_array_equal(h1.numpy(), cell(x))
+    X, W, R = normal(T, B, I), normal(1, 3 * H, I, seed=2), normal(1, 3 * H, H, seed=3)
+    Y, Y_h = gru.onnx.gru(torch.from_numpy(X), torch.from_numpy(W), torch.from_numpy(R), direction="reverse")
+    assert isinstance(Y, torch.Tensor) and isinstance(Y_h, torch.Tensor)
+    np.testing.assert_array_equal(Y.numpy(), gru.onnx.gru(X, W, R, direction="reverse")[0])
+
+
+def test_torch_results_are_independent_tensors(torch):
+    layer = gru.GRU(I, H, seed=0)
+    x = torch.from_numpy(normal(T, B, I))
+    output, h_n = layer(x)
+    before = x.clone()
+    output += 1  # writable, and not the input's memory
+    h_n += 1
+    assert torch.equal(x, before)
+
+
+# -- DLPack and __array__ ------------------------------------------------------------------------
+
+
+class DLPackOnly:
+    """An array that speaks only DLPack (no __array__, no buffer protocol)."""
+
+    def __init__(self, array):
+        self._array = array
+
+    def __dlpack__(self, **kwargs):
+        return self._array.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self):
+        return self._array.__dlpack_device__()
+
+
+class Wrapped:
+    """Results of an array library with a namespace: must come back as Wrapped."""
+
+    def __init__(self, array):
+        self.array = array
+
+
+class Namespace:
+    @staticmethod
+    def from_dlpack(value):
+        return Wrapped(np.from_dlpack(value))
+
+
+class WithNamespace(DLPackOnly):
+    def __array_namespace__(self, api_version=None):
+        return Namespace
+
+
+class ArrayLike:
+    def __init__(self, array):
+        self._array = array
+
+    def __array__(self, dtype=None, copy=None):
+        return self._array if dtype is None else self._array.astype(dtype)
+
+
+def test_dlpack_objects_are_read_without_a_copy():
+    recorder = Recorder()
+    layer = gru.GRU(I, H, backend=recorder, seed=0)
+    x = normal(T, B, I)
+    output, _ = layer(DLPackOnly(x))
+    assert np.shares_memory(recorder.requests[-1].x, x)
+    assert isinstance(output, np.ndarray)  # no namespace to return to: NumPy
+    np.testing.assert_array_equal(output, layer(x)[0])
+
+
+def test_dlpack_objects_with_a_namespace_get_their_type_back():
+    layer = gru.GRU(I, H, seed=0)
+    x = normal(T, B, I)
+    output, h_n = layer(WithNamespace(x))
+    assert isinstance(output, Wrapped) and isinstance(h_n, Wrapped)
+    np.testing.assert_array_equal(output.array, layer(x)[0])
+
+
+def test_array_protocol_and_lists_give_numpy():
+    layer = gru.GRU(I, H, dtype="float64", seed=0)
+    x = normal(T, B, I, dtype="float64")
+    output, _ = layer(ArrayLike(x))
+    assert isinstance(output, np.ndarray)
+    np.testing.assert_array_equal(output, layer(x)[0])
+    np.testing.assert_array_equal(layer(x.tolist())[0], layer(x)[0])
+
+
+def test_numpy_views_are_not_copied_when_contiguous():
+    recorder = Recorder()
+    layer = gru.GRU(I, H, backend=recorder, seed=0)
+    big = normal(T + 2, B, I)
+    layer(big[1:-1])  # a contiguous slice
+    assert np.shares_memory(recorder.requests[-1].x, big)
+
+
+def test_as_array_helpers():
+    x = normal(3)
+    assert _arrays.as_array(x, "x") is x
+    assert _arrays.returner(x)(x) is x
+    assert _arrays.to_host([1.0, 2.0], "x").dtype == np.float64
+
+
+# -- CuPy -----------------------------------------------------------------------------------------
+
+
+def test_cupy_in_cupy_out():
+    cupy = pytest.importorskip("cupy")
+    try:
+        cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:
+        pytest.skip(f"no CUDA device: {exc}")
+    layer = gru.GRU(I, H, seed=0)
+    x = normal(T, B, I)
+    try:
+        output, _ = layer(cupy.asarray(x))
+    except gru.UnsupportedRequestError as exc:
+        pytest.skip(f"no CUDA backend: {exc}")
+    assert isinstance(output, cupy.ndarray)
+    np.testing.assert_allclose(output.get(), layer(x)[0], atol=1e-5)

@@ -1,0 +1,268 @@
+"""Files: m.save / gru.load in safetensors and .npz; corrupt, truncated and mismatched files; atomic writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import numpy as np
+import pytest
+
+import gru
+from gru import _io
+
+I, H, T, B = 3, 4, 5, 2
+
+pytest.importorskip("safetensors")
+
+
+@pytest.fixture(autouse=True)
+def no_env_backend(monkeypatch):
+    monkeypatch.delenv("GRU_BACKEND", raising=False)
+
+
+def normal(*shape, dtype="float32", seed=1):
+    return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+
+
+def assert_same_layer(a, b):
+    assert repr(a) == repr(b)
+    assert list(a.state_dict()) == list(b.state_dict())
+    for key, value in a.state_dict().items():
+        np.testing.assert_array_equal(b.state_dict()[key], value)
+
+
+LAYERS = [
+    lambda: gru.GRU(I, H, seed=0),
+    lambda: gru.GRU(I, H, num_layers=2, bidirectional=True, batch_first=True, dropout=0.3, seed=1),
+    lambda: gru.GRU(I, H, num_layers=3, bias=False, reset_after=False, dtype="float64", seed=2),
+    lambda: gru.GRUCell(I, H, seed=3),
+    lambda: gru.GRUCell(I, H, bias=False, reset_after=False, dtype="float64", seed=4),
+]
+
+
+@pytest.mark.parametrize("make", LAYERS)
+@pytest.mark.parametrize("suffix", [".safetensors", ".npz", ""])
+def test_round_trip(tmp_path, make, suffix):
+    layer = make()
+    path = tmp_path / f"layer{suffix}"
+    layer.save(path)
+    loaded = gru.load(path)
+    assert type(loaded) is type(layer)
+    assert_same_layer(layer, loaded)
+    x = normal(T, B, I, dtype=layer.dtype) if isinstance(layer, gru.GRU) else normal(B, I, dtype=layer.dtype)
+    np.testing.assert_array_equal(np.asarray(loaded(x)[0]), np.asarray(layer(x)[0]))
+
+
+def test_safetensors_file_is_standard(tmp_path):
+    """Other tools read it: safetensors' own reader sees the tensors and the JSON configuration."""
+    from safetensors import safe_open
+
+    layer = gru.GRU(I, H, num_layers=2, bidirectional=True, seed=0)
+    layer.save(tmp_path / "m.safetensors")
+    with safe_open(str(tmp_path / "m.safetensors"), framework="numpy") as f:
+        config = json.loads(f.metadata()["gru.config"])
+        assert config["class"] == "GRU" and config["num_layers"] == 2 and config["bidirectional"] is True
+        assert sorted(f.keys()) == sorted(layer.state_dict())
+        np.testing.assert_array_equal(f.get_tensor("weight_hh_l1_reverse"), layer.weight_hh_l1_reverse)
+
+
+def test_load_keyword_overrides_and_backend(tmp_path):
+    gru.GRU(I, H, seed=0).save(tmp_path / "m.safetensors")
+    layer = gru.load(tmp_path / "m.safetensors", batch_first=True, backend="numpy")
+    assert layer.batch_first and layer.backend == "numpy"
+    with pytest.raises(TypeError, match=r"^load"):
+        gru.load(tmp_path / "m.safetensors", colour="red")
+
+
+def test_plain_state_dicts(tmp_path):
+    """A PyTorch state dict saved by other tools: the architecture follows from names and shapes."""
+    from safetensors.numpy import save_file
+
+    layer = gru.GRU(I, H, num_layers=2, bidirectional=True, bias=False, seed=0)
+    state = layer.state_dict()
+    save_file(state, str(tmp_path / "plain.safetensors"))
+    np.savez(tmp_path / "plain.npz", **state)
+    for name in ("plain.safetensors", "plain.npz"):
+        assert_same_layer(layer, gru.load(tmp_path / name))
+    # a whole model's state dict: the GRU found by its prefix
+    model = {f"encoder.rnn.{k}": v for k, v in state.items()} | {"head.weight": normal(2, 2 * H)}
+    save_file(model, str(tmp_path / "model.safetensors"))
+    assert_same_layer(layer, gru.load(tmp_path / "model.safetensors"))
+    two = model | {f"decoder.rnn.{k}": v for k, v in state.items()}
+    save_file(two, str(tmp_path / "two.safetensors"))
+    with pytest.raises(ValueError, match="several GRUs"):
+        gru.load(tmp_path / "two.safetensors")
+    assert_same_layer(layer, gru.load(tmp_path / "two.safetensors", prefix="decoder.rnn."))
+    with pytest.raises(ValueError, match="prefix"):
+        gru.load(tmp_path / "two.safetensors", prefix="nothing.")
+    cell = gru.GRUCell(I, H, seed=0)
+    np.savez(tmp_path / "cell.npz", **cell.state_dict())
+    assert_same_layer(cell, gru.load(tmp_path / "cell.npz"))
+
+
+def test_torch_saved_safetensors(tmp_path):
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import save_file
+
+    module = torch.nn.GRU(I, H, num_layers=2, batch_first=True)
+    save_file(module.state_dict(), str(tmp_path / "torch.safetensors"))
+    layer = gru.load(tmp_path / "torch.safetensors", batch_first=True)
+    x = normal(B, T, I)
+    with torch.no_grad():
+        expected, _ = module(torch.from_numpy(x))
+    np.testing.assert_allclose(layer(x)[0], expected.numpy(), atol=1e-5)
+
+
+# -- bad files ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def saved(tmp_path):
+    path = tmp_path / "good.safetensors"
+    gru.GRU(I, H, num_layers=2, bidirectional=True, seed=0).save(path)
+    return path
+
+
+def write(path, data):
+    path.write_bytes(data)
+    return path
+
+
+def test_truncated_files_raise_value_error(tmp_path, saved):
+    data = saved.read_bytes()
+    cuts = sorted({0, 1, 7, 8, 9, 50, len(data) // 2, len(data) - 1, *range(0, len(data), max(1, len(data) // 40))})
+    for cut in cuts:
+        with pytest.raises(ValueError, match=r"^path: "):
+            gru.load(write(tmp_path / "cut.safetensors", data[:cut]))
+    npz = tmp_path / "good.npz"
+    gru.GRU(I, H, seed=0).save(npz)
+    data = npz.read_bytes()
+    for cut in range(4, len(data), max(1, len(data) // 40)):
+        with pytest.raises(ValueError, match=r"^path: "):
+            gru.load(write(tmp_path / "cut.npz", data[:cut]))
+
+
+def test_corrupt_files_raise_value_error(tmp_path, saved):
+    data = bytearray(saved.read_bytes())
+    size = int.from_bytes(data[:8], "little")
+    cases = {
+        "random": os.urandom(300),
+        "zeros": bytes(300),
+        "huge header length": (2**62).to_bytes(8, "little") + b"{}",
+        "header not JSON": size.to_bytes(8, "little") + b"x" * size + bytes(data[8 + size :]),
+        "header a list": (2).to_bytes(8, "little") + b"[]",
+        "text": b"hello, this is not a weights file" * 10,
+    }
+    header = json.loads(data[8 : 8 + size])
+    first = next(k for k in header if k != "__metadata__")
+    bad_offsets = dict(header)
+    bad_offsets[first] = dict(header[first], data_offsets=[0, 10**9])
+    cases["offsets past the end"] = _with_header(data, bad_offsets)
+    bad_dtype = dict(header)
+    bad_dtype[first] = dict(header[first], dtype="Q99")
+    cases["unknown dtype"] = _with_header(data, bad_dtype)
+    for content in cases.values():
+        with pytest.raises(ValueError, match=r"^path: "):
+            gru.load(write(tmp_path / "bad.safetensors", bytes(content)))
+
+
+def _with_header(data, header):
+    size = int.from_bytes(data[:8], "little")
+    encoded = json.dumps(header).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    return len(encoded).to_bytes(8, "little") + encoded + bytes(data[8 + size :])
+
+
+def _metadata_file(tmp_path, config, tensors):
+    from safetensors.numpy import save_file
+
+    path = tmp_path / "meta.safetensors"
+    metadata = {"gru.config": config if isinstance(config, str) else json.dumps(config)}
+    save_file(tensors, str(path), metadata=metadata)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda c, t: ("{not json", t), "not JSON"),
+        (lambda c, t: (dict(c, **{"class": "LSTM"}), t), "no GRU"),
+        (lambda c, t: (dict(c, hidden_size=H + 1), t), "do not match"),  # shapes disagree with the config
+        (lambda c, t: (dict(c, num_layers=3), t), "do not match"),  # missing keys
+        (lambda c, t: (dict(c, hidden_size="four"), t), "configuration"),
+        (lambda c, t: (dict(c, colour="red"), t), "unknown entries"),
+        (lambda c, t: (dict(c, format_version=99), t), "format version"),
+        (lambda c, t: (c, {k: v for k, v in t.items() if k != "bias_hh_l0"}), "do not match"),
+        (lambda c, t: (c, t | {"extra": np.zeros(3, "float32")}), "do not match"),
+        (lambda c, t: (c, t | {"bias_hh_l0": np.zeros(3 * H, bool)}), "do not match"),
+    ],
+)
+def test_mismatched_files_raise_value_error(tmp_path, change, message):
+    layer = gru.GRU(I, H, seed=0)
+    config, tensors = change(_io.layer_config(layer), layer.state_dict())
+    with pytest.raises(ValueError, match=rf"^path: .*{message}"):
+        gru.load(_metadata_file(tmp_path, config, tensors))
+
+
+class Trap:
+    """Unpickling this would flip ``triggered``: loading must never get that far."""
+
+    triggered = False
+
+    def __reduce__(self):
+        return (_trip, ())
+
+
+def _trip():
+    Trap.triggered = True
+    return 0
+
+
+def test_npz_with_pickled_objects_is_refused(tmp_path):
+    state = gru.GRU(I, H, seed=0).state_dict()
+    path = tmp_path / "pickled.npz"
+    np.savez(path, **(state | {"bias_hh_l0": np.array([Trap()], dtype=object)}))
+    with pytest.raises(ValueError, match=r"^path: "):
+        gru.load(path)
+    assert not Trap.triggered
+
+
+def test_missing_file_and_bad_path(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        gru.load(tmp_path / "nothing.safetensors")
+    with pytest.raises(TypeError, match=r"^path"):
+        gru.load(42)
+    with pytest.raises(TypeError, match=r"^path"):
+        gru.GRU(I, H).save(None)
+
+
+# -- atomic writes --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("failing", ["fsync", "replace"])
+def test_a_failed_save_leaves_the_old_file(tmp_path, monkeypatch, failing):
+    path = tmp_path / "m.safetensors"
+    old = gru.GRU(I, H, seed=0)
+    old.save(path)
+    before = path.read_bytes()
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(_io.os, failing, fail)
+    with pytest.raises(OSError, match="disk full"):
+        gru.GRU(I, H, seed=1).save(path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]  # no temporary file left behind
+    assert_same_layer(old, gru.load(path))
+
+
+def test_saved_files_get_a_normal_mode(tmp_path):
+    path = tmp_path / "m.safetensors"
+    gru.GRU(I, H).save(path)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask

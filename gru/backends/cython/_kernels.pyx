@@ -172,15 +172,15 @@ cdef enum:
 
 
 cdef inline void matmul_step(int m, int n, int k, const floating* a, int lda, const floating* wt, int ldw,
-                             floating* c, int ldc) noexcept nogil:
-    """C = A Wt like matmul (beta = 0), as column blocks that each stay a small product."""
+                             floating beta, floating* c, int ldc) noexcept nogil:
+    """C = A Wt + beta C like matmul, as column blocks that each stay a small product."""
     cdef int block = n
     cdef int start = 0
     cdef long long per_unit = <long long>m * k
     if m > 1 and per_unit * n > SMALL_PRODUCT and per_unit * 16 <= SMALL_PRODUCT:
         block = <int>(SMALL_PRODUCT // per_unit) // 16 * 16
     while start < n:
-        matmul(m, min(block, n - start), k, a, lda, wt + start, ldw, 0, c + start, ldc)
+        matmul(m, min(block, n - start), k, a, lda, wt + start, ldw, beta, c + start, ldc)
         start += block
 
 
@@ -237,7 +237,7 @@ cdef void thread_body(
             live -= 1
         if nu > 0:
             # reset-before defers the candidate's product until r ⊙ h is known
-            matmul_step(live, P if reset_after else 2 * nu, H, h_prev, H, panel, P, gh_mine, G)
+            matmul_step(live, P if reset_after else 2 * nu, H, h_prev, H, panel, P, 0, gh_mine, G)
         if not reset_after:
             if nu > 0:
                 for i in range(live):
@@ -247,7 +247,7 @@ cdef void thread_body(
                     reset_before(nu, gx_row, gh_mine + i * G, bias + u0, h_prev + i * H + u0, r_out, rh + i * H + u0)
             gru_barrier()  # every thread's part of r ⊙ h_{t-1} is written
             if nu > 0:
-                matmul_step(live, nu, H, rh, H, panel + 2 * nu, P, gh_mine + 2 * nu, G)
+                matmul_step(live, nu, H, rh, H, panel + 2 * nu, P, 0, gh_mine + 2 * nu, G)
         if nu > 0:
             for i in range(live):
                 seq = <int>order[i]
@@ -436,8 +436,8 @@ cdef void backward_thread_body(
         if not reset_after:
             if nu > 0:
                 # d loss / d (r ⊙ h_{t-1}) = d_n_pre W_hn, this thread's columns
-                matmul(live, nu, H, d_gh + <Py_ssize_t>s * B * G + 2 * H, G, w_hh + <Py_ssize_t>2 * H * H + u0, H, 0,
-                       d_rh + u0, H)
+                matmul_step(live, nu, H, d_gh + <Py_ssize_t>s * B * G + 2 * H, G, w_hh + <Py_ssize_t>2 * H * H + u0, H,
+                            0, d_rh + u0, H)
                 for i in range(live):
                     seq = <int>order[i]
                     t = <int>(lengths[i] - 1 - s) if reverse else s
@@ -450,8 +450,8 @@ cdef void backward_thread_body(
         if nu > 0:
             # d loss / d h_{t-1} += d_gh W_hh (W_hh's r and z rows only for reset-before: its n
             # rows met r ⊙ h, handled above), this thread's columns
-            matmul(live, nu, G if reset_after else 2 * H, d_gh + <Py_ssize_t>s * B * G, G, w_hh + u0, H, 1,
-                   d_carry + u0, H)
+            matmul_step(live, nu, G if reset_after else 2 * H, d_gh + <Py_ssize_t>s * B * G, G, w_hh + u0, H, 1,
+                        d_carry + u0, H)
         # no barrier: the next step reads only this thread's columns of d_carry, and other rows of d_gh
 
     gru_barrier()

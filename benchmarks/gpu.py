@@ -1,0 +1,234 @@
+"""GPU benchmark: gru's CuPy backend against torch.nn.GRU on cuDNN, same GPU, same run, same weights.
+
+    python benchmarks/gpu.py --json results/gpu.json [--repeats 10] [--budget 80]
+
+For each shape (I, H, B, T), float32, one layer, one direction:
+
+1. build ``torch.nn.GRU`` on the GPU and a ``gru.GRU`` with its ``state_dict``;
+2. draw random inputs on the device (never zeros) and check the two outputs
+   agree (relative L2 error and max abs difference against a float64 cuDNN run)
+   before timing anything; a shape that disagrees is reported and not timed;
+3. time each implementation with CUDA events after a warm-up, ``--repeats``
+   times, and keep the median. cuDNN is timed twice: with TF32 off (the same
+   float32 arithmetic as ours: the fair comparison) and with PyTorch's default
+   TF32 setting (for information);
+4. time the other path of our backend too (GRU_CUPY_PATH), when it can run,
+   so the path rule's threshold can be tuned from the same run.
+
+Results go to the JSON file after every shape (a run stopped by its time
+budget still leaves what it measured) and a table is printed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: (input_size, hidden_size, batch, seq_len), the shapes of GUIDE.md §3
+SHAPES = [
+    (128, 128, 1, 1000),  # sync-latency
+    (1024, 1024, 1, 1500),  # on-chip
+    (2816, 2816, 1, 375),  # memory-bound
+    (2048, 2048, 32, 375),  # balanced
+    (512, 512, 256, 100),  # throughput
+]
+AGREE_RELATIVE = 1e-4  # float32 vs float64 reference, relative L2 error
+
+
+def time_events(run, repeats: int, events) -> list[float]:
+    """Milliseconds of ``run()`` on the GPU, one pair of CUDA events per repeat."""
+    times = []
+    for _ in range(repeats):
+        start, end = events()
+        start.record()
+        run()
+        end.record()
+        end.synchronize()
+        times.append(start_end_ms(start, end))
+    return times
+
+
+def start_end_ms(start, end) -> float:
+    if hasattr(start, "elapsed_time"):  # torch.cuda.Event
+        return float(start.elapsed_time(end))
+    import cupy
+
+    return float(cupy.cuda.get_elapsed_time(start, end))
+
+
+def environment() -> dict[str, Any]:
+    import cupy
+    import torch
+
+    props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+    name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+    return {
+        "gpu": name,
+        "multiprocessors": props.get("multiProcessorCount"),
+        "cupy": cupy.__version__,
+        "torch": torch.__version__,
+        "cudnn": torch.backends.cudnn.version(),
+        "cuda_runtime": cupy.cuda.runtime.runtimeGetVersion(),
+        "driver": cupy.cuda.runtime.driverGetVersion(),
+        "python": platform.python_version(),
+        "host": platform.node(),
+    }
+
+
+def bench_shape(shape, repeats: int, warmup: int) -> dict[str, Any]:
+    import cupy
+    import torch
+
+    import gru
+    from gru.backends.cupy import backend as cupy_backend
+
+    I, H, B, T = shape
+    row: dict[str, Any] = {"shape": {"I": I, "H": H, "B": B, "T": T}, "dtype": "float32"}
+    row["recurrent_flops_per_step"] = 6 * H * H * B
+    row["recurrent_weight_bytes"] = 12 * H * H
+    torch.manual_seed(0)
+    reference = torch.nn.GRU(I, H).cuda().float().eval()
+    layer = gru.GRU(I, H, dtype="float32", backend="cupy")
+    layer.load_state_dict(reference.state_dict())
+    rng = cupy.random.default_rng(1)
+    x = rng.standard_normal((T, B, I), dtype=cupy.float32)
+    x_torch = torch.from_dlpack(x)
+
+    # -- agreement, against a float64 cuDNN run of the same weights and inputs
+    reference64 = torch.nn.GRU(I, H).cuda().double().eval()
+    reference64.load_state_dict({k: v.double() for k, v in reference.state_dict().items()})
+    with torch.no_grad():
+        expected = reference64(x_torch.double())[0]
+        torch.backends.cudnn.allow_tf32 = False
+        cudnn_out = reference(x_torch)[0]
+    output, _ = layer(x)
+    backend = gru.get_backend("cupy")
+    row["path"] = backend.last_paths[0]
+    expected_np = expected.cpu().numpy()
+    norm = float(np.linalg.norm(expected_np))
+
+    def agreement(out) -> dict[str, float]:
+        diff = np.asarray(out, np.float64) - expected_np
+        return {"relative_l2": float(np.linalg.norm(diff)) / norm, "max_abs": float(np.abs(diff).max())}
+
+    row["agreement_gru"] = agreement(cupy.asnumpy(output))
+    row["agreement_cudnn_fp32"] = agreement(cudnn_out.cpu().numpy())
+    row["agrees"] = row["agreement_gru"]["relative_l2"] <= AGREE_RELATIVE
+    if not row["agrees"]:
+        return row
+
+    plan = cupy_backend.plan_persistent(
+        backend._device(x), hidden_size=H, batch=B, directions=1, dtype="float32", reset_after=True
+    )
+    row["persistent_plan"] = plan.__dict__ if isinstance(plan, cupy_backend.PersistentPlan) else plan
+
+    def cupy_events():
+        return cupy.cuda.Event(), cupy.cuda.Event()
+
+    def torch_events():
+        return torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+    def run_gru():
+        layer(x)
+
+    def run_cudnn():
+        with torch.no_grad():
+            reference(x_torch)
+
+    timings: dict[str, list[float]] = {}
+    for _ in range(warmup):
+        run_gru()
+    timings["gru_" + row["path"]] = time_events(run_gru, repeats, cupy_events)
+    for tf32, key in ((False, "cudnn_fp32"), (True, "cudnn_tf32")):
+        torch.backends.cudnn.allow_tf32 = tf32
+        for _ in range(warmup):
+            run_cudnn()
+        timings[key] = time_events(run_cudnn, repeats, torch_events)
+    torch.backends.cudnn.allow_tf32 = False
+
+    # the other path, for tuning the rule
+    other = "stepwise" if row["path"] == "persistent" else "persistent"
+    os.environ[cupy_backend.PATH_ENV_VAR] = other
+    try:
+        out_other, _ = layer(x)
+        row[f"agreement_gru_{other}"] = agreement(cupy.asnumpy(out_other))
+        for _ in range(warmup):
+            run_gru()
+        timings["gru_" + other] = time_events(run_gru, repeats, cupy_events)
+    except Exception as exc:  # the persistent kernel may not fit: say why
+        row[f"gru_{other}_error"] = f"{type(exc).__name__}: {exc}"
+    finally:
+        os.environ.pop(cupy_backend.PATH_ENV_VAR, None)
+
+    row["times_ms"] = timings
+    row["median_ms"] = {k: statistics.median(v) for k, v in timings.items()}
+    ours = row["median_ms"]["gru_" + row["path"]]
+    row["speedup_vs_cudnn_fp32"] = row["median_ms"]["cudnn_fp32"] / ours
+    row["speedup_vs_cudnn_tf32"] = row["median_ms"]["cudnn_tf32"] / ours
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", type=Path, required=True, help="where to write the results")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--budget", type=float, default=80.0, help="seconds; shapes not started by then are skipped")
+    args = parser.parse_args(argv)
+
+    import gru
+
+    gru.get_backend("cupy")  # fails here, with the reason, when there is no usable GPU
+    report: dict[str, Any] = {"environment": environment(), "results": [], "skipped": []}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    for shape in SHAPES:
+        if time.monotonic() - start > args.budget:
+            report["skipped"].append({"shape": shape, "reason": f"time budget of {args.budget:.0f} s spent"})
+            continue
+        t0 = time.monotonic()
+        try:
+            row = bench_shape(shape, args.repeats, args.warmup)
+        except Exception as exc:
+            row = {"shape": dict(zip("IHBT", shape, strict=True)), "error": f"{type(exc).__name__}: {exc}"}
+        row["wall_s"] = time.monotonic() - t0
+        report["results"].append(row)
+        args.json.write_text(json.dumps(report, indent=2, default=str))
+        print(f"done {shape} in {row['wall_s']:.1f} s", file=sys.stderr, flush=True)
+
+    env = report["environment"]
+    print(f"GPU: {env['gpu']}  cupy {env['cupy']}  torch {env['torch']}  cuDNN {env['cudnn']}")
+    print(
+        f"{'I,H,B,T':<22} {'path':<11} {'gru ms':>9} {'cudnn ms':>9} {'x fp32':>7} {'tf32 ms':>9} {'x tf32':>7} rel.err"
+    )
+    for row in report["results"]:
+        s = row["shape"]
+        label = f"{s['I']},{s['H']},{s['B']},{s['T']}"
+        if "error" in row:
+            print(f"{label:<22} ERROR {row['error'][:90]}")
+            continue
+        if not row["agrees"]:
+            print(f"{label:<22} DISAGREES with cuDNN float64: {row['agreement_gru']}")
+            continue
+        m = row["median_ms"]
+        ours = m["gru_" + row["path"]]
+        print(
+            f"{label:<22} {row['path']:<11} {ours:9.3f} {m['cudnn_fp32']:9.3f} {row['speedup_vs_cudnn_fp32']:7.2f} "
+            f"{m['cudnn_tf32']:9.3f} {row['speedup_vs_cudnn_tf32']:7.2f} {row['agreement_gru']['relative_l2']:.1e}"
+        )
+    for skipped in report["skipped"]:
+        print(f"skipped {skipped['shape']}: {skipped['reason']}")
+    return 0 if all(r.get("agrees") and "error" not in r for r in report["results"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The GPU check of the CuPy backend, on a fresh GPU machine without network, in under 5 minutes:
+#
+#   benchmarks/gpu_check.sh OUTDIR
+#
+# installs this checkout (no build isolation, no dependency downloads: the machine must already
+# have numpy, scipy, cython, scikit-build-core, cmake, ninja, cupy, torch, pytest), lists the
+# backends, runs the conformance suite on the cupy backend and tests/test_cupy_backend.py, then
+# times the backend against torch.nn.GRU on cuDNN (benchmarks/gpu.py). Every step has its own
+# time limit and its own log in OUTDIR; OUTDIR/summary.txt lists each step's exit status and
+# OUTDIR/gpu.json holds the benchmark's results. Exit status: 0 when every step passed.
+set -uo pipefail
+
+OUT=${1:?usage: benchmarks/gpu_check.sh OUTDIR}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1
+export CUPY_CACHE_DIR=${CUPY_CACHE_DIR:-$OUT/cupy-cache}   # compiled kernels, shared by the steps below
+
+status=0
+started=$(date +%s)
+summary() { echo "$*" | tee -a "$OUT/summary.txt"; }
+
+# step NAME SECONDS COMMAND...: run with a time limit, log to OUT/NAME.log, record the exit status
+step() {
+    local name=$1 limit=$2
+    shift 2
+    local t0=$(date +%s)
+    timeout --kill-after=5 "$limit" "$@" >"$OUT/$name.log" 2>&1
+    local rc=$?
+    [ $rc -eq 124 ] && echo "(stopped after ${limit} s)" >>"$OUT/$name.log"
+    summary "$(printf '%-12s exit %-3s %4ss  %s' "$name" "$rc" "$(($(date +%s) - t0))" "$(grep -v "^[[:space:]]*$" "$OUT/$name.log" | tail -n 1)")"
+    [ $rc -eq 0 ] || status=1
+}
+
+: >"$OUT/summary.txt"
+summary "gru GPU check, $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1 && summary "$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null)"
+
+# limits add up to 295 s; the GPU tests run before the CPU-only ones (CI runs those anyway)
+step install 70 "$PYTHON" -m pip install --no-build-isolation --no-deps --no-cache-dir .
+step backends 15 "$PYTHON" -m gru.cli backends
+step conformance 60 "$PYTHON" -m pytest -q -p no:cacheprovider --pyargs gru.testing --gru-backend cupy
+step gpu-tests 45 "$PYTHON" -m pytest -q -p no:cacheprovider -rs tests/test_cupy_backend.py -k test_gpu_
+step cpu-tests 35 "$PYTHON" -m pytest -q -p no:cacheprovider -rs tests/test_cupy_backend.py -k "not test_gpu_"
+step benchmark 70 "$PYTHON" benchmarks/gpu.py --json "$OUT/gpu.json" --budget 40
+cp "$OUT/benchmark.log" "$OUT/benchmark.txt" 2>/dev/null
+
+summary "total $(($(date +%s) - started)) s, status $status"
+exit $status

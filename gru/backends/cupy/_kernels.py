@@ -1,0 +1,86 @@
+"""The CUDA sources of the CuPy backend and the template instances it uses.
+
+The kernels live in real ``.cu`` files under ``kernels/`` (shipped as package
+data) so that editors, ``nvcc`` and reviewers can read them. At run time each
+file is compiled by NVRTC through ``cupy.RawModule`` with the C++ template
+instances listed here as ``name_expressions``. Nothing in this module imports
+CuPy: the test suite uses the same sources and names to compile the kernels
+with ``nvcc`` (and for a CPU emulation) on machines without a GPU.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+KERNEL_DIR = Path(__file__).parent / "kernels"
+COMMON_HEADER = "gru_common.cuh"
+
+#: Sequences per batch tile the persistent kernel is instantiated for.
+PERSISTENT_BATCH_TILES = (1, 2, 4, 8)
+#: Most threads per block of the persistent kernel (its ``__launch_bounds__``).
+PERSISTENT_MAX_THREADS = 256
+DTYPES = {"float32": "float", "float64": "double"}
+
+#: Options for NVRTC (CuPy adds the target architecture and ``-ftz=true``).
+NVRTC_OPTIONS = ("--std=c++17",)
+
+
+@dataclass(frozen=True)
+class KernelFile:
+    """One ``.cu`` file and the template instances compiled from it."""
+
+    filename: str
+    names: tuple[str, ...]
+
+    @property
+    def path(self) -> Path:
+        return KERNEL_DIR / self.filename
+
+
+def persistent_name(dtype: str, batch_tile: int, reset_after: bool) -> str:
+    """The name expression of one persistent-kernel instance."""
+    return f"gru_persistent<{DTYPES[dtype]}, {batch_tile}, {'true' if reset_after else 'false'}>"
+
+
+def stepwise_name(kernel: str, dtype: str) -> str:
+    """The name expression of one per-step gate kernel (``gru_step_after``, ...)."""
+    return f"{kernel}<{DTYPES[dtype]}>"
+
+
+STEPWISE_KERNELS = ("gru_step_after", "gru_step_before_rz", "gru_step_before_n")
+
+PERSISTENT = KernelFile(
+    "gru_persistent.cu",
+    tuple(
+        persistent_name(dtype, tile, reset_after)
+        for dtype in DTYPES
+        for tile in PERSISTENT_BATCH_TILES
+        for reset_after in (True, False)
+    ),
+)
+STEPWISE = KernelFile(
+    "gru_stepwise.cu",
+    tuple(stepwise_name(kernel, dtype) for dtype in DTYPES for kernel in STEPWISE_KERNELS),
+)
+KERNEL_FILES = (PERSISTENT, STEPWISE)
+
+_INCLUDE = re.compile(r'^#include\s+"([^"]+)"\s*$', re.MULTILINE)
+
+
+@cache
+def source(filename: str) -> str:
+    """The file's text with its local ``#include "..."`` lines replaced by the header's text.
+
+    Inlining keeps one self-contained source per module, so CuPy's compile
+    cache key changes whenever any part of it does.
+    """
+    text = (KERNEL_DIR / filename).read_text()
+
+    def splice(match: re.Match[str]) -> str:
+        header = (KERNEL_DIR / match.group(1)).read_text().replace("#pragma once\n", "")
+        return f"// ---- begin {match.group(1)} ----\n{header}\n// ---- end {match.group(1)} ----"
+
+    return _INCLUDE.sub(splice, text)

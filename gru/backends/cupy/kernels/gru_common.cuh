@@ -1,0 +1,124 @@
+// Device helpers shared by the gru CUDA kernels.
+//
+// Compiled at run time by NVRTC (through cupy.RawModule), so nothing here may
+// include a host or standard-library header: NVRTC has none. The Python side
+// splices this file into each kernel source in place of its #include line, so
+// CuPy's kernel cache key covers it.
+//
+// GRU_EMULATION is defined only by the test suite, which compiles the same
+// kernels as plain C++ against a CPU emulation of the CUDA execution model;
+// it then provides the few primitives below that differ.
+#pragma once
+
+#ifndef GRU_EMULATION
+// Dynamic shared memory, 16-byte aligned for the vector loads.
+#define GRU_DYNAMIC_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
+#endif
+
+namespace gru {
+
+// ---------------------------------------------------------------------------
+// 16-byte vectors: one load moves 4 floats or 2 doubles.
+// ---------------------------------------------------------------------------
+template <typename T>
+struct Vec;
+
+template <>
+struct Vec<float> {
+    typedef float4 type;
+    static const int width = 4;
+};
+
+template <>
+struct Vec<double> {
+    typedef double2 type;
+    static const int width = 2;
+};
+
+__device__ __forceinline__ float dot_acc(float acc, const float4& w, const float4& h) {
+    acc = fmaf(w.x, h.x, acc);
+    acc = fmaf(w.y, h.y, acc);
+    acc = fmaf(w.z, h.z, acc);
+    return fmaf(w.w, h.w, acc);
+}
+
+__device__ __forceinline__ double dot_acc(double acc, const double2& w, const double2& h) {
+    acc = fma(w.x, h.x, acc);
+    return fma(w.y, h.y, acc);
+}
+
+__device__ __forceinline__ void set_zero(float4& v) { v.x = v.y = v.z = v.w = 0.0f; }
+__device__ __forceinline__ void set_zero(double2& v) { v.x = v.y = 0.0; }
+
+// ---------------------------------------------------------------------------
+// Activations at full precision: the float32 results must stay within 1e-5 of
+// a float64 reference, which the approximate intrinsics (__expf, tanh.approx)
+// do not guarantee.
+// ---------------------------------------------------------------------------
+__device__ __forceinline__ float sigmoid(float v) { return 1.0f / (1.0f + expf(-v)); }
+__device__ __forceinline__ double sigmoid(double v) { return 1.0 / (1.0 + exp(-v)); }
+__device__ __forceinline__ float tanh_(float v) { return tanhf(v); }
+__device__ __forceinline__ double tanh_(double v) { return tanh(v); }
+
+__device__ __forceinline__ int imin(int a, int b) { return a < b ? a : b; }
+__device__ __forceinline__ int imax(int a, int b) { return a > b ? a : b; }
+
+// Sum over the 32 lanes of a warp; every lane gets the total. All 32 lanes must call it.
+template <typename T>
+__device__ __forceinline__ T warp_sum(T v) {
+#pragma unroll
+    for (int mask = 16; mask > 0; mask >>= 1) {
+        v += __shfl_xor_sync(0xffffffffu, v, mask);
+    }
+    return v;
+}
+
+// ---------------------------------------------------------------------------
+// Grid-wide barrier for a persistent kernel.
+//
+// The kernel is launched with cuLaunchCooperativeKernel, which guarantees that
+// every block is resident at once (so spinning cannot deadlock), but the
+// barrier itself is hand-rolled rather than cooperative_groups::grid_group::sync():
+// that one makes CuPy compile with --device-c and link libcudadevrt, which needs
+// a CUDA toolkit on the user's machine; this needs nothing beyond the driver.
+//
+// One monotonically increasing counter, zeroed by the host before the launch.
+// Episode k of the barrier waits until the counter reaches k * nblocks; the
+// comparison is wrap-safe. Thread 0 of each block arrives for its block after
+// a __syncthreads(), with a fence that publishes the block's writes (release);
+// its acquire load plus the closing __syncthreads() makes every other block's
+// writes visible to the whole block.
+// ---------------------------------------------------------------------------
+#ifndef GRU_EMULATION
+__device__ __forceinline__ unsigned int load_acquire(const unsigned int* p) {
+    unsigned int v;
+    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+__device__ __forceinline__ void spin_pause() { __nanosleep(32); }
+#endif
+
+struct GridBarrier {
+    unsigned int* counter;
+    unsigned int target;
+    unsigned int nblocks;
+
+    __device__ __forceinline__ GridBarrier(unsigned int* counter_, unsigned int nblocks_)
+        : counter(counter_), target(0u), nblocks(nblocks_) {}
+
+    __device__ __forceinline__ void sync() {
+        __syncthreads();
+        target += nblocks;
+        if (threadIdx.x == 0) {
+            __threadfence();
+            atomicAdd(counter, 1u);
+            while (static_cast<int>(load_acquire(counter) - target) < 0) {
+                spin_pause();
+            }
+            __threadfence();
+        }
+        __syncthreads();
+    }
+};
+
+}  // namespace gru

@@ -1,0 +1,129 @@
+// Per-step GRU gate kernels for the large-batch path.
+//
+// Why: at large batch the recurrent product of a step, (B x H) @ (H x 3H), is a
+// real matrix product that cuBLAS runs near peak, and keeping W_hh on chip buys
+// little because every weight is reused B times per step anyway. The host runs
+// one (batched over directions) GEMM per step and then ONE of these kernels,
+// which fuses every element-wise operation of the step: activations, the
+// reset gate, the state update, length masking and the output/gate writes.
+// Reset-before needs r * h_{t-1} before the candidate's product, so it takes
+// two GEMMs and two kernels per step (gru_step_before_rz, gru_step_before_n).
+//
+// One thread per (direction, sequence, unit), grid-stride. Same conventions as
+// gru_persistent.cu: gx (T, B, D, 3H) with the foldable biases added, sequence
+// b alive while s < lengths[b], time index s forward and lengths[b] - 1 - s in
+// reverse, finished sequences carry their state, outputs and gates past a
+// length are left at the host's zeros.
+//
+//   gh     (D, B, 3H) reset-after: h_{t-1} @ W_hh^T (no bias)
+//          (D, B, 2H) reset-before stage rz: h_{t-1} @ [W_hr; W_hz]^T
+//          (D, B, H)  reset-before stage n: (r * h_{t-1}) @ W_hn^T
+//   hcur, hnext, rh, zbuf  (D, B, H)
+//   out    (T, B, D*H);  gates (D, 3, T, B, H)
+#include "gru_common.cuh"
+
+namespace gru {
+
+struct StepIndex {
+    int d, b, u, len, t;
+    bool alive;
+};
+
+__device__ __forceinline__ StepIndex step_index(long long i, int s, int B, int H, const int* lengths) {
+    StepIndex x;
+    x.u = static_cast<int>(i % H);
+    const long long db = i / H;
+    x.b = static_cast<int>(db % B);
+    x.d = static_cast<int>(db / B);
+    x.len = lengths[x.b];
+    x.alive = s < x.len;
+    x.t = x.d == 1 ? x.len - 1 - s : s;
+    return x;
+}
+
+__device__ __forceinline__ long long gx_index(const StepIndex& x, int B, int D, int H) {
+    return ((static_cast<long long>(x.t) * B + x.b) * D + x.d) * 3LL * H + x.u;
+}
+
+__device__ __forceinline__ long long step_gate_index(const StepIndex& x, int g, int seq_len, int B, int H) {
+    return ((static_cast<long long>(x.d * 3 + g) * seq_len + x.t) * B + x.b) * H + x.u;
+}
+
+}  // namespace gru
+
+template <typename T>
+__global__ void gru_step_after(const T* __restrict__ gx, const T* __restrict__ gh, const T* __restrict__ b_hn,
+                               const int* __restrict__ lengths, const T* __restrict__ hcur, T* __restrict__ hnext,
+                               T* __restrict__ out, T* __restrict__ gates, int has_gates, int s, int seq_len, int B,
+                               int H, int D) {
+    const long long total = static_cast<long long>(D) * B * H;
+    for (long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; i < total;
+         i += static_cast<long long>(gridDim.x) * blockDim.x) {
+        const gru::StepIndex x = gru::step_index(i, s, B, H, lengths);
+        const T h_old = hcur[i];
+        T h = h_old;
+        if (x.alive) {
+            const T* g = gx + gru::gx_index(x, B, D, H);
+            const T* a = gh + (i / H) * 3 * H + x.u;  // row (d, b) of gh, unit u
+            const T r = gru::sigmoid(g[0] + a[0]);
+            const T z = gru::sigmoid(g[H] + a[H]);
+            const T n = gru::tanh_(g[2 * H] + r * (a[2 * H] + b_hn[x.d * H + x.u]));
+            h = n + z * (h_old - n);
+            out[(static_cast<long long>(x.t) * B + x.b) * D * H + x.d * H + x.u] = h;
+            if (has_gates) {
+                gates[gru::step_gate_index(x, 0, seq_len, B, H)] = r;
+                gates[gru::step_gate_index(x, 1, seq_len, B, H)] = z;
+                gates[gru::step_gate_index(x, 2, seq_len, B, H)] = n;
+            }
+        }
+        hnext[i] = h;
+    }
+}
+
+template <typename T>
+__global__ void gru_step_before_rz(const T* __restrict__ gx, const T* __restrict__ gh, const int* __restrict__ lengths,
+                                   const T* __restrict__ hcur, T* __restrict__ rh, T* __restrict__ zbuf,
+                                   T* __restrict__ gates, int has_gates, int s, int seq_len, int B, int H, int D) {
+    const long long total = static_cast<long long>(D) * B * H;
+    for (long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; i < total;
+         i += static_cast<long long>(gridDim.x) * blockDim.x) {
+        const gru::StepIndex x = gru::step_index(i, s, B, H, lengths);
+        T r_h = T(0);
+        T z = T(0);
+        if (x.alive) {
+            const T* g = gx + gru::gx_index(x, B, D, H);
+            const T* a = gh + (i / H) * 2 * H + x.u;
+            const T r = gru::sigmoid(g[0] + a[0]);
+            z = gru::sigmoid(g[H] + a[H]);
+            r_h = r * hcur[i];
+            if (has_gates) {
+                gates[gru::step_gate_index(x, 0, seq_len, B, H)] = r;
+                gates[gru::step_gate_index(x, 1, seq_len, B, H)] = z;
+            }
+        }
+        rh[i] = r_h;
+        zbuf[i] = z;
+    }
+}
+
+template <typename T>
+__global__ void gru_step_before_n(const T* __restrict__ gx, const T* __restrict__ gh, const int* __restrict__ lengths,
+                                  const T* __restrict__ hcur, const T* __restrict__ zbuf, T* __restrict__ hnext,
+                                  T* __restrict__ out, T* __restrict__ gates, int has_gates, int s, int seq_len, int B,
+                                  int H, int D) {
+    const long long total = static_cast<long long>(D) * B * H;
+    for (long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; i < total;
+         i += static_cast<long long>(gridDim.x) * blockDim.x) {
+        const gru::StepIndex x = gru::step_index(i, s, B, H, lengths);
+        const T h_old = hcur[i];
+        T h = h_old;
+        if (x.alive) {
+            const T n = gru::tanh_(gx[gru::gx_index(x, B, D, H) + 2 * H] + gh[i]);
+            const T z = zbuf[i];
+            h = n + z * (h_old - n);
+            out[(static_cast<long long>(x.t) * B + x.b) * D * H + x.d * H + x.u] = h;
+            if (has_gates) gates[gru::step_gate_index(x, 2, seq_len, B, H)] = n;
+        }
+        hnext[i] = h;
+    }
+}

@@ -1,0 +1,33 @@
+"""pytest plugin: register the CuPy backend on the CPU emulation as ``cupy-emulated``.
+
+Runs the whole conformance suite through the CuPy backend's code and kernels
+on a machine without a GPU (slow: every CUDA thread is a fiber)::
+
+    PYTHONPATH=tests/cupy_emulation pytest -p conformance_plugin --pyargs gru.testing \
+        --gru-backend cupy-emulated
+
+``GRU_CUPY_PATH=persistent`` / ``stepwise`` picks the path (the default, auto,
+takes the persistent kernel at the suite's small batches).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pytest
+
+NAME = "cupy-emulated"
+
+
+@pytest.hookimpl(tryfirst=True)  # before gru's plugin checks the --gru-backend names
+def pytest_configure(config: pytest.Config) -> None:
+    from emulated_device import EmulatedDevice, build_library
+
+    import gru
+    from gru.backends.cupy import CupyBackend
+
+    lib = build_library(Path(tempfile.gettempdir()) / "gru-cupy-emulation")
+    backend = CupyBackend(device_factory=lambda: EmulatedDevice(lib))
+    backend.persistent_threads = 64
+    gru.register_backend(NAME, backend, replace=True)

@@ -163,6 +163,20 @@ cdef inline void matmul(int m, int n, int k, const floating* a, int lda, const f
             dgemm(&notrans, &notrans, &n, &m, &k, &one, <double*>wt, &ldw, <double*>a, &lda, &beta, c, &ldc)
 
 
+cdef inline void matvec_rows(int n, int k, const floating* w, const floating* x, floating* y) noexcept nogil:
+    """y[n] = W[n, k] @ x[k] for a contiguous row-major W: gemv streaming W's rows (its 'T' form)."""
+    cdef char trans = b'T'
+    cdef int one_i = 1
+    cdef floating one = 1
+    cdef floating zero = 0
+    if n <= 0:
+        return
+    if floating is float:
+        sgemv(&trans, &k, &n, &one, <float*>w, &k, <float*>x, &one_i, &zero, y, &one_i)
+    else:
+        dgemv(&trans, &k, &n, &one, <double*>w, &k, <double*>x, &one_i, &zero, y, &one_i)
+
+
 # OpenBLAS multiplies products of up to about a million multiply-adds with
 # kernels that skip its packing step; at small batch that is ~3x faster per
 # step than one large call, so the per-step products are cut to that size
@@ -186,7 +200,7 @@ cdef inline void matmul_step(int m, int n, int k, const floating* a, int lda, co
 
 cdef void thread_body(
     int T, int B, int I, int H, int steps,
-    const floating* x, const floating* w_ih_t, const floating* w_hh_t,
+    const floating* x, const floating* w_ih_t, const floating* w_hh_t, const floating* w_hh,
     const floating* bias, const floating* b_hn,
     const long long* lengths, const long long* order,
     bint reverse, bint reset_after,
@@ -215,17 +229,25 @@ cdef void thread_body(
     cdef floating* r_out
     cdef floating* z_out
     cdef floating* n_out
-    # This thread's recurrent weights, packed contiguous: (H, 3 nu), row k = W_hh^T[k] at
-    # the r, z, n columns of its units. Written and read by this thread alone, it stays in
-    # its own cache when it fits, and one product per step covers all three gates.
+    # This thread's recurrent weights, packed contiguous. Written and read by this thread
+    # alone, it stays in its own cache when it fits, and one product per step covers all
+    # three gates. A single sequence streams it row by row (gemv): W_hh's rows of its r,
+    # z, n units, (3 nu, H). A batch multiplies it as (H, 3 nu), row k = W_hh^T[k] at those
+    # columns, the layout of OpenBLAS's fast small products.
+    cdef bint single = B == 1
     cdef floating* panel = panels + <Py_ssize_t>H * 3 * u0
     # the per-step products go to gh rows laid out per thread: [r | z | n] of its units
     cdef floating* gh_mine = gh + 3 * u0
 
     if nu > 0:
-        for k in range(H):
+        if single:
             for g in range(3):
-                memcpy(panel + <Py_ssize_t>k * P + g * nu, w_hh_t + <Py_ssize_t>k * G + g * H + u0, nu * sizeof(floating))
+                memcpy(panel + <Py_ssize_t>g * nu * H, w_hh + <Py_ssize_t>(g * H + u0) * H, <Py_ssize_t>nu * H * sizeof(floating))
+        else:
+            for k in range(H):
+                for g in range(3):
+                    memcpy(panel + <Py_ssize_t>k * P + g * nu, w_hh_t + <Py_ssize_t>k * G + g * H + u0,
+                           nu * sizeof(floating))
         # Input projection of this thread's units, every step at once: gx = x W_ih^T
         # (the biases are added in the gate pass, folded with the recurrent ones).
         for g in range(3):
@@ -237,7 +259,10 @@ cdef void thread_body(
             live -= 1
         if nu > 0:
             # reset-before defers the candidate's product until r ⊙ h is known
-            matmul_step(live, P if reset_after else 2 * nu, H, h_prev, H, panel, P, 0, gh_mine, G)
+            if single:
+                matvec_rows(P if reset_after else 2 * nu, H, panel, h_prev, gh_mine)
+            else:
+                matmul_step(live, P if reset_after else 2 * nu, H, h_prev, H, panel, P, 0, gh_mine, G)
         if not reset_after:
             if nu > 0:
                 for i in range(live):
@@ -247,7 +272,10 @@ cdef void thread_body(
                     reset_before(nu, gx_row, gh_mine + i * G, bias + u0, h_prev + i * H + u0, r_out, rh + i * H + u0)
             gru_barrier()  # every thread's part of r ⊙ h_{t-1} is written
             if nu > 0:
-                matmul_step(live, nu, H, rh, H, panel + 2 * nu, P, 0, gh_mine + 2 * nu, G)
+                if single:
+                    matvec_rows(nu, H, panel + <Py_ssize_t>2 * nu * H, rh, gh_mine + 2 * nu)
+                else:
+                    matmul_step(live, nu, H, rh, H, panel + 2 * nu, P, 0, gh_mine + 2 * nu, G)
         if nu > 0:
             for i in range(live):
                 seq = <int>order[i]
@@ -279,6 +307,7 @@ def run_direction(
     const floating[:, :, ::1] x,
     const floating[:, ::1] w_ih_t,
     const floating[:, ::1] w_hh_t,
+    const floating[:, ::1] w_hh,
     const floating[::1] bias,
     const floating[::1] b_hn,
     const long long[::1] lengths,
@@ -333,7 +362,7 @@ def run_direction(
             for u in range(H):
                 h_a[i * H + u] = h_n[order[i], u]
         with parallel(num_threads=threads):
-            thread_body(T, B, I, H, steps, &x[0, 0, 0], &w_ih_t[0, 0], &w_hh_t[0, 0], &bias[0], &b_hn[0],
+            thread_body(T, B, I, H, steps, &x[0, 0, 0], &w_ih_t[0, 0], &w_hh_t[0, 0], &w_hh[0, 0], &bias[0], &b_hn[0],
                         &lengths[0], &order[0], reverse, reset_after, gx, gh, rh, h_a, h_b, scratch, &panels[0, 0],
                         out, out_t, out_b, &h_n[0, 0], gates_ptr, hn_ptr)
 

@@ -50,8 +50,8 @@ class CythonBackend(StackedBackend):
     def _prepared(self, weights: LayerWeights) -> tuple[np.ndarray, ...]:
         """Weights as the kernel takes them, made once per LayerWeights.
 
-        Transposed matrices (BLAS's fastest layout for these products), and the
-        biases folded: (b_ir + b_hr, b_iz + b_hz, b_in) and b_hn, which
+        Transposed matrices (BLAS's fastest layout for batched products; a
+        single sequence reads W_hh as it is), and the biases folded: (b_ir + b_hr, b_iz + b_hz, b_in) and b_hn, which
         reset-after applies under the reset gate.
         """
         prepared = self._prepared_weights.get(weights)
@@ -62,6 +62,7 @@ class CythonBackend(StackedBackend):
             prepared = (
                 np.ascontiguousarray(weights.w_ih.T),
                 np.ascontiguousarray(weights.w_hh.T),
+                weights.w_hh,
                 bias,
                 np.ascontiguousarray(weights.b_hh[2 * H :]),
             )

@@ -7,6 +7,12 @@ run. Every implementation's output is checked against the NumPy backend's
 before it is timed; one that disagrees is reported and never timed, because a
 fast wrong answer is not a result.
 
+``gru bench --train`` times training instead: one forward pass in training
+mode plus the backward pass (d input and every parameter's gradient, for a
+fixed d output), for the backends that declare training, against
+``torch.nn.GRU`` with autograd. Output and gradients are checked against the
+NumPy backend's float64 gradients before timing.
+
 Why the rules below (see GUIDE.md section 3): machines are shared and noisy, so
 we compare implementations within one run and report medians and ratios, and
 quote the machine beside every number.
@@ -39,6 +45,7 @@ import gru
 __all__ = [
     "DEFAULT_SHAPES",
     "PEERS",
+    "TRAIN_SHAPES",
     "Case",
     "Implementation",
     "add_arguments",
@@ -60,6 +67,13 @@ DEFAULT_SHAPES: tuple[tuple[int, int, int, int], ...] = (
     (1024, 1024, 1, 100),
     (512, 512, 64, 100),
 )
+#: (I, H, B, T) of the training cases (forward + backward): mid-size batches, as in training.
+TRAIN_SHAPES: tuple[tuple[int, int, int, int], ...] = (
+    (64, 64, 32, 100),
+    (256, 256, 32, 100),
+    (512, 512, 64, 50),
+    (128, 128, 64, 200),
+)
 DEFAULT_REPEATS = 10
 DEFAULT_WARMUP = 2
 ROUNDS = 3  # the timed calls of a shape are split into this many rounds over the implementations
@@ -75,6 +89,8 @@ QUICK_MAX_STEPS = 20  # --quick keeps each shape's I, H, B (its regime) but runs
 
 #: tolerances of the agreement check against the NumPy backend, per dtype: (rtol, atol)
 TOLERANCES = {"float32": (1e-4, 1e-4), "float64": (1e-9, 1e-9)}
+#: training: every output and gradient of float64 reference ``ref`` must be within rtol · max|ref| + atol
+TRAIN_TOLERANCES = {"float32": (1e-4, 1e-5), "float64": (1e-9, 1e-12)}
 
 #: the peers, by the name used on the command line, in the order of the table's columns
 PEERS = ("onnxruntime", "torch")
@@ -84,6 +100,8 @@ _PEER_ALIASES = {"ort": "onnxruntime", "onnxruntime": "onnxruntime", "torch": "t
 _THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS")
 
 Runner = Callable[[np.ndarray], Any]
+#: what a training runner returns: "output", "input" (d loss / d x) and every parameter's gradient by state-dict key
+Gradients = dict[str, np.ndarray]
 
 
 # -- cases -----------------------------------------------------------------------------------------
@@ -145,6 +163,21 @@ class Implementation:
         """Build the layer from the PyTorch-layout ``state`` (untimed); return ``f(x) -> output (T, B, H)``."""
         raise NotImplementedError
 
+    def training_unavailable(self, dtype: str) -> str | None:
+        """Why this cannot train here at ``dtype`` (``gru bench --train``), or None when it can."""
+        if type(self).prepare_training is Implementation.prepare_training:
+            return "no training runner (prepare_training)"
+        return self.unavailable(dtype)
+
+    def prepare_training(
+        self, state: dict[str, np.ndarray], case: Case, dtype: str, threads: int, d_output: np.ndarray
+    ) -> Callable[[np.ndarray], Gradients]:
+        """Like :meth:`prepare`, for training: ``f(x)`` runs forward and backward with ``d_output`` (T, B, H).
+
+        ``f(x)`` returns ``{"output": ..., "input": d loss / d x, **{key: d loss / d state[key]}}``.
+        """
+        raise NotImplementedError
+
 
 class BackendImplementation(Implementation):
     """A backend of this package, called through the public ``gru.GRU`` API, as users call it."""
@@ -175,6 +208,23 @@ class BackendImplementation(Implementation):
         layer = gru.GRU(case.input_size, case.hidden_size, dtype=dtype, backend=self.backend)
         layer.load_state_dict(state)
         return lambda x: layer(x)[0]
+
+    def training_unavailable(self, dtype: str) -> str | None:
+        reason = self.unavailable(dtype)
+        if reason is None and self.info is not None and not self.info.capabilities.training:
+            reason = "does not declare training"
+        return reason
+
+    def prepare_training(self, state, case, dtype, threads, d_output):
+        layer = gru.GRU(case.input_size, case.hidden_size, dtype=dtype, backend=self.backend)
+        layer.load_state_dict(state)
+
+        def step(x: np.ndarray) -> Gradients:
+            output, _ = layer(x, train=True)
+            grads = layer.backward(d_output)
+            return {"output": output, "input": grads.input, **grads.params}
+
+        return step
 
 
 class TorchImplementation(Implementation):
@@ -207,6 +257,28 @@ class TorchImplementation(Implementation):
 
         return forward
 
+    def prepare_training(self, state, case, dtype, threads, d_output):
+        """Autograd, as a training loop uses it: fresh leaf input, gradients reset to None, ``backward``."""
+        import torch
+
+        torch.set_num_threads(threads)
+        layer = torch.nn.GRU(case.input_size, case.hidden_size).to(getattr(torch, dtype))
+        layer.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()})
+        layer.train()
+        d_out = torch.from_numpy(d_output)
+        params = dict(layer.named_parameters())
+
+        def step(x: np.ndarray) -> Gradients:
+            for p in params.values():
+                p.grad = None  # optimizer.zero_grad(set_to_none=True)
+            x_t = torch.from_numpy(x).requires_grad_()
+            output, _ = layer(x_t)
+            output.backward(d_out)
+            grads = {"output": output.detach().numpy(), "input": x_t.grad.numpy()}
+            return grads | {k: p.grad.numpy() for k, p in params.items()}
+
+        return step
+
 
 class OnnxRuntimeImplementation(Implementation):
     """ONNX Runtime's ``GRU`` operator in a one-node model, on the CPU execution provider."""
@@ -226,6 +298,9 @@ class OnnxRuntimeImplementation(Implementation):
         if dtype != "float32":
             return "ONNX Runtime's CPU GRU kernel is float32 only"
         return None
+
+    def training_unavailable(self, dtype: str) -> str | None:
+        return "inference only (ONNX Runtime's GRU operator has no backward)"
 
     def prepare(self, state, case, dtype, threads):
         import onnxruntime as ort
@@ -520,6 +595,43 @@ def _agreement(out: Any, expected: np.ndarray, dtype: str) -> tuple[bool, float 
     )
 
 
+def _gradient_agreement(out: Gradients, expected: Gradients, dtype: str) -> tuple[bool, float | None, str | None]:
+    """Whether the output and every gradient match the float64 reference, each within rtol · max|ref| + atol.
+
+    Gradients are sums over all T·B positions, so their scale varies from one
+    tensor to the next: each is held to a tolerance relative to its own largest
+    entry. The reported difference is the largest absolute one.
+    """
+    if not isinstance(out, dict) or set(out) != set(expected):
+        got = sorted(out) if isinstance(out, dict) else type(out).__name__
+        return False, None, f"returned {got}, expected the output and gradients {sorted(expected)}"
+    rtol, atol = TRAIN_TOLERANCES.get(dtype, TRAIN_TOLERANCES["float32"])
+    worst, bad = 0.0, []
+    for key, ref in expected.items():
+        value = np.asarray(out[key].get() if hasattr(out[key], "get") else out[key])
+        if value.shape != ref.shape:
+            return False, None, f"{key}: shape {value.shape}, expected {ref.shape}"
+        if not np.all(np.isfinite(value)):
+            return False, None, f"{key} has NaN or inf"
+        diff = float(np.max(np.abs(value.astype(np.float64) - ref))) if ref.size else 0.0
+        worst = max(worst, diff)
+        allowed = rtol * (float(np.max(np.abs(ref))) if ref.size else 0.0) + atol
+        if diff > allowed:
+            bad.append(f"{key} max |diff| {diff:.2e} > {allowed:.2e}")
+    if bad:
+        return False, worst, "disagrees with the numpy backend's float64 gradients: " + "; ".join(bad)
+    return True, worst, None
+
+
+def _training_reference(state: dict[str, np.ndarray], case: Case, x: np.ndarray, d_output: np.ndarray) -> Gradients:
+    """The NumPy backend's output and gradients in float64, from the same (rounded) weights and inputs."""
+    layer = gru.GRU(case.input_size, case.hidden_size, dtype="float64", backend="numpy")
+    layer.load_state_dict({k: v.astype(np.float64) for k, v in state.items()})
+    output, _ = layer(x.astype(np.float64), train=True)
+    grads = layer.backward(d_output.astype(np.float64))
+    return {"output": np.asarray(output), "input": np.asarray(grads.input), **grads.params}
+
+
 @dataclass(frozen=True)
 class _Settings:
     dtype: str
@@ -527,6 +639,16 @@ class _Settings:
     repeats: int
     warmup: int
     budget_s: float | None
+    training: bool = False
+
+
+def case_flops(case: Case, training: bool = False) -> int:
+    """Floating-point operations of one call: the forward's, times 3 for forward + backward.
+
+    The backward of each product costs two products of the same size (one for
+    the gradient of its input, one for its weight's), hence 6 + 12 = 18·H·(I+H)·B·T.
+    """
+    return case.flops * (3 if training else 1)
 
 
 def run(
@@ -542,8 +664,12 @@ def run(
     seed: int = 0,
     progress: bool = True,
     measure_machine_gemm: bool = True,
+    training: bool = False,
 ) -> dict[str, Any]:
     """Run the benchmark and return the report (JSON-ready: plain dicts, lists, numbers).
+
+    ``training=True`` times forward (``train=True``) + backward instead of
+    inference, on the implementations that can train (see the module's doc).
 
     ``implementations`` defaults to :func:`resolve_implementations` (None); ``extra``
     are appended. Each case draws one set of weights (PyTorch layout) and one
@@ -556,12 +682,12 @@ def run(
         raise ValueError(f"dtype: expected one of {sorted(TOLERANCES)}, got {dtype!r}")
     if repeats < 1 or warmup < 0:
         raise ValueError("repeats must be >= 1 and warmup >= 0")
-    settings = _Settings(dtype, threads or usable_cpus(), repeats, warmup, budget_s)
+    settings = _Settings(dtype, threads or usable_cpus(), repeats, warmup, budget_s, training)
     impls = list(resolve_implementations(None) if implementations is None else implementations) + list(extra)
     notes: list[str] = []
     skipped: dict[str, str] = {}
     for impl in impls:
-        reason = impl.unavailable(dtype)
+        reason = impl.training_unavailable(dtype) if training else impl.unavailable(dtype)
         if reason:
             skipped[impl.name] = reason
             notes.append(f"{impl.name}: skipped, {reason}")
@@ -581,8 +707,11 @@ def run(
             "seed": seed,
             "tolerance": dict(zip(("rtol", "atol"), TOLERANCES[dtype], strict=True)),
             "layer": "1 layer, unidirectional, reset-after (linear_before_reset=1), bias, h0 = 0",
-            "flops_formula": "6*H*(I+H)*B*T",
-            "timing": "time.perf_counter around one forward call; median over repeats",
+            "mode": "training" if training else "inference",
+            "flops_formula": "18*H*(I+H)*B*T (forward 6, backward 12)" if training else "6*H*(I+H)*B*T",
+            "timing": "time.perf_counter around one "
+            + ("forward (train=True) + backward call, d output fixed" if training else "forward call")
+            + "; median over repeats",
         },
         "implementations": [
             {"name": i.name, "kind": i.kind, "version": i.version(), "skipped": skipped.get(i.name)} for i in impls
@@ -646,7 +775,11 @@ def _run_case(
     reference = gru.GRU(case.input_size, case.hidden_size, dtype=dtype, backend="numpy", seed=rng)
     state = reference.state_dict()
     x = rng.standard_normal((case.steps, case.batch, case.input_size)).astype(dtype)
-    expected = np.asarray(reference(x)[0], dtype=np.float64)
+    if settings.training:
+        d_output = rng.standard_normal((case.steps, case.batch, case.hidden_size)).astype(dtype)
+        expected: Any = _training_reference(state, case, x, d_output)
+    else:
+        expected = np.asarray(reference(x)[0], dtype=np.float64)
     planned = len(impls) * _calls_per_implementation(settings)
     done = 0
 
@@ -662,8 +795,12 @@ def _run_case(
         entry: dict[str, Any] = {"name": impl.name, "kind": impl.kind}
         results.append(entry)
         try:
-            forward = impl.prepare(state, case, dtype, settings.threads)
-            ok, diff, why = _agreement(forward(x), expected, dtype)
+            if settings.training:
+                forward = impl.prepare_training(state, case, dtype, settings.threads, d_output)
+                ok, diff, why = _gradient_agreement(forward(x), expected, dtype)
+            else:
+                forward = impl.prepare(state, case, dtype, settings.threads)
+                ok, diff, why = _agreement(forward(x), expected, dtype)
             tick()
             if ok:
                 for _ in range(settings.warmup):
@@ -699,6 +836,7 @@ def _run_case(
                     tick()
     bar.update(max(planned - done, 0))  # calls the budget cut
 
+    flops = case_flops(case, settings.training)
     for entry, _, times in timed:
         median = statistics.median(times)
         entry.update(
@@ -709,9 +847,9 @@ def _run_case(
             min_s=min(times),
             spread=_spread(times),
             us_per_step=median / case.steps * 1e6,
-            gflops=case.flops / median / 1e9,
+            gflops=flops / median / 1e9,
         )
-    return {"shape": case.as_dict(), "label": case.label, "flops": case.flops, "results": results}
+    return {"shape": case.as_dict(), "label": case.label, "flops": flops, "results": results}
 
 
 def _add_ratios(report: dict[str, Any]) -> None:
@@ -742,7 +880,8 @@ def _describe_machine(report: dict[str, Any]) -> str:
     if m.get("physical_cores"):
         cores += f" / {m['physical_cores']} cores"
     threads = f"{s['threads']} thread{'s' if s['threads'] != 1 else ''}"
-    return f"{m['cpu']} ({cores}), {threads}, {s['dtype']}"
+    mode = ", training (forward + backward)" if s.get("mode") == "training" else ""
+    return f"{m['cpu']} ({cores}), {threads}, {s['dtype']}{mode}"
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -956,7 +1095,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         type=parse_shape,
         metavar="I,H,B,T",
-        help="shapes to run (default: " + " ".join(",".join(map(str, s)) for s in DEFAULT_SHAPES) + ")",
+        help="shapes to run (default: "
+        + " ".join(",".join(map(str, s)) for s in DEFAULT_SHAPES)
+        + "; with --train: "
+        + " ".join(",".join(map(str, s)) for s in TRAIN_SHAPES)
+        + ")",
+    )
+    parser.add_argument(
+        "--train",
+        action="store_true",
+        help="time training: forward (train=True) + backward, on the backends that declare training, against "
+        "torch.nn.GRU autograd; outputs and gradients are checked against the numpy backend's float64 ones first",
     )
     parser.add_argument("--dtype", choices=sorted(TOLERANCES), default="float32")
     parser.add_argument(
@@ -1000,12 +1149,14 @@ def run_from_args(args: argparse.Namespace) -> int:
         print("gru bench: --threads must be >= 1", file=sys.stderr)
         return 2
     set_thread_environment(threads)  # before the first torch/onnxruntime/backend load picks up its pool size
+    training = getattr(args, "train", False)
+    shapes = TRAIN_SHAPES if training else DEFAULT_SHAPES
     if args.shapes:
         cases = list(args.shapes)
     elif args.quick:  # each default shape keeps its regime (I, H, B) with fewer steps
-        cases = [Case(i, h, b, min(t, QUICK_MAX_STEPS)) for i, h, b, t in DEFAULT_SHAPES]
+        cases = [Case(i, h, b, min(t, QUICK_MAX_STEPS)) for i, h, b, t in shapes]
     else:
-        cases = [Case(*s) for s in DEFAULT_SHAPES]
+        cases = [Case(*s) for s in shapes]
     repeats = args.repeats if args.repeats is not None else (QUICK_REPEATS if args.quick else DEFAULT_REPEATS)
     warmup = args.warmup if args.warmup is not None else (QUICK_WARMUP if args.quick else DEFAULT_WARMUP)
     try:
@@ -1020,6 +1171,7 @@ def run_from_args(args: argparse.Namespace) -> int:
             budget_s=args.budget or None,
             seed=args.seed,
             progress=args.progress,
+            training=training,
         )
     except ValueError as exc:
         print(f"gru bench: {exc}", file=sys.stderr)

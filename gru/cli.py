@@ -1,12 +1,9 @@
-"""The ``gru`` command: ``gru backends``, ``gru demo``, ``gru conformance NAME``."""
+"""The ``gru`` command: ``gru backends``, ``gru demo``, ``gru conformance NAME``, ``gru bench``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
-
-import numpy as np
 
 import gru
 
@@ -26,31 +23,10 @@ def _backends(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    """Run one GRU on every available backend and show that they agree."""
-    rng = np.random.default_rng(args.seed)
-    I, H, L, B, T = 16, 32, 2, 4, 50
-    reference = gru.GRU(I, H, L, bidirectional=True, batch_first=True, dtype="float64", backend="numpy", seed=args.seed)
-    x = rng.standard_normal((B, T, I))
-    lengths = rng.integers(1, T + 1, B)
-    expected, _ = reference(x, lengths=lengths)
-    print(
-        f"GRU(input_size={I}, hidden_size={H}, num_layers={L}, bidirectional) "
-        f"on {B} sequences of up to {T} steps, lengths {list(lengths)}"
-    )
-    print(f"{'backend':<12} {'dtype':<8} {'max |diff| vs numpy float64':>28} {'time (ms)':>10}")
-    for info in gru.list_backends():
-        if not info.available:
-            print(f"{info.name:<12} unavailable: {info.reason}")
-            continue
-        for dtype in sorted(info.capabilities.dtypes):
-            layer = gru.GRU(I, H, L, bidirectional=True, batch_first=True, dtype=dtype, backend=info.name)
-            layer.load_state_dict(reference.state_dict())
-            start = time.perf_counter()
-            output, _ = layer(x.astype(dtype), lengths=lengths)
-            elapsed = (time.perf_counter() - start) * 1e3
-            output = output.get() if hasattr(output, "get") else np.asarray(output)
-            print(f"{info.name:<12} {dtype:<8} {np.max(np.abs(output - expected)):>28.2e} {elapsed:>10.2f}")
-    return 0
+    """Train a GRU on the adding problem and save a figure of its update gate (see gru.demo)."""
+    from gru import demo
+
+    return demo.run_from_args(args)
 
 
 def _conformance(args: argparse.Namespace) -> int:
@@ -71,8 +47,15 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("backends", help="list the registered backends and whether they can run here").set_defaults(
         run=_backends
     )
-    demo = sub.add_parser("demo", help="run a GRU on every available backend and show they agree")
-    demo.add_argument("--seed", type=int, default=0)
+    from gru import demo as demo_module  # light: numpy and gru; tqdm and matplotlib load only when used
+
+    demo = sub.add_parser(
+        "demo",
+        help="train a GRU on the adding problem (T=100) and plot where its update gate holds its state",
+        description="Train a GRU on the adding problem (Hochreiter & Schmidhuber) until the test MSE is below "
+        "0.01, print the result and save a figure: the loss curves and the update gate z_t over a test sequence.",
+    )
+    demo_module.add_arguments(demo)
     demo.set_defaults(run=_demo)
     conformance = sub.add_parser("conformance", help="run the conformance suite on backends (pytest)")
     conformance.add_argument("backend", nargs="+", help="backend name(s)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -148,3 +149,63 @@ print(json.dumps({"peers": report["peers"], "notes": report["notes"],
     assert any(n.startswith("torch: skipped") for n in result["notes"])
     assert any(n.startswith("onnxruntime: skipped") for n in result["notes"])
     assert "matplotlib" in result["plot"]
+
+
+# -- training cases (gru bench --train) -------------------------------------------------------------
+
+
+class _DamagedGradients(bench.BackendImplementation):
+    """The numpy backend's training runner with one gradient scaled: must be refused, not timed."""
+
+    def __init__(self, key):
+        super().__init__("numpy", next(i for i in gru.list_backends() if i.name == "numpy"))
+        self.name, self.key = f"damaged-{key}", key
+
+    def prepare_training(self, state, case, dtype, threads, d_output):
+        step = super().prepare_training(state, case, dtype, threads, d_output)
+
+        def damaged(x):
+            grads = step(x)
+            return grads | {self.key: grads[self.key] * 1.01}
+
+        return damaged
+
+
+def test_training_cases_check_gradients_and_get_speedups_against_torch():
+    pytest.importorskip("torch")
+    impls = bench.resolve_implementations(["numpy", "torch", "onnxruntime"])
+    extra = [_DamagedGradients("weight_hh_l0"), _DamagedGradients("input")]
+    report = _quick_run(impls, extra=extra, training=True)
+    assert report["settings"]["mode"] == "training"
+    assert report["peers"] == ["torch"]
+    assert any("onnxruntime: skipped, inference only" in n for n in report["notes"])
+    (case,) = report["cases"]
+    assert case["flops"] == 18 * 16 * (8 + 16) * 2 * 5
+    results = {r["name"]: r for r in case["results"]}
+    for name in ("numpy", "torch"):
+        assert results[name]["status"] == "ok", results[name].get("reason")
+        assert results[name]["max_abs_diff"] < 1e-4
+    assert results["numpy"]["speedup"]["torch"] == pytest.approx(
+        results["torch"]["median_s"] / results["numpy"]["median_s"]
+    )
+    for key in ("weight_hh_l0", "input"):
+        bad = results[f"damaged-{key}"]
+        assert bad["status"] == "mismatch" and key in bad["reason"] and "times_s" not in bad
+    assert "training (forward + backward)" in bench.format_table(report)
+
+
+def test_cli_train_runs_the_training_shapes_cut_short(capsys):
+    argv = ["bench", "--train", "--quick", "--backends", "numpy", "--repeats", "1", "--warmup", "0"]
+    argv += ["--shapes", "8,16,2,5", "4,8,1,3", "--threads", "1", "--no-progress"]
+    assert cli_main(argv) == 0
+    out = capsys.readouterr().out
+    assert "training (forward + backward)" in out and "8,16,2,5" in out and "4,8,1,3" in out
+
+
+def test_backends_without_training_are_skipped_with_the_reason():
+    info = next(i for i in gru.list_backends() if i.name == "numpy")
+    caps = dataclasses.replace(info.capabilities, training=False)
+    untrained = bench.BackendImplementation("numpy", dataclasses.replace(info, capabilities=caps))
+    assert untrained.unavailable("float32") is None
+    assert untrained.training_unavailable("float32") == "does not declare training"
+    assert _Numpy("inference-only", lambda y: y).training_unavailable("float32").startswith("no training runner")

@@ -1,4 +1,4 @@
-"""The ``gru`` command: ``backends``, ``demo`` and ``conformance``."""
+"""The ``gru`` command: ``backends`` and ``conformance`` (``demo``: test_demo.py)."""
 
 from __future__ import annotations
 
@@ -8,17 +8,11 @@ import subprocess
 import sys
 from importlib.metadata import EntryPoint, entry_points
 
-import numpy as np
 import pytest
 
 import gru
 from gru import _registry
-from gru.backends.numpy import NumpyBackend
 from gru.cli import main
-
-# one row of `gru demo`: backend, dtype, max |diff|, time
-DEMO_ROW = re.compile(r"^(\S+)\s+(float32|float64)\s+(\S+)\s+(\S+)$")
-TOLERANCE = {"float32": 1e-5, "float64": 1e-10}
 
 
 @pytest.fixture(autouse=True)
@@ -50,15 +44,6 @@ def backend_rows(text: str) -> dict[str, list[str]]:
             continue
         name, available, device, priority, details = line.split(maxsplit=4)
         rows[name] = [available, device, priority, details]
-    return rows
-
-
-def demo_rows(text: str) -> list[tuple[str, str, float]]:
-    rows = []
-    for line in text.splitlines():
-        match = DEMO_ROW.match(line.strip())
-        if match:
-            rows.append((match[1], match[2], float(match[3])))
     return rows
 
 
@@ -102,66 +87,7 @@ def test_backends_in_a_subprocess():
     assert "entry point 'gru.backends.numpy:NumpyBackend' of gru" in rows["numpy"][3]
 
 
-# -- gru demo ---------------------------------------------------------------------------------
-
-
-def test_demo_reports_agreement(capsys):
-    assert main(["demo"]) == 0
-    out = capsys.readouterr().out
-    assert "max |diff|" in out
-    rows = demo_rows(out)
-    available = [info for info in gru.list_backends() if info.available]
-    expected = {(info.name, dtype) for info in available for dtype in info.capabilities.dtypes}
-    assert {(name, dtype) for name, dtype, _ in rows} == expected
-    assert ("numpy", "float64", 0.0) in rows  # the reference against itself
-    for name, dtype, diff in rows:
-        assert 0.0 <= diff < TOLERANCE[dtype], (name, dtype, diff)
-    numpy32 = next(diff for name, dtype, diff in rows if (name, dtype) == ("numpy", "float32"))
-    assert 0.0 < numpy32  # float32 rounding shows: the diff is really measured
-
-
-class OffByALittle(NumpyBackend):
-    """A wrong backend: the demo must show its disagreement."""
-
-    def forward(self, request):
-        result = super().forward(request)
-        result.output = result.output + 1e-3
-        return result
-
-
-def test_demo_shows_disagreement_and_unavailable_backends(capsys, tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(tmp_path))
-    (tmp_path / "gru_cli_gpu_plugin.py").write_text(
-        "from gru.backends.numpy import NumpyBackend\n"
-        "class Plugin(NumpyBackend):\n"
-        "    def available(self):\n"
-        "        return 'no GPU here'\n"
-    )
-    gpu = EntryPoint(name="gpu", value="gru_cli_gpu_plugin:Plugin", group="gru.backends")
-    _registry.refresh(entry_points_override=[numpy_entry_point(), gpu])
-    gru.register_backend("wrong", OffByALittle)
-    try:
-        assert main(["demo", "--seed", "3"]) == 0
-    finally:
-        sys.modules.pop("gru_cli_gpu_plugin", None)
-    out = capsys.readouterr().out
-    assert re.search(r"^gpu\s+unavailable: no GPU here$", out, re.MULTILINE)
-    diffs = {(name, dtype): diff for name, dtype, diff in demo_rows(out)}
-    assert set(diffs) == {("numpy", "float32"), ("numpy", "float64"), ("wrong", "float32"), ("wrong", "float64")}
-    assert diffs["numpy", "float64"] == 0.0
-    for dtype in ("float32", "float64"):
-        np.testing.assert_allclose(diffs["wrong", dtype], 1e-3, rtol=1e-2)
-
-
-def test_demo_seed_changes_the_lengths(capsys):
-    _registry.refresh(entry_points_override=[numpy_entry_point()])
-
-    def lengths(seed):
-        assert main(["demo", "--seed", str(seed)]) == 0
-        return re.search(r"lengths (\[.*\])", capsys.readouterr().out)[1]
-
-    assert lengths(0) == lengths(0)
-    assert lengths(0) != lengths(1)
+# -- gru demo: tests/test_demo.py -------------------------------------------------------------
 
 
 # -- gru conformance --------------------------------------------------------------------------

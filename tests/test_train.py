@@ -1,0 +1,218 @@
+"""gru.train: the readout, the losses and Adam, each against numbers worked out independently."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import gru
+from gru.train import Adam, Linear, clip_grad_norm, cross_entropy, mse_loss
+
+EPS = 1e-6  # central differences in float64: truncation O(EPS²), rounding O(1e-16 / EPS)
+
+
+def numerical_gradient(f, x: np.ndarray) -> np.ndarray:
+    """d f / d x by central differences, one element at a time (x is changed and restored)."""
+    grad = np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        saved = x[i]
+        x[i] = saved + EPS
+        up = f()
+        x[i] = saved - EPS
+        down = f()
+        x[i] = saved
+        grad[i] = (up - down) / (2 * EPS)
+    return grad
+
+
+# -- losses -----------------------------------------------------------------------------------------
+
+
+def test_mse_value_and_gradient():
+    rng = np.random.default_rng(0)
+    pred, target = rng.standard_normal((5, 3)), rng.standard_normal((5, 3))
+    value, d_pred = mse_loss(pred, target)
+    assert value == pytest.approx(np.mean((pred - target) ** 2), rel=1e-14)
+    assert d_pred.shape == pred.shape and d_pred.dtype == pred.dtype
+    np.testing.assert_allclose(d_pred, numerical_gradient(lambda: mse_loss(pred, target)[0], pred), atol=1e-9)
+
+
+def test_mse_keeps_float32():
+    value, d_pred = mse_loss(np.ones(4, "float32"), np.zeros(4))
+    assert value == pytest.approx(1.0) and d_pred.dtype == np.float32
+    with pytest.raises(ValueError, match="target"):
+        mse_loss(np.ones(4), np.ones(3))
+
+
+def test_cross_entropy_value_and_gradient():
+    rng = np.random.default_rng(1)
+    logits = rng.standard_normal((2, 3, 4))  # leading dimensions: every (2, 3) position is one sample
+    labels = rng.integers(0, 4, (2, 3))
+    value, d_logits = cross_entropy(logits, labels)
+    probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    expected = -np.mean(np.log(np.take_along_axis(probs, labels[..., None], -1)))
+    assert value == pytest.approx(expected, rel=1e-13)
+    assert d_logits.shape == logits.shape
+    np.testing.assert_allclose(
+        d_logits, numerical_gradient(lambda: cross_entropy(logits, labels)[0], logits), atol=1e-9
+    )
+
+
+def test_cross_entropy_is_stable_for_huge_logits():
+    logits = np.array([[1000.0, 0.0, -1000.0], [-5000.0, 5000.0, 0.0]])
+    value, d_logits = cross_entropy(logits, np.array([0, 2]))
+    # the first sample is certain and right (loss 0), the second certain and wrong by 5000
+    assert value == pytest.approx(5000.0 / 2)
+    assert np.all(np.isfinite(d_logits))
+    np.testing.assert_allclose(d_logits, [[0, 0, 0], [0, 0.5, -0.5]], atol=1e-12)
+
+
+def test_cross_entropy_rejects_bad_labels():
+    with pytest.raises(ValueError, match="labels"):
+        cross_entropy(np.zeros((2, 3)), np.array([0, 3]))
+    with pytest.raises(TypeError, match="labels"):
+        cross_entropy(np.zeros((2, 3)), np.array([0.0, 1.0]))
+    with pytest.raises(ValueError, match="labels"):
+        cross_entropy(np.zeros((2, 3)), np.array([0, 1, 2]))
+
+
+# -- Linear -----------------------------------------------------------------------------------------
+
+
+def test_linear_forward_and_gradients_against_finite_differences():
+    rng = np.random.default_rng(2)
+    layer = Linear(4, 3, dtype="float64", seed=0)
+    x = rng.standard_normal((2, 5, 4))
+    w = rng.standard_normal((2, 5, 3))  # the loss sum(w * y) has d loss / d y = w
+
+    def loss() -> float:
+        return float(np.sum(w * layer(x)))
+
+    sd = layer.state_dict()
+    np.testing.assert_allclose(layer(x), x @ sd["weight"].T + sd["bias"], rtol=1e-14)
+    layer(x)
+    grads = layer.backward(w)
+    np.testing.assert_allclose(grads.input, numerical_gradient(loss, x), atol=1e-8)
+    for name in ("weight", "bias"):
+        param = sd[name]
+
+        def loss_at(name=name, param=param) -> float:
+            layer.load_state_dict({**sd, name: param})
+            return loss()
+
+        np.testing.assert_allclose(grads.params[name], numerical_gradient(loss_at, param), atol=1e-8, err_msg=name)
+
+
+def test_linear_without_bias_and_checks():
+    layer = Linear(3, 2, bias=False, dtype="float64", seed=0)
+    assert set(layer.state_dict()) == {"weight"}
+    x = np.ones((4, 3))
+    np.testing.assert_allclose(layer(x), x @ layer.weight.T)
+    assert set(layer.backward(np.ones((4, 2))).params) == {"weight"}
+    with pytest.raises(TypeError, match="float64"):
+        layer(np.ones((4, 3), "float32"))
+    with pytest.raises(ValueError, match="x"):
+        layer(np.ones((4, 2)))
+    with pytest.raises(ValueError, match="d_output"):
+        layer.backward(np.ones((4, 3)))
+    with pytest.raises(ValueError, match="state_dict"):
+        layer.load_state_dict({"weight": np.ones((3, 2))})
+    with pytest.raises(RuntimeError):
+        Linear(3, 2).backward(np.ones(2))
+
+
+# -- clipping and Adam -------------------------------------------------------------------------------
+
+
+def test_clip_grad_norm_scales_all_gradients_together():
+    grads = [{"a": np.array([3.0, 0.0])}, {"b": np.array([[0.0], [4.0]])}]  # global norm 5
+    clipped, norm = clip_grad_norm(grads, 1.0)
+    assert norm == pytest.approx(5.0)
+    np.testing.assert_allclose(clipped[0]["a"], [0.6, 0.0])
+    np.testing.assert_allclose(clipped[1]["b"], [[0.0], [0.8]])
+    np.testing.assert_array_equal(grads[0]["a"], [3.0, 0.0])  # the inputs are left alone
+    same, _ = clip_grad_norm(grads, 10.0)
+    np.testing.assert_array_equal(same[1]["b"], grads[1]["b"])
+
+
+def test_adam_two_steps_by_hand():
+    """Adam's first two steps, worked out on paper for lr=0.1, betas (0.5, 0.75), eps=0.
+
+    Step 1, g = 2:  m = 1, v = 1;         m̂ = 1/0.5 = 2,      v̂ = 1/0.25 = 4,        p -= 0.1 · 2/2 = 0.1.
+    Step 2, g = -1: m = 0.5 - 0.5 = 0,  v = 0.75 + 0.25 = 1;  m̂ = 0,  p unchanged.
+    For a second parameter, g = 1 then 3:
+    Step 1: m = 0.5, v = 0.25; m̂ = 1, v̂ = 1, p -= 0.1.
+    Step 2: m = 0.25 + 1.5 = 1.75, v = 0.1875 + 2.25 = 2.4375;
+            m̂ = 1.75 / 0.75 = 7/3, v̂ = 2.4375 / 0.4375 = 39/7, p -= 0.1 · (7/3) / √(39/7).
+    """
+    layer = Linear(1, 1, dtype="float64", seed=0)
+    layer.load_state_dict({"weight": np.array([[1.0]]), "bias": np.array([-1.0])})
+    opt = Adam([layer], lr=0.1, betas=(0.5, 0.75), eps=0.0)
+    opt.step([{"weight": np.array([[2.0]]), "bias": np.array([1.0])}])
+    sd = layer.state_dict()
+    assert sd["weight"][0, 0] == pytest.approx(0.9, abs=1e-15)
+    assert sd["bias"][0] == pytest.approx(-1.1, abs=1e-15)
+    opt.step([{"weight": np.array([[-1.0]]), "bias": np.array([3.0])}])
+    sd = layer.state_dict()
+    assert sd["weight"][0, 0] == pytest.approx(0.9, abs=1e-15)
+    assert sd["bias"][0] == pytest.approx(-1.1 - 0.1 * (7 / 3) / np.sqrt(39 / 7), abs=1e-14)
+    assert opt.steps == 2
+
+
+def test_adam_updates_a_gru_through_load_state_dict_and_checks_everything_first():
+    m = gru.GRU(2, 3, seed=0)
+    readout = Linear(3, 1, seed=0)
+    before = m.state_dict()
+    opt = Adam([m, readout], lr=0.01)
+    ones = [{k: np.ones_like(v) for k, v in layer.state_dict().items()} for layer in (m, readout)]
+    bad = [ones[0], {"weight": ones[1]["weight"]}]  # the readout's bias gradient is missing
+    with pytest.raises(ValueError, match="grads"):
+        opt.step(bad)
+    for k, v in m.state_dict().items():  # nothing changed, not even the first layer
+        np.testing.assert_array_equal(v, before[k])
+    assert opt.steps == 0
+    opt.step(ones)
+    for k, v in m.state_dict().items():  # the first step moves every parameter by lr against the gradient's sign
+        assert v.dtype == np.float32
+        np.testing.assert_allclose(v, before[k] - 0.01, atol=1e-6)
+    with pytest.raises(ValueError, match="one dictionary per layer"):
+        opt.step(ones[:1])
+
+
+# -- all together ------------------------------------------------------------------------------------
+
+
+def test_a_tiny_training_loop_reduces_the_loss():
+    """Classify whether a sequence's sum is positive: GRU + Linear + cross-entropy + Adam, 60 steps."""
+    rng = np.random.default_rng(0)
+    m = gru.GRU(1, 8, batch_first=True, dtype="float64", backend="numpy", seed=0)
+    readout = Linear(8, 2, dtype="float64", seed=1)
+    opt = Adam([m, readout], lr=0.05)
+    x = rng.standard_normal((64, 6, 1))
+    labels = (x.sum(axis=(1, 2)) > 0).astype(int)
+    losses = []
+    for _ in range(60):
+        output, _ = m(x, train=True)
+        loss, d_logits = cross_entropy(readout(output[:, -1]), labels)
+        r = readout.backward(d_logits)
+        d_output = np.zeros_like(output)
+        d_output[:, -1] = r.input
+        g = m.backward(d_output)
+        opt.step([g.params, r.params])
+        losses.append(loss)
+    assert losses[0] > 0.5
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_the_readme_training_example_runs_and_learns():
+    """The README's training example, as written there (keeps the documentation honest)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Training") :]
+    code = section[
+        section.index("```python") + len("```python") : section.index("```\n", section.index("```python") + 9)
+    ]
+    namespace: dict = {}
+    exec(compile(code, "README.md (## Training)", "exec"), namespace)
+    assert namespace["loss"] < 0.05 * np.mean(namespace["target"] ** 2)  # far better than predicting 0

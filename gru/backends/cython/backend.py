@@ -175,7 +175,22 @@ class CythonBackend(StackedBackend):
         )
 
     def backward_direction(
-        self, x, h0, weights, lengths, *, reverse, reset_after, output, gates, hn, d_output, d_h_n, d_x, d_h0, grads,
+        self,
+        x,
+        h0,
+        weights,
+        lengths,
+        *,
+        reverse,
+        reset_after,
+        output,
+        gates,
+        hn,
+        d_output,
+        d_h_n,
+        d_x,
+        d_h0,
+        grads,
         threads=None,
     ):
         T, B, _ = x.shape

@@ -18,6 +18,7 @@ live ones form a prefix: finished sequences cost nothing.
 """
 
 from cython.parallel cimport parallel
+from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 from scipy.linalg.cython_blas cimport dgemm, dgemv, sgemm, sgemv
 
@@ -421,6 +422,7 @@ cdef void backward_thread_body(
     cdef const floating* hp_src
     cdef floating* hp
     cdef Py_ssize_t rows_per_thread, r0, r1
+    cdef double* sums
 
     if nu > 0:  # zero this thread's columns: rows that no step writes must read as zeros
         for row in range(M):
@@ -485,18 +487,25 @@ cdef void backward_thread_body(
 
     gru_barrier()
     if nu > 0:
+        sums = <double*>malloc(2 * nu * sizeof(double))
         # weight gradients of this thread's rows, over every step at once
         for g in range(3):
             matmul_tn(nu, I, <int>M, d_gx + g * H + u0, G, x, I, 0, d_w_ih + <Py_ssize_t>(g * H + u0) * I, I)
             matmul_tn(nu, H, <int>M, d_gh + g * H + u0, G, rh if (g == 2 and not reset_after) else h_prevs, H, 0,
                       d_w_hh + <Py_ssize_t>(g * H + u0) * H, H)
-            for u in range(u0, u1):
-                d_b_ih[g * H + u] = 0
-                d_b_hh[g * H + u] = 0
+            # bias gradients: sums over every step and sequence, accumulated in double
+            # (a float running sum over thousands of rows loses digits)
+            for u in range(nu):
+                sums[u] = 0
+                sums[nu + u] = 0
             for row in range(M):
-                for u in range(u0, u1):
-                    d_b_ih[g * H + u] += d_gx[row * G + g * H + u]
-                    d_b_hh[g * H + u] += d_gh[row * G + g * H + u]
+                for u in range(nu):
+                    sums[u] += d_gx[row * G + g * H + u0 + u]
+                    sums[nu + u] += d_gh[row * G + g * H + u0 + u]
+            for u in range(nu):
+                d_b_ih[g * H + u0 + u] = <floating>sums[u]
+                d_b_hh[g * H + u0 + u] = <floating>sums[nu + u]
+        free(sums)
     # d_x += d_gx W_ih, this thread's rows of it
     rows_per_thread = (M + team - 1) // team
     r0 = min(<Py_ssize_t>tid * rows_per_thread, M)

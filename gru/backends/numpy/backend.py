@@ -142,10 +142,10 @@ class NumpyBackend(StackedBackend):
         rows = T * B
         d_x += in_step_order(d_pre_x @ weights.w_ih)
         grads.w_ih[...] = d_pre_x.reshape(rows, -1).T @ x.reshape(rows, -1)
-        grads.b_ih[...] = d_pre_x.reshape(rows, -1).sum(axis=0)
+        grads.b_ih[...] = d_pre_x.reshape(rows, -1).sum(axis=0, dtype=np.float64)  # sums of many rows: in double
         # the recurrent products' inputs: h_{t-1}, and r ⊙ h_{t-1} for reset-before's candidate
         H = h0.shape[-1]
         grads.w_hh[: 2 * H] = d_pre_h[..., : 2 * H].reshape(rows, -1).T @ h_prev.reshape(rows, -1)
         n_input = h_prev if reset_after else r * h_prev
         grads.w_hh[2 * H :] = d_pre_h[..., 2 * H :].reshape(rows, -1).T @ n_input.reshape(rows, -1)
-        grads.b_hh[...] = d_pre_h.reshape(rows, -1).sum(axis=0)
+        grads.b_hh[...] = d_pre_h.reshape(rows, -1).sum(axis=0, dtype=np.float64)

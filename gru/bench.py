@@ -821,7 +821,10 @@ def _run_case(
             share = repeats // rounds + (r < repeats % rounds)
             # the budget so far: a round's share stops early once it is spent, after at least one call
             budget = None if settings.budget_s is None else settings.budget_s * (r + 1) / rounds
-            for entry, forward, times in timed:
+            # each round starts with a different implementation: whatever one leaves behind on
+            # the machine (a busy memory system, a lower clock) falls on each of the others in turn
+            shift = r % max(len(timed), 1)
+            for entry, forward, times in timed[shift:] + timed[:shift]:
                 bar.set_description(f"I,H,B,T={case.label} {entry['name']} (round {r + 1}/{rounds})")
                 time.sleep(QUIESCE_S)
                 for _ in range(settings.warmup):

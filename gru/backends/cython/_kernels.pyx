@@ -387,6 +387,17 @@ cdef inline void matmul_tn(int m, int n, int k, const floating* a, int lda, cons
         dgemm(&notrans, &trans, &n, &m, &k, &one, <double*>b, &ldb, <double*>a, &lda, &beta, c, &ldc)
 
 
+cdef inline void clear_step_row(Py_ssize_t row, int H, int u0, int nu, bint reset_after,
+                                floating* d_gh, floating* h_prevs, floating* rh) noexcept nogil:
+    """Zero this thread's columns of one step-ordered row (a sequence that is not live)."""
+    cdef int g
+    for g in range(3):
+        memset(d_gh + row * 3 * H + g * H + u0, 0, nu * sizeof(floating))
+    memset(h_prevs + row * H + u0, 0, nu * sizeof(floating))
+    if not reset_after:
+        memset(rh + row * H + u0, 0, nu * sizeof(floating))
+
+
 cdef void backward_thread_body(
     int T, int B, int I, int H, int steps,
     const floating* x, const floating* h0, const floating* w_ih, const floating* w_hh,
@@ -405,8 +416,8 @@ cdef void backward_thread_body(
     for the input side) and d_gh (rows s*B + i, for the recurrent side), with
     h_{t-1} (and r ⊙ h_{t-1}) stored in the same rows for the weight gradients;
     then, after a barrier, this thread's columns of d loss / d h_{t-1} =
-    dh z + d_gh W_hh. After the loop, this thread's rows of the weight
-    gradients as whole-sequence GEMMs, and its rows of d_x.
+    dh z + d_gh W_hh. After the loop, a block of the weight gradients' rows
+    as whole-sequence GEMMs, and a block of d_x's rows.
     """
     cdef int team = gru_num_threads()
     cdef int tid = gru_thread_id()
@@ -424,14 +435,16 @@ cdef void backward_thread_body(
     cdef Py_ssize_t rows_per_thread, r0, r1
     cdef double* sums
 
-    if nu > 0:  # zero this thread's columns: rows that no step writes must read as zeros
-        for row in range(M):
-            for g in range(3):
-                memset(d_gx + row * G + g * H + u0, 0, nu * sizeof(floating))
-                memset(d_gh + row * G + g * H + u0, 0, nu * sizeof(floating))
-            memset(h_prevs + row * H + u0, 0, nu * sizeof(floating))
-            if not reset_after:
-                memset(rh + row * H + u0, 0, nu * sizeof(floating))
+    # Rows that no step writes must read as zeros in the GEMMs after the loop: the steps
+    # of ended sequences (and all of them past the longest one). Only those are cleared.
+    if nu > 0:
+        for i in range(B):
+            for t in range(<int>lengths[i], T):
+                for g in range(3):
+                    memset(d_gx + (<Py_ssize_t>t * B + order[i]) * G + g * H + u0, 0, nu * sizeof(floating))
+        for s in range(steps, T):
+            for i in range(B):
+                clear_step_row(<Py_ssize_t>s * B + i, H, u0, nu, reset_after, d_gh, h_prevs, rh)
     gru_barrier()
 
     live = 0
@@ -439,6 +452,8 @@ cdef void backward_thread_body(
         while live < B and lengths[live] > s:
             live += 1
         if nu > 0:
+            for i in range(live, B):
+                clear_step_row(<Py_ssize_t>s * B + i, H, u0, nu, reset_after, d_gh, h_prevs, rh)
             for i in range(live):
                 seq = <int>order[i]
                 t = <int>(lengths[i] - 1 - s) if reverse else s
@@ -486,25 +501,31 @@ cdef void backward_thread_body(
         # no barrier: the next step reads only this thread's columns of d_carry, and other rows of d_gh
 
     gru_barrier()
-    if nu > 0:
-        sums = <double*>malloc(2 * nu * sizeof(double))
-        # weight gradients of this thread's rows, over every step at once
-        for g in range(3):
-            matmul_tn(nu, I, <int>M, d_gx + g * H + u0, G, x, I, 0, d_w_ih + <Py_ssize_t>(g * H + u0) * I, I)
-            matmul_tn(nu, H, <int>M, d_gh + g * H + u0, G, rh if (g == 2 and not reset_after) else h_prevs, H, 0,
-                      d_w_hh + <Py_ssize_t>(g * H + u0) * H, H)
-            # bias gradients: sums over every step and sequence, accumulated in double
-            # (a float running sum over thousands of rows loses digits)
-            for u in range(nu):
-                sums[u] = 0
-                sums[nu + u] = 0
-            for row in range(M):
-                for u in range(nu):
-                    sums[u] += d_gx[row * G + g * H + u0 + u]
-                    sums[nu + u] += d_gh[row * G + g * H + u0 + u]
-            for u in range(nu):
-                d_b_ih[g * H + u0 + u] = <floating>sums[u]
-                d_b_hh[g * H + u0 + u] = <floating>sums[nu + u]
+    # Weight gradients over every step at once, this thread's block of the 3H gate rows
+    # (one GEMM per operand, so each thread packs x and h_{t-1} once).
+    cdef int gate_rows = ((G + team - 1) // team + 15) // 16 * 16
+    cdef int g0 = min(tid * gate_rows, G)
+    cdef int g1 = min(g0 + gate_rows, G)
+    cdef int split = max(g0, min(g1, 2 * H))  # reset-before's n rows take r ⊙ h_{t-1}, not h_{t-1}
+    if g1 > g0:
+        matmul_tn(g1 - g0, I, <int>M, d_gx + g0, G, x, I, 0, d_w_ih + <Py_ssize_t>g0 * I, I)
+        if reset_after:
+            matmul_tn(g1 - g0, H, <int>M, d_gh + g0, G, h_prevs, H, 0, d_w_hh + <Py_ssize_t>g0 * H, H)
+        else:
+            matmul_tn(split - g0, H, <int>M, d_gh + g0, G, h_prevs, H, 0, d_w_hh + <Py_ssize_t>g0 * H, H)
+            matmul_tn(g1 - split, H, <int>M, d_gh + split, G, rh, H, 0, d_w_hh + <Py_ssize_t>split * H, H)
+        # bias gradients: sums over every step and sequence, accumulated in double
+        # (a float running sum over thousands of rows loses digits)
+        sums = <double*>malloc(2 * (g1 - g0) * sizeof(double))
+        for u in range(2 * (g1 - g0)):
+            sums[u] = 0
+        for row in range(M):
+            for u in range(g1 - g0):
+                sums[u] += d_gx[row * G + g0 + u]
+                sums[g1 - g0 + u] += d_gh[row * G + g0 + u]
+        for u in range(g1 - g0):
+            d_b_ih[g0 + u] = <floating>sums[u]
+            d_b_hh[g0 + u] = <floating>sums[g1 - g0 + u]
         free(sums)
     # d_x += d_gx W_ih, this thread's rows of it
     rows_per_thread = (M + team - 1) // team

@@ -168,8 +168,13 @@ def load(
     """
     from gru import interop
     from gru._layers import GRU, GRUCell
+    from gru.backends._base import Backend
 
     path = _check_path(path)
+    if prefix is not None and not isinstance(prefix, str):
+        raise TypeError(f"prefix: expected a str (such as 'encoder.rnn.') or None, got {type(prefix).__name__}")
+    if backend is not None and not isinstance(backend, (str, Backend)):
+        raise TypeError(f"backend: expected a backend name, a Backend or None, got {backend!r}")
     where = f"path: {path!r}"
     with open(path, "rb") as handle:
         data = handle.read()
@@ -212,6 +217,8 @@ def load(
     try:
         layer = cls(**config, backend=backend, seed=0)
     except (TypeError, ValueError) as exc:
+        if str(exc).split(":", 1)[0] in overrides:
+            raise  # the caller's keyword argument is wrong, not the file
         raise ValueError(f"{where}: its configuration does not make a {kind}: {exc}") from None
     try:
         layer.load_state_dict(tensors)

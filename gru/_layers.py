@@ -57,6 +57,14 @@ class GateTrace(NamedTuple):
     n: Any
 
 
+def _memory_bytes() -> int | None:
+    """This machine's physical memory, where the OS tells."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 def _make_rng(seed: Seed) -> np.random.Generator:
     if isinstance(seed, np.random.Generator):
         return seed
@@ -80,6 +88,13 @@ class _Recurrent:
             raise TypeError(f"backend: expected a backend name, a Backend or None, got {backend!r}")
         self.backend = backend
         self._rng = _make_rng(seed)
+        count, sizes = self._parameter_count()
+        nbytes, memory = count * np.dtype(self.dtype).itemsize, _memory_bytes()
+        if memory is not None and nbytes > memory:  # fail now, not after filling the memory (or looping for ever)
+            raise ValueError(
+                f"{sizes}: the layer would hold {count:,} parameters ({nbytes / 2**30:,.1f} GiB), "
+                f"more than this machine's memory ({memory / 2**30:,.1f} GiB)"
+            )
         self._tapes = threading.local()  # the last training call of each thread, for backward()
         self._params: dict[str, np.ndarray] = {}
         self._weights: tuple[LayerWeights, ...] | None = None
@@ -89,6 +104,10 @@ class _Recurrent:
 
     # -- parameters -----------------------------------------------------------------
     def _parameter_shapes(self) -> dict[str, tuple[int, ...]]:
+        raise NotImplementedError
+
+    def _parameter_count(self) -> tuple[int, str]:
+        """How many parameters the layer holds (computed, not enumerated), and the arguments that decide it."""
         raise NotImplementedError
 
     def _weight_keys(self) -> list[tuple[str, str, str | None, str | None]]:
@@ -232,6 +251,11 @@ class GRU(_Recurrent):
                     )
                 )
         return keys
+
+    def _parameter_count(self):
+        H, D, L = self.hidden_size, self.num_directions, self.num_layers
+        per_direction = 3 * H * self.input_size + 3 * H * H + (L - 1) * (3 * H * D * H + 3 * H * H)
+        return D * per_direction + (L * D * 6 * H if self.bias else 0), "input_size, hidden_size, num_layers"
 
     def _parameter_shapes(self):
         H = self.hidden_size
@@ -485,6 +509,10 @@ class GRUCell(_Recurrent):
 
     def _weight_keys(self):
         return [("weight_ih", "weight_hh", "bias_ih" if self.bias else None, "bias_hh" if self.bias else None)]
+
+    def _parameter_count(self):
+        H = self.hidden_size
+        return 3 * H * self.input_size + 3 * H * H + (6 * H if self.bias else 0), "input_size, hidden_size"
 
     def _parameter_shapes(self):
         H = self.hidden_size

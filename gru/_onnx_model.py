@@ -82,7 +82,15 @@ class _Graph:
 
 def _attributes(onnx: Any, node: Any) -> dict[str, Any]:
     values = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-    return {k: v.decode() if isinstance(v, bytes) else v for k, v in values.items()}
+
+    def text(value: Any) -> Any:
+        if isinstance(value, bytes):
+            return value.decode(errors="replace")
+        if isinstance(value, list):
+            return [text(v) for v in value]
+        return value
+
+    return {k: text(v) for k, v in values.items()}
 
 
 def _describe(node: Any) -> str:
@@ -95,6 +103,12 @@ def _read_node(graph: _Graph, node: Any) -> dict[str, Any]:
     attrs = _attributes(onnx, node)
     where = _describe(node)
     direction = attrs.get("direction", "forward")
+    if direction not in ("forward", "reverse", "bidirectional"):
+        raise ValueError(
+            f"model: {where} has direction={direction!r}; ONNX defines 'forward', 'reverse' and 'bidirectional'"
+        )
+    if attrs.get("layout", 0) not in (0, 1):
+        raise ValueError(f"model: {where} has layout={attrs['layout']!r}; ONNX defines 0 (time-major) and 1")
     if direction == "reverse":
         raise ValueError(
             f"model: {where} has direction='reverse', which no gru.GRU layer computes; "
@@ -249,7 +263,9 @@ def layer_from_onnx(cls: type, source: Any, *, dtype: str | None = None, backend
     graph = _Graph(onnx, model.graph)
     nodes = [n for n in model.graph.node if n.op_type == "GRU" and n.domain in ("", "ai.onnx")]
     if not nodes:
-        kinds = sorted({n.op_type for n in model.graph.node})
+        kinds = sorted(
+            {n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}" for n in model.graph.node}
+        )
         raise ValueError(f"model: no GRU node in the graph (its nodes: {', '.join(kinds) or 'none'})")
     layers = [_read_node(graph, node) for node in nodes]
 

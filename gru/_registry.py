@@ -98,6 +98,17 @@ def _as_backend(obj: object, where: str) -> Backend:
         obj = obj()
     if not isinstance(obj, Backend):
         raise TypeError(f"{where} gave {obj!r}, which is not a gru.backends.Backend (subclass or instance)")
+    capabilities = obj.capabilities  # selection relies on them: check what it reads
+    if (
+        not isinstance(capabilities, Capabilities)
+        or not isinstance(capabilities.device, str)
+        or not isinstance(capabilities.priority, (int, float))
+        or isinstance(capabilities.priority, bool)
+    ):
+        raise TypeError(
+            f"{where} gave a backend whose capabilities are {capabilities!r}, not a gru.backends.Capabilities "
+            "with a str device and a numeric priority"
+        )
     return obj
 
 
@@ -106,9 +117,10 @@ def _load(entry: _Entry) -> Backend | None:
     with _lock:
         if entry.backend is None and entry.load_error is None:
             try:
-                entry.backend = _as_backend(entry.entry_point.load(), entry.origin)
-                entry.backend.name = entry.name
-            except Exception as exc:  # a broken plugin must never break gru
+                backend = _as_backend(entry.entry_point.load(), entry.origin)
+                backend.name = entry.name  # may raise too (a read-only name): then it is not loaded
+                entry.backend = backend
+            except (Exception, SystemExit) as exc:  # a broken plugin must never break gru (nor exit)
                 entry.load_error = f"failed to load ({type(exc).__name__}: {exc})"
         return entry.backend
 
@@ -120,7 +132,7 @@ def _availability(entry: _Entry) -> bool | str:
     if entry.availability is None:
         try:
             result = backend.available()
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             result = f"availability check raised {type(exc).__name__}: {exc}"
         if result is not True and not (isinstance(result, str) and result):
             result = f"available() returned {result!r} instead of True or a reason"
@@ -150,6 +162,8 @@ def register_backend(name: str, backend: Backend | type[Backend], *, replace: bo
     """Register ``backend`` under ``name`` at run time (entry points are the usual way)."""
     if not isinstance(name, str) or not name or name == "auto":
         raise ValueError(f"name: expected a non-empty string other than 'auto', got {name!r}")
+    if not isinstance(replace, bool):
+        raise TypeError(f"replace: expected True or False, got {replace!r}")
     instance = _as_backend(backend, "register_backend(backend=...)")
     with _lock:
         table = _table()
@@ -175,6 +189,17 @@ def get_backend(name: str) -> Backend:
     if availability is not True:
         raise BackendUnavailableError(f"backend {name!r} is unavailable: {availability}")
     return entry.backend
+
+
+def _verdict(backend: Backend, request: ForwardRequest) -> bool | str:
+    """``backend.supports(request)``: True, or why not; a check that raises or answers nonsense is a no."""
+    try:
+        verdict = backend.supports(request)
+    except (Exception, SystemExit) as exc:  # a broken capability check means "cannot run this call", never a crash
+        return f"its capability check supports() raised {type(exc).__name__}: {exc}"
+    if verdict is True or (isinstance(verdict, str) and verdict):
+        return verdict
+    return f"supports() returned {verdict!r} instead of True or a reason"
 
 
 def _device_of(request: ForwardRequest) -> str:
@@ -203,7 +228,7 @@ def select_backend(choice: str | Backend | None, request: ForwardRequest) -> Bac
         raise UnsupportedRequestError(
             f"backend {backend.name or backend!r} runs on {backend.capabilities.device} but the input is on {device}"
         )
-    verdict = backend.supports(request)
+    verdict = _verdict(backend, request)
     if verdict is not True:
         raise UnsupportedRequestError(f"backend {backend.name or backend!r} cannot run this call: {verdict}")
     return backend
@@ -222,7 +247,7 @@ def _auto(request: ForwardRequest) -> Backend:
         if backend.capabilities.device != device:
             reasons.append(f"{entry.name}: runs on {backend.capabilities.device}, the input is on {device}")
             continue
-        verdict = backend.supports(request)
+        verdict = _verdict(backend, request)
         if verdict is not True:
             reasons.append(f"{entry.name}: {verdict}")
             continue

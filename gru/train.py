@@ -185,6 +185,15 @@ def cross_entropy(logits: Any, labels: Any) -> tuple[float, np.ndarray]:
 
 
 # -- optimisation ----------------------------------------------------------------------------------
+def _scaled_norm(g: Any) -> float:
+    """The L2 norm of ``g``, computed as peak * ||g / peak|| so that no square overflows."""
+    g = np.asarray(g, np.float64)
+    peak = float(np.max(np.abs(g))) if g.size else 0.0
+    if peak == 0 or not math.isfinite(peak):
+        return peak  # 0, inf or NaN, as the plain sum of squares would say
+    return peak * math.sqrt(float(np.sum(np.square(g / peak))))
+
+
 def clip_grad_norm(grads: Sequence[Mapping[str, Any]], max_norm: float) -> tuple[list[dict[str, Any]], float]:
     """Scale every gradient by one factor so that their joint L2 norm is at most ``max_norm``.
 
@@ -196,7 +205,12 @@ def clip_grad_norm(grads: Sequence[Mapping[str, Any]], max_norm: float) -> tuple
     """
     if not max_norm > 0:
         raise ValueError(f"max_norm: expected a positive number, got {max_norm}")
-    norm = math.sqrt(sum(float(np.sum(np.square(g, dtype=np.float64))) for d in grads for g in d.values()))
+    with np.errstate(over="ignore"):  # squares of entries beyond ~1e154 overflow: measured again below
+        squares = sum(float(np.sum(np.square(g, dtype=np.float64))) for d in grads for g in d.values())
+    if math.isinf(squares):  # each array's norm scaled by its largest entry, joined by hypot: no overflow
+        norm = math.hypot(*(_scaled_norm(g) for d in grads for g in d.values()))
+    else:
+        norm = math.sqrt(squares)
     scale = min(1.0, max_norm / (norm + 1e-12))
     return [{k: g * scale if scale < 1.0 else g for k, g in d.items()} for d in grads], norm
 

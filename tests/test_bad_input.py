@@ -7,6 +7,7 @@ import pytest
 
 import gru
 from gru import _registry
+from gru._layers import _memory_bytes
 
 I, H, T, B = 3, 4, 5, 2
 
@@ -438,3 +439,437 @@ def test_integer_lengths_of_any_kind(layer, lengths):
 def test_bad_threads(layer, threads, kind):
     with raises(kind, "threads"):
         layer(arr(T, B, I), threads=threads)
+
+
+@pytest.mark.parametrize("threads", [2**31, 2**40, 10**30])
+def test_huge_thread_counts_are_capped_not_overflowed(layer, threads):
+    """A valid (>= 1) request beyond a C int: the compiled backend caps it (it used to raise OverflowError)."""
+    x = np.random.default_rng(0).standard_normal((T, B, I)).astype("float32")
+    output, _ = layer(x, threads=threads)
+    np.testing.assert_array_equal(output, layer(x, threads=1)[0])
+
+
+# -- sizes no machine can hold ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("make", "argument"),
+    [
+        (lambda: gru.GRU(I, H, num_layers=10**20), "input_size, hidden_size, num_layers"),  # used to loop for ever
+        (lambda: gru.GRU(I, 10**12), "input_size, hidden_size, num_layers"),
+        (lambda: gru.GRU(10**15, H, bidirectional=True), "input_size, hidden_size, num_layers"),
+        (lambda: gru.GRUCell(10**7, 10**6), "input_size, hidden_size"),
+    ],
+    ids=["num_layers", "hidden_size", "input_size", "cell"],
+)
+@pytest.mark.skipif(_memory_bytes() is None, reason="this OS does not tell its memory size")
+def test_layers_larger_than_the_memory_are_refused_at_once(make, argument):
+    with pytest.raises(ValueError, match=rf"^{argument}: the layer would hold [\d,]+ parameters") as info:
+        make()
+    assert "more than this machine's memory" in str(info.value)
+
+
+# -- backward ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("layer_kwargs", "x_shape", "d_output", "d_h_n", "kind", "argument"),
+    [
+        ({}, (T, B, I), arr(T, B, H + 1), None, ValueError, "d_output"),
+        ({}, (T, B, I), arr(T, B + 1, H), None, ValueError, "d_output"),
+        ({"batch_first": True}, (B, T, I), arr(T, B, H), None, ValueError, "d_output"),  # time-major for batch-first
+        ({}, (T, I), arr(T, 1, H), None, ValueError, "d_output"),  # batched for unbatched
+        ({}, (T, B, I), arr(T, B, H, dtype="float64"), None, TypeError, "d_output"),
+        ({}, (T, B, I), arr(T, B, H, dtype="int32"), None, TypeError, "d_output"),
+        ({}, (T, B, I), "ones", None, TypeError, "d_output"),
+        ({}, (T, B, I), None, None, TypeError, "d_output"),
+        ({}, (T, B, I), arr(T, B, H), arr(2, B, H), ValueError, "d_h_n"),
+        ({}, (T, I), arr(T, H), arr(1, 1, H), ValueError, "d_h_n"),
+        ({}, (T, B, I), arr(T, B, H), arr(1, B, H, dtype="float16"), TypeError, "d_h_n"),
+    ],
+)
+def test_bad_backward_arguments(layer_kwargs, x_shape, d_output, d_h_n, kind, argument):
+    layer = gru.GRU(I, H, seed=0, **layer_kwargs)
+    layer(arr(*x_shape), train=True)
+    with raises(kind, argument):
+        layer.backward(d_output, d_h_n)
+
+
+def test_backward_without_a_training_call_says_what_to_do():
+    """Call-order misuse, not a bad value: RuntimeError (documented in GRU.backward)."""
+    with pytest.raises(RuntimeError, match=r"^backward: no training call .* train=True"):
+        gru.GRU(I, H, seed=0).backward(arr(T, B, H))
+
+
+# -- registry ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("replace", ["yes", 1, None])
+def test_register_backend_replace_must_be_a_bool(replace):
+    from gru.backends.numpy import NumpyBackend
+
+    before = gru.get_backend("numpy")
+    with raises(TypeError, "replace"):
+        gru.register_backend("numpy", NumpyBackend(), replace=replace)
+    assert gru.get_backend("numpy") is before
+
+
+# -- files: gru.load, save, to_onnx -----------------------------------------------------------
+
+
+@pytest.fixture
+def saved(tmp_path):
+    path = tmp_path / "m.safetensors"
+    gru.GRU(I, H, num_layers=2, seed=0).save(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "kind", "argument"),
+    [
+        ({"prefix": 3}, TypeError, "prefix"),
+        ({"prefix": b"encoder."}, TypeError, "prefix"),
+        ({"backend": 3}, TypeError, "backend"),
+        ({"batch_first": "yes"}, TypeError, "batch_first"),  # the caller's keyword, not the file, is wrong
+        ({"dtype": "int8"}, TypeError, "dtype"),
+        ({"dropout": 2.0}, ValueError, "dropout"),
+        ({"num_layers": 0}, ValueError, "num_layers"),
+        ({"colour": "red"}, TypeError, "load"),
+    ],
+    ids=repr,
+)
+def test_bad_load_arguments_name_the_argument(saved, kwargs, kind, argument):
+    with raises(kind, argument):
+        gru.load(saved, **kwargs)
+
+
+def save_file(tmp_path, name, tensors, config=None):
+    from safetensors.numpy import save_file as write
+
+    path = tmp_path / name
+    write(tensors, str(path), metadata=None if config is None else {"gru.config": config})
+    return path
+
+
+def f32(*shape):
+    return np.zeros(shape, "float32")
+
+
+@pytest.mark.parametrize(
+    ("name", "tensors", "config", "message"),
+    [
+        ("no-gru.safetensors", {"a": f32(3)}, None, "expected PyTorch GRU keys"),
+        ("hidden-mismatch.safetensors", {"weight_ih_l0": f32(12, I), "weight_hh_l0": f32(12, 5)}, None, "do not match"),
+        (
+            "layer-gap.safetensors",
+            {
+                "weight_ih_l0": f32(12, I),
+                "weight_hh_l0": f32(12, 4),
+                "weight_ih_l2": f32(12, 4),
+                "weight_hh_l2": f32(12, 4),
+            },
+            None,
+            "",
+        ),
+        ("config-list.safetensors", {"weight_ih": f32(12, I), "weight_hh": f32(12, 4)}, "[1, 2]", "no GRU or GRUCell"),
+        (
+            "cell-config-gru-keys.safetensors",
+            {"weight_ih_l0": f32(12, I), "weight_hh_l0": f32(12, 4)},
+            '{"class": "GRUCell", "input_size": 3, "hidden_size": 4, "bias": false}',
+            "do not match",
+        ),
+        (
+            "negative-size.safetensors",
+            {"weight_ih_l0": f32(12, I), "weight_hh_l0": f32(12, 4)},
+            '{"class": "GRU", "input_size": 3, "hidden_size": -4}',
+            "does not make a GRU",
+        ),
+    ],
+    ids=lambda v: v if isinstance(v, str) and v.endswith(".safetensors") else "",
+)
+def test_files_that_describe_no_valid_layer(tmp_path, name, tensors, config, message):
+    path = save_file(tmp_path, name, tensors, config)
+    with pytest.raises(ValueError, match=r"^path: ") as info:
+        gru.load(path)
+    assert name in str(info.value) and message in str(info.value)
+
+
+def test_npz_whose_configuration_is_not_a_string(tmp_path):
+    path = tmp_path / "m.npz"
+    np.savez(path, __gru_config__=np.array([1, 2]), **gru.GRU(I, H, seed=0).state_dict())
+    with pytest.raises(ValueError, match=r"^path: .*__gru_config__ is not a string"):
+        gru.load(path)
+
+
+def test_loading_a_directory_is_an_os_error(tmp_path):
+    """File-system problems raise the usual OSError subclasses, as open() does (documented in gru._io)."""
+    with pytest.raises(IsADirectoryError):
+        gru.load(tmp_path)
+    pytest.importorskip("onnx")
+    with pytest.raises(IsADirectoryError):
+        gru.GRU.from_onnx(tmp_path)
+
+
+@pytest.mark.parametrize("where", ["a directory", "a missing directory"])
+def test_failed_saves_leave_nothing_behind(tmp_path, where):
+    target = tmp_path / "models"
+    target.mkdir()
+    (target / "keep.txt").write_text("untouched")
+    path = target if where == "a directory" else tmp_path / "nothing" / "m.safetensors"
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    with pytest.raises(OSError):
+        gru.GRU(I, H, seed=0).save(path)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # no temporary or half-written file
+    assert (target / "keep.txt").read_text() == "untouched"
+
+
+@pytest.mark.parametrize(
+    ("call", "kind", "argument", "needs_onnx"),
+    [
+        (lambda m, p: m.save(bytes(str(p), "utf-8")), TypeError, "path", False),
+        (lambda m, p: gru.load(bytes(str(p), "utf-8")), TypeError, "path", False),
+        (lambda m, p: m.to_onnx(42), TypeError, "path", True),
+        (lambda m, p: m.to_onnx(opset=13), ValueError, "opset", True),
+        (lambda m, p: m.to_onnx(opset="17"), TypeError, "opset", True),
+        (lambda m, p: m.to_onnx(initial_state="yes"), TypeError, "initial_state", True),
+        (lambda m, p: m.to_onnx(lengths=1), TypeError, "lengths", True),
+    ],
+    ids=["save-bytes-path", "load-bytes-path", "to_onnx-path", "opset-low", "opset-str", "initial_state", "lengths"],
+)
+def test_bad_save_and_export_arguments(tmp_path, call, kind, argument, needs_onnx):
+    if needs_onnx:
+        pytest.importorskip("onnx")
+    path = tmp_path / "m.safetensors"
+    with raises(kind, argument):
+        call(gru.GRU(I, H, seed=0), path)
+    assert not path.exists()
+
+
+# -- the ONNX importer: GRU.from_onnx ---------------------------------------------------------
+
+
+def onnx_model(*, W=None, R=None, Bias=None, inputs=("x", "W", "R"), attrs=None, before=(), extra=None, domain=""):
+    """One GRU node reading graph input x (through the nodes ``before``); weights are initializers."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    W = rng.standard_normal((1, 3 * H, I)).astype("float32") if W is None else W
+    R = rng.standard_normal((1, 3 * H, H)).astype("float32") if R is None else R
+    constants = {"W": W, "R": R, "B": Bias, **(extra or {})}
+    inits = [numpy_helper.from_array(value, name) for name, value in constants.items() if value is not None]
+    node = helper.make_node("GRU", list(inputs), ["Y", "Y_h"], hidden_size=H, domain=domain, **(attrs or {}))
+    graph = helper.make_graph(
+        [*before, node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["t", "b", I])],
+        [helper.make_tensor_value_info("Y_h", TensorProto.FLOAT, None)],
+        inits,
+    )
+    opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid(domain, 1)] if domain else [])
+    return onnx, helper.make_model(graph, opset_imports=opsets)
+
+
+def node(op, inputs, outputs, **attrs):
+    from onnx import helper
+
+    return helper.make_node(op, inputs, outputs, **attrs)
+
+
+BAD_ONNX = {
+    "W-rank-2": (lambda: onnx_model(W=f32(3 * H, I)), "W of GRU node"),
+    "W-directions": (lambda: onnx_model(W=f32(2, 3 * H, I)), "expected [1, 3*hidden_size"),
+    "hidden_size-attribute": (lambda: onnx_model(W=f32(1, 15, I), R=f32(1, 15, 5)), "says hidden_size=4"),
+    "B-length": (lambda: onnx_model(Bias=f32(1, 5 * H), inputs=("x", "W", "R", "B")), "B: expected shape"),
+    "W-R-mismatch": (lambda: onnx_model(W=f32(1, 3 * H + 3, I)), "are inconsistent"),
+    "no-R": (lambda: onnx_model(inputs=("x", "W")), "lacks its W or R"),
+    "empty-R": (lambda: onnx_model(inputs=("x", "W", "")), "lacks its W or R"),
+    "constant-lengths": (
+        lambda: onnx_model(inputs=("x", "W", "R", "", "L"), extra={"L": np.array([T, T], np.int32)}),
+        "sequence_lens of GRU node",
+    ),
+    "constant-h0": (
+        lambda: onnx_model(inputs=("x", "W", "R", "", "", "h"), extra={"h": np.ones((1, B, H), "float32")}),
+        "initial_h of GRU node",
+    ),
+    "input-is-a-constant": (lambda: onnx_model(inputs=("c", "W", "R"), extra={"c": f32(T, B, I)}), "a constant"),
+    "input-through-Relu": (
+        lambda: onnx_model(inputs=("r", "W", "R"), before=[node("Relu", ["x"], ["r"])]),
+        "comes from Relu node",
+    ),
+    "bad-perm": (
+        lambda: onnx_model(inputs=("t", "W", "R"), before=[node("Transpose", ["x"], ["t"], perm=[0, 0, 1])]),
+        "has perm [0, 0, 1]",
+    ),
+    "features-moved": (
+        lambda: onnx_model(inputs=("t", "W", "R"), before=[node("Transpose", ["x"], ["t"], perm=[2, 0, 1])]),
+        "with its axes moved",
+    ),
+    "direction-unknown": (lambda: onnx_model(attrs={"direction": "sideways"}), "direction='sideways'"),
+    "layout-2": (lambda: onnx_model(attrs={"layout": 2}), "layout=2"),
+    "other-domain": (lambda: onnx_model(domain="com.example"), "com.example.GRU"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_ONNX))
+def test_onnx_models_gru_cannot_read_are_refused_with_the_reason(case):
+    make, message = BAD_ONNX[case]
+    _, model = make()
+    with pytest.raises(ValueError, match=r"^model: ") as info:
+        gru.GRU.from_onnx(model)
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("source", "kind", "argument"),
+    [
+        ("truncated", ValueError, "path_or_model"),
+        ("text file", ValueError, "path_or_model"),
+        (None, TypeError, "path_or_model"),
+        ([1, 2], TypeError, "path_or_model"),
+    ],
+)
+def test_onnx_sources_that_are_not_models(tmp_path, source, kind, argument):
+    pytest.importorskip("onnx")
+    if source == "truncated":
+        source = gru.GRU(I, H, seed=0).to_onnx().SerializeToString()[:100]
+    elif source == "text file":
+        source = tmp_path / "model.onnx"
+        source.write_text("not a model")
+    with raises(kind, argument):
+        gru.GRU.from_onnx(source)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "kind", "argument"), [({"dtype": "int8"}, TypeError, "dtype"), ({"backend": 3}, TypeError, "backend")]
+)
+def test_bad_from_onnx_arguments(kwargs, kind, argument):
+    _, model = onnx_model()
+    with raises(kind, argument):
+        gru.GRU.from_onnx(model, **kwargs)
+
+
+# -- the compiled kernels' entry points ---------------------------------------------------------
+# The API never sends them inconsistent buffers (it validates everything first); called directly,
+# they must refuse with a ValueError/TypeError, not read or write out of bounds.
+
+
+def kernel_forward_args(T_=4, B_=3, I_=5, H_=16):
+    rng = np.random.default_rng(0)
+    w_hh = rng.standard_normal((3 * H_, H_))
+    return {
+        "x": rng.standard_normal((T_, B_, I_)),
+        "w_ih_t": rng.standard_normal((I_, 3 * H_)),
+        "w_hh_t": np.ascontiguousarray(w_hh.T),
+        "w_hh": w_hh,
+        "bias": np.zeros(3 * H_),
+        "b_hn": np.zeros(H_),
+        "lengths": np.array([T_, 2, 1], np.int64)[:B_],
+        "order": np.arange(B_, dtype=np.int64),
+        "reverse": False,
+        "reset_after": True,
+        "output": np.zeros((T_, B_, H_)),
+        "h_n": np.zeros((B_, H_)),
+        "gates": np.zeros((3, T_, B_, H_)),
+        "hn": np.zeros((T_, B_, H_)),
+        "workspace": np.zeros((T_ * B_ + 2 * B_ + 2, 3 * H_)),
+        "panels": np.zeros((H_, 3 * H_)),
+        "threads": 1,
+    }
+
+
+def kernel_backward_args():
+    f = kernel_forward_args()
+    T_, B_, I_ = f["x"].shape
+    H_ = f["h_n"].shape[1]
+    kernels().run_direction(*f.values())
+    return {
+        "x": f["x"],
+        "h0": np.zeros((B_, H_)),
+        "w_ih": np.ascontiguousarray(f["w_ih_t"].T),
+        "w_hh": f["w_hh"],
+        "lengths": f["lengths"],
+        "order": f["order"],
+        "reverse": False,
+        "reset_after": True,
+        "output": f["output"],
+        "gates": f["gates"],
+        "hn": f["hn"],
+        "d_output": np.ones((T_, B_, H_)),
+        "d_h_n": np.zeros((B_, H_)),
+        "d_x": np.zeros((T_, B_, I_)),
+        "d_h0": np.zeros((B_, H_)),
+        "d_w_ih": np.zeros((3 * H_, I_)),
+        "d_w_hh": np.zeros((3 * H_, H_)),
+        "d_b_ih": np.zeros(3 * H_),
+        "d_b_hh": np.zeros(3 * H_),
+        "workspace": np.zeros((8 * T_ * B_ + 3 * B_, H_)),
+        "threads": 1,
+    }
+
+
+def kernels():
+    try:
+        gru.get_backend("cython")
+    except gru.BackendError as exc:
+        pytest.skip(f"cython backend unavailable: {exc}")
+    from gru.backends.cython import _kernels
+
+    return _kernels
+
+
+KERNEL_FORWARD_CASES = {
+    "workspace-short": ({"workspace": np.zeros((3, 48))}, ValueError, "workspace"),
+    "panels-short": ({"panels": np.zeros((4, 48))}, ValueError, "panels"),
+    "lengths-increasing": ({"lengths": np.array([1, 2, 4], np.int64)}, ValueError, "lengths"),
+    "lengths-past-T": ({"lengths": np.array([9, 2, 1], np.int64)}, ValueError, "lengths"),
+    "lengths-negative": ({"lengths": np.array([4, 2, -1], np.int64)}, ValueError, "lengths"),
+    "lengths-count": ({"lengths": np.array([4, 2], np.int64)}, ValueError, "lengths"),
+    "order-repeats": ({"order": np.array([0, 0, 2], np.int64)}, ValueError, "order"),
+    "order-out-of-range": ({"order": np.array([0, 1, 3], np.int64)}, ValueError, "order"),
+    "output-shape": ({"output": np.zeros((4, 3, 15))}, ValueError, "output"),
+    "output-strided": ({"output": np.zeros((4, 3, 32))[:, :, ::2]}, ValueError, "output"),
+    "h_n-shape": ({"h_n": np.zeros((2, 16))}, ValueError, "h_n"),
+    "gates-shape": ({"gates": np.zeros((3, 4, 3, 15))}, ValueError, "gates"),
+    "hn-shape": ({"hn": np.zeros((3, 3, 16))}, ValueError, "hn"),
+    "w_ih_t-shape": ({"w_ih_t": np.zeros((4, 48))}, ValueError, "w_ih_t"),
+    "w_hh-shape": ({"w_hh": np.zeros((48, 15))}, ValueError, "w_hh"),
+    "bias-length": ({"bias": np.zeros(47)}, ValueError, "bias"),
+    "b_hn-length": ({"b_hn": np.zeros(17)}, ValueError, "b_hn"),
+    "w_hh-none": ({"w_hh": None}, TypeError, "Argument 'w_hh' must not be None"),
+    "x-not-contiguous": ({"x": np.zeros((3, 4, 5)).transpose(1, 0, 2)}, ValueError, "ndarray is not C-contiguous"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(KERNEL_FORWARD_CASES))
+def test_compiled_forward_kernel_refuses_inconsistent_buffers(case):
+    run = kernels().run_direction
+    change, kind, name = KERNEL_FORWARD_CASES[case]
+    args = kernel_forward_args() | change
+    with pytest.raises(kind, match=rf"^{name}"):
+        run(*args.values())
+    run(*kernel_forward_args().values())  # and the consistent call runs
+
+
+KERNEL_BACKWARD_CASES = {
+    "workspace-short": ({"workspace": np.zeros((10, 16))}, ValueError, "workspace"),
+    "gates-none": ({"gates": None}, TypeError, "Argument 'gates'"),
+    "hn-missing": ({"hn": None}, ValueError, "hn"),
+    "d_output-shape": ({"d_output": np.ones((4, 3, 17))}, ValueError, "d_output"),
+    "d_output-strided": ({"d_output": np.ones((4, 3, 32))[:, :, ::2]}, ValueError, "d_output"),
+    "d_x-shape": ({"d_x": np.zeros((4, 3, 6))}, ValueError, "d_x"),
+    "d_w_hh-shape": ({"d_w_hh": np.zeros((48, 17))}, ValueError, "d_w_hh"),
+    "d_b_ih-length": ({"d_b_ih": np.zeros(3)}, ValueError, "d_b_ih"),
+    "h0-shape": ({"h0": np.zeros((4, 16))}, ValueError, "h0"),
+    "order-repeats": ({"order": np.array([1, 1, 2], np.int64)}, ValueError, "order"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(KERNEL_BACKWARD_CASES))
+def test_compiled_backward_kernel_refuses_inconsistent_buffers(case):
+    backward = kernels().backward_direction
+    change, kind, name = KERNEL_BACKWARD_CASES[case]
+    args = kernel_backward_args() | change
+    with pytest.raises(kind, match=rf"^{name}"):
+        backward(*args.values())
+    backward(*kernel_backward_args().values())

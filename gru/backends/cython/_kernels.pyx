@@ -18,7 +18,8 @@ live ones form a prefix: finished sequences cost nothing.
 """
 
 from cython.parallel cimport parallel
-from libc.stdlib cimport free, malloc
+from libc.limits cimport INT_MAX
+from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset
 from scipy.linalg.cython_blas cimport dgemm, dgemv, sgemm, sgemv
 
@@ -84,6 +85,78 @@ def max_threads() -> int:
 
 def has_openmp() -> bool:
     return bool(gru_has_openmp())
+
+
+
+# --- argument checks ---------------------------------------------------------------------
+# The loops below index without bounds checks. Their callers (backend.py, fed by the API's
+# validation) pass consistent buffers; these checks make any other caller get a ValueError
+# instead of memory corruption. They cost O(B), nothing next to the recurrence.
+
+cdef tuple _as_tuple(const Py_ssize_t* values, int n):
+    return tuple([values[i] for i in range(n)])
+
+
+cdef int _expect_shape(str name, const Py_ssize_t* shape, int ndim, Py_ssize_t d0, Py_ssize_t d1=0,
+                       Py_ssize_t d2=0, Py_ssize_t d3=0) except -1:
+    cdef Py_ssize_t want[4]
+    cdef int i
+    want[0], want[1], want[2], want[3] = d0, d1, d2, d3
+    for i in range(ndim):
+        if shape[i] != want[i]:
+            raise ValueError(f"{name}: expected shape {_as_tuple(want, ndim)}, got {_as_tuple(shape, ndim)}")
+    return 0
+
+
+cdef int _expect_strides(str name, const Py_ssize_t* shape, const Py_ssize_t* strides, int ndim,
+                         Py_ssize_t itemsize) except -1:
+    """Strides in whole elements, and unit stride in the last axis (the kernels read it as a row)."""
+    cdef int i
+    for i in range(ndim):
+        if strides[i] % itemsize != 0 or (i == ndim - 1 and shape[i] > 1 and strides[i] != itemsize):
+            raise ValueError(f"{name}: expected unit stride in the last axis and whole-element strides, "
+                             f"got strides {_as_tuple(strides, ndim)} for itemsize {itemsize}")
+    return 0
+
+
+cdef int _expect_room(str name, Py_ssize_t have, Py_ssize_t need) except -1:
+    if have < need:
+        raise ValueError(f"{name}: expected room for at least {need} values, got {have}")
+    return 0
+
+
+cdef int _check_sizes(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H) except -1:
+    """Sizes the kernels hold in C ints (and pass to BLAS, whose ints are 32-bit)."""
+    if I < 1 or H < 1:
+        raise ValueError(f"(I, H) = {(I, H)}: expected at least one input feature and one hidden unit")
+    if T > INT_MAX or B > INT_MAX or I > INT_MAX or 3 * H > INT_MAX or T * B > INT_MAX:
+        raise ValueError(f"(T, B, I, H) = {(T, B, I, H)}: too large for the compiled kernel (T * B, I and 3H "
+                         f"must fit a 32-bit int); use the numpy backend")
+    return 0
+
+
+cdef int _check_order(const long long[::1] lengths, const long long[::1] order, Py_ssize_t T,
+                      Py_ssize_t B) except -1:
+    """lengths non-increasing in [0, T]; order a permutation of range(B)."""
+    cdef Py_ssize_t i
+    cdef long long at
+    cdef unsigned char* seen
+    if lengths.shape[0] != B or order.shape[0] != B:
+        raise ValueError(f"lengths, order: expected {B} entries each, got {lengths.shape[0]} and {order.shape[0]}")
+    seen = <unsigned char*>calloc(B + 1, 1)
+    if seen == NULL:
+        raise MemoryError()
+    try:
+        for i in range(B):
+            if lengths[i] < 0 or lengths[i] > T or (i > 0 and lengths[i] > lengths[i - 1]):
+                raise ValueError(f"lengths: expected non-increasing values in [0, {T}], got {lengths[i]} at {i}")
+            at = order[i]
+            if at < 0 or at >= B or seen[at]:
+                raise ValueError(f"order: expected a permutation of range({B}), got {at} at {i}")
+            seen[at] = 1
+    finally:
+        free(seen)
+    return 0
 
 
 cdef inline void gates_after(int n, int stride, int gh_stride, const floating* gx, const floating* gh,
@@ -305,22 +378,22 @@ cdef void thread_body(
 
 
 def run_direction(
-    const floating[:, :, ::1] x,
-    const floating[:, ::1] w_ih_t,
-    const floating[:, ::1] w_hh_t,
-    const floating[:, ::1] w_hh,
-    const floating[::1] bias,
-    const floating[::1] b_hn,
-    const long long[::1] lengths,
-    const long long[::1] order,
+    const floating[:, :, ::1] x not None,
+    const floating[:, ::1] w_ih_t not None,
+    const floating[:, ::1] w_hh_t not None,
+    const floating[:, ::1] w_hh not None,
+    const floating[::1] bias not None,
+    const floating[::1] b_hn not None,
+    const long long[::1] lengths not None,
+    const long long[::1] order not None,
     bint reverse,
     bint reset_after,
-    floating[:, :, :] output,
-    floating[:, ::1] h_n,
+    floating[:, :, :] output not None,
+    floating[:, ::1] h_n not None,
     floating[:, :, :, ::1] gates,
     floating[:, :, ::1] hn,
-    floating[:, ::1] workspace,
-    floating[:, ::1] panels,
+    floating[:, ::1] workspace not None,
+    floating[:, ::1] panels not None,
     int threads,
 ):
     """Run one layer in one direction; see the module docstring.
@@ -332,14 +405,30 @@ def run_direction(
     ``output``/``gates`` arrive filled with zeros; ``hn`` (training, reset-after)
     receives W_hn h_{t-1} + b_hn. ``workspace`` is scratch of (T*B + 2*B + 2, 3H),
     laid out below; ``panels`` (H, 3H) receives each
-    thread's packed recurrent weights.
+    thread's packed recurrent weights. Inconsistent shapes raise ValueError.
     """
+    _check_sizes(x.shape[0], x.shape[1], x.shape[2], w_hh_t.shape[0])
     cdef int T = x.shape[0], B = x.shape[1], I = x.shape[2], H = w_hh_t.shape[0]
     cdef int G = 3 * H
-    cdef int steps = <int>lengths[0] if B > 0 else 0
     cdef int i, u
+    _expect_shape("w_ih_t", w_ih_t.shape, 2, I, G)
+    _expect_shape("w_hh_t", w_hh_t.shape, 2, H, G)
+    _expect_shape("w_hh", w_hh.shape, 2, G, H)
+    _expect_shape("bias", bias.shape, 1, G)
+    _expect_shape("b_hn", b_hn.shape, 1, H)
+    _check_order(lengths, order, T, B)
+    _expect_shape("output", output.shape, 3, T, B, H)
+    _expect_strides("output", output.shape, output.strides, 3, sizeof(floating))
+    _expect_shape("h_n", h_n.shape, 2, B, H)
+    if gates is not None:
+        _expect_shape("gates", gates.shape, 4, 3, T, B, H)
+    if hn is not None:
+        _expect_shape("hn", hn.shape, 3, T, B, H)
+    _expect_room("workspace", workspace.shape[0] * workspace.shape[1], (<Py_ssize_t>T * B + 2 * B) * G + 4 * H)
+    _expect_room("panels", panels.shape[0] * panels.shape[1], <Py_ssize_t>H * G)
     if T == 0 or B == 0:
         return
+    cdef int steps = <int>lengths[0]
     threads = max(1, min(threads, (H + 15) // 16))  # at least 16 units per thread
 
     cdef floating* gx = &workspace[0, 0]
@@ -536,26 +625,26 @@ cdef void backward_thread_body(
 
 
 def backward_direction(
-    const floating[:, :, ::1] x,
-    const floating[:, ::1] h0,
-    const floating[:, ::1] w_ih,
-    const floating[:, ::1] w_hh,
-    const long long[::1] lengths,
-    const long long[::1] order,
+    const floating[:, :, ::1] x not None,
+    const floating[:, ::1] h0 not None,
+    const floating[:, ::1] w_ih not None,
+    const floating[:, ::1] w_hh not None,
+    const long long[::1] lengths not None,
+    const long long[::1] order not None,
     bint reverse,
     bint reset_after,
-    const floating[:, :, :] output,
-    const floating[:, :, :, ::1] gates,
+    const floating[:, :, :] output not None,
+    const floating[:, :, :, ::1] gates not None,
     const floating[:, :, ::1] hn,
-    const floating[:, :, :] d_output,
-    const floating[:, ::1] d_h_n,
-    floating[:, :, ::1] d_x,
-    floating[:, ::1] d_h0,
-    floating[:, ::1] d_w_ih,
-    floating[:, ::1] d_w_hh,
-    floating[::1] d_b_ih,
-    floating[::1] d_b_hh,
-    floating[:, ::1] workspace,
+    const floating[:, :, :] d_output not None,
+    const floating[:, ::1] d_h_n not None,
+    floating[:, :, ::1] d_x not None,
+    floating[:, ::1] d_h0 not None,
+    floating[:, ::1] d_w_ih not None,
+    floating[:, ::1] d_w_hh not None,
+    floating[::1] d_b_ih not None,
+    floating[::1] d_b_hh not None,
+    floating[:, ::1] workspace not None,
     int threads,
 ):
     """Backpropagate one layer in one direction; see backward_thread_body.
@@ -565,14 +654,37 @@ def backward_direction(
     the gradients of the loss with respect to ``output`` and the last state,
     and the same ``lengths``/``order`` as the forward. Adds into ``d_x``;
     writes ``d_h0`` and the weight gradients. ``workspace`` is scratch of
-    (T*B*8 + 4*B, H): d_gx and d_gh (3H each per row), h_{t-1} and r ⊙ h_{t-1}
-    per row, then four (B, H) blocks.
+    (T*B*8 + 3*B, H): d_gx and d_gh (3H each per row), h_{t-1} and r ⊙ h_{t-1}
+    per row, then three (B, H) blocks. Inconsistent shapes raise ValueError.
     """
+    _check_sizes(x.shape[0], x.shape[1], x.shape[2], w_hh.shape[1])
     cdef int T = x.shape[0], B = x.shape[1], I = x.shape[2], H = w_hh.shape[1]
-    cdef int steps = <int>lengths[0] if B > 0 else 0
+    cdef int G = 3 * H
     cdef int i, u
+    _expect_shape("h0", h0.shape, 2, B, H)
+    _expect_shape("w_ih", w_ih.shape, 2, G, I)
+    _expect_shape("w_hh", w_hh.shape, 2, G, H)
+    _check_order(lengths, order, T, B)
+    _expect_shape("output", output.shape, 3, T, B, H)
+    _expect_strides("output", output.shape, output.strides, 3, sizeof(floating))
+    _expect_shape("gates", gates.shape, 4, 3, T, B, H)
+    if hn is not None:
+        _expect_shape("hn", hn.shape, 3, T, B, H)
+    elif reset_after:
+        raise ValueError("hn: reset-after needs the forward's W_hn h_{t-1} + b_hn, got None")
+    _expect_shape("d_output", d_output.shape, 3, T, B, H)
+    _expect_strides("d_output", d_output.shape, d_output.strides, 3, sizeof(floating))
+    _expect_shape("d_h_n", d_h_n.shape, 2, B, H)
+    _expect_shape("d_x", d_x.shape, 3, T, B, I)
+    _expect_shape("d_h0", d_h0.shape, 2, B, H)
+    _expect_shape("d_w_ih", d_w_ih.shape, 2, G, I)
+    _expect_shape("d_w_hh", d_w_hh.shape, 2, G, H)
+    _expect_shape("d_b_ih", d_b_ih.shape, 1, G)
+    _expect_shape("d_b_hh", d_b_hh.shape, 1, G)
+    _expect_room("workspace", workspace.shape[0] * workspace.shape[1], (<Py_ssize_t>T * B * 8 + 3 * B) * H)
     if T == 0 or B == 0:
         return
+    cdef int steps = <int>lengths[0]
     threads = max(1, min(threads, (H + 15) // 16))
     cdef Py_ssize_t M = <Py_ssize_t>T * B
     cdef floating* d_gx = &workspace[0, 0]

@@ -21,6 +21,7 @@ import numpy as np
 from gru.backends._base import Capabilities, LayerWeights, StackedBackend
 
 THREADS_ENV_VAR = "GRU_NUM_THREADS"
+MAX_THREADS = 2**31 - 1  # the kernel takes a C int (and uses at most one thread per 16 hidden units)
 
 
 class CythonBackend(StackedBackend):
@@ -91,11 +92,11 @@ class CythonBackend(StackedBackend):
     def thread_count(self, requested: int | None) -> int:
         """Resolve the number of threads for one call."""
         if requested is not None:
-            return requested
+            return min(requested, MAX_THREADS)
         from_env = os.environ.get(THREADS_ENV_VAR)
         if from_env:
             try:
-                return max(1, int(from_env))
+                return min(max(1, int(from_env)), MAX_THREADS)
             except ValueError:
                 raise ValueError(f"{THREADS_ENV_VAR}: expected a positive integer, got {from_env!r}") from None
         return self._kernels.max_threads()
@@ -199,6 +200,10 @@ class CythonBackend(StackedBackend):
             d_h0[...] = d_h_n
             return
         order, sorted_lengths = self._sequence_order(lengths, T, B)
+        if lengths is not None and sorted_lengths[-1] < T:
+            # d W_ih is one GEMM over every row, padding included (d_gx is 0 there): zero the
+            # padding, so that what it holds (NaN, inf) does not come in as 0 * NaN
+            x = np.where((np.arange(T)[:, None] < lengths)[:, :, None], x, 0)
         (workspace,) = self._scratch(x.dtype, (8 * T * B + 3 * B, H))
         self._kernels.backward_direction(
             x,

@@ -39,6 +39,8 @@ class NumpyBackend(StackedBackend):
         self, x, h0, weights: LayerWeights, lengths, *, reverse, reset_after, output, h_n, gates, threads=None, hn=None
     ):
         T, B, _ = x.shape
+        if lengths is not None:  # padding is not part of a sequence: what it holds (NaN, inf) meets no weight
+            x = np.where((np.arange(T)[:, None] < lengths)[:, :, None], x, 0)
         if reverse:
             x = reverse_padded(x, lengths)
 
@@ -49,7 +51,9 @@ class NumpyBackend(StackedBackend):
 
         states = np.zeros_like(output)
         trace = np.zeros((4, *output.shape), output.dtype)  # r, z, n and W_hn h_{t-1} + b_hn
-        h = h0.copy()
+        # an empty sequence never steps: its h_n is its h0, which meets no weight either
+        started = np.ones((B, 1), bool) if lengths is None else (lengths > 0)[:, None]
+        h = np.where(started, h0, 0)
         for t in range(T):
             r = sigmoid(x_r[t] + h @ W_hr.T + b_hr)
             z = sigmoid(x_z[t] + h @ W_hz.T + b_hz)
@@ -72,7 +76,7 @@ class NumpyBackend(StackedBackend):
             return reverse_padded(a, lengths, axis=axis) if reverse else a
 
         output[...] = in_time_order(states)
-        h_n[...] = h
+        h_n[...] = np.where(started, h, h0)
         if gates is not None:
             gates[...] = in_time_order(trace[:3], axis=1)
         if hn is not None:
@@ -109,7 +113,9 @@ class NumpyBackend(StackedBackend):
         d_states = in_step_order(d_output)
         alive = np.ones((T, B, 1), bool) if lengths is None else (np.arange(T)[:, None] < lengths)[:, :, None]
         # h_{t-1} of every step: h0, then the previous step's state (only read where alive)
-        h_prev = np.concatenate([h0[None], states[:-1]], axis=0)
+        h_prev = np.concatenate([h0[None], states[:-1]], axis=0)[:T]  # [:T]: none at all when T = 0
+        if lengths is not None:  # as in the forward: padding and an empty sequence's h0 meet no weight
+            x, h_prev = np.where(alive, x, 0), np.where(alive, h_prev, 0)
 
         W_hn = gate_blocks(weights.w_hh)[2]
         W_hrz = weights.w_hh[: 2 * h0.shape[-1]]
@@ -140,12 +146,16 @@ class NumpyBackend(StackedBackend):
 
         d_h0[...] = d_h
         rows = T * B
+
+        def flat(a):  # (T, B, n) -> (T*B, n): reshape's -1 cannot stand for n when T*B = 0
+            return a.reshape(rows, a.shape[-1])
+
         d_x += in_step_order(d_pre_x @ weights.w_ih)
-        grads.w_ih[...] = d_pre_x.reshape(rows, -1).T @ x.reshape(rows, -1)
-        grads.b_ih[...] = d_pre_x.reshape(rows, -1).sum(axis=0, dtype=np.float64)  # sums of many rows: in double
+        grads.w_ih[...] = flat(d_pre_x).T @ flat(x)
+        grads.b_ih[...] = flat(d_pre_x).sum(axis=0, dtype=np.float64)  # sums of many rows: in double
         # the recurrent products' inputs: h_{t-1}, and r ⊙ h_{t-1} for reset-before's candidate
         H = h0.shape[-1]
-        grads.w_hh[: 2 * H] = d_pre_h[..., : 2 * H].reshape(rows, -1).T @ h_prev.reshape(rows, -1)
+        grads.w_hh[: 2 * H] = flat(d_pre_h[..., : 2 * H]).T @ flat(h_prev)
         n_input = h_prev if reset_after else r * h_prev
-        grads.w_hh[2 * H :] = d_pre_h[..., 2 * H :].reshape(rows, -1).T @ n_input.reshape(rows, -1)
-        grads.b_hh[...] = d_pre_h.reshape(rows, -1).sum(axis=0, dtype=np.float64)
+        grads.w_hh[2 * H :] = flat(d_pre_h[..., 2 * H :]).T @ flat(n_input)
+        grads.b_hh[...] = flat(d_pre_h).sum(axis=0, dtype=np.float64)

@@ -14,11 +14,13 @@ input, ``lengths`` (including 0), ``h0``, ``return_gates``, dropout and
 Every configuration first runs a warm-up (buffers that are kept on purpose,
 such as the Cython backend's per-thread scratch memory, reach their final
 size), then the resident set size (RSS, from /proc/self/statm) is read before
-and after the measured calls, after a garbage collection. The check fails when
+and after the measured calls, after a garbage collection and glibc's
+malloc_trim(0) (so that memory the allocator keeps for reuse after it was
+freed does not count: a leak is memory still held). The check fails when
 RSS grows by 1 % or more of its value after warm-up; the figures are printed
 either way, with the number of live Python objects (a leak of Python objects
-shows there first), and the trend: the least-squares slope of RSS sampled
-at 11 points through the run, in bytes per call (a leak is a steady slope;
+shows there first), and the trend: the least-squares slope of RSS read the
+same way at 11 points through the run, in bytes per call (a leak is a steady slope;
 the allocator's own ups and downs are not).
 
 ``--inject-leak N`` makes every forward call of the checked backends keep N
@@ -28,6 +30,7 @@ bytes: a test of the check itself (N = 100 already fails it on 10,000 calls).
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import os
 import platform
@@ -51,8 +54,24 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * PAGE
 
 
+def _malloc_trim():
+    """glibc's malloc_trim(0), or None: hands freed heap memory back to the OS."""
+    try:
+        trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
+
+
+MALLOC_TRIM = _malloc_trim()
+
+
 def settled_rss() -> int:
+    """RSS after a garbage collection and, on glibc, malloc_trim(0): memory still held, not the allocator's cache."""
     gc.collect()
+    if MALLOC_TRIM is not None:
+        MALLOC_TRIM(0)
     return rss_bytes()
 
 
@@ -123,7 +142,7 @@ def measure(cases, calls: int, warmup: int, samples: int = 11) -> dict[str, floa
         cases[(done - 1) % len(cases)]()
         if done % every == 0 and done < calls:
             at.append(done)
-            rss.append(rss_bytes())
+            rss.append(settled_rss())
     elapsed = time.perf_counter() - start
     after = settled_rss()
     at.append(calls)

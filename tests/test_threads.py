@@ -267,3 +267,38 @@ def test_cython_kernels_release_the_gil(monkeypatch, train):
         stop.set()
         observer.join()
     assert sightings, "no other Python thread ran while the kernel was in flight: it holds the GIL"
+
+
+@pytest.mark.skipif(not available("cython"), reason="cython backend unavailable")
+def test_blas_is_held_to_one_thread_inside_calls_from_any_thread(monkeypatch):
+    """Inside every kernel call BLAS runs single-threaded, whichever Python thread makes the call.
+
+    With OpenBLAS 0.3.30/0.3.31, openblas_set_num_threads from a thread other than the main one is
+    ignored once the main thread has called it: calls from other threads used to run their BLAS
+    products on two threads, whose busy-waiting worker serialised concurrent calls.
+    """
+    from threadpoolctl import ThreadpoolController
+
+    libs = ThreadpoolController().select(user_api="blas").lib_controllers
+    backend = gru.get_backend("cython")
+    seen = []
+
+    class Recording:
+        def __getattr__(self, name):
+            return getattr(kernels, name)
+
+        def run_direction(self, *args):
+            seen.append([lib.get_num_threads() for lib in libs])
+            return kernels.run_direction(*args)
+
+    kernels = backend._kernels
+    layer = gru.GRU(I, H, backend="cython", seed=0)
+    x = inputs(0, layer)[0]
+    layer(x)  # the main thread sets and restores the limit first
+    before = [lib.get_num_threads() for lib in libs]
+    monkeypatch.setattr(backend, "_kernels", Recording())
+    layer(x)
+    run_concurrently([lambda: layer(x) for _ in range(THREADS)])
+    assert len(seen) == 1 + THREADS * ROUNDS
+    assert all(counts == [1] * len(libs) for counts in seen), seen
+    assert [lib.get_num_threads() for lib in libs] == before  # restored

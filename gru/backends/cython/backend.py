@@ -12,6 +12,7 @@ backend's own threads run, so the two never oversubscribe the cores.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import threading
 import weakref
@@ -31,7 +32,7 @@ class CythonBackend(StackedBackend):
 
     def __init__(self) -> None:
         self._kernels = None
-        self._blas_libs = None  # threadpoolctl's controllers of the loaded BLAS libraries
+        self._blas_setters = None  # per loaded BLAS library: set its thread count, return the previous one
         self._blas_saved: list[int] = []
         self._blas_users = 0
         self._lock = threading.Lock()
@@ -101,25 +102,53 @@ class CythonBackend(StackedBackend):
                 raise ValueError(f"{THREADS_ENV_VAR}: expected a positive integer, got {from_env!r}") from None
         return self._kernels.max_threads()
 
+    @staticmethod
+    def _find_blas_setters() -> list:
+        """Per loaded BLAS library, a function that sets its thread count and returns the previous one.
+
+        OpenBLAS's openblas_set_num_threads (what threadpoolctl calls) is ignored
+        when called from any thread but the main one once the main thread has
+        called it (OpenBLAS 0.3.30 and 0.3.31, pthreads builds): calls from other
+        Python threads then ran their BLAS products multi-threaded, and OpenBLAS's
+        busy-waiting worker took a core from them. Its openblas_set_num_threads_local
+        (0.3.27 and later), in spite of its name, sets the process-wide count from
+        any thread; it is used where it exists.
+        """
+        from threadpoolctl import ThreadpoolController
+
+        setters = []
+        for lib in ThreadpoolController().select(user_api="blas").lib_controllers:
+            local = None
+            if lib.internal_api == "openblas":
+                local = getattr(lib.dynlib, "openblas_set_num_threads_local", None)
+            if local is not None:
+                local.argtypes, local.restype = [ctypes.c_int], ctypes.c_int
+                setters.append(local)
+            else:
+
+                def swap(threads: int, lib=lib) -> int:
+                    previous = lib.get_num_threads()
+                    lib.set_num_threads(threads)
+                    return previous
+
+                setters.append(swap)
+        return setters
+
     @contextlib.contextmanager
     def _single_threaded_blas(self):
         """Hold BLAS to one thread while any call of this backend runs.
 
         The BLAS libraries are found once (threadpoolctl) and then set through
-        their own get/set calls, a few microseconds instead of a fresh
-        threadpoolctl scan per call. Reference-counted: with calls running
-        concurrently from several Python threads, the first one in sets the
-        limit and the last one out restores it.
+        their own calls, a few microseconds instead of a fresh threadpoolctl
+        scan per call. Reference-counted: with calls running concurrently from
+        several Python threads, the first one in sets the limit and the last one
+        out restores it.
         """
         with self._lock:
             if self._blas_users == 0:
-                if self._blas_libs is None:
-                    from threadpoolctl import ThreadpoolController
-
-                    self._blas_libs = ThreadpoolController().select(user_api="blas").lib_controllers
-                self._blas_saved = [lib.get_num_threads() for lib in self._blas_libs]
-                for lib in self._blas_libs:
-                    lib.set_num_threads(1)
+                if self._blas_setters is None:
+                    self._blas_setters = self._find_blas_setters()
+                self._blas_saved = [set_threads(1) for set_threads in self._blas_setters]
             self._blas_users += 1
         try:
             yield
@@ -127,8 +156,8 @@ class CythonBackend(StackedBackend):
             with self._lock:
                 self._blas_users -= 1
                 if self._blas_users == 0:
-                    for lib, threads in zip(self._blas_libs, self._blas_saved, strict=True):
-                        lib.set_num_threads(threads)
+                    for set_threads, threads in zip(self._blas_setters, self._blas_saved, strict=True):
+                        set_threads(threads)
 
     def forward(self, request):
         if self._kernels is None:

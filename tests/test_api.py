@@ -12,11 +12,6 @@ import gru
 I, H, T, B = 5, 7, 6, 3
 
 
-@pytest.fixture(autouse=True)
-def no_env_backend(monkeypatch):
-    monkeypatch.delenv("GRU_BACKEND", raising=False)
-
-
 @pytest.fixture
 def torch():
     torch = pytest.importorskip("torch")

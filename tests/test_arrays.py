@@ -12,11 +12,6 @@ from gru.backends import Backend, Capabilities
 I, H, T, B = 3, 4, 5, 2
 
 
-@pytest.fixture(autouse=True)
-def no_env_backend(monkeypatch):
-    monkeypatch.delenv("GRU_BACKEND", raising=False)
-
-
 @pytest.fixture
 def torch():
     return pytest.importorskip("torch")

@@ -12,11 +12,6 @@ from gru._layers import _memory_bytes
 I, H, T, B = 3, 4, 5, 2
 
 
-@pytest.fixture(autouse=True)
-def no_env_backend(monkeypatch):
-    monkeypatch.delenv("GRU_BACKEND", raising=False)
-
-
 @pytest.fixture
 def layer():
     return gru.GRU(I, H, seed=0)

@@ -16,11 +16,6 @@ from gru import interop
 I, H, T, B = 3, 5, 6, 4
 
 
-@pytest.fixture(autouse=True)
-def no_env_backend(monkeypatch):
-    monkeypatch.delenv("GRU_BACKEND", raising=False)
-
-
 @pytest.fixture
 def torch():
     torch = pytest.importorskip("torch")

@@ -17,11 +17,6 @@ I, H, T, B = 3, 4, 5, 2
 pytest.importorskip("safetensors")
 
 
-@pytest.fixture(autouse=True)
-def no_env_backend(monkeypatch):
-    monkeypatch.delenv("GRU_BACKEND", raising=False)
-
-
 def normal(*shape, dtype="float32", seed=1):
     return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
 

@@ -15,11 +15,6 @@ from gru.backends import Backend, Capabilities
 T, B, I, H = 5, 4, 3, 4
 
 
-@pytest.fixture(autouse=True)
-def no_env_backend(monkeypatch):
-    monkeypatch.delenv("GRU_BACKEND", raising=False)
-
-
 def normal(*shape, scale=1.0, seed=0, dtype="float32"):
     return (scale * np.random.default_rng(seed).standard_normal(shape)).astype(dtype)
 

@@ -12,13 +12,6 @@ import gru
 I, H, T, B = 5, 7, 6, 3
 
 
-@pytest.fixture
-def torch():
-    torch = pytest.importorskip("torch")
-    torch.manual_seed(0)
-    return torch
-
-
 def normal(*shape, dtype="float32", seed=1):
     return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
 

@@ -12,11 +12,6 @@ from gru.backends import Backend, Capabilities
 I, H, T, B = 3, 4, 5, 2
 
 
-@pytest.fixture
-def torch():
-    return pytest.importorskip("torch")
-
-
 def normal(*shape, dtype="float32", seed=1):
     return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
 

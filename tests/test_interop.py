@@ -16,13 +16,6 @@ from gru import interop
 I, H, T, B = 3, 5, 6, 4
 
 
-@pytest.fixture
-def torch():
-    torch = pytest.importorskip("torch")
-    torch.manual_seed(0)
-    return torch
-
-
 def normal(*shape, dtype="float32", seed=1, scale=1.0):
     return (scale * np.random.default_rng(seed).standard_normal(shape)).astype(dtype)
 

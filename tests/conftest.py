@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
+import sys
+import textwrap
+import uuid
+from importlib.metadata import EntryPoint
+
 import pytest
 
 
@@ -17,3 +23,21 @@ def torch():
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)
     return torch
+
+
+@pytest.fixture
+def plugin(tmp_path, monkeypatch):
+    """``plugin(source, name=..., attr=...)``: a module in tmp_path and a ``gru.backends`` entry point naming it."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    created = []
+
+    def make(source: str, *, name: str = "broken", attr: str = "Plugin") -> EntryPoint:
+        module = f"gru_test_plugin_{uuid.uuid4().hex}"
+        (tmp_path / f"{module}.py").write_text(textwrap.dedent(source))
+        importlib.invalidate_caches()
+        created.append(module)
+        return EntryPoint(name=name, value=f"{module}:{attr}", group="gru.backends")
+
+    yield make
+    for module in created:
+        sys.modules.pop(module, None)

@@ -3,13 +3,11 @@ malformed capabilities, plugins that exit, and all of them installed at once in 
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import subprocess
 import sys
 import textwrap
-import uuid
 from importlib.metadata import EntryPoint, entry_points
 
 import numpy as np
@@ -34,24 +32,6 @@ def fresh_registry(monkeypatch):
 def numpy_entry_points() -> list[EntryPoint]:
     builtin = [ep for ep in entry_points(group=GROUP) if ep.dist is not None and ep.dist.name == "gru"]
     return [ep for ep in builtin if ep.name == "numpy"]
-
-
-@pytest.fixture
-def plugin(tmp_path, monkeypatch):
-    """``plugin(source, name=...)``: a module in tmp_path and an entry point naming its ``Plugin``."""
-    monkeypatch.syspath_prepend(str(tmp_path))
-    created = []
-
-    def make(source: str, *, name: str = "broken") -> EntryPoint:
-        module = f"gru_test_plugin_{uuid.uuid4().hex}"
-        (tmp_path / f"{module}.py").write_text(textwrap.dedent(source))
-        importlib.invalidate_caches()
-        created.append(module)
-        return EntryPoint(name=name, value=f"{module}:Plugin", group=GROUP)
-
-    yield make
-    for module in created:
-        sys.modules.pop(module, None)
 
 
 def x32(T=4, B=2, I=3):

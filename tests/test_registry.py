@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import subprocess
 import sys
 import textwrap
-import uuid
 from importlib.metadata import EntryPoint, entry_points
 
 import numpy as np
@@ -41,24 +39,6 @@ def fresh_registry(monkeypatch):
 def numpy_only():
     """A registry holding only the built-in numpy backend (other built-ins and plugins left out)."""
     _registry.refresh(entry_points_override=numpy_entry_points())
-
-
-@pytest.fixture
-def plugin(tmp_path, monkeypatch):
-    """``plugin(source, name=..., attr=...)``: a module in tmp_path and an entry point naming it."""
-    monkeypatch.syspath_prepend(str(tmp_path))
-    created = []
-
-    def make(source: str, *, name: str = "broken", attr: str = "Plugin") -> EntryPoint:
-        module = f"gru_test_plugin_{uuid.uuid4().hex}"
-        (tmp_path / f"{module}.py").write_text(textwrap.dedent(source))
-        importlib.invalidate_caches()
-        created.append(module)
-        return EntryPoint(name=name, value=f"{module}:{attr}", group=GROUP)
-
-    yield make
-    for module in created:
-        sys.modules.pop(module, None)
 
 
 class Recording(NumpyBackend):

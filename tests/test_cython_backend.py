@@ -144,3 +144,62 @@ def test_backward_with_several_threads_matches_the_oracle(threads, reset_after, 
     np.testing.assert_allclose(grads.h0, d_h0, rtol=1e-10, atol=1e-10)
     for name, value in d_params.items():
         np.testing.assert_allclose(grads.params[name], value, rtol=1e-10, atol=1e-10, err_msg=name)
+
+
+def kernel_call(team_of_panels, panels_fill=None, threads=2):
+    """One direct call of the forward kernel; the recurrent weights packed for ``team_of_panels`` threads."""
+    from gru.backends.cython import _kernels
+
+    rng = np.random.default_rng(7)
+    T, B, I, H = 6, 3, 5, 48
+    w_hh_t = rng.standard_normal((H, 3 * H)) / 8
+    panels = np.empty_like(w_hh_t)
+    _kernels.pack_panels(w_hh_t, team_of_panels, panels)
+    if panels_fill is not None:
+        panels[...] = panels_fill
+    output, h_n = np.zeros((T, B, H)), rng.standard_normal((B, H))
+    _kernels.run_direction(
+        rng.standard_normal((T, B, I)), rng.standard_normal((I, 3 * H)), w_hh_t, rng.standard_normal(3 * H),
+        rng.standard_normal(H), np.full(B, T, np.int64), np.arange(B, dtype=np.int64), False, True, output, h_n,
+        None, None, np.zeros((T * B + 2 * B + 2, 3 * H)), panels, team_of_panels, np.zeros((H, 3 * H)), threads,
+    )  # fmt: skip
+    return output, h_n
+
+
+def test_a_team_other_than_the_one_the_weights_were_packed_for_packs_its_own():
+    """Panels packed for 3 threads are never read by a team of 2: it packs its own (here the given ones are NaN)."""
+    expected = kernel_call(2)
+    for got, want in zip(kernel_call(3, panels_fill=np.nan), expected, strict=True):
+        assert np.isfinite(got).all()
+        np.testing.assert_array_equal(got, want)
+
+
+def test_pack_panels_refuses_an_empty_team():
+    from gru.backends.cython import _kernels
+
+    with pytest.raises(ValueError, match="team: expected at least 1 thread, got 0"):
+        _kernels.pack_panels(np.zeros((16, 48)), 0, np.zeros((16, 48)))
+
+
+def test_recurrent_weights_are_packed_once_per_layer_and_team(monkeypatch):
+    """Packing is per-layer work, not per-call work; new parameters or another team repack."""
+    backend = gru.get_backend("cython")
+    packed = []
+    real_pack = backend._kernels.pack_panels
+
+    def counting_pack(w_hh_t, team, panels):
+        packed.append(team)
+        return real_pack(w_hh_t, team, panels)
+
+    monkeypatch.setattr(backend._kernels, "pack_panels", counting_pack)
+    layer = gru.GRU(4, 40, num_layers=2, backend="cython", seed=0)
+    x = np.random.default_rng(0).standard_normal((5, 2, 4)).astype("float32")
+    first = layer(x, threads=2)[0]
+    for _ in range(3):
+        np.testing.assert_array_equal(layer(x, threads=2)[0], first)
+    assert packed == [2, 2]  # one per layer
+    np.testing.assert_allclose(layer(x, threads=1)[0], first, rtol=0, atol=1e-6)
+    assert packed == [2, 2, 1, 1]
+    layer.load_state_dict(layer.state_dict())
+    layer(x, threads=1)
+    assert packed == [2, 2, 1, 1, 1, 1]

@@ -28,7 +28,10 @@ ctypedef fused floating:
     double
 
 cdef extern from "gru_math.h" nogil:
-    void gru_barrier()
+    ctypedef struct gru_team_barrier:
+        int arrived
+    void gru_team_barrier_init(gru_team_barrier* b, int team)
+    void gru_team_barrier_wait(gru_team_barrier* b, int team)
     int gru_max_threads()
     int gru_num_threads()
     int gru_has_openmp()
@@ -272,29 +275,72 @@ cdef inline void matmul_step(int m, int n, int k, const floating* a, int lda, co
         start += block
 
 
+cdef inline int unit_slice(int H, int team, int tid, int* u0) noexcept nogil:
+    """Thread ``tid``'s hidden units in a team of ``team``: [u0, u0 + count), whole cache lines of 16."""
+    cdef int unit_chunk = ((H + team - 1) // team + 15) // 16 * 16
+    u0[0] = min(tid * unit_chunk, H)
+    return min(u0[0] + unit_chunk, H) - u0[0]
+
+
+cdef void pack_panel(int H, int u0, int nu, const floating* w_hh_t, floating* panel) noexcept nogil:
+    """One thread's recurrent weights as an (H, 3 nu) block: row k is W_hh^T[k] at the r, z, n columns of its units.
+
+    One product per step then covers all three gates, in the 'N' layout BLAS
+    serves fastest for one sequence and for small batches alike.
+    """
+    cdef int k, g
+    for k in range(H):
+        for g in range(3):
+            memcpy(panel + <Py_ssize_t>k * 3 * nu + g * nu, w_hh_t + <Py_ssize_t>k * 3 * H + g * H + u0,
+                   nu * sizeof(floating))
+
+
+def team_size(int threads, int hidden_size) -> int:
+    """Threads a call of the kernels uses when asked for ``threads``: at least 16 hidden units each."""
+    return max(1, min(threads, (hidden_size + 15) // 16))
+
+
+def pack_panels(const floating[:, ::1] w_hh_t not None, int team, floating[:, ::1] panels not None):
+    """Every thread's packed recurrent weights for a team of ``team``, side by side.
+
+    ``w_hh_t`` is W_hh^T (H, 3H); ``panels`` (H, 3H) receives thread j's
+    block at offset 3 H u0_j. run_direction takes the result, so a layer's
+    weights are packed once, not on every call.
+    """
+    cdef int H = w_hh_t.shape[0]
+    cdef int tid, u0, nu
+    _expect_shape("w_hh_t", w_hh_t.shape, 2, H, 3 * H)
+    _expect_shape("panels", panels.shape, 2, H, 3 * H)
+    if team < 1:
+        raise ValueError(f"team: expected at least 1 thread, got {team}")
+    with nogil:
+        for tid in range(team):
+            nu = unit_slice(H, team, tid, &u0)
+            if nu > 0:
+                pack_panel(H, u0, nu, &w_hh_t[0, 0], &panels[0, 0] + <Py_ssize_t>3 * H * u0)
+
+
 cdef void thread_body(
     int T, int B, int I, int H, int steps,
-    const floating* x, const floating* w_ih_t, const floating* w_hh_t, const floating* w_hh,
+    const floating* x, const floating* w_ih_t, const floating* w_hh_t,
     const floating* bias, const floating* b_hn,
     const long long* lengths, const long long* order,
     bint reverse, bint reset_after,
-    floating* gx, floating* gh, floating* rh, floating* h_a, floating* h_b, floating* scratch, floating* panels,
+    floating* gx, floating* gh, floating* rh, floating* h_a, floating* h_b, floating* scratch,
+    const floating* packed, int packed_team, floating* own_panels, gru_team_barrier* barrier,
     floating* out, Py_ssize_t out_t, Py_ssize_t out_b,
     floating* h_n, floating* gates, floating* hn_keep,
 ) noexcept nogil:
     """Everything one thread does; every thread passes the same barriers."""
     # unit slices of whole cache lines (16 values), from the team OpenMP really gave us
     cdef int team = gru_num_threads()
-    cdef int unit_chunk = ((H + team - 1) // team + 15) // 16 * 16
-    cdef int u0 = min(gru_thread_id() * unit_chunk, H)
-    cdef int u1 = min(u0 + unit_chunk, H)
-    cdef int nu = u1 - u0
+    cdef int u0
+    cdef int nu = unit_slice(H, team, gru_thread_id(), &u0)
     cdef int G = 3 * H
     cdef int P = 3 * nu  # this thread's columns: r, z, n of its units
     cdef Py_ssize_t M = <Py_ssize_t>T * B
     cdef Py_ssize_t plane = M * H  # one gate's block in ``gates``
-    cdef int g, s, i, k, t, live, seq
-    cdef Py_ssize_t row
+    cdef int g, s, i, t, live, seq
     cdef floating* h_prev = h_a
     cdef floating* h_next = h_b
     cdef floating* swap
@@ -303,25 +349,17 @@ cdef void thread_body(
     cdef floating* r_out
     cdef floating* z_out
     cdef floating* n_out
-    # This thread's recurrent weights, packed contiguous. Written and read by this thread
-    # alone, it stays in its own cache when it fits, and one product per step covers all
-    # three gates. A single sequence streams it row by row (gemv): W_hh's rows of its r,
-    # z, n units, (3 nu, H). A batch multiplies it as (H, 3 nu), row k = W_hh^T[k] at those
-    # columns, the layout of OpenBLAS's fast small products.
-    cdef bint single = B == 1
-    cdef floating* panel = panels + <Py_ssize_t>H * 3 * u0
+    # This thread's recurrent weights, (H, 3 nu) (see pack_panel): packed once per layer
+    # for the team we expected; a team of another size packs its own here. Only this
+    # thread reads it, so it stays in its core's cache when it fits.
+    cdef const floating* panel = packed + <Py_ssize_t>H * 3 * u0
     # the per-step products go to gh rows laid out per thread: [r | z | n] of its units
     cdef floating* gh_mine = gh + 3 * u0
 
     if nu > 0:
-        if single:
-            for g in range(3):
-                memcpy(panel + <Py_ssize_t>g * nu * H, w_hh + <Py_ssize_t>(g * H + u0) * H, <Py_ssize_t>nu * H * sizeof(floating))
-        else:
-            for k in range(H):
-                for g in range(3):
-                    memcpy(panel + <Py_ssize_t>k * P + g * nu, w_hh_t + <Py_ssize_t>k * G + g * H + u0,
-                           nu * sizeof(floating))
+        if team != packed_team:
+            pack_panel(H, u0, nu, w_hh_t, own_panels + <Py_ssize_t>H * 3 * u0)
+            panel = own_panels + <Py_ssize_t>H * 3 * u0
         # Input projection of this thread's units, every step at once: gx = x W_ih^T
         # (the biases are added in the gate pass, folded with the recurrent ones).
         for g in range(3):
@@ -333,10 +371,7 @@ cdef void thread_body(
             live -= 1
         if nu > 0:
             # reset-before defers the candidate's product until r ⊙ h is known
-            if single:
-                matvec_rows(P if reset_after else 2 * nu, H, panel, h_prev, gh_mine)
-            else:
-                matmul_step(live, P if reset_after else 2 * nu, H, h_prev, H, panel, P, 0, gh_mine, G)
+            matmul_step(live, P if reset_after else 2 * nu, H, h_prev, H, panel, P, 0, gh_mine, G)
         if not reset_after:
             if nu > 0:
                 for i in range(live):
@@ -344,12 +379,9 @@ cdef void thread_body(
                     gx_row = gx + (<Py_ssize_t>t * B + order[i]) * G + u0
                     r_out = gates + (<Py_ssize_t>t * B + order[i]) * H + u0 if gates != NULL else scratch + u0
                     reset_before(nu, gx_row, gh_mine + i * G, bias + u0, h_prev + i * H + u0, r_out, rh + i * H + u0)
-            gru_barrier()  # every thread's part of r ⊙ h_{t-1} is written
+            gru_team_barrier_wait(barrier, team)  # every thread's part of r ⊙ h_{t-1} is written
             if nu > 0:
-                if single:
-                    matvec_rows(nu, H, panel + <Py_ssize_t>2 * nu * H, rh, gh_mine + 2 * nu)
-                else:
-                    matmul_step(live, nu, H, rh, H, panel + 2 * nu, P, 0, gh_mine + 2 * nu, G)
+                matmul_step(live, nu, H, rh, H, panel + 2 * nu, P, 0, gh_mine + 2 * nu, G)
         if nu > 0:
             for i in range(live):
                 seq = <int>order[i]
@@ -371,7 +403,7 @@ cdef void thread_body(
                                  h_next + i * H + u0, out + t * out_t + seq * out_b + u0, z_out, n_out)
                 if lengths[i] == s + 1:  # this sequence ends here: its final state
                     memcpy(h_n + seq * H + u0, h_next + i * H + u0, nu * sizeof(floating))
-        gru_barrier()  # h_t is complete; it becomes h_{t-1}
+        gru_team_barrier_wait(barrier, team)  # h_t is complete; it becomes h_{t-1}
         swap = h_prev
         h_prev = h_next
         h_next = swap
@@ -381,7 +413,6 @@ def run_direction(
     const floating[:, :, ::1] x not None,
     const floating[:, ::1] w_ih_t not None,
     const floating[:, ::1] w_hh_t not None,
-    const floating[:, ::1] w_hh not None,
     const floating[::1] bias not None,
     const floating[::1] b_hn not None,
     const long long[::1] lengths not None,
@@ -393,7 +424,9 @@ def run_direction(
     floating[:, :, :, ::1] gates,
     floating[:, :, ::1] hn,
     floating[:, ::1] workspace not None,
-    floating[:, ::1] panels not None,
+    const floating[:, ::1] panels not None,
+    int panels_team,
+    floating[:, ::1] own_panels not None,
     int threads,
 ):
     """Run one layer in one direction; see the module docstring.
@@ -404,8 +437,10 @@ def run_direction(
     index of the i-th longest sequence; ``h_n`` arrives holding h0 and
     ``output``/``gates`` arrive filled with zeros; ``hn`` (training, reset-after)
     receives W_hn h_{t-1} + b_hn. ``workspace`` is scratch of (T*B + 2*B + 2, 3H),
-    laid out below; ``panels`` (H, 3H) receives each
-    thread's packed recurrent weights. Inconsistent shapes raise ValueError.
+    laid out below. ``panels`` holds the recurrent weights as
+    pack_panels packed them for a team of ``panels_team`` threads; if OpenMP
+    gives another team, the threads pack theirs into ``own_panels`` (H, 3H).
+    Inconsistent shapes raise ValueError.
     """
     _check_sizes(x.shape[0], x.shape[1], x.shape[2], w_hh_t.shape[0])
     cdef int T = x.shape[0], B = x.shape[1], I = x.shape[2], H = w_hh_t.shape[0]
@@ -413,7 +448,6 @@ def run_direction(
     cdef int i, u
     _expect_shape("w_ih_t", w_ih_t.shape, 2, I, G)
     _expect_shape("w_hh_t", w_hh_t.shape, 2, H, G)
-    _expect_shape("w_hh", w_hh.shape, 2, G, H)
     _expect_shape("bias", bias.shape, 1, G)
     _expect_shape("b_hn", b_hn.shape, 1, H)
     _check_order(lengths, order, T, B)
@@ -425,11 +459,14 @@ def run_direction(
     if hn is not None:
         _expect_shape("hn", hn.shape, 3, T, B, H)
     _expect_room("workspace", workspace.shape[0] * workspace.shape[1], (<Py_ssize_t>T * B + 2 * B) * G + 4 * H)
-    _expect_room("panels", panels.shape[0] * panels.shape[1], <Py_ssize_t>H * G)
+    _expect_shape("panels", panels.shape, 2, H, G)
+    _expect_shape("own_panels", own_panels.shape, 2, H, G)
     if T == 0 or B == 0:
         return
     cdef int steps = <int>lengths[0]
-    threads = max(1, min(threads, (H + 15) // 16))  # at least 16 units per thread
+    threads = team_size(threads, H)
+    cdef gru_team_barrier barrier
+    gru_team_barrier_init(&barrier, threads)
 
     cdef floating* gx = &workspace[0, 0]
     cdef floating* gh = gx + <Py_ssize_t>T * B * G
@@ -452,8 +489,9 @@ def run_direction(
             for u in range(H):
                 h_a[i * H + u] = h_n[order[i], u]
         with parallel(num_threads=threads):
-            thread_body(T, B, I, H, steps, &x[0, 0, 0], &w_ih_t[0, 0], &w_hh_t[0, 0], &w_hh[0, 0], &bias[0], &b_hn[0],
-                        &lengths[0], &order[0], reverse, reset_after, gx, gh, rh, h_a, h_b, scratch, &panels[0, 0],
+            thread_body(T, B, I, H, steps, &x[0, 0, 0], &w_ih_t[0, 0], &w_hh_t[0, 0], &bias[0], &b_hn[0],
+                        &lengths[0], &order[0], reverse, reset_after, gx, gh, rh, h_a, h_b, scratch,
+                        &panels[0, 0], panels_team, &own_panels[0, 0], &barrier,
                         out, out_t, out_b, &h_n[0, 0], gates_ptr, hn_ptr)
 
 
@@ -497,6 +535,7 @@ cdef void backward_thread_body(
     const floating* gates, const floating* hn,
     floating* d_gx, floating* d_gh, floating* h_prevs, floating* rh, floating* d_carry, floating* d_rh,
     floating* dh, floating* d_x, floating* d_w_ih, floating* d_w_hh, floating* d_b_ih, floating* d_b_hh,
+    gru_team_barrier* barrier,
 ) noexcept nogil:
     """Backpropagation through time, one thread's share (its hidden units, as in the forward).
 
@@ -510,10 +549,9 @@ cdef void backward_thread_body(
     """
     cdef int team = gru_num_threads()
     cdef int tid = gru_thread_id()
-    cdef int unit_chunk = ((H + team - 1) // team + 15) // 16 * 16
-    cdef int u0 = min(tid * unit_chunk, H)
-    cdef int u1 = min(u0 + unit_chunk, H)
-    cdef int nu = u1 - u0
+    cdef int u0
+    cdef int nu = unit_slice(H, team, tid, &u0)
+    cdef int u1 = u0 + nu
     cdef int G = 3 * H
     cdef Py_ssize_t M = <Py_ssize_t>T * B
     cdef Py_ssize_t plane = M * H
@@ -534,7 +572,7 @@ cdef void backward_thread_body(
         for s in range(steps, T):
             for i in range(B):
                 clear_step_row(<Py_ssize_t>s * B + i, H, u0, nu, reset_after, d_gh, h_prevs, rh)
-    gru_barrier()
+    gru_team_barrier_wait(barrier, team)
 
     live = 0
     for s in range(steps - 1, -1, -1):
@@ -567,7 +605,7 @@ cdef void backward_thread_body(
                                     d_gh + step_row * G + u0, d_carry + i * H + u0)
                     for u in range(u0, u1):
                         rh[step_row * H + u] = gates[gate_at - u0 + u] * hp[u]
-        gru_barrier()  # every unit's d_gh of this step is written
+        gru_team_barrier_wait(barrier, team)  # every unit's d_gh of this step is written
         if not reset_after:
             if nu > 0:
                 # d loss / d (r ⊙ h_{t-1}) = d_n_pre W_hn, this thread's columns
@@ -581,7 +619,7 @@ cdef void backward_thread_body(
                     backward_before_reset(nu, d_rh + i * H + u0, h_prevs + step_row * H + u0, gates + gate_at,
                                           d_gx + (<Py_ssize_t>t * B + seq) * G + u0, d_gh + step_row * G + u0,
                                           d_carry + i * H + u0)
-            gru_barrier()  # the r blocks too
+            gru_team_barrier_wait(barrier, team)  # the r blocks too
         if nu > 0:
             # d loss / d h_{t-1} += d_gh W_hh (W_hh's r and z rows only for reset-before: its n
             # rows met r ⊙ h, handled above), this thread's columns
@@ -589,7 +627,7 @@ cdef void backward_thread_body(
                         d_carry + u0, H)
         # no barrier: the next step reads only this thread's columns of d_carry, and other rows of d_gh
 
-    gru_barrier()
+    gru_team_barrier_wait(barrier, team)
     # Weight gradients over every step at once, this thread's block of the 3H gate rows
     # (one GEMM per operand, so each thread packs x and h_{t-1} once).
     cdef int gate_rows = ((G + team - 1) // team + 15) // 16 * 16
@@ -685,7 +723,9 @@ def backward_direction(
     if T == 0 or B == 0:
         return
     cdef int steps = <int>lengths[0]
-    threads = max(1, min(threads, (H + 15) // 16))
+    threads = team_size(threads, H)
+    cdef gru_team_barrier barrier
+    gru_team_barrier_init(&barrier, threads)
     cdef Py_ssize_t M = <Py_ssize_t>T * B
     cdef floating* d_gx = &workspace[0, 0]
     cdef floating* d_gh = d_gx + M * 3 * H
@@ -711,7 +751,7 @@ def backward_direction(
                                  &lengths[0], &order[0], reverse, reset_after,
                                  &output[0, 0, 0], out_t, out_b, &d_output[0, 0, 0], d_out_t, d_out_b,
                                  &gates[0, 0, 0, 0], hn_ptr, d_gx, d_gh, h_prevs, rh, d_carry, d_rh, dh,
-                                 &d_x[0, 0, 0], &d_w_ih[0, 0], &d_w_hh[0, 0], &d_b_ih[0], &d_b_hh[0])
+                                 &d_x[0, 0, 0], &d_w_ih[0, 0], &d_w_hh[0, 0], &d_b_ih[0], &d_b_hh[0], &barrier)
         for i in range(B):
             for u in range(H):
                 d_h0[order[i], u] = d_carry[i * H + u]

@@ -37,7 +37,7 @@ class CythonBackend(StackedBackend):
         self._blas_users = 0
         self._lock = threading.Lock()
         self._local = threading.local()
-        self._prepared_weights: weakref.WeakKeyDictionary[LayerWeights, tuple[np.ndarray, ...]] = (
+        self._prepared_weights: weakref.WeakKeyDictionary[LayerWeights, dict] = (
             weakref.WeakKeyDictionary()
         )
 
@@ -49,27 +49,34 @@ class CythonBackend(StackedBackend):
         self._kernels = _kernels
         return True
 
-    def _prepared(self, weights: LayerWeights) -> tuple[np.ndarray, ...]:
-        """Weights as the kernel takes them, made once per LayerWeights.
+    def _prepared(self, weights: LayerWeights, team: int) -> tuple[np.ndarray, ...]:
+        """Weights as the kernel takes them, made once per LayerWeights (and team size).
 
-        Transposed matrices (BLAS's fastest layout for batched products; a
-        single sequence reads W_hh as it is), and the biases folded: (b_ir + b_hr, b_iz + b_hz, b_in) and b_hn, which
-        reset-after applies under the reset gate.
+        Transposed input weights (BLAS's fastest layout for the input
+        projection), W_hh^T and its per-thread panels packed for ``team``
+        threads (see _kernels.pack_panels), and the biases folded:
+        (b_ir + b_hr, b_iz + b_hz, b_in) and b_hn, which reset-after applies
+        under the reset gate.
         """
         prepared = self._prepared_weights.get(weights)
         if prepared is None:
             H = weights.w_hh.shape[1]
             bias = weights.b_ih.copy()
             bias[: 2 * H] += weights.b_hh[: 2 * H]
-            prepared = (
-                np.ascontiguousarray(weights.w_ih.T),
-                np.ascontiguousarray(weights.w_hh.T),
-                weights.w_hh,
-                bias,
-                np.ascontiguousarray(weights.b_hh[2 * H :]),
-            )
-            self._prepared_weights[weights] = prepared
-        return prepared
+            prepared = self._prepared_weights[weights] = {
+                "w_ih_t": np.ascontiguousarray(weights.w_ih.T),
+                "w_hh_t": np.ascontiguousarray(weights.w_hh.T),
+                "bias": bias,
+                "b_hn": np.ascontiguousarray(weights.b_hh[2 * H :]),
+            }
+        panels = prepared.get(team)
+        if panels is None:
+            # one team size at a time: a layer called with changing thread counts repacks
+            prepared.pop(prepared.get("team"), None)
+            panels = prepared[team] = np.empty_like(prepared["w_hh_t"])
+            self._kernels.pack_panels(prepared["w_hh_t"], team, panels)
+            prepared["team"] = team
+        return prepared["w_ih_t"], prepared["w_hh_t"], prepared["bias"], prepared["b_hn"], panels
 
     def _scratch(self, dtype: np.dtype, *shapes: tuple[int, int]) -> list[np.ndarray]:
         """Scratch arrays of these shapes, from a buffer kept per calling thread.
@@ -186,11 +193,17 @@ class CythonBackend(StackedBackend):
         if T == 0 or B == 0:
             return
         order, sorted_lengths = self._sequence_order(lengths, T, B)
-        # gx, gh, r*h and two states, gate scratch; then each thread's packed recurrent weights
-        workspace, panels = self._scratch(x.dtype, (T * B + 2 * B + 2, 3 * H), (H, 3 * H))
+        team = self._kernels.team_size(self.thread_count(threads), H)
+        w_ih_t, w_hh_t, bias, b_hn, panels = self._prepared(weights, team)
+        # gx, gh, r*h and two states, gate scratch; then room for packed recurrent weights
+        # should OpenMP give another team than asked for
+        workspace, own_panels = self._scratch(x.dtype, (T * B + 2 * B + 2, 3 * H), (H, 3 * H))
         self._kernels.run_direction(
             x,
-            *self._prepared(weights),
+            w_ih_t,
+            w_hh_t,
+            bias,
+            b_hn,
             sorted_lengths,
             order,
             reverse,
@@ -201,7 +214,9 @@ class CythonBackend(StackedBackend):
             hn,
             workspace,
             panels,
-            self.thread_count(threads),
+            team,
+            own_panels,
+            team,
         )
 
     def backward_direction(

@@ -76,13 +76,109 @@ static inline double gru_tanh(double x) { return tanh(x); }
 #undef SIGMOID
 #undef TANH
 
-/* OpenMP shims: the extension still builds, single-threaded, without OpenMP. */
-static inline void gru_barrier(void) {
-#ifdef _OPENMP
-#pragma omp barrier
+/* A barrier for the threads of one kernel call.
+ *
+ * OpenMP's own barrier costs about 0.25 us between two cores (measured on a
+ * Zen 4 VM), while a step of a small layer is 1-3 us: this one, a shared
+ * arrival count and a generation number, costs about 0.05 us. The last thread
+ * to arrive resets the count and bumps the generation; its release store
+ * publishes everything the team wrote before arriving. The others spin on the
+ * generation for a while (the next step is usually microseconds away), then
+ * sleep on it (a futex on Linux, sched_yield elsewhere), so that a team larger
+ * than the free cores still makes progress instead of spinning against the
+ * threads it waits for. Each thread passes the team size it was given
+ * (omp_get_num_threads(), the same for all). Compilers without GCC's atomics
+ * use OpenMP's barrier.
+ */
+#if defined(__GNUC__) && !defined(_WIN32)
+#define GRU_SPIN_BARRIER 1
+#include <sched.h>
+#include <unistd.h>
+#ifdef __linux__
+#include <limits.h>
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#endif
+#endif
+
+/* about 50 us of waiting (25 ns per pause on Zen 4) before a thread sleeps */
+#define GRU_BARRIER_SPINS 2000
+
+typedef struct {
+    int arrived;
+    unsigned generation;
+    int sleepers;
+    int spins; /* pauses before sleeping: few when the team has more threads than CPUs */
+    char pad[48];
+} gru_team_barrier;
+
+/* CPUs this process may run on. */
+static inline int gru_available_cpus(void) {
+#if defined(__linux__) && defined(CPU_COUNT)
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0) return CPU_COUNT(&set);
+#endif
+#ifdef _SC_NPROCESSORS_ONLN
+    long online = sysconf(_SC_NPROCESSORS_ONLN);
+    if (online > 0) return (int)online;
+#endif
+    return 1;
+}
+
+static inline void gru_team_barrier_init(gru_team_barrier *b, int team) {
+    b->arrived = 0;
+    b->generation = 0;
+    b->sleepers = 0;
+    b->spins = team <= gru_available_cpus() ? GRU_BARRIER_SPINS : 20;
+}
+
+static inline void gru_cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
 #endif
 }
 
+static inline void gru_team_barrier_wait(gru_team_barrier *b, int team) {
+    if (team <= 1) return;
+#ifdef GRU_SPIN_BARRIER
+    const unsigned generation = __atomic_load_n(&b->generation, __ATOMIC_ACQUIRE);
+    if (__atomic_add_fetch(&b->arrived, 1, __ATOMIC_ACQ_REL) == team) {
+        __atomic_store_n(&b->arrived, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&b->generation, generation + 1, __ATOMIC_SEQ_CST);
+#ifdef __linux__
+        /* sequentially consistent with the sleepers' count-then-check: either a
+         * sleeper sees the new generation, or this sees the sleeper and wakes it */
+        if (__atomic_load_n(&b->sleepers, __ATOMIC_SEQ_CST) > 0)
+            syscall(SYS_futex, &b->generation, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+#endif
+        return;
+    }
+    for (int spins = 0; spins < b->spins; spins++) {
+        if (__atomic_load_n(&b->generation, __ATOMIC_ACQUIRE) != generation) return;
+        gru_cpu_relax();
+    }
+    while (__atomic_load_n(&b->generation, __ATOMIC_ACQUIRE) == generation) {
+#ifdef __linux__
+        __atomic_add_fetch(&b->sleepers, 1, __ATOMIC_SEQ_CST);
+        if (__atomic_load_n(&b->generation, __ATOMIC_SEQ_CST) == generation)
+            /* sleeps only while the generation is still the old one */
+            syscall(SYS_futex, &b->generation, FUTEX_WAIT_PRIVATE, generation, NULL, NULL, 0);
+        __atomic_sub_fetch(&b->sleepers, 1, __ATOMIC_SEQ_CST);
+#else
+        sched_yield();
+#endif
+    }
+#else
+    (void)b;
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+#endif
+}
+
+/* OpenMP shims: the extension still builds, single-threaded, without OpenMP. */
 static inline int gru_max_threads(void) {
 #ifdef _OPENMP
     return omp_get_max_threads();

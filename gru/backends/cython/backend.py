@@ -37,9 +37,7 @@ class CythonBackend(StackedBackend):
         self._blas_users = 0
         self._lock = threading.Lock()
         self._local = threading.local()
-        self._prepared_weights: weakref.WeakKeyDictionary[LayerWeights, dict] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._prepared_weights: weakref.WeakKeyDictionary[LayerWeights, dict] = weakref.WeakKeyDictionary()
 
     def available(self) -> bool | str:
         try:

@@ -802,6 +802,7 @@ def kernel_backward_args():
         "d_b_ih": np.zeros(3 * H_),
         "d_b_hh": np.zeros(3 * H_),
         "workspace": np.zeros((8 * T_ * B_ + 3 * B_, H_)),
+        "bias_sums": np.zeros(6 * H_),
         "threads": 1,
     }
 
@@ -852,6 +853,7 @@ def test_compiled_forward_kernel_refuses_inconsistent_buffers(case):
 
 KERNEL_BACKWARD_CASES = {
     "workspace-short": ({"workspace": np.zeros((10, 16))}, ValueError, "workspace"),
+    "bias_sums-short": ({"bias_sums": np.zeros(95)}, ValueError, "bias_sums"),
     "gates-none": ({"gates": None}, TypeError, "Argument 'gates'"),
     "hn-missing": ({"hn": None}, ValueError, "hn"),
     "d_output-shape": ({"d_output": np.ones((4, 3, 17))}, ValueError, "d_output"),

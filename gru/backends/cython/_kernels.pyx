@@ -525,6 +525,13 @@ cdef inline void clear_step_row(Py_ssize_t row, int H, int u0, int nu, bint rese
         memset(rh + row * H + u0, 0, nu * sizeof(floating))
 
 
+cdef inline void accumulate(int n, const floating* src, double* sums) noexcept nogil:
+    """sums += src, in double: a float running sum over thousands of rows loses digits."""
+    cdef int j
+    for j in range(n):
+        sums[j] += src[j]
+
+
 cdef void backward_thread_body(
     int T, int B, int I, int H, int steps,
     const floating* x, const floating* h0, const floating* w_ih, const floating* w_hh,
@@ -535,7 +542,7 @@ cdef void backward_thread_body(
     const floating* gates, const floating* hn,
     floating* d_gx, floating* d_gh, floating* h_prevs, floating* rh, floating* d_carry, floating* d_rh,
     floating* dh, floating* d_x, floating* d_w_ih, floating* d_w_hh, floating* d_b_ih, floating* d_b_hh,
-    gru_team_barrier* barrier,
+    double* bias_sums, gru_team_barrier* barrier,
 ) noexcept nogil:
     """Backpropagation through time, one thread's share (its hidden units, as in the forward).
 
@@ -544,8 +551,9 @@ cdef void backward_thread_body(
     for the input side) and d_gh (rows s*B + i, for the recurrent side), with
     h_{t-1} (and r ⊙ h_{t-1}) stored in the same rows for the weight gradients;
     then, after a barrier, this thread's columns of d loss / d h_{t-1} =
-    dh z + d_gh W_hh. After the loop, a block of the weight gradients' rows
-    as whole-sequence GEMMs, and a block of d_x's rows.
+    dh z + d_gh W_hh. The bias gradients of its units are summed as the rows
+    are made (in double, while they are in cache). After the loop, a block of
+    the weight gradients' rows as whole-sequence GEMMs, and a block of d_x's rows.
     """
     cdef int team = gru_num_threads()
     cdef int tid = gru_thread_id()
@@ -560,11 +568,12 @@ cdef void backward_thread_body(
     cdef const floating* hp_src
     cdef floating* hp
     cdef Py_ssize_t rows_per_thread, r0, r1
-    cdef double* sums
+    cdef double* sums = bias_sums + 6 * u0  # this thread's units: d b_ih (r, z, n), then d b_hh
 
     # Rows that no step writes must read as zeros in the GEMMs after the loop: the steps
     # of ended sequences (and all of them past the longest one). Only those are cleared.
     if nu > 0:
+        memset(sums, 0, 6 * nu * sizeof(double))
         for i in range(B):
             for t in range(<int>lengths[i], T):
                 for g in range(3):
@@ -621,6 +630,11 @@ cdef void backward_thread_body(
                                           d_carry + i * H + u0)
             gru_team_barrier_wait(barrier, team)  # the r blocks too
         if nu > 0:
+            for i in range(live):  # this step's gate gradients of its units are final
+                t = <int>(lengths[i] - 1 - s) if reverse else s
+                for g in range(3):
+                    accumulate(nu, d_gx + (<Py_ssize_t>t * B + order[i]) * G + g * H + u0, sums + g * nu)
+                    accumulate(nu, d_gh + (<Py_ssize_t>s * B + i) * G + g * H + u0, sums + (3 + g) * nu)
             # d loss / d h_{t-1} += d_gh W_hh (W_hh's r and z rows only for reset-before: its n
             # rows met r ⊙ h, handled above), this thread's columns
             matmul_step(live, nu, G if reset_after else 2 * H, d_gh + <Py_ssize_t>s * B * G, G, w_hh + u0, H, 1,
@@ -641,19 +655,10 @@ cdef void backward_thread_body(
         else:
             matmul_tn(split - g0, H, <int>M, d_gh + g0, G, h_prevs, H, 0, d_w_hh + <Py_ssize_t>g0 * H, H)
             matmul_tn(g1 - split, H, <int>M, d_gh + split, G, rh, H, 0, d_w_hh + <Py_ssize_t>split * H, H)
-        # bias gradients: sums over every step and sequence, accumulated in double
-        # (a float running sum over thousands of rows loses digits)
-        sums = <double*>malloc(2 * (g1 - g0) * sizeof(double))
-        for u in range(2 * (g1 - g0)):
-            sums[u] = 0
-        for row in range(M):
-            for u in range(g1 - g0):
-                sums[u] += d_gx[row * G + g0 + u]
-                sums[g1 - g0 + u] += d_gh[row * G + g0 + u]
-        for u in range(g1 - g0):
-            d_b_ih[g0 + u] = <floating>sums[u]
-            d_b_hh[g0 + u] = <floating>sums[g1 - g0 + u]
-        free(sums)
+    for g in range(3):
+        for u in range(nu):
+            d_b_ih[g * H + u0 + u] = <floating>sums[g * nu + u]
+            d_b_hh[g * H + u0 + u] = <floating>sums[(3 + g) * nu + u]
     # d_x += d_gx W_ih, this thread's rows of it
     rows_per_thread = (M + team - 1) // team
     r0 = min(<Py_ssize_t>tid * rows_per_thread, M)
@@ -683,6 +688,7 @@ def backward_direction(
     floating[::1] d_b_ih not None,
     floating[::1] d_b_hh not None,
     floating[:, ::1] workspace not None,
+    double[::1] bias_sums not None,
     int threads,
 ):
     """Backpropagate one layer in one direction; see backward_thread_body.
@@ -693,7 +699,8 @@ def backward_direction(
     and the same ``lengths``/``order`` as the forward. Adds into ``d_x``;
     writes ``d_h0`` and the weight gradients. ``workspace`` is scratch of
     (T*B*8 + 3*B, H): d_gx and d_gh (3H each per row), h_{t-1} and r ⊙ h_{t-1}
-    per row, then three (B, H) blocks. Inconsistent shapes raise ValueError.
+    per row, then three (B, H) blocks; ``bias_sums`` is scratch of 6H doubles.
+    Inconsistent shapes raise ValueError.
     """
     _check_sizes(x.shape[0], x.shape[1], x.shape[2], w_hh.shape[1])
     cdef int T = x.shape[0], B = x.shape[1], I = x.shape[2], H = w_hh.shape[1]
@@ -720,6 +727,7 @@ def backward_direction(
     _expect_shape("d_b_ih", d_b_ih.shape, 1, G)
     _expect_shape("d_b_hh", d_b_hh.shape, 1, G)
     _expect_room("workspace", workspace.shape[0] * workspace.shape[1], (<Py_ssize_t>T * B * 8 + 3 * B) * H)
+    _expect_room("bias_sums", bias_sums.shape[0], 6 * <Py_ssize_t>H)
     if T == 0 or B == 0:
         return
     cdef int steps = <int>lengths[0]
@@ -751,7 +759,7 @@ def backward_direction(
                                  &lengths[0], &order[0], reverse, reset_after,
                                  &output[0, 0, 0], out_t, out_b, &d_output[0, 0, 0], d_out_t, d_out_b,
                                  &gates[0, 0, 0, 0], hn_ptr, d_gx, d_gh, h_prevs, rh, d_carry, d_rh, dh,
-                                 &d_x[0, 0, 0], &d_w_ih[0, 0], &d_w_hh[0, 0], &d_b_ih[0], &d_b_hh[0], &barrier)
+                                 &d_x[0, 0, 0], &d_w_ih[0, 0], &d_w_hh[0, 0], &d_b_ih[0], &d_b_hh[0], &bias_sums[0], &barrier)
         for i in range(B):
             for u in range(H):
                 d_h0[order[i], u] = d_carry[i * H + u]

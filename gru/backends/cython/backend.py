@@ -268,5 +268,6 @@ class CythonBackend(StackedBackend):
             grads.b_ih,
             grads.b_hh,
             workspace,
+            np.empty(6 * H),  # the bias gradients' sums, in double
             self.thread_count(threads),
         )

@@ -101,8 +101,10 @@ static inline double gru_tanh(double x) { return tanh(x); }
 #endif
 #endif
 
-/* about 50 us of waiting (25 ns per pause on Zen 4) before a thread sleeps */
-#define GRU_BARRIER_SPINS 2000
+/* about 0.5 ms of waiting (25 ns per pause on Zen 4) before a thread sleeps: waking a
+ * sleeper costs tens of microseconds, more than most steps, so a team whose threads
+ * slept would run at the pace of wake-ups */
+#define GRU_BARRIER_SPINS 20000
 
 typedef struct {
     int arrived;

@@ -203,3 +203,29 @@ def test_recurrent_weights_are_packed_once_per_layer_and_team(monkeypatch):
     layer.load_state_dict(layer.state_dict())
     layer(x, threads=1)
     assert packed == [2, 2, 1, 1, 1, 1]
+
+
+@pytest.mark.parametrize("lengths", ["none", "all-T", "varied"])
+@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_batches_that_project_inputs_step_by_step_match_the_oracle(lengths, reset_after, threads):
+    """B >= 16 projects each step's inputs on its own (reverse with varied lengths: the whole sequence first)."""
+    from gru.testing._support import oracle_gradients_for
+
+    rng = np.random.default_rng(len(lengths) + threads)
+    T, B, I, H = 7, 18, 6, 40
+    layer = gru.GRU(I, H, 2, bidirectional=True, reset_after=reset_after, dtype="float64", backend="cython", seed=rng)
+    x = rng.standard_normal((T, B, I))
+    h0 = rng.standard_normal((4, B, H))
+    lens = {"none": None, "all-T": np.full(B, T), "varied": rng.integers(0, T + 1, B)}[lengths]
+    output, h_n = layer(x, h0, lens, threads=threads, train=True)
+    expected_output, expected_h_n, _ = oracle_for(layer, x, h0, lens)
+    np.testing.assert_allclose(output, expected_output, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(h_n, expected_h_n, rtol=0, atol=1e-12)
+    d_output, d_h_n = rng.standard_normal(output.shape), rng.standard_normal(h_n.shape)
+    grads = layer.backward(d_output, d_h_n)
+    d_x, d_h0, d_params = oracle_gradients_for(layer, x, d_output, d_h_n, h0, lens)
+    np.testing.assert_allclose(grads.input, d_x, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(grads.h0, d_h0, rtol=1e-10, atol=1e-10)
+    for name, value in d_params.items():
+        np.testing.assert_allclose(grads.params[name], value, rtol=1e-10, atol=1e-10, err_msg=name)

@@ -195,7 +195,8 @@ class CythonBackend(StackedBackend):
         w_ih_t, w_hh_t, bias, b_hn, panels = self._prepared(weights, team)
         # gx, gh, r*h and two states, gate scratch; then room for packed recurrent weights
         # should OpenMP give another team than asked for
-        workspace, own_panels = self._scratch(x.dtype, (T * B + 2 * B + 2, 3 * H), (H, 3 * H))
+        rows = self._kernels.workspace_rows(T, B, x.shape[2], reverse, sorted_lengths[-1])
+        workspace, own_panels = self._scratch(x.dtype, (rows, 3 * H), (H, 3 * H))
         self._kernels.run_direction(
             x,
             w_ih_t,

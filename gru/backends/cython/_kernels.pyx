@@ -21,7 +21,7 @@ live ones form a prefix: finished sequences cost nothing.
 
 from cython.parallel cimport parallel
 from libc.limits cimport INT_MAX
-from libc.stdlib cimport calloc, free, malloc
+from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy, memset
 from scipy.linalg.cython_blas cimport dgemm, dgemv, sgemm, sgemv
 
@@ -240,20 +240,6 @@ cdef inline void matmul(int m, int n, int k, const floating* a, int lda, const f
             sgemm(&notrans, &notrans, &n, &m, &k, &one, <float*>wt, &ldw, <float*>a, &lda, &beta, c, &ldc)
         else:
             dgemm(&notrans, &notrans, &n, &m, &k, &one, <double*>wt, &ldw, <double*>a, &lda, &beta, c, &ldc)
-
-
-cdef inline void matvec_rows(int n, int k, const floating* w, const floating* x, floating* y) noexcept nogil:
-    """y[n] = W[n, k] @ x[k] for a contiguous row-major W: gemv streaming W's rows (its 'T' form)."""
-    cdef char trans = b'T'
-    cdef int one_i = 1
-    cdef floating one = 1
-    cdef floating zero = 0
-    if n <= 0:
-        return
-    if floating is float:
-        sgemv(&trans, &k, &n, &one, <float*>w, &k, <float*>x, &one_i, &zero, y, &one_i)
-    else:
-        dgemv(&trans, &k, &n, &one, <double*>w, &k, <double*>x, &one_i, &zero, y, &one_i)
 
 
 # OpenBLAS multiplies products of up to about a million multiply-adds with

@@ -67,13 +67,12 @@ class CythonBackend(StackedBackend):
                 "bias": bias,
                 "b_hn": np.ascontiguousarray(weights.b_hh[2 * H :]),
             }
-        panels = prepared.get(team)
-        if panels is None:
+        packed_team, panels = prepared.get("panels", (None, None))
+        if packed_team != team:
             # one team size at a time: a layer called with changing thread counts repacks
-            prepared.pop(prepared.get("team"), None)
-            panels = prepared[team] = np.empty_like(prepared["w_hh_t"])
+            panels = np.empty_like(prepared["w_hh_t"])
             self._kernels.pack_panels(prepared["w_hh_t"], team, panels)
-            prepared["team"] = team
+            prepared["panels"] = (team, panels)
         return prepared["w_ih_t"], prepared["w_hh_t"], prepared["bias"], prepared["b_hn"], panels
 
     def _scratch(self, dtype: np.dtype, *shapes: tuple[int, int]) -> list[np.ndarray]:

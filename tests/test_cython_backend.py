@@ -146,6 +146,34 @@ def test_backward_with_several_threads_matches_the_oracle(threads, reset_after, 
         np.testing.assert_allclose(grads.params[name], value, rtol=1e-10, atol=1e-10, err_msg=name)
 
 
+@pytest.mark.parametrize(
+    ("I", "H", "T", "B", "threads"),
+    [
+        (7, 72, 2, 1, 5),  # 2 row parts of 2 gate blocks each, one thread idle
+        (7, 72, 3, 1, 5),  # 3 row parts of 1 block, two threads idle
+        (7, 72, 7, 2, 3),  # 3 parts of uneven row counts (5, 5, 4)
+        (1024, 512, 2, 2, 4),  # the partial sums' cap: 2 parts, each of 2 gate blocks
+    ],
+    ids=["parts-2x2", "parts-3x1", "parts-uneven", "capped"],
+)
+@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+def test_weight_gradients_split_over_rows_and_gate_blocks_match_the_oracle(I, H, T, B, threads, reset_after):
+    """The weight-gradient GEMMs split the T*B rows they sum over into parts whose partial sums are added."""
+    from gru.testing._support import oracle_gradients_for
+
+    rng = np.random.default_rng(I + T * B + threads)
+    layer = gru.GRU(I, H, reset_after=reset_after, dtype="float64", backend="cython", seed=rng)
+    x = rng.standard_normal((T, B, I))
+    output, h_n = layer(x, train=True, threads=threads)
+    d_output, d_h_n = rng.standard_normal(output.shape), rng.standard_normal(h_n.shape)
+    grads = layer.backward(d_output, d_h_n)
+    d_x, d_h0, d_params = oracle_gradients_for(layer, x, d_output, d_h_n)
+    np.testing.assert_allclose(grads.input, d_x, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(grads.h0, d_h0, rtol=1e-10, atol=1e-10)
+    for name, value in d_params.items():
+        np.testing.assert_allclose(grads.params[name], value, rtol=1e-10, atol=1e-10, err_msg=name)
+
+
 def kernel_call(team_of_panels, panels_fill=None, threads=2):
     """One direct call of the forward kernel; the recurrent weights packed for ``team_of_panels`` threads."""
     from gru.backends.cython import _kernels

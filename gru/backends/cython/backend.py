@@ -246,7 +246,9 @@ class CythonBackend(StackedBackend):
             # d W_ih is one GEMM over every row, padding included (d_gx is 0 there): zero the
             # padding, so that what it holds (NaN, inf) does not come in as 0 * NaN
             x = np.where((np.arange(T)[:, None] < lengths)[:, :, None], x, 0)
-        (workspace,) = self._scratch(x.dtype, (8 * T * B + 3 * B, H))
+        threads = self.thread_count(threads)
+        rows = self._kernels.backward_workspace_rows(T, B, x.shape[2], H, threads)
+        (workspace,) = self._scratch(x.dtype, (rows, H))
         self._kernels.backward_direction(
             x,
             h0,
@@ -269,5 +271,5 @@ class CythonBackend(StackedBackend):
             grads.b_hh,
             workspace,
             np.empty(6 * H),  # the bias gradients' sums, in double
-            self.thread_count(threads),
+            threads,
         )

@@ -72,14 +72,16 @@ def as_float_array(value: Any, name: str, dtype: str) -> Any:
         if str(exc).startswith(f"{name}:"):
             raise TypeError(str(exc)) from None
         raise TypeError(f"{name}: expected an array of {dtype}, got {type(value).__name__} ({exc})") from None
+    if array.dtype == dtype:  # the common case first: comparing dtypes is ~25x cheaper than dtype.name
+        return array
     if array.dtype.kind != "f":
         raise TypeError(f"{name}: expected a floating-point array of {dtype}, got dtype {array.dtype}")
-    if array.dtype.name != dtype:
+    if array.dtype.newbyteorder("=") != dtype:
         raise TypeError(
             f"{name}: expected dtype {dtype} (the layer's dtype), got {array.dtype}; "
-            f"convert with .astype('{dtype}') or build the layer with dtype='{array.dtype}'"
+            f"convert with .astype('{dtype}') or build the layer with dtype='{array.dtype.newbyteorder('=')}'"
         )
-    return array
+    return array.astype(dtype)  # non-native byte order: the same values, in the order the kernels read
 
 
 def canonical_input(x: Any, *, input_size: int, batch_first: bool, dtype: str) -> tuple[Any, bool]:

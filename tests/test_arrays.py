@@ -177,6 +177,37 @@ def test_numpy_views_are_not_copied_when_contiguous():
     assert np.shares_memory(recorder.requests[-1].x, big)
 
 
+@pytest.mark.parametrize("backend", ["numpy", "cython"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_arrays_in_non_native_byte_order_give_the_native_results(backend, dtype):
+    """Big-endian x, h0 and gradients are read by value, on every CPU backend (the compiled one included)."""
+    if backend not in {info.name for info in gru.list_backends() if info.available is True}:
+        pytest.skip(f"{backend} unavailable")
+    layer = gru.GRU(I, H, num_layers=2, dtype=dtype, backend=backend, seed=0)
+    swapped = np.dtype(dtype).newbyteorder("S")
+    x, h0 = normal(T, B, I, dtype=dtype), normal(2, B, H, dtype=dtype, seed=2)
+    d_output, d_h_n = normal(T, B, H, dtype=dtype, seed=3), normal(2, B, H, dtype=dtype, seed=4)
+    expected = layer(x, h0, train=True)
+    expected_grads = layer.backward(d_output, d_h_n)
+    got = layer(x.astype(swapped), h0.astype(swapped), train=True)
+    got_grads = layer.backward(d_output.astype(swapped), d_h_n.astype(swapped))
+    for a, b in zip(got, expected, strict=True):
+        assert a.dtype == np.dtype(dtype)
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(got_grads.input, expected_grads.input)
+    np.testing.assert_array_equal(got_grads.h0, expected_grads.h0)
+    cell = gru.GRUCell(I, H, dtype=dtype, backend=backend, seed=0)
+    np.testing.assert_array_equal(cell(x[0].astype(swapped), h0[0].astype(swapped)), cell(x[0], h0[0]))
+
+
+def test_wrong_dtypes_are_refused_whatever_their_byte_order():
+    layer = gru.GRU(I, H, seed=0)
+    with pytest.raises(TypeError, match=r"x: expected dtype float32 .*got >f8.*dtype='float64'"):
+        layer(np.zeros((T, B, I), ">f8"))
+    with pytest.raises(TypeError, match="x: expected a floating-point array of float32, got dtype >i4"):
+        layer(np.zeros((T, B, I), ">i4"))
+
+
 def test_as_array_helpers():
     x = normal(3)
     assert _arrays.as_array(x, "x") is x

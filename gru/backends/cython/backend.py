@@ -11,8 +11,8 @@ backend's own threads run, so the two never oversubscribe the cores.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
+import functools
 import os
 import threading
 import weakref
@@ -23,6 +23,14 @@ from gru.backends._base import Capabilities, LayerWeights, StackedBackend
 
 THREADS_ENV_VAR = "GRU_NUM_THREADS"
 MAX_THREADS = 2**31 - 1  # the kernel takes a C int (and uses at most one thread per 16 hidden units)
+
+
+@functools.lru_cache(maxsize=64)
+def _full_lengths(T: int, B: int) -> tuple[np.ndarray, np.ndarray]:
+    """The order and lengths of B sequences of length T, made once (read-only: shared between calls)."""
+    order, lengths = np.arange(B, dtype=np.int64), np.full(B, T, dtype=np.int64)
+    order.flags.writeable = lengths.flags.writeable = False
+    return order, lengths
 
 
 class CythonBackend(StackedBackend):
@@ -82,16 +90,18 @@ class CythonBackend(StackedBackend):
         allocations (milliseconds for large layers); one buffer per Python
         thread keeps concurrent calls apart.
         """
-        sizes = [rows * cols for rows, cols in shapes]
-        key = np.dtype(dtype).name
-        buffers = self._local.__dict__.setdefault("buffers", {})
-        buffer = buffers.get(key)
-        if buffer is None or buffer.size < sum(sizes):
-            buffer = buffers[key] = np.empty(sum(sizes), dtype)
+        need = sum(rows * cols for rows, cols in shapes)
+        try:
+            buffers = self._local.buffers
+        except AttributeError:
+            buffers = self._local.buffers = {}
+        buffer = buffers.get(dtype)  # keyed by the dtype object: np.dtype(...).name costs microseconds
+        if buffer is None or buffer.size < need:
+            buffer = buffers[dtype] = np.empty(need, dtype)
         views, start = [], 0
-        for shape, size in zip(shapes, sizes, strict=True):
-            views.append(buffer[start : start + size].reshape(shape))
-            start += size
+        for rows, cols in shapes:
+            views.append(buffer[start : start + rows * cols].reshape(rows, cols))
+            start += rows * cols
         return views
 
     def thread_count(self, requested: int | None) -> int:
@@ -138,9 +148,8 @@ class CythonBackend(StackedBackend):
                 setters.append(swap)
         return setters
 
-    @contextlib.contextmanager
-    def _single_threaded_blas(self):
-        """Hold BLAS to one thread while any call of this backend runs.
+    def _hold_blas_to_one_thread(self) -> None:
+        """Hold BLAS to one thread while any call of this backend runs (undo: _release_blas).
 
         The BLAS libraries are found once (threadpoolctl) and then set through
         their own calls, a few microseconds instead of a fresh threadpoolctl
@@ -154,30 +163,35 @@ class CythonBackend(StackedBackend):
                     self._blas_setters = self._find_blas_setters()
                 self._blas_saved = [set_threads(1) for set_threads in self._blas_setters]
             self._blas_users += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._blas_users -= 1
-                if self._blas_users == 0:
-                    for set_threads, threads in zip(self._blas_setters, self._blas_saved, strict=True):
-                        set_threads(threads)
+
+    def _release_blas(self) -> None:
+        with self._lock:
+            self._blas_users -= 1
+            if self._blas_users == 0:
+                for set_threads, threads in zip(self._blas_setters, self._blas_saved, strict=True):
+                    set_threads(threads)
 
     def forward(self, request):
         if self._kernels is None:
             self.available()
-        with self._single_threaded_blas():
+        self._hold_blas_to_one_thread()
+        try:
             return super().forward(request)
+        finally:
+            self._release_blas()
 
     def backward(self, request, result, d_output, d_h_n):
-        with self._single_threaded_blas():
+        self._hold_blas_to_one_thread()
+        try:
             return super().backward(request, result, d_output, d_h_n)
+        finally:
+            self._release_blas()
 
     @staticmethod
     def _sequence_order(lengths: np.ndarray | None, T: int, B: int) -> tuple[np.ndarray, np.ndarray]:
         """Sequences by decreasing length, and those lengths: live sequences form a prefix."""
         if lengths is None:
-            return np.arange(B, dtype=np.int64), np.full(B, T, dtype=np.int64)
+            return _full_lengths(T, B)
         order = np.argsort(-lengths, kind="stable").astype(np.int64)
         return order, np.ascontiguousarray(lengths[order])
 

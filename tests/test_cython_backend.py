@@ -233,15 +233,33 @@ def test_recurrent_weights_are_packed_once_per_layer_and_team(monkeypatch):
     assert packed == [2, 2, 1, 1, 1, 1]
 
 
+def test_which_batches_project_their_inputs_step_by_step():
+    """The two measured regimes (see _kernels.projects_per_step): rows of workspace tell which one ran."""
+    from gru.backends.cython import _kernels
+
+    def per_step(T, B, I, H, itemsize=4, reverse=False, shortest=None):
+        rows = _kernels.workspace_rows(T, B, I, H, itemsize, reverse, T if shortest is None else shortest)
+        assert rows in (3 * B + 2, T * B + 2 * B + 2)
+        return rows == 3 * B + 2
+
+    assert per_step(30, 32, 256, 256) and per_step(30, 16, 64, 1024)  # B >= 16, I <= 256
+    assert per_step(30, 8, 512, 512) and per_step(30, 16, 512, 512)  # small-kernel blocks, 6 MB of weights
+    assert not per_step(30, 64, 512, 512)  # blocks too narrow for the small kernel
+    assert not per_step(30, 8, 1024, 1024) and not per_step(30, 8, 512, 512, itemsize=8)  # weights past 8 MB
+    assert not per_step(30, 4, 512, 512) and not per_step(100, 1, 64, 128)  # too few sequences
+    assert not per_step(30, 32, 256, 256, reverse=True, shortest=20)  # a step's rows from different times
+
+
 @pytest.mark.parametrize("lengths", ["none", "all-T", "varied"])
 @pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
 @pytest.mark.parametrize("threads", [1, 3])
-def test_batches_that_project_inputs_step_by_step_match_the_oracle(lengths, reset_after, threads):
-    """B >= 16 projects each step's inputs on its own (reverse with varied lengths: the whole sequence first)."""
+@pytest.mark.parametrize("B", [18, 8])
+def test_batches_that_project_inputs_step_by_step_match_the_oracle(lengths, reset_after, threads, B):
+    """B >= 8 here projects each step's inputs on its own (reverse with varied lengths: the whole sequence first)."""
     from gru.testing._support import oracle_gradients_for
 
-    rng = np.random.default_rng(len(lengths) + threads)
-    T, B, I, H = 7, 18, 6, 40
+    rng = np.random.default_rng(len(lengths) + threads + B)
+    T, I, H = 7, 6, 40
     layer = gru.GRU(I, H, 2, bidirectional=True, reset_after=reset_after, dtype="float64", backend="cython", seed=rng)
     x = rng.standard_normal((T, B, I))
     h0 = rng.standard_normal((4, B, H))

@@ -45,6 +45,32 @@ def test_large_products_cut_into_small_blocks_stay_exact(batch):
     np.testing.assert_allclose(h_n, expected_h_n, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize(
+    ("I", "dtype", "threads"),
+    [(300, "float64", 1), (700, "float64", 1), (700, "float64", 2)],
+    ids=["chunked", "one-gemm", "one-gemm-2-threads"],
+)
+@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+def test_whole_sequence_projection_in_row_chunks_or_one_gemm_matches_the_oracle(I, dtype, threads, reset_after):
+    """Input weights of a thread up to 512 KB: chunks of 8 rows (18 rows: 8, 8, 2); larger: one GEMM."""
+    from gru.testing._support import oracle_gradients_for
+
+    rng = np.random.default_rng(I + threads)
+    layer = gru.GRU(I, 64, reset_after=reset_after, bidirectional=True, dtype=dtype, backend="cython", seed=rng)
+    x = rng.standard_normal((9, 2, I)).astype(dtype)
+    lengths = np.array([9, 5])
+    output, h_n = layer(x, lengths=lengths, threads=threads, train=True)
+    expected_output, expected_h_n, _ = oracle_for(layer, x, lengths=lengths)
+    np.testing.assert_allclose(output, expected_output, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(h_n, expected_h_n, rtol=0, atol=1e-12)
+    d_output, d_h_n = rng.standard_normal(output.shape), rng.standard_normal(h_n.shape)
+    grads = layer.backward(d_output, d_h_n)
+    d_x, _, d_params = oracle_gradients_for(layer, x, d_output, d_h_n, lengths=lengths)
+    np.testing.assert_allclose(grads.input, d_x, rtol=1e-10, atol=1e-10)
+    for name, value in d_params.items():
+        np.testing.assert_allclose(grads.params[name], value, rtol=1e-10, atol=1e-10, err_msg=name)
+
+
 def test_float32_with_many_units_stays_within_tolerance():
     rng = np.random.default_rng(3)
     layer = gru.GRU(64, 256, dtype="float32", backend="cython", seed=rng)

@@ -260,9 +260,10 @@ cdef enum:
     # of weights), 2.3x slower at I = H = 1024 (25 MB), so only up to 8 MB.
     SMALL_STEP_BATCH = 8
     SMALL_STEP_WEIGHT_BYTES = 8 * 1024 * 1024
-    # The whole-sequence projection runs in chunks of 8 rows on the small kernel when a
-    # thread's input weights fit its L2: 500 x 256 by 256 x 384 in 0.87 ms against
-    # 0.99 as one GEMM (Zen 4); with 6 MB of them, two threads at once were slower.
+    # The whole-sequence projection runs in chunks of 8 rows on the small kernel when
+    # the thread's input weights fit its L2:
+    # 500 x 256 by 256 x 384 in 0.87 ms against 0.99 as one GEMM (Zen 4); with 6 MB of
+    # weights per thread, two threads chunking at once were slower than one GEMM each.
     PROJECTION_CHUNK = 8
     CHUNKED_PROJECTION_BYTES = 512 * 1024
     # The backward's weight-gradient GEMMs split the T*B rows they sum over between
@@ -287,6 +288,19 @@ cdef inline void matmul_step(int m, int n, int k, const floating* a, int lda, co
     while start < n:
         matmul(m, min(block, n - start), k, a, lda, wt + start, ldw, beta, c + start, ldc)
         start += block
+
+
+cdef inline void matmul_chunked(Py_ssize_t m, int n, int k, const floating* a, int lda, const floating* wt,
+                                int ldw, floating beta, floating* c, int ldc) noexcept nogil:
+    """C = A Wt + beta C in chunks of PROJECTION_CHUNK rows, each on the small kernel (see matmul_step).
+
+    For many rows against weights that stay in the L2 from chunk to chunk.
+    """
+    cdef Py_ssize_t r0 = 0
+    while r0 < m:
+        matmul_step(<int>min(<Py_ssize_t>PROJECTION_CHUNK, m - r0), n, k, a + r0 * lda, lda, wt, ldw, beta,
+                    c + r0 * ldc, ldc)
+        r0 += PROJECTION_CHUNK
 
 
 cdef inline int unit_slice(int H, int team, int tid, int* u0) noexcept nogil:
@@ -377,7 +391,6 @@ cdef void thread_body(
     cdef Py_ssize_t M = <Py_ssize_t>T * B
     cdef Py_ssize_t plane = M * H  # one gate's block in ``gates``
     cdef int g, s, i, t, live, seq
-    cdef Py_ssize_t r0
     cdef floating* h_prev = h_a
     cdef floating* h_next = h_b
     cdef floating* swap
@@ -400,16 +413,10 @@ cdef void thread_body(
         if not per_step:
             # Input projection of this thread's units, every step at once: gx = x W_ih^T
             # (the biases are added in the gate pass, folded with the recurrent ones).
-            if <Py_ssize_t>I * 3 * nu * sizeof(floating) <= CHUNKED_PROJECTION_BYTES:
-                # this thread's input weights stay in its L2: chunks of rows on the small kernel
-                r0 = 0
-                while r0 < M:
-                    for g in range(3):
-                        matmul_step(<int>min(<Py_ssize_t>PROJECTION_CHUNK, M - r0), nu, I, x + r0 * I, I,
-                                    w_ih_t + g * H + u0, G, 0, gx + r0 * G + g * H + u0, G)
-                    r0 += PROJECTION_CHUNK
-            else:
-                for g in range(3):
+            for g in range(3):  # in chunks while this thread's input weights stay in its L2
+                if <Py_ssize_t>I * 3 * nu * sizeof(floating) <= CHUNKED_PROJECTION_BYTES:
+                    matmul_chunked(M, nu, I, x, I, w_ih_t + g * H + u0, G, 0, gx + g * H + u0, G)
+                else:
                     matmul(<int>M, nu, I, x, I, w_ih_t + g * H + u0, G, 0, gx + g * H + u0, G)
 
     live = B
@@ -765,7 +772,7 @@ cdef void backward_thread_body(
     rows_per_thread = (M + team - 1) // team
     r0 = min(<Py_ssize_t>tid * rows_per_thread, M)
     r1 = min(r0 + rows_per_thread, M)
-    if r1 > r0:
+    if r1 > r0:  # one GEMM: d_gx streams from memory (in chunks, 2-4 % slower at T*B = 12,800)
         matmul(<int>(r1 - r0), I, G, d_gx + r0 * G, G, w_ih, I, 1, d_x + r0 * I, I)
     if parts > 1:
         gru_team_barrier_wait(barrier, team)  # every partial sum is written

@@ -260,12 +260,12 @@ cdef enum:
     # of weights), 2.3x slower at I = H = 1024 (25 MB), so only up to 8 MB.
     SMALL_STEP_BATCH = 8
     SMALL_STEP_WEIGHT_BYTES = 8 * 1024 * 1024
-    # The whole-sequence projection runs in chunks of 8 rows on the small kernel when
-    # the thread's input weights fit its L2:
-    # 500 x 256 by 256 x 384 in 0.87 ms against 0.99 as one GEMM (Zen 4); with 6 MB of
-    # weights per thread, two threads chunking at once were slower than one GEMM each.
+    # The whole-sequence projection runs in chunks of 8 rows on the small kernel while
+    # a thread's input weights take at most 2 MB (two Zen 4 cores at once, each with its
+    # own: 500 x 256 by 256 x 384 in 0.87 ms against 0.99 as one GEMM, 6,400 x 512 by
+    # 512 x 768 in 51 ms against 55); with 3 MB and more it was slower than one GEMM.
     PROJECTION_CHUNK = 8
-    CHUNKED_PROJECTION_BYTES = 512 * 1024
+    CHUNKED_PROJECTION_BYTES = 2 * 1024 * 1024
     # see weights_in_loop
     WEIGHTS_IN_LOOP_BATCH = 16
     WEIGHT_ROWS_IN_LOOP_BYTES = 1024 * 1024
@@ -416,7 +416,7 @@ cdef void thread_body(
         if not per_step:
             # Input projection of this thread's units, every step at once: gx = x W_ih^T
             # (the biases are added in the gate pass, folded with the recurrent ones).
-            for g in range(3):  # in chunks while this thread's input weights stay in its L2
+            for g in range(3):  # in chunks while this thread's input weights are small enough
                 if <Py_ssize_t>I * 3 * nu * sizeof(floating) <= CHUNKED_PROJECTION_BYTES:
                     matmul_chunked(M, nu, I, x, I, w_ih_t + g * H + u0, G, 0, gx + g * H + u0, G)
                 else:

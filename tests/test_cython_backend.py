@@ -34,15 +34,26 @@ def test_thread_counts_split_hidden_units_correctly(threads, reset_after, batch)
 
 
 @pytest.mark.parametrize("batch", [3, 70])
-def test_large_products_cut_into_small_blocks_stay_exact(batch):
-    """B * H * H above a million multiply-adds takes the blocked path of the per-step product."""
+@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+def test_large_products_cut_into_small_blocks_stay_exact(batch, reset_after):
+    """B * H * H above a million multiply-adds: the per-step products in column blocks, and at B = 70 in
+    chunks of 8 rows (the last one of 6), forward and backward."""
+    from gru.testing._support import oracle_gradients_for
+
     rng = np.random.default_rng(batch)
-    layer = gru.GRU(8, 160, dtype="float64", backend="cython", seed=rng)
+    layer = gru.GRU(8, 160, reset_after=reset_after, dtype="float64", backend="cython", seed=rng)
     x = rng.standard_normal((3, batch, 8))
-    output, h_n = layer(x, threads=2)
+    output, h_n = layer(x, threads=2, train=True)
     expected_output, expected_h_n, _ = oracle_for(layer, x)
     np.testing.assert_allclose(output, expected_output, rtol=0, atol=1e-12)
     np.testing.assert_allclose(h_n, expected_h_n, rtol=0, atol=1e-12)
+    d_output, d_h_n = rng.standard_normal(output.shape), rng.standard_normal(h_n.shape)
+    grads = layer.backward(d_output, d_h_n)
+    d_x, d_h0, d_params = oracle_gradients_for(layer, x, d_output, d_h_n)
+    np.testing.assert_allclose(grads.input, d_x, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(grads.h0, d_h0, rtol=1e-10, atol=1e-10)
+    for name, value in d_params.items():
+        np.testing.assert_allclose(grads.params[name], value, rtol=1e-10, atol=1e-10, err_msg=name)
 
 
 @pytest.mark.parametrize(

@@ -260,12 +260,14 @@ cdef enum:
     # of weights), 2.3x slower at I = H = 1024 (25 MB), so only up to 8 MB.
     SMALL_STEP_BATCH = 8
     SMALL_STEP_WEIGHT_BYTES = 8 * 1024 * 1024
-    # The whole-sequence projection runs in chunks of 8 rows on the small kernel while
-    # a thread's input weights take at most 2 MB (two Zen 4 cores at once, each with its
-    # own: 500 x 256 by 256 x 384 in 0.87 ms against 0.99 as one GEMM, 6,400 x 512 by
-    # 512 x 768 in 51 ms against 55); with 3 MB and more it was slower than one GEMM.
-    PROJECTION_CHUNK = 8
-    CHUNKED_PROJECTION_BYTES = 2 * 1024 * 1024
+    # Products of many rows run in chunks of 8 rows on the small kernel while the
+    # weights they take are at most 2 MB (two Zen 4 cores at once, each on its own:
+    # 64 x 512 by 512 x 768, a step of the forward, in 442 us against 553 as one
+    # product; 64 x 1536 by 1536 x 256, one of the backward, in 470 against 581; the
+    # whole-sequence projection 6,400 x 512 by 512 x 768 in 51 ms against 55). With
+    # 3 MB and more of them, the projection in chunks was slower than one GEMM.
+    ROW_CHUNK = 8
+    SMALL_KERNEL_WEIGHT_BYTES = 2 * 1024 * 1024
     # see weights_in_loop
     WEIGHTS_IN_LOOP_BATCH = 16
     WEIGHT_ROWS_IN_LOOP_BYTES = 1024 * 1024
@@ -275,8 +277,8 @@ cdef enum:
     PARTIAL_SUM_VALUES = 4 * 1024 * 1024
 
 
-cdef inline void matmul_step(int m, int n, int k, const floating* a, int lda, const floating* wt, int ldw,
-                             floating beta, floating* c, int ldc) noexcept nogil:
+cdef inline void matmul_blocks(int m, int n, int k, const floating* a, int lda, const floating* wt, int ldw,
+                               floating beta, floating* c, int ldc) noexcept nogil:
     """C = A Wt + beta C like matmul, as column blocks that each stay a small product."""
     cdef int block = n
     cdef int start = 0
@@ -293,17 +295,24 @@ cdef inline void matmul_step(int m, int n, int k, const floating* a, int lda, co
         start += block
 
 
-cdef inline void matmul_chunked(Py_ssize_t m, int n, int k, const floating* a, int lda, const floating* wt,
-                                int ldw, floating beta, floating* c, int ldc) noexcept nogil:
-    """C = A Wt + beta C in chunks of PROJECTION_CHUNK rows, each on the small kernel (see matmul_step).
+cdef inline void matmul_step(Py_ssize_t m, int n, int k, const floating* a, int lda, const floating* wt, int ldw,
+                             floating beta, floating* c, int ldc) noexcept nogil:
+    """C = A Wt + beta C like matmul, cut into products OpenBLAS runs on its small-matrix kernel.
 
-    For many rows against weights that stay in the L2 from chunk to chunk.
+    A product past the small kernel's size goes in chunks of ROW_CHUNK rows
+    while the weights take at most SMALL_KERNEL_WEIGHT_BYTES (and a chunk's
+    column blocks of 64 still qualify), each chunk in column blocks
+    (matmul_blocks).
     """
     cdef Py_ssize_t r0 = 0
+    if (m <= ROW_CHUNK or m * k * n <= SMALL_PRODUCT or <Py_ssize_t>k * n * sizeof(floating) > SMALL_KERNEL_WEIGHT_BYTES
+            or ROW_CHUNK * k * 64 > SMALL_PRODUCT):
+        matmul_blocks(<int>m, n, k, a, lda, wt, ldw, beta, c, ldc)
+        return
     while r0 < m:
-        matmul_step(<int>min(<Py_ssize_t>PROJECTION_CHUNK, m - r0), n, k, a + r0 * lda, lda, wt, ldw, beta,
-                    c + r0 * ldc, ldc)
-        r0 += PROJECTION_CHUNK
+        matmul_blocks(<int>min(<Py_ssize_t>ROW_CHUNK, m - r0), n, k, a + r0 * lda, lda, wt, ldw, beta,
+                      c + r0 * ldc, ldc)
+        r0 += ROW_CHUNK
 
 
 cdef inline int unit_slice(int H, int team, int tid, int* u0) noexcept nogil:
@@ -416,9 +425,9 @@ cdef void thread_body(
         if not per_step:
             # Input projection of this thread's units, every step at once: gx = x W_ih^T
             # (the biases are added in the gate pass, folded with the recurrent ones).
-            for g in range(3):  # in chunks while this thread's input weights are small enough
-                if <Py_ssize_t>I * 3 * nu * sizeof(floating) <= CHUNKED_PROJECTION_BYTES:
-                    matmul_chunked(M, nu, I, x, I, w_ih_t + g * H + u0, G, 0, gx + g * H + u0, G)
+            for g in range(3):  # in chunks of rows while all this thread's input weights are small enough
+                if <Py_ssize_t>I * 3 * nu * sizeof(floating) <= SMALL_KERNEL_WEIGHT_BYTES:
+                    matmul_step(M, nu, I, x, I, w_ih_t + g * H + u0, G, 0, gx + g * H + u0, G)
                 else:
                     matmul(<int>M, nu, I, x, I, w_ih_t + g * H + u0, G, 0, gx + g * H + u0, G)
 

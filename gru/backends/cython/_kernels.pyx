@@ -277,19 +277,27 @@ cdef enum:
     PARTIAL_SUM_VALUES = 4 * 1024 * 1024
 
 
+cdef inline int small_block(int m, int n, int k) noexcept nogil:
+    """Width of the column blocks that keep an m x k by k x n product on the small kernel (n: no cut).
+
+    As many blocks as that takes, of even width: a narrow last block runs
+    slowly (Zen 4, 8 x 512 by 512 x 768: 55 us as 4 x 192 against 60 as
+    3 x 240 + 48). Blocks narrower than 16 are not worth it: then no cut.
+    """
+    cdef long long per_unit = <long long>m * k
+    cdef int block, count
+    if per_unit * n <= SMALL_PRODUCT or per_unit * 16 > SMALL_PRODUCT:
+        return n
+    block = <int>(SMALL_PRODUCT // per_unit) // 16 * 16
+    count = (n + block - 1) // block
+    return ((n + count - 1) // count + 15) // 16 * 16
+
+
 cdef inline void matmul_blocks(int m, int n, int k, const floating* a, int lda, const floating* wt, int ldw,
                                floating beta, floating* c, int ldc) noexcept nogil:
     """C = A Wt + beta C like matmul, as column blocks that each stay a small product."""
-    cdef int block = n
+    cdef int block = small_block(m, n, k) if m > 1 else n
     cdef int start = 0
-    cdef int count
-    cdef long long per_unit = <long long>m * k
-    if m > 1 and per_unit * n > SMALL_PRODUCT and per_unit * 16 <= SMALL_PRODUCT:
-        block = <int>(SMALL_PRODUCT // per_unit) // 16 * 16
-        # as many blocks as that takes, of even width: a narrow last block runs slowly
-        # (Zen 4, 8 x 512 by 512 x 768: 55 us as 4 x 192 against 60 as 3 x 240 + 48)
-        count = (n + block - 1) // block
-        block = ((n + count - 1) // count + 15) // 16 * 16
     while start < n:
         matmul(m, min(block, n - start), k, a, lda, wt + start, ldw, beta, c + start, ldc)
         start += block
@@ -315,9 +323,14 @@ cdef inline void matmul_step(Py_ssize_t m, int n, int k, const floating* a, int 
         r0 += ROW_CHUNK
 
 
+cdef inline int widest_slice(int H, int team) noexcept nogil:
+    """The most hidden units a thread of a team of ``team`` gets (the first thread's): whole cache lines of 16."""
+    return min(((H + team - 1) // team + 15) // 16 * 16, H)
+
+
 cdef inline int unit_slice(int H, int team, int tid, int* u0) noexcept nogil:
-    """Thread ``tid``'s hidden units in a team of ``team``: [u0, u0 + count), whole cache lines of 16."""
-    cdef int unit_chunk = ((H + team - 1) // team + 15) // 16 * 16
+    """Thread ``tid``'s hidden units in a team of ``team``: [u0, u0 + count)."""
+    cdef int unit_chunk = widest_slice(H, team)
     u0[0] = min(tid * unit_chunk, H)
     return min(u0[0] + unit_chunk, H) - u0[0]
 
@@ -647,15 +660,9 @@ cdef inline bint weights_in_loop(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ss
 
 cdef inline void matmul_tn_step(int m, int n, int k, const floating* a, int lda, const floating* b, int ldb,
                                 floating* c, int ldc) noexcept nogil:
-    """C += A^T B like matmul_tn, as column blocks that each stay a small product (see matmul_step)."""
-    cdef int block = n
+    """C += A^T B like matmul_tn, as column blocks that each stay a small product (see small_block)."""
+    cdef int block = small_block(m, n, k)
     cdef int start = 0
-    cdef int count
-    cdef long long per_unit = <long long>m * k
-    if per_unit * n > SMALL_PRODUCT and per_unit * 16 <= SMALL_PRODUCT:
-        block = <int>(SMALL_PRODUCT // per_unit) // 16 * 16
-        count = (n + block - 1) // block
-        block = ((n + count - 1) // count + 15) // 16 * 16
     while start < n:
         matmul_tn(m, min(block, n - start), k, a, lda, b + start, ldb, 1, c + start, ldc)
         start += block
@@ -691,9 +698,10 @@ cdef void backward_thread_body(
     h_{t-1} (and r ⊙ h_{t-1}) stored in the same rows for the weight gradients;
     then, after a barrier, this thread's columns of d loss / d h_{t-1} =
     dh z + d_gh W_hh. The bias gradients of its units are summed as the rows
-    are made (in double, while they are in cache). After the loop, the weight
-    gradients as whole-sequence GEMMs (see weight_parts for how the team splits
-    them) and a block of d_x's rows.
+    are made (in double, while they are in cache), and, where weights_in_loop
+    says so, its rows of the weight gradients too. After the loop, otherwise,
+    the weight gradients as whole-sequence GEMMs (see weight_parts for how the
+    team splits them); and a block of d_x's rows.
     """
     cdef int team = gru_num_threads()
     cdef int tid = gru_thread_id()
@@ -709,9 +717,8 @@ cdef void backward_thread_body(
     cdef floating* hp
     cdef Py_ssize_t rows_per_thread, r0, r1
     cdef double* sums = bias_sums + 6 * u0  # this thread's units: d b_ih (r, z, n), then d b_hh
-    cdef int first_u0  # unused: the first thread's slice is the widest, the same for every thread to test
-    cdef bint in_loop = weights_in_loop(T, B, I, H, unit_slice(H, team, 0, &first_u0), sizeof(floating),
-                                        lengths[B - 1])
+    # the same answer in every thread (from the widest slice): all of them skip the GEMMs, or none
+    cdef bint in_loop = weights_in_loop(T, B, I, H, widest_slice(H, team), sizeof(floating), lengths[B - 1])
 
     # Rows that no step writes must read as zeros in the GEMMs after the loop: the steps
     # of ended sequences (and all of them past the longest one). Only those are cleared.

@@ -280,8 +280,8 @@ def test_which_batches_project_their_inputs_step_by_step():
         return rows == 3 * B + 2
 
     assert per_step(30, 32, 256, 256) and per_step(30, 16, 64, 1024)  # B >= 16, I <= 256
-    assert per_step(30, 8, 512, 512) and per_step(30, 16, 512, 512)  # small-kernel blocks, 6 MB of weights
-    assert not per_step(30, 64, 512, 512)  # blocks too narrow for the small kernel
+    assert per_step(30, 8, 512, 512) and per_step(30, 64, 512, 512)  # small-kernel blocks, 6 MB of weights
+    assert not per_step(30, 8, 2048, 128)  # blocks of 64 too large for the small kernel
     assert not per_step(30, 8, 1024, 1024) and not per_step(30, 8, 512, 512, itemsize=8)  # weights past 8 MB
     assert not per_step(30, 4, 512, 512) and not per_step(100, 1, 64, 128)  # too few sequences
     assert not per_step(30, 32, 256, 256, reverse=True, shortest=20)  # a step's rows from different times

@@ -253,11 +253,12 @@ cdef enum:
     # where the whole-sequence GEMM is efficient and its output small next to its work).
     STEP_PROJECTION_BATCH = 16
     STEP_PROJECTION_INPUTS = 256
-    # So do batches from 8 sequences whose step products run in blocks of 64 units on
-    # OpenBLAS's small-matrix kernel: 8 x 512 by 512 x 768 at 114 GFLOP/s a step, against
-    # 96 for the whole sequence's 240 x 512 by 512 x 768 (one Zen 4 core); as long as both
-    # weight matrices stay in cache from step to step: 10 % faster at I = H = 512 (6 MB
-    # of weights), 2.3x slower at I = H = 1024 (25 MB), so only up to 8 MB.
+    # So do batches from 8 sequences whose step products run (in chunks of 8 rows, see
+    # matmul_step) in blocks of 64 units on OpenBLAS's small-matrix kernel: 8 x 512 by
+    # 512 x 768 at 114 GFLOP/s a step, against 96 for the whole sequence's 240 x 512 by
+    # 512 x 768 (one Zen 4 core); as long as both weight matrices stay in cache from step
+    # to step: 10 % faster at I = H = 512, B = 8 (6 MB of weights), 4-6 % at B = 64 (and
+    # no T*B*3H buffer), 2.3x slower at I = H = 1024 (25 MB), so only up to 8 MB.
     SMALL_STEP_BATCH = 8
     SMALL_STEP_WEIGHT_BYTES = 8 * 1024 * 1024
     # Products of many rows run in chunks of 8 rows on the small kernel while the
@@ -360,7 +361,7 @@ cdef inline bint projects_per_step(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_
         return False
     if B >= STEP_PROJECTION_BATCH and I <= STEP_PROJECTION_INPUTS:
         return True
-    return (B >= SMALL_STEP_BATCH and B * I * 64 <= SMALL_PRODUCT
+    return (B >= SMALL_STEP_BATCH and min(B, <Py_ssize_t>ROW_CHUNK) * I * 64 <= SMALL_PRODUCT
             and (I + H) * 3 * H * itemsize <= SMALL_STEP_WEIGHT_BYTES)
 
 

@@ -6,14 +6,16 @@ region) and each owns a contiguous slice of hidden units. A thread
 * reads the recurrent weights of its units from a contiguous panel of its
   own, packed once per layer (so they stay in its cache across steps when
   they fit);
-* computes the input projection of its units: for every step at once (one
-  GEMM per gate over all T*B rows), or, for batches of small inputs, step by
-  step while the rows are in cache;
+* computes the input projection of its units: for every step at once (per
+  gate, all T*B rows), or, where projects_per_step says so, step by step
+  while the rows are in cache;
 * then, per step, one product of h_{t-1} with its panel for all three gates,
   the fused gate pass, and one barrier with the others (two for reset-before,
   whose candidate needs the whole r ⊙ h_{t-1}).
-BLAS is called single-threaded from each thread: the caller limits BLAS
-threads so the two never oversubscribe the cores.
+Products are cut so that OpenBLAS runs them on its small-matrix kernel where
+that is faster (see matmul_step). BLAS is called single-threaded from each
+thread: the caller limits BLAS threads so the two never oversubscribe the
+cores. The backward (backward_direction) splits the units the same way.
 
 Sequences are processed in order of decreasing length (``order``) so that the
 live ones form a prefix: finished sequences cost nothing.

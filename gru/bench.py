@@ -462,6 +462,16 @@ def _cpuinfo() -> tuple[str | None, int | None, str | None]:
     return model, len(cores) or None, cache
 
 
+def _blas_small_kernel() -> bool | None:
+    """Whether scipy's BLAS has the small-matrix kernel the cython backend cuts its products for (None: unknown)."""
+    try:
+        from gru.backends.cython.backend import blas_has_small_kernel
+
+        return blas_has_small_kernel()
+    except Exception:  # no scipy or threadpoolctl: the report says nothing about it
+        return None
+
+
 def machine_info() -> dict[str, Any]:
     """What to quote beside every number: CPU, cores, library versions, BLAS."""
     model, physical, cache = _cpuinfo()
@@ -478,6 +488,7 @@ def machine_info() -> dict[str, Any]:
     return {
         "cpu": model or platform.processor() or platform.machine(),
         "cpu_cache": cache,
+        "blas_small_kernel": _blas_small_kernel(),
         "logical_cpus": os.cpu_count(),
         "physical_cores": physical,
         "usable_cpus": usable_cpus(),
@@ -907,6 +918,15 @@ def format_table(report: dict[str, Any]) -> str:
             for api, n in pools.items()
         ]
         lines.append("  threads of the pools loaded at start (threadpoolctl): " + ", ".join(capped))
+    if m.get("blas_small_kernel") is not None:
+        lines.append(
+            "  scipy's BLAS runs small products unpacked (OpenBLAS, SkylakeX kernels): "
+            + (
+                "yes, the cython backend cuts its products for it"
+                if m["blas_small_kernel"]
+                else "no, the cython backend makes each product whole"
+            )
+        )
     gemm = report.get("gemm")
     if gemm:
         lines.append(

@@ -82,6 +82,82 @@ def test_whole_sequence_projection_in_row_chunks_or_one_gemm_matches_the_oracle(
         np.testing.assert_allclose(grads.params[name], value, rtol=1e-10, atol=1e-10, err_msg=name)
 
 
+@pytest.fixture
+def products_made_whole():
+    """The kernels as with a BLAS without a small-matrix kernel: every product in one call."""
+    from gru.backends.cython import _kernels
+
+    before = _kernels.uses_small_kernel()
+    _kernels.use_small_kernel(False)
+    yield
+    _kernels.use_small_kernel(before)
+
+
+@pytest.mark.parametrize(
+    ("I", "H", "T", "B"),
+    [(8, 160, 3, 70), (6, 40, 7, 18), (300, 64, 9, 2), (40, 48, 5, 8)],
+    ids=["large-products", "step-projection-and-weights-in-loop", "projection-in-chunks", "small-batch-steps"],
+)
+@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+def test_every_path_cut_for_the_small_kernel_also_runs_whole(products_made_whole, I, H, T, B, reset_after):
+    """Shapes that take the small-kernel paths (row chunks, column blocks, step-by-step projection and weight
+    gradients, chunked projection) match the oracle with those paths off too."""
+    from gru.backends.cython import _kernels
+    from gru.testing._support import oracle_gradients_for
+
+    assert not _kernels.uses_small_kernel()
+    assert _kernels.workspace_rows(T, B, I, H, 8, False, T) == T * B + 2 * B + 2  # no step-by-step projection
+    rng = np.random.default_rng(I + H)
+    layer = gru.GRU(I, H, reset_after=reset_after, bidirectional=True, dtype="float64", backend="cython", seed=rng)
+    x = rng.standard_normal((T, B, I))
+    output, h_n = layer(x, threads=2, train=True)
+    expected_output, expected_h_n, _ = oracle_for(layer, x)
+    np.testing.assert_allclose(output, expected_output, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(h_n, expected_h_n, rtol=0, atol=1e-12)
+    d_output, d_h_n = rng.standard_normal(output.shape), rng.standard_normal(h_n.shape)
+    grads = layer.backward(d_output, d_h_n)
+    d_x, d_h0, d_params = oracle_gradients_for(layer, x, d_output, d_h_n)
+    np.testing.assert_allclose(grads.input, d_x, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(grads.h0, d_h0, rtol=1e-10, atol=1e-10)
+    for name, value in d_params.items():
+        np.testing.assert_allclose(grads.params[name], value, rtol=1e-10, atol=1e-10, err_msg=name)
+
+
+@pytest.mark.parametrize(
+    ("libraries", "expected"),
+    [
+        ([("openblas", "SkylakeX", "scipy.libs")], True),
+        ([("openblas", "SapphireRapids", "scipy.libs")], True),
+        ([("openblas", "Haswell", "scipy.libs")], False),
+        ([("openblas", "Zen", "scipy.libs")], False),
+        ([("mkl", None, "lib")], False),
+        ([], False),
+        # scipy's own library decides when it is among several: numpy's may run other kernels
+        ([("openblas", "Haswell", "numpy.libs"), ("openblas", "SkylakeX", "scipy.libs")], True),
+        ([("openblas", "SkylakeX", "numpy.libs"), ("openblas", "Haswell", "scipy.libs")], False),
+        # no library of scipy's own (a shared system BLAS): every one must qualify
+        ([("openblas", "SkylakeX", "lib"), ("openblas", "Haswell", "lib64")], False),
+        ([("openblas", "SkylakeX", "lib")], True),
+    ],
+)
+def test_the_small_kernel_is_used_only_with_openblas_skylakex_kernels(monkeypatch, libraries, expected):
+    import os
+
+    import scipy
+    import threadpoolctl
+
+    from gru.backends.cython import backend
+
+    site = os.path.dirname(os.path.dirname(scipy.__file__))
+    infos = [
+        {"user_api": "blas", "internal_api": api, "architecture": arch, "filepath": os.path.join(site, where, "lib.so")}
+        for api, arch, where in libraries
+    ]
+    infos.append({"user_api": "openmp", "internal_api": "openmp", "filepath": "/x/libgomp.so"})
+    monkeypatch.setattr(threadpoolctl, "threadpool_info", lambda: infos)
+    assert backend.blas_has_small_kernel() is expected
+
+
 def test_float32_with_many_units_stays_within_tolerance():
     rng = np.random.default_rng(3)
     layer = gru.GRU(64, 256, dtype="float32", backend="cython", seed=rng)

@@ -94,6 +94,23 @@ def has_openmp() -> bool:
     return bool(gru_has_openmp())
 
 
+# Whether the products are cut for a small-matrix kernel (see matmul_step). OpenBLAS runs
+# products of up to about a million multiply-adds without packing only with its SkylakeX
+# kernels (AVX-512); elsewhere (its Haswell kernels on AVX2, other BLAS) every cut would be
+# one more packed GEMM, so there the products are made whole. Set by backend.py.
+cdef bint small_kernel = True
+
+
+def use_small_kernel(bint enabled):
+    """Cut the products for BLAS's small-matrix kernel (True) or make each in one call (False)."""
+    global small_kernel
+    small_kernel = enabled
+
+
+def uses_small_kernel() -> bool:
+    return small_kernel
+
+
 
 # --- argument checks ---------------------------------------------------------------------
 # The loops below index without bounds checks. Their callers (backend.py, fed by the API's
@@ -316,6 +333,9 @@ cdef inline void matmul_step(Py_ssize_t m, int n, int k, const floating* a, int 
     (matmul_blocks).
     """
     cdef Py_ssize_t r0 = 0
+    if not small_kernel:
+        matmul(<int>m, n, k, a, lda, wt, ldw, beta, c, ldc)
+        return
     if (m <= ROW_CHUNK or m * k * n <= SMALL_PRODUCT or <Py_ssize_t>k * n * sizeof(floating) > SMALL_KERNEL_WEIGHT_BYTES
             or ROW_CHUNK * k * 64 > SMALL_PRODUCT):
         matmul_blocks(<int>m, n, k, a, lda, wt, ldw, beta, c, ldc)
@@ -359,7 +379,7 @@ cdef inline bint projects_per_step(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_
     reads them back. Not when sequences of different lengths run in reverse:
     their rows of one step belong to different times.
     """
-    if reverse and shortest != T:
+    if (reverse and shortest != T) or not small_kernel:  # both regimes were measured with it
         return False
     if B >= STEP_PROJECTION_BATCH and I <= STEP_PROJECTION_INPUTS:
         return True
@@ -442,7 +462,7 @@ cdef void thread_body(
             # Input projection of this thread's units, every step at once: gx = x W_ih^T
             # (the biases are added in the gate pass, folded with the recurrent ones).
             for g in range(3):  # in chunks of rows while all this thread's input weights are small enough
-                if <Py_ssize_t>I * 3 * nu * sizeof(floating) <= SMALL_KERNEL_WEIGHT_BYTES:
+                if small_kernel and <Py_ssize_t>I * 3 * nu * sizeof(floating) <= SMALL_KERNEL_WEIGHT_BYTES:
                     matmul_step(M, nu, I, x, I, w_ih_t + g * H + u0, G, 0, gx + g * H + u0, G)
                 else:
                     matmul(<int>M, nu, I, x, I, w_ih_t + g * H + u0, G, 0, gx + g * H + u0, G)
@@ -657,14 +677,14 @@ cdef inline bint weights_in_loop(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ss
     sequences (at 8, 256 units, it was 6 % slower), with the products in column
     blocks of 64 that fit the small kernel, and the thread's rows of dW in its L2.
     """
-    return (shortest == T and B >= WEIGHTS_IN_LOOP_BATCH and unit_chunk * B * 64 <= SMALL_PRODUCT
+    return (small_kernel and shortest == T and B >= WEIGHTS_IN_LOOP_BATCH and unit_chunk * B * 64 <= SMALL_PRODUCT
             and 3 * unit_chunk * (I + H) * itemsize <= WEIGHT_ROWS_IN_LOOP_BYTES)
 
 
 cdef inline void matmul_tn_step(int m, int n, int k, const floating* a, int lda, const floating* b, int ldb,
                                 floating* c, int ldc) noexcept nogil:
     """C += A^T B like matmul_tn, as column blocks that each stay a small product (see small_block)."""
-    cdef int block = small_block(m, n, k)
+    cdef int block = small_block(m, n, k) if small_kernel else n
     cdef int start = 0
     while start < n:
         matmul_tn(m, min(block, n - start), k, a, lda, b + start, ldb, 1, c + start, ldc)

@@ -25,6 +25,31 @@ THREADS_ENV_VAR = "GRU_NUM_THREADS"
 MAX_THREADS = 2**31 - 1  # the kernel takes a C int (and uses at most one thread per 16 hidden units)
 
 
+# OpenBLAS cores whose gemm permits its small-matrix kernels (sgemm/dgemm_small_kernel_permit
+# of the SkylakeX family: products of up to about a million multiply-adds, unpacked).
+SMALL_KERNEL_CORES = frozenset({"skylakex", "cooperlake", "sapphirerapids"})
+
+
+def blas_has_small_kernel() -> bool:
+    """Whether the BLAS behind scipy's cython_blas runs small products without packing them.
+
+    The kernels cut their products to that size only then (see _kernels.use_small_kernel);
+    with any other BLAS or core the cuts would cost a packed GEMM each.
+    """
+    import scipy
+    import scipy.linalg  # loads the BLAS that cython_blas calls
+    import threadpoolctl
+
+    blas = [info for info in threadpoolctl.threadpool_info() if info.get("user_api") == "blas"]
+    # scipy's wheels bundle their own OpenBLAS next to the package (numpy's is another one)
+    scipy_libs = os.path.join(os.path.dirname(os.path.dirname(scipy.__file__)), "scipy.libs")
+    own = [info for info in blas if os.path.dirname(info.get("filepath", "")) == scipy_libs] or blas
+    return bool(own) and all(
+        info.get("internal_api") == "openblas" and str(info.get("architecture", "")).lower() in SMALL_KERNEL_CORES
+        for info in own
+    )
+
+
 @functools.lru_cache(maxsize=64)
 def _full_lengths(T: int, B: int) -> tuple[np.ndarray, np.ndarray]:
     """The order and lengths of B sequences of length T, made once (read-only: shared between calls)."""
@@ -53,6 +78,7 @@ class CythonBackend(StackedBackend):
         except ImportError as exc:
             return f"the compiled extension is missing ({exc}); reinstall gru from source with a C compiler"
         self._kernels = _kernels
+        _kernels.use_small_kernel(blas_has_small_kernel())
         return True
 
     def _prepared(self, weights: LayerWeights, team: int) -> tuple[np.ndarray, ...]:

@@ -16,6 +16,28 @@ except gru.BackendError as exc:  # pragma: no cover - only without a compiler
 from threadpoolctl import threadpool_info, threadpool_limits
 
 
+def assert_training_matches_oracle(layer, x, rng, h0=None, lengths=None, threads=None, d_output=None, d_h_n=None):
+    """A float64 training call of ``layer`` and every gradient against the oracle's.
+
+    Outputs to 1e-12, gradients to 1e-10; ``d_output``/``d_h_n`` drawn from
+    ``rng`` unless given.
+    """
+    from gru.testing._support import oracle_gradients_for
+
+    output, h_n = layer(x, h0, lengths, threads=threads, train=True)
+    expected_output, expected_h_n, _ = oracle_for(layer, x, h0, lengths)
+    np.testing.assert_allclose(output, expected_output, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(h_n, expected_h_n, rtol=0, atol=1e-12)
+    if d_output is None:
+        d_output, d_h_n = rng.standard_normal(output.shape), rng.standard_normal(h_n.shape)
+    grads = layer.backward(d_output, d_h_n)
+    d_x, d_h0, d_params = oracle_gradients_for(layer, x, d_output, d_h_n, h0, lengths)
+    np.testing.assert_allclose(grads.input, d_x, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(grads.h0, d_h0, rtol=1e-10, atol=1e-10)
+    for name, value in d_params.items():
+        np.testing.assert_allclose(grads.params[name], value, rtol=1e-10, atol=1e-10, err_msg=name)
+
+
 @pytest.mark.parametrize("threads", [1, 2, 3, 5])
 @pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
 @pytest.mark.parametrize("batch", [1, 5])
@@ -38,22 +60,9 @@ def test_thread_counts_split_hidden_units_correctly(threads, reset_after, batch)
 def test_large_products_cut_into_small_blocks_stay_exact(batch, reset_after):
     """B * H * H above a million multiply-adds: the per-step products in column blocks, and at B = 70 in
     chunks of 8 rows (the last one of 6), forward and backward."""
-    from gru.testing._support import oracle_gradients_for
-
     rng = np.random.default_rng(batch)
     layer = gru.GRU(8, 160, reset_after=reset_after, dtype="float64", backend="cython", seed=rng)
-    x = rng.standard_normal((3, batch, 8))
-    output, h_n = layer(x, threads=2, train=True)
-    expected_output, expected_h_n, _ = oracle_for(layer, x)
-    np.testing.assert_allclose(output, expected_output, rtol=0, atol=1e-12)
-    np.testing.assert_allclose(h_n, expected_h_n, rtol=0, atol=1e-12)
-    d_output, d_h_n = rng.standard_normal(output.shape), rng.standard_normal(h_n.shape)
-    grads = layer.backward(d_output, d_h_n)
-    d_x, d_h0, d_params = oracle_gradients_for(layer, x, d_output, d_h_n)
-    np.testing.assert_allclose(grads.input, d_x, rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(grads.h0, d_h0, rtol=1e-10, atol=1e-10)
-    for name, value in d_params.items():
-        np.testing.assert_allclose(grads.params[name], value, rtol=1e-10, atol=1e-10, err_msg=name)
+    assert_training_matches_oracle(layer, rng.standard_normal((3, batch, 8)), rng, threads=2)
 
 
 @pytest.mark.parametrize(
@@ -64,22 +73,10 @@ def test_large_products_cut_into_small_blocks_stay_exact(batch, reset_after):
 @pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
 def test_whole_sequence_projection_in_row_chunks_or_one_gemm_matches_the_oracle(I, dtype, threads, reset_after):
     """Input weights of a thread up to 2 MB: chunks of 8 rows (18 rows: 8, 8, 2); larger: one GEMM."""
-    from gru.testing._support import oracle_gradients_for
-
     rng = np.random.default_rng(I + threads)
     layer = gru.GRU(I, 64, reset_after=reset_after, bidirectional=True, dtype=dtype, backend="cython", seed=rng)
     x = rng.standard_normal((9, 2, I)).astype(dtype)
-    lengths = np.array([9, 5])
-    output, h_n = layer(x, lengths=lengths, threads=threads, train=True)
-    expected_output, expected_h_n, _ = oracle_for(layer, x, lengths=lengths)
-    np.testing.assert_allclose(output, expected_output, rtol=0, atol=1e-12)
-    np.testing.assert_allclose(h_n, expected_h_n, rtol=0, atol=1e-12)
-    d_output, d_h_n = rng.standard_normal(output.shape), rng.standard_normal(h_n.shape)
-    grads = layer.backward(d_output, d_h_n)
-    d_x, _, d_params = oracle_gradients_for(layer, x, d_output, d_h_n, lengths=lengths)
-    np.testing.assert_allclose(grads.input, d_x, rtol=1e-10, atol=1e-10)
-    for name, value in d_params.items():
-        np.testing.assert_allclose(grads.params[name], value, rtol=1e-10, atol=1e-10, err_msg=name)
+    assert_training_matches_oracle(layer, x, rng, lengths=np.array([9, 5]), threads=threads)
 
 
 @pytest.fixture
@@ -103,24 +100,12 @@ def test_every_path_cut_for_the_small_kernel_also_runs_whole(products_made_whole
     """Shapes that take the small-kernel paths (row chunks, column blocks, step-by-step projection and weight
     gradients, chunked projection) match the oracle with those paths off too."""
     from gru.backends.cython import _kernels
-    from gru.testing._support import oracle_gradients_for
 
     assert not _kernels.uses_small_kernel()
     assert _kernels.workspace_rows(T, B, I, H, 8, False, T) == T * B + 2 * B + 2  # no step-by-step projection
     rng = np.random.default_rng(I + H)
     layer = gru.GRU(I, H, reset_after=reset_after, bidirectional=True, dtype="float64", backend="cython", seed=rng)
-    x = rng.standard_normal((T, B, I))
-    output, h_n = layer(x, threads=2, train=True)
-    expected_output, expected_h_n, _ = oracle_for(layer, x)
-    np.testing.assert_allclose(output, expected_output, rtol=0, atol=1e-12)
-    np.testing.assert_allclose(h_n, expected_h_n, rtol=0, atol=1e-12)
-    d_output, d_h_n = rng.standard_normal(output.shape), rng.standard_normal(h_n.shape)
-    grads = layer.backward(d_output, d_h_n)
-    d_x, d_h0, d_params = oracle_gradients_for(layer, x, d_output, d_h_n)
-    np.testing.assert_allclose(grads.input, d_x, rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(grads.h0, d_h0, rtol=1e-10, atol=1e-10)
-    for name, value in d_params.items():
-        np.testing.assert_allclose(grads.params[name], value, rtol=1e-10, atol=1e-10, err_msg=name)
+    assert_training_matches_oracle(layer, rng.standard_normal((T, B, I)), rng, threads=2)
 
 
 @pytest.mark.parametrize(
@@ -241,8 +226,6 @@ def test_concurrent_calls_from_python_threads_match_serial_ones_and_restore_blas
 @pytest.mark.parametrize("batch", [1, 4])
 def test_backward_with_several_threads_matches_the_oracle(threads, reset_after, batch):
     """H = 72: several unit slices (one partial) in the backward's per-step products and weight GEMMs."""
-    from gru.testing._support import oracle_gradients_for
-
     rng = np.random.default_rng(threads * 100 + batch)
     layer = gru.GRU(7, 72, 2, bidirectional=True, reset_after=reset_after, dtype="float64", backend="cython", seed=rng)
     x = rng.standard_normal((9, batch, 7))
@@ -250,13 +233,7 @@ def test_backward_with_several_threads_matches_the_oracle(threads, reset_after, 
     lengths = rng.integers(0, 10, batch)
     d_output = rng.standard_normal((9, batch, 144))
     d_h_n = rng.standard_normal((4, batch, 72))
-    layer(x, h0, lengths, train=True, threads=threads)
-    grads = layer.backward(d_output, d_h_n)
-    d_x, d_h0, d_params = oracle_gradients_for(layer, x, d_output, d_h_n, h0, lengths)
-    np.testing.assert_allclose(grads.input, d_x, rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(grads.h0, d_h0, rtol=1e-10, atol=1e-10)
-    for name, value in d_params.items():
-        np.testing.assert_allclose(grads.params[name], value, rtol=1e-10, atol=1e-10, err_msg=name)
+    assert_training_matches_oracle(layer, x, rng, h0, lengths, threads, d_output, d_h_n)
 
 
 @pytest.mark.parametrize(
@@ -272,19 +249,9 @@ def test_backward_with_several_threads_matches_the_oracle(threads, reset_after, 
 @pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
 def test_weight_gradients_split_over_rows_and_gate_blocks_match_the_oracle(I, H, T, B, threads, reset_after):
     """The weight-gradient GEMMs split the T*B rows they sum over into parts whose partial sums are added."""
-    from gru.testing._support import oracle_gradients_for
-
     rng = np.random.default_rng(I + T * B + threads)
     layer = gru.GRU(I, H, reset_after=reset_after, dtype="float64", backend="cython", seed=rng)
-    x = rng.standard_normal((T, B, I))
-    output, h_n = layer(x, train=True, threads=threads)
-    d_output, d_h_n = rng.standard_normal(output.shape), rng.standard_normal(h_n.shape)
-    grads = layer.backward(d_output, d_h_n)
-    d_x, d_h0, d_params = oracle_gradients_for(layer, x, d_output, d_h_n)
-    np.testing.assert_allclose(grads.input, d_x, rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(grads.h0, d_h0, rtol=1e-10, atol=1e-10)
-    for name, value in d_params.items():
-        np.testing.assert_allclose(grads.params[name], value, rtol=1e-10, atol=1e-10, err_msg=name)
+    assert_training_matches_oracle(layer, rng.standard_normal((T, B, I)), rng, threads=threads)
 
 
 def kernel_call(team_of_panels, panels_fill=None, threads=2):
@@ -369,22 +336,10 @@ def test_which_batches_project_their_inputs_step_by_step():
 @pytest.mark.parametrize("B", [18, 8])
 def test_batches_that_project_inputs_step_by_step_match_the_oracle(lengths, reset_after, threads, B):
     """B >= 8 here projects each step's inputs on its own (reverse with varied lengths: the whole sequence first)."""
-    from gru.testing._support import oracle_gradients_for
-
     rng = np.random.default_rng(len(lengths) + threads + B)
     T, I, H = 7, 6, 40
     layer = gru.GRU(I, H, 2, bidirectional=True, reset_after=reset_after, dtype="float64", backend="cython", seed=rng)
     x = rng.standard_normal((T, B, I))
     h0 = rng.standard_normal((4, B, H))
     lens = {"none": None, "all-T": np.full(B, T), "varied": rng.integers(0, T + 1, B)}[lengths]
-    output, h_n = layer(x, h0, lens, threads=threads, train=True)
-    expected_output, expected_h_n, _ = oracle_for(layer, x, h0, lens)
-    np.testing.assert_allclose(output, expected_output, rtol=0, atol=1e-12)
-    np.testing.assert_allclose(h_n, expected_h_n, rtol=0, atol=1e-12)
-    d_output, d_h_n = rng.standard_normal(output.shape), rng.standard_normal(h_n.shape)
-    grads = layer.backward(d_output, d_h_n)
-    d_x, d_h0, d_params = oracle_gradients_for(layer, x, d_output, d_h_n, h0, lens)
-    np.testing.assert_allclose(grads.input, d_x, rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(grads.h0, d_h0, rtol=1e-10, atol=1e-10)
-    for name, value in d_params.items():
-        np.testing.assert_allclose(grads.params[name], value, rtol=1e-10, atol=1e-10, err_msg=name)
+    assert_training_matches_oracle(layer, x, rng, h0, lens, threads)

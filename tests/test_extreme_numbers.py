@@ -31,7 +31,7 @@ import numpy as np
 import pytest
 
 import gru
-from gru.testing.oracle import oracle_backward, oracle_forward
+from gru.testing._support import oracle_for, oracle_gradients_for
 
 CPU_BACKENDS = [info.name for info in gru.list_backends() if info.available and info.capabilities.device == "cpu"]
 DTYPES = ("float32", "float64")
@@ -89,19 +89,11 @@ def _run(layer, x, h0=None, lengths=None, d_output=None, d_h_n=None):
 
 def _oracle(layer, x, h0, lengths, d_output, d_h_n, *, backward=True):
     """The oracle's output, h_n and gradients (float64; its own warnings are not the backend's)."""
-    config = dict(
-        num_layers=layer.num_layers,
-        bidirectional=layer.bidirectional,
-        reset_after=layer.reset_after,
-        h0=h0,
-        lengths=lengths,
-        bias=layer.bias,
-    )
     with np.errstate(all="ignore"):
-        output, h_n, _ = oracle_forward(x, layer.state_dict(), **config)
+        output, h_n, _ = oracle_for(layer, x, h0, lengths)
         result = {"output": output, "h_n": h_n}
         if backward:
-            d_x, d_h0, d_params = oracle_backward(x, layer.state_dict(), d_output, d_h_n, **config)
+            d_x, d_h0, d_params = oracle_gradients_for(layer, x, d_output, d_h_n, h0, lengths)
             result.update(d_x=d_x, d_h0=d_h0, **{f"d_{k}": v for k, v in d_params.items()})
     return result
 

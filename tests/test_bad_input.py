@@ -841,16 +841,6 @@ KERNEL_FORWARD_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(KERNEL_FORWARD_CASES))
-def test_compiled_forward_kernel_refuses_inconsistent_buffers(case):
-    run = kernels().run_direction
-    change, kind, name = KERNEL_FORWARD_CASES[case]
-    args = kernel_forward_args() | change
-    with pytest.raises(kind, match=rf"^{name}"):
-        run(*args.values())
-    run(*kernel_forward_args().values())  # and the consistent call runs
-
-
 KERNEL_BACKWARD_CASES = {
     "workspace-short": ({"workspace": np.zeros((10, 16))}, ValueError, "workspace"),
     "bias_sums-short": ({"bias_sums": np.zeros(95)}, ValueError, "bias_sums"),
@@ -866,11 +856,20 @@ KERNEL_BACKWARD_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(KERNEL_BACKWARD_CASES))
-def test_compiled_backward_kernel_refuses_inconsistent_buffers(case):
-    backward = kernels().backward_direction
-    change, kind, name = KERNEL_BACKWARD_CASES[case]
-    args = kernel_backward_args() | change
+KERNEL_CASES = {
+    f"{kernel}-{case}": (kernel, consistent_args, *spec)
+    for kernel, consistent_args, cases in [
+        ("run_direction", kernel_forward_args, KERNEL_FORWARD_CASES),
+        ("backward_direction", kernel_backward_args, KERNEL_BACKWARD_CASES),
+    ]
+    for case, spec in cases.items()
+}
+
+
+@pytest.mark.parametrize("case", sorted(KERNEL_CASES))
+def test_compiled_kernels_refuse_inconsistent_buffers(case):
+    kernel, consistent_args, change, kind, name = KERNEL_CASES[case]
+    call = getattr(kernels(), kernel)
     with pytest.raises(kind, match=rf"^{name}"):
-        backward(*args.values())
-    backward(*kernel_backward_args().values())
+        call(*(consistent_args() | change).values())
+    call(*consistent_args().values())  # and the consistent call runs

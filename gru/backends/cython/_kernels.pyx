@@ -462,7 +462,7 @@ cdef void thread_body(
             # Input projection of this thread's units, every step at once: gx = x W_ih^T
             # (the biases are added in the gate pass, folded with the recurrent ones).
             for g in range(3):  # in chunks of rows while all this thread's input weights are small enough
-                if small_kernel and <Py_ssize_t>I * 3 * nu * sizeof(floating) <= SMALL_KERNEL_WEIGHT_BYTES:
+                if <Py_ssize_t>I * 3 * nu * sizeof(floating) <= SMALL_KERNEL_WEIGHT_BYTES:
                     matmul_step(M, nu, I, x, I, w_ih_t + g * H + u0, G, 0, gx + g * H + u0, G)
                 else:
                     matmul(<int>M, nu, I, x, I, w_ih_t + g * H + u0, G, 0, gx + g * H + u0, G)

@@ -17,6 +17,9 @@ For each shape (I, H, B, T), float32, one layer, one direction:
 
 Results go to the JSON file after every shape (a run stopped by its time
 budget still leaves what it measured) and a table is printed at the end.
+
+``--sweep`` also times the persistent kernel over its layout knobs (units per
+block, threads per block) on every shape it can run, for tuning the defaults.
 """
 
 from __future__ import annotations
@@ -177,12 +180,65 @@ def bench_shape(shape, repeats: int, warmup: int) -> dict[str, Any]:
     return row
 
 
+#: the persistent kernel's knobs that --sweep tries: fewest units per block, threads per block
+SWEEP_MIN_UNITS = (2, 4, 8, 16, 32)
+SWEEP_THREADS = (128, 256)
+
+
+def sweep_shape(shape, repeats: int, warmup: int) -> list[dict[str, Any]]:
+    """Median times of the forced persistent path over the knobs (same weights and inputs per shape)."""
+    import cupy
+
+    import gru
+    from gru.backends.cupy import backend as cupy_backend
+
+    I, H, B, T = shape
+    layer = gru.GRU(I, H, dtype="float32", backend="cupy", seed=0)
+    x = cupy.random.default_rng(1).standard_normal((T, B, I), dtype=cupy.float32)
+    backend = gru.get_backend("cupy")
+    defaults = (backend.persistent_min_units, backend.persistent_threads)
+    rows = []
+    os.environ[cupy_backend.PATH_ENV_VAR] = "persistent"
+    try:
+        for min_units in SWEEP_MIN_UNITS:
+            for threads in SWEEP_THREADS:
+                backend.persistent_min_units, backend.persistent_threads = min_units, threads
+                plan = cupy_backend.plan_persistent(
+                    backend._device(x),
+                    hidden_size=H,
+                    batch=B,
+                    directions=1,
+                    dtype="float32",
+                    reset_after=True,
+                    threads=threads,
+                    min_units=min_units,
+                )
+                row: dict[str, Any] = {"min_units": min_units, "threads": threads}
+                if not isinstance(plan, cupy_backend.PersistentPlan):
+                    rows.append({**row, "error": plan})
+                    continue
+                row.update(blocks=plan.blocks, units=plan.units, on_chip=plan.on_chip)
+                try:
+                    for _ in range(warmup):
+                        layer(x)
+                    times = time_events(lambda: layer(x), repeats, lambda: (cupy.cuda.Event(), cupy.cuda.Event()))
+                    row["median_ms"] = statistics.median(times)
+                except Exception as exc:
+                    row["error"] = f"{type(exc).__name__}: {exc}"
+                rows.append(row)
+    finally:
+        os.environ.pop(cupy_backend.PATH_ENV_VAR, None)
+        backend.persistent_min_units, backend.persistent_threads = defaults
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, required=True, help="where to write the results")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--budget", type=float, default=80.0, help="seconds; shapes not started by then are skipped")
+    parser.add_argument("--sweep", action="store_true", help="also time the persistent kernel over its knobs")
     args = parser.parse_args(argv)
 
     import gru
@@ -227,6 +283,23 @@ def main(argv: list[str] | None = None) -> int:
         )
     for skipped in report["skipped"]:
         print(f"skipped {skipped['shape']}: {skipped['reason']}")
+    if args.sweep:
+        report["sweep"] = []
+        for shape in SHAPES:
+            if time.monotonic() - start > 2 * args.budget:
+                break
+            try:
+                rows = sweep_shape(shape, args.repeats, args.warmup)
+            except Exception as exc:
+                rows = [{"error": f"{type(exc).__name__}: {exc}"}]
+            report["sweep"].append({"shape": shape, "rows": rows})
+            args.json.write_text(json.dumps(report, indent=2, default=str))
+            for row in rows:
+                timing = f"{row['median_ms']:9.3f} ms" if "median_ms" in row else row.get("error", "")
+                print(
+                    f"sweep {shape!s:<24} min_units {row.get('min_units')!s:>3} threads {row.get('threads')!s:>4} "
+                    f"blocks {row.get('blocks')!s:>4} on_chip {row.get('on_chip')!s:<5} {timing}"
+                )
     return 0 if all(r.get("agrees") and "error" not in r for r in report["results"]) else 1
 
 

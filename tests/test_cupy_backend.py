@@ -37,7 +37,14 @@ from gru import _registry
 from gru.backends import Backend, Capabilities, ForwardResult
 from gru.backends.cupy import CupyBackend, _kernels
 from gru.backends.cupy import backend as cupy_backend
-from gru.backends.cupy.backend import PATH_ENV_VAR, PersistentPlan, choose_path, plan_persistent
+from gru.backends.cupy.backend import (
+    PATH_ENV_VAR,
+    PersistentPlan,
+    ResidentPlan,
+    choose_path,
+    plan_persistent,
+    plan_resident,
+)
 from gru.testing import test_forward, test_golden, test_layouts
 from gru.testing._support import oracle_for
 
@@ -263,6 +270,47 @@ def test_choose_path_rule_and_overrides():
         choose_path(4, p, "fastest")
 
 
+@pytest.mark.parametrize(
+    ("H", "dtype", "chunk", "lanes", "threads"),
+    [
+        (1, "float32", 8, 1, 32),
+        (64, "float32", 8, 8, 512),  # the small chunk while its 512 threads suffice
+        (65, "float32", 64, 2, 160),
+        (128, "float32", 64, 2, 256),  # the largest: 3*128*128 weights, 192 registers per thread
+        (32, "float64", 4, 8, 256),
+        (64, "float64", 32, 2, 128),
+    ],
+)
+def test_resident_plan_spreads_each_unit_over_the_fewest_lanes(H, dtype, chunk, lanes, threads):
+    p = plan_resident(hidden_size=H, dtype=dtype, reset_after=True, elements=1000)
+    assert isinstance(p, ResidentPlan)
+    assert (p.chunk, p.lanes_per_unit, p.threads) == (chunk, lanes, threads)
+    assert chunk * lanes >= H > chunk * lanes // 2 or lanes == 1  # no lane without columns
+    assert threads <= _kernels.resident_max_threads(dtype, chunk)
+    width = 16 // np.dtype(dtype).itemsize
+    assert p.shared_mem == 2 * lanes * (chunk + width) * np.dtype(dtype).itemsize
+    before = plan_resident(hidden_size=H, dtype=dtype, reset_after=False, elements=1000)
+    assert before.shared_mem == p.shared_mem * 3 // 2  # one more copy of h: r * h_{t-1}
+
+
+def test_resident_plan_says_why_it_cannot_run():
+    assert "registers" in plan_resident(hidden_size=129, dtype="float32", reset_after=True, elements=10)
+    assert "registers" in plan_resident(hidden_size=65, dtype="float64", reset_after=True, elements=10)
+    assert "32-bit" in plan_resident(hidden_size=8, dtype="float32", reset_after=True, elements=2**31)
+
+
+def test_choose_path_prefers_the_resident_kernel_where_it_fits():
+    r = plan_resident(hidden_size=64, dtype="float32", reset_after=True, elements=10)
+    p = plan(H=64, B=4)
+    assert choose_path(4, p, resident=r) == "resident"
+    assert choose_path(4096, None, resident=r) == "resident"  # any batch: blocks are independent
+    assert choose_path(4, p, resident="too big") == "persistent"
+    assert choose_path(4, p, "stepwise", resident=r) == "stepwise"
+    assert choose_path(4, p, "persistent", resident=r) == "persistent"
+    with pytest.raises(gru.UnsupportedRequestError, match="resident kernel cannot run: too big"):
+        choose_path(4, p, "resident", resident="too big")
+
+
 def test_shared_memory_formula_matches_the_kernel_layout():
     """The kernel recomputes the same total and refuses (sync[1]) a launch with less; see the emulated check below."""
     itemsize = 8
@@ -449,7 +497,7 @@ def emulator_library():
         pytest.skip(f"the CUDA emulation cannot be built here: {exc}")
 
 
-@pytest.fixture(params=["persistent", "stepwise"])
+@pytest.fixture(params=["resident", "persistent", "stepwise"])
 def path(request, monkeypatch):
     monkeypatch.setenv(PATH_ENV_VAR, request.param)
     return request.param
@@ -562,10 +610,58 @@ def test_persistent_kernel_stress(emulator_library, monkeypatch, H, B, threads, 
     assert launched[-1] == (p.kernel, (1, p.blocks, 2), (threads,), p.shared_mem)
 
 
+RESIDENT_STRESS_CASES = [
+    # H, dtype: every chunk size, lanes from 1 to 32, a last chunk partly past H, H not a multiple of 32
+    pytest.param(1, "float32", id="1-unit"),
+    pytest.param(37, "float32", id="37-units-8-lanes"),
+    pytest.param(64, "float32", id="64-units-512-threads"),
+    pytest.param(100, "float32", id="100-units-chunk-64"),
+    pytest.param(128, "float32", id="128-units-largest"),
+    pytest.param(3, "float64", id="double-3-units"),
+    pytest.param(33, "float64", id="double-33-units-chunk-32"),
+    pytest.param(64, "float64", id="double-64-units"),
+]
+
+
+@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@pytest.mark.parametrize(("H", "dtype"), RESIDENT_STRESS_CASES)
+def test_resident_kernel_stress(emulator_library, monkeypatch, H, dtype, reset_after):
+    monkeypatch.delenv(PATH_ENV_VAR, raising=False)  # auto takes the resident kernel at these sizes
+    backend = emulated_backend(emulator_library)
+    rng = np.random.default_rng(H * 10 + reset_after)
+    T, B = 5, 3
+    layer = gru.GRU(4, H, 2, bidirectional=True, reset_after=reset_after, dtype=dtype, backend=backend, seed=rng)
+    x = rng.standard_normal((T, B, 4)).astype(dtype)
+    h0 = rng.standard_normal((4, B, H)).astype(dtype)
+    lengths = np.array([T, 0, 2])
+    output, h_n, gates = layer(x, h0, lengths, return_gates=True)
+    expected_output, expected_h_n, expected_gates = oracle_for(layer, x, h0, lengths)
+    tol = 1e-5 if dtype == "float32" else 1e-12
+    np.testing.assert_allclose(output, expected_output, rtol=0, atol=tol)
+    np.testing.assert_allclose(h_n, expected_h_n, rtol=0, atol=tol)
+    for g, name in enumerate("rzn"):
+        np.testing.assert_allclose(getattr(gates, name), expected_gates[:, g], rtol=0, atol=tol)
+    assert backend.last_paths == ("resident", "resident")
+    p = plan_resident(hidden_size=H, dtype=dtype, reset_after=reset_after, elements=T * B * 2 * 3 * H)
+    launched = [launch for launch in backend.device.launches if launch[0].startswith("gru_resident")]
+    assert launched[-1] == (p.kernel, (B, 2, 1), (p.threads,), p.shared_mem)
+
+
+def test_auto_takes_the_persistent_kernel_where_the_resident_one_does_not_fit(emulator_library, monkeypatch):
+    monkeypatch.delenv(PATH_ENV_VAR, raising=False)
+    backend = emulated_backend(emulator_library)
+    layer = gru.GRU(2, 65, dtype="float64", backend=backend, seed=0)  # 65 double units: too many registers
+    x = np.random.default_rng(7).standard_normal((3, 2, 2))
+    output, _ = layer(x)
+    np.testing.assert_allclose(output, oracle_for(layer, x)[0], rtol=0, atol=1e-12)
+    assert backend.last_paths == ("persistent",)
+
+
 def test_auto_path_follows_the_batch_rule(emulator_library, monkeypatch):
     monkeypatch.delenv(PATH_ENV_VAR, raising=False)
     backend = emulated_backend(emulator_library)
     backend.persistent_max_batch = 3
+    backend.use_resident = False
     layer = gru.GRU(3, 6, 2, dtype="float64", backend=backend, seed=0)
     rng = np.random.default_rng(1)
     for batch, path in ((3, "persistent"), (4, "stepwise")):
@@ -578,6 +674,7 @@ def test_auto_path_follows_the_batch_rule(emulator_library, monkeypatch):
 def test_auto_falls_back_to_stepwise_when_the_grid_cannot_be_resident(emulator_library, monkeypatch):
     monkeypatch.delenv(PATH_ENV_VAR, raising=False)
     backend = emulated_backend(emulator_library, blocks_per_sm=0)
+    backend.use_resident = False
     layer = gru.GRU(3, 6, dtype="float64", backend=backend, seed=0)
     x = np.random.default_rng(2).standard_normal((4, 2, 3))
     output, _ = layer(x)

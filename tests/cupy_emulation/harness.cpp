@@ -5,6 +5,7 @@
 #include "emulator.h"
 
 #include "gru_persistent.cu"
+#include "gru_resident.cu"
 #include "gru_stepwise.cu"
 
 #include <cstring>

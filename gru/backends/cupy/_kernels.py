@@ -23,6 +23,20 @@ PERSISTENT_BATCH_TILES = (1, 2, 4, 8)
 #: Most threads per block of the persistent kernel (its ``__launch_bounds__``).
 PERSISTENT_MAX_THREADS = 256
 DTYPES = {"float32": "float", "float64": "double"}
+#: Columns of W_hh per thread the register-resident kernel is instantiated for, per dtype: 3 rows of
+#: that many values stay in each thread's registers (24 or 192 registers for float, 24 or 192 for double).
+RESIDENT_CHUNKS = {"float32": (8, 64), "float64": (4, 32)}
+
+
+def resident_max_threads(dtype: str, chunk: int) -> int:
+    """The register-resident kernel's thread bound for ``chunk`` columns per thread (its ``__launch_bounds__``).
+
+    512 threads have 128 registers each: enough while the weights take at most 48. Above that
+    the bound is 256 threads of up to 255 registers (192 of them weights).
+    """
+    weight_registers = 3 * chunk * (4 if dtype == "float32" else 8) // 4
+    return 256 if weight_registers > 48 else 512
+
 
 #: Options for NVRTC (CuPy adds the target architecture and ``-ftz=true``).
 NVRTC_OPTIONS = ("--std=c++17",)
@@ -50,6 +64,11 @@ def stepwise_name(kernel: str, dtype: str) -> str:
     return f"{kernel}<{DTYPES[dtype]}>"
 
 
+def resident_name(dtype: str, chunk: int, reset_after: bool) -> str:
+    """The name expression of one register-resident kernel instance."""
+    return f"gru_resident<{DTYPES[dtype]}, {chunk}, {'true' if reset_after else 'false'}>"
+
+
 STEPWISE_KERNELS = ("gru_step_after", "gru_step_before_rz", "gru_step_before_n")
 
 PERSISTENT = KernelFile(
@@ -65,7 +84,16 @@ STEPWISE = KernelFile(
     "gru_stepwise.cu",
     tuple(stepwise_name(kernel, dtype) for dtype in DTYPES for kernel in STEPWISE_KERNELS),
 )
-KERNEL_FILES = (PERSISTENT, STEPWISE)
+RESIDENT = KernelFile(
+    "gru_resident.cu",
+    tuple(
+        resident_name(dtype, chunk, reset_after)
+        for dtype in DTYPES
+        for chunk in RESIDENT_CHUNKS[dtype]
+        for reset_after in (True, False)
+    ),
+)
+KERNEL_FILES = (PERSISTENT, STEPWISE, RESIDENT)
 
 _INCLUDE = re.compile(r'^#include\s+"([^"]+)"\s*$', re.MULTILINE)
 

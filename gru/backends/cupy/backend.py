@@ -5,8 +5,11 @@ Per layer (both directions together):
 1. the input projection of all T·B rows as ONE GEMM (cuBLAS through
    ``cupy.matmul``): ``gx = x @ [W_ih_fwd; W_ih_rev]^T + bias``, with b_hr,
    b_hz (and b_hn for reset-before) folded into the bias;
-2. the recurrence, on one of two paths chosen per call by :func:`choose_path`:
+2. the recurrence, on one of three paths chosen per call by :func:`choose_path`:
 
+   * **resident** (small hidden sizes, any batch): one block per sequence and
+     direction runs every step with W_hh in its registers and h in shared
+     memory: no grid-wide synchronisation at all. See ``kernels/gru_resident.cu``.
    * **persistent** (small and medium batch): one cooperative launch runs every
      step. Each block owns a slice of hidden units and keeps its rows of W_hh
      in shared memory for all steps; blocks exchange h through L2 and meet at a
@@ -63,11 +66,13 @@ PERSISTENT_THREADS = 256
 STEPWISE_THREADS = 256
 STEPWISE_BLOCKS_PER_SM = 8
 
-#: Force a path: "persistent", "stepwise" or "auto" (the default).
+#: Force a path: "resident", "persistent", "stepwise" or "auto" (the default).
 PATH_ENV_VAR = "GRU_CUPY_PATH"
 #: Set to 1 to check after each call that the persistent kernel found the shared memory it expected.
 DEBUG_ENV_VAR = "GRU_CUPY_DEBUG"
-PATHS = ("auto", "persistent", "stepwise")
+PATHS = ("auto", "resident", "persistent", "stepwise")
+#: The resident kernel indexes with 32-bit integers: it takes layers whose gx has fewer elements.
+RESIDENT_MAX_ELEMENTS = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,51 @@ class PersistentPlan:
     def on_chip(self) -> bool:
         """True when every recurrent weight of the layer stays in shared memory."""
         return self.cached_rows >= self.rows
+
+
+@dataclass(frozen=True)
+class ResidentPlan:
+    """How one layer's register-resident launch is laid out (one block per sequence and direction)."""
+
+    kernel: str  #: the template instance
+    chunk: int  #: columns of W_hh per thread (KC)
+    lanes_per_unit: int  #: threads per hidden unit (KS, a power of two up to 32)
+    threads: int
+    shared_mem: int  #: dynamic shared memory per block, bytes
+    padded_hidden: int  #: the row stride of the padded W_hh the kernel reads
+
+    @property
+    def ks_log2(self) -> int:
+        return self.lanes_per_unit.bit_length() - 1
+
+
+def plan_resident(*, hidden_size: int, dtype: str, reset_after: bool, elements: int) -> ResidentPlan | str:
+    """Lay out the register-resident kernel for one layer, or say why it cannot run.
+
+    Each hidden unit gets the fewest power-of-two lanes whose chunks of
+    ``chunk`` columns cover H; the smallest instantiated chunk that keeps the
+    block within its thread bound wins (more lanes, shorter chains per thread).
+    ``elements`` is the size of the layer's largest tensor (gx).
+    """
+    if elements > RESIDENT_MAX_ELEMENTS:
+        return f"the layer's tensors have {elements} elements, more than its 32-bit indexing allows"
+    H = hidden_size
+    itemsize = np.dtype(dtype).itemsize
+    width = 16 // itemsize
+    for chunk in _kernels.RESIDENT_CHUNKS[dtype]:
+        lanes = 1 << max(0, math.ceil(H / chunk) - 1).bit_length()
+        threads = -(-H * lanes // 32) * 32
+        if lanes <= 32 and threads <= _kernels.resident_max_threads(dtype, chunk):
+            buffer = lanes * (chunk + width)
+            return ResidentPlan(
+                kernel=_kernels.resident_name(dtype, chunk, reset_after),
+                chunk=chunk,
+                lanes_per_unit=lanes,
+                threads=threads,
+                shared_mem=(2 if reset_after else 3) * buffer * itemsize,
+                padded_hidden=padded_hidden(H, itemsize),
+            )
+    return f"the recurrent weights of {H} units do not fit in one block's registers for {dtype}"
 
 
 def padded_hidden(hidden_size: int, itemsize: int) -> int:
@@ -170,23 +220,35 @@ def plan_persistent(
 
 
 def choose_path(
-    batch: int, plan: PersistentPlan | str | None, forced: str = "auto", max_batch: int = PERSISTENT_MAX_BATCH
+    batch: int,
+    plan: PersistentPlan | str | None,
+    forced: str = "auto",
+    max_batch: int = PERSISTENT_MAX_BATCH,
+    resident: ResidentPlan | str | None = None,
 ) -> str:
-    """'persistent' or 'stepwise' for a call.
+    """'resident', 'persistent' or 'stepwise' for a call.
 
-    Auto: the persistent kernel when the batch is at most ``max_batch``
+    Auto: the register-resident kernel whenever it fits (``resident`` is a
+    plan); else the persistent kernel when the batch is at most ``max_batch``
     (:data:`PERSISTENT_MAX_BATCH`) and a co-resident plan exists; otherwise the
     per-step GEMM path. ``plan`` may be None when the batch alone rules the
-    persistent kernel out (no plan is made then: making one compiles it).
+    persistent kernel out (no plan is made then: making one compiles it), and
+    ``resident`` None when the caller does not consider that kernel.
     """
     if forced not in PATHS:
         raise ValueError(f"{PATH_ENV_VAR}: expected one of {PATHS}, got {forced!r}")
     if forced == "stepwise":
         return "stepwise"
+    if forced == "resident":
+        if not isinstance(resident, ResidentPlan):
+            raise UnsupportedRequestError(f"{PATH_ENV_VAR}=resident, but the resident kernel cannot run: {resident}")
+        return "resident"
     if forced == "persistent":
         if not isinstance(plan, PersistentPlan):
             raise UnsupportedRequestError(f"{PATH_ENV_VAR}=persistent, but the persistent kernel cannot run: {plan}")
         return "persistent"
+    if isinstance(resident, ResidentPlan):
+        return "resident"
     return "persistent" if batch <= max_batch and isinstance(plan, PersistentPlan) else "stepwise"
 
 
@@ -276,6 +338,8 @@ class CupyBackend(Backend):
         self.persistent_max_batch = PERSISTENT_MAX_BATCH
         self.persistent_min_units = PERSISTENT_MIN_UNITS_PER_BLOCK
         self.persistent_threads = PERSISTENT_THREADS
+        #: whether "auto" takes the register-resident kernel where it fits
+        self.use_resident = True
         self.last_paths: tuple[str, ...] = ()  #: the path each layer of the last call took
 
     # -- availability --------------------------------------------------------------------
@@ -376,7 +440,17 @@ class CupyBackend(Backend):
         else:
             lengths_device = device.asarray(np.full(B, T, np.int32) if lengths is None else lengths.astype(np.int32))
             plan: PersistentPlan | str | None = None
-            if forced == "persistent" or (forced == "auto" and B <= self.persistent_max_batch):
+            resident: ResidentPlan | str | None = None
+            if forced == "resident" or (forced == "auto" and self.use_resident):
+                resident = plan_resident(
+                    hidden_size=H,
+                    dtype=dtype,
+                    reset_after=request.reset_after,
+                    elements=T * B * D * 3 * H,
+                )
+            if forced == "persistent" or (
+                forced == "auto" and B <= self.persistent_max_batch and not isinstance(resident, ResidentPlan)
+            ):
                 plan = plan_persistent(
                     device,
                     hidden_size=H,
@@ -387,7 +461,9 @@ class CupyBackend(Backend):
                     threads=self.persistent_threads,
                     min_units=self.persistent_min_units,
                 )
-            path = choose_path(B, plan, forced, self.persistent_max_batch)
+            path = choose_path(B, plan, forced, self.persistent_max_batch, resident)
+            if path == "resident":
+                plan = resident
             layer_input = x
             for layer in range(L):
                 k = slice(layer * D, (layer + 1) * D)
@@ -397,7 +473,11 @@ class CupyBackend(Backend):
                 output = xp.zeros((T, B, D * H), dtype)
                 paths.append(path)
                 layer_gates = gates[k] if gates is not None else None
-                run = self._run_persistent if path == "persistent" else self._run_stepwise
+                run = {
+                    "resident": self._run_resident,
+                    "persistent": self._run_persistent,
+                    "stepwise": self._run_stepwise,
+                }[path]
                 check = run(
                     device,
                     packed,
@@ -433,6 +513,34 @@ class CupyBackend(Backend):
                 gates=None if gates is None else device.to_host(gates),
             )
         return ForwardResult(output=output, h_n=h_n, gates=gates)
+
+    def _run_resident(
+        self, device, packed: _Packed, plan: ResidentPlan, *, gx, h0, lengths, steps, output, h_n, gates, reset_after
+    ):
+        """One launch, one block per (sequence, direction), every step of each sequence in its block."""
+        xp = device.xp
+        D, B, H = h0.shape
+        T = output.shape[0]
+        i32 = np.int32
+        args = (
+            gx,
+            packed.w_hh_padded(plan.padded_hidden),
+            packed.b_hn,
+            lengths,
+            xp.ascontiguousarray(h0),
+            h_n,
+            output,
+            gates if gates is not None else xp.zeros(1, output.dtype),
+            i32(gates is not None),
+            i32(T),
+            i32(B),
+            i32(H),
+            i32(plan.padded_hidden),
+            i32(D),
+            i32(plan.ks_log2),
+        )
+        device.launch(plan.kernel, (B, D), (plan.threads,), args, shared_mem=plan.shared_mem)
+        return None
 
     def _run_persistent(
         self, device, packed: _Packed, plan: PersistentPlan, *, gx, h0, lengths, steps, output, h_n, gates, reset_after

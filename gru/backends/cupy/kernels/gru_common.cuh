@@ -63,6 +63,13 @@ __device__ __forceinline__ double tanh_(double v) { return tanh(v); }
 __device__ __forceinline__ int imin(int a, int b) { return a < b ? a : b; }
 __device__ __forceinline__ int imax(int a, int b) { return a > b ? a : b; }
 
+__device__ __forceinline__ float madd(float a, float b, float c) { return fmaf(a, b, c); }
+__device__ __forceinline__ double madd(double a, double b, double c) { return fma(a, b, c); }
+
+// Step s of a sequence of length len visits time index s forward, len - 1 - s in reverse,
+// so the reverse direction starts at each sequence's own last step.
+__device__ __forceinline__ int time_index(int s, int len, bool reverse) { return reverse ? len - 1 - s : s; }
+
 // Sum over the 32 lanes of a warp; every lane gets the total. All 32 lanes must call it.
 template <typename T>
 __device__ __forceinline__ T warp_sum(T v) {

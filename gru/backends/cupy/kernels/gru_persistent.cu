@@ -163,8 +163,6 @@ __device__ __forceinline__ GxTriple<T> load_gx(const T* gx, int t, int b, int u,
     return v;
 }
 
-__device__ __forceinline__ int time_index(int s, int len, bool reverse) { return reverse ? len - 1 - s : s; }
-
 __device__ __forceinline__ long long gate_index(int d, int g, int t, int b, int u, int seq_len, int B, int H) {
     return ((static_cast<long long>(d * 3 + g) * seq_len + t) * B + b) * H + u;
 }

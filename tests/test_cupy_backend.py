@@ -203,10 +203,12 @@ def test_the_cupy_backend_declares_what_it_does():
 
 
 class PlanDevice:
-    """Just the numbers the planner reads, like an H100 (132 SMs, 227 KiB per block) by default."""
+    """Just the numbers the planner reads, like an H100 (132 SMs, 227 KiB per block, 50 MiB of L2) by default."""
 
-    def __init__(self, sm_count=132, smem_per_block=232448, blocks_per_sm=1, cooperative_launch=True):
-        self.sm_count, self.smem_per_block = sm_count, smem_per_block
+    def __init__(
+        self, sm_count=132, smem_per_block=232448, blocks_per_sm=1, cooperative_launch=True, l2_bytes=50 << 20
+    ):
+        self.sm_count, self.smem_per_block, self.l2_bytes = sm_count, smem_per_block, l2_bytes
         self.blocks_per_sm, self.cooperative_launch = blocks_per_sm, cooperative_launch
 
     def max_active_blocks(self, name, threads, shared_mem):
@@ -249,6 +251,13 @@ def test_plan_spreads_units_and_caches_what_fits():
     big = plan(H=2816, B=1)
     assert big.units == 22 and big.cached_rows < big.rows
     assert big.shared_mem <= 232448 < big.shared_mem + 2816 * 4  # as many rows as fit
+    assert p.l2_rows == 0  # everything on chip: nothing to keep in L2
+    row_bytes = 2816 * 4
+    kept = big.l2_rows * row_bytes * big.blocks  # over all blocks
+    assert 0 < kept <= cupy_backend.PERSISTENT_L2_FRACTION * (50 << 20) < kept + row_bytes * big.blocks
+    assert big.cached_rows + big.l2_rows < big.rows  # the rest streams
+    assert plan(H=2816, B=1, l2_fraction=0).l2_rows == 0
+    assert plan(H=2816, B=1, l2_fraction=1e9).l2_rows == big.rows - big.cached_rows
 
 
 def test_plan_says_why_when_the_persistent_kernel_cannot_run():
@@ -576,20 +585,21 @@ def test_conformance_golden_pytorch_values(emulated, dtype):
 # Shapes that stress the kernels: many blocks, weight rows partly or wholly read from global memory,
 # several batch tiles, dot products longer than one pass of a warp, tiny blocks.
 STRESS_CASES = [
-    # H, B, threads, min_units, shared memory per block, multiprocessors
-    pytest.param(5, 1, 32, 1, 48 * 1024, 8, id="3-blocks-1-warp"),
-    pytest.param(5, 3, 64, 2, 48 * 1024, 8, id="tile-of-4"),
-    pytest.param(37, 9, 64, 4, 2000, 16, id="2-tiles-few-rows-cached"),
-    pytest.param(130, 2, 64, 40, 48 * 1024, 4, id="long-rows-partly-cached"),
-    pytest.param(13, 5, 32, 1, 700, 32, id="13-blocks-1-unit-each"),
+    # H, B, threads, min_units, shared memory per block, multiprocessors, L2 bytes
+    pytest.param(5, 1, 32, 1, 48 * 1024, 8, 50 << 20, id="3-blocks-1-warp"),
+    pytest.param(5, 3, 64, 2, 48 * 1024, 8, 50 << 20, id="tile-of-4"),
+    pytest.param(37, 9, 64, 4, 2000, 16, 50 << 20, id="2-tiles-few-rows-cached"),
+    pytest.param(37, 9, 64, 4, 2000, 16, 16000, id="2-tiles-some-rows-kept-in-L2"),
+    pytest.param(130, 2, 64, 40, 48 * 1024, 4, 50 << 20, id="long-rows-partly-cached"),
+    pytest.param(13, 5, 32, 1, 700, 32, 50 << 20, id="13-blocks-1-unit-each"),
 ]
 
 
 @pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
-@pytest.mark.parametrize(("H", "B", "threads", "min_units", "smem", "sms"), STRESS_CASES)
-def test_persistent_kernel_stress(emulator_library, monkeypatch, H, B, threads, min_units, smem, sms, reset_after):
+@pytest.mark.parametrize(("H", "B", "threads", "min_units", "smem", "sms", "l2"), STRESS_CASES)
+def test_persistent_kernel_stress(emulator_library, monkeypatch, H, B, threads, min_units, smem, sms, l2, reset_after):
     monkeypatch.setenv(PATH_ENV_VAR, "persistent")
-    backend = emulated_backend(emulator_library, threads, min_units, smem_per_block=smem, sm_count=sms)
+    backend = emulated_backend(emulator_library, threads, min_units, smem_per_block=smem, sm_count=sms, l2_bytes=l2)
     rng = np.random.default_rng(H * 100 + B)
     T = 5
     layer = gru.GRU(4, H, 2, bidirectional=True, reset_after=reset_after, dtype="float32", backend=backend, seed=rng)
@@ -606,6 +616,8 @@ def test_persistent_kernel_stress(emulator_library, monkeypatch, H, B, threads, 
     assert backend.last_paths == ("persistent", "persistent")
     p = plan(backend.device, H=H, B=B, D=2, reset_after=reset_after, threads=threads, min_units=min_units)
     assert isinstance(p, PersistentPlan)
+    if l2 < 1 << 20:  # the uncached rows split into ones kept in L2 and ones streamed
+        assert 0 < p.l2_rows < p.rows - p.cached_rows
     launched = [launch for launch in backend.device.launches if launch[0].startswith("gru_persistent")]
     assert launched[-1] == (p.kernel, (1, p.blocks, 2), (threads,), p.shared_mem)
 
@@ -707,7 +719,7 @@ def test_persistent_kernel_refuses_too_little_shared_memory(emulator_library):
         out,
         np.zeros(1, f32),
         sync,
-        *(i32(v) for v in (0, T, T, B, H, p.padded_hidden, D, p.units, p.cached_rows, p.shared_mem - 4)),
+        *(i32(v) for v in (0, T, T, B, H, p.padded_hidden, D, p.units, p.cached_rows, 0, p.shared_mem - 4)),
     )
     device.launch(p.kernel, (1, p.blocks, D), (32,), args, shared_mem=p.shared_mem, cooperative=True)
     assert sync[1] == p.shared_mem

@@ -77,9 +77,9 @@ def build_library(build_dir: Path) -> ctypes.CDLL:
 class EmulatedDevice:
     """The :class:`~gru.backends.cupy._device.Device` interface on the CPU emulation.
 
-    ``sm_count``, ``smem_per_block`` and ``blocks_per_sm`` shape the plans the
-    backend makes, so tests can force many blocks, partial weight caching or a
-    grid that is too large to be co-resident.
+    ``sm_count``, ``smem_per_block``, ``blocks_per_sm`` and ``l2_bytes`` shape the
+    plans the backend makes, so tests can force many blocks, partial weight
+    caching, rows kept in L2 or a grid that is too large to be co-resident.
     """
 
     def __init__(
@@ -90,6 +90,7 @@ class EmulatedDevice:
         smem_per_block: int = 48 * 1024,
         blocks_per_sm: int = 1,
         cooperative_launch: bool = True,
+        l2_bytes: int = 50 * 2**20,
         seed: int = 0,
     ) -> None:
         self.lib = lib
@@ -99,6 +100,7 @@ class EmulatedDevice:
         self.smem_per_block = smem_per_block
         self.blocks_per_sm = blocks_per_sm
         self.cooperative_launch = cooperative_launch
+        self.l2_bytes = l2_bytes
         self.seed = seed
         self.launches: list[tuple[str, tuple[int, ...], tuple[int, ...], int]] = []
 

@@ -240,4 +240,10 @@ inline void __stcg(T* p, T v) {
 namespace gru {
 inline unsigned int load_acquire(const unsigned int* p) { return *p; }
 inline void spin_pause() { emu::yield(); }
+// L2 eviction policies have no meaning here: plain loads.
+inline unsigned long long l2_policy(bool) { return 0; }
+template <typename T>
+inline T load_with_policy(const T* p, unsigned long long) {
+    return *p;
+}
 }  // namespace gru

@@ -27,6 +27,8 @@ class Device(Protocol):
     smem_per_block: int
     #: whether kernels can be launched cooperatively (all blocks co-resident)
     cooperative_launch: bool
+    #: bytes of L2 cache
+    l2_bytes: int
 
     def asarray(self, a: Any) -> Any:
         """``a`` on this device (a no-op for an array already there)."""
@@ -57,6 +59,7 @@ _DEFAULT_DYNAMIC_SMEM = 48 * 1024
 # cudaDeviceAttr values (driver_types.h), read through cupy.cuda.runtime.deviceGetAttribute,
 # which every CuPy version has (Device.attributes' key names are not as stable)
 _ATTR_MULTIPROCESSOR_COUNT = 16
+_ATTR_L2_CACHE_SIZE = 38
 _ATTR_COOPERATIVE_LAUNCH = 95
 _ATTR_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN = 97
 
@@ -72,6 +75,7 @@ class CupyDevice:
         self.sm_count = attribute(_ATTR_MULTIPROCESSOR_COUNT, self.device_id)
         self.smem_per_block = attribute(_ATTR_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN, self.device_id)
         self.cooperative_launch = bool(attribute(_ATTR_COOPERATIVE_LAUNCH, self.device_id))
+        self.l2_bytes = attribute(_ATTR_L2_CACHE_SIZE, self.device_id)
         name = runtime.getDeviceProperties(self.device_id).get("name", b"")
         self.name = name.decode() if isinstance(name, bytes) else str(name)
         self._lock = threading.Lock()

@@ -62,6 +62,10 @@ PERSISTENT_MAX_BATCH = 16
 PERSISTENT_MIN_UNITS_PER_BLOCK = 8
 #: Threads per persistent block (a multiple of 32, at most the kernel's launch bound).
 PERSISTENT_THREADS = 256
+#: The share of L2 the persistent kernel may fill with the weight rows that do not fit on chip,
+#: loaded with the evict_last policy so that they stay there from step to step (the others
+#: stream through with evict_first).
+PERSISTENT_L2_FRACTION = 0.6
 #: Threads per block of the per-step gate kernels, and how many blocks per multiprocessor at most.
 STEPWISE_THREADS = 256
 STEPWISE_BLOCKS_PER_SM = 8
@@ -85,6 +89,7 @@ class PersistentPlan:
     units: int
     cached_rows: int  #: rows of the block's 3·units rows of W_hh kept in shared memory
     rows: int  #: 3·units: the rest are read from global memory every step
+    l2_rows: int  #: of those, how many per block load with L2's evict_last policy
     shared_mem: int  #: dynamic shared memory per block, bytes
     threads: int
     padded_hidden: int  #: H rounded up to the 16-byte vector width (row stride Hp)
@@ -174,13 +179,15 @@ def plan_persistent(
     reset_after: bool,
     threads: int = PERSISTENT_THREADS,
     min_units: int = PERSISTENT_MIN_UNITS_PER_BLOCK,
+    l2_fraction: float = PERSISTENT_L2_FRACTION,
 ) -> PersistentPlan | str:
     """Lay out the persistent kernel for one layer, or say why it cannot run.
 
     Blocks: at most one per multiprocessor per direction (each wants its own
     shared memory), and no more than owning ``min_units`` units each needs.
     Each block caches as many of its 3·units weight rows as fit next to its
-    state tile; the rest come from global memory every step.
+    state tile; the rest come from global memory every step, and as many of
+    those as fit in ``l2_fraction`` of L2 (over all blocks) are marked to stay there.
     """
     if not device.cooperative_launch:
         return "the device cannot launch cooperative kernels"
@@ -202,6 +209,7 @@ def plan_persistent(
         )
     cached = min(rows, (device.smem_per_block - fixed) // (padded * itemsize))
     shared_mem = fixed + cached * padded * itemsize
+    l2_rows = min(rows - cached, int(l2_fraction * device.l2_bytes) // (padded * itemsize * blocks * D))
     kernel = _kernels.persistent_name(dtype, tile, reset_after)
     per_sm = device.max_active_blocks(kernel, threads, shared_mem)
     if per_sm * device.sm_count < blocks * D:
@@ -213,6 +221,7 @@ def plan_persistent(
         units=units,
         cached_rows=cached,
         rows=rows,
+        l2_rows=l2_rows,
         shared_mem=shared_mem,
         threads=threads,
         padded_hidden=padded,
@@ -338,6 +347,7 @@ class CupyBackend(Backend):
         self.persistent_max_batch = PERSISTENT_MAX_BATCH
         self.persistent_min_units = PERSISTENT_MIN_UNITS_PER_BLOCK
         self.persistent_threads = PERSISTENT_THREADS
+        self.persistent_l2_fraction = PERSISTENT_L2_FRACTION
         #: whether "auto" takes the register-resident kernel where it fits
         self.use_resident = True
         self.last_paths: tuple[str, ...] = ()  #: the path each layer of the last call took
@@ -460,6 +470,7 @@ class CupyBackend(Backend):
                     reset_after=request.reset_after,
                     threads=self.persistent_threads,
                     min_units=self.persistent_min_units,
+                    l2_fraction=self.persistent_l2_fraction,
                 )
             path = choose_path(B, plan, forced, self.persistent_max_batch, resident)
             if path == "resident":
@@ -575,6 +586,7 @@ class CupyBackend(Backend):
             i32(D),
             i32(plan.units),
             i32(plan.cached_rows),
+            i32(plan.l2_rows),
             i32(plan.shared_mem),
         )
         device.launch(

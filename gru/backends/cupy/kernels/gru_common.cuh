@@ -105,6 +105,50 @@ __device__ __forceinline__ unsigned int load_acquire(const unsigned int* p) {
 __device__ __forceinline__ void spin_pause() { __nanosleep(32); }
 #endif
 
+// ---------------------------------------------------------------------------
+// Weight loads with an L2 eviction policy (sm_80 and newer; plain loads before).
+// The persistent kernel reads the weight rows that do not fit on chip from
+// global memory every step. When they exceed L2 they would evict each other
+// in turn and every step would read them all from device memory; loading a
+// budgeted share as evict_last and the rest as evict_first keeps that share in
+// L2 across steps.
+// ---------------------------------------------------------------------------
+#ifndef GRU_EMULATION
+__device__ __forceinline__ unsigned long long l2_policy(bool keep) {
+    unsigned long long policy = 0;
+#if __CUDA_ARCH__ >= 800
+    if (keep) {
+        asm("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(policy));
+    } else {
+        asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
+    }
+#endif
+    return policy;
+}
+
+__device__ __forceinline__ float4 load_with_policy(const float4* p, unsigned long long policy) {
+#if __CUDA_ARCH__ >= 800
+    float4 v;
+    asm("ld.global.nc.L2::cache_hint.v4.f32 {%0, %1, %2, %3}, [%4], %5;"
+        : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
+        : "l"(p), "l"(policy));
+    return v;
+#else
+    return __ldg(p);
+#endif
+}
+
+__device__ __forceinline__ double2 load_with_policy(const double2* p, unsigned long long policy) {
+#if __CUDA_ARCH__ >= 800
+    double2 v;
+    asm("ld.global.nc.L2::cache_hint.v2.f64 {%0, %1}, [%2], %3;" : "=d"(v.x), "=d"(v.y) : "l"(p), "l"(policy));
+    return v;
+#else
+    return __ldg(p);
+#endif
+}
+#endif
+
 struct GridBarrier {
     unsigned int* counter;
     unsigned int target;

@@ -19,7 +19,10 @@
 //   Block k owns units [k*units, k*units + nu) and their 3*nu rows of W_hh,
 //   in gate-major order (all r rows, then z, then n). The first cached_rows of
 //   them live in shared memory; any others are read from global memory (L2)
-//   each step: the fallback for layers whose weights do not fit on chip.
+//   each step: the fallback for layers whose weights do not fit on chip. Of
+//   those, the next l2_rows load with an evict_last policy (the host budgets
+//   them to fit in L2 together) and the rest with evict_first, so the budgeted
+//   rows stay in L2 from step to step instead of cycling through it.
 //
 // Per step, per batch tile of BT sequences:
 //   1. stage h_{t-1} of the tile (all H units) into shared memory;
@@ -87,7 +90,8 @@ __device__ __forceinline__ void stage_states(T* h_s, const T* src, int tile0, in
 // (the uncached part), else from the block's shared-memory copy.
 template <typename T, int RT, int BT, bool FROM_GLOBAL>
 __device__ __forceinline__ void matvec_rows(int jb, int je, int first_warp, const T* w_base, int u0, int nu, int H,
-                                            int Hp, const T* h_s, T* gh_s, int warp, int nwarps, int lane) {
+                                            int Hp, const T* h_s, T* gh_s, int warp, int nwarps, int lane,
+                                            int keep_end) {
     typedef typename Vec<T>::type V;
     const int nvec = Hp / Vec<T>::width;
     const int ngroups = (je - jb + RT - 1) / RT;
@@ -95,11 +99,13 @@ __device__ __forceinline__ void matvec_rows(int jb, int je, int first_warp, cons
     for (int grp = (warp - first_warp + nwarps) % nwarps; grp < ngroups; grp += nwarps) {
         const int j0 = jb + grp * RT;
         const V* w[RT];
+        unsigned long long policy[RT];
 #pragma unroll
         for (int r = 0; r < RT; ++r) {
             const int j = imin(j0 + r, je - 1);  // a short last group repeats its last row, result dropped
             const long long row = FROM_GLOBAL ? global_row(j, nu, H, u0) : static_cast<long long>(j);
             w[r] = reinterpret_cast<const V*>(w_base) + row * nvec;
+            policy[r] = FROM_GLOBAL ? l2_policy(j < keep_end) : 0ull;
         }
         T acc[RT][BT];
 #pragma unroll
@@ -113,7 +119,7 @@ __device__ __forceinline__ void matvec_rows(int jb, int je, int first_warp, cons
             for (int b = 0; b < BT; ++b) h[b] = hv[b * nvec + kv];
 #pragma unroll
             for (int r = 0; r < RT; ++r) {
-                const V wv = FROM_GLOBAL ? __ldg(w[r] + kv) : w[r][kv];
+                const V wv = FROM_GLOBAL ? load_with_policy(w[r] + kv, policy[r]) : w[r][kv];
 #pragma unroll
                 for (int b = 0; b < BT; ++b) acc[r][b] = dot_acc(acc[r][b], wv, h[b]);
             }
@@ -129,21 +135,22 @@ __device__ __forceinline__ void matvec_rows(int jb, int je, int first_warp, cons
     }
 }
 
-// Rows [jb, je): the cached ones from shared memory, the rest from global memory.
+// Rows [jb, je): the cached ones from shared memory, the rest from global memory
+// (those before keep_end with L2's evict_last policy).
 template <typename T, int RT, int BT>
-__device__ __forceinline__ void matvec(int jb, int je, int cached, const T* w_s, const T* w_dir, int u0, int nu,
-                                       int H, int Hp, const T* h_s, T* gh_s, int warp, int nwarps, int lane) {
+__device__ __forceinline__ void matvec(int jb, int je, int cached, int keep_end, const T* w_s, const T* w_dir, int u0,
+                                       int nu, int H, int Hp, const T* h_s, T* gh_s, int warp, int nwarps, int lane) {
     const int js = imin(je, cached);
     int smem_groups = 0;
     if (js > jb) {
-        matvec_rows<T, RT, BT, false>(jb, js, 0, w_s, u0, nu, H, Hp, h_s, gh_s, warp, nwarps, lane);
+        matvec_rows<T, RT, BT, false>(jb, js, 0, w_s, u0, nu, H, Hp, h_s, gh_s, warp, nwarps, lane, 0);
         smem_groups = (js - jb + RT - 1) / RT;
     }
     const int jg = imax(jb, cached);
     if (je > jg) {
         // start where the cached groups left off so the warps stay balanced
         matvec_rows<T, RT, BT, true>(jg, je, smem_groups % nwarps, w_dir, u0, nu, H, Hp, h_s, gh_s, warp, nwarps,
-                                     lane);
+                                     lane, keep_end);
     }
 }
 
@@ -172,7 +179,8 @@ __device__ __forceinline__ void persistent_body(const T* __restrict__ gx, const 
                                                 const T* __restrict__ b_hn, const int* __restrict__ lengths, T* hbuf,
                                                 T* rhbuf, T* out, T* gates, unsigned int* sync, int has_gates,
                                                 int steps, int seq_len, int B, int H, int Hp, int D, int units,
-                                                int cached_rows, int smem_bytes, unsigned char* smem_raw) {
+                                                int cached_rows, int l2_rows, int smem_bytes,
+                                                unsigned char* smem_raw) {
     const int RT = PERSISTENT_RT;
     const int VW = Vec<T>::width;
     const int d = blockIdx.z;
@@ -186,6 +194,7 @@ __device__ __forceinline__ void persistent_body(const T* __restrict__ gx, const 
     const int nu = imax(0, imin(units, H - u0));
     const int rows = 3 * nu;
     const int cached = imin(cached_rows, rows);
+    const int keep_end = cached + l2_rows;
 
     // Shared memory: cached weight rows | BT staged states | gh per (row, tile sequence) | z (reset-before).
     // The layout depends only on kernel arguments, so every block takes the same branch below.
@@ -241,7 +250,7 @@ __device__ __forceinline__ void persistent_body(const T* __restrict__ gx, const 
                 __syncthreads();  // the previous tile's readers of h_s and gh_s are done
                 stage_states<T, BT>(h_s, hcur, tile0, nbt, Hp, tid, nthreads);
                 __syncthreads();
-                matvec<T, RT, BT>(0, rows, cached, w_s, w_dir, u0, nu, H, Hp, h_s, gh_s, warp, nwarps, lane);
+                matvec<T, RT, BT>(0, rows, cached, keep_end, w_s, w_dir, u0, nu, H, Hp, h_s, gh_s, warp, nwarps, lane);
                 __syncthreads();
                 for (int p = tid; p < nu * nbt; p += nthreads) {
                     const int ul = p % nu;
@@ -277,7 +286,7 @@ __device__ __forceinline__ void persistent_body(const T* __restrict__ gx, const 
                 __syncthreads();
                 stage_states<T, BT>(h_s, hcur, tile0, nbt, Hp, tid, nthreads);
                 __syncthreads();
-                matvec<T, RT, BT>(0, 2 * nu, cached, w_s, w_dir, u0, nu, H, Hp, h_s, gh_s, warp, nwarps, lane);
+                matvec<T, RT, BT>(0, 2 * nu, cached, keep_end, w_s, w_dir, u0, nu, H, Hp, h_s, gh_s, warp, nwarps, lane);
                 __syncthreads();
                 for (int p = tid; p < nu * nbt; p += nthreads) {
                     const int ul = p % nu;
@@ -309,7 +318,7 @@ __device__ __forceinline__ void persistent_body(const T* __restrict__ gx, const 
                 __syncthreads();
                 stage_states<T, BT>(h_s, rhbuf + dir_offset, tile0, nbt, Hp, tid, nthreads);
                 __syncthreads();
-                matvec<T, RT, BT>(2 * nu, 3 * nu, cached, w_s, w_dir, u0, nu, H, Hp, h_s, gh_s, warp, nwarps, lane);
+                matvec<T, RT, BT>(2 * nu, 3 * nu, cached, keep_end, w_s, w_dir, u0, nu, H, Hp, h_s, gh_s, warp, nwarps, lane);
                 __syncthreads();
                 for (int p = tid; p < nu * nbt; p += nthreads) {
                     const int ul = p % nu;
@@ -348,8 +357,9 @@ __global__ void __launch_bounds__(GRU_PERSISTENT_MAX_THREADS, 1)
     gru_persistent(const T* __restrict__ gx, const T* __restrict__ w_hh, const T* __restrict__ b_hn,
                    const int* __restrict__ lengths, T* hbuf, T* rhbuf, T* out, T* gates, unsigned int* sync,
                    int has_gates, int steps, int seq_len, int B, int H, int Hp, int D, int units, int cached_rows,
-                   int smem_bytes) {
+                   int l2_rows, int smem_bytes) {
     GRU_DYNAMIC_SMEM(smem_raw);
     gru::persistent_body<T, BT, RESET_AFTER>(gx, w_hh, b_hn, lengths, hbuf, rhbuf, out, gates, sync, has_gates,
-                                             steps, seq_len, B, H, Hp, D, units, cached_rows, smem_bytes, smem_raw);
+                                             steps, seq_len, B, H, Hp, D, units, cached_rows, l2_rows, smem_bytes,
+                                             smem_raw);
 }

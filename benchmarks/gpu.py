@@ -158,19 +158,21 @@ def bench_shape(shape, repeats: int, warmup: int) -> dict[str, Any]:
         timings[key] = time_events(run_cudnn, repeats, torch_events)
     torch.backends.cudnn.allow_tf32 = False
 
-    # the other path, for tuning the rule
-    other = "stepwise" if row["path"] == "persistent" else "persistent"
-    os.environ[cupy_backend.PATH_ENV_VAR] = other
-    try:
-        out_other, _ = layer(x)
-        row[f"agreement_gru_{other}"] = agreement(cupy.asnumpy(out_other))
-        for _ in range(warmup):
-            run_gru()
-        timings["gru_" + other] = time_events(run_gru, repeats, cupy_events)
-    except Exception as exc:  # the persistent kernel may not fit: say why
-        row[f"gru_{other}_error"] = f"{type(exc).__name__}: {exc}"
-    finally:
-        os.environ.pop(cupy_backend.PATH_ENV_VAR, None)
+    # the other paths, for tuning the rule
+    for other in ("resident", "persistent", "stepwise"):
+        if other == row["path"]:
+            continue
+        os.environ[cupy_backend.PATH_ENV_VAR] = other
+        try:
+            out_other, _ = layer(x)
+            row[f"agreement_gru_{other}"] = agreement(cupy.asnumpy(out_other))
+            for _ in range(warmup):
+                run_gru()
+            timings["gru_" + other] = time_events(run_gru, repeats, cupy_events)
+        except Exception as exc:  # a kernel that does not fit this layer says why
+            row[f"gru_{other}_error"] = f"{type(exc).__name__}: {exc}"
+        finally:
+            os.environ.pop(cupy_backend.PATH_ENV_VAR, None)
 
     row["times_ms"] = timings
     row["median_ms"] = {k: statistics.median(v) for k, v in timings.items()}
@@ -180,14 +182,21 @@ def bench_shape(shape, repeats: int, warmup: int) -> dict[str, Any]:
     return row
 
 
-#: the persistent kernel's knobs that --sweep tries: fewest units per block, threads per block
-SWEEP_MIN_UNITS = (2, 4, 8, 16, 32)
-SWEEP_THREADS = (128, 256)
+#: the persistent kernel's knobs that --sweep tries, one change from the defaults at a time
+SWEEP_KNOBS = (
+    {"persistent_min_units": 4},
+    {"persistent_min_units": 16},
+    {"persistent_threads": 128},
+    {"persistent_l2_fraction": 0.0},
+    {"persistent_l2_fraction": 0.3},
+    {"persistent_l2_fraction": 0.9},
+)
 
 
 def sweep_shape(shape, repeats: int, warmup: int) -> list[dict[str, Any]]:
-    """Median times of the forced persistent path over the knobs (same weights and inputs per shape)."""
+    """Median times of the forced persistent path over its knobs, and of the per-step GEMM alone."""
     import cupy
+    from cupyx.profiler import benchmark
 
     import gru
     from gru.backends.cupy import backend as cupy_backend
@@ -196,39 +205,59 @@ def sweep_shape(shape, repeats: int, warmup: int) -> list[dict[str, Any]]:
     layer = gru.GRU(I, H, dtype="float32", backend="cupy", seed=0)
     x = cupy.random.default_rng(1).standard_normal((T, B, I), dtype=cupy.float32)
     backend = gru.get_backend("cupy")
-    defaults = (backend.persistent_min_units, backend.persistent_threads)
     rows = []
+    # the stepwise path's recurrent product of one step, batched (as the backend calls it) and 2-D
+    h = cupy.random.default_rng(2).standard_normal((1, B, H), dtype=cupy.float32)
+    w = cupy.random.default_rng(3).standard_normal((1, H, 3 * H), dtype=cupy.float32)
+    out = cupy.empty((1, B, 3 * H), cupy.float32)
+    for label, run in (("gemm_batched", lambda: cupy.matmul(h, w, out=out)), ("gemm_2d", lambda: h[0] @ w[0])):
+        timing = benchmark(run, n_repeat=200, n_warmup=10)
+        rows.append(
+            {
+                "knobs": label,
+                "gpu_us": float(np.median(timing.gpu_times[0])) * 1e6,
+                "cpu_us": float(np.median(timing.cpu_times)) * 1e6,
+            }
+        )
+    if B > 32:
+        return rows
     os.environ[cupy_backend.PATH_ENV_VAR] = "persistent"
     try:
-        for min_units in SWEEP_MIN_UNITS:
-            for threads in SWEEP_THREADS:
-                backend.persistent_min_units, backend.persistent_threads = min_units, threads
-                plan = cupy_backend.plan_persistent(
-                    backend._device(x),
-                    hidden_size=H,
-                    batch=B,
-                    directions=1,
-                    dtype="float32",
-                    reset_after=True,
-                    threads=threads,
-                    min_units=min_units,
-                )
-                row: dict[str, Any] = {"min_units": min_units, "threads": threads}
+        for knobs in SWEEP_KNOBS:
+            saved = {k: getattr(backend, k) for k in knobs}
+            for k, v in knobs.items():
+                setattr(backend, k, v)
+            row: dict[str, Any] = {"knobs": knobs}
+            plan = cupy_backend.plan_persistent(
+                backend._device(x),
+                hidden_size=H,
+                batch=B,
+                directions=1,
+                dtype="float32",
+                reset_after=True,
+                threads=backend.persistent_threads,
+                min_units=backend.persistent_min_units,
+                l2_fraction=backend.persistent_l2_fraction,
+            )
+            try:
                 if not isinstance(plan, cupy_backend.PersistentPlan):
-                    rows.append({**row, "error": plan})
-                    continue
-                row.update(blocks=plan.blocks, units=plan.units, on_chip=plan.on_chip)
-                try:
+                    row["error"] = plan
+                elif "persistent_l2_fraction" in knobs and plan.cached_rows >= plan.rows:
+                    row["error"] = "all rows on chip: nothing to keep in L2"
+                else:
+                    row.update(blocks=plan.blocks, units=plan.units, cached=plan.cached_rows, l2_rows=plan.l2_rows)
                     for _ in range(warmup):
                         layer(x)
                     times = time_events(lambda: layer(x), repeats, lambda: (cupy.cuda.Event(), cupy.cuda.Event()))
                     row["median_ms"] = statistics.median(times)
-                except Exception as exc:
-                    row["error"] = f"{type(exc).__name__}: {exc}"
-                rows.append(row)
+            except Exception as exc:
+                row["error"] = f"{type(exc).__name__}: {exc}"
+            finally:
+                for k, v in saved.items():
+                    setattr(backend, k, v)
+            rows.append(row)
     finally:
         os.environ.pop(cupy_backend.PATH_ENV_VAR, None)
-        backend.persistent_min_units, backend.persistent_threads = defaults
     return rows
 
 
@@ -281,6 +310,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{label:<22} {row['path']:<11} {ours:9.3f} {m['cudnn_fp32']:9.3f} {row['speedup_vs_cudnn_fp32']:7.2f} "
             f"{m['cudnn_tf32']:9.3f} {row['speedup_vs_cudnn_tf32']:7.2f} {row['agreement_gru']['relative_l2']:.1e}"
         )
+        paths = ", ".join(f"{k[4:]} {v:.3f} ms" for k, v in m.items() if k.startswith("gru_"))
+        errors = "; ".join(
+            f"{k[4:-6]}: {v[:60]}" for k, v in row.items() if k.startswith("gru_") and k.endswith("_error")
+        )
+        print(f"{'':<22} every path: {paths}" + (f"  ({errors})" if errors else ""))
     for skipped in report["skipped"]:
         print(f"skipped {skipped['shape']}: {skipped['reason']}")
     if args.sweep:
@@ -295,11 +329,12 @@ def main(argv: list[str] | None = None) -> int:
             report["sweep"].append({"shape": shape, "rows": rows})
             args.json.write_text(json.dumps(report, indent=2, default=str))
             for row in rows:
-                timing = f"{row['median_ms']:9.3f} ms" if "median_ms" in row else row.get("error", "")
-                print(
-                    f"sweep {shape!s:<24} min_units {row.get('min_units')!s:>3} threads {row.get('threads')!s:>4} "
-                    f"blocks {row.get('blocks')!s:>4} on_chip {row.get('on_chip')!s:<5} {timing}"
-                )
+                if "gpu_us" in row:
+                    timing = f"GPU {row['gpu_us']:9.1f} us  CPU {row['cpu_us']:7.1f} us"
+                else:
+                    timing = f"{row['median_ms']:9.3f} ms" if "median_ms" in row else row.get("error", "")
+                where = {k: row[k] for k in ("blocks", "units", "cached", "l2_rows") if k in row}
+                print(f"sweep {shape!s:<24} {row.get('knobs')!s:<36} {where!s:<56} {timing}")
     return 0 if all(r.get("agrees") and "error" not in r for r in report["results"]) else 1
 
 

@@ -795,13 +795,13 @@ def cupy():
 
 
 @needs_gpu
-@pytest.mark.parametrize("path_name", ["persistent", "stepwise"])
+@pytest.mark.parametrize("path_name", ["resident", "persistent", "stepwise"])
 @pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_gpu_cupy_arrays_in_and_out(cupy, monkeypatch, path_name, reset_after, dtype):
     monkeypatch.setenv(PATH_ENV_VAR, path_name)
     rng = np.random.default_rng(5)
-    T, B, I, H = 12, 5, 24, 96
+    T, B, I, H = 12, 5, 24, 64
     layer = gru.GRU(I, H, 2, bidirectional=True, reset_after=reset_after, dtype=dtype, backend="cupy", seed=rng)
     x = rng.standard_normal((T, B, I)).astype(dtype)
     h0 = rng.standard_normal((4, B, H)).astype(dtype)
@@ -830,6 +830,27 @@ def test_gpu_persistent_kernel_on_chip_and_fallback_rows(monkeypatch, H):
     tol = 2e-5 if dtype == "float32" else 1e-12
     np.testing.assert_allclose(output, expected_output, rtol=0, atol=tol)
     np.testing.assert_allclose(h_n, expected_h_n, rtol=0, atol=tol)
+
+
+@needs_gpu
+@pytest.mark.parametrize(("H", "dtype"), [(128, "float32"), (64, "float64")])
+@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+def test_gpu_resident_kernel_at_its_largest_layers(monkeypatch, H, dtype, reset_after):
+    """The instances that hold 192 registers of weights per thread, with lengths, both directions and gates."""
+    monkeypatch.setenv(PATH_ENV_VAR, "resident")
+    rng = np.random.default_rng(H)
+    layer = gru.GRU(16, H, bidirectional=True, reset_after=reset_after, dtype=dtype, backend="cupy", seed=rng)
+    x = rng.standard_normal((40, 6, 16)).astype(dtype)
+    h0 = rng.standard_normal((2, 6, H)).astype(dtype)
+    lengths = [40, 1, 0, 17, 39, 40]
+    output, h_n, gates = layer(x, h0, lengths, return_gates=True)
+    expected_output, expected_h_n, expected_gates = oracle_for(layer, x, h0, lengths)
+    tol = 2e-5 if dtype == "float32" else 1e-12
+    np.testing.assert_allclose(output, expected_output, rtol=0, atol=tol)
+    np.testing.assert_allclose(h_n, expected_h_n, rtol=0, atol=tol)
+    for g, name in enumerate("rzn"):
+        np.testing.assert_allclose(getattr(gates, name), expected_gates[:, g], rtol=0, atol=tol)
+    assert gru.get_backend("cupy").last_paths == ("resident",)
 
 
 @needs_gpu

@@ -224,6 +224,10 @@ inline T __shfl_xor_sync(unsigned int, T value, int lane_mask, int = 32) {
     return other;
 }
 
+// The float intrinsics of the activations, at their nominal results.
+inline float __expf(float v) { return expf(v); }
+inline float __frcp_rn(float v) { return 1.0f / v; }
+
 template <typename T>
 inline T __ldg(const T* p) {
     return *p;

@@ -74,6 +74,27 @@ def build_library(build_dir: Path) -> ctypes.CDLL:
     return lib
 
 
+class _PoisonedNumpy:
+    """NumPy, except that ``empty`` and ``empty_like`` hand out NaN-filled memory.
+
+    The backend allocates with ``empty`` what its kernels must write in full;
+    NaN makes any element they miss fail the comparison with the oracle.
+    """
+
+    def __getattr__(self, name: str):
+        return getattr(np, name)
+
+    @staticmethod
+    def empty(shape, dtype=float):
+        out = np.empty(shape, dtype)
+        out.fill(np.nan if out.dtype.kind == "f" else POISON)
+        return out
+
+    @classmethod
+    def empty_like(cls, a, dtype=None):
+        return cls.empty(np.shape(a), a.dtype if dtype is None else dtype)
+
+
 class EmulatedDevice:
     """The :class:`~gru.backends.cupy._device.Device` interface on the CPU emulation.
 
@@ -94,7 +115,7 @@ class EmulatedDevice:
         seed: int = 0,
     ) -> None:
         self.lib = lib
-        self.xp = np
+        self.xp = _PoisonedNumpy()
         self.device_id = 0
         self.sm_count = sm_count
         self.smem_per_block = smem_per_block

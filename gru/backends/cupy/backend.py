@@ -351,6 +351,7 @@ class CupyBackend(Backend):
         #: whether "auto" takes the register-resident kernel where it fits
         self.use_resident = True
         self.last_paths: tuple[str, ...] = ()  #: the path each layer of the last call took
+        self._constants: dict[tuple, Any] = {}  #: small device arrays reused by every call
 
     # -- availability --------------------------------------------------------------------
     def available(self) -> bool | str:
@@ -416,6 +417,24 @@ class CupyBackend(Backend):
                 per_layer[key] = packed
         return packed
 
+    def _full_lengths(self, device: Any, batch: int, seq_len: int) -> Any:
+        """``batch`` lengths of ``seq_len`` on the device, made there once (no host copy per call)."""
+        key = (device.device_id, batch, seq_len)
+        lengths = self._constants.get(key)
+        if lengths is None:
+            if len(self._constants) >= 64:
+                self._constants.clear()
+            lengths = self._constants[key] = device.xp.full(batch, seq_len, np.int32)
+        return lengths
+
+    def _placeholder(self, device: Any, dtype: Any) -> Any:
+        """A one-element array for a kernel's unused pointer argument (the gates when not asked for)."""
+        key = (device.device_id, np.dtype(dtype).name)
+        placeholder = self._constants.get(key)
+        if placeholder is None:
+            placeholder = self._constants[key] = device.xp.zeros(1, dtype)
+        return placeholder
+
     # -- forward -------------------------------------------------------------------------------
     def forward(self, request: ForwardRequest) -> ForwardResult:
         device = self._device(request.x)
@@ -438,9 +457,12 @@ class CupyBackend(Backend):
         x = device.asarray(request.x)
         h0 = device.asarray(request.h0)
         h_n = xp.empty_like(h0)
-        gates = xp.zeros((L * D, 3, T, B, H), dtype) if request.return_gates else None
         lengths = request.lengths
         steps = T if lengths is None else int(lengths.max(initial=0))
+        # outputs and gates past a sequence's length stay zero; when every sequence runs all T
+        # steps the kernels write every element, and the zero fill (a launch) is skipped
+        fill = xp.empty if lengths is None or bool((lengths == T).all()) else xp.zeros
+        gates = fill((L * D, 3, T, B, H), dtype) if request.return_gates else None
         paths: list[str] = []
         checks: list[Any] = []
 
@@ -448,7 +470,9 @@ class CupyBackend(Backend):
             output = xp.zeros((T, B, D * H), dtype)
             h_n[...] = h0
         else:
-            lengths_device = device.asarray(np.full(B, T, np.int32) if lengths is None else lengths.astype(np.int32))
+            lengths_device = (
+                self._full_lengths(device, B, T) if lengths is None else device.asarray(lengths.astype(np.int32))
+            )
             plan: PersistentPlan | str | None = None
             resident: ResidentPlan | str | None = None
             if forced == "resident" or (forced == "auto" and self.use_resident):
@@ -481,7 +505,7 @@ class CupyBackend(Backend):
                 packed = self._packed_weights(device, request.weights[k], request.reset_after)
                 gx = device.matmul(layer_input.reshape(T * B, layer_input.shape[-1]), packed.w_ih_t)
                 gx += packed.gx_bias  # once per layer, outside the time loop
-                output = xp.zeros((T, B, D * H), dtype)
+                output = fill((T, B, D * H), dtype)
                 paths.append(path)
                 layer_gates = gates[k] if gates is not None else None
                 run = {
@@ -529,7 +553,6 @@ class CupyBackend(Backend):
         self, device, packed: _Packed, plan: ResidentPlan, *, gx, h0, lengths, steps, output, h_n, gates, reset_after
     ):
         """One launch, one block per (sequence, direction), every step of each sequence in its block."""
-        xp = device.xp
         D, B, H = h0.shape
         T = output.shape[0]
         i32 = np.int32
@@ -538,10 +561,10 @@ class CupyBackend(Backend):
             packed.w_hh_padded(plan.padded_hidden),
             packed.b_hn,
             lengths,
-            xp.ascontiguousarray(h0),
+            h0,  # a leading-axis slice of the contiguous (L*D, B, H) state: contiguous
             h_n,
             output,
-            gates if gates is not None else xp.zeros(1, output.dtype),
+            gates if gates is not None else self._placeholder(device, output.dtype),
             i32(gates is not None),
             i32(T),
             i32(B),
@@ -564,7 +587,7 @@ class CupyBackend(Backend):
         dtype = output.dtype
         hbuf = xp.zeros((2, D, B, Hp), dtype)
         hbuf[0, :, :, :H] = h0
-        rhbuf = xp.zeros((D, B, Hp), dtype) if not reset_after else xp.zeros(1, dtype)
+        rhbuf = xp.zeros((D, B, Hp), dtype) if not reset_after else self._placeholder(device, dtype)
         sync = xp.zeros(2, np.uint32)
         i32 = np.int32
         args = (
@@ -575,7 +598,7 @@ class CupyBackend(Backend):
             hbuf,
             rhbuf,
             output,
-            gates if gates is not None else xp.zeros(1, dtype),
+            gates if gates is not None else self._placeholder(device, dtype),
             sync,
             i32(gates is not None),
             i32(steps),
@@ -608,7 +631,7 @@ class CupyBackend(Backend):
         grid = (max(1, min(-(-total // STEPWISE_THREADS), device.sm_count * STEPWISE_BLOCKS_PER_SM)),)
         block = (STEPWISE_THREADS,)
         i32 = np.int32
-        gates_arg = gates if gates is not None else xp.zeros(1, dtype)
+        gates_arg = gates if gates is not None else self._placeholder(device, dtype)
         has_gates = i32(gates is not None)
         tail = (i32(T), i32(B), i32(H), i32(D))
         if reset_after:

@@ -159,7 +159,7 @@ def bench_shape(shape, repeats: int, warmup: int) -> dict[str, Any]:
     torch.backends.cudnn.allow_tf32 = False
 
     # the other paths, for tuning the rule
-    for other in ("resident", "persistent", "stepwise"):
+    for other in ("resident", "persistent", "fused", "stepwise"):
         if other == row["path"]:
             continue
         os.environ[cupy_backend.PATH_ENV_VAR] = other

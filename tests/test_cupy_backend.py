@@ -227,8 +227,8 @@ def plan(device=None, *, H, B, D=1, dtype="float32", reset_after=True, **kwargs)
         ((128, 128, 1, 1000), "persistent", True),
         ((1024, 1024, 1, 1500), "persistent", True),
         ((2816, 2816, 1, 375), "persistent", False),  # 95 MB of weights: part read from L2/HBM every step
-        ((2048, 2048, 32, 375), "stepwise", None),
-        ((512, 512, 256, 100), "stepwise", None),
+        ((2048, 2048, 32, 375), cupy_backend.LARGE_BATCH_PATH, None),
+        ((512, 512, 256, 100), cupy_backend.LARGE_BATCH_PATH, None),
     ],
 )
 def test_the_benchmark_shapes_take_the_documented_paths_on_an_h100(shape, path, on_chip):
@@ -269,9 +269,11 @@ def test_plan_says_why_when_the_persistent_kernel_cannot_run():
 def test_choose_path_rule_and_overrides():
     p = plan(H=64, B=4)
     assert choose_path(4, p) == "persistent"
-    assert choose_path(cupy_backend.PERSISTENT_MAX_BATCH + 1, p) == "stepwise"
-    assert choose_path(4, "no cooperative launch") == "stepwise"
+    assert choose_path(cupy_backend.PERSISTENT_MAX_BATCH + 1, p) == cupy_backend.LARGE_BATCH_PATH
+    assert choose_path(4, "no cooperative launch") == cupy_backend.LARGE_BATCH_PATH
+    assert choose_path(4, "no cooperative launch", large_batch="stepwise") == "stepwise"
     assert choose_path(4, p, "stepwise") == "stepwise"
+    assert choose_path(4, p, "fused") == "fused"
     assert choose_path(64, p, "persistent") == "persistent"
     with pytest.raises(gru.UnsupportedRequestError, match="persistent kernel cannot run: nope"):
         choose_path(4, "nope", "persistent")
@@ -506,7 +508,7 @@ def emulator_library():
         pytest.skip(f"the CUDA emulation cannot be built here: {exc}")
 
 
-@pytest.fixture(params=["resident", "persistent", "stepwise"])
+@pytest.fixture(params=["resident", "persistent", "fused", "stepwise"])
 def path(request, monkeypatch):
     monkeypatch.setenv(PATH_ENV_VAR, request.param)
     return request.param
@@ -659,6 +661,39 @@ def test_resident_kernel_stress(emulator_library, monkeypatch, H, dtype, reset_a
     assert launched[-1] == (p.kernel, (B, 2, 1), (p.threads,), p.shared_mem)
 
 
+FUSED_STRESS_CASES = [
+    # H, B, dtype: unit blocks cut short, product tiles cut short, several sequence blocks
+    pytest.param(5, 3, "float32", id="one-short-unit-block"),
+    pytest.param(37, 130, "float32", id="2-sequence-blocks-2-tiles"),
+    pytest.param(40, 7, "float64", id="double-3-tiles"),
+]
+
+
+@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@pytest.mark.parametrize(("H", "B", "dtype"), FUSED_STRESS_CASES)
+def test_fused_kernel_stress(emulator_library, monkeypatch, H, B, dtype, reset_after):
+    monkeypatch.setenv(PATH_ENV_VAR, "fused")
+    backend = emulated_backend(emulator_library)
+    rng = np.random.default_rng(H * 1000 + B)
+    T = 4
+    layer = gru.GRU(3, H, 2, bidirectional=True, reset_after=reset_after, dtype=dtype, backend=backend, seed=rng)
+    x = rng.standard_normal((T, B, 3)).astype(dtype)
+    h0 = rng.standard_normal((4, B, H)).astype(dtype)
+    lengths = rng.integers(0, T + 1, B)
+    lengths[0] = T
+    output, h_n, gates = layer(x, h0, lengths, return_gates=True)
+    expected_output, expected_h_n, expected_gates = oracle_for(layer, x, h0, lengths)
+    tol = 1e-5 if dtype == "float32" else 1e-12
+    np.testing.assert_allclose(output, expected_output, rtol=0, atol=tol)
+    np.testing.assert_allclose(h_n, expected_h_n, rtol=0, atol=tol)
+    for g, name in enumerate("rzn"):
+        np.testing.assert_allclose(getattr(gates, name), expected_gates[:, g], rtol=0, atol=tol)
+    assert backend.last_paths == ("fused", "fused")
+    launched = {launch[0] for launch in backend.device.launches}
+    expected = {_kernels.fused_name(dtype, 3)} if reset_after else {_kernels.fused_name(dtype, g) for g in (2, 1)}
+    assert expected <= launched and not any(name.startswith("gru_step_") for name in launched - expected)
+
+
 def test_auto_takes_the_persistent_kernel_where_the_resident_one_does_not_fit(emulator_library, monkeypatch):
     monkeypatch.delenv(PATH_ENV_VAR, raising=False)
     backend = emulated_backend(emulator_library)
@@ -676,7 +711,7 @@ def test_auto_path_follows_the_batch_rule(emulator_library, monkeypatch):
     backend.use_resident = False
     layer = gru.GRU(3, 6, 2, dtype="float64", backend=backend, seed=0)
     rng = np.random.default_rng(1)
-    for batch, path in ((3, "persistent"), (4, "stepwise")):
+    for batch, path in ((3, "persistent"), (4, cupy_backend.LARGE_BATCH_PATH)):
         x = rng.standard_normal((4, batch, 3))
         output, _ = layer(x)
         np.testing.assert_allclose(output, oracle_for(layer, x)[0], rtol=0, atol=1e-12)
@@ -691,7 +726,7 @@ def test_auto_falls_back_to_stepwise_when_the_grid_cannot_be_resident(emulator_l
     x = np.random.default_rng(2).standard_normal((4, 2, 3))
     output, _ = layer(x)
     np.testing.assert_allclose(output, oracle_for(layer, x)[0], rtol=0, atol=1e-12)
-    assert backend.last_paths == ("stepwise",)
+    assert backend.last_paths == (cupy_backend.LARGE_BATCH_PATH,)
 
 
 def test_forced_persistent_path_that_cannot_run_says_why(emulator_library, monkeypatch):
@@ -795,7 +830,7 @@ def cupy():
 
 
 @needs_gpu
-@pytest.mark.parametrize("path_name", ["resident", "persistent", "stepwise"])
+@pytest.mark.parametrize("path_name", ["resident", "persistent", "fused", "stepwise"])
 @pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_gpu_cupy_arrays_in_and_out(cupy, monkeypatch, path_name, reset_after, dtype):

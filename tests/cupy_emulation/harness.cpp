@@ -6,6 +6,7 @@
 
 #include "gru_persistent.cu"
 #include "gru_resident.cu"
+#include "gru_fused.cu"
 #include "gru_stepwise.cu"
 
 #include <cstring>

@@ -69,6 +69,22 @@ def resident_name(dtype: str, chunk: int, reset_after: bool) -> str:
     return f"gru_resident<{DTYPES[dtype]}, {chunk}, {'true' if reset_after else 'false'}>"
 
 
+def fused_name(dtype: str, gate_rows: int) -> str:
+    """The name expression of one fused per-step kernel (3: reset-after; 2, 1: reset-before's halves)."""
+    return f"gru_step_fused<{DTYPES[dtype]}, {gate_rows}>"
+
+
+#: Hidden units, sequences and threads per block of the fused kernel (gru_fused.cu's FUSED_* constants).
+FUSED_UNITS, FUSED_SEQS, FUSED_THREADS = 8, 128, 128
+
+
+def fused_shared_memory(dtype: str, gate_rows: int) -> int:
+    """Bytes of dynamic shared memory per block of the fused kernel: one tile of weights and of states."""
+    itemsize = 4 if dtype == "float32" else 8
+    columns = 128 // itemsize  # FusedKT
+    return columns * (gate_rows * FUSED_UNITS + FUSED_SEQS) * itemsize
+
+
 STEPWISE_KERNELS = ("gru_step_after", "gru_step_before_rz", "gru_step_before_n")
 
 PERSISTENT = KernelFile(
@@ -93,7 +109,8 @@ RESIDENT = KernelFile(
         for reset_after in (True, False)
     ),
 )
-KERNEL_FILES = (PERSISTENT, STEPWISE, RESIDENT)
+FUSED = KernelFile("gru_fused.cu", tuple(fused_name(dtype, g) for dtype in DTYPES for g in (3, 2, 1)))
+KERNEL_FILES = (PERSISTENT, STEPWISE, RESIDENT, FUSED)
 
 _INCLUDE = re.compile(r'^#include\s+"([^"]+)"\s*$', re.MULTILINE)
 

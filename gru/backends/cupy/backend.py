@@ -16,9 +16,13 @@ Per layer (both directions together):
      grid-wide barrier once per step (twice for reset-before). Rows that do not
      fit on chip are read from global memory inside the same kernel.
      See ``kernels/gru_persistent.cu``.
-   * **stepwise** (large batch): per step one cuBLAS GEMM (batched over the
-     directions) and one fused gate kernel (two of each for reset-before).
-     See ``kernels/gru_stepwise.cu``.
+   * **fused** (large batch): per step ONE kernel that computes the step's
+     recurrent product in tiles of 8 units x 128 sequences and applies the gate
+     math to the sums in registers (two kernels for reset-before). See
+     ``kernels/gru_fused.cu``.
+   * **stepwise**: per step one cuBLAS GEMM (batched over the directions) and
+     one gate kernel (two of each for reset-before); the large-batch path when
+     :data:`LARGE_BATCH_PATH` says so. See ``kernels/gru_stepwise.cu``.
 
 Nothing in the time loop is an element-wise CuPy expression: every per-step
 operation is a cuBLAS call or one of our kernels.
@@ -70,11 +74,14 @@ PERSISTENT_L2_FRACTION = 0.6
 STEPWISE_THREADS = 256
 STEPWISE_BLOCKS_PER_SM = 8
 
-#: Force a path: "resident", "persistent", "stepwise" or "auto" (the default).
+#: The path "auto" takes above PERSISTENT_MAX_BATCH: "fused" or "stepwise".
+LARGE_BATCH_PATH = "fused"
+
+#: Force a path: "resident", "persistent", "fused", "stepwise" or "auto" (the default).
 PATH_ENV_VAR = "GRU_CUPY_PATH"
 #: Set to 1 to check after each call that the persistent kernel found the shared memory it expected.
 DEBUG_ENV_VAR = "GRU_CUPY_DEBUG"
-PATHS = ("auto", "resident", "persistent", "stepwise")
+PATHS = ("auto", "resident", "persistent", "fused", "stepwise")
 #: The resident kernel indexes with 32-bit integers: it takes layers whose gx has fewer elements.
 RESIDENT_MAX_ELEMENTS = 2**31 - 1
 
@@ -234,20 +241,22 @@ def choose_path(
     forced: str = "auto",
     max_batch: int = PERSISTENT_MAX_BATCH,
     resident: ResidentPlan | str | None = None,
+    large_batch: str = LARGE_BATCH_PATH,
 ) -> str:
-    """'resident', 'persistent' or 'stepwise' for a call.
+    """The path of a call: 'resident', 'persistent', 'fused' or 'stepwise'.
 
     Auto: the register-resident kernel whenever it fits (``resident`` is a
     plan); else the persistent kernel when the batch is at most ``max_batch``
-    (:data:`PERSISTENT_MAX_BATCH`) and a co-resident plan exists; otherwise the
-    per-step GEMM path. ``plan`` may be None when the batch alone rules the
-    persistent kernel out (no plan is made then: making one compiles it), and
-    ``resident`` None when the caller does not consider that kernel.
+    (:data:`PERSISTENT_MAX_BATCH`) and a co-resident plan exists; otherwise
+    ``large_batch`` (:data:`LARGE_BATCH_PATH`). ``plan`` may be None when the
+    batch alone rules the persistent kernel out (no plan is made then: making
+    one compiles it), and ``resident`` None when the caller does not consider
+    that kernel.
     """
     if forced not in PATHS:
         raise ValueError(f"{PATH_ENV_VAR}: expected one of {PATHS}, got {forced!r}")
-    if forced == "stepwise":
-        return "stepwise"
+    if forced in ("fused", "stepwise"):
+        return forced
     if forced == "resident":
         if not isinstance(resident, ResidentPlan):
             raise UnsupportedRequestError(f"{PATH_ENV_VAR}=resident, but the resident kernel cannot run: {resident}")
@@ -258,7 +267,7 @@ def choose_path(
         return "persistent"
     if isinstance(resident, ResidentPlan):
         return "resident"
-    return "persistent" if batch <= max_batch and isinstance(plan, PersistentPlan) else "stepwise"
+    return "persistent" if batch <= max_batch and isinstance(plan, PersistentPlan) else large_batch
 
 
 class _Packed:
@@ -350,6 +359,7 @@ class CupyBackend(Backend):
         self.persistent_l2_fraction = PERSISTENT_L2_FRACTION
         #: whether "auto" takes the register-resident kernel where it fits
         self.use_resident = True
+        self.large_batch_path = LARGE_BATCH_PATH
         self.last_paths: tuple[str, ...] = ()  #: the path each layer of the last call took
         self._constants: dict[tuple, Any] = {}  #: small device arrays reused by every call
 
@@ -496,7 +506,7 @@ class CupyBackend(Backend):
                     min_units=self.persistent_min_units,
                     l2_fraction=self.persistent_l2_fraction,
                 )
-            path = choose_path(B, plan, forced, self.persistent_max_batch, resident)
+            path = choose_path(B, plan, forced, self.persistent_max_batch, resident, self.large_batch_path)
             if path == "resident":
                 plan = resident
             layer_input = x
@@ -511,6 +521,7 @@ class CupyBackend(Backend):
                 run = {
                     "resident": self._run_resident,
                     "persistent": self._run_persistent,
+                    "fused": self._run_fused,
                     "stepwise": self._run_stepwise,
                 }[path]
                 check = run(
@@ -617,6 +628,45 @@ class CupyBackend(Backend):
         )
         h_n[...] = hbuf[steps % 2, :, :, :H]
         return sync
+
+    def _run_fused(self, device, packed: _Packed, plan, *, gx, h0, lengths, steps, output, h_n, gates, reset_after):
+        """Per step one fused product-and-gates kernel (two for reset-before); no GEMM call in the loop."""
+        xp = device.xp
+        D, B, H = h0.shape
+        T = output.shape[0]
+        dtype = output.dtype
+        name = dtype.name
+        hbuf = xp.empty((2, D, B, H), dtype)
+        hbuf[0] = h0
+        states = (hbuf[0], hbuf[1])
+        w_hh = packed.w_hh_padded(H)  # (D, 3H, H): no padding
+        grid = (-(-H // _kernels.FUSED_UNITS), -(-B // _kernels.FUSED_SEQS), D)
+        block = (_kernels.FUSED_THREADS,)
+        i32 = np.int32
+        unused = self._placeholder(device, dtype)
+        gates_arg = gates if gates is not None else unused
+        tail = (i32(T), i32(B), i32(H), i32(D))
+        has_gates = i32(gates is not None)
+        if reset_after:
+            kernel = _kernels.fused_name(name, 3)
+            smem = _kernels.fused_shared_memory(name, 3)
+            for s in range(steps):
+                hcur, hnext = states[s % 2], states[(s + 1) % 2]
+                args = (gx, w_hh, packed.b_hn, lengths, hcur, hcur, hnext, unused, unused, output, gates_arg)
+                device.launch(kernel, grid, block, (*args, has_gates, i32(s), *tail), shared_mem=smem)
+        else:
+            rh = xp.empty((D, B, H), dtype)
+            z = xp.empty((D, B, H), dtype)
+            kernel_rz, kernel_n = _kernels.fused_name(name, 2), _kernels.fused_name(name, 1)
+            smem_rz, smem_n = _kernels.fused_shared_memory(name, 2), _kernels.fused_shared_memory(name, 1)
+            for s in range(steps):
+                hcur, hnext = states[s % 2], states[(s + 1) % 2]
+                args = (gx, w_hh, packed.b_hn, lengths, hcur, hcur, hnext, rh, z, output, gates_arg)
+                device.launch(kernel_rz, grid, block, (*args, has_gates, i32(s), *tail), shared_mem=smem_rz)
+                args = (gx, w_hh, packed.b_hn, lengths, rh, hcur, hnext, rh, z, output, gates_arg)
+                device.launch(kernel_n, grid, block, (*args, has_gates, i32(s), *tail), shared_mem=smem_n)
+        h_n[...] = states[steps % 2]
+        return None
 
     def _run_stepwise(self, device, packed: _Packed, plan, *, gx, h0, lengths, steps, output, h_n, gates, reset_after):
         """Per step: cuBLAS for the recurrent product, one fused kernel for the gates (two each for reset-before)."""

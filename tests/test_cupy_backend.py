@@ -662,11 +662,27 @@ def test_resident_kernel_stress(emulator_library, monkeypatch, H, dtype, reset_a
 
 
 FUSED_STRESS_CASES = [
-    # H, B, dtype: unit blocks cut short, product tiles cut short, several sequence blocks
-    pytest.param(5, 3, "float32", id="one-short-unit-block"),
-    pytest.param(37, 130, "float32", id="2-sequence-blocks-2-tiles"),
-    pytest.param(40, 7, "float64", id="double-3-tiles"),
+    # H, B, dtype: every tile, unit blocks and product tiles cut short, several sequence blocks
+    pytest.param(5, 3, "float32", id="16x32-tile-one-short-unit-block"),
+    pytest.param(37, 50, "float32", id="16x64-tile-2-product-tiles"),
+    pytest.param(37, 130, "float32", id="8x128-tile-2-sequence-blocks"),
+    pytest.param(40, 7, "float64", id="double-3-product-tiles"),
+    pytest.param(9, 129, "float64", id="double-8x128-tile"),
 ]
+
+
+def test_fused_tile_covers_the_batch_with_the_fewest_idle_lanes():
+    assert [_kernels.fused_tile_shape(*_kernels.fused_tile(b)) for b in (1, 32, 33, 64, 65, 256)] == [
+        (16, 32),
+        (16, 32),
+        (16, 64),
+        (16, 64),
+        (8, 128),
+        (8, 128),
+    ]
+    for tile in _kernels.FUSED_TILES:  # every tile is whole warps: 4 units x 32 * SPL sequences each
+        units, seqs = _kernels.fused_tile_shape(*tile)
+        assert units * seqs == 4 * 32 * tile[1] * _kernels.FUSED_THREADS // 32
 
 
 @pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
@@ -690,7 +706,8 @@ def test_fused_kernel_stress(emulator_library, monkeypatch, H, B, dtype, reset_a
         np.testing.assert_allclose(getattr(gates, name), expected_gates[:, g], rtol=0, atol=tol)
     assert backend.last_paths == ("fused", "fused")
     launched = {launch[0] for launch in backend.device.launches}
-    expected = {_kernels.fused_name(dtype, 3)} if reset_after else {_kernels.fused_name(dtype, g) for g in (2, 1)}
+    tile = _kernels.fused_tile(B)
+    expected = {_kernels.fused_name(dtype, g, tile) for g in ((3,) if reset_after else (2, 1))}
     assert expected <= launched and not any(name.startswith("gru_step_") for name in launched - expected)
 
 

@@ -69,20 +69,36 @@ def resident_name(dtype: str, chunk: int, reset_after: bool) -> str:
     return f"gru_resident<{DTYPES[dtype]}, {chunk}, {'true' if reset_after else 'false'}>"
 
 
-def fused_name(dtype: str, gate_rows: int) -> str:
+#: The fused kernel's tiles, (unit groups UG, sequences per lane SPL), largest first: a block of
+#: 4 warps covers 4 * UG units x 32 * SPL * (4 / UG) sequences.
+FUSED_TILES = ((2, 2), (4, 2), (4, 1))
+FUSED_THREADS = 128
+
+
+def fused_tile(batch: int) -> tuple[int, int]:
+    """The fused kernel's tile for a batch: the smallest whose sequences cover it, else the largest."""
+    for tile in reversed(FUSED_TILES):
+        if fused_tile_shape(*tile)[1] >= batch:
+            return tile
+    return FUSED_TILES[0]
+
+
+def fused_tile_shape(unit_groups: int, seqs_per_lane: int) -> tuple[int, int]:
+    """(units, sequences) of one block of the fused kernel."""
+    return 4 * unit_groups, 32 * seqs_per_lane * (4 // unit_groups)
+
+
+def fused_name(dtype: str, gate_rows: int, tile: tuple[int, int] = FUSED_TILES[0]) -> str:
     """The name expression of one fused per-step kernel (3: reset-after; 2, 1: reset-before's halves)."""
-    return f"gru_step_fused<{DTYPES[dtype]}, {gate_rows}>"
+    return f"gru_step_fused<{DTYPES[dtype]}, {gate_rows}, {tile[0]}, {tile[1]}>"
 
 
-#: Hidden units, sequences and threads per block of the fused kernel (gru_fused.cu's FUSED_* constants).
-FUSED_UNITS, FUSED_SEQS, FUSED_THREADS = 8, 128, 128
-
-
-def fused_shared_memory(dtype: str, gate_rows: int) -> int:
+def fused_shared_memory(dtype: str, gate_rows: int, tile: tuple[int, int] = FUSED_TILES[0]) -> int:
     """Bytes of dynamic shared memory per block of the fused kernel: one tile of weights and of states."""
     itemsize = 4 if dtype == "float32" else 8
     columns = 128 // itemsize  # FusedKT
-    return columns * (gate_rows * FUSED_UNITS + FUSED_SEQS) * itemsize
+    units, seqs = fused_tile_shape(*tile)
+    return columns * (gate_rows * units + seqs) * itemsize
 
 
 STEPWISE_KERNELS = ("gru_step_after", "gru_step_before_rz", "gru_step_before_n")
@@ -109,7 +125,10 @@ RESIDENT = KernelFile(
         for reset_after in (True, False)
     ),
 )
-FUSED = KernelFile("gru_fused.cu", tuple(fused_name(dtype, g) for dtype in DTYPES for g in (3, 2, 1)))
+FUSED = KernelFile(
+    "gru_fused.cu",
+    tuple(fused_name(dtype, g, tile) for dtype in DTYPES for g in (3, 2, 1) for tile in FUSED_TILES),
+)
 KERNEL_FILES = (PERSISTENT, STEPWISE, RESIDENT, FUSED)
 
 _INCLUDE = re.compile(r'^#include\s+"([^"]+)"\s*$', re.MULTILINE)

@@ -17,9 +17,9 @@ Per layer (both directions together):
      fit on chip are read from global memory inside the same kernel.
      See ``kernels/gru_persistent.cu``.
    * **fused** (large batch): per step ONE kernel that computes the step's
-     recurrent product in tiles of 8 units x 128 sequences and applies the gate
-     math to the sums in registers (two kernels for reset-before). See
-     ``kernels/gru_fused.cu``.
+     recurrent product in tiles of units x sequences sized to the batch and
+     applies the gate math to the sums in registers (two kernels for
+     reset-before). See ``kernels/gru_fused.cu``.
    * **stepwise**: per step one cuBLAS GEMM (batched over the directions) and
      one gate kernel (two of each for reset-before); the large-batch path when
      :data:`LARGE_BATCH_PATH` says so. See ``kernels/gru_stepwise.cu``.
@@ -640,7 +640,9 @@ class CupyBackend(Backend):
         hbuf[0] = h0
         states = (hbuf[0], hbuf[1])
         w_hh = packed.w_hh_padded(H)  # (D, 3H, H): no padding
-        grid = (-(-H // _kernels.FUSED_UNITS), -(-B // _kernels.FUSED_SEQS), D)
+        tile = _kernels.fused_tile(B)
+        units, seqs = _kernels.fused_tile_shape(*tile)
+        grid = (-(-H // units), -(-B // seqs), D)
         block = (_kernels.FUSED_THREADS,)
         i32 = np.int32
         unused = self._placeholder(device, dtype)
@@ -648,8 +650,8 @@ class CupyBackend(Backend):
         tail = (i32(T), i32(B), i32(H), i32(D))
         has_gates = i32(gates is not None)
         if reset_after:
-            kernel = _kernels.fused_name(name, 3)
-            smem = _kernels.fused_shared_memory(name, 3)
+            kernel = _kernels.fused_name(name, 3, tile)
+            smem = _kernels.fused_shared_memory(name, 3, tile)
             for s in range(steps):
                 hcur, hnext = states[s % 2], states[(s + 1) % 2]
                 args = (gx, w_hh, packed.b_hn, lengths, hcur, hcur, hnext, unused, unused, output, gates_arg)
@@ -657,8 +659,8 @@ class CupyBackend(Backend):
         else:
             rh = xp.empty((D, B, H), dtype)
             z = xp.empty((D, B, H), dtype)
-            kernel_rz, kernel_n = _kernels.fused_name(name, 2), _kernels.fused_name(name, 1)
-            smem_rz, smem_n = _kernels.fused_shared_memory(name, 2), _kernels.fused_shared_memory(name, 1)
+            kernel_rz, kernel_n = _kernels.fused_name(name, 2, tile), _kernels.fused_name(name, 1, tile)
+            smem_rz, smem_n = _kernels.fused_shared_memory(name, 2, tile), _kernels.fused_shared_memory(name, 1, tile)
             for s in range(steps):
                 hcur, hnext = states[s % 2], states[(s + 1) % 2]
                 args = (gx, w_hh, packed.b_hn, lengths, hcur, hcur, hnext, rh, z, output, gates_arg)

@@ -9,12 +9,17 @@
 // x 128 sequences for all of the step's gate rows, keeps the sums in
 // registers, and applies the gate math to them directly.
 //
-// Work split
-//   grid  = (ceil(H / 8), ceil(B / 128), D); block = 128 threads, 4 warps:
-//   warp w takes units (w % 2) * 4 .. + 3 of the block's 8 and sequences
-//   (w / 2) * 64 .. + 63 of its 128; lane l takes sequences 2l and 2l + 1 of
-//   those. A thread so holds G x 4 x 2 sums: G gate rows (below) of 4 units
-//   for 2 sequences.
+// Work split (template parameters UG, SPL)
+//   block = 128 threads, 4 warps, in UG unit groups of 4 units and 4 / UG
+//   sequence groups of 32 * SPL sequences: warp w takes units (w % UG) * 4 ..
+//   + 3 and sequences (w / UG) * 32 * SPL .. of the block's tile of
+//   UNITS = 4 * UG units x SEQS = 32 * SPL * (4 / UG) sequences; lane l takes
+//   SPL consecutive sequences of its warp's. A thread so holds G x 4 x SPL
+//   sums: G gate rows (below) of 4 units for SPL sequences. The host picks
+//   the tile from the batch: 8 x 128 (UG 2, SPL 2) for large batches,
+//   16 x 64 and 16 x 32 (UG 4, SPL 2 or 1) for smaller ones, so that few
+//   lanes sit idle.
+//   grid = (ceil(H / UNITS), ceil(B / SEQS), D).
 //   The product runs over H in tiles of KT columns (32 floats, 16 doubles)
 //   staged in shared memory,
 //   weights as w_s[k][row] and states as h_s[k][sequence], so that a warp
@@ -36,8 +41,6 @@
 
 namespace gru {
 
-static const int FUSED_UNITS = 8;      // hidden units per block
-static const int FUSED_SEQS = 128;     // sequences per block
 static const int FUSED_THREADS = 128;  // 4 warps
 
 // Columns per shared-memory tile: 32 floats or 16 doubles (the tile's registers while the next one loads).
@@ -72,9 +75,13 @@ __device__ __forceinline__ void load2(const double* p, double (&v)[2]) {
     v[0] = q.x;
     v[1] = q.y;
 }
+template <typename T>
+__device__ __forceinline__ void load2(const T* p, T (&v)[1]) {
+    v[0] = *p;
+}
 
 // Each thread's share of one tile: W_PER weights and H_PER states.
-template <typename T, int G>
+template <typename T, int G, int FUSED_UNITS, int FUSED_SEQS>
 struct FusedTile {
     static const int FUSED_KT = FusedKT<T>::value;
     static const int W_PER = FUSED_KT * G * FUSED_UNITS / FUSED_THREADS;
@@ -121,36 +128,42 @@ struct FusedTile {
 
 }  // namespace gru
 
-template <typename T, int G>
-__global__ void __launch_bounds__(gru::FUSED_THREADS)
+template <typename T, int G, int UG, int SPL>
+__global__ void __launch_bounds__(gru::FUSED_THREADS, 1)
     gru_step_fused(const T* __restrict__ gx, const T* __restrict__ w_hh, const T* __restrict__ b_hn,
                    const int* __restrict__ lengths, const T* __restrict__ hin, const T* __restrict__ hcur,
                    T* __restrict__ hnext, T* __restrict__ rh, T* __restrict__ zbuf, T* __restrict__ out,
                    T* __restrict__ gates, int has_gates, int s, int seq_len, int B, int H, int D) {
     using namespace gru;
     const int FUSED_KT = FusedKT<T>::value;
+    const int FUSED_UNITS = 4 * UG;
+    const int SEQS_PER_WARP = 32 * SPL;
+    const int FUSED_SEQS = SEQS_PER_WARP * (4 / UG);
     GRU_DYNAMIC_SMEM(smem_raw);
     T* w_s = reinterpret_cast<T*>(smem_raw);           // [FUSED_KT][G * FUSED_UNITS]
     T* h_s = w_s + FUSED_KT * G * FUSED_UNITS;         // [FUSED_KT][FUSED_SEQS]
     const int tid = threadIdx.x;
     const int lane = tid & 31;
     const int warp = tid >> 5;
-    const int unit_group = warp & 1;  // units unit_group * 4 .. + 3 of the block
-    const int seq_group = warp >> 1;  // sequences seq_group * 64 .. + 63 of the block
+    const int unit_group = warp % UG;  // units unit_group * 4 .. + 3 of the block
+    const int seq_group = warp / UG;   // sequences seq_group * SEQS_PER_WARP .. of the block
     const int d = blockIdx.z;
     const int u0 = blockIdx.x * FUSED_UNITS;
     const int b0 = blockIdx.y * FUSED_SEQS;
     const T* w_dir = w_hh + static_cast<long long>(d) * 3 * H * H + (G == 1 ? 2LL * H * H : 0LL);
     const T* hin_dir = hin + static_cast<long long>(d) * B * H;
 
-    T acc[G][4][2];
+    T acc[G][4][SPL];
 #pragma unroll
     for (int g = 0; g < G; ++g) {
 #pragma unroll
-        for (int j = 0; j < 4; ++j) acc[g][j][0] = acc[g][j][1] = T(0);
+        for (int j = 0; j < 4; ++j) {
+#pragma unroll
+            for (int i = 0; i < SPL; ++i) acc[g][j][i] = T(0);
+        }
     }
 
-    FusedTile<T, G> tile;
+    FusedTile<T, G, 4 * UG, 32 * SPL * (4 / UG)> tile;
     tile.load(w_dir, hin_dir, 0, u0, b0, B, H, tid);
     tile.store(w_s, h_s, tid);
     __syncthreads();
@@ -159,16 +172,16 @@ __global__ void __launch_bounds__(gru::FUSED_THREADS)
         if (more) tile.load(w_dir, hin_dir, k0 + FUSED_KT, u0, b0, B, H, tid);  // in flight during the products
 #pragma unroll 4
         for (int k = 0; k < FUSED_KT; ++k) {
-            T hv[2];
-            load2(h_s + k * FUSED_SEQS + seq_group * 64 + 2 * lane, hv);
+            T hv[SPL];
+            load2(h_s + k * FUSED_SEQS + seq_group * SEQS_PER_WARP + SPL * lane, hv);
 #pragma unroll
             for (int g = 0; g < G; ++g) {
                 T wv[4];
                 load4(w_s + k * G * FUSED_UNITS + g * FUSED_UNITS + unit_group * 4, wv);
 #pragma unroll
                 for (int j = 0; j < 4; ++j) {
-                    acc[g][j][0] = madd(wv[j], hv[0], acc[g][j][0]);
-                    acc[g][j][1] = madd(wv[j], hv[1], acc[g][j][1]);
+#pragma unroll
+                    for (int i = 0; i < SPL; ++i) acc[g][j][i] = madd(wv[j], hv[i], acc[g][j][i]);
                 }
             }
         }
@@ -182,8 +195,8 @@ __global__ void __launch_bounds__(gru::FUSED_THREADS)
     // Gate math on the sums in registers.
     const long long gate_step = static_cast<long long>(seq_len) * B * H;
 #pragma unroll
-    for (int i = 0; i < 2; ++i) {
-        const int b = b0 + seq_group * 64 + 2 * lane + i;
+    for (int i = 0; i < SPL; ++i) {
+        const int b = b0 + seq_group * SEQS_PER_WARP + SPL * lane + i;
         if (b >= B) continue;
         const int len = lengths[b];
         const bool alive = s < len;

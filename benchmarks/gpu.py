@@ -19,7 +19,8 @@ Results go to the JSON file after every shape (a run stopped by its time
 budget still leaves what it measured) and a table is printed at the end.
 
 ``--sweep`` also times the persistent kernel over its layout knobs (units per
-block, threads per block) on every shape it can run, for tuning the defaults.
+block, threads per block, share of L2) on every shape it can run, and
+``--crossover`` every path over a grid of batch sizes, for tuning the path rule.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ SHAPES = [
     (512, 512, 256, 100),  # throughput
 ]
 AGREE_RELATIVE = 1e-4  # float32 vs float64 reference, relative L2 error
+PATH_NAMES = ("resident", "persistent", "fused", "stepwise")  # the CuPy backend's paths
 
 
 def time_events(run, repeats: int, events) -> list[float]:
@@ -159,7 +161,7 @@ def bench_shape(shape, repeats: int, warmup: int) -> dict[str, Any]:
     torch.backends.cudnn.allow_tf32 = False
 
     # the other paths, for tuning the rule
-    for other in ("resident", "persistent", "fused", "stepwise"):
+    for other in PATH_NAMES:
         if other == row["path"]:
             continue
         os.environ[cupy_backend.PATH_ENV_VAR] = other
@@ -261,6 +263,44 @@ def sweep_shape(shape, repeats: int, warmup: int) -> list[dict[str, Any]]:
     return rows
 
 
+#: (hidden size, batch sizes) of --crossover, 100 steps, input size = hidden size
+CROSSOVER = ((256, (1, 4, 8, 16, 32, 64, 128, 256)), (1024, (1, 4, 8, 16, 32, 64, 128)))
+
+
+def crossover(repeats: int, warmup: int) -> list[dict[str, Any]]:
+    """Median ms of every path that can run, per (H, B): where the path rule should switch."""
+    import cupy
+
+    import gru
+    from gru.backends.cupy import backend as cupy_backend
+
+    rows = []
+    for H, batches in CROSSOVER:
+        layer = gru.GRU(H, H, dtype="float32", backend="cupy", seed=0)
+        for B in batches:
+            x = cupy.random.default_rng(B).standard_normal((100, B, H), dtype=cupy.float32)
+            row: dict[str, Any] = {"H": H, "B": B, "T": 100, "median_ms": {}}
+            for path in PATH_NAMES:
+                os.environ[cupy_backend.PATH_ENV_VAR] = path
+                try:
+                    for _ in range(warmup):
+                        layer(x)
+                    times = time_events(
+                        lambda layer=layer, x=x: layer(x), repeats, lambda: (cupy.cuda.Event(), cupy.cuda.Event())
+                    )
+                    row["median_ms"][path] = statistics.median(times)
+                except Exception as exc:
+                    row[f"{path}_error"] = f"{type(exc).__name__}: {exc}"[:80]
+                finally:
+                    os.environ.pop(cupy_backend.PATH_ENV_VAR, None)
+            layer(x)
+            row["auto"] = gru.get_backend("cupy").last_paths[0]
+            rows.append(row)
+            times = "  ".join(f"{k} {v:8.3f}" for k, v in row["median_ms"].items())
+            print(f"crossover H={H:<5} B={B:<4} auto={row['auto']:<10} {times}", flush=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, required=True, help="where to write the results")
@@ -268,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--budget", type=float, default=80.0, help="seconds; shapes not started by then are skipped")
     parser.add_argument("--sweep", action="store_true", help="also time the persistent kernel over its knobs")
+    parser.add_argument("--crossover", action="store_true", help="also time every path over a grid of batch sizes")
     args = parser.parse_args(argv)
 
     import gru
@@ -335,6 +376,9 @@ def main(argv: list[str] | None = None) -> int:
                     timing = f"{row['median_ms']:9.3f} ms" if "median_ms" in row else row.get("error", "")
                 where = {k: row[k] for k in ("blocks", "units", "cached", "l2_rows") if k in row}
                 print(f"sweep {shape!s:<24} {row.get('knobs')!s:<36} {where!s:<56} {timing}")
+    if args.crossover:
+        report["crossover"] = crossover(args.repeats, args.warmup)
+        args.json.write_text(json.dumps(report, indent=2, default=str))
     return 0 if all(r.get("agrees") and "error" not in r for r in report["results"]) else 1
 
 

@@ -39,7 +39,7 @@ step() {
 summary "gru GPU check, $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1 && summary "$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null)"
 
-# limits add up to 840 s (about 3 minutes are used); the GPU tests run first (they say fastest whether the kernels work),
+# limits add up to 900 s (about 3 minutes are used); the GPU tests run first (they say fastest whether the kernels work),
 # the CPU-only tests last (CI runs those anyway)
 step install 90 "$PYTHON" -m pip install --no-build-isolation --no-deps --no-cache-dir .
 step backends 20 "$PYTHON" -m gru.cli backends
@@ -49,7 +49,7 @@ step conformance 120 "$PYTHON" -m pytest -q -p no:cacheprovider --pyargs gru.tes
 GRU_CUPY_PATH=persistent step conf-persist 90 "$PYTHON" -m pytest -q -p no:cacheprovider --pyargs gru.testing --gru-backend cupy
 GRU_CUPY_PATH=fused step conf-fused 90 "$PYTHON" -m pytest -q -p no:cacheprovider --pyargs gru.testing --gru-backend cupy
 GRU_CUPY_PATH=stepwise step conf-stepwise 90 "$PYTHON" -m pytest -q -p no:cacheprovider --pyargs gru.testing --gru-backend cupy
-step benchmark 120 "$PYTHON" benchmarks/gpu.py --json "$OUT/gpu.json" --budget 40 ${GRU_GPU_SWEEP:+--sweep}
+step benchmark 180 "$PYTHON" benchmarks/gpu.py --json "$OUT/gpu.json" --budget 40 ${GRU_GPU_SWEEP:+--sweep} ${GRU_GPU_CROSSOVER:+--crossover}
 # GRU_GPU_CHECK_SKIP_CPU=1 leaves them out where device time is short
 [ -n "${GRU_GPU_CHECK_SKIP_CPU:-}" ] ||
     step cpu-tests 120 "$PYTHON" -m pytest -q -p no:cacheprovider -rs tests/test_cupy_backend.py -k "not test_gpu_"

@@ -233,7 +233,7 @@ def plan(device=None, *, H, B, D=1, dtype="float32", reset_after=True, **kwargs)
 )
 def test_the_benchmark_shapes_take_the_documented_paths_on_an_h100(shape, path, on_chip):
     _, H, B, _ = shape
-    p = plan(H=H, B=B) if B <= cupy_backend.PERSISTENT_MAX_BATCH else None
+    p = plan(H=H, B=B) if B <= cupy_backend.PERSISTENT_MAX_BATCH_ON_CHIP else None
     assert choose_path(B, p) == path
     if path == "persistent":
         assert isinstance(p, PersistentPlan)
@@ -269,7 +269,13 @@ def test_plan_says_why_when_the_persistent_kernel_cannot_run():
 def test_choose_path_rule_and_overrides():
     p = plan(H=64, B=4)
     assert choose_path(4, p) == "persistent"
-    assert choose_path(cupy_backend.PERSISTENT_MAX_BATCH + 1, p) == cupy_backend.LARGE_BATCH_PATH
+    assert p.on_chip
+    assert choose_path(cupy_backend.PERSISTENT_MAX_BATCH_ON_CHIP, p) == "persistent"
+    assert choose_path(cupy_backend.PERSISTENT_MAX_BATCH_ON_CHIP + 1, p) == cupy_backend.LARGE_BATCH_PATH
+    partly = plan(H=2816, B=4)
+    assert not partly.on_chip
+    assert choose_path(cupy_backend.PERSISTENT_MAX_BATCH, partly) == "persistent"
+    assert choose_path(cupy_backend.PERSISTENT_MAX_BATCH + 1, partly) == cupy_backend.LARGE_BATCH_PATH
     assert choose_path(4, "no cooperative launch") == cupy_backend.LARGE_BATCH_PATH
     assert choose_path(4, "no cooperative launch", large_batch="stepwise") == "stepwise"
     assert choose_path(4, p, "stepwise") == "stepwise"
@@ -724,7 +730,7 @@ def test_auto_takes_the_persistent_kernel_where_the_resident_one_does_not_fit(em
 def test_auto_path_follows_the_batch_rule(emulator_library, monkeypatch):
     monkeypatch.delenv(PATH_ENV_VAR, raising=False)
     backend = emulated_backend(emulator_library)
-    backend.persistent_max_batch = 3
+    backend.persistent_max_batch = backend.persistent_max_batch_on_chip = 3
     backend.use_resident = False
     layer = gru.GRU(3, 6, 2, dtype="float64", backend=backend, seed=0)
     rng = np.random.default_rng(1)

@@ -247,6 +247,13 @@ inline void __stcg(T* p, T v) {
 namespace gru {
 inline unsigned int load_acquire(const unsigned int* p) { return *p; }
 inline void spin_pause() { emu::yield(); }
+// Asynchronous copies complete at once here (waiting is then a no-op).
+inline void copy_async16(void* dst, const void* src, int bytes) {
+    std::memset(dst, 0, 16);
+    if (bytes > 0) std::memcpy(dst, src, static_cast<size_t>(bytes));
+}
+inline void copy_async_commit() {}
+inline void copy_async_wait(int) {}
 // L2 eviction policies have no meaning here: plain loads.
 inline unsigned long long l2_policy(bool) { return 0; }
 template <typename T>

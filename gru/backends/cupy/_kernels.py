@@ -93,12 +93,14 @@ def fused_name(dtype: str, gate_rows: int, tile: tuple[int, int] = FUSED_TILES[0
     return f"gru_step_fused<{DTYPES[dtype]}, {gate_rows}, {tile[0]}, {tile[1]}>"
 
 
-def fused_shared_memory(dtype: str, gate_rows: int, tile: tuple[int, int] = FUSED_TILES[0]) -> int:
-    """Bytes of dynamic shared memory per block of the fused kernel: one tile of weights and of states."""
-    itemsize = 4 if dtype == "float32" else 8
-    columns = 128 // itemsize  # FusedKT
+def fused_shared_memory(dtype: str, gate_rows: int, tile: tuple[int, int], stages: int) -> int:
+    """Bytes of dynamic shared memory per block of the fused kernel: ``stages`` ring buffers.
+
+    Each holds one 128-byte column tile of the block's weight rows and state
+    rows, every row padded by one 16-byte vector (gru_fused.cu).
+    """
     units, seqs = fused_tile_shape(*tile)
-    return columns * (gate_rows * units + seqs) * itemsize
+    return stages * (gate_rows * units + seqs) * (128 + 16)
 
 
 STEPWISE_KERNELS = ("gru_step_after", "gru_step_before_rz", "gru_step_before_n")

@@ -52,14 +52,18 @@ from gru.backends._base import Backend, Capabilities, ForwardRequest, ForwardRes
 from gru.backends.cupy import _kernels
 
 # ---------------------------------------------------------------------------------------------
-# The path rule. Not yet measured on a GPU: these are the knobs to tune there (benchmarks/gpu.py
-# times both paths with GRU_CUPY_PATH=persistent / stepwise).
+# The path rule and the kernels' knobs, set from measurements on an H100 (benchmarks/gpu.py
+# --sweep and --crossover time every path and knob; benchmarks/RESULTS.md has the numbers).
 # ---------------------------------------------------------------------------------------------
 
-#: Batches up to this size run the persistent kernel; larger ones the per-step GEMM path. Above
-#: it, every weight is reused by many sequences per step, so streaming W_hh through cuBLAS costs
-#: little, while the persistent kernel would restage every sequence's state in every block.
+#: Batches up to this size run the persistent kernel; larger ones the large-batch path. Above it,
+#: every weight is reused by many sequences per step, while the persistent kernel restages every
+#: sequence's state in every block each step (measured: at H=1024 and 64 sequences the persistent
+#: kernel took 6.0 ms per 100 steps, the stepwise path 4.3).
 PERSISTENT_MAX_BATCH = 16
+#: ... and up to this size when every recurrent weight stays on chip (H=1024, 32 sequences: 3.2 ms
+#: persistent against 4.2 stepwise; H=2048, 32 sequences, partly from L2: 30.7 ms against 23.2).
+PERSISTENT_MAX_BATCH_ON_CHIP = 32
 #: The fewest hidden units one persistent block owns. Fewer units per block spreads W_hh over
 #: more multiprocessors (less shared memory and work per block per step) but makes the per-step
 #: grid barrier wait for more blocks.
@@ -75,7 +79,7 @@ STEPWISE_THREADS = 256
 STEPWISE_BLOCKS_PER_SM = 8
 
 #: The path "auto" takes above PERSISTENT_MAX_BATCH: "fused" or "stepwise".
-LARGE_BATCH_PATH = "fused"
+LARGE_BATCH_PATH = "stepwise"
 
 #: Force a path: "resident", "persistent", "fused", "stepwise" or "auto" (the default).
 PATH_ENV_VAR = "GRU_CUPY_PATH"
@@ -242,12 +246,14 @@ def choose_path(
     max_batch: int = PERSISTENT_MAX_BATCH,
     resident: ResidentPlan | str | None = None,
     large_batch: str = LARGE_BATCH_PATH,
+    max_batch_on_chip: int = PERSISTENT_MAX_BATCH_ON_CHIP,
 ) -> str:
     """The path of a call: 'resident', 'persistent', 'fused' or 'stepwise'.
 
     Auto: the register-resident kernel whenever it fits (``resident`` is a
-    plan); else the persistent kernel when the batch is at most ``max_batch``
-    (:data:`PERSISTENT_MAX_BATCH`) and a co-resident plan exists; otherwise
+    plan); else the persistent kernel when a co-resident plan exists and the
+    batch is at most ``max_batch`` (:data:`PERSISTENT_MAX_BATCH`), or at most
+    ``max_batch_on_chip`` when the plan keeps every weight on chip; otherwise
     ``large_batch`` (:data:`LARGE_BATCH_PATH`). ``plan`` may be None when the
     batch alone rules the persistent kernel out (no plan is made then: making
     one compiles it), and ``resident`` None when the caller does not consider
@@ -267,7 +273,9 @@ def choose_path(
         return "persistent"
     if isinstance(resident, ResidentPlan):
         return "resident"
-    return "persistent" if batch <= max_batch and isinstance(plan, PersistentPlan) else large_batch
+    if isinstance(plan, PersistentPlan) and batch <= (max_batch_on_chip if plan.on_chip else max_batch):
+        return "persistent"
+    return large_batch
 
 
 class _Packed:
@@ -354,6 +362,7 @@ class CupyBackend(Backend):
         self._packed: weakref.WeakKeyDictionary[LayerWeights, dict[tuple, _Packed]] = weakref.WeakKeyDictionary()
         #: the path rule's knobs, per instance so that tests and benchmarks can change them
         self.persistent_max_batch = PERSISTENT_MAX_BATCH
+        self.persistent_max_batch_on_chip = PERSISTENT_MAX_BATCH_ON_CHIP
         self.persistent_min_units = PERSISTENT_MIN_UNITS_PER_BLOCK
         self.persistent_threads = PERSISTENT_THREADS
         self.persistent_l2_fraction = PERSISTENT_L2_FRACTION
@@ -493,7 +502,9 @@ class CupyBackend(Backend):
                     elements=T * B * D * 3 * H,
                 )
             if forced == "persistent" or (
-                forced == "auto" and B <= self.persistent_max_batch and not isinstance(resident, ResidentPlan)
+                forced == "auto"
+                and B <= max(self.persistent_max_batch, self.persistent_max_batch_on_chip)
+                and not isinstance(resident, ResidentPlan)
             ):
                 plan = plan_persistent(
                     device,
@@ -506,7 +517,15 @@ class CupyBackend(Backend):
                     min_units=self.persistent_min_units,
                     l2_fraction=self.persistent_l2_fraction,
                 )
-            path = choose_path(B, plan, forced, self.persistent_max_batch, resident, self.large_batch_path)
+            path = choose_path(
+                B,
+                plan,
+                forced,
+                self.persistent_max_batch,
+                resident,
+                self.large_batch_path,
+                self.persistent_max_batch_on_chip,
+            )
             if path == "resident":
                 plan = resident
             layer_input = x
@@ -636,38 +655,43 @@ class CupyBackend(Backend):
         T = output.shape[0]
         dtype = output.dtype
         name = dtype.name
-        hbuf = xp.empty((2, D, B, H), dtype)
-        hbuf[0] = h0
+        Hp = padded_hidden(H, dtype.itemsize)  # rows 16-byte aligned for the kernel's asynchronous copies
+        hbuf = xp.zeros((2, D, B, Hp), dtype)
+        hbuf[0, :, :, :H] = h0
         states = (hbuf[0], hbuf[1])
-        w_hh = packed.w_hh_padded(H)  # (D, 3H, H): no padding
+        w_hh = packed.w_hh_padded(Hp)
         tile = _kernels.fused_tile(B)
         units, seqs = _kernels.fused_tile_shape(*tile)
         grid = (-(-H // units), -(-B // seqs), D)
         block = (_kernels.FUSED_THREADS,)
+        phases = (3,) if reset_after else (2, 1)
+        # three ring buffers where they fit in shared memory (copies two tiles ahead), else two
+        stages = 3 if _kernels.fused_shared_memory(name, phases[0], tile, 3) <= device.smem_per_block else 2
+        kernels = [
+            (_kernels.fused_name(name, g, tile), _kernels.fused_shared_memory(name, g, tile, stages)) for g in phases
+        ]
         i32 = np.int32
         unused = self._placeholder(device, dtype)
         gates_arg = gates if gates is not None else unused
-        tail = (i32(T), i32(B), i32(H), i32(D))
+        tail = (i32(T), i32(B), i32(H), i32(Hp), i32(D), i32(stages))
         has_gates = i32(gates is not None)
         if reset_after:
-            kernel = _kernels.fused_name(name, 3, tile)
-            smem = _kernels.fused_shared_memory(name, 3, tile)
+            ((kernel, smem),) = kernels
             for s in range(steps):
                 hcur, hnext = states[s % 2], states[(s + 1) % 2]
                 args = (gx, w_hh, packed.b_hn, lengths, hcur, hcur, hnext, unused, unused, output, gates_arg)
                 device.launch(kernel, grid, block, (*args, has_gates, i32(s), *tail), shared_mem=smem)
         else:
-            rh = xp.empty((D, B, H), dtype)
-            z = xp.empty((D, B, H), dtype)
-            kernel_rz, kernel_n = _kernels.fused_name(name, 2, tile), _kernels.fused_name(name, 1, tile)
-            smem_rz, smem_n = _kernels.fused_shared_memory(name, 2, tile), _kernels.fused_shared_memory(name, 1, tile)
+            (kernel_rz, smem_rz), (kernel_n, smem_n) = kernels
+            rh = xp.zeros((D, B, Hp), dtype)  # its pads stay zero: the second half's product reads them
+            z = xp.empty((D, B, Hp), dtype)
             for s in range(steps):
                 hcur, hnext = states[s % 2], states[(s + 1) % 2]
                 args = (gx, w_hh, packed.b_hn, lengths, hcur, hcur, hnext, rh, z, output, gates_arg)
                 device.launch(kernel_rz, grid, block, (*args, has_gates, i32(s), *tail), shared_mem=smem_rz)
                 args = (gx, w_hh, packed.b_hn, lengths, rh, hcur, hnext, rh, z, output, gates_arg)
                 device.launch(kernel_n, grid, block, (*args, has_gates, i32(s), *tail), shared_mem=smem_n)
-        h_n[...] = states[steps % 2]
+        h_n[...] = states[steps % 2][:, :, :H]
         return None
 
     def _run_stepwise(self, device, packed: _Packed, plan, *, gx, h0, lengths, steps, output, h_n, gates, reset_after):

@@ -1,11 +1,11 @@
-"""The CuPy GPU backend: a persistent CUDA kernel for the recurrence, cuBLAS for the products.
+"""The CuPy GPU backend: CUDA kernels that keep W_hh on chip for the recurrence, cuBLAS for the products.
 
 Per layer (both directions together):
 
 1. the input projection of all T·B rows as ONE GEMM (cuBLAS through
    ``cupy.matmul``): ``gx = x @ [W_ih_fwd; W_ih_rev]^T + bias``, with b_hr,
    b_hz (and b_hn for reset-before) folded into the bias;
-2. the recurrence, on one of three paths chosen per call by :func:`choose_path`:
+2. the recurrence, on one of four paths chosen per call by :func:`choose_path`:
 
    * **resident** (small hidden sizes, any batch): one block per sequence and
      direction runs every step with W_hh in its registers and h in shared
@@ -16,13 +16,15 @@ Per layer (both directions together):
      grid-wide barrier once per step (twice for reset-before). Rows that do not
      fit on chip are read from global memory inside the same kernel.
      See ``kernels/gru_persistent.cu``.
-   * **fused** (large batch): per step ONE kernel that computes the step's
-     recurrent product in tiles of units x sequences sized to the batch and
-     applies the gate math to the sums in registers (two kernels for
-     reset-before). See ``kernels/gru_fused.cu``.
-   * **stepwise**: per step one cuBLAS GEMM (batched over the directions) and
-     one gate kernel (two of each for reset-before); the large-batch path when
-     :data:`LARGE_BATCH_PATH` says so. See ``kernels/gru_stepwise.cu``.
+   * **stepwise** (large batch): per step one cuBLAS GEMM (batched over the
+     directions) and one gate kernel (two of each for reset-before).
+     See ``kernels/gru_stepwise.cu``.
+   * **fused** (when forced, or named by :data:`LARGE_BATCH_PATH`): per step
+     ONE kernel that computes the step's recurrent product in tiles of units x
+     sequences sized to the batch and applies the gate math to the sums in
+     registers (two kernels for reset-before). Its current version (a ring of
+     cp.async tile buffers) has not yet been timed on a GPU; the first version
+     was slower than the stepwise path. See ``kernels/gru_fused.cu``.
 
 Nothing in the time loop is an element-wise CuPy expression: every per-step
 operation is a cuBLAS call or one of our kernels.
@@ -78,7 +80,9 @@ PERSISTENT_L2_FRACTION = 0.6
 STEPWISE_THREADS = 256
 STEPWISE_BLOCKS_PER_SM = 8
 
-#: The path "auto" takes above PERSISTENT_MAX_BATCH: "fused" or "stepwise".
+#: The path "auto" takes above the persistent kernel's batches: "stepwise" or "fused". The first
+#: fused kernel lost to stepwise at H=1024 and at (H=512, 256 sequences): 7.6 against 6.0 ms; it
+#: won only at H=256 up to 128 sequences (benchmarks/RESULTS.md). The current one is untimed.
 LARGE_BATCH_PATH = "stepwise"
 
 #: Force a path: "resident", "persistent", "fused", "stepwise" or "auto" (the default).

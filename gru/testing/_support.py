@@ -42,19 +42,22 @@ def assert_close(actual, expected, dtype: str, what: str) -> None:
     np.testing.assert_allclose(actual, expected, rtol=0, atol=TOLERANCE[dtype], err_msg=what)
 
 
+def _layer_config(layer: gru.GRU, h0, lengths, dropout_masks) -> dict:
+    """The oracle's keyword arguments that describe ``layer`` and the call."""
+    return {
+        "num_layers": layer.num_layers,
+        "bidirectional": layer.bidirectional,
+        "reset_after": layer.reset_after,
+        "bias": layer.bias,
+        "h0": h0,
+        "lengths": lengths,
+        "dropout_masks": dropout_masks,
+    }
+
+
 def oracle_for(layer: gru.GRU, x_tbi: np.ndarray, h0=None, lengths=None, dropout_masks=None):
     """The oracle's answer for ``layer`` on time-major input."""
-    return oracle_forward(
-        x_tbi,
-        layer.state_dict(),
-        num_layers=layer.num_layers,
-        bidirectional=layer.bidirectional,
-        reset_after=layer.reset_after,
-        h0=h0,
-        lengths=lengths,
-        bias=layer.bias,
-        dropout_masks=dropout_masks,
-    )
+    return oracle_forward(x_tbi, layer.state_dict(), **_layer_config(layer, h0, lengths, dropout_masks))
 
 
 #: gradients: float64 against the oracle's analytic ones; float32 (sums over many products) looser
@@ -71,17 +74,7 @@ def oracle_gradients_for(layer: gru.GRU, x_tbi, d_output, d_h_n, h0=None, length
     from gru.testing.oracle import oracle_backward
 
     return oracle_backward(
-        x_tbi,
-        layer.state_dict(),
-        d_output,
-        d_h_n,
-        num_layers=layer.num_layers,
-        bidirectional=layer.bidirectional,
-        reset_after=layer.reset_after,
-        h0=h0,
-        lengths=lengths,
-        bias=layer.bias,
-        dropout_masks=dropout_masks,
+        x_tbi, layer.state_dict(), d_output, d_h_n, **_layer_config(layer, h0, lengths, dropout_masks)
     )
 
 

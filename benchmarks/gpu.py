@@ -94,7 +94,7 @@ def bench_shape(shape, repeats: int, warmup: int) -> dict[str, Any]:
     import torch
 
     import gru
-    from gru.backends.cupy import backend as cupy_backend
+    from gru.backends.cupy import _plans
 
     I, H, B, T = shape
     row: dict[str, Any] = {"shape": {"I": I, "H": H, "B": B, "T": T}, "dtype": "float32"}
@@ -131,10 +131,10 @@ def bench_shape(shape, repeats: int, warmup: int) -> dict[str, Any]:
     if not row["agrees"]:
         return row
 
-    plan = cupy_backend.plan_persistent(
+    plan = _plans.plan_persistent(
         backend._device(x), hidden_size=H, batch=B, directions=1, dtype="float32", reset_after=True
     )
-    row["persistent_plan"] = plan.__dict__ if isinstance(plan, cupy_backend.PersistentPlan) else plan
+    row["persistent_plan"] = plan.__dict__ if isinstance(plan, _plans.PersistentPlan) else plan
 
     def cupy_events():
         return cupy.cuda.Event(), cupy.cuda.Event()
@@ -164,7 +164,7 @@ def bench_shape(shape, repeats: int, warmup: int) -> dict[str, Any]:
     for other in PATH_NAMES:
         if other == row["path"]:
             continue
-        os.environ[cupy_backend.PATH_ENV_VAR] = other
+        os.environ[_plans.PATH_ENV_VAR] = other
         try:
             out_other, _ = layer(x)
             row[f"agreement_gru_{other}"] = agreement(cupy.asnumpy(out_other))
@@ -174,7 +174,7 @@ def bench_shape(shape, repeats: int, warmup: int) -> dict[str, Any]:
         except Exception as exc:  # a kernel that does not fit this layer says why
             row[f"gru_{other}_error"] = f"{type(exc).__name__}: {exc}"
         finally:
-            os.environ.pop(cupy_backend.PATH_ENV_VAR, None)
+            os.environ.pop(_plans.PATH_ENV_VAR, None)
 
     row["times_ms"] = timings
     row["median_ms"] = {k: statistics.median(v) for k, v in timings.items()}
@@ -201,7 +201,7 @@ def sweep_shape(shape, repeats: int, warmup: int) -> list[dict[str, Any]]:
     from cupyx.profiler import benchmark
 
     import gru
-    from gru.backends.cupy import backend as cupy_backend
+    from gru.backends.cupy import _plans
 
     I, H, B, T = shape
     layer = gru.GRU(I, H, dtype="float32", backend="cupy", seed=0)
@@ -223,14 +223,14 @@ def sweep_shape(shape, repeats: int, warmup: int) -> list[dict[str, Any]]:
         )
     if B > 32:
         return rows
-    os.environ[cupy_backend.PATH_ENV_VAR] = "persistent"
+    os.environ[_plans.PATH_ENV_VAR] = "persistent"
     try:
         for knobs in SWEEP_KNOBS:
             saved = {k: getattr(backend, k) for k in knobs}
             for k, v in knobs.items():
                 setattr(backend, k, v)
             row: dict[str, Any] = {"knobs": knobs}
-            plan = cupy_backend.plan_persistent(
+            plan = _plans.plan_persistent(
                 backend._device(x),
                 hidden_size=H,
                 batch=B,
@@ -242,7 +242,7 @@ def sweep_shape(shape, repeats: int, warmup: int) -> list[dict[str, Any]]:
                 l2_fraction=backend.persistent_l2_fraction,
             )
             try:
-                if not isinstance(plan, cupy_backend.PersistentPlan):
+                if not isinstance(plan, _plans.PersistentPlan):
                     row["error"] = plan
                 elif "persistent_l2_fraction" in knobs and plan.cached_rows >= plan.rows:
                     row["error"] = "all rows on chip: nothing to keep in L2"
@@ -259,7 +259,7 @@ def sweep_shape(shape, repeats: int, warmup: int) -> list[dict[str, Any]]:
                     setattr(backend, k, v)
             rows.append(row)
     finally:
-        os.environ.pop(cupy_backend.PATH_ENV_VAR, None)
+        os.environ.pop(_plans.PATH_ENV_VAR, None)
     return rows
 
 
@@ -272,7 +272,7 @@ def crossover(repeats: int, warmup: int) -> list[dict[str, Any]]:
     import cupy
 
     import gru
-    from gru.backends.cupy import backend as cupy_backend
+    from gru.backends.cupy import _plans
 
     rows = []
     for H, batches in CROSSOVER:
@@ -281,7 +281,7 @@ def crossover(repeats: int, warmup: int) -> list[dict[str, Any]]:
             x = cupy.random.default_rng(B).standard_normal((100, B, H), dtype=cupy.float32)
             row: dict[str, Any] = {"H": H, "B": B, "T": 100, "median_ms": {}}
             for path in PATH_NAMES:
-                os.environ[cupy_backend.PATH_ENV_VAR] = path
+                os.environ[_plans.PATH_ENV_VAR] = path
                 try:
                     for _ in range(warmup):
                         layer(x)
@@ -292,7 +292,7 @@ def crossover(repeats: int, warmup: int) -> list[dict[str, Any]]:
                 except Exception as exc:
                     row[f"{path}_error"] = f"{type(exc).__name__}: {exc}"[:80]
                 finally:
-                    os.environ.pop(cupy_backend.PATH_ENV_VAR, None)
+                    os.environ.pop(_plans.PATH_ENV_VAR, None)
             layer(x)
             row["auto"] = gru.get_backend("cupy").last_paths[0]
             rows.append(row)

@@ -35,9 +35,8 @@ import pytest
 import gru
 from gru import _registry
 from gru.backends import Backend, Capabilities, ForwardResult
-from gru.backends.cupy import CupyBackend, _kernels
-from gru.backends.cupy import backend as cupy_backend
-from gru.backends.cupy.backend import (
+from gru.backends.cupy import CupyBackend, _kernels, _plans
+from gru.backends.cupy._plans import (
     PATH_ENV_VAR,
     PersistentPlan,
     ResidentPlan,
@@ -227,13 +226,13 @@ def plan(device=None, *, H, B, D=1, dtype="float32", reset_after=True, **kwargs)
         ((128, 128, 1, 1000), "persistent", True),
         ((1024, 1024, 1, 1500), "persistent", True),
         ((2816, 2816, 1, 375), "persistent", False),  # 95 MB of weights: part read from L2/HBM every step
-        ((2048, 2048, 32, 375), cupy_backend.LARGE_BATCH_PATH, None),
-        ((512, 512, 256, 100), cupy_backend.LARGE_BATCH_PATH, None),
+        ((2048, 2048, 32, 375), _plans.LARGE_BATCH_PATH, None),
+        ((512, 512, 256, 100), _plans.LARGE_BATCH_PATH, None),
     ],
 )
 def test_the_benchmark_shapes_take_the_documented_paths_on_an_h100(shape, path, on_chip):
     _, H, B, _ = shape
-    p = plan(H=H, B=B) if B <= cupy_backend.PERSISTENT_MAX_BATCH_ON_CHIP else None
+    p = plan(H=H, B=B) if B <= _plans.PERSISTENT_MAX_BATCH_ON_CHIP else None
     assert choose_path(B, p) == path
     if path == "persistent":
         assert isinstance(p, PersistentPlan)
@@ -254,7 +253,7 @@ def test_plan_spreads_units_and_caches_what_fits():
     assert p.l2_rows == 0  # everything on chip: nothing to keep in L2
     row_bytes = 2816 * 4
     kept = big.l2_rows * row_bytes * big.blocks  # over all blocks
-    assert 0 < kept <= cupy_backend.PERSISTENT_L2_FRACTION * (50 << 20) < kept + row_bytes * big.blocks
+    assert 0 < kept <= _plans.PERSISTENT_L2_FRACTION * (50 << 20) < kept + row_bytes * big.blocks
     assert big.cached_rows + big.l2_rows < big.rows  # the rest streams
     assert plan(H=2816, B=1, l2_fraction=0).l2_rows == 0
     assert plan(H=2816, B=1, l2_fraction=1e9).l2_rows == big.rows - big.cached_rows
@@ -270,13 +269,13 @@ def test_choose_path_rule_and_overrides():
     p = plan(H=64, B=4)
     assert choose_path(4, p) == "persistent"
     assert p.on_chip
-    assert choose_path(cupy_backend.PERSISTENT_MAX_BATCH_ON_CHIP, p) == "persistent"
-    assert choose_path(cupy_backend.PERSISTENT_MAX_BATCH_ON_CHIP + 1, p) == cupy_backend.LARGE_BATCH_PATH
+    assert choose_path(_plans.PERSISTENT_MAX_BATCH_ON_CHIP, p) == "persistent"
+    assert choose_path(_plans.PERSISTENT_MAX_BATCH_ON_CHIP + 1, p) == _plans.LARGE_BATCH_PATH
     partly = plan(H=2816, B=4)
     assert not partly.on_chip
-    assert choose_path(cupy_backend.PERSISTENT_MAX_BATCH, partly) == "persistent"
-    assert choose_path(cupy_backend.PERSISTENT_MAX_BATCH + 1, partly) == cupy_backend.LARGE_BATCH_PATH
-    assert choose_path(4, "no cooperative launch") == cupy_backend.LARGE_BATCH_PATH
+    assert choose_path(_plans.PERSISTENT_MAX_BATCH, partly) == "persistent"
+    assert choose_path(_plans.PERSISTENT_MAX_BATCH + 1, partly) == _plans.LARGE_BATCH_PATH
+    assert choose_path(4, "no cooperative launch") == _plans.LARGE_BATCH_PATH
     assert choose_path(4, "no cooperative launch", large_batch="stepwise") == "stepwise"
     assert choose_path(4, p, "stepwise") == "stepwise"
     assert choose_path(4, p, "fused") == "fused"
@@ -331,7 +330,7 @@ def test_choose_path_prefers_the_resident_kernel_where_it_fits():
 def test_shared_memory_formula_matches_the_kernel_layout():
     """The kernel recomputes the same total and refuses (sync[1]) a launch with less; see the emulated check below."""
     itemsize = 8
-    got = cupy_backend.persistent_shared_memory(
+    got = _plans.persistent_shared_memory(
         cached_rows=5, padded=6, tile=4, units=3, batch=7, reset_after=False, itemsize=itemsize
     )
     assert got == (5 * 6 + 4 * 6 + 36 + 3 * 7) * itemsize
@@ -734,7 +733,7 @@ def test_auto_path_follows_the_batch_rule(emulator_library, monkeypatch):
     backend.use_resident = False
     layer = gru.GRU(3, 6, 2, dtype="float64", backend=backend, seed=0)
     rng = np.random.default_rng(1)
-    for batch, path in ((3, "persistent"), (4, cupy_backend.LARGE_BATCH_PATH)):
+    for batch, path in ((3, "persistent"), (4, _plans.LARGE_BATCH_PATH)):
         x = rng.standard_normal((4, batch, 3))
         output, _ = layer(x)
         np.testing.assert_allclose(output, oracle_for(layer, x)[0], rtol=0, atol=1e-12)
@@ -749,7 +748,7 @@ def test_auto_falls_back_to_stepwise_when_the_grid_cannot_be_resident(emulator_l
     x = np.random.default_rng(2).standard_normal((4, 2, 3))
     output, _ = layer(x)
     np.testing.assert_allclose(output, oracle_for(layer, x)[0], rtol=0, atol=1e-12)
-    assert backend.last_paths == (cupy_backend.LARGE_BATCH_PATH,)
+    assert backend.last_paths == (_plans.LARGE_BATCH_PATH,)
 
 
 def test_forced_persistent_path_that_cannot_run_says_why(emulator_library, monkeypatch):

@@ -1,0 +1,191 @@
+"""The recurrence of one layer on each path: the per-call buffers and the kernel launches.
+
+Every function takes the device, the layer's packed weights, the path's plan
+(None where the path needs none) and the layer's buffers, and runs all steps;
+``placeholder`` is a one-element array for placeholder pointer arguments. The
+persistent path returns its kernel's sync/error words, the others None.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gru.backends.cupy import _kernels
+from gru.backends.cupy._plans import PersistentPlan, ResidentPlan, padded_hidden
+
+#: Threads per block of the per-step gate kernels, and how many blocks per multiprocessor at most.
+STEPWISE_THREADS = 256
+STEPWISE_BLOCKS_PER_SM = 8
+
+
+def run_resident(
+    device, packed, plan: ResidentPlan, *, gx, h0, lengths, steps, output, h_n, gates, reset_after, placeholder
+):
+    """One launch, one block per (sequence, direction), every step of each sequence in its block."""
+    D, B, H = h0.shape
+    T = output.shape[0]
+    i32 = np.int32
+    args = (
+        gx,
+        packed.w_hh_padded(plan.padded_hidden),
+        packed.b_hn,
+        lengths,
+        h0,  # a leading-axis slice of the contiguous (L*D, B, H) state: contiguous
+        h_n,
+        output,
+        gates if gates is not None else placeholder,
+        i32(gates is not None),
+        i32(T),
+        i32(B),
+        i32(H),
+        i32(plan.padded_hidden),
+        i32(D),
+        i32(plan.ks_log2),
+    )
+    device.launch(plan.kernel, (B, D), (plan.threads,), args, shared_mem=plan.shared_mem)
+    return None
+
+
+def run_persistent(
+    device, packed, plan: PersistentPlan, *, gx, h0, lengths, steps, output, h_n, gates, reset_after, placeholder
+):
+    """One launch for every step of the layer; returns the kernel's sync/error words."""
+    xp = device.xp
+    D, B, H = h0.shape
+    T = output.shape[0]
+    Hp = plan.padded_hidden
+    dtype = output.dtype
+    hbuf = xp.zeros((2, D, B, Hp), dtype)
+    hbuf[0, :, :, :H] = h0
+    rhbuf = xp.zeros((D, B, Hp), dtype) if not reset_after else placeholder
+    sync = xp.zeros(2, np.uint32)
+    i32 = np.int32
+    args = (
+        gx,
+        packed.w_hh_padded(Hp),
+        packed.b_hn,
+        lengths,
+        hbuf,
+        rhbuf,
+        output,
+        gates if gates is not None else placeholder,
+        sync,
+        i32(gates is not None),
+        i32(steps),
+        i32(T),
+        i32(B),
+        i32(H),
+        i32(Hp),
+        i32(D),
+        i32(plan.units),
+        i32(plan.cached_rows),
+        i32(plan.l2_rows),
+        i32(plan.shared_mem),
+    )
+    device.launch(plan.kernel, (1, plan.blocks, D), (plan.threads,), args, shared_mem=plan.shared_mem, cooperative=True)
+    h_n[...] = hbuf[steps % 2, :, :, :H]
+    return sync
+
+
+def run_fused(device, packed, plan, *, gx, h0, lengths, steps, output, h_n, gates, reset_after, placeholder):
+    """Per step one fused product-and-gates kernel (two for reset-before); no GEMM call in the loop."""
+    xp = device.xp
+    D, B, H = h0.shape
+    T = output.shape[0]
+    dtype = output.dtype
+    name = dtype.name
+    Hp = padded_hidden(H, dtype.itemsize)  # rows 16-byte aligned for the kernel's asynchronous copies
+    hbuf = xp.zeros((2, D, B, Hp), dtype)
+    hbuf[0, :, :, :H] = h0
+    states = (hbuf[0], hbuf[1])
+    w_hh = packed.w_hh_padded(Hp)
+    tile = _kernels.fused_tile(B)
+    units, seqs = _kernels.fused_tile_shape(*tile)
+    grid = (-(-H // units), -(-B // seqs), D)
+    block = (_kernels.FUSED_THREADS,)
+    phases = (3,) if reset_after else (2, 1)
+    # three ring buffers where they fit in shared memory (copies two tiles ahead), else two
+    stages = 3 if _kernels.fused_shared_memory(name, phases[0], tile, 3) <= device.smem_per_block else 2
+    kernels = [
+        (_kernels.fused_name(name, g, tile), _kernels.fused_shared_memory(name, g, tile, stages)) for g in phases
+    ]
+    i32 = np.int32
+    gates_arg = gates if gates is not None else placeholder
+    tail = (i32(T), i32(B), i32(H), i32(Hp), i32(D), i32(stages))
+    has_gates = i32(gates is not None)
+    if reset_after:
+        ((kernel, smem),) = kernels
+        for s in range(steps):
+            hcur, hnext = states[s % 2], states[(s + 1) % 2]
+            args = (gx, w_hh, packed.b_hn, lengths, hcur, hcur, hnext, placeholder, placeholder, output, gates_arg)
+            device.launch(kernel, grid, block, (*args, has_gates, i32(s), *tail), shared_mem=smem)
+    else:
+        (kernel_rz, smem_rz), (kernel_n, smem_n) = kernels
+        rh = xp.zeros((D, B, Hp), dtype)  # its pads stay zero: the second half's product reads them
+        z = xp.empty((D, B, Hp), dtype)
+        for s in range(steps):
+            hcur, hnext = states[s % 2], states[(s + 1) % 2]
+            args = (gx, w_hh, packed.b_hn, lengths, hcur, hcur, hnext, rh, z, output, gates_arg)
+            device.launch(kernel_rz, grid, block, (*args, has_gates, i32(s), *tail), shared_mem=smem_rz)
+            args = (gx, w_hh, packed.b_hn, lengths, rh, hcur, hnext, rh, z, output, gates_arg)
+            device.launch(kernel_n, grid, block, (*args, has_gates, i32(s), *tail), shared_mem=smem_n)
+    h_n[...] = states[steps % 2][:, :, :H]
+    return None
+
+
+def run_stepwise(device, packed, plan, *, gx, h0, lengths, steps, output, h_n, gates, reset_after, placeholder):
+    """Per step: cuBLAS for the recurrent product, one fused kernel for the gates (two each for reset-before)."""
+    xp = device.xp
+    D, B, H = h0.shape
+    T = output.shape[0]
+    dtype = output.dtype
+    name = output.dtype.name
+    hbuf = xp.empty((2, D, B, H), dtype)
+    hbuf[0] = h0
+    total = D * B * H
+    grid = (max(1, min(-(-total // STEPWISE_THREADS), device.sm_count * STEPWISE_BLOCKS_PER_SM)),)
+    block = (STEPWISE_THREADS,)
+    i32 = np.int32
+    gates_arg = gates if gates is not None else placeholder
+    has_gates = i32(gates is not None)
+    tail = (i32(T), i32(B), i32(H), i32(D))
+    if reset_after:
+        w_hh_t = packed.w_hh_t()
+        gh = xp.empty((D, B, 3 * H), dtype)
+        kernel = _kernels.stepwise_name("gru_step_after", name)
+        for s in range(steps):
+            hcur, hnext = hbuf[s % 2], hbuf[(s + 1) % 2]
+            device.matmul(hcur, w_hh_t, out=gh)
+            device.launch(
+                kernel,
+                grid,
+                block,
+                (gx, gh, packed.b_hn, lengths, hcur, hnext, output, gates_arg, has_gates, i32(s), *tail),
+            )
+    else:
+        w_rz_t, w_n_t = packed.w_rz_t(), packed.w_n_t()
+        gh_rz = xp.empty((D, B, 2 * H), dtype)
+        gh_n = xp.empty((D, B, H), dtype)
+        rh = xp.empty((D, B, H), dtype)
+        z = xp.empty((D, B, H), dtype)
+        kernel_rz = _kernels.stepwise_name("gru_step_before_rz", name)
+        kernel_n = _kernels.stepwise_name("gru_step_before_n", name)
+        for s in range(steps):
+            hcur, hnext = hbuf[s % 2], hbuf[(s + 1) % 2]
+            device.matmul(hcur, w_rz_t, out=gh_rz)
+            device.launch(
+                kernel_rz, grid, block, (gx, gh_rz, lengths, hcur, rh, z, gates_arg, has_gates, i32(s), *tail)
+            )
+            device.matmul(rh, w_n_t, out=gh_n)
+            device.launch(
+                kernel_n,
+                grid,
+                block,
+                (gx, gh_n, lengths, hcur, z, hnext, output, gates_arg, has_gates, i32(s), *tail),
+            )
+    h_n[...] = hbuf[steps % 2]
+    return None
+
+
+#: The function that runs each path.
+RUNS = {"resident": run_resident, "persistent": run_persistent, "fused": run_fused, "stepwise": run_stepwise}

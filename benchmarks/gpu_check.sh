@@ -39,8 +39,9 @@ step() {
 summary "gru GPU check, $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1 && summary "$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null)"
 
-# limits add up to 900 s (about 3 minutes are used); the GPU tests run first (they say fastest whether the kernels work),
-# the CPU-only tests last (CI runs those anyway)
+# limits add up to 900 s (about 3 minutes are used; the optional profiles add up to 450 s);
+# the GPU tests run first (they say fastest whether the kernels work), the CPU-only tests last
+# (CI runs those anyway)
 step install 90 "$PYTHON" -m pip install --no-build-isolation --no-deps --no-cache-dir .
 step backends 20 "$PYTHON" -m gru.cli backends
 step gpu-tests 90 "$PYTHON" -m pytest -q -p no:cacheprovider -rs tests/test_cupy_backend.py -k test_gpu_
@@ -50,6 +51,16 @@ GRU_CUPY_PATH=persistent step conf-persist 90 "$PYTHON" -m pytest -q -p no:cache
 GRU_CUPY_PATH=fused step conf-fused 90 "$PYTHON" -m pytest -q -p no:cacheprovider --pyargs gru.testing --gru-backend cupy
 GRU_CUPY_PATH=stepwise step conf-stepwise 90 "$PYTHON" -m pytest -q -p no:cacheprovider --pyargs gru.testing --gru-backend cupy
 step benchmark 180 "$PYTHON" benchmarks/gpu.py --json "$OUT/gpu.json" --budget 40 ${GRU_GPU_SWEEP:+--sweep} ${GRU_GPU_CROSSOVER:+--crossover}
+# GRU_GPU_PROFILE=1: Nsight Compute on one launch of each benchmark shape's kernel (after warm-up)
+if [ -n "${GRU_GPU_PROFILE:-}" ] && command -v ncu >/dev/null; then
+    for case in 128,128,1,1000:resident 1024,1024,1,1500:persistent 2816,2816,1,375:persistent \
+        2048,2048,32,375:fused 512,512,256,100:fused; do
+        shape=${case%:*} path=${case#*:}
+        skip=$("$PYTHON" benchmarks/gpu_profile.py "$shape" --path "$path" --print-skip)
+        step "ncu-${shape//,/x}-$path" 90 ncu --section SpeedOfLight --section WarpStateStats \
+            --section SourceCounters -k regex:gru_ -s "$skip" -c 1 "$PYTHON" benchmarks/gpu_profile.py "$shape" --path "$path"
+    done
+fi
 # GRU_GPU_CHECK_SKIP_CPU=1 leaves them out where device time is short
 [ -n "${GRU_GPU_CHECK_SKIP_CPU:-}" ] ||
     step cpu-tests 120 "$PYTHON" -m pytest -q -p no:cacheprovider -rs tests/test_cupy_backend.py -k "not test_gpu_"

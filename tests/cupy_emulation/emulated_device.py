@@ -173,6 +173,8 @@ class EmulatedDevice:
             raise RuntimeError(f"the emulation has no kernel {name!r}")
         if status == 2:
             raise RuntimeError(f"{name}: deadlock (every thread waits at a barrier that cannot open)")
+        if status == 3:
+            raise RuntimeError(f"{name}: an asynchronous copy with an address not 16-byte aligned")
         for a in arrays:
             frame = guarded.get(id(a))
             if frame is None:

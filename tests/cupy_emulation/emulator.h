@@ -14,6 +14,11 @@
 // A launch in which every fiber waits and none can go on is reported as a
 // deadlock (a barrier not reached by every thread that must).
 //
+// Asynchronous copies (cp.async) fill their destination with NaN when issued
+// and land only when a wait retires their group, so a read before the wait or
+// a buffer refilled while another thread still reads it shows up; a copy
+// whose addresses are not 16-byte aligned fails the launch.
+//
 // Not emulated: the memory model's weaker orderings, L1 staleness, timing.
 #pragma once
 
@@ -63,6 +68,12 @@ struct Block {
     std::vector<unsigned char> exchange;  // 32 slots of 8 bytes per warp, for shuffles
 };
 
+struct AsyncCopy {
+    void* dst;
+    const void* src;
+    int bytes;  // the rest of the 16 is zero-filled
+};
+
 struct Fiber {
     ucontext_t context;  // used once, to start the fiber on its own stack
     jmp_buf resume;      // every later switch: _setjmp/_longjmp, no signal-mask system call
@@ -73,6 +84,8 @@ struct Fiber {
     bool done = false;
     const Barrier* waiting = nullptr;  // the barrier this fiber waits at, if any
     unsigned long wait_generation = 0;
+    std::vector<AsyncCopy> open_copies;               // issued, not yet committed
+    std::vector<std::vector<AsyncCopy>> copy_groups;  // committed, oldest first
 };
 
 struct Launch {
@@ -83,6 +96,7 @@ struct Launch {
     jmp_buf scheduler_resume;
     Fiber* current = nullptr;
     unsigned long progress = 0;
+    int fault = 0;  // the launch's status when a thread broke a rule (3: misaligned asynchronous copy)
     std::function<void()> body;
 };
 
@@ -115,7 +129,7 @@ inline void fiber_main() {
     _longjmp(active->scheduler_resume, 1);
 }
 
-// 0: finished; 2: deadlock.
+// 0: finished; 2: deadlock; 3: misaligned asynchronous copy.
 inline int run(dim3 grid, dim3 block, int smem_bytes, std::function<void()> body, unsigned int seed) {
     Launch launch;
     launch.grid = grid;
@@ -183,7 +197,7 @@ inline int run(dim3 grid, dim3 block, int smem_bytes, std::function<void()> body
         }
     }
     active = previous;
-    return status;
+    return status != 0 ? status : launch.fault;
 }
 
 template <typename... A, size_t... I>
@@ -247,13 +261,30 @@ inline void __stcg(T* p, T v) {
 namespace gru {
 inline unsigned int load_acquire(const unsigned int* p) { return *p; }
 inline void spin_pause() { emu::yield(); }
-// Asynchronous copies complete at once here (waiting is then a no-op).
+// Asynchronous copies: poisoned at issue, landed by the wait that retires their group.
 inline void copy_async16(void* dst, const void* src, int bytes) {
-    std::memset(dst, 0, 16);
-    if (bytes > 0) std::memcpy(dst, src, static_cast<size_t>(bytes));
+    if (reinterpret_cast<std::uintptr_t>(dst) % 16 != 0 || reinterpret_cast<std::uintptr_t>(src) % 16 != 0) {
+        emu::active->fault = 3;
+        return;
+    }
+    std::memset(dst, 0xFF, 16);
+    emu::active->current->open_copies.push_back(emu::AsyncCopy{dst, src, bytes});
 }
-inline void copy_async_commit() {}
-inline void copy_async_wait(int) {}
+inline void copy_async_commit() {
+    emu::Fiber* f = emu::active->current;
+    f->copy_groups.push_back(std::move(f->open_copies));
+    f->open_copies.clear();
+}
+inline void copy_async_wait(int pending) {
+    emu::Fiber* f = emu::active->current;
+    while (static_cast<int>(f->copy_groups.size()) > pending) {
+        for (const emu::AsyncCopy& c : f->copy_groups.front()) {
+            std::memset(c.dst, 0, 16);
+            if (c.bytes > 0) std::memcpy(c.dst, c.src, static_cast<size_t>(c.bytes));
+        }
+        f->copy_groups.erase(f->copy_groups.begin());
+    }
+}
 // L2 eviction policies have no meaning here: plain loads.
 inline unsigned long long l2_policy(bool) { return 0; }
 template <typename T>

@@ -127,7 +127,7 @@ def run_fused(device, packed, plan, *, gx, h0, lengths, steps, output, h_n, gate
             hcur, hnext = states[s % 2], states[(s + 1) % 2]
             args = (gx, w_hh, packed.b_hn, lengths, hcur, hcur, hnext, rh, z, output, gates_arg)
             device.launch(kernel_rz, grid, block, (*args, has_gates, i32(s), *tail), shared_mem=smem_rz)
-            args = (gx, w_hh, packed.b_hn, lengths, rh, hcur, hnext, rh, z, output, gates_arg)
+            args = (gx, w_hh, packed.b_hn, lengths, rh, hcur, hnext, placeholder, z, output, gates_arg)
             device.launch(kernel_n, grid, block, (*args, has_gates, i32(s), *tail), shared_mem=smem_n)
     h_n[...] = states[steps % 2][:, :, :H]
     return None

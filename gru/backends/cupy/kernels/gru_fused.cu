@@ -22,10 +22,10 @@
 //   grid = (ceil(H / UNITS), ceil(B / SEQS), D).
 //
 // The product runs over the Hp columns in tiles of KT (32 floats or 16
-// doubles: 128 bytes) that a ring of `stages` shared-memory buffers brings in
-// with asynchronous copies (cp.async, sm_80 and newer), stages - 1 tiles ahead
-// of the one being multiplied, so that the copies' latency hides behind the
-// products. A buffer holds the tile's weight rows and state rows as they lie
+// doubles: 128 bytes) that a ring of `stages` (2 or 3, the host's choice by
+// shared memory) buffers brings in with asynchronous copies (cp.async, sm_80
+// and newer), stages - 1 tiles ahead of the one being multiplied, so that the
+// copies' latency hides behind the products. A buffer holds the tile's weight rows and state rows as they lie
 // in memory, each row padded by one 16-byte vector so that a warp's reads of
 // 32 different rows fall in different banks; a warp reads its 4 units'
 // weights as broadcast vectors and its sequences' states as one vector each.
@@ -181,7 +181,8 @@ __global__ void __launch_bounds__(gru::FUSED_THREADS, 1)
     }
 
     const int tiles = (Hp + FusedKT<T>::value - 1) / FusedKT<T>::value;
-    const int ahead = stages - 1;  // tiles in flight beyond the one being multiplied
+    const int ahead = stages > 2 ? 2 : 1;  // tiles in flight beyond the one being multiplied
+    const int ring_size = ahead + 1;
     for (int t = 0; t < ahead; ++t) {
         if (t < tiles) fused_fetch<T, G, UNITS, SEQS>(ring + t * BUFFER, t, w_dir, hin_dir, u0, b0, B, H, Hp, tid);
         copy_async_commit();  // possibly empty: one group per tile keeps the count simple
@@ -190,11 +191,11 @@ __global__ void __launch_bounds__(gru::FUSED_THREADS, 1)
         copy_async_wait(ahead - 1);  // tile t has landed (for this thread's copies)
         __syncthreads();             // ... for every thread's, and everyone is done with tile t - 1's buffer
         if (t + ahead < tiles) {
-            fused_fetch<T, G, UNITS, SEQS>(ring + ((t + ahead) % stages) * BUFFER, t + ahead, w_dir, hin_dir, u0, b0,
-                                           B, H, Hp, tid);
+            fused_fetch<T, G, UNITS, SEQS>(ring + ((t + ahead) % ring_size) * BUFFER, t + ahead, w_dir, hin_dir, u0,
+                                           b0, B, H, Hp, tid);
         }
         copy_async_commit();
-        fused_multiply<T, G, UNITS, SEQS, SPL>(ring + (t % stages) * BUFFER, unit_group, seq_base, lane, acc);
+        fused_multiply<T, G, UNITS, SEQS, SPL>(ring + (t % ring_size) * BUFFER, unit_group, seq_base, lane, acc);
     }
 
     // Gate math on the sums in registers.
@@ -211,48 +212,47 @@ __global__ void __launch_bounds__(gru::FUSED_THREADS, 1)
             const int u = u0 + unit_group * 4 + j;
             if (u >= H) continue;
             const long long state = (static_cast<long long>(d) * B + b) * Hp + u;
+            if (!alive) {  // a finished sequence: its state carries over, its r * h and z are 0
+                if (G == 2) {
+                    rh[state] = T(0);
+                    zbuf[state] = T(0);
+                } else {
+                    hnext[state] = hcur[state];
+                }
+                continue;
+            }
             const T* g3 = gx + ((static_cast<long long>(t) * B + b) * D + d) * 3 * H + u;
             const long long at = ((static_cast<long long>(d * 3) * seq_len + t) * B + b) * H + u;
             const long long out_at = (static_cast<long long>(t) * B + b) * D * H + static_cast<long long>(d) * H + u;
             if (G == 3) {
                 const T h_old = hcur[state];
-                T h = h_old;
-                if (alive) {
-                    const T r = sigmoid(g3[0] + acc[0][j][i]);
-                    const T z = sigmoid(g3[H] + acc[1 % G][j][i]);
-                    const T n = tanh_(g3[2 * H] + r * (acc[2 % G][j][i] + b_hn[d * H + u]));
-                    h = n + z * (h_old - n);
-                    out[out_at] = h;
-                    if (has_gates) {
-                        gates[at] = r;
-                        gates[at + gate_step] = z;
-                        gates[at + 2 * gate_step] = n;
-                    }
-                }
+                const T r = sigmoid(g3[0] + acc[0][j][i]);
+                const T z = sigmoid(g3[H] + acc[1 % G][j][i]);
+                const T n = tanh_(g3[2 * H] + r * (acc[2 % G][j][i] + b_hn[d * H + u]));
+                const T h = n + z * (h_old - n);
                 hnext[state] = h;
-            } else if (G == 2) {
-                T r_h = T(0), z = T(0);
-                if (alive) {
-                    const T r = sigmoid(g3[0] + acc[0][j][i]);
-                    z = sigmoid(g3[H] + acc[1 % G][j][i]);
-                    r_h = r * hcur[state];
-                    if (has_gates) {
-                        gates[at] = r;
-                        gates[at + gate_step] = z;
-                    }
+                out[out_at] = h;
+                if (has_gates) {
+                    gates[at] = r;
+                    gates[at + gate_step] = z;
+                    gates[at + 2 * gate_step] = n;
                 }
-                rh[state] = r_h;
+            } else if (G == 2) {
+                const T r = sigmoid(g3[0] + acc[0][j][i]);
+                const T z = sigmoid(g3[H] + acc[1 % G][j][i]);
+                rh[state] = r * hcur[state];
                 zbuf[state] = z;
+                if (has_gates) {
+                    gates[at] = r;
+                    gates[at + gate_step] = z;
+                }
             } else {
                 const T h_old = hcur[state];
-                T h = h_old;
-                if (alive) {
-                    const T n = tanh_(g3[2 * H] + acc[0][j][i]);
-                    h = n + zbuf[state] * (h_old - n);
-                    out[out_at] = h;
-                    if (has_gates) gates[at + 2 * gate_step] = n;
-                }
+                const T n = tanh_(g3[2 * H] + acc[0][j][i]);
+                const T h = n + zbuf[state] * (h_old - n);
                 hnext[state] = h;
+                out[out_at] = h;
+                if (has_gates) gates[at + 2 * gate_step] = n;
             }
         }
     }

@@ -1,0 +1,62 @@
+"""What the CuPy backend's tests share: the CPU emulation, a planner's stand-in device, the GPU check."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from gru.backends.cupy import CupyBackend
+from gru.backends.cupy._plans import plan_persistent
+
+EMULATION_DIR = Path(__file__).parent / "emulation"
+EMULATED = "cupy-emulated"
+
+
+def _load_emulation():
+    spec = importlib.util.spec_from_file_location("gru_cupy_emulation", EMULATION_DIR / "emulated_device.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+emulation = _load_emulation()
+
+
+def _gpu_reason() -> str | None:
+    verdict = CupyBackend().available()
+    return None if verdict is True else verdict
+
+
+GPU_REASON = _gpu_reason()
+needs_gpu = pytest.mark.skipif(GPU_REASON is not None, reason=f"no usable GPU: {GPU_REASON}")
+
+
+def emulated_backend(lib, threads: int = 64, min_units: int | None = None, **device_options) -> CupyBackend:
+    device = emulation.EmulatedDevice(lib, **device_options)
+    backend = CupyBackend(device_factory=lambda: device)
+    backend.persistent_threads = threads
+    if min_units is not None:
+        backend.persistent_min_units = min_units
+    backend.device = device  # for the tests' inspection
+    return backend
+
+
+class PlanDevice:
+    """Just the numbers the planner reads, like an H100 (132 SMs, 227 KiB per block, 50 MiB of L2) by default."""
+
+    def __init__(
+        self, sm_count=132, smem_per_block=232448, blocks_per_sm=1, cooperative_launch=True, l2_bytes=50 << 20
+    ):
+        self.sm_count, self.smem_per_block, self.l2_bytes = sm_count, smem_per_block, l2_bytes
+        self.blocks_per_sm, self.cooperative_launch = blocks_per_sm, cooperative_launch
+
+    def max_active_blocks(self, name, threads, shared_mem):
+        return self.blocks_per_sm if shared_mem <= self.smem_per_block else 0
+
+
+def plan(device=None, *, H, B, D=1, dtype="float32", reset_after=True, **kwargs):
+    return plan_persistent(
+        device or PlanDevice(), hidden_size=H, batch=B, directions=D, dtype=dtype, reset_after=reset_after, **kwargs
+    )

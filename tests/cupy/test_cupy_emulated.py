@@ -1,0 +1,325 @@
+"""The whole CuPy backend on a CPU emulation of the CUDA execution model (``emulation/``).
+
+Path rule, weight packing, launch arguments and every kernel run against the
+float64 oracle: a covering subset of the conformance suite on every path, and
+shapes chosen to stress each kernel's corner cases.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from cupy_helpers import emulated_backend, emulation, plan
+
+import gru
+from gru.backends import ForwardResult
+from gru.backends.cupy import _kernels, _plans
+from gru.backends.cupy._plans import PATH_ENV_VAR, PersistentPlan, plan_resident
+from gru.testing import test_forward, test_golden, test_layouts
+from gru.testing._support import oracle_for
+
+
+def test_the_emulation_has_every_kernel_the_backend_launches(emulator_library):
+    for f in _kernels.KERNEL_FILES:
+        for name in f.names:
+            assert emulator_library.emu_has(name.encode()) == 1, name
+
+
+# A covering subset of the conformance suite's parameter grid (the whole suite runs on the emulation
+# with tests/cupy/emulation/conformance_plugin.py; it takes minutes).
+MATCHES_ORACLE_CASES = [
+    # dtype, bias, bidirectional, num_layers, reset_after, lengths, with_h0, batch_first
+    ("float32", True, False, 1, True, None, False, False),
+    ("float64", False, True, 2, False, test_forward.MIXED_LENGTHS, True, True),
+    ("float32", True, True, 3, False, test_forward.MIXED_LENGTHS, True, False),
+    ("float64", True, False, 2, True, test_forward.MIXED_LENGTHS, False, True),
+    ("float32", False, True, 1, True, test_forward.MIXED_LENGTHS, True, True),
+    ("float64", True, True, 3, True, None, True, False),
+    ("float32", True, False, 3, False, None, True, True),
+    ("float64", False, False, 1, False, None, False, False),
+]
+
+
+@pytest.mark.parametrize("case", MATCHES_ORACLE_CASES)
+def test_conformance_matches_oracle(emulated, case):
+    test_forward.test_matches_oracle(emulated, *case)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_conformance_other_forward_checks(emulated, dtype):
+    for reset_after in (True, False):
+        test_forward.test_without_gates_gives_the_same_answer(emulated, dtype, reset_after)
+    test_forward.test_lengths_zero_keeps_h0_and_zero_output(emulated, dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_conformance_layouts(emulated, dtype):
+    for bidirectional in (False, True):
+        test_layouts.test_unbatched_input(emulated, dtype, bidirectional)
+    test_layouts.test_unbatched_with_a_length(emulated, dtype)
+    for shape in [(0, 3), (5, 0), (0, 0)]:
+        test_layouts.test_empty_sequences_and_batches(emulated, dtype, shape, batch_first=True)
+    for layout in ("fortran", "strided", "transposed"):
+        test_layouts.test_memory_layout_does_not_change_the_answer(emulated, dtype, layout)
+    test_layouts.test_repeated_calls_are_identical(emulated, dtype)
+    for reset_after in (True, False):
+        test_layouts.test_cell_matches_one_oracle_step(emulated, dtype, reset_after, batched=True)
+    test_layouts.test_cell_matches_one_oracle_step(emulated, dtype, True, batched=False)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_conformance_golden_pytorch_values(emulated, dtype):
+    for golden in test_golden.GOLDEN:
+        test_golden.test_backend_matches_pytorch(emulated, golden, dtype)
+
+
+# Shapes that stress the kernels: many blocks, weight rows partly or wholly read from global memory,
+# several batch tiles, dot products longer than one pass of a warp, tiny blocks.
+STRESS_CASES = [
+    # H, B, threads, min_units, shared memory per block, multiprocessors, L2 bytes
+    pytest.param(5, 1, 32, 1, 48 * 1024, 8, 50 << 20, id="3-blocks-1-warp"),
+    pytest.param(5, 3, 64, 2, 48 * 1024, 8, 50 << 20, id="tile-of-4"),
+    pytest.param(37, 9, 64, 4, 2000, 16, 50 << 20, id="2-tiles-few-rows-cached"),
+    pytest.param(37, 9, 64, 4, 2000, 16, 16000, id="2-tiles-some-rows-kept-in-L2"),
+    pytest.param(130, 2, 64, 40, 48 * 1024, 4, 50 << 20, id="long-rows-partly-cached"),
+    pytest.param(13, 5, 32, 1, 700, 32, 50 << 20, id="13-blocks-1-unit-each"),
+]
+
+
+@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@pytest.mark.parametrize(("H", "B", "threads", "min_units", "smem", "sms", "l2"), STRESS_CASES)
+def test_persistent_kernel_stress(emulator_library, monkeypatch, H, B, threads, min_units, smem, sms, l2, reset_after):
+    monkeypatch.setenv(PATH_ENV_VAR, "persistent")
+    backend = emulated_backend(emulator_library, threads, min_units, smem_per_block=smem, sm_count=sms, l2_bytes=l2)
+    rng = np.random.default_rng(H * 100 + B)
+    T = 5
+    layer = gru.GRU(4, H, 2, bidirectional=True, reset_after=reset_after, dtype="float32", backend=backend, seed=rng)
+    x = rng.standard_normal((T, B, 4)).astype("float32")
+    h0 = rng.standard_normal((4, B, H)).astype("float32")
+    lengths = rng.integers(0, T + 1, B)
+    lengths[0] = T
+    output, h_n, gates = layer(x, h0, lengths, return_gates=True)
+    expected_output, expected_h_n, expected_gates = oracle_for(layer, x, h0, lengths)
+    np.testing.assert_allclose(output, expected_output, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(h_n, expected_h_n, rtol=0, atol=1e-5)
+    for g, name in enumerate("rzn"):
+        np.testing.assert_allclose(getattr(gates, name), expected_gates[:, g], rtol=0, atol=1e-5)
+    assert backend.last_paths == ("persistent", "persistent")
+    p = plan(backend.device, H=H, B=B, D=2, reset_after=reset_after, threads=threads, min_units=min_units)
+    assert isinstance(p, PersistentPlan)
+    if l2 < 1 << 20:  # the uncached rows split into ones kept in L2 and ones streamed
+        assert 0 < p.l2_rows < p.rows - p.cached_rows
+    launched = [launch for launch in backend.device.launches if launch[0].startswith("gru_persistent")]
+    assert launched[-1] == (p.kernel, (1, p.blocks, 2), (threads,), p.shared_mem)
+
+
+RESIDENT_STRESS_CASES = [
+    # H, dtype: every chunk size, lanes from 1 to 32, a last chunk partly past H, H not a multiple of 32
+    pytest.param(1, "float32", id="1-unit"),
+    pytest.param(37, "float32", id="37-units-8-lanes"),
+    pytest.param(64, "float32", id="64-units-512-threads"),
+    pytest.param(100, "float32", id="100-units-chunk-64"),
+    pytest.param(128, "float32", id="128-units-largest"),
+    pytest.param(3, "float64", id="double-3-units"),
+    pytest.param(33, "float64", id="double-33-units-chunk-32"),
+    pytest.param(64, "float64", id="double-64-units"),
+]
+
+
+@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@pytest.mark.parametrize(("H", "dtype"), RESIDENT_STRESS_CASES)
+def test_resident_kernel_stress(emulator_library, monkeypatch, H, dtype, reset_after):
+    monkeypatch.delenv(PATH_ENV_VAR, raising=False)  # auto takes the resident kernel at these sizes
+    backend = emulated_backend(emulator_library)
+    rng = np.random.default_rng(H * 10 + reset_after)
+    T, B = 5, 3
+    layer = gru.GRU(4, H, 2, bidirectional=True, reset_after=reset_after, dtype=dtype, backend=backend, seed=rng)
+    x = rng.standard_normal((T, B, 4)).astype(dtype)
+    h0 = rng.standard_normal((4, B, H)).astype(dtype)
+    lengths = np.array([T, 0, 2])
+    output, h_n, gates = layer(x, h0, lengths, return_gates=True)
+    expected_output, expected_h_n, expected_gates = oracle_for(layer, x, h0, lengths)
+    tol = 1e-5 if dtype == "float32" else 1e-12
+    np.testing.assert_allclose(output, expected_output, rtol=0, atol=tol)
+    np.testing.assert_allclose(h_n, expected_h_n, rtol=0, atol=tol)
+    for g, name in enumerate("rzn"):
+        np.testing.assert_allclose(getattr(gates, name), expected_gates[:, g], rtol=0, atol=tol)
+    assert backend.last_paths == ("resident", "resident")
+    p = plan_resident(hidden_size=H, dtype=dtype, reset_after=reset_after, elements=T * B * 2 * 3 * H)
+    launched = [launch for launch in backend.device.launches if launch[0].startswith("gru_resident")]
+    assert launched[-1] == (p.kernel, (B, 2, 1), (p.threads,), p.shared_mem)
+
+
+FUSED_STRESS_CASES = [
+    # H, B, dtype: every tile, unit blocks and product tiles cut short, several sequence blocks
+    pytest.param(5, 3, "float32", id="16x32-tile-one-short-unit-block"),
+    pytest.param(37, 50, "float32", id="16x64-tile-2-product-tiles"),
+    pytest.param(37, 130, "float32", id="8x128-tile-2-sequence-blocks"),
+    pytest.param(40, 7, "float64", id="double-3-product-tiles"),
+    pytest.param(9, 129, "float64", id="double-8x128-tile"),
+]
+
+
+def test_fused_tile_covers_the_batch_with_the_fewest_idle_lanes():
+    assert [_kernels.fused_tile_shape(*_kernels.fused_tile(b)) for b in (1, 32, 33, 64, 65, 256)] == [
+        (16, 32),
+        (16, 32),
+        (16, 64),
+        (16, 64),
+        (8, 128),
+        (8, 128),
+    ]
+    for tile in _kernels.FUSED_TILES:  # every tile is whole warps: 4 units x 32 * SPL sequences each
+        units, seqs = _kernels.fused_tile_shape(*tile)
+        assert units * seqs == 4 * 32 * tile[1] * _kernels.FUSED_THREADS // 32
+
+
+@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@pytest.mark.parametrize(("H", "B", "dtype"), FUSED_STRESS_CASES)
+def test_fused_kernel_stress(emulator_library, monkeypatch, H, B, dtype, reset_after):
+    monkeypatch.setenv(PATH_ENV_VAR, "fused")
+    backend = emulated_backend(emulator_library)
+    rng = np.random.default_rng(H * 1000 + B)
+    T = 4
+    layer = gru.GRU(3, H, 2, bidirectional=True, reset_after=reset_after, dtype=dtype, backend=backend, seed=rng)
+    x = rng.standard_normal((T, B, 3)).astype(dtype)
+    h0 = rng.standard_normal((4, B, H)).astype(dtype)
+    lengths = rng.integers(0, T + 1, B)
+    lengths[0] = T
+    output, h_n, gates = layer(x, h0, lengths, return_gates=True)
+    expected_output, expected_h_n, expected_gates = oracle_for(layer, x, h0, lengths)
+    tol = 1e-5 if dtype == "float32" else 1e-12
+    np.testing.assert_allclose(output, expected_output, rtol=0, atol=tol)
+    np.testing.assert_allclose(h_n, expected_h_n, rtol=0, atol=tol)
+    for g, name in enumerate("rzn"):
+        np.testing.assert_allclose(getattr(gates, name), expected_gates[:, g], rtol=0, atol=tol)
+    assert backend.last_paths == ("fused", "fused")
+    launched = {launch[0] for launch in backend.device.launches}
+    tile = _kernels.fused_tile(B)
+    expected = {_kernels.fused_name(dtype, g, tile) for g in ((3,) if reset_after else (2, 1))}
+    assert expected <= launched and not any(name.startswith("gru_step_") for name in launched - expected)
+
+
+def test_auto_takes_the_persistent_kernel_where_the_resident_one_does_not_fit(emulator_library, monkeypatch):
+    monkeypatch.delenv(PATH_ENV_VAR, raising=False)
+    backend = emulated_backend(emulator_library)
+    layer = gru.GRU(2, 65, dtype="float64", backend=backend, seed=0)  # 65 double units: too many registers
+    x = np.random.default_rng(7).standard_normal((3, 2, 2))
+    output, _ = layer(x)
+    np.testing.assert_allclose(output, oracle_for(layer, x)[0], rtol=0, atol=1e-12)
+    assert backend.last_paths == ("persistent",)
+
+
+def test_auto_path_follows_the_batch_rule(emulator_library, monkeypatch):
+    monkeypatch.delenv(PATH_ENV_VAR, raising=False)
+    backend = emulated_backend(emulator_library)
+    backend.persistent_max_batch = backend.persistent_max_batch_on_chip = 3
+    backend.use_resident = False
+    layer = gru.GRU(3, 6, 2, dtype="float64", backend=backend, seed=0)
+    rng = np.random.default_rng(1)
+    for batch, path in ((3, "persistent"), (4, _plans.LARGE_BATCH_PATH)):
+        x = rng.standard_normal((4, batch, 3))
+        output, _ = layer(x)
+        np.testing.assert_allclose(output, oracle_for(layer, x)[0], rtol=0, atol=1e-12)
+        assert backend.last_paths == (path, path)
+
+
+def test_auto_falls_back_to_stepwise_when_the_grid_cannot_be_resident(emulator_library, monkeypatch):
+    monkeypatch.delenv(PATH_ENV_VAR, raising=False)
+    backend = emulated_backend(emulator_library, blocks_per_sm=0)
+    backend.use_resident = False
+    layer = gru.GRU(3, 6, dtype="float64", backend=backend, seed=0)
+    x = np.random.default_rng(2).standard_normal((4, 2, 3))
+    output, _ = layer(x)
+    np.testing.assert_allclose(output, oracle_for(layer, x)[0], rtol=0, atol=1e-12)
+    assert backend.last_paths == (_plans.LARGE_BATCH_PATH,)
+
+
+def test_forced_persistent_path_that_cannot_run_says_why(emulator_library, monkeypatch):
+    monkeypatch.setenv(PATH_ENV_VAR, "persistent")
+    backend = emulated_backend(emulator_library, cooperative_launch=False)
+    with pytest.raises(gru.UnsupportedRequestError, match="cannot launch cooperative kernels"):
+        gru.GRU(3, 6, dtype="float64", backend=backend, seed=0)(np.zeros((4, 2, 3)))
+
+
+def test_persistent_kernel_refuses_too_little_shared_memory(emulator_library):
+    """A launch whose layout would not fit returns from every block (no barrier left waiting) and reports the need."""
+    device = emulation.EmulatedDevice(emulator_library)
+    H, B, D, T = 8, 1, 1, 3
+    p = plan(device, H=H, B=B, D=D, dtype="float32", threads=32, min_units=4)
+    f32, i32 = np.float32, np.int32
+    sync = np.zeros(2, np.uint32)
+    out = np.zeros((T, B, D * H), f32)
+    args = (
+        np.ones((T, B, D, 3 * H), f32),
+        np.ones((D, 3 * H, p.padded_hidden), f32),
+        np.zeros((D, H), f32),
+        np.full(B, T, np.int32),
+        np.zeros((2, D, B, p.padded_hidden), f32),
+        np.zeros(1, f32),
+        out,
+        np.zeros(1, f32),
+        sync,
+        *(i32(v) for v in (0, T, T, B, H, p.padded_hidden, D, p.units, p.cached_rows, 0, p.shared_mem - 4)),
+    )
+    device.launch(p.kernel, (1, p.blocks, D), (32,), args, shared_mem=p.shared_mem, cooperative=True)
+    assert sync[1] == p.shared_mem
+    assert not out.any()
+
+
+def test_numpy_in_numpy_out_and_weights_packed_once(emulator_library, monkeypatch):
+    monkeypatch.setenv(PATH_ENV_VAR, "persistent")
+    backend = emulated_backend(emulator_library)
+    layer = gru.GRU(3, 6, 2, bidirectional=True, dtype="float32", backend=backend, seed=0)
+    x = np.random.default_rng(3).standard_normal((5, 2, 3)).astype("float32")
+    first = layer(x)
+    second = layer(x)
+    assert all(type(a) is np.ndarray for a in (*first, *second))
+    np.testing.assert_array_equal(first[0], second[0])
+    assert sum(len(v) for v in backend._packed.values()) == 2  # one packing per layer, reused by the second call
+    layer.load_state_dict(layer.state_dict())  # new parameters: new LayerWeights, new packing
+    layer(x)
+    assert sum(len(v) for v in backend._packed.values()) == 2  # the old ones went with their LayerWeights
+
+
+def test_a_forward_runs_one_gemm_per_layer_and_nothing_per_step_but_kernels(emulator_library, monkeypatch):
+    """Persistent path: one launch per layer for all T steps; stepwise: one GEMM and one kernel per step."""
+    backend = emulated_backend(emulator_library)
+    layer = gru.GRU(3, 6, 2, bidirectional=True, dtype="float64", backend=backend, seed=0)
+    x = np.random.default_rng(4).standard_normal((7, 2, 3))
+    monkeypatch.setenv(PATH_ENV_VAR, "persistent")
+    backend.device.launches.clear()
+    layer(x)
+    assert [launch[0] for launch in backend.device.launches] == [_kernels.persistent_name("float64", 2, True)] * 2
+    monkeypatch.setenv(PATH_ENV_VAR, "stepwise")
+    backend.device.launches.clear()
+    layer(x)
+    assert [launch[0] for launch in backend.device.launches] == [
+        _kernels.stepwise_name("gru_step_after", "float64")
+    ] * 14
+
+
+def test_gates_buffer_not_requested_is_not_allocated(emulator_library, monkeypatch):
+    monkeypatch.setenv(PATH_ENV_VAR, "persistent")
+    backend = emulated_backend(emulator_library)
+    result = backend.forward(
+        _request(gru.GRU(3, 4, dtype="float32", seed=0), np.ones((2, 1, 3), "float32"), return_gates=False)
+    )
+    assert isinstance(result, ForwardResult) and result.gates is None
+
+
+def _request(layer: gru.GRU, x: np.ndarray, return_gates: bool):
+    from gru.backends import ForwardRequest
+
+    return ForwardRequest(
+        x=x,
+        h0=np.zeros((layer.num_layers * layer.num_directions, x.shape[1], layer.hidden_size), layer.dtype),
+        weights=layer._layer_weights(),
+        lengths=None,
+        hidden_size=layer.hidden_size,
+        num_layers=layer.num_layers,
+        num_directions=layer.num_directions,
+        reset_after=layer.reset_after,
+        return_gates=return_gates,
+        dtype=layer.dtype,
+    )

@@ -1,14 +1,17 @@
-"""What the CuPy backend's tests share: the CPU emulation, a planner's stand-in device, the GPU check."""
+"""What the CuPy tests share: the CPU emulation, a planner's stand-in device, the GPU check, the oracle check."""
 
 from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+import gru
 from gru.backends.cupy import CupyBackend
 from gru.backends.cupy._plans import plan_persistent
+from gru.testing._support import oracle_for, to_numpy
 
 EMULATION_DIR = Path(__file__).parent / "emulation"
 EMULATED = "cupy-emulated"
@@ -60,3 +63,13 @@ def plan(device=None, *, H, B, D=1, dtype="float32", reset_after=True, **kwargs)
     return plan_persistent(
         device or PlanDevice(), hidden_size=H, batch=B, directions=D, dtype=dtype, reset_after=reset_after, **kwargs
     )
+
+
+def assert_matches_oracle(layer: gru.GRU, x, h0, lengths, tol: float) -> None:
+    """Run ``layer`` with gates and check the output, h_n and every gate against the float64 oracle."""
+    output, h_n, gates = layer(x, h0, lengths, return_gates=True)
+    expected_output, expected_h_n, expected_gates = oracle_for(layer, x, h0, lengths)
+    np.testing.assert_allclose(to_numpy(output), expected_output, rtol=0, atol=tol)
+    np.testing.assert_allclose(to_numpy(h_n), expected_h_n, rtol=0, atol=tol)
+    for g, name in enumerate("rzn"):
+        np.testing.assert_allclose(to_numpy(getattr(gates, name)), expected_gates[:, g], rtol=0, atol=tol)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from cupy_helpers import emulated_backend, emulation, plan
+from cupy_helpers import assert_matches_oracle, emulated_backend, emulation, plan
 
 import gru
 from gru.backends import ForwardResult
@@ -98,12 +98,7 @@ def test_persistent_kernel_stress(emulator_library, monkeypatch, H, B, threads, 
     h0 = rng.standard_normal((4, B, H)).astype("float32")
     lengths = rng.integers(0, T + 1, B)
     lengths[0] = T
-    output, h_n, gates = layer(x, h0, lengths, return_gates=True)
-    expected_output, expected_h_n, expected_gates = oracle_for(layer, x, h0, lengths)
-    np.testing.assert_allclose(output, expected_output, rtol=0, atol=1e-5)
-    np.testing.assert_allclose(h_n, expected_h_n, rtol=0, atol=1e-5)
-    for g, name in enumerate("rzn"):
-        np.testing.assert_allclose(getattr(gates, name), expected_gates[:, g], rtol=0, atol=1e-5)
+    assert_matches_oracle(layer, x, h0, lengths, 1e-5)
     assert backend.last_paths == ("persistent", "persistent")
     p = plan(backend.device, H=H, B=B, D=2, reset_after=reset_after, threads=threads, min_units=min_units)
     assert isinstance(p, PersistentPlan)
@@ -137,13 +132,8 @@ def test_resident_kernel_stress(emulator_library, monkeypatch, H, dtype, reset_a
     x = rng.standard_normal((T, B, 4)).astype(dtype)
     h0 = rng.standard_normal((4, B, H)).astype(dtype)
     lengths = np.array([T, 0, 2])
-    output, h_n, gates = layer(x, h0, lengths, return_gates=True)
-    expected_output, expected_h_n, expected_gates = oracle_for(layer, x, h0, lengths)
     tol = 1e-5 if dtype == "float32" else 1e-12
-    np.testing.assert_allclose(output, expected_output, rtol=0, atol=tol)
-    np.testing.assert_allclose(h_n, expected_h_n, rtol=0, atol=tol)
-    for g, name in enumerate("rzn"):
-        np.testing.assert_allclose(getattr(gates, name), expected_gates[:, g], rtol=0, atol=tol)
+    assert_matches_oracle(layer, x, h0, lengths, tol)
     assert backend.last_paths == ("resident", "resident")
     p = plan_resident(hidden_size=H, dtype=dtype, reset_after=reset_after, elements=T * B * 2 * 3 * H)
     launched = [launch for launch in backend.device.launches if launch[0].startswith("gru_resident")]
@@ -186,13 +176,8 @@ def test_fused_kernel_stress(emulator_library, monkeypatch, H, B, dtype, reset_a
     h0 = rng.standard_normal((4, B, H)).astype(dtype)
     lengths = rng.integers(0, T + 1, B)
     lengths[0] = T
-    output, h_n, gates = layer(x, h0, lengths, return_gates=True)
-    expected_output, expected_h_n, expected_gates = oracle_for(layer, x, h0, lengths)
     tol = 1e-5 if dtype == "float32" else 1e-12
-    np.testing.assert_allclose(output, expected_output, rtol=0, atol=tol)
-    np.testing.assert_allclose(h_n, expected_h_n, rtol=0, atol=tol)
-    for g, name in enumerate("rzn"):
-        np.testing.assert_allclose(getattr(gates, name), expected_gates[:, g], rtol=0, atol=tol)
+    assert_matches_oracle(layer, x, h0, lengths, tol)
     assert backend.last_paths == ("fused", "fused")
     launched = {launch[0] for launch in backend.device.launches}
     tile = _kernels.fused_tile(B)

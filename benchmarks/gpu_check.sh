@@ -5,7 +5,7 @@
 #
 # installs this checkout (no build isolation, no dependency downloads: the machine must already
 # have numpy, scipy, cython, scikit-build-core, cmake, ninja, cupy, torch, pytest), lists the
-# backends, runs the conformance suite on the cupy backend and the GPU tests in tests/cupy/, then
+# backends, runs the conformance suite on the cupy backend and the GPU tests in tests/cupy_backend/, then
 # times the backend against torch.nn.GRU on cuDNN (benchmarks/gpu.py). Every step has its own
 # time limit and its own log in OUTDIR; OUTDIR/summary.txt lists each step's exit status and
 # OUTDIR/gpu.json holds the benchmark's results. Exit status: 0 when every step passed.
@@ -44,7 +44,7 @@ nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1 && summary "$(nvidia-smi --query-gpu=name
 # (CI runs those anyway)
 step install 90 "$PYTHON" -m pip install --no-build-isolation --no-deps --no-cache-dir .
 step backends 20 "$PYTHON" -m gru.cli backends
-step gpu-tests 90 "$PYTHON" -m pytest -q -p no:cacheprovider -rs tests/cupy/test_cupy_backend.py -k test_gpu_
+step gpu-tests 90 "$PYTHON" -m pytest -q -p no:cacheprovider -rs tests/cupy_backend/test_cupy_backend.py -k test_gpu_
 step conformance 120 "$PYTHON" -m pytest -q -p no:cacheprovider --pyargs gru.testing --gru-backend cupy
 # the suite's small layers take the resident kernel in auto: run it on the other paths as well
 GRU_CUPY_PATH=persistent step conf-persist 90 "$PYTHON" -m pytest -q -p no:cacheprovider --pyargs gru.testing --gru-backend cupy
@@ -63,7 +63,7 @@ if [ -n "${GRU_GPU_PROFILE:-}" ] && command -v ncu >/dev/null; then
 fi
 # GRU_GPU_CHECK_SKIP_CPU=1 leaves them out where device time is short
 [ -n "${GRU_GPU_CHECK_SKIP_CPU:-}" ] ||
-    step cpu-tests 120 "$PYTHON" -m pytest -q -p no:cacheprovider -rs tests/cupy -k "not test_gpu_"
+    step cpu-tests 120 "$PYTHON" -m pytest -q -p no:cacheprovider -rs tests/cupy_backend -k "not test_gpu_"
 cp "$OUT/benchmark.log" "$OUT/benchmark.txt" 2>/dev/null
 
 summary "total $(($(date +%s) - started)) s, status $status"

@@ -1,4 +1,4 @@
-"""The ``gru`` command: ``gru backends``, ``gru demo``, ``gru conformance NAME``, ``gru bench``."""
+"""The ``gru`` command: ``gru backends``, ``gru demo``, ``gru conformance NAME``, ``gru bench``, ``gru bench-gpu``."""
 
 from __future__ import annotations
 
@@ -70,6 +70,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     bench_module.add_arguments(bench)
     bench.set_defaults(run=bench_module.run_from_args)
+    from gru import bench_gpu  # light: CuPy and PyTorch load only when a run starts
+
+    gpu = sub.add_parser(
+        "bench-gpu",
+        help="time the CuPy backend against torch.nn.GRU on cuDNN (see benchmarks/README.md)",
+        description=bench_gpu.__doc__.splitlines()[0],
+    )
+    bench_gpu.add_arguments(gpu)
+    gpu.set_defaults(run=bench_gpu.run_from_args)
     argv = list(sys.argv[1:] if argv is None else argv)
     pytest_args = []
     if "--" in argv:  # everything after it belongs to pytest (gru conformance NAME -- -x)

@@ -119,3 +119,21 @@ def test_unknown_command_and_missing_command_exit_with_usage(capsys):
             main(argv)
         assert info.value.code == 2
         assert "usage: gru" in capsys.readouterr().err
+
+
+def test_bench_gpu_without_a_usable_gpu_says_why_and_exits_2(capsys, tmp_path):
+    from gru.backends.cupy import CupyBackend
+
+    if CupyBackend().available() is True:
+        pytest.skip("a usable GPU is here: gpu_check.sh runs the GPU benchmark")
+    assert main(["bench-gpu", "--json", str(tmp_path / "gpu.json")]) == 2
+    err = capsys.readouterr().err
+    assert "gru bench-gpu: the cupy backend cannot run here" in err
+    assert not (tmp_path / "gpu.json").exists()  # nothing half-written
+
+
+def test_bench_gpu_requires_a_results_file(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench-gpu"])
+    assert exit_info.value.code == 2
+    assert "--json" in capsys.readouterr().err

@@ -26,7 +26,7 @@ def test_the_emulation_has_every_kernel_the_backend_launches(emulator_library):
 
 
 # A covering subset of the conformance suite's parameter grid (the whole suite runs on the emulation
-# with tests/cupy/emulation/conformance_plugin.py; it takes minutes).
+# with tests/cupy_backend/emulation/conformance_plugin.py; it takes minutes).
 MATCHES_ORACLE_CASES = [
     # dtype, bias, bidirectional, num_layers, reset_after, lengths, with_h0, batch_first
     ("float32", True, False, 1, True, None, False, False),

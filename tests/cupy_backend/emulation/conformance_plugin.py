@@ -3,7 +3,7 @@
 Runs the whole conformance suite through the CuPy backend's code and kernels
 on a machine without a GPU (slow: every CUDA thread is a fiber)::
 
-    PYTHONPATH=tests/cupy/emulation pytest -p conformance_plugin --pyargs gru.testing \
+    PYTHONPATH=tests/cupy_backend/emulation pytest -p conformance_plugin --pyargs gru.testing \
         --gru-backend cupy-emulated
 
 ``GRU_CUPY_PATH=persistent`` / ``stepwise`` picks the path (the default, auto,

@@ -1,0 +1,410 @@
+"""GPU benchmark: gru's CuPy backend against torch.nn.GRU on cuDNN, same GPU, same run, same weights.
+
+    gru bench-gpu --json results/gpu.json [--repeats 10] [--budget 80]
+    python benchmarks/gpu.py ...            (the same)
+
+Needs CuPy, a CUDA GPU and PyTorch built with CUDA (see benchmarks/README.md).
+
+For each shape (I, H, B, T), float32, one layer, one direction:
+
+1. build ``torch.nn.GRU`` on the GPU and a ``gru.GRU`` with its ``state_dict``;
+2. draw random inputs on the device (never zeros) and check the two outputs
+   agree (relative L2 error and max abs difference against a float64 cuDNN run)
+   before timing anything; a shape that disagrees is reported and not timed;
+3. time each implementation with CUDA events after a warm-up, ``--repeats``
+   times, and keep the median. cuDNN is timed twice: with TF32 off (the same
+   float32 arithmetic as ours: the fair comparison) and with PyTorch's default
+   TF32 setting (for information);
+4. time every other path of our backend too (GRU_CUPY_PATH) that can run
+   the layer, so the path rule can be tuned from the same run.
+
+Results go to the JSON file after every shape (a run stopped by its time
+budget still leaves what it measured) and a table is printed at the end.
+
+``--sweep`` also times the persistent kernel over its layout knobs (units per
+block, threads per block, share of L2) on every shape it can run, and
+``--crossover`` every path over a grid of batch sizes, for tuning the path rule.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: (input_size, hidden_size, batch, seq_len), the shapes of GUIDE.md §3
+SHAPES = [
+    (128, 128, 1, 1000),  # sync-latency
+    (1024, 1024, 1, 1500),  # on-chip
+    (2816, 2816, 1, 375),  # memory-bound
+    (2048, 2048, 32, 375),  # balanced
+    (512, 512, 256, 100),  # throughput
+]
+AGREE_RELATIVE = 1e-4  # float32 vs float64 reference, relative L2 error
+PATH_NAMES = ("resident", "persistent", "fused", "stepwise")  # the CuPy backend's paths
+
+
+def time_events(run, repeats: int, events) -> list[float]:
+    """Milliseconds of ``run()`` on the GPU, one pair of CUDA events per repeat."""
+    times = []
+    for _ in range(repeats):
+        start, end = events()
+        start.record()
+        run()
+        end.record()
+        end.synchronize()
+        times.append(start_end_ms(start, end))
+    return times
+
+
+def start_end_ms(start, end) -> float:
+    if hasattr(start, "elapsed_time"):  # torch.cuda.Event
+        return float(start.elapsed_time(end))
+    import cupy
+
+    return float(cupy.cuda.get_elapsed_time(start, end))
+
+
+def environment() -> dict[str, Any]:
+    import cupy
+    import torch
+
+    props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+    name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+    return {
+        "gpu": name,
+        "multiprocessors": props.get("multiProcessorCount"),
+        "cupy": cupy.__version__,
+        "torch": torch.__version__,
+        "cudnn": torch.backends.cudnn.version(),
+        "cuda_runtime": cupy.cuda.runtime.runtimeGetVersion(),
+        "driver": cupy.cuda.runtime.driverGetVersion(),
+        "python": platform.python_version(),
+        "host": platform.node(),
+    }
+
+
+def bench_shape(shape, repeats: int, warmup: int) -> dict[str, Any]:
+    import cupy
+    import torch
+
+    import gru
+    from gru.backends.cupy import _plans
+
+    I, H, B, T = shape
+    row: dict[str, Any] = {"shape": {"I": I, "H": H, "B": B, "T": T}, "dtype": "float32"}
+    row["recurrent_flops_per_step"] = 6 * H * H * B
+    row["recurrent_weight_bytes"] = 12 * H * H
+    torch.manual_seed(0)
+    reference = torch.nn.GRU(I, H).cuda().float().eval()
+    layer = gru.GRU(I, H, dtype="float32", backend="cupy")
+    layer.load_state_dict(reference.state_dict())
+    rng = cupy.random.default_rng(1)
+    x = rng.standard_normal((T, B, I), dtype=cupy.float32)
+    x_torch = torch.from_dlpack(x)
+
+    # -- agreement, against a float64 cuDNN run of the same weights and inputs
+    reference64 = torch.nn.GRU(I, H).cuda().double().eval()
+    reference64.load_state_dict({k: v.double() for k, v in reference.state_dict().items()})
+    with torch.no_grad():
+        expected = reference64(x_torch.double())[0]
+        torch.backends.cudnn.allow_tf32 = False
+        cudnn_out = reference(x_torch)[0]
+    output, _ = layer(x)
+    backend = gru.get_backend("cupy")
+    row["path"] = backend.last_paths[0]
+    expected_np = expected.cpu().numpy()
+    norm = float(np.linalg.norm(expected_np))
+
+    def agreement(out) -> dict[str, float]:
+        diff = np.asarray(out, np.float64) - expected_np
+        return {"relative_l2": float(np.linalg.norm(diff)) / norm, "max_abs": float(np.abs(diff).max())}
+
+    row["agreement_gru"] = agreement(cupy.asnumpy(output))
+    row["agreement_cudnn_fp32"] = agreement(cudnn_out.cpu().numpy())
+    row["agrees"] = row["agreement_gru"]["relative_l2"] <= AGREE_RELATIVE
+    if not row["agrees"]:
+        return row
+
+    plan = _plans.plan_persistent(
+        backend._device(x), hidden_size=H, batch=B, directions=1, dtype="float32", reset_after=True
+    )
+    row["persistent_plan"] = plan.__dict__ if isinstance(plan, _plans.PersistentPlan) else plan
+
+    def cupy_events():
+        return cupy.cuda.Event(), cupy.cuda.Event()
+
+    def torch_events():
+        return torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+    def run_gru():
+        layer(x)
+
+    def run_cudnn():
+        with torch.no_grad():
+            reference(x_torch)
+
+    timings: dict[str, list[float]] = {}
+    for _ in range(warmup):
+        run_gru()
+    timings["gru_" + row["path"]] = time_events(run_gru, repeats, cupy_events)
+    for tf32, key in ((False, "cudnn_fp32"), (True, "cudnn_tf32")):
+        torch.backends.cudnn.allow_tf32 = tf32
+        for _ in range(warmup):
+            run_cudnn()
+        timings[key] = time_events(run_cudnn, repeats, torch_events)
+    torch.backends.cudnn.allow_tf32 = False
+
+    # the other paths, for tuning the rule
+    for other in PATH_NAMES:
+        if other == row["path"]:
+            continue
+        os.environ[_plans.PATH_ENV_VAR] = other
+        try:
+            out_other, _ = layer(x)
+            row[f"agreement_gru_{other}"] = agreement(cupy.asnumpy(out_other))
+            for _ in range(warmup):
+                run_gru()
+            timings["gru_" + other] = time_events(run_gru, repeats, cupy_events)
+        except Exception as exc:  # a kernel that does not fit this layer says why
+            row[f"gru_{other}_error"] = f"{type(exc).__name__}: {exc}"
+        finally:
+            os.environ.pop(_plans.PATH_ENV_VAR, None)
+
+    row["times_ms"] = timings
+    row["median_ms"] = {k: statistics.median(v) for k, v in timings.items()}
+    ours = row["median_ms"]["gru_" + row["path"]]
+    row["speedup_vs_cudnn_fp32"] = row["median_ms"]["cudnn_fp32"] / ours
+    row["speedup_vs_cudnn_tf32"] = row["median_ms"]["cudnn_tf32"] / ours
+    return row
+
+
+#: the persistent kernel's knobs that --sweep tries, one change from the defaults at a time
+SWEEP_KNOBS = (
+    {"persistent_min_units": 4},
+    {"persistent_min_units": 16},
+    {"persistent_threads": 128},
+    {"persistent_l2_fraction": 0.0},
+    {"persistent_l2_fraction": 0.3},
+    {"persistent_l2_fraction": 0.9},
+)
+
+
+def sweep_shape(shape, repeats: int, warmup: int) -> list[dict[str, Any]]:
+    """Median times of the forced persistent path over its knobs, and of the per-step GEMM alone."""
+    import cupy
+    from cupyx.profiler import benchmark
+
+    import gru
+    from gru.backends.cupy import _plans
+
+    I, H, B, T = shape
+    layer = gru.GRU(I, H, dtype="float32", backend="cupy", seed=0)
+    x = cupy.random.default_rng(1).standard_normal((T, B, I), dtype=cupy.float32)
+    backend = gru.get_backend("cupy")
+    rows = []
+    # the stepwise path's recurrent product of one step, batched (as the backend calls it) and 2-D
+    h = cupy.random.default_rng(2).standard_normal((1, B, H), dtype=cupy.float32)
+    w = cupy.random.default_rng(3).standard_normal((1, H, 3 * H), dtype=cupy.float32)
+    out = cupy.empty((1, B, 3 * H), cupy.float32)
+    for label, run in (("gemm_batched", lambda: cupy.matmul(h, w, out=out)), ("gemm_2d", lambda: h[0] @ w[0])):
+        timing = benchmark(run, n_repeat=200, n_warmup=10)
+        rows.append(
+            {
+                "knobs": label,
+                "gpu_us": float(np.median(timing.gpu_times[0])) * 1e6,
+                "cpu_us": float(np.median(timing.cpu_times)) * 1e6,
+            }
+        )
+    if B > 32:
+        return rows
+    os.environ[_plans.PATH_ENV_VAR] = "persistent"
+    try:
+        for knobs in SWEEP_KNOBS:
+            saved = {k: getattr(backend, k) for k in knobs}
+            for k, v in knobs.items():
+                setattr(backend, k, v)
+            row: dict[str, Any] = {"knobs": knobs}
+            plan = _plans.plan_persistent(
+                backend._device(x),
+                hidden_size=H,
+                batch=B,
+                directions=1,
+                dtype="float32",
+                reset_after=True,
+                threads=backend.persistent_threads,
+                min_units=backend.persistent_min_units,
+                l2_fraction=backend.persistent_l2_fraction,
+            )
+            try:
+                if not isinstance(plan, _plans.PersistentPlan):
+                    row["error"] = plan
+                elif "persistent_l2_fraction" in knobs and plan.cached_rows >= plan.rows:
+                    row["error"] = "all rows on chip: nothing to keep in L2"
+                else:
+                    row.update(blocks=plan.blocks, units=plan.units, cached=plan.cached_rows, l2_rows=plan.l2_rows)
+                    for _ in range(warmup):
+                        layer(x)
+                    times = time_events(lambda: layer(x), repeats, lambda: (cupy.cuda.Event(), cupy.cuda.Event()))
+                    row["median_ms"] = statistics.median(times)
+            except Exception as exc:
+                row["error"] = f"{type(exc).__name__}: {exc}"
+            finally:
+                for k, v in saved.items():
+                    setattr(backend, k, v)
+            rows.append(row)
+    finally:
+        os.environ.pop(_plans.PATH_ENV_VAR, None)
+    return rows
+
+
+#: (hidden size, batch sizes) of --crossover, 100 steps, input size = hidden size
+CROSSOVER = ((256, (1, 4, 8, 16, 32, 64, 128, 256)), (1024, (1, 4, 8, 16, 32, 64, 128)))
+
+
+def crossover(repeats: int, warmup: int) -> list[dict[str, Any]]:
+    """Median ms of every path that can run, per (H, B): where the path rule should switch."""
+    import cupy
+
+    import gru
+    from gru.backends.cupy import _plans
+
+    rows = []
+    for H, batches in CROSSOVER:
+        layer = gru.GRU(H, H, dtype="float32", backend="cupy", seed=0)
+        for B in batches:
+            x = cupy.random.default_rng(B).standard_normal((100, B, H), dtype=cupy.float32)
+            row: dict[str, Any] = {"H": H, "B": B, "T": 100, "median_ms": {}}
+            for path in PATH_NAMES:
+                os.environ[_plans.PATH_ENV_VAR] = path
+                try:
+                    for _ in range(warmup):
+                        layer(x)
+                    times = time_events(
+                        lambda layer=layer, x=x: layer(x), repeats, lambda: (cupy.cuda.Event(), cupy.cuda.Event())
+                    )
+                    row["median_ms"][path] = statistics.median(times)
+                except Exception as exc:
+                    row[f"{path}_error"] = f"{type(exc).__name__}: {exc}"[:80]
+                finally:
+                    os.environ.pop(_plans.PATH_ENV_VAR, None)
+            layer(x)
+            row["auto"] = gru.get_backend("cupy").last_paths[0]
+            rows.append(row)
+            times = "  ".join(f"{k} {v:8.3f}" for k, v in row["median_ms"].items())
+            print(f"crossover H={H:<5} B={B:<4} auto={row['auto']:<10} {times}", flush=True)
+    return rows
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``gru bench-gpu`` options (shared with ``benchmarks/gpu.py``)."""
+    parser.add_argument("--json", type=Path, required=True, help="where to write the results")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--budget", type=float, default=80.0, help="seconds; shapes not started by then are skipped")
+    parser.add_argument("--sweep", action="store_true", help="also time the persistent kernel over its knobs")
+    parser.add_argument("--crossover", action="store_true", help="also time every path over a grid of batch sizes")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``gru bench-gpu`` / ``benchmarks/gpu.py``: 0 when every shape agreed and ran, 1 if not, 2 if it cannot run."""
+    parser = argparse.ArgumentParser(prog="gru bench-gpu", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run_from_args(parser.parse_args(argv))
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Run what parsed ``args`` say (see :func:`main`)."""
+    import gru
+
+    try:
+        gru.get_backend("cupy")
+    except gru.BackendError as exc:
+        print(f"gru bench-gpu: the cupy backend cannot run here: {exc}", file=sys.stderr)
+        return 2
+    try:
+        import torch
+    except ImportError as exc:
+        print(f"gru bench-gpu: PyTorch (the cuDNN peer) is not installed ({exc})", file=sys.stderr)
+        return 2
+    if not torch.cuda.is_available():
+        print("gru bench-gpu: this PyTorch has no CUDA (the cuDNN peer needs it)", file=sys.stderr)
+        return 2
+    report: dict[str, Any] = {"environment": environment(), "results": [], "skipped": []}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    for shape in SHAPES:
+        if time.monotonic() - start > args.budget:
+            report["skipped"].append({"shape": shape, "reason": f"time budget of {args.budget:.0f} s spent"})
+            continue
+        t0 = time.monotonic()
+        try:
+            row = bench_shape(shape, args.repeats, args.warmup)
+        except Exception as exc:
+            row = {"shape": dict(zip("IHBT", shape, strict=True)), "error": f"{type(exc).__name__}: {exc}"}
+        row["wall_s"] = time.monotonic() - t0
+        report["results"].append(row)
+        args.json.write_text(json.dumps(report, indent=2, default=str))
+        print(f"done {shape} in {row['wall_s']:.1f} s", file=sys.stderr, flush=True)
+
+    env = report["environment"]
+    print(f"GPU: {env['gpu']}  cupy {env['cupy']}  torch {env['torch']}  cuDNN {env['cudnn']}")
+    print(
+        f"{'I,H,B,T':<22} {'path':<11} {'gru ms':>9} {'cudnn ms':>9} {'x fp32':>7} {'tf32 ms':>9} {'x tf32':>7} rel.err"
+    )
+    for row in report["results"]:
+        s = row["shape"]
+        label = f"{s['I']},{s['H']},{s['B']},{s['T']}"
+        if "error" in row:
+            print(f"{label:<22} ERROR {row['error'][:90]}")
+            continue
+        if not row["agrees"]:
+            print(f"{label:<22} DISAGREES with cuDNN float64: {row['agreement_gru']}")
+            continue
+        m = row["median_ms"]
+        ours = m["gru_" + row["path"]]
+        print(
+            f"{label:<22} {row['path']:<11} {ours:9.3f} {m['cudnn_fp32']:9.3f} {row['speedup_vs_cudnn_fp32']:7.2f} "
+            f"{m['cudnn_tf32']:9.3f} {row['speedup_vs_cudnn_tf32']:7.2f} {row['agreement_gru']['relative_l2']:.1e}"
+        )
+        paths = ", ".join(f"{k[4:]} {v:.3f} ms" for k, v in m.items() if k.startswith("gru_"))
+        errors = "; ".join(
+            f"{k[4:-6]}: {v[:60]}" for k, v in row.items() if k.startswith("gru_") and k.endswith("_error")
+        )
+        print(f"{'':<22} every path: {paths}" + (f"  ({errors})" if errors else ""))
+    for skipped in report["skipped"]:
+        print(f"skipped {skipped['shape']}: {skipped['reason']}")
+    if args.sweep:
+        report["sweep"] = []
+        for shape in SHAPES:
+            if time.monotonic() - start > 2 * args.budget:
+                break
+            try:
+                rows = sweep_shape(shape, args.repeats, args.warmup)
+            except Exception as exc:
+                rows = [{"error": f"{type(exc).__name__}: {exc}"}]
+            report["sweep"].append({"shape": shape, "rows": rows})
+            args.json.write_text(json.dumps(report, indent=2, default=str))
+            for row in rows:
+                if "gpu_us" in row:
+                    timing = f"GPU {row['gpu_us']:9.1f} us  CPU {row['cpu_us']:7.1f} us"
+                else:
+                    timing = f"{row['median_ms']:9.3f} ms" if "median_ms" in row else row.get("error", "")
+                where = {k: row[k] for k in ("blocks", "units", "cached", "l2_rows") if k in row}
+                print(f"sweep {shape!s:<24} {row.get('knobs')!s:<36} {where!s:<56} {timing}")
+    if args.crossover:
+        report["crossover"] = crossover(args.repeats, args.warmup)
+        args.json.write_text(json.dumps(report, indent=2, default=str))
+    return 0 if all(r.get("agrees") and "error" not in r for r in report["results"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

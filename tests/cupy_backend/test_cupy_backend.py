@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -225,3 +226,15 @@ def test_gpu_agrees_with_cudnn():
     output, h_n = layer(x)
     np.testing.assert_allclose(output, expected.cpu().numpy(), rtol=0, atol=1e-10)
     np.testing.assert_allclose(h_n, expected_h_n.cpu().numpy(), rtol=0, atol=1e-10)
+
+
+@needs_gpu
+def test_gpu_readme_example_runs_as_written():
+    """The README's CuPy example, as written there."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("### CuPy backend (NVIDIA GPUs)") :]
+    code = section[section.index("```python\n") + len("```python\n") :]
+    code = code[: code.index("```")]
+    namespace: dict = {}
+    exec(compile(code, "README.md (### CuPy backend)", "exec"), namespace)
+    assert isinstance(namespace["output"], np.ndarray) and namespace["output"].shape == (1000, 8, 128)

@@ -2,7 +2,7 @@
 
 Every function takes the device, the layer's packed weights, the path's plan
 (None where the path needs none) and the layer's buffers, and runs all steps;
-``placeholder`` is a one-element array for placeholder pointer arguments. The
+``placeholder`` is a one-element array for unused pointer arguments. The
 persistent path returns its kernel's sync/error words, the others None.
 """
 

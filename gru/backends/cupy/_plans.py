@@ -17,7 +17,7 @@ from gru._errors import UnsupportedRequestError
 from gru.backends.cupy import _kernels
 
 # ---------------------------------------------------------------------------------------------
-# The path rule and the kernels' knobs, set from measurements on an H100 (benchmarks/gpu.py
+# The path rule and the kernels' knobs, set from measurements on an H100 (gru bench-gpu
 # --sweep and --crossover time every path and knob; benchmarks/RESULTS.md has the numbers).
 # ---------------------------------------------------------------------------------------------
 
@@ -31,9 +31,10 @@ PERSISTENT_MAX_BATCH = 16
 PERSISTENT_MAX_BATCH_ON_CHIP = 32
 #: The fewest hidden units one persistent block owns. Fewer units per block spreads W_hh over
 #: more multiprocessors (less shared memory and work per block per step) but makes the per-step
-#: grid barrier wait for more blocks.
+#: grid barrier wait for more blocks (measured: 4 and 8 the same, 16 up to 17 % slower).
 PERSISTENT_MIN_UNITS_PER_BLOCK = 8
-#: Threads per persistent block (a multiple of 32, at most the kernel's launch bound).
+#: Threads per persistent block (a multiple of 32, at most the kernel's launch bound; 128 measured
+#: 6-36 % slower).
 PERSISTENT_THREADS = 256
 #: The share of L2 the persistent kernel may fill with the weight rows that do not fit on chip,
 #: loaded with the evict_last policy so that they stay there from step to step (the others

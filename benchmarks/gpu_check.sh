@@ -61,7 +61,7 @@ if [ -n "${GRU_GPU_PROFILE:-}" ] && command -v ncu >/dev/null; then
             --section SourceCounters -k regex:gru_ -s "$skip" -c 1 "$PYTHON" benchmarks/gpu_profile.py "$shape" --path "$path"
     done
 fi
-# GRU_GPU_CHECK_SKIP_CPU=1 leaves them out where device time is short
+# GRU_GPU_CHECK_SKIP_CPU=1 leaves them out where GPU time is short
 [ -n "${GRU_GPU_CHECK_SKIP_CPU:-}" ] ||
     step cpu-tests 120 "$PYTHON" -m pytest -q -p no:cacheprovider -rs tests/cupy_backend -k "not test_gpu_"
 cp "$OUT/benchmark.log" "$OUT/benchmark.txt" 2>/dev/null

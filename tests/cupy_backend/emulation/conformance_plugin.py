@@ -6,8 +6,14 @@ on a machine without a GPU (slow: every CUDA thread is a fiber)::
     PYTHONPATH=tests/cupy_backend/emulation pytest -p conformance_plugin --pyargs gru.testing \
         --gru-backend cupy-emulated
 
-``GRU_CUPY_PATH=persistent`` / ``stepwise`` picks the path (the default, auto,
-takes the persistent kernel at the suite's small batches).
+or the fuzz tests (random configurations against the oracle)::
+
+    GRU_CUPY_PATH=fused GRU_FUZZ_PROFILE=long GRU_FUZZ_EXAMPLES=1000 \
+        PYTHONPATH=tests/cupy_backend/emulation pytest -p conformance_plugin tests/test_fuzz.py \
+        --gru-backend cupy-emulated -k forward
+
+``GRU_CUPY_PATH=resident`` / ``persistent`` / ``fused`` / ``stepwise`` picks the
+path (the default, auto, takes the resident kernel at the suite's small layers).
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ block, threads per block, share of L2) on every shape it can run, and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -52,8 +53,10 @@ AGREE_RELATIVE = 1e-4  # float32 vs float64 reference, relative L2 error
 PATH_NAMES = ("resident", "persistent", "fused", "stepwise")  # the CuPy backend's paths
 
 
-def time_events(run, repeats: int, events) -> list[float]:
-    """Milliseconds of ``run()`` on the GPU, one pair of CUDA events per repeat."""
+def time_events(run, repeats: int, events, warmup: int = 0) -> list[float]:
+    """Milliseconds of ``run()`` on the GPU, one pair of CUDA events per repeat, after ``warmup`` untimed runs."""
+    for _ in range(warmup):
+        run()
     times = []
     for _ in range(repeats):
         start, end = events()
@@ -63,6 +66,30 @@ def time_events(run, repeats: int, events) -> list[float]:
         end.synchronize()
         times.append(start_end_ms(start, end))
     return times
+
+
+def cupy_events():
+    import cupy
+
+    return cupy.cuda.Event(), cupy.cuda.Event()
+
+
+def torch_events():
+    import torch
+
+    return torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+
+@contextlib.contextmanager
+def forced_path(path: str):
+    """The CuPy backend takes ``path`` (GRU_CUPY_PATH) inside the block, its own choice again after it."""
+    from gru.backends.cupy import _plans
+
+    os.environ[_plans.PATH_ENV_VAR] = path
+    try:
+        yield
+    finally:
+        os.environ.pop(_plans.PATH_ENV_VAR, None)
 
 
 def start_end_ms(start, end) -> float:
@@ -139,12 +166,6 @@ def bench_shape(shape, repeats: int, warmup: int) -> dict[str, Any]:
     )
     row["persistent_plan"] = plan.__dict__ if isinstance(plan, _plans.PersistentPlan) else plan
 
-    def cupy_events():
-        return cupy.cuda.Event(), cupy.cuda.Event()
-
-    def torch_events():
-        return torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-
     def run_gru():
         layer(x)
 
@@ -153,31 +174,23 @@ def bench_shape(shape, repeats: int, warmup: int) -> dict[str, Any]:
             reference(x_torch)
 
     timings: dict[str, list[float]] = {}
-    for _ in range(warmup):
-        run_gru()
-    timings["gru_" + row["path"]] = time_events(run_gru, repeats, cupy_events)
+    timings["gru_" + row["path"]] = time_events(run_gru, repeats, cupy_events, warmup)
     for tf32, key in ((False, "cudnn_fp32"), (True, "cudnn_tf32")):
         torch.backends.cudnn.allow_tf32 = tf32
-        for _ in range(warmup):
-            run_cudnn()
-        timings[key] = time_events(run_cudnn, repeats, torch_events)
+        timings[key] = time_events(run_cudnn, repeats, torch_events, warmup)
     torch.backends.cudnn.allow_tf32 = False
 
     # the other paths, for tuning the rule
     for other in PATH_NAMES:
         if other == row["path"]:
             continue
-        os.environ[_plans.PATH_ENV_VAR] = other
         try:
-            out_other, _ = layer(x)
-            row[f"agreement_gru_{other}"] = agreement(cupy.asnumpy(out_other))
-            for _ in range(warmup):
-                run_gru()
-            timings["gru_" + other] = time_events(run_gru, repeats, cupy_events)
+            with forced_path(other):
+                out_other, _ = layer(x)
+                row[f"agreement_gru_{other}"] = agreement(cupy.asnumpy(out_other))
+                timings["gru_" + other] = time_events(run_gru, repeats, cupy_events, warmup)
         except Exception as exc:  # a kernel that does not fit this layer says why
             row[f"gru_{other}_error"] = f"{type(exc).__name__}: {exc}"
-        finally:
-            os.environ.pop(_plans.PATH_ENV_VAR, None)
 
     row["times_ms"] = timings
     row["median_ms"] = {k: statistics.median(v) for k, v in timings.items()}
@@ -226,8 +239,7 @@ def sweep_shape(shape, repeats: int, warmup: int) -> list[dict[str, Any]]:
         )
     if B > 32:
         return rows
-    os.environ[_plans.PATH_ENV_VAR] = "persistent"
-    try:
+    with forced_path("persistent"):
         for knobs in SWEEP_KNOBS:
             saved = {k: getattr(backend, k) for k in knobs}
             for k, v in knobs.items():
@@ -251,18 +263,13 @@ def sweep_shape(shape, repeats: int, warmup: int) -> list[dict[str, Any]]:
                     row["error"] = "all rows on chip: nothing to keep in L2"
                 else:
                     row.update(blocks=plan.blocks, units=plan.units, cached=plan.cached_rows, l2_rows=plan.l2_rows)
-                    for _ in range(warmup):
-                        layer(x)
-                    times = time_events(lambda: layer(x), repeats, lambda: (cupy.cuda.Event(), cupy.cuda.Event()))
-                    row["median_ms"] = statistics.median(times)
+                    row["median_ms"] = statistics.median(time_events(lambda: layer(x), repeats, cupy_events, warmup))
             except Exception as exc:
                 row["error"] = f"{type(exc).__name__}: {exc}"
             finally:
                 for k, v in saved.items():
                     setattr(backend, k, v)
             rows.append(row)
-    finally:
-        os.environ.pop(_plans.PATH_ENV_VAR, None)
     return rows
 
 
@@ -275,7 +282,6 @@ def crossover(repeats: int, warmup: int) -> list[dict[str, Any]]:
     import cupy
 
     import gru
-    from gru.backends.cupy import _plans
 
     rows = []
     for H, batches in CROSSOVER:
@@ -284,18 +290,12 @@ def crossover(repeats: int, warmup: int) -> list[dict[str, Any]]:
             x = cupy.random.default_rng(B).standard_normal((100, B, H), dtype=cupy.float32)
             row: dict[str, Any] = {"H": H, "B": B, "T": 100, "median_ms": {}}
             for path in PATH_NAMES:
-                os.environ[_plans.PATH_ENV_VAR] = path
                 try:
-                    for _ in range(warmup):
-                        layer(x)
-                    times = time_events(
-                        lambda layer=layer, x=x: layer(x), repeats, lambda: (cupy.cuda.Event(), cupy.cuda.Event())
-                    )
+                    with forced_path(path):
+                        times = time_events(lambda layer=layer, x=x: layer(x), repeats, cupy_events, warmup)
                     row["median_ms"][path] = statistics.median(times)
                 except Exception as exc:
                     row[f"{path}_error"] = f"{type(exc).__name__}: {exc}"[:80]
-                finally:
-                    os.environ.pop(_plans.PATH_ENV_VAR, None)
             layer(x)
             row["auto"] = gru.get_backend("cupy").last_paths[0]
             rows.append(row)

@@ -272,7 +272,7 @@ class CupyBackend(Backend):
         # steps the kernels write every element, and the zero fill (a launch) is skipped
         fill = xp.empty if lengths is None or bool((lengths == T).all()) else xp.zeros
         gates = fill((L * D, 3, T, B, H), dtype) if request.return_gates else None
-        paths: list[str] = []
+        paths: tuple[str, ...] = ()  # the path of each layer (all take the same)
         checks: list[Any] = []
 
         if steps == 0 or B == 0:
@@ -318,6 +318,9 @@ class CupyBackend(Backend):
             )
             if path == "resident":
                 plan = resident
+            paths = (path,) * L
+            run = RUNS[path]
+            placeholder = self._placeholder(device, dtype)
             layer_input = x
             for layer in range(L):
                 k = slice(layer * D, (layer + 1) * D)
@@ -325,9 +328,7 @@ class CupyBackend(Backend):
                 gx = device.matmul(layer_input.reshape(T * B, layer_input.shape[-1]), packed.w_ih_t)
                 gx += packed.gx_bias  # once per layer, outside the time loop
                 output = fill((T, B, D * H), dtype)
-                paths.append(path)
                 layer_gates = gates[k] if gates is not None else None
-                run = RUNS[path]
                 check = run(
                     device,
                     packed,
@@ -340,7 +341,7 @@ class CupyBackend(Backend):
                     h_n=h_n[k],
                     gates=layer_gates,
                     reset_after=request.reset_after,
-                    placeholder=self._placeholder(device, dtype),
+                    placeholder=placeholder,
                 )
                 if check is not None:
                     checks.append(check)
@@ -348,7 +349,7 @@ class CupyBackend(Backend):
                     output *= device.asarray(request.dropout_masks[layer])
                 layer_input = output
             output = layer_input
-        self.last_paths = tuple(paths)
+        self.last_paths = paths
 
         if checks and (debug or host_input):
             for sync in checks:

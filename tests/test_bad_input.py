@@ -802,7 +802,7 @@ def kernel_backward_args():
         "d_b_ih": np.zeros(3 * H_),
         "d_b_hh": np.zeros(3 * H_),
         "workspace": np.zeros((8 * T_ * B_ + 3 * B_, H_)),
-        "bias_sums": np.zeros(6 * H_),
+        "bias_sums": np.zeros(12 * H_),
         "threads": 1,
     }
 
@@ -843,7 +843,7 @@ KERNEL_FORWARD_CASES = {
 
 KERNEL_BACKWARD_CASES = {
     "workspace-short": ({"workspace": np.zeros((10, 16))}, ValueError, "workspace"),
-    "bias_sums-short": ({"bias_sums": np.zeros(95)}, ValueError, "bias_sums"),
+    "bias_sums-short": ({"bias_sums": np.zeros(12 * 16 - 1)}, ValueError, "bias_sums"),
     "gates-none": ({"gates": None}, TypeError, "Argument 'gates'"),
     "hn-missing": ({"hn": None}, ValueError, "hn"),
     "d_output-shape": ({"d_output": np.ones((4, 3, 17))}, ValueError, "d_output"),

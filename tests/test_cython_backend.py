@@ -79,6 +79,47 @@ def test_whole_sequence_projection_in_row_chunks_or_one_gemm_matches_the_oracle(
     assert_training_matches_oracle(layer, x, rng, lengths=np.array([9, 5]), threads=threads)
 
 
+def test_which_calls_split_their_sequences_between_threads():
+    """From 8 sequences per thread, while every thread can hold all of W_hh (2 MB; see splits_by_sequence)."""
+    from gru.backends.cython import _kernels
+
+    assert _kernels.splits_sequences(16, 128, 4, 2) and not _kernels.splits_sequences(15, 128, 4, 2)
+    assert _kernels.splits_sequences(24, 128, 4, 3) and not _kernels.splits_sequences(23, 128, 4, 3)
+    assert _kernels.splits_sequences(64, 418, 4, 2) and not _kernels.splits_sequences(64, 419, 4, 2)
+    assert not _kernels.splits_sequences(64, 300, 8, 2)  # float64: 2.2 MB
+    assert not _kernels.splits_sequences(64, 128, 4, 1)  # one thread
+    assert not _kernels.splits_sequences(64, 16, 4, 2)  # a team of one: 16 units
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@pytest.mark.parametrize("full_length", [True, False], ids=["full-length", "lengths"])
+def test_batches_split_by_sequence_match_the_oracle(threads, reset_after, full_length):
+    """27 sequences in chunks of 8, 8, 8 and 3, claimed by the threads as they come free: output and every
+    gradient, both directions, two layers; full-length batches project their inputs step by step."""
+    from gru.backends.cython import _kernels
+
+    T, B, I, H = 9, 27, 6, 48
+    assert _kernels.splits_sequences(B, H, 8, threads)
+    rng = np.random.default_rng(threads + 10 * reset_after + 100 * full_length)
+    layer = gru.GRU(I, H, 2, bidirectional=True, reset_after=reset_after, dtype="float64", backend="cython", seed=rng)
+    lengths = None if full_length else np.concatenate([[0, T, 1], rng.integers(0, T + 1, B - 3)])
+    x, h0 = rng.standard_normal((T, B, I)), rng.standard_normal((4, B, H))
+    assert_training_matches_oracle(layer, x, rng, h0=h0, lengths=lengths, threads=threads)
+
+
+@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+def test_batches_of_wide_layers_split_by_unit_match_the_oracle(reset_after):
+    """Past 2 MB of W_hh (H = 300, float64) even 17 sequences split the units: rows in chunks of 8."""
+    from gru.backends.cython import _kernels
+
+    assert not _kernels.splits_sequences(17, 300, 8, 2)
+    rng = np.random.default_rng(3 + reset_after)
+    layer = gru.GRU(5, 300, reset_after=reset_after, bidirectional=True, dtype="float64", backend="cython", seed=rng)
+    lengths = np.concatenate([[3, 0], rng.integers(1, 4, 15)])
+    assert_training_matches_oracle(layer, rng.standard_normal((3, 17, 5)), rng, lengths=lengths, threads=2)
+
+
 @pytest.fixture
 def products_made_whole():
     """The kernels as with a BLAS without a small-matrix kernel: every product in one call."""
@@ -102,7 +143,7 @@ def test_every_path_cut_for_the_small_kernel_also_runs_whole(products_made_whole
     from gru.backends.cython import _kernels
 
     assert not _kernels.uses_small_kernel()
-    assert _kernels.workspace_rows(T, B, I, H, 8, False, T) == T * B + 2 * B + 2  # no step-by-step projection
+    assert _kernels.workspace_rows(T, B, I, H, 8, False, T, 1) == T * B + 2 * B + 2  # no step-by-step projection
     rng = np.random.default_rng(I + H)
     layer = gru.GRU(I, H, reset_after=reset_after, bidirectional=True, dtype="float64", backend="cython", seed=rng)
     assert_training_matches_oracle(layer, rng.standard_normal((T, B, I)), rng, threads=2)
@@ -266,10 +307,11 @@ def kernel_call(team_of_panels, panels_fill=None, threads=2):
     if panels_fill is not None:
         panels[...] = panels_fill
     output, h_n = np.zeros((T, B, H)), rng.standard_normal((B, H))
+    workspace = np.zeros((_kernels.workspace_rows(T, B, I, H, 8, False, T, threads), 3 * H))
     _kernels.run_direction(
         rng.standard_normal((T, B, I)), rng.standard_normal((I, 3 * H)), w_hh_t, rng.standard_normal(3 * H),
         rng.standard_normal(H), np.full(B, T, np.int64), np.arange(B, dtype=np.int64), False, True, output, h_n,
-        None, None, np.zeros((T * B + 2 * B + 2, 3 * H)), panels, team_of_panels, np.zeros((H, 3 * H)), threads,
+        None, None, workspace, panels, team_of_panels, np.zeros((H, 3 * H)), threads,
     )  # fmt: skip
     return output, h_n
 
@@ -317,10 +359,10 @@ def test_which_batches_project_their_inputs_step_by_step():
     """The two measured regimes (see _kernels.projects_per_step): rows of workspace tell which one ran."""
     from gru.backends.cython import _kernels
 
-    def per_step(T, B, I, H, itemsize=4, reverse=False, shortest=None):
-        rows = _kernels.workspace_rows(T, B, I, H, itemsize, reverse, T if shortest is None else shortest)
-        assert rows in (3 * B + 2, T * B + 2 * B + 2)
-        return rows == 3 * B + 2
+    def per_step(T, B, I, H, itemsize=4, reverse=False, shortest=None, team=1):
+        rows = _kernels.workspace_rows(T, B, I, H, itemsize, reverse, T if shortest is None else shortest, team)
+        assert rows in (3 * B + 2 * team, T * B + 2 * B + 2 * team)
+        return rows == 3 * B + 2 * team
 
     assert per_step(30, 32, 256, 256) and per_step(30, 16, 64, 1024)  # B >= 16, I <= 256
     assert per_step(30, 8, 512, 512) and per_step(30, 64, 512, 512)  # small-kernel blocks, 6 MB of weights
@@ -328,6 +370,9 @@ def test_which_batches_project_their_inputs_step_by_step():
     assert not per_step(30, 8, 1024, 1024) and not per_step(30, 8, 512, 512, itemsize=8)  # weights past 8 MB
     assert not per_step(30, 4, 512, 512) and not per_step(100, 1, 64, 128)  # too few sequences
     assert not per_step(30, 32, 256, 256, reverse=True, shortest=20)  # a step's rows from different times
+    # split by sequence (16 and more sequences for 2 threads), a chunk's rows of x must be consecutive
+    assert per_step(30, 32, 256, 256, shortest=20) and not per_step(30, 32, 256, 256, shortest=20, team=2)
+    assert per_step(30, 32, 256, 256, team=2) and per_step(30, 8, 512, 512, shortest=20, team=2)
 
 
 @pytest.mark.parametrize("lengths", ["none", "all-T", "varied"])

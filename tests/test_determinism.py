@@ -3,9 +3,12 @@
 On every available CPU backend, both dtypes and both variants, a two-layer
 bidirectional GRU with mixed lengths (0 and T included) runs inference
 (with gates) and, where the backend declares training, a training forward
-with dropout and the backward. The Cython backend runs at 1 and at 2 threads
-(H = 40 splits into two slices of hidden units); each comparison is between
-runs at the same thread count, since a different split may round differently.
+with dropout and the backward, on the first 6 sequences and on all 18. The
+Cython backend runs at 1 and at 2 threads: at 2, H = 40 splits into two slices
+of hidden units for 6 sequences, and 18 sequences split into chunks that the
+threads claim as they come free (see splits_by_sequence); each comparison is
+between runs at the same thread count, since a different split may round
+differently.
 Everything is hashed (SHA-256 of dtype, shape and bytes of every array).
 
 * in one process: the same layer called repeatedly, and fresh layers built
@@ -33,8 +36,9 @@ import pytest
 
 import gru
 
-I, H, T, B, L = 7, 40, 9, 6, 2
-LENGTHS = [T, 4, 0, T, 1, 6]
+I, H, T, B, L = 7, 40, 9, 18, 2
+LENGTHS = [T, 4, 0, T, 1, 6, 2, T, 8, 3, T, 0, 5, 7, T, 1, 4, 6]
+BATCHES = (6, B)  # at 2 threads: split by unit, then by sequence
 SEED = 2024
 
 
@@ -74,15 +78,18 @@ def run_once(backend: str, dtype: str, reset_after: bool, threads: int | None, l
             backend=backend,
             seed=SEED,
         )
-    x, h0, d_output, d_h_n = _data(dtype, layer.num_directions)
-    output, h_n, gates = layer(x, h0, LENGTHS, return_gates=True, threads=threads)
-    hashes = {"inference": _digest(output, h_n, *gates)}
-    if gru.get_backend(backend).capabilities.training:
-        output, h_n = layer(x, h0, LENGTHS, train=True, threads=threads)
-        grads = layer.backward(d_output, d_h_n)
-        hashes["training"] = _digest(
-            output, h_n, grads.input, grads.h0, *(grads.params[k] for k in sorted(grads.params))
-        )
+    hashes = {}
+    for batch in BATCHES:
+        x, h0, d_output, d_h_n = (a[:, :batch] for a in _data(dtype, layer.num_directions))
+        lengths = LENGTHS[:batch]
+        output, h_n, gates = layer(x, h0, lengths, return_gates=True, threads=threads)
+        hashes[f"inference/{batch}"] = _digest(output, h_n, *gates)
+        if gru.get_backend(backend).capabilities.training:
+            output, h_n = layer(x, h0, lengths, train=True, threads=threads)
+            grads = layer.backward(d_output, d_h_n)
+            hashes[f"training/{batch}"] = _digest(
+                output, h_n, grads.input, grads.h0, *(grads.params[k] for k in sorted(grads.params))
+            )
     return hashes
 
 
@@ -141,7 +148,8 @@ def test_processes_agree():
         results.append(json.loads(out))
     first, second = results
     expected_keys = sum(
-        len(_thread_counts(b)) * 4 * (2 if gru.get_backend(b).capabilities.training else 1) for b in backends
+        len(_thread_counts(b)) * 4 * len(BATCHES) * (2 if gru.get_backend(b).capabilities.training else 1)
+        for b in backends
     )
     assert len(first) == expected_keys, sorted(first)
     differ = sorted(k for k in first if first[k] != second.get(k))

@@ -2,7 +2,8 @@
 """Compiled GRU recurrence: one layer, one direction, the whole time loop without the GIL.
 
 Work split: the threads are started once per call (an OpenMP parallel
-region) and each owns a contiguous slice of hidden units. A thread
+region). Small batches split the hidden units: each thread owns a contiguous
+slice of them and
 * reads the recurrent weights of its units from a contiguous panel of its
   own, packed once per layer (so they stay in its cache across steps when
   they fit);
@@ -12,10 +13,13 @@ region) and each owns a contiguous slice of hidden units. A thread
 * then, per step, one product of h_{t-1} with its panel for all three gates,
   the fused gate pass, and one barrier with the others (two for reset-before,
   whose candidate needs the whole r ⊙ h_{t-1}).
+Batches of 8 sequences and more per thread split the sequences instead (see
+splits_by_sequence): the threads claim chunks of them as they come free and
+run each chunk through every step, for every unit, with no barrier.
 Products are cut so that OpenBLAS runs them on its small-matrix kernel where
 that is faster (see matmul_step). BLAS is called single-threaded from each
 thread: the caller limits BLAS threads so the two never oversubscribe the
-cores. The backward (backward_direction) splits the units the same way.
+cores. The backward (backward_direction) splits the work the same way.
 
 Sequences are processed in order of decreasing length (``order``) so that the
 live ones form a prefix: finished sequences cost nothing.
@@ -36,6 +40,7 @@ cdef extern from "gru_math.h" nogil:
         int arrived
     void gru_team_barrier_init(gru_team_barrier* b, int team)
     void gru_team_barrier_wait(gru_team_barrier* b, int team)
+    int gru_team_claim(int* next)
     int gru_max_threads()
     int gru_num_threads()
     int gru_has_openmp()
@@ -371,15 +376,43 @@ cdef void pack_panel(int H, int u0, int nu, const floating* w_hh_t, floating* pa
                    nu * sizeof(floating))
 
 
+cdef inline bint splits_by_sequence(Py_ssize_t B, Py_ssize_t H, Py_ssize_t itemsize, int team) noexcept nogil:
+    """Whether a team splits the batch's sequences between its threads rather than the hidden units.
+
+    Split by sequence, each thread runs chunks of sequences through every step
+    on its own, with all the weights: no barrier per step and no state passed
+    between cores. Split by unit, every step waits for the slowest thread: on a
+    shared 2-core VM, in the phases when its cores pass data slowly, a
+    (128,128,64,200) training step went from 51 to 82 ms (one thread's time)
+    while split by sequence it stayed at 51; outside them the two were equal.
+    Needs a chunk of ROW_CHUNK sequences for every thread, and all of W_hh
+    small enough for the row chunks of matmul_step: each thread reads all of
+    it, not its units' share (at H = 512, 3 MB, (512,512,64,100) ran 5-15 %
+    slower split by sequence).
+    """
+    return team > 1 and B >= <Py_ssize_t>ROW_CHUNK * team and 3 * H * H * itemsize <= SMALL_KERNEL_WEIGHT_BYTES
+
+
+cdef inline int sequence_chunk(Py_ssize_t B, int team) noexcept nogil:
+    """Sequences per chunk when split by sequence: about two chunks per thread, in whole ROW_CHUNKs.
+
+    Chunks are claimed as threads come free, so a thread slowed by a
+    neighbour takes fewer of them.
+    """
+    cdef Py_ssize_t per_chunk = (B + 2 * team - 1) // (2 * team)
+    return <int>((per_chunk + ROW_CHUNK - 1) // ROW_CHUNK * ROW_CHUNK)
+
+
 cdef inline bint projects_per_step(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, Py_ssize_t itemsize,
-                                   bint reverse, long long shortest) noexcept nogil:
+                                   bint reverse, long long shortest, bint by_sequence) noexcept nogil:
     """Whether a batch projects its inputs step by step, one small product each, while the rows are in cache.
 
     Projecting the whole sequence first writes T*B*3H values to memory and
-    reads them back. Not when sequences of different lengths run in reverse:
-    their rows of one step belong to different times.
+    reads them back. Not when sequences of different lengths run in reverse
+    (their rows of one step belong to different times) or split by sequence
+    (a chunk's rows of x are then not consecutive).
     """
-    if (reverse and shortest != T) or not small_kernel:  # both regimes were measured with it
+    if (shortest != T and (reverse or by_sequence)) or not small_kernel:  # both regimes were measured with it
         return False
     if B >= STEP_PROJECTION_BATCH and I <= STEP_PROJECTION_INPUTS:
         return True
@@ -388,14 +421,21 @@ cdef inline bint projects_per_step(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_
 
 
 def workspace_rows(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, Py_ssize_t itemsize, bint reverse,
-                   long long shortest) -> int:
+                   long long shortest, int team) -> int:
     """Rows of 3H values run_direction's ``workspace`` needs; ``shortest`` is the least of the lengths."""
-    return (B if projects_per_step(T, B, I, H, itemsize, reverse, shortest) else T * B) + 2 * B + 2
+    cdef bint by_sequence = splits_by_sequence(B, H, itemsize, team)
+    cdef bint per_step = projects_per_step(T, B, I, H, itemsize, reverse, shortest, by_sequence)
+    return (B if per_step else T * B) + 2 * B + 2 * max(team, 1)
 
 
 def team_size(int threads, int hidden_size) -> int:
     """Threads a call of the kernels uses when asked for ``threads``: at least 16 hidden units each."""
     return max(1, min(threads, (hidden_size + 15) // 16))
+
+
+def splits_sequences(Py_ssize_t B, Py_ssize_t H, Py_ssize_t itemsize, int threads) -> bool:
+    """Whether a call asking for ``threads`` splits its sequences between them, not its units (splits_by_sequence)."""
+    return splits_by_sequence(B, H, itemsize, team_size(threads, <int>H))
 
 
 def pack_panels(const floating[:, ::1] w_hh_t not None, int team, floating[:, ::1] panels not None):
@@ -418,27 +458,39 @@ def pack_panels(const floating[:, ::1] w_hh_t not None, int team, floating[:, ::
                 pack_panel(H, u0, nu, &w_hh_t[0, 0], &panels[0, 0] + <Py_ssize_t>3 * H * u0)
 
 
-cdef void thread_body(
-    int T, int B, int I, int H, int steps,
-    const floating* x, const floating* w_ih_t, const floating* w_hh_t,
+cdef void project_inputs(Py_ssize_t rows, int I, int H, int u0, int nu, const floating* x, const floating* w_ih_t,
+                         floating* gx) noexcept nogil:
+    """gx = x W_ih^T for ``rows`` rows, the units [u0, u0 + nu) of each gate (the biases come in the gate pass)."""
+    cdef int g
+    cdef int G = 3 * H
+    for g in range(3):  # in chunks of rows while the units' input weights are small enough
+        if <Py_ssize_t>I * 3 * nu * sizeof(floating) <= SMALL_KERNEL_WEIGHT_BYTES:
+            matmul_step(rows, nu, I, x, I, w_ih_t + g * H + u0, G, 0, gx + g * H + u0, G)
+        else:
+            matmul(<int>rows, nu, I, x, I, w_ih_t + g * H + u0, G, 0, gx + g * H + u0, G)
+
+
+cdef void run_rows(
+    int T, int B, int I, int H, int i0, int i1, int u0, int nu, int team,
+    const floating* x, const floating* w_ih_t, const floating* panel,
     const floating* bias, const floating* b_hn,
     const long long* lengths, const long long* order,
     bint reverse, bint reset_after, bint per_step,
     floating* gx, floating* gh, floating* rh, floating* h_a, floating* h_b, floating* scratch,
-    const floating* packed, int packed_team, floating* own_panels, gru_team_barrier* barrier,
-    floating* out, Py_ssize_t out_t, Py_ssize_t out_b,
+    gru_team_barrier* barrier, floating* out, Py_ssize_t out_t, Py_ssize_t out_b,
     floating* h_n, floating* gates, floating* hn_keep,
 ) noexcept nogil:
-    """Everything one thread does; every thread passes the same barriers."""
-    # unit slices of whole cache lines (16 values), from the team OpenMP really gave us
-    cdef int team = gru_num_threads()
-    cdef int u0
-    cdef int nu = unit_slice(H, team, gru_thread_id(), &u0)
+    """The time loop of the sequences [i0, i1) (sorted order) for the units [u0, u0 + nu).
+
+    ``panel`` holds those units' recurrent weights as pack_panel lays them out
+    (W_hh^T itself for every unit). ``team`` threads pass its barriers: 1 when
+    the sequences are this thread's alone.
+    """
     cdef int G = 3 * H
-    cdef int P = 3 * nu  # this thread's columns: r, z, n of its units
-    cdef Py_ssize_t M = <Py_ssize_t>T * B
-    cdef Py_ssize_t plane = M * H  # one gate's block in ``gates``
-    cdef int g, s, i, t, live, seq
+    cdef int P = 3 * nu  # the panel's columns: r, z, n of the units
+    cdef Py_ssize_t plane = <Py_ssize_t>T * B * H  # one gate's block in ``gates``
+    cdef int g, s, i, t, seq
+    cdef int live = i1
     cdef floating* h_prev = h_a
     cdef floating* h_next = h_b
     cdef floating* swap
@@ -447,50 +499,35 @@ cdef void thread_body(
     cdef floating* r_out
     cdef floating* z_out
     cdef floating* n_out
-    # This thread's recurrent weights, (H, 3 nu) (see pack_panel): packed once per layer
-    # for the team we expected; a team of another size packs its own here. Only this
-    # thread reads it, so it stays in its core's cache when it fits.
-    cdef const floating* panel = packed + <Py_ssize_t>H * 3 * u0
-    # the per-step products go to gh rows laid out per thread: [r | z | n] of its units
+    # the per-step products go to gh rows laid out per unit slice: [r | z | n] of its units
     cdef floating* gh_mine = gh + 3 * u0
 
-    if nu > 0:
-        if team != packed_team:
-            pack_panel(H, u0, nu, w_hh_t, own_panels + <Py_ssize_t>H * 3 * u0)
-            panel = own_panels + <Py_ssize_t>H * 3 * u0
-        if not per_step:
-            # Input projection of this thread's units, every step at once: gx = x W_ih^T
-            # (the biases are added in the gate pass, folded with the recurrent ones).
-            for g in range(3):  # in chunks of rows while all this thread's input weights are small enough
-                if <Py_ssize_t>I * 3 * nu * sizeof(floating) <= SMALL_KERNEL_WEIGHT_BYTES:
-                    matmul_step(M, nu, I, x, I, w_ih_t + g * H + u0, G, 0, gx + g * H + u0, G)
-                else:
-                    matmul(<int>M, nu, I, x, I, w_ih_t + g * H + u0, G, 0, gx + g * H + u0, G)
-
-    live = B
-    for s in range(steps):
-        while live > 0 and lengths[live - 1] <= s:
+    for s in range(<int>lengths[i0]):
+        while live > i0 and lengths[live - 1] <= s:
             live -= 1
         if per_step and nu > 0:
-            # the input projection of time step t's B rows (every sequence is at the same t)
+            # the input projection of time step t's rows (every sequence is at the same t)
             t = T - 1 - s if reverse else s
             for g in range(3):
-                matmul_step(B, nu, I, x + <Py_ssize_t>t * B * I, I, w_ih_t + g * H + u0, G, 0, gx + g * H + u0, G)
+                matmul_step(i1 - i0, nu, I, x + (<Py_ssize_t>t * B + i0) * I, I, w_ih_t + g * H + u0, G, 0,
+                            gx + <Py_ssize_t>i0 * G + g * H + u0, G)
         if nu > 0:
             # reset-before defers the candidate's product until r ⊙ h is known
-            matmul_step(live, P if reset_after else 2 * nu, H, h_prev, H, panel, P, 0, gh_mine, G)
+            matmul_step(live - i0, P if reset_after else 2 * nu, H, h_prev + <Py_ssize_t>i0 * H, H, panel, P, 0,
+                        gh_mine + <Py_ssize_t>i0 * G, G)
         if not reset_after:
             if nu > 0:
-                for i in range(live):
+                for i in range(i0, live):
                     t = <int>(lengths[i] - 1 - s) if reverse else s
                     gx_row = gx + (order[i] if per_step else <Py_ssize_t>t * B + order[i]) * G + u0
                     r_out = gates + (<Py_ssize_t>t * B + order[i]) * H + u0 if gates != NULL else scratch + u0
                     reset_before(nu, gx_row, gh_mine + i * G, bias + u0, h_prev + i * H + u0, r_out, rh + i * H + u0)
             gru_team_barrier_wait(barrier, team)  # every thread's part of r ⊙ h_{t-1} is written
             if nu > 0:
-                matmul_step(live, nu, H, rh, H, panel + 2 * nu, P, 0, gh_mine + 2 * nu, G)
+                matmul_step(live - i0, nu, H, rh + <Py_ssize_t>i0 * H, H, panel + 2 * nu, P, 0,
+                            gh_mine + <Py_ssize_t>i0 * G + 2 * nu, G)
         if nu > 0:
-            for i in range(live):
+            for i in range(i0, live):
                 seq = <int>order[i]
                 t = <int>(lengths[i] - 1 - s) if reverse else s
                 gx_row = gx + (seq if per_step else <Py_ssize_t>t * B + seq) * G + u0
@@ -514,6 +551,57 @@ cdef void thread_body(
         swap = h_prev
         h_prev = h_next
         h_next = swap
+
+
+cdef void thread_body(
+    int T, int B, int I, int H, bint by_sequence, int* next_chunk,
+    const floating* x, const floating* w_ih_t, const floating* w_hh_t,
+    const floating* bias, const floating* b_hn,
+    const long long* lengths, const long long* order,
+    bint reverse, bint reset_after, bint per_step,
+    floating* gx, floating* gh, floating* rh, floating* h_a, floating* h_b, floating* scratch,
+    const floating* packed, int packed_team, floating* own_panels, gru_team_barrier* barrier,
+    floating* out, Py_ssize_t out_t, Py_ssize_t out_b,
+    floating* h_n, floating* gates, floating* hn_keep,
+) noexcept nogil:
+    """Everything one thread does; every thread passes the same barriers."""
+    cdef int team = gru_num_threads()  # the team OpenMP really gave us
+    cdef int tid = gru_thread_id()
+    cdef int G = 3 * H
+    cdef Py_ssize_t M = <Py_ssize_t>T * B
+    cdef Py_ssize_t rows, r0
+    cdef int u0, nu, chunk, c0
+    cdef const floating* panel
+
+    if by_sequence:
+        if not per_step:  # the whole sequence's input projection first, a block of its rows per thread
+            rows = (M + team - 1) // team
+            r0 = min(tid * rows, M)
+            project_inputs(min(r0 + rows, M) - r0, I, H, 0, H, x + r0 * I, w_ih_t, gx + r0 * G)
+            gru_team_barrier_wait(barrier, team)
+        # then chunks of sequences, each through every step, with every unit (W_hh^T is their panel)
+        chunk = sequence_chunk(B, team)
+        c0 = gru_team_claim(next_chunk) * chunk
+        while c0 < B:
+            run_rows(T, B, I, H, c0, min(c0 + chunk, B), 0, H, 1, x, w_ih_t, w_hh_t, bias, b_hn, lengths, order,
+                     reverse, reset_after, per_step, gx, gh, rh, h_a, h_b, scratch + 4 * H * tid, barrier,
+                     out, out_t, out_b, h_n, gates, hn_keep)
+            c0 = gru_team_claim(next_chunk) * chunk
+        return
+
+    # Split by unit: this thread's recurrent weights, (H, 3 nu) (see pack_panel), packed once
+    # per layer for the team we expected; a team of another size packs its own here. Only
+    # this thread reads it, so it stays in its core's cache when it fits.
+    nu = unit_slice(H, team, tid, &u0)
+    panel = packed + <Py_ssize_t>H * 3 * u0
+    if nu > 0:
+        if team != packed_team:
+            pack_panel(H, u0, nu, w_hh_t, own_panels + <Py_ssize_t>H * 3 * u0)
+            panel = own_panels + <Py_ssize_t>H * 3 * u0
+        if not per_step:  # the input projection of this thread's units, every step at once
+            project_inputs(M, I, H, u0, nu, x, w_ih_t, gx)
+    run_rows(T, B, I, H, 0, B, u0, nu, team, x, w_ih_t, panel, bias, b_hn, lengths, order, reverse, reset_after,
+             per_step, gx, gh, rh, h_a, h_b, scratch, barrier, out, out_t, out_b, h_n, gates, hn_keep)
 
 
 def run_direction(
@@ -565,15 +653,17 @@ def run_direction(
         _expect_shape("gates", gates.shape, 4, 3, T, B, H)
     if hn is not None:
         _expect_shape("hn", hn.shape, 3, T, B, H)
-    cdef bint per_step = B > 0 and projects_per_step(T, B, I, H, sizeof(floating), reverse, lengths[B - 1])
+    threads = team_size(threads, H)
+    cdef bint by_sequence = splits_by_sequence(B, H, sizeof(floating), threads)
+    cdef bint per_step = B > 0 and projects_per_step(T, B, I, H, sizeof(floating), reverse, lengths[B - 1],
+                                                     by_sequence)
     cdef Py_ssize_t gx_rows = B if per_step else <Py_ssize_t>T * B
-    _expect_room("workspace", workspace.shape[0] * workspace.shape[1], (gx_rows + 2 * B) * G + 4 * H)
+    _expect_room("workspace", workspace.shape[0] * workspace.shape[1], (gx_rows + 2 * B) * G + 4 * H * threads)
     _expect_shape("panels", panels.shape, 2, H, G)
     _expect_shape("own_panels", own_panels.shape, 2, H, G)
     if T == 0 or B == 0:
         return
-    cdef int steps = <int>lengths[0]
-    threads = team_size(threads, H)
+    cdef int next_chunk = 0  # split by sequence: the next chunk to claim
     cdef gru_team_barrier barrier
     gru_team_barrier_init(&barrier, threads)
 
@@ -582,7 +672,7 @@ def run_direction(
     cdef floating* rh = gh + <Py_ssize_t>B * G
     cdef floating* h_a = rh + <Py_ssize_t>B * H
     cdef floating* h_b = h_a + <Py_ssize_t>B * H
-    cdef floating* scratch = h_b + <Py_ssize_t>B * H  # gate values nobody asked for (4H)
+    cdef floating* scratch = h_b + <Py_ssize_t>B * H  # gate values nobody asked for (4H per thread)
     cdef floating* gates_ptr = NULL
     cdef floating* hn_ptr = NULL
     if hn is not None:
@@ -598,8 +688,8 @@ def run_direction(
             for u in range(H):
                 h_a[i * H + u] = h_n[order[i], u]
         with parallel(num_threads=threads):
-            thread_body(T, B, I, H, steps, &x[0, 0, 0], &w_ih_t[0, 0], &w_hh_t[0, 0], &bias[0], &b_hn[0],
-                        &lengths[0], &order[0], reverse, reset_after, per_step, gx, gh, rh, h_a, h_b, scratch,
+            thread_body(T, B, I, H, by_sequence, &next_chunk, &x[0, 0, 0], &w_ih_t[0, 0], &w_hh_t[0, 0], &bias[0],
+                        &b_hn[0], &lengths[0], &order[0], reverse, reset_after, per_step, gx, gh, rh, h_a, h_b, scratch,
                         &panels[0, 0], panels_team, &own_panels[0, 0], &barrier,
                         out, out_t, out_b, &h_n[0, 0], gates_ptr, hn_ptr)
 
@@ -701,73 +791,58 @@ cdef inline void add_parts(Py_ssize_t start, Py_ssize_t stop, floating* total, c
             total[e] += parts[p * part_stride + e]
 
 
-cdef void backward_thread_body(
-    int T, int B, int I, int H, int steps,
-    const floating* x, const floating* h0, const floating* w_ih, const floating* w_hh,
+cdef void backward_rows(
+    int T, int B, int I, int H, int i0, int i1, int u0, int nu, int team, bint in_loop,
+    const floating* x, const floating* h0, const floating* w_hh,
     const long long* lengths, const long long* order,
     bint reverse, bint reset_after,
     const floating* out, Py_ssize_t out_t, Py_ssize_t out_b,
     const floating* d_out, Py_ssize_t d_out_t, Py_ssize_t d_out_b,
     const floating* gates, const floating* hn,
     floating* d_gx, floating* d_gh, floating* h_prevs, floating* rh, floating* d_carry, floating* d_rh,
-    floating* dh, floating* d_x, floating* d_w_ih, floating* d_w_hh, floating* d_b_ih, floating* d_b_hh,
-    floating* partials, double* bias_sums, gru_team_barrier* barrier,
+    floating* dh, floating* d_w_ih, floating* d_w_hh, double* sums, gru_team_barrier* barrier,
 ) noexcept nogil:
-    """Backpropagation through time, one thread's share (its hidden units, as in the forward).
+    """Backpropagation through time of the sequences [i0, i1) (sorted order) for the units [u0, u0 + nu).
 
-    Per step s (last first), for the live sequences in sorted order: the gate
-    pre-activation gradients of this thread's units, into d_gx (rows t*B + seq,
-    for the input side) and d_gh (rows s*B + i, for the recurrent side), with
-    h_{t-1} (and r ⊙ h_{t-1}) stored in the same rows for the weight gradients;
-    then, after a barrier, this thread's columns of d loss / d h_{t-1} =
-    dh z + d_gh W_hh. The bias gradients of its units are summed as the rows
-    are made (in double, while they are in cache), and, where weights_in_loop
-    says so, its rows of the weight gradients too. After the loop, otherwise,
-    the weight gradients as whole-sequence GEMMs (see weight_parts for how the
-    team splits them); and a block of d_x's rows.
+    Per step s (last first), for the live sequences: the gate pre-activation
+    gradients of the units, into d_gx (rows t*B + seq, for the input side) and
+    d_gh (rows s*B + i, for the recurrent side), with h_{t-1} (and r ⊙ h_{t-1})
+    stored in the same rows for the weight gradients; then, after a barrier,
+    the units' columns of d loss / d h_{t-1} = dh z + d_gh W_hh. The bias
+    gradients are summed into ``sums`` as the rows are made (in double, while
+    they are in cache), and, with ``in_loop``, the units' rows of the weight
+    gradients too (every sequence then runs all T steps). ``team`` threads pass
+    its barriers: 1 when the sequences are this thread's alone.
     """
-    cdef int team = gru_num_threads()
-    cdef int tid = gru_thread_id()
-    cdef int u0
-    cdef int nu = unit_slice(H, team, tid, &u0)
     cdef int u1 = u0 + nu
     cdef int G = 3 * H
-    cdef Py_ssize_t M = <Py_ssize_t>T * B
-    cdef Py_ssize_t plane = M * H
-    cdef Py_ssize_t row, step_row, gate_at
-    cdef int g, s, i, u, t, t_prev, live, seq
+    cdef Py_ssize_t plane = <Py_ssize_t>T * B * H
+    cdef Py_ssize_t step_row, gate_at
+    cdef int g, s, i, u, t, t_prev, seq
+    cdef int live = i0
+    cdef int steps = <int>lengths[i0]
     cdef const floating* hp_src
     cdef floating* hp
-    cdef Py_ssize_t rows_per_thread, r0, r1
-    cdef double* sums = bias_sums + 6 * u0  # this thread's units: d b_ih (r, z, n), then d b_hh
-    # the same answer in every thread (from the widest slice): all of them skip the GEMMs, or none
-    cdef bint in_loop = weights_in_loop(T, B, I, H, widest_slice(H, team), sizeof(floating), lengths[B - 1])
 
     # Rows that no step writes must read as zeros in the GEMMs after the loop: the steps
     # of ended sequences (and all of them past the longest one). Only those are cleared.
     if nu > 0:
-        memset(sums, 0, 6 * nu * sizeof(double))
-        if in_loop:  # this thread's rows of the weight gradients, summed into from here on
-            for g in range(3):
-                memset(d_w_ih + <Py_ssize_t>(g * H + u0) * I, 0, <Py_ssize_t>nu * I * sizeof(floating))
-                memset(d_w_hh + <Py_ssize_t>(g * H + u0) * H, 0, <Py_ssize_t>nu * H * sizeof(floating))
-        for i in range(B):
+        for i in range(i0, i1):
             for t in range(<int>lengths[i], T):
                 for g in range(3):
                     memset(d_gx + (<Py_ssize_t>t * B + order[i]) * G + g * H + u0, 0, nu * sizeof(floating))
         for s in range(steps, T):
-            for i in range(B):
+            for i in range(i0, i1):
                 clear_step_row(<Py_ssize_t>s * B + i, H, u0, nu, reset_after, d_gh, h_prevs, rh)
     gru_team_barrier_wait(barrier, team)
 
-    live = 0
     for s in range(steps - 1, -1, -1):
-        while live < B and lengths[live] > s:
+        while live < i1 and lengths[live] > s:
             live += 1
         if nu > 0:
-            for i in range(live, B):
+            for i in range(live, i1):
                 clear_step_row(<Py_ssize_t>s * B + i, H, u0, nu, reset_after, d_gh, h_prevs, rh)
-            for i in range(live):
+            for i in range(i0, live):
                 seq = <int>order[i]
                 t = <int>(lengths[i] - 1 - s) if reverse else s
                 step_row = <Py_ssize_t>s * B + i
@@ -794,10 +869,10 @@ cdef void backward_thread_body(
         gru_team_barrier_wait(barrier, team)  # every unit's d_gh of this step is written
         if not reset_after:
             if nu > 0:
-                # d loss / d (r ⊙ h_{t-1}) = d_n_pre W_hn, this thread's columns
-                matmul_step(live, nu, H, d_gh + <Py_ssize_t>s * B * G + 2 * H, G, w_hh + <Py_ssize_t>2 * H * H + u0, H,
-                            0, d_rh + u0, H)
-                for i in range(live):
+                # d loss / d (r ⊙ h_{t-1}) = d_n_pre W_hn, the units' columns
+                matmul_step(live - i0, nu, H, d_gh + (<Py_ssize_t>s * B + i0) * G + 2 * H, G,
+                            w_hh + <Py_ssize_t>2 * H * H + u0, H, 0, d_rh + <Py_ssize_t>i0 * H + u0, H)
+                for i in range(i0, live):
                     seq = <int>order[i]
                     t = <int>(lengths[i] - 1 - s) if reverse else s
                     step_row = <Py_ssize_t>s * B + i
@@ -807,16 +882,16 @@ cdef void backward_thread_body(
                                           d_carry + i * H + u0)
             gru_team_barrier_wait(barrier, team)  # the r blocks too
         if nu > 0:
-            for i in range(live):  # this step's gate gradients of its units are final
+            for i in range(i0, live):  # this step's gate gradients of the units are final
                 t = <int>(lengths[i] - 1 - s) if reverse else s
                 for g in range(3):
                     accumulate(nu, d_gx + (<Py_ssize_t>t * B + order[i]) * G + g * H + u0, sums + g * nu)
                     accumulate(nu, d_gh + (<Py_ssize_t>s * B + i) * G + g * H + u0, sums + (3 + g) * nu)
             # d loss / d h_{t-1} += d_gh W_hh (W_hh's r and z rows only for reset-before: its n
-            # rows met r ⊙ h, handled above), this thread's columns
-            matmul_step(live, nu, G if reset_after else 2 * H, d_gh + <Py_ssize_t>s * B * G, G, w_hh + u0, H, 1,
-                        d_carry + u0, H)
-            if in_loop:  # this step's share of this thread's rows of dW_ih and dW_hh (every row is live)
+            # rows met r ⊙ h, handled above), the units' columns
+            matmul_step(live - i0, nu, G if reset_after else 2 * H, d_gh + (<Py_ssize_t>s * B + i0) * G, G,
+                        w_hh + u0, H, 1, d_carry + <Py_ssize_t>i0 * H + u0, H)
+            if in_loop:  # this step's share of the units' rows of dW_ih and dW_hh (every row is live)
                 t = T - 1 - s if reverse else s
                 for g in range(3):
                     matmul_tn_step(nu, I, B, d_gx + <Py_ssize_t>t * B * G + g * H + u0, G, x + <Py_ssize_t>t * B * I,
@@ -824,7 +899,66 @@ cdef void backward_thread_body(
                     matmul_tn_step(nu, H, B, d_gh + <Py_ssize_t>s * B * G + g * H + u0, G,
                                    (rh if g == 2 and not reset_after else h_prevs) + <Py_ssize_t>s * B * H, H,
                                    d_w_hh + <Py_ssize_t>(g * H + u0) * H, H)
-        # no barrier: the next step reads only this thread's columns of d_carry, and other rows of d_gh
+        # no barrier: the next step reads only these columns of d_carry, and other rows of d_gh
+
+
+cdef void backward_thread_body(
+    int T, int B, int I, int H, bint by_sequence, int* next_chunk,
+    const floating* x, const floating* h0, const floating* w_ih, const floating* w_hh,
+    const long long* lengths, const long long* order,
+    bint reverse, bint reset_after,
+    const floating* out, Py_ssize_t out_t, Py_ssize_t out_b,
+    const floating* d_out, Py_ssize_t d_out_t, Py_ssize_t d_out_b,
+    const floating* gates, const floating* hn,
+    floating* d_gx, floating* d_gh, floating* h_prevs, floating* rh, floating* d_carry, floating* d_rh,
+    floating* dh, floating* d_x, floating* d_w_ih, floating* d_w_hh, floating* d_b_ih, floating* d_b_hh,
+    floating* partials, double* bias_sums, gru_team_barrier* barrier,
+) noexcept nogil:
+    """Backpropagation through time, one thread's share: its hidden units, or its chunks of sequences.
+
+    The team splits the work as the forward does (see splits_by_sequence);
+    backward_rows runs the steps. Split by sequence, each chunk's bias
+    gradients are summed into 6H doubles of its own, added up at the end in
+    chunk order (the same sums whichever thread ran which chunk). After the
+    loop, unless summed step by step (see weights_in_loop), the weight
+    gradients as whole-sequence GEMMs (see weight_parts for how the team splits
+    them); and a block of d_x's rows.
+    """
+    cdef int team = gru_num_threads()
+    cdef int tid = gru_thread_id()
+    cdef int u0
+    cdef int nu = unit_slice(H, team, tid, &u0)
+    cdef int G = 3 * H
+    cdef Py_ssize_t M = <Py_ssize_t>T * B
+    cdef int g, u, c, chunk, c0
+    cdef double total
+    cdef Py_ssize_t rows_per_thread, r0, r1
+    # the same answer in every thread (from the widest slice): all of them skip the GEMMs, or none
+    cdef bint in_loop = not by_sequence and weights_in_loop(T, B, I, H, widest_slice(H, team), sizeof(floating),
+                                                            lengths[B - 1])
+    # d b_ih (r, z, n), then d b_hh: of this thread's units, or of all units for a chunk's sequences
+    cdef double* sums = bias_sums + 6 * u0
+    chunk = sequence_chunk(B, team)
+
+    if by_sequence:
+        c0 = gru_team_claim(next_chunk) * chunk
+        while c0 < B:
+            sums = bias_sums + 6 * H * (c0 // chunk)
+            memset(sums, 0, 6 * H * sizeof(double))
+            backward_rows(T, B, I, H, c0, min(c0 + chunk, B), 0, H, 1, False, x, h0, w_hh, lengths, order, reverse,
+                          reset_after, out, out_t, out_b, d_out, d_out_t, d_out_b, gates, hn, d_gx, d_gh, h_prevs,
+                          rh, d_carry, d_rh, dh, d_w_ih, d_w_hh, sums, barrier)
+            c0 = gru_team_claim(next_chunk) * chunk
+    else:
+        if nu > 0:
+            memset(sums, 0, 6 * nu * sizeof(double))
+            if in_loop:  # this thread's rows of the weight gradients, summed into from here on
+                for g in range(3):
+                    memset(d_w_ih + <Py_ssize_t>(g * H + u0) * I, 0, <Py_ssize_t>nu * I * sizeof(floating))
+                    memset(d_w_hh + <Py_ssize_t>(g * H + u0) * H, 0, <Py_ssize_t>nu * H * sizeof(floating))
+        backward_rows(T, B, I, H, 0, B, u0, nu, team, in_loop, x, h0, w_hh, lengths, order, reverse, reset_after,
+                      out, out_t, out_b, d_out, d_out_t, d_out_b, gates, hn, d_gx, d_gh, h_prevs, rh, d_carry, d_rh,
+                      dh, d_w_ih, d_w_hh, sums, barrier)
 
     gru_team_barrier_wait(barrier, team)
     # Weight gradients over every step at once: dW_ih = d_gx^T x and dW_hh = d_gh^T h_{t-1}, one
@@ -853,10 +987,15 @@ cdef void backward_thread_body(
                       into_hh + <Py_ssize_t>g0 * H, H)
             matmul_tn(g1 - split, H, k, d_gh + k0 * G + split, G, rh + k0 * H, H, 0,
                       into_hh + <Py_ssize_t>split * H, H)
-    for g in range(3):
+    for g in range(6):  # the bias gradients of this thread's units
         for u in range(nu):
-            d_b_ih[g * H + u0 + u] = <floating>sums[g * nu + u]
-            d_b_hh[g * H + u0 + u] = <floating>sums[(3 + g) * nu + u]
+            if by_sequence:
+                total = 0
+                for c in range((B + chunk - 1) // chunk):
+                    total += bias_sums[6 * H * c + g * H + u0 + u]
+            else:
+                total = sums[g * nu + u]
+            (d_b_ih if g < 3 else d_b_hh)[g % 3 * H + u0 + u] = <floating>total
     # d_x += d_gx W_ih, this thread's rows of it
     rows_per_thread = (M + team - 1) // team
     r0 = min(<Py_ssize_t>tid * rows_per_thread, M)
@@ -906,7 +1045,7 @@ def backward_direction(
     writes ``d_h0`` and the weight gradients. ``workspace`` is scratch of
     (backward_workspace_rows(...), H): d_gx and d_gh (3H each per row), h_{t-1}
     and r ⊙ h_{t-1} per row, three (B, H) blocks, then the weight gradients'
-    partial sums; ``bias_sums`` is scratch of 6H doubles.
+    partial sums; ``bias_sums`` is scratch of 12H doubles per thread.
     Inconsistent shapes raise ValueError.
     """
     _check_sizes(x.shape[0], x.shape[1], x.shape[2], w_hh.shape[1])
@@ -935,11 +1074,12 @@ def backward_direction(
     _expect_shape("d_b_hh", d_b_hh.shape, 1, G)
     _expect_room("workspace", workspace.shape[0] * workspace.shape[1],
                  backward_workspace_rows(T, B, I, H, threads) * <Py_ssize_t>H)
-    _expect_room("bias_sums", bias_sums.shape[0], 6 * <Py_ssize_t>H)
+    threads = team_size(threads, H)
+    _expect_room("bias_sums", bias_sums.shape[0], 12 * <Py_ssize_t>H * threads)  # 6H per chunk
     if T == 0 or B == 0:
         return
-    cdef int steps = <int>lengths[0]
-    threads = team_size(threads, H)
+    cdef bint by_sequence = splits_by_sequence(B, H, sizeof(floating), threads)
+    cdef int next_chunk = 0
     cdef gru_team_barrier barrier
     gru_team_barrier_init(&barrier, threads)
     cdef Py_ssize_t M = <Py_ssize_t>T * B
@@ -964,7 +1104,7 @@ def backward_direction(
             for u in range(H):
                 d_carry[i * H + u] = d_h_n[order[i], u]
         with parallel(num_threads=threads):
-            backward_thread_body(T, B, I, H, steps, &x[0, 0, 0], &h0[0, 0], &w_ih[0, 0], &w_hh[0, 0],
+            backward_thread_body(T, B, I, H, by_sequence, &next_chunk, &x[0, 0, 0], &h0[0, 0], &w_ih[0, 0], &w_hh[0, 0],
                                  &lengths[0], &order[0], reverse, reset_after,
                                  &output[0, 0, 0], out_t, out_b, &d_output[0, 0, 0], d_out_t, d_out_b,
                                  &gates[0, 0, 0, 0], hn_ptr, d_gx, d_gh, h_prevs, rh, d_carry, d_rh, dh,

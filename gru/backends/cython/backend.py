@@ -234,7 +234,7 @@ class CythonBackend(StackedBackend):
         w_ih_t, w_hh_t, bias, b_hn, panels = self._prepared(weights, team)
         # gx, gh, r*h and two states, gate scratch; then room for packed recurrent weights
         # should OpenMP give another team than asked for
-        rows = self._kernels.workspace_rows(T, B, x.shape[2], H, x.itemsize, reverse, sorted_lengths[-1])
+        rows = self._kernels.workspace_rows(T, B, x.shape[2], H, x.itemsize, reverse, sorted_lengths[-1], team)
         workspace, own_panels = self._scratch(x.dtype, (rows, 3 * H), (H, 3 * H))
         self._kernels.run_direction(
             x,
@@ -310,6 +310,6 @@ class CythonBackend(StackedBackend):
             grads.b_ih,
             grads.b_hh,
             workspace,
-            np.empty(6 * H),  # the bias gradients' sums, in double
+            np.empty(12 * H * threads),  # the bias gradients' sums, in double (6H per chunk of sequences)
             threads,
         )

@@ -180,6 +180,21 @@ static inline void gru_team_barrier_wait(gru_team_barrier *b, int team) {
 #endif
 }
 
+/* Hands out work items 0, 1, 2, ... to a team, each to exactly one thread: a thread
+ * that is slowed (a busy neighbour on its core) simply claims fewer of them. */
+static inline int gru_team_claim(int *next) {
+#ifdef GRU_SPIN_BARRIER
+    return __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
+#else
+    int claimed;
+#ifdef _OPENMP
+#pragma omp atomic capture
+#endif
+    claimed = (*next)++;
+    return claimed;
+#endif
+}
+
 /* OpenMP shims: the extension still builds, single-threaded, without OpenMP. */
 static inline int gru_max_threads(void) {
 #ifdef _OPENMP

@@ -89,6 +89,8 @@ def test_which_calls_split_their_sequences_between_threads():
     assert not _kernels.splits_sequences(64, 300, 8, 2)  # float64: 2.2 MB
     assert not _kernels.splits_sequences(64, 128, 4, 1)  # one thread
     assert not _kernels.splits_sequences(64, 16, 4, 2)  # a team of one: 16 units
+    # 27 sequences in 4 chunks, each summing its own weight gradients: 3 sets of sums besides the gradients'
+    assert _kernels.backward_workspace_rows(9, 27, 6, 48, 8, 2) == 8 * 9 * 27 + 3 * 27 + 3 * 3 * (6 + 48)
 
 
 @pytest.mark.parametrize("threads", [2, 3])

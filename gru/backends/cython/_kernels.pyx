@@ -748,11 +748,30 @@ cdef inline int weight_parts(int team, Py_ssize_t M, int G, int I, int H) noexce
     return <int>((M + rows - 1) // rows)
 
 
-def backward_workspace_rows(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, int threads) -> int:
+def backward_workspace_rows(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, Py_ssize_t itemsize,
+                            int threads) -> int:
     """Rows of H values backward_direction's ``workspace`` needs for a call asking for ``threads``."""
     cdef int team = team_size(threads, <int>H)
     cdef int parts = weight_parts(team, T * B, <int>(3 * H), <int>I, <int>H) if T * B > 0 else 1
+    if splits_by_sequence(B, H, itemsize, team) and chunks_sum_weights(T, I, H, itemsize, T):
+        parts = max(parts, chunk_count(B, team))  # one set of sums per chunk
     return 8 * T * B + 3 * B + (parts - 1) * 3 * (I + H)
+
+
+cdef inline int chunk_count(Py_ssize_t B, int team) noexcept nogil:
+    cdef int chunk = sequence_chunk(B, team)
+    return <int>((B + chunk - 1) // chunk)
+
+
+cdef inline bint chunks_sum_weights(Py_ssize_t T, Py_ssize_t I, Py_ssize_t H, Py_ssize_t itemsize,
+                                    long long shortest) noexcept nogil:
+    """Split by sequence: whether each chunk sums its own dW_ih and dW_hh, and makes its rows of d_x, step by step.
+
+    As weights_in_loop does for a thread's units, while a chunk's rows are in
+    cache; the chunks' sums are added up in chunk order at the end. When every
+    sequence runs all T steps, and a chunk's weight gradients fit L2 with W_ih.
+    """
+    return small_kernel and shortest == T and 3 * H * (I + H) * itemsize <= WEIGHT_ROWS_IN_LOOP_BYTES
 
 
 cdef inline bint weights_in_loop(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, int unit_chunk,
@@ -800,7 +819,8 @@ cdef void backward_rows(
     const floating* d_out, Py_ssize_t d_out_t, Py_ssize_t d_out_b,
     const floating* gates, const floating* hn,
     floating* d_gx, floating* d_gh, floating* h_prevs, floating* rh, floating* d_carry, floating* d_rh,
-    floating* dh, floating* d_w_ih, floating* d_w_hh, double* sums, gru_team_barrier* barrier,
+    floating* dh, floating* d_w_ih, floating* d_w_hh, const floating* w_ih, floating* d_x, double* sums,
+    gru_team_barrier* barrier,
 ) noexcept nogil:
     """Backpropagation through time of the sequences [i0, i1) (sorted order) for the units [u0, u0 + nu).
 
@@ -811,8 +831,9 @@ cdef void backward_rows(
     the units' columns of d loss / d h_{t-1} = dh z + d_gh W_hh. The bias
     gradients are summed into ``sums`` as the rows are made (in double, while
     they are in cache), and, with ``in_loop``, the units' rows of the weight
-    gradients too (every sequence then runs all T steps). ``team`` threads pass
-    its barriers: 1 when the sequences are this thread's alone.
+    gradients too (every sequence then runs all T steps), and d_x's rows unless
+    ``d_x`` is NULL. ``team`` threads pass its barriers: 1 when the sequences
+    are this thread's alone.
     """
     cdef int u1 = u0 + nu
     cdef int G = 3 * H
@@ -894,11 +915,14 @@ cdef void backward_rows(
             if in_loop:  # this step's share of the units' rows of dW_ih and dW_hh (every row is live)
                 t = T - 1 - s if reverse else s
                 for g in range(3):
-                    matmul_tn_step(nu, I, B, d_gx + <Py_ssize_t>t * B * G + g * H + u0, G, x + <Py_ssize_t>t * B * I,
-                                   I, d_w_ih + <Py_ssize_t>(g * H + u0) * I, I)
-                    matmul_tn_step(nu, H, B, d_gh + <Py_ssize_t>s * B * G + g * H + u0, G,
-                                   (rh if g == 2 and not reset_after else h_prevs) + <Py_ssize_t>s * B * H, H,
+                    matmul_tn_step(nu, I, i1 - i0, d_gx + (<Py_ssize_t>t * B + i0) * G + g * H + u0, G,
+                                   x + (<Py_ssize_t>t * B + i0) * I, I, d_w_ih + <Py_ssize_t>(g * H + u0) * I, I)
+                    matmul_tn_step(nu, H, i1 - i0, d_gh + (<Py_ssize_t>s * B + i0) * G + g * H + u0, G,
+                                   (rh if g == 2 and not reset_after else h_prevs) + (<Py_ssize_t>s * B + i0) * H, H,
                                    d_w_hh + <Py_ssize_t>(g * H + u0) * H, H)
+                if d_x != NULL:  # d_x += d_gx W_ih, these rows
+                    matmul_step(i1 - i0, I, G, d_gx + (<Py_ssize_t>t * B + i0) * G, G, w_ih, I, 1,
+                                d_x + (<Py_ssize_t>t * B + i0) * I, I)
         # no barrier: the next step reads only these columns of d_carry, and other rows of d_gh
 
 
@@ -933,9 +957,13 @@ cdef void backward_thread_body(
     cdef int g, u, c, chunk, c0
     cdef double total
     cdef Py_ssize_t rows_per_thread, r0, r1
+    cdef Py_ssize_t part_values = <Py_ssize_t>G * (I + H)  # one set of weight-gradient sums
+    cdef floating* into_ih
+    cdef floating* into_hh
     # the same answer in every thread (from the widest slice): all of them skip the GEMMs, or none
-    cdef bint in_loop = not by_sequence and weights_in_loop(T, B, I, H, widest_slice(H, team), sizeof(floating),
-                                                            lengths[B - 1])
+    cdef bint chunks_in_loop = by_sequence and chunks_sum_weights(T, I, H, sizeof(floating), lengths[B - 1])
+    cdef bint in_loop = chunks_in_loop or (not by_sequence and weights_in_loop(
+        T, B, I, H, widest_slice(H, team), sizeof(floating), lengths[B - 1]))
     # d b_ih (r, z, n), then d b_hh: of this thread's units, or of all units for a chunk's sequences
     cdef double* sums = bias_sums + 6 * u0
     chunk = sequence_chunk(B, team)
@@ -943,11 +971,18 @@ cdef void backward_thread_body(
     if by_sequence:
         c0 = gru_team_claim(next_chunk) * chunk
         while c0 < B:
-            sums = bias_sums + 6 * H * (c0 // chunk)
+            c = c0 // chunk
+            sums = bias_sums + 6 * H * c
             memset(sums, 0, 6 * H * sizeof(double))
-            backward_rows(T, B, I, H, c0, min(c0 + chunk, B), 0, H, 1, False, x, h0, w_hh, lengths, order, reverse,
-                          reset_after, out, out_t, out_b, d_out, d_out_t, d_out_b, gates, hn, d_gx, d_gh, h_prevs,
-                          rh, d_carry, d_rh, dh, d_w_ih, d_w_hh, sums, barrier)
+            # the chunk's weight-gradient sums: the first chunk's in place, the others' added at the end
+            into_ih = d_w_ih if c == 0 else partials + (c - 1) * part_values
+            into_hh = d_w_hh if c == 0 else into_ih + <Py_ssize_t>G * I
+            if chunks_in_loop:
+                memset(into_ih, 0, <Py_ssize_t>G * I * sizeof(floating))
+                memset(into_hh, 0, <Py_ssize_t>G * H * sizeof(floating))
+            backward_rows(T, B, I, H, c0, min(c0 + chunk, B), 0, H, 1, chunks_in_loop, x, h0, w_hh, lengths, order,
+                          reverse, reset_after, out, out_t, out_b, d_out, d_out_t, d_out_b, gates, hn, d_gx, d_gh,
+                          h_prevs, rh, d_carry, d_rh, dh, into_ih, into_hh, w_ih, d_x, sums, barrier)
             c0 = gru_team_claim(next_chunk) * chunk
     else:
         if nu > 0:
@@ -958,22 +993,22 @@ cdef void backward_thread_body(
                     memset(d_w_hh + <Py_ssize_t>(g * H + u0) * H, 0, <Py_ssize_t>nu * H * sizeof(floating))
         backward_rows(T, B, I, H, 0, B, u0, nu, team, in_loop, x, h0, w_hh, lengths, order, reverse, reset_after,
                       out, out_t, out_b, d_out, d_out_t, d_out_b, gates, hn, d_gx, d_gh, h_prevs, rh, d_carry, d_rh,
-                      dh, d_w_ih, d_w_hh, sums, barrier)
+                      dh, d_w_ih, d_w_hh, w_ih, NULL, sums, barrier)
 
     gru_team_barrier_wait(barrier, team)
     # Weight gradients over every step at once: dW_ih = d_gx^T x and dW_hh = d_gh^T h_{t-1}, one
     # GEMM per operand. The team is `parts` groups of `blocks` threads: a group sums its share
     # of the M rows, each of its threads a block of the 3H gate rows. Group 0 writes the
-    # gradients, the others partial sums, which are added after the barrier below.
-    cdef int parts = weight_parts(team, M, G, I, H)
-    cdef int blocks = team // parts
+    # gradients, the others partial sums, which are added after the barrier below. (Chunks that
+    # summed their own weight gradients in the loop are added the same way, one part each.)
+    cdef int parts = chunk_count(B, team) if chunks_in_loop else weight_parts(team, M, G, I, H)
+    cdef int blocks = max(1, team // parts)
     cdef int part = tid // blocks
-    cdef Py_ssize_t part_values = <Py_ssize_t>G * (I + H)
     cdef Py_ssize_t part_rows = (M + parts - 1) // parts
     cdef Py_ssize_t k0 = min(part * part_rows, M)
     cdef int k = <int>(min(k0 + part_rows, M) - k0)
-    cdef floating* into_ih = d_w_ih if part == 0 else partials + (part - 1) * part_values
-    cdef floating* into_hh = d_w_hh if part == 0 else into_ih + <Py_ssize_t>G * I
+    into_ih = d_w_ih if part == 0 else partials + (part - 1) * part_values
+    into_hh = d_w_hh if part == 0 else into_ih + <Py_ssize_t>G * I
     cdef int gate_rows = ((G + blocks - 1) // blocks + 15) // 16 * 16
     cdef int g0 = min((tid % blocks) * gate_rows, G)
     cdef int g1 = min(g0 + gate_rows, G)
@@ -1000,9 +1035,9 @@ cdef void backward_thread_body(
     rows_per_thread = (M + team - 1) // team
     r0 = min(<Py_ssize_t>tid * rows_per_thread, M)
     r1 = min(r0 + rows_per_thread, M)
-    if r1 > r0:  # one GEMM: d_gx streams from memory (in chunks, 2-4 % slower at T*B = 12,800)
+    if r1 > r0 and not chunks_in_loop:  # one GEMM: d_gx streams from memory (chunked: 2-4 % slower, T*B = 12,800)
         matmul(<int>(r1 - r0), I, G, d_gx + r0 * G, G, w_ih, I, 1, d_x + r0 * I, I)
-    if parts > 1 and not in_loop:
+    if parts > 1 and (chunks_in_loop or not in_loop):
         gru_team_barrier_wait(barrier, team)  # every partial sum is written
         rows_per_thread = (part_values + team - 1) // team  # this thread's slice of the G*(I+H) sums
         r0 = min(<Py_ssize_t>tid * rows_per_thread, part_values)
@@ -1073,7 +1108,7 @@ def backward_direction(
     _expect_shape("d_b_ih", d_b_ih.shape, 1, G)
     _expect_shape("d_b_hh", d_b_hh.shape, 1, G)
     _expect_room("workspace", workspace.shape[0] * workspace.shape[1],
-                 backward_workspace_rows(T, B, I, H, threads) * <Py_ssize_t>H)
+                 backward_workspace_rows(T, B, I, H, sizeof(floating), threads) * <Py_ssize_t>H)
     threads = team_size(threads, H)
     _expect_room("bias_sums", bias_sums.shape[0], 12 * <Py_ssize_t>H * threads)  # 6H per chunk
     if T == 0 or B == 0:

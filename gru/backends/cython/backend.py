@@ -287,7 +287,7 @@ class CythonBackend(StackedBackend):
             # padding, so that what it holds (NaN, inf) does not come in as 0 * NaN
             x = np.where((np.arange(T)[:, None] < lengths)[:, :, None], x, 0)
         threads = self.thread_count(threads)
-        rows = self._kernels.backward_workspace_rows(T, B, x.shape[2], H, threads)
+        rows = self._kernels.backward_workspace_rows(T, B, x.shape[2], H, x.itemsize, threads)
         (workspace,) = self._scratch(x.dtype, (rows, H))
         self._kernels.backward_direction(
             x,

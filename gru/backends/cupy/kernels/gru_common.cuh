@@ -71,6 +71,33 @@ __device__ __forceinline__ float tanh_(float v) { return 1.0f - 2.0f * __frcp_rn
 __device__ __forceinline__ double sigmoid(double v) { return 1.0 / (1.0 + exp(-v)); }
 __device__ __forceinline__ double tanh_(double v) { return tanh(v); }
 
+// ---------------------------------------------------------------------------
+// The gate equations, written once for every kernel. x_* is a gate's input
+// part (x_t W_i^T plus the folded biases), h_* its recurrent part (W_h h_{t-1}).
+// Reset-after's candidate takes r * (W_hn h_{t-1} + b_hn); reset-before's takes
+// W_hn (r * h_{t-1}), which its kernels compute between the gates and blend.
+// ---------------------------------------------------------------------------
+template <typename T>
+struct Gates {
+    T r, z, n, h;
+};
+
+// h_t = (1 - z) n + z h_{t-1}, as n + z (h_{t-1} - n): one multiply-add fewer
+template <typename T>
+__device__ __forceinline__ T blend(T n, T z, T h_old) {
+    return n + z * (h_old - n);
+}
+
+template <typename T>
+__device__ __forceinline__ Gates<T> gates_after(T x_r, T h_r, T x_z, T h_z, T x_n, T h_n, T b_hn, T h_old) {
+    Gates<T> g;
+    g.r = sigmoid(x_r + h_r);
+    g.z = sigmoid(x_z + h_z);
+    g.n = tanh_(x_n + g.r * (h_n + b_hn));
+    g.h = blend(g.n, g.z, h_old);
+    return g;
+}
+
 __device__ __forceinline__ int imin(int a, int b) { return a < b ? a : b; }
 __device__ __forceinline__ int imax(int a, int b) { return a > b ? a : b; }
 

@@ -225,17 +225,14 @@ __global__ void __launch_bounds__(gru::FUSED_THREADS, 1)
             const long long at = ((static_cast<long long>(d * 3) * seq_len + t) * B + b) * H + u;
             const long long out_at = (static_cast<long long>(t) * B + b) * D * H + static_cast<long long>(d) * H + u;
             if (G == 3) {
-                const T h_old = hcur[state];
-                const T r = sigmoid(g3[0] + acc[0][j][i]);
-                const T z = sigmoid(g3[H] + acc[1 % G][j][i]);
-                const T n = tanh_(g3[2 * H] + r * (acc[2 % G][j][i] + b_hn[d * H + u]));
-                const T h = n + z * (h_old - n);
-                hnext[state] = h;
-                out[out_at] = h;
+                const Gates<T> v = gates_after(g3[0], acc[0][j][i], g3[H], acc[1 % G][j][i], g3[2 * H],
+                                               acc[2 % G][j][i], b_hn[d * H + u], hcur[state]);
+                hnext[state] = v.h;
+                out[out_at] = v.h;
                 if (has_gates) {
-                    gates[at] = r;
-                    gates[at + gate_step] = z;
-                    gates[at + 2 * gate_step] = n;
+                    gates[at] = v.r;
+                    gates[at + gate_step] = v.z;
+                    gates[at + 2 * gate_step] = v.n;
                 }
             } else if (G == 2) {
                 const T r = sigmoid(g3[0] + acc[0][j][i]);
@@ -247,9 +244,8 @@ __global__ void __launch_bounds__(gru::FUSED_THREADS, 1)
                     gates[at + gate_step] = z;
                 }
             } else {
-                const T h_old = hcur[state];
                 const T n = tanh_(g3[2 * H] + acc[0][j][i]);
-                const T h = n + zbuf[state] * (h_old - n);
+                const T h = blend(n, zbuf[state], hcur[state]);
                 hnext[state] = h;
                 out[out_at] = h;
                 if (has_gates) gates[at + 2 * gate_step] = n;

@@ -263,15 +263,14 @@ __device__ __forceinline__ void persistent_body(const T* __restrict__ gx, const 
                     if (s < len) {
                         const int t = time_index(s, len, reverse);
                         const GxTriple<T> g = prefetch ? pre : load_gx(gx, t, b, u, d, B, D, H);
-                        const T r = sigmoid(g.r + gh_s[ul * BT + bb]);
-                        const T z = sigmoid(g.z + gh_s[(nu + ul) * BT + bb]);
-                        const T n = tanh_(g.n + r * (gh_s[(2 * nu + ul) * BT + bb] + b_hn[d * H + u]));
-                        h = n + z * (h_old - n);
+                        const Gates<T> v = gates_after(g.r, gh_s[ul * BT + bb], g.z, gh_s[(nu + ul) * BT + bb], g.n,
+                                                       gh_s[(2 * nu + ul) * BT + bb], b_hn[d * H + u], h_old);
+                        h = v.h;
                         out[(static_cast<long long>(t) * B + b) * DH + d * H + u] = h;
                         if (has_gates) {
-                            gates[gate_index(d, 0, t, b, u, seq_len, B, H)] = r;
-                            gates[gate_index(d, 1, t, b, u, seq_len, B, H)] = z;
-                            gates[gate_index(d, 2, t, b, u, seq_len, B, H)] = n;
+                            gates[gate_index(d, 0, t, b, u, seq_len, B, H)] = v.r;
+                            gates[gate_index(d, 1, t, b, u, seq_len, B, H)] = v.z;
+                            gates[gate_index(d, 2, t, b, u, seq_len, B, H)] = v.n;
                         }
                     }
                     __stcg(hnext + static_cast<long long>(b) * Hp + u, h);
@@ -333,7 +332,7 @@ __device__ __forceinline__ void persistent_body(const T* __restrict__ gx, const 
                         const T gxn = prefetch ? pre.n : load_gx(gx, t, b, u, d, B, D, H).n;
                         const T z = z_s[b * units + ul];
                         const T n = tanh_(gxn + gh_s[(2 * nu + ul) * BT + bb]);
-                        h = n + z * (h_old - n);
+                        h = blend(n, z, h_old);
                         out[(static_cast<long long>(t) * B + b) * DH + d * H + u] = h;
                         if (has_gates) gates[gate_index(d, 2, t, b, u, seq_len, B, H)] = n;
                     }

@@ -167,17 +167,13 @@ __device__ __forceinline__ void resident_body(const T* __restrict__ gx, const T*
             const T a_z = unit_sum(acc[1], KS);
             const T a_n = unit_sum(acc[2], KS);
             if (owner) {
-                const T h_old = hcur[slot];
-                const T r = sigmoid(pre_r + a_r);
-                const T z = sigmoid(pre_z + a_z);
-                const T n = tanh_(pre_n + r * (a_n + bias_n));
-                const T h = n + z * (h_old - n);
-                hnext[slot] = h;
-                out[out_at + t * out_stride] = h;
+                const Gates<T> g = gates_after(pre_r, a_r, pre_z, a_z, pre_n, a_n, bias_n, hcur[slot]);
+                hnext[slot] = g.h;
+                out[out_at + t * out_stride] = g.h;
                 if (has_gates) {
-                    gates[gate_at + t * gate_stride] = r;
-                    gates[gate_at + t * gate_stride + gate_step] = z;
-                    gates[gate_at + t * gate_stride + 2 * gate_step] = n;
+                    gates[gate_at + t * gate_stride] = g.r;
+                    gates[gate_at + t * gate_stride + gate_step] = g.z;
+                    gates[gate_at + t * gate_stride + 2 * gate_step] = g.n;
                 }
             }
             __syncthreads();
@@ -200,9 +196,8 @@ __device__ __forceinline__ void resident_body(const T* __restrict__ gx, const T*
             resident_dots<T, KC, 1>(w, 2, rh_s, c, acc);
             const T a_n = unit_sum(acc[2], KS);
             if (owner) {
-                const T h_old = hcur[slot];
                 const T n = tanh_(pre_n + a_n);
-                const T h = n + z * (h_old - n);
+                const T h = blend(n, z, hcur[slot]);
                 hnext[slot] = h;
                 out[out_at + t * out_stride] = h;
                 if (has_gates) gates[gate_at + t * gate_stride + 2 * gate_step] = n;

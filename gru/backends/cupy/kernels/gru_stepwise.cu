@@ -65,15 +65,13 @@ __global__ void gru_step_after(const T* __restrict__ gx, const T* __restrict__ g
         if (x.alive) {
             const T* g = gx + gru::gx_index(x, B, D, H);
             const T* a = gh + (i / H) * 3 * H + x.u;  // row (d, b) of gh, unit u
-            const T r = gru::sigmoid(g[0] + a[0]);
-            const T z = gru::sigmoid(g[H] + a[H]);
-            const T n = gru::tanh_(g[2 * H] + r * (a[2 * H] + b_hn[x.d * H + x.u]));
-            h = n + z * (h_old - n);
+            const gru::Gates<T> v = gru::gates_after(g[0], a[0], g[H], a[H], g[2 * H], a[2 * H], b_hn[x.d * H + x.u], h_old);
+            h = v.h;
             out[(static_cast<long long>(x.t) * B + x.b) * D * H + x.d * H + x.u] = h;
             if (has_gates) {
-                gates[gru::step_gate_index(x, 0, seq_len, B, H)] = r;
-                gates[gru::step_gate_index(x, 1, seq_len, B, H)] = z;
-                gates[gru::step_gate_index(x, 2, seq_len, B, H)] = n;
+                gates[gru::step_gate_index(x, 0, seq_len, B, H)] = v.r;
+                gates[gru::step_gate_index(x, 1, seq_len, B, H)] = v.z;
+                gates[gru::step_gate_index(x, 2, seq_len, B, H)] = v.n;
             }
         }
         hnext[i] = h;
@@ -119,8 +117,7 @@ __global__ void gru_step_before_n(const T* __restrict__ gx, const T* __restrict_
         T h = h_old;
         if (x.alive) {
             const T n = gru::tanh_(gx[gru::gx_index(x, B, D, H) + 2 * H] + gh[i]);
-            const T z = zbuf[i];
-            h = n + z * (h_old - n);
+            h = gru::blend(n, zbuf[i], h_old);
             out[(static_cast<long long>(x.t) * B + x.b) * D * H + x.d * H + x.u] = h;
             if (has_gates) gates[gru::step_gate_index(x, 2, seq_len, B, H)] = n;
         }

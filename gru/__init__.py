@@ -9,7 +9,7 @@ from gru import onnx
 from gru._errors import BackendError, BackendNotFoundError, BackendUnavailableError, UnsupportedRequestError
 from gru._io import load
 from gru._layers import GRU, GateTrace, Gradients, GRUCell
-from gru._registry import BackendInfo, get_backend, list_backends, register_backend
+from gru._registry import BackendInfo, backend_available, get_backend, list_backends, register_backend
 
 __version__ = "0.1.0"
 
@@ -23,6 +23,7 @@ __all__ = [
     "GateTrace",
     "Gradients",
     "UnsupportedRequestError",
+    "backend_available",
     "get_backend",
     "list_backends",
     "load",

@@ -15,14 +15,22 @@ import warnings
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
 
-from gru._errors import BackendNotFoundError, BackendUnavailableError, UnsupportedRequestError
+from gru._errors import BackendError, BackendNotFoundError, BackendUnavailableError, UnsupportedRequestError
 from gru.backends._base import Backend, Capabilities, ForwardRequest
 
 ENTRY_POINT_GROUP = "gru.backends"
 ENV_VAR = "GRU_BACKEND"
 BUILTIN_DISTRIBUTION = "gru"
 
-__all__ = ["BackendInfo", "get_backend", "list_backends", "refresh", "register_backend", "select_backend"]
+__all__ = [
+    "BackendInfo",
+    "backend_available",
+    "get_backend",
+    "list_backends",
+    "refresh",
+    "register_backend",
+    "select_backend",
+]
 
 
 @dataclass(frozen=True)
@@ -189,6 +197,15 @@ def get_backend(name: str) -> Backend:
     if availability is not True:
         raise BackendUnavailableError(f"backend {name!r} is unavailable: {availability}")
     return entry.backend
+
+
+def backend_available(name: str) -> bool:
+    """Whether the backend registered as ``name`` can run here; loads that plugin only, not every one."""
+    try:
+        get_backend(name)
+    except BackendError:
+        return False
+    return True
 
 
 def _verdict(backend: Backend, request: ForwardRequest) -> bool | str:

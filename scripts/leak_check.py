@@ -159,15 +159,6 @@ def measure(cases, calls: int, warmup: int, samples: int = 11) -> dict[str, floa
     }
 
 
-def _available(name: str) -> bool:
-    """Asked by name: gru.list_backends() would load every plugin (the torch example imports torch)."""
-    try:
-        gru.get_backend(name)
-    except gru.BackendError:
-        return False
-    return True
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backend", action="append", help="backend to check (repeatable; default: every CPU backend)")
@@ -180,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     if not os.path.exists("/proc/self/statm"):
         parser.error("reads the resident set size from /proc/self/statm (Linux)")
 
-    names = args.backend or [name for name in ("numpy", "cython") if _available(name)]
+    names = args.backend or [name for name in ("numpy", "cython") if gru.backend_available(name)]
     print(f"gru leak check: Python {platform.python_version()}, NumPy {np.__version__}, {os.cpu_count()} CPUs")
     failed = False
     kept = []

@@ -36,14 +36,6 @@ import numpy as np
 import gru
 
 
-def available(name: str) -> bool:
-    try:
-        gru.get_backend(name)
-    except gru.BackendError:
-        return False
-    return True
-
-
 def make_call(backend: str, train: bool, args: argparse.Namespace):
     layer = gru.GRU(args.input, args.hidden, backend=backend, seed=0)
     x = np.random.default_rng(0).standard_normal((args.seq_len, args.batch, args.input)).astype("float32")
@@ -134,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                 a @ a
 
     report("control: NumPy matmul, BLAS 1 thread", measure(matmuls, args.repeats), cores)
-    names = args.backend or [name for name in ("cython", "numpy") if available(name)]
+    names = args.backend or [name for name in ("cython", "numpy") if gru.backend_available(name)]
     for name in names:
         for train in (False, True):
             what = "forward + backward" if train else "forward"

@@ -258,6 +258,20 @@ def test_broken_plugin_get_backend_raises_with_original_error(broken):
         gru.get_backend("broken")
 
 
+def test_backend_available_is_false_for_a_broken_plugin(broken):
+    assert gru.backend_available("broken") is False
+
+
+def test_backend_available_loads_only_the_plugin_asked_about(plugin):
+    other = plugin("raise RuntimeError('must not be imported')\n", name="other")
+    _registry.refresh(entry_points_override=[*numpy_entry_points(), other])
+    assert gru.backend_available("numpy") is True
+    assert gru.backend_available("no-such-backend") is False
+    assert other.value.split(":")[0] not in sys.modules  # "other" was never imported
+    with pytest.raises(TypeError, match="backend: expected a backend name"):
+        gru.backend_available(3)
+
+
 def test_broken_plugin_is_never_selected(broken):
     layer = gru.GRU(3, 4, seed=0)
     x = x32()

@@ -16,15 +16,7 @@ ROUNDS = 3
 T, B, I, H = 12, 3, 5, 24
 
 
-def available(name):
-    try:
-        gru.get_backend(name)
-    except gru.BackendError:
-        return False
-    return True
-
-
-BACKENDS = [pytest.param(name, marks=pytest.mark.skipif(not available(name), reason=f"{name} unavailable"))
+BACKENDS = [pytest.param(name, marks=pytest.mark.skipif(not gru.backend_available(name), reason=f"{name} unavailable"))
             for name in ("numpy", "cython")]  # fmt: skip
 
 
@@ -127,7 +119,7 @@ def test_eight_threads_on_separate_layers_match_serial_runs(backend):
 
 def test_both_backends_at_once_on_one_layer():
     """numpy and cython calls interleaved on one layer: each agrees with its own serial run."""
-    if not (available("numpy") and available("cython")):
+    if not (gru.backend_available("numpy") and gru.backend_available("cython")):
         pytest.skip("needs the numpy and cython backends")
     layer = gru.GRU(I, H, num_layers=2, bidirectional=True, seed=3)
 
@@ -147,7 +139,7 @@ def test_both_backends_at_once_on_one_layer():
 
 def test_backward_differentiates_this_threads_own_call():
     """Each thread's backward uses its own last train=True call, whatever the other threads did since."""
-    layer = gru.GRU(I, H, seed=4, backend="numpy" if not available("cython") else "cython")
+    layer = gru.GRU(I, H, seed=4, backend="numpy" if not gru.backend_available("cython") else "cython")
     x, h0, lengths, d_output, d_h_n = inputs(0, layer)
     layer(x, h0, lengths, train=True)
     expected = layer.backward(d_output, d_h_n)
@@ -234,7 +226,7 @@ def seen_mid_call(watched, stop, sightings):
             sightings.append(1)
 
 
-@pytest.mark.skipif(not available("cython"), reason="cython backend unavailable")
+@pytest.mark.skipif(not gru.backend_available("cython"), reason="cython backend unavailable")
 @pytest.mark.parametrize("train", [False, True], ids=["forward", "backward"])
 def test_cython_kernels_release_the_gil(monkeypatch, train):
     """Another Python thread runs while a Cython kernel is in flight.
@@ -269,7 +261,7 @@ def test_cython_kernels_release_the_gil(monkeypatch, train):
     assert sightings, "no other Python thread ran while the kernel was in flight: it holds the GIL"
 
 
-@pytest.mark.skipif(not available("cython"), reason="cython backend unavailable")
+@pytest.mark.skipif(not gru.backend_available("cython"), reason="cython backend unavailable")
 def test_blas_is_held_to_one_thread_inside_calls_from_any_thread(monkeypatch):
     """Inside every kernel call BLAS runs single-threaded, whichever Python thread makes the call.
 

@@ -997,6 +997,14 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _ratio_between_decades(y: float, _position: int) -> str:
+    """Label of a minor tick of the log-scaled speedup axis: 0.2x, 0.5x, 2x, 5x, ...; the others unlabelled."""
+    if y <= 0:
+        return ""
+    leading = y / 10 ** math.floor(math.log10(y) + 1e-9)
+    return f"{y:g}x" if round(leading, 6) in (2, 5) else ""
+
+
 def _too_busy(report: dict[str, Any]) -> bool:
     """Whether other processes left fewer idle CPUs than the threads asked for, overall or during one shape."""
     loads = [report.get("other_load_cpus")] + [c.get("other_load_cpus") for c in report["cases"]]
@@ -1089,6 +1097,7 @@ def write_plot(report: dict[str, Any], path: str) -> str | None:
             ax.axhline(1.0, color="black", linewidth=0.8)
             finite.append(1.0)
             ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}x"))
+            ax.yaxis.set_minor_formatter(FuncFormatter(_ratio_between_decades))
         if finite:
             ax.set_ylim(min(finite) / 1.5, max(finite) * 1.8)  # room for the labels above the bars
         ax.set_xticks(np.arange(len(cases)), labels, fontsize=8)

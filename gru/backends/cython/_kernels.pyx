@@ -570,7 +570,8 @@ cdef void thread_body(
     cdef int G = 3 * H
     cdef Py_ssize_t M = <Py_ssize_t>T * B
     cdef Py_ssize_t rows, r0
-    cdef int u0, nu, chunk, c0
+    cdef int u0, nu, chunk
+    cdef Py_ssize_t c0  # a chunk's first sequence: a claim times the chunk can pass INT_MAX
     cdef const floating* panel
 
     if by_sequence:
@@ -581,12 +582,12 @@ cdef void thread_body(
             gru_team_barrier_wait(barrier, team)
         # then chunks of sequences, each through every step, with every unit (W_hh^T is their panel)
         chunk = sequence_chunk(B, team)
-        c0 = gru_team_claim(next_chunk) * chunk
+        c0 = <Py_ssize_t>gru_team_claim(next_chunk) * chunk
         while c0 < B:
             run_rows(T, B, I, H, c0, min(c0 + chunk, B), 0, H, 1, x, w_ih_t, w_hh_t, bias, b_hn, lengths, order,
                      reverse, reset_after, per_step, gx, gh, rh, h_a, h_b, scratch + 4 * H * tid, barrier,
                      out, out_t, out_b, h_n, gates, hn_keep)
-            c0 = gru_team_claim(next_chunk) * chunk
+            c0 = <Py_ssize_t>gru_team_claim(next_chunk) * chunk
         return
 
     # Split by unit: this thread's recurrent weights, (H, 3 nu) (see pack_panel), packed once
@@ -954,7 +955,8 @@ cdef void backward_thread_body(
     cdef int nu = unit_slice(H, team, tid, &u0)
     cdef int G = 3 * H
     cdef Py_ssize_t M = <Py_ssize_t>T * B
-    cdef int g, u, c, chunk, c0
+    cdef int g, u, c, chunk
+    cdef Py_ssize_t c0
     cdef double total
     cdef Py_ssize_t rows_per_thread, r0, r1
     cdef Py_ssize_t part_values = <Py_ssize_t>G * (I + H)  # one set of weight-gradient sums
@@ -969,9 +971,9 @@ cdef void backward_thread_body(
     chunk = sequence_chunk(B, team)
 
     if by_sequence:
-        c0 = gru_team_claim(next_chunk) * chunk
+        c0 = <Py_ssize_t>gru_team_claim(next_chunk) * chunk
         while c0 < B:
-            c = c0 // chunk
+            c = <int>(c0 // chunk)
             sums = bias_sums + 6 * H * c
             memset(sums, 0, 6 * H * sizeof(double))
             # the chunk's weight-gradient sums: the first chunk's in place, the others' added at the end
@@ -983,7 +985,7 @@ cdef void backward_thread_body(
             backward_rows(T, B, I, H, c0, min(c0 + chunk, B), 0, H, 1, chunks_in_loop, x, h0, w_hh, lengths, order,
                           reverse, reset_after, out, out_t, out_b, d_out, d_out_t, d_out_b, gates, hn, d_gx, d_gh,
                           h_prevs, rh, d_carry, d_rh, dh, into_ih, into_hh, w_ih, d_x, sums, barrier)
-            c0 = gru_team_claim(next_chunk) * chunk
+            c0 = <Py_ssize_t>gru_team_claim(next_chunk) * chunk
     else:
         if nu > 0:
             memset(sums, 0, 6 * nu * sizeof(double))

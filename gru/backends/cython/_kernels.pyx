@@ -945,9 +945,9 @@ cdef void backward_thread_body(
     backward_rows runs the steps. Split by sequence, each chunk's bias
     gradients are summed into 6H doubles of its own, added up at the end in
     chunk order (the same sums whichever thread ran which chunk). After the
-    loop, unless summed step by step (see weights_in_loop), the weight
-    gradients as whole-sequence GEMMs (see weight_parts for how the team splits
-    them); and a block of d_x's rows.
+    loop, unless summed step by step (see weights_in_loop and
+    chunks_sum_weights), the weight gradients as whole-sequence GEMMs (see
+    weight_parts for how the team splits them) and a block of d_x's rows.
     """
     cdef int team = gru_num_threads()
     cdef int tid = gru_thread_id()

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import gru
+from gru.testing._support import EACH_DTYPE
 
 I, H, T, B = 5, 7, 6, 3
 
@@ -137,7 +138,7 @@ def test_torch_tensors_with_grad_load(torch):
 # -- initialisation and seeds -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@EACH_DTYPE
 def test_parameters_are_uniform_in_plus_minus_one_over_sqrt_hidden(dtype):
     stats = pytest.importorskip("scipy.stats")
     hidden = 64

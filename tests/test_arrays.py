@@ -8,6 +8,7 @@ import pytest
 import gru
 from gru import _arrays
 from gru.backends import Backend, Capabilities
+from gru.testing._support import EACH_DTYPE
 
 I, H, T, B = 3, 4, 5, 2
 
@@ -178,7 +179,7 @@ def test_numpy_views_are_not_copied_when_contiguous():
 
 
 @pytest.mark.parametrize("backend", ["numpy", "cython"])
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@EACH_DTYPE
 def test_arrays_in_non_native_byte_order_give_the_native_results(backend, dtype):
     """Big-endian x, h0 and gradients are read by value, on every CPU backend (the compiled one included)."""
     if backend not in {info.name for info in gru.list_backends() if info.available is True}:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import gru
-from gru.testing._support import oracle_for
+from gru.testing._support import EACH_VARIANT, oracle_for
 
 try:
     gru.get_backend("cython")
@@ -39,7 +39,7 @@ def assert_training_matches_oracle(layer, x, rng, h0=None, lengths=None, threads
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3, 5])
-@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@EACH_VARIANT
 @pytest.mark.parametrize("batch", [1, 5])
 def test_thread_counts_split_hidden_units_correctly(threads, reset_after, batch):
     """H = 72 splits into several 16-unit slices (one partial): every split must match the oracle."""
@@ -56,7 +56,7 @@ def test_thread_counts_split_hidden_units_correctly(threads, reset_after, batch)
 
 
 @pytest.mark.parametrize("batch", [3, 70])
-@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@EACH_VARIANT
 def test_large_products_cut_into_small_blocks_stay_exact(batch, reset_after):
     """B * H * H above a million multiply-adds: the per-step products in column blocks, and at B = 70 in
     chunks of 8 rows (the last one of 6), forward and backward."""
@@ -70,7 +70,7 @@ def test_large_products_cut_into_small_blocks_stay_exact(batch, reset_after):
     [(300, "float64", 1), (1500, "float64", 1), (2800, "float64", 2)],
     ids=["chunked", "one-gemm", "one-gemm-2-threads"],
 )
-@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@EACH_VARIANT
 def test_whole_sequence_projection_in_row_chunks_or_one_gemm_matches_the_oracle(I, dtype, threads, reset_after):
     """Input weights of a thread up to 2 MB: chunks of 8 rows (18 rows: 8, 8, 2); larger: one GEMM."""
     rng = np.random.default_rng(I + threads)
@@ -94,7 +94,7 @@ def test_which_calls_split_their_sequences_between_threads():
 
 
 @pytest.mark.parametrize("threads", [2, 3])
-@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@EACH_VARIANT
 @pytest.mark.parametrize("full_length", [True, False], ids=["full-length", "lengths"])
 def test_batches_split_by_sequence_match_the_oracle(threads, reset_after, full_length):
     """27 sequences in chunks of 8, 8, 8 and 3, claimed by the threads as they come free: output and every
@@ -110,7 +110,7 @@ def test_batches_split_by_sequence_match_the_oracle(threads, reset_after, full_l
     assert_training_matches_oracle(layer, x, rng, h0=h0, lengths=lengths, threads=threads)
 
 
-@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@EACH_VARIANT
 def test_batches_of_wide_layers_split_by_unit_match_the_oracle(reset_after):
     """Past 2 MB of W_hh (H = 300, float64) even 17 sequences split the units: rows in chunks of 8."""
     from gru.backends.cython import _kernels
@@ -138,7 +138,7 @@ def products_made_whole():
     [(8, 160, 3, 70), (6, 40, 7, 18), (300, 64, 9, 2), (40, 48, 5, 8)],
     ids=["large-products", "step-projection-and-weights-in-loop", "projection-in-chunks", "small-batch-steps"],
 )
-@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@EACH_VARIANT
 def test_every_path_cut_for_the_small_kernel_also_runs_whole(products_made_whole, I, H, T, B, reset_after):
     """Shapes that take the small-kernel paths (row chunks, column blocks, step-by-step projection and weight
     gradients, chunked projection) match the oracle with those paths off too."""
@@ -265,7 +265,7 @@ def test_concurrent_calls_from_python_threads_match_serial_ones_and_restore_blas
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3, 5])
-@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@EACH_VARIANT
 @pytest.mark.parametrize("batch", [1, 4])
 def test_backward_with_several_threads_matches_the_oracle(threads, reset_after, batch):
     """H = 72: several unit slices (one partial) in the backward's per-step products and weight GEMMs."""
@@ -289,7 +289,7 @@ def test_backward_with_several_threads_matches_the_oracle(threads, reset_after, 
     ],
     ids=["parts-2x2", "parts-3x1", "parts-uneven", "capped"],
 )
-@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@EACH_VARIANT
 def test_weight_gradients_split_over_rows_and_gate_blocks_match_the_oracle(I, H, T, B, threads, reset_after):
     """The weight-gradient GEMMs split the T*B rows they sum over into parts whose partial sums are added."""
     rng = np.random.default_rng(I + T * B + threads)
@@ -378,7 +378,7 @@ def test_which_batches_project_their_inputs_step_by_step():
 
 
 @pytest.mark.parametrize("lengths", ["none", "all-T", "varied"])
-@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@EACH_VARIANT
 @pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize("B", [18, 8])
 def test_batches_that_project_inputs_step_by_step_match_the_oracle(lengths, reset_after, threads, B):

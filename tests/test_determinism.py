@@ -35,6 +35,7 @@ import numpy as np
 import pytest
 
 import gru
+from gru.testing._support import EACH_DTYPE, EACH_VARIANT
 
 I, H, T, B, L = 7, 40, 9, 18, 2
 LENGTHS = [T, 4, 0, T, 1, 6, 2, T, 8, 3, T, 0, 5, 7, T, 1, 4, 6]
@@ -112,8 +113,8 @@ def fingerprints(backends: list[str] | None = None) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("backend", cpu_backends())
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@EACH_DTYPE
+@EACH_VARIANT
 def test_repeated_calls_are_bit_identical(backend, dtype, reset_after):
     for threads in _thread_counts(backend):
         # the same layer, called again and again (no dropout: its masks advance the layer's generator)

@@ -31,7 +31,7 @@ import numpy as np
 import pytest
 
 import gru
-from gru.testing._support import oracle_for, oracle_gradients_for
+from gru.testing._support import EACH_DTYPE, EACH_VARIANT, oracle_for, oracle_gradients_for
 
 CPU_BACKENDS = [info.name for info in gru.list_backends() if info.available and info.capabilities.device == "cpu"]
 DTYPES = ("float32", "float64")
@@ -118,8 +118,8 @@ def _assert_matches_oracle(got, expected, dtype, atol, names=None):
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@EACH_DTYPE
+@EACH_VARIANT
 @pytest.mark.parametrize(("x_scale", "w_scale"), [(1e4, 1.0), (1.0, 1e4), (1e4, 1e4)], ids=["x", "w", "xw"])
 def test_inputs_and_weights_up_to_1e4(backend, dtype, reset_after, x_scale, w_scale):
     """Pre-activations up to ~1e9 saturate the gates: finite, no warning, the oracle's answer."""
@@ -153,8 +153,8 @@ def _saturate(layer, *, z_bias, n_bias=0.0):
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@EACH_DTYPE
+@EACH_VARIANT
 def test_update_gate_saturated_at_one_holds_the_state_exactly(backend, dtype, reset_after):
     """z ≡ 1: h_t = 0·n_t + 1·h_{t-1} exactly, so every output is h0; no gradient reaches any weight."""
     layer = _layer(backend, dtype, reset_after=reset_after, bidirectional=False, num_layers=1)
@@ -178,8 +178,8 @@ def test_update_gate_saturated_at_one_holds_the_state_exactly(backend, dtype, re
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@EACH_DTYPE
+@EACH_VARIANT
 def test_update_gate_saturated_at_zero_pins_the_state_to_the_candidate(backend, dtype, reset_after):
     """z ≡ 0 and n ≡ 1 (b_in = 1e4): h_t = 1 exactly from the first step, in every layer and direction."""
     layer = _layer(backend, dtype, reset_after=reset_after)
@@ -208,8 +208,8 @@ def test_update_gate_saturated_at_zero_pins_the_state_to_the_candidate(backend, 
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@EACH_DTYPE
+@EACH_VARIANT
 @pytest.mark.parametrize("where", ["inputs", "weights", "everything"])
 def test_denormals(backend, dtype, reset_after, where):
     """Denormal inputs, h0 and/or weights: no warning, finite, the oracle's answer."""
@@ -259,8 +259,8 @@ def _assert_other_sequences_untouched(clean, spoilt, b0):
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@EACH_DTYPE
+@EACH_VARIANT
 def test_nan_in_x_propagates_forward_in_time_only(backend, dtype, reset_after):
     """One layer, forward direction: NaN at step t0 of sequence b0 makes its outputs t0..length-1 NaN."""
     b0, t0, lengths = 1, 2, [T, 5, 3, T]
@@ -286,7 +286,7 @@ def test_nan_in_x_propagates_forward_in_time_only(backend, dtype, reset_after):
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
-@pytest.mark.parametrize("dtype", DTYPES)
+@EACH_DTYPE
 def test_nan_in_x_reaches_both_ends_through_the_reverse_direction(backend, dtype):
     """Bidirectional: forward half NaN from t0 on, reverse half NaN up to t0; a second layer: all of it."""
     b0, t0, lengths = 2, 2, [T, 5, 5, 0]
@@ -314,7 +314,7 @@ def test_nan_in_x_reaches_both_ends_through_the_reverse_direction(backend, dtype
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
-@pytest.mark.parametrize("dtype", DTYPES)
+@EACH_DTYPE
 def test_nan_in_h0_stays_in_its_sequence(backend, dtype):
     """NaN in h0 of sequence b0: its outputs are NaN, every other sequence's are not touched."""
     b0, lengths = 0, [T, 5, 3, T]
@@ -331,8 +331,8 @@ def test_nan_in_h0_stays_in_its_sequence(backend, dtype):
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@EACH_DTYPE
+@EACH_VARIANT
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
 def test_non_finite_values_past_the_length_change_nothing(backend, dtype, reset_after, bad):
     """Padding is not part of a sequence: NaN or inf there leaves every result bit-identical.
@@ -360,8 +360,8 @@ def test_non_finite_values_past_the_length_change_nothing(backend, dtype, reset_
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@EACH_DTYPE
+@EACH_VARIANT
 @pytest.mark.parametrize("bad", [np.inf, -np.inf], ids=["inf", "-inf"])
 def test_infinite_input_saturates_the_gates(backend, dtype, reset_after, bad):
     """±inf in one feature of a valid step drives every gate it reaches to 0 or 1: outputs stay finite.

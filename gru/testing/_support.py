@@ -13,6 +13,42 @@ TOLERANCE = {"float32": 1e-5, "float64": 1e-12}
 DTYPES = ("float32", "float64")
 
 
+# The API's options as pytest parameters, for the conformance tests' matrices (the same ids everywhere).
+EACH_DTYPE = pytest.mark.parametrize("dtype", DTYPES)
+EACH_VARIANT = pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+EACH_DIRECTION = pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+
+
+def full_or_mixed_lengths(mixed: list[int]):
+    """``lengths``: None (every sequence full-length), then ``mixed``."""
+    return pytest.mark.parametrize("lengths", [None, mixed], ids=["full", "lengths"])
+
+
+def feature_matrix(mixed_lengths: list[int]):
+    """Parametrize a test over every combination of the layer's options.
+
+    dtype, bias, bidirectional, num_layers (1-3), reset_after, lengths (None
+    or ``mixed_lengths``), with_h0 and batch_first: 384 cases.
+    """
+    marks = [
+        EACH_DTYPE,
+        pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"]),
+        EACH_DIRECTION,
+        pytest.mark.parametrize("num_layers", [1, 2, 3]),
+        EACH_VARIANT,
+        full_or_mixed_lengths(mixed_lengths),
+        pytest.mark.parametrize("with_h0", [False, True], ids=["zero_h0", "h0"]),
+        pytest.mark.parametrize("batch_first", [False, True], ids=["tbi", "bti"]),
+    ]
+
+    def parametrize(test):
+        for mark in reversed(marks):  # as decorators written in this order apply
+            test = mark(test)
+        return test
+
+    return parametrize
+
+
 def require(
     backend_name: str, *, dtype: str = "float64", reset_after: bool = True, lengths: bool = False, gates: bool = False
 ):

@@ -3,23 +3,23 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 import gru
-from gru.testing._support import DTYPES, assert_close, oracle_for, require, require_training
+from gru.testing._support import (
+    EACH_DTYPE,
+    EACH_VARIANT,
+    assert_close,
+    feature_matrix,
+    oracle_for,
+    require,
+    require_training,
+)
 
 T, B, I, H = 6, 4, 3, 5
 MIXED_LENGTHS = [T, 0, 3, 1]  # full, empty, partial, one step; unsorted
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
-@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
-@pytest.mark.parametrize("num_layers", [1, 2, 3])
-@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
-@pytest.mark.parametrize("lengths", [None, MIXED_LENGTHS], ids=["full", "lengths"])
-@pytest.mark.parametrize("with_h0", [False, True], ids=["zero_h0", "h0"])
-@pytest.mark.parametrize("batch_first", [False, True], ids=["tbi", "bti"])
+@feature_matrix(MIXED_LENGTHS)
 def test_matches_oracle(
     backend_name, dtype, bias, bidirectional, num_layers, reset_after, lengths, with_h0, batch_first
 ):
@@ -55,8 +55,8 @@ def test_matches_oracle(
         assert_close(getattr(gates, name), expected_gates[:, g], dtype, f"gate {name}")
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@EACH_DTYPE
+@EACH_VARIANT
 def test_without_gates_gives_the_same_answer(backend_name, dtype, reset_after):
     require(backend_name, dtype=dtype, reset_after=reset_after, lengths=True)
     rng = np.random.default_rng(1)
@@ -68,7 +68,7 @@ def test_without_gates_gives_the_same_answer(backend_name, dtype, reset_after):
     assert_close(h_n, expected_h_n, dtype, "h_n")
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@EACH_DTYPE
 def test_lengths_zero_keeps_h0_and_zero_output(backend_name, dtype):
     require(backend_name, dtype=dtype, lengths=True)
     rng = np.random.default_rng(2)
@@ -80,8 +80,8 @@ def test_lengths_zero_keeps_h0_and_zero_output(backend_name, dtype):
     np.testing.assert_array_equal(np.asarray(h_n), h0)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@EACH_DTYPE
+@EACH_VARIANT
 def test_dropout_in_training_uses_the_layers_generator(backend_name, dtype, reset_after):
     """train=True multiplies masks drawn from the layer's generator, in layer order, into the
     output of every layer but the last: ``gen.random((T, B, D*H)) < 1 - p``, scaled by 1 / (1 - p)."""

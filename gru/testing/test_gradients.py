@@ -14,8 +14,12 @@ import pytest
 
 import gru
 from gru.testing._support import (
-    DTYPES,
+    EACH_DIRECTION,
+    EACH_DTYPE,
+    EACH_VARIANT,
     assert_gradient_close,
+    feature_matrix,
+    full_or_mixed_lengths,
     oracle_gradients_for,
     require,
     require_training,
@@ -32,9 +36,9 @@ def _loss(params, x, h0, d_output, d_h_n, **config):
     return float(np.sum(d_output * output) + np.sum(d_h_n * h_n))
 
 
-@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
-@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
-@pytest.mark.parametrize("lengths", [None, MIXED_LENGTHS], ids=["full", "lengths"])
+@EACH_VARIANT
+@EACH_DIRECTION
+@full_or_mixed_lengths(MIXED_LENGTHS)
 @pytest.mark.parametrize("dropout", [False, True], ids=["nodrop", "dropout"])
 def test_oracle_gradients_match_finite_differences(reset_after, bidirectional, lengths, dropout):
     """Backend-independent: the oracle's backpropagation against its own forward pass."""
@@ -74,14 +78,7 @@ def test_oracle_gradients_match_finite_differences(reset_after, bidirectional, l
             assert abs(d_params[name][index] - expected) < 1e-7, (name, index)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
-@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
-@pytest.mark.parametrize("num_layers", [1, 2, 3])
-@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
-@pytest.mark.parametrize("lengths", [None, MIXED_LENGTHS], ids=["full", "lengths"])
-@pytest.mark.parametrize("with_h0", [False, True], ids=["zero_h0", "h0"])
-@pytest.mark.parametrize("batch_first", [False, True], ids=["tbi", "bti"])
+@feature_matrix(MIXED_LENGTHS)
 def test_gradients_match_oracle(
     backend_name, dtype, bias, bidirectional, num_layers, reset_after, lengths, with_h0, batch_first
 ):
@@ -120,7 +117,7 @@ def test_gradients_match_oracle(
         assert_gradient_close(grads.params[name], value, dtype, f"d {name}")
 
 
-@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@EACH_VARIANT
 def test_gradients_match_finite_differences_of_the_oracle(backend_name, reset_after):
     """The backend's float64 gradients straight against numbers, not through the oracle's backward."""
     require_training(backend_name)
@@ -150,7 +147,7 @@ def test_gradients_match_finite_differences_of_the_oracle(backend_name, reset_af
             assert abs(to_numpy(grads.params[name])[index] - expected) < 1e-6, (name, index)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@EACH_DTYPE
 def test_two_backward_calls_agree(backend_name, dtype):
     require_training(backend_name)
     require(backend_name, dtype=dtype, lengths=True)
@@ -171,7 +168,7 @@ def test_two_backward_calls_agree(backend_name, dtype):
             np.testing.assert_array_equal(to_numpy(result.params[name]), to_numpy(first.params[name]))
 
 
-@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@EACH_VARIANT
 def test_gradients_with_dropout_use_the_forward_masks(backend_name, reset_after):
     require_training(backend_name)
     require(backend_name, dtype="float64", reset_after=reset_after)
@@ -202,7 +199,7 @@ def test_gradients_with_dropout_use_the_forward_masks(backend_name, reset_after)
         assert_gradient_close(grads.params[name], value, "float64", f"d {name}")
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@EACH_DTYPE
 def test_unbatched_gradients(backend_name, dtype):
     require_training(backend_name)
     require(backend_name, dtype=dtype)

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 
 import gru
-from gru.testing._support import DTYPES, assert_close, oracle_for, require, to_numpy
+from gru.testing._support import EACH_DIRECTION, EACH_DTYPE, EACH_VARIANT, assert_close, oracle_for, require, to_numpy
 from gru.testing.oracle import oracle_step
 
 I, H = 3, 4
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@EACH_DTYPE
+@EACH_DIRECTION
 def test_unbatched_input(backend_name, dtype, bidirectional):
     require(backend_name, dtype=dtype, gates=True)
     rng = np.random.default_rng(5)
@@ -28,7 +28,7 @@ def test_unbatched_input(backend_name, dtype, bidirectional):
     assert_close(gates.z, expected_gates[:, 1, :, 0], dtype, "gate z")
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@EACH_DTYPE
 def test_unbatched_with_a_length(backend_name, dtype):
     require(backend_name, dtype=dtype, lengths=True)
     rng = np.random.default_rng(6)
@@ -40,7 +40,7 @@ def test_unbatched_with_a_length(backend_name, dtype):
     assert_close(h_n, expected_h_n[:, 0], dtype, "h_n")
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@EACH_DTYPE
 @pytest.mark.parametrize("shape", [(0, 3), (5, 0), (0, 0)], ids=["T=0", "B=0", "T=B=0"])
 @pytest.mark.parametrize("batch_first", [False, True])
 def test_empty_sequences_and_batches(backend_name, dtype, shape, batch_first):
@@ -57,7 +57,7 @@ def test_empty_sequences_and_batches(backend_name, dtype, shape, batch_first):
         np.testing.assert_array_equal(to_numpy(h_n), h0)  # no step: the state is untouched
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@EACH_DTYPE
 @pytest.mark.parametrize("layout", ["fortran", "strided", "transposed"])
 def test_memory_layout_does_not_change_the_answer(backend_name, dtype, layout):
     require(backend_name, dtype=dtype)
@@ -80,7 +80,7 @@ def test_memory_layout_does_not_change_the_answer(backend_name, dtype, layout):
     np.testing.assert_array_equal(to_numpy(actual[1]), to_numpy(expected[1]))
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@EACH_DTYPE
 def test_repeated_calls_are_identical(backend_name, dtype):
     require(backend_name, dtype=dtype, lengths=True)
     rng = np.random.default_rng(8)
@@ -92,8 +92,8 @@ def test_repeated_calls_are_identical(backend_name, dtype):
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@EACH_DTYPE
+@EACH_VARIANT
 @pytest.mark.parametrize("batched", [True, False])
 def test_cell_matches_one_oracle_step(backend_name, dtype, reset_after, batched):
     require(backend_name, dtype=dtype, reset_after=reset_after, gates=True)

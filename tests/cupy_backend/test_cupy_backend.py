@@ -24,7 +24,7 @@ import gru
 from gru.backends import Backend, Capabilities
 from gru.backends.cupy import CupyBackend
 from gru.backends.cupy._plans import PATH_ENV_VAR
-from gru.testing._support import oracle_for
+from gru.testing._support import EACH_DTYPE, EACH_VARIANT, oracle_for
 
 # -- availability ----------------------------------------------------------------------------
 
@@ -159,8 +159,8 @@ def cupy():
 
 @needs_gpu
 @pytest.mark.parametrize("path_name", ["resident", "persistent", "fused", "stepwise"])
-@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@EACH_VARIANT
+@EACH_DTYPE
 def test_gpu_cupy_arrays_in_and_out(cupy, monkeypatch, path_name, reset_after, dtype):
     monkeypatch.setenv(PATH_ENV_VAR, path_name)
     rng = np.random.default_rng(5)
@@ -197,7 +197,7 @@ def test_gpu_persistent_kernel_on_chip_and_fallback_rows(monkeypatch, H):
 
 @needs_gpu
 @pytest.mark.parametrize(("H", "dtype"), [(128, "float32"), (64, "float64")])
-@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@EACH_VARIANT
 def test_gpu_resident_kernel_at_its_largest_layers(monkeypatch, H, dtype, reset_after):
     """The instances that hold 192 registers of weights per thread, with lengths, both directions and gates."""
     monkeypatch.setenv(PATH_ENV_VAR, "resident")

@@ -16,7 +16,7 @@ from gru.backends import ForwardResult
 from gru.backends.cupy import _kernels, _plans
 from gru.backends.cupy._plans import PATH_ENV_VAR, PersistentPlan, plan_resident
 from gru.testing import test_forward, test_golden, test_layouts
-from gru.testing._support import oracle_for
+from gru.testing._support import EACH_DTYPE, EACH_VARIANT, oracle_for
 
 
 def test_the_emulation_has_every_kernel_the_backend_launches(emulator_library):
@@ -45,14 +45,14 @@ def test_conformance_matches_oracle(emulated, case):
     test_forward.test_matches_oracle(emulated, *case)
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@EACH_DTYPE
 def test_conformance_other_forward_checks(emulated, dtype):
     for reset_after in (True, False):
         test_forward.test_without_gates_gives_the_same_answer(emulated, dtype, reset_after)
     test_forward.test_lengths_zero_keeps_h0_and_zero_output(emulated, dtype)
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@EACH_DTYPE
 def test_conformance_layouts(emulated, dtype):
     for bidirectional in (False, True):
         test_layouts.test_unbatched_input(emulated, dtype, bidirectional)
@@ -67,7 +67,7 @@ def test_conformance_layouts(emulated, dtype):
     test_layouts.test_cell_matches_one_oracle_step(emulated, dtype, True, batched=False)
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@EACH_DTYPE
 def test_conformance_golden_pytorch_values(emulated, dtype):
     for golden in test_golden.GOLDEN:
         test_golden.test_backend_matches_pytorch(emulated, golden, dtype)
@@ -86,7 +86,7 @@ STRESS_CASES = [
 ]
 
 
-@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@EACH_VARIANT
 @pytest.mark.parametrize(("H", "B", "threads", "min_units", "smem", "sms", "l2"), STRESS_CASES)
 def test_persistent_kernel_stress(emulator_library, monkeypatch, H, B, threads, min_units, smem, sms, l2, reset_after):
     monkeypatch.setenv(PATH_ENV_VAR, "persistent")
@@ -121,7 +121,7 @@ RESIDENT_STRESS_CASES = [
 ]
 
 
-@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@EACH_VARIANT
 @pytest.mark.parametrize(("H", "dtype"), RESIDENT_STRESS_CASES)
 def test_resident_kernel_stress(emulator_library, monkeypatch, H, dtype, reset_after):
     monkeypatch.delenv(PATH_ENV_VAR, raising=False)  # auto takes the resident kernel at these sizes
@@ -164,7 +164,7 @@ def test_fused_tile_covers_the_batch_with_the_fewest_idle_lanes():
         assert units * seqs == 4 * 32 * tile[1] * _kernels.FUSED_THREADS // 32
 
 
-@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@EACH_VARIANT
 @pytest.mark.parametrize(("H", "B", "dtype"), FUSED_STRESS_CASES)
 def test_fused_kernel_stress(emulator_library, monkeypatch, H, B, dtype, reset_after):
     monkeypatch.setenv(PATH_ENV_VAR, "fused")

@@ -197,21 +197,21 @@ class CythonBackend(StackedBackend):
                 for set_threads, threads in zip(self._blas_setters, self._blas_saved, strict=True):
                     set_threads(threads)
 
-    def forward(self, request):
-        if self._kernels is None:
-            self.available()
+    def _with_blas_held(self, call, *args):
+        """``call(*args)`` with BLAS held to one thread (a plain call: a context manager costs microseconds)."""
         self._hold_blas_to_one_thread()
         try:
-            return super().forward(request)
+            return call(*args)
         finally:
             self._release_blas()
 
+    def forward(self, request):
+        if self._kernels is None:
+            self.available()
+        return self._with_blas_held(super().forward, request)
+
     def backward(self, request, result, d_output, d_h_n):
-        self._hold_blas_to_one_thread()
-        try:
-            return super().backward(request, result, d_output, d_h_n)
-        finally:
-            self._release_blas()
+        return self._with_blas_held(super().backward, request, result, d_output, d_h_n)
 
     @staticmethod
     def _sequence_order(lengths: np.ndarray | None, T: int, B: int) -> tuple[np.ndarray, np.ndarray]:

@@ -403,6 +403,14 @@ cdef inline int sequence_chunk(Py_ssize_t B, int team) noexcept nogil:
     return <int>((per_chunk + ROW_CHUNK - 1) // ROW_CHUNK * ROW_CHUNK)
 
 
+cdef inline Py_ssize_t claim_chunk(int* next_chunk, int chunk) noexcept nogil:
+    """The first sequence of the next unclaimed chunk (B or more when none is left).
+
+    In Py_ssize_t: a claim past the last chunk times the chunk size can pass INT_MAX.
+    """
+    return <Py_ssize_t>gru_team_claim(next_chunk) * chunk
+
+
 cdef inline bint projects_per_step(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, Py_ssize_t itemsize,
                                    bint reverse, long long shortest, bint by_sequence) noexcept nogil:
     """Whether a batch projects its inputs step by step, one small product each, while the rows are in cache.
@@ -571,7 +579,7 @@ cdef void thread_body(
     cdef Py_ssize_t M = <Py_ssize_t>T * B
     cdef Py_ssize_t rows, r0
     cdef int u0, nu, chunk
-    cdef Py_ssize_t c0  # a chunk's first sequence: a claim times the chunk can pass INT_MAX
+    cdef Py_ssize_t c0  # a chunk's first sequence
     cdef const floating* panel
 
     if by_sequence:
@@ -582,12 +590,12 @@ cdef void thread_body(
             gru_team_barrier_wait(barrier, team)
         # then chunks of sequences, each through every step, with every unit (W_hh^T is their panel)
         chunk = sequence_chunk(B, team)
-        c0 = <Py_ssize_t>gru_team_claim(next_chunk) * chunk
+        c0 = claim_chunk(next_chunk, chunk)
         while c0 < B:
             run_rows(T, B, I, H, c0, min(c0 + chunk, B), 0, H, 1, x, w_ih_t, w_hh_t, bias, b_hn, lengths, order,
                      reverse, reset_after, per_step, gx, gh, rh, h_a, h_b, scratch + 4 * H * tid, barrier,
                      out, out_t, out_b, h_n, gates, hn_keep)
-            c0 = <Py_ssize_t>gru_team_claim(next_chunk) * chunk
+            c0 = claim_chunk(next_chunk, chunk)
         return
 
     # Split by unit: this thread's recurrent weights, (H, 3 nu) (see pack_panel), packed once
@@ -971,7 +979,7 @@ cdef void backward_thread_body(
     chunk = sequence_chunk(B, team)
 
     if by_sequence:
-        c0 = <Py_ssize_t>gru_team_claim(next_chunk) * chunk
+        c0 = claim_chunk(next_chunk, chunk)
         while c0 < B:
             c = <int>(c0 // chunk)
             sums = bias_sums + 6 * H * c
@@ -985,7 +993,7 @@ cdef void backward_thread_body(
             backward_rows(T, B, I, H, c0, min(c0 + chunk, B), 0, H, 1, chunks_in_loop, x, h0, w_hh, lengths, order,
                           reverse, reset_after, out, out_t, out_b, d_out, d_out_t, d_out_b, gates, hn, d_gx, d_gh,
                           h_prevs, rh, d_carry, d_rh, dh, into_ih, into_hh, w_ih, d_x, sums, barrier)
-            c0 = <Py_ssize_t>gru_team_claim(next_chunk) * chunk
+            c0 = claim_chunk(next_chunk, chunk)
     else:
         if nu > 0:
             memset(sums, 0, 6 * nu * sizeof(double))

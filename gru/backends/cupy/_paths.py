@@ -18,6 +18,18 @@ STEPWISE_THREADS = 256
 STEPWISE_BLOCKS_PER_SM = 8
 
 
+def _state_pair(xp, h0, width: int):
+    """Two (D, B, width) state buffers, h_{t-1} and h_t in turn: the first holds h0, the pads beyond H zeros."""
+    hbuf = xp.zeros((2, *h0.shape[:2], width), h0.dtype)
+    hbuf[0, :, :, : h0.shape[2]] = h0
+    return hbuf
+
+
+def _gates_args(gates, placeholder) -> tuple:
+    """The kernels' gate-output pointer and its has-gates flag (a placeholder when the caller wants none)."""
+    return (gates if gates is not None else placeholder, np.int32(gates is not None))
+
+
 def run_resident(
     device, packed, plan: ResidentPlan, *, gx, h0, lengths, steps, output, h_n, gates, reset_after, placeholder
 ):
@@ -33,8 +45,7 @@ def run_resident(
         h0,  # a leading-axis slice of the contiguous (L*D, B, H) state: contiguous
         h_n,
         output,
-        gates if gates is not None else placeholder,
-        i32(gates is not None),
+        *_gates_args(gates, placeholder),
         i32(T),
         i32(B),
         i32(H),
@@ -54,11 +65,10 @@ def run_persistent(
     D, B, H = h0.shape
     T = output.shape[0]
     Hp = plan.padded_hidden
-    dtype = output.dtype
-    hbuf = xp.zeros((2, D, B, Hp), dtype)
-    hbuf[0, :, :, :H] = h0
-    rhbuf = xp.zeros((D, B, Hp), dtype) if not reset_after else placeholder
+    hbuf = _state_pair(xp, h0, Hp)
+    rhbuf = xp.zeros((D, B, Hp), output.dtype) if not reset_after else placeholder
     sync = xp.zeros(2, np.uint32)
+    gates_arg, has_gates = _gates_args(gates, placeholder)
     i32 = np.int32
     args = (
         gx,
@@ -68,9 +78,9 @@ def run_persistent(
         hbuf,
         rhbuf,
         output,
-        gates if gates is not None else placeholder,
+        gates_arg,
         sync,
-        i32(gates is not None),
+        has_gates,
         i32(steps),
         i32(T),
         i32(B),
@@ -95,8 +105,7 @@ def run_fused(device, packed, plan, *, gx, h0, lengths, steps, output, h_n, gate
     dtype = output.dtype
     name = dtype.name
     Hp = padded_hidden(H, dtype.itemsize)  # rows 16-byte aligned for the kernel's asynchronous copies
-    hbuf = xp.zeros((2, D, B, Hp), dtype)
-    hbuf[0, :, :, :H] = h0
+    hbuf = _state_pair(xp, h0, Hp)
     states = (hbuf[0], hbuf[1])
     w_hh = packed.w_hh_padded(Hp)
     tile = _kernels.fused_tile(B)
@@ -110,9 +119,8 @@ def run_fused(device, packed, plan, *, gx, h0, lengths, steps, output, h_n, gate
         (_kernels.fused_name(name, g, tile), _kernels.fused_shared_memory(name, g, tile, stages)) for g in phases
     ]
     i32 = np.int32
-    gates_arg = gates if gates is not None else placeholder
+    gates_arg, has_gates = _gates_args(gates, placeholder)
     tail = (i32(T), i32(B), i32(H), i32(Hp), i32(D), i32(stages))
-    has_gates = i32(gates is not None)
     if reset_after:
         ((kernel, smem),) = kernels
         for s in range(steps):
@@ -139,15 +147,13 @@ def run_stepwise(device, packed, plan, *, gx, h0, lengths, steps, output, h_n, g
     D, B, H = h0.shape
     T = output.shape[0]
     dtype = output.dtype
-    name = output.dtype.name
-    hbuf = xp.empty((2, D, B, H), dtype)
-    hbuf[0] = h0
+    name = dtype.name
+    hbuf = _state_pair(xp, h0, H)
     total = D * B * H
     grid = (max(1, min(-(-total // STEPWISE_THREADS), device.sm_count * STEPWISE_BLOCKS_PER_SM)),)
     block = (STEPWISE_THREADS,)
     i32 = np.int32
-    gates_arg = gates if gates is not None else placeholder
-    has_gates = i32(gates is not None)
+    gates_arg, has_gates = _gates_args(gates, placeholder)
     tail = (i32(T), i32(B), i32(H), i32(D))
     if reset_after:
         w_hh_t = packed.w_hh_t()

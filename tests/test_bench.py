@@ -209,3 +209,57 @@ def test_backends_without_training_are_skipped_with_the_reason():
     assert untrained.unavailable("float32") is None
     assert untrained.training_unavailable("float32") == "does not declare training"
     assert _Numpy("inference-only", lambda y: y).training_unavailable("float32").startswith("no training runner")
+
+
+def _ab_kernels():
+    """benchmarks/ab_kernels.py, imported from the checkout (benchmarks/ is not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "ab_kernels.py"
+    spec = importlib.util.spec_from_file_location("ab_kernels", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(not gru.backend_available("cython"), reason="the cython backend is not built here")
+def test_ab_kernels_runs_both_builds_and_restores_the_installed_one(tmp_path):
+    import io
+    import shutil
+
+    from gru.backends.cython import _kernels
+
+    ab = _ab_kernels()
+    backend = gru.get_backend("cython")
+    builds = {}
+    for tag in "AB":  # two copies of the installed build: two modules (one file would load once)
+        copy = tmp_path / tag / "_kernels.so"
+        copy.parent.mkdir()
+        shutil.copy(_kernels.__file__, copy)
+        builds[tag] = ab.load_build(str(copy), tag.lower())
+    assert builds["A"] is not builds["B"] and _kernels not in builds.values()
+    calls = {"A": 0, "B": 0}
+    for tag, module in builds.items():  # count the calls that reach each build
+
+        def counted(*args, _run=module.run_direction, _tag=tag):
+            calls[_tag] += 1
+            return _run(*args)
+
+        module.run_direction = counted
+    out = io.StringIO()
+    shapes = [bench.parse_shape("8,16,3,5")]
+    medians = ab.compare(builds, shapes, seconds=0.3, window=0.1, threads=1, train=False, out=out)
+    assert set(medians) == {"8,16,3,5"} and all(m > 0 for m in medians["8,16,3,5"].values())
+    assert calls["A"] > 0 and calls["B"] > 0 and abs(calls["A"] - calls["B"]) <= 1
+    assert "B/A" in out.getvalue() and "t=" in out.getvalue()
+    assert backend._kernels is _kernels  # the installed build is back
+
+
+def test_ab_kernels_refuses_a_file_that_is_not_a_build(tmp_path, capsys):
+    bogus = tmp_path / "not_kernels.so"
+    bogus.write_text("not an extension module")
+    with pytest.raises(SystemExit) as exc:
+        _ab_kernels().main([str(bogus), str(bogus), "--shapes", "4,4,1,2"])
+    assert exc.value.code == 2
+    assert "not_kernels.so: expected a build" in capsys.readouterr().err

@@ -67,7 +67,7 @@ def compare(
         d_out = rng.standard_normal((case.steps, case.batch, case.hidden_size), dtype=np.float32)
         cases.append((case.label, layer, x, d_out))
     times = {(label, tag): [] for label, *_ in cases for tag in builds}
-    window_times = {key: [] for key in times}
+    window_from = 0  # the current window's first round: its calls are times[key][window_from:]
     order = list(builds.items())
     start = window_start = time.perf_counter()
     try:
@@ -80,17 +80,13 @@ def compare(
                     layer(x, threads=threads, train=train)
                     if train:
                         layer.backward(d_out)
-                    window_times[(label, tag)].append(time.perf_counter() - t0)
+                    times[(label, tag)].append(time.perf_counter() - t0)
             if time.perf_counter() - window_start >= window:
-                _print_window(window_times, cases, builds, time.perf_counter() - start, out)
-                for key, values in window_times.items():
-                    times[key] += values
-                    values.clear()
+                _print_window(times, window_from, cases, builds, time.perf_counter() - start, out)
+                window_from = len(next(iter(times.values())))  # every key has one call per round
                 window_start = time.perf_counter()
     finally:
         backend._kernels = installed
-    for key, values in window_times.items():
-        times[key] += values
     result = {}
     for label, *_ in cases:
         medians = {tag: statistics.median(times[(label, tag)]) * 1e3 for tag in builds}
@@ -104,10 +100,11 @@ def compare(
     return result
 
 
-def _print_window(window_times, cases, builds, elapsed, out) -> None:
+def _print_window(times, first, cases, builds, elapsed, out) -> None:
+    """The medians of the calls from round ``first`` on."""
     parts = []
     for label, *_ in cases:
-        medians = " ".join(f"{tag} {statistics.median(window_times[(label, tag)]) * 1e3:8.3f}" for tag in builds)
+        medians = " ".join(f"{tag} {statistics.median(times[(label, tag)][first:]) * 1e3:8.3f}" for tag in builds)
         parts.append(f"{label} {medians}")
     print(f"t={elapsed:5.0f}s  " + "   ".join(parts), file=out, flush=True)
 

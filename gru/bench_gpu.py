@@ -274,7 +274,11 @@ def sweep_shape(shape, repeats: int, warmup: int) -> list[dict[str, Any]]:
 
 
 #: (hidden size, batch sizes) of --crossover, 100 steps, input size = hidden size
-CROSSOVER = ((256, (1, 4, 8, 16, 32, 64, 128, 256)), (1024, (1, 4, 8, 16, 32, 64, 128)))
+CROSSOVER = (
+    (256, (1, 4, 8, 16, 32, 64, 128, 256)),
+    (512, (16, 32, 64, 128, 256)),
+    (1024, (1, 4, 8, 16, 32, 64, 128, 256)),
+)
 
 
 def crossover(repeats: int, warmup: int) -> list[dict[str, Any]]:

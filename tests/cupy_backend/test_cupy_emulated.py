@@ -13,7 +13,7 @@ from cupy_helpers import assert_matches_oracle, emulated_backend, emulation, pla
 
 import gru
 from gru.backends import ForwardResult
-from gru.backends.cupy import _kernels, _plans
+from gru.backends.cupy import _kernels, _paths, _plans
 from gru.backends.cupy._plans import PATH_ENV_VAR, PersistentPlan, plan_resident
 from gru.testing import test_forward, test_golden, test_layouts
 from gru.testing._support import EACH_DTYPE, EACH_VARIANT, oracle_for
@@ -183,6 +183,33 @@ def test_fused_kernel_stress(emulator_library, monkeypatch, H, B, dtype, reset_a
     tile = _kernels.fused_tile(B)
     expected = {_kernels.fused_name(dtype, g, tile) for g in ((3,) if reset_after else (2, 1))}
     assert expected <= launched and not any(name.startswith("gru_step_") for name in launched - expected)
+
+
+@EACH_VARIANT
+@pytest.mark.parametrize(
+    ("H", "B", "splits", "dtype"), [(8, 3, 2, "float64"), (12, 5, 4, "float32"), (16, 1, 8, "float64")]
+)
+def test_stepwise_split_products_add_up(emulator_library, monkeypatch, H, B, splits, dtype, reset_after):
+    """The stepwise path with each step's recurrent product split along K: the gate kernels add the parts."""
+    monkeypatch.setenv(PATH_ENV_VAR, "stepwise")
+    asked = []
+
+    def forced_splits(*, batch, hidden_size, gate_rows, sm_count):
+        asked.append(gate_rows)
+        return splits
+
+    monkeypatch.setattr(_paths, "stepwise_splits", forced_splits)
+    backend = emulated_backend(emulator_library)
+    rng = np.random.default_rng(H * 100 + B)
+    T = 5
+    layer = gru.GRU(3, H, 2, bidirectional=True, reset_after=reset_after, dtype=dtype, backend=backend, seed=rng)
+    x = rng.standard_normal((T, B, 3)).astype(dtype)
+    h0 = rng.standard_normal((4, B, H)).astype(dtype)
+    lengths = rng.integers(0, T + 1, B)
+    lengths[0] = T
+    assert_matches_oracle(layer, x, h0, lengths, 1e-5 if dtype == "float32" else 1e-12)
+    assert backend.last_paths == ("stepwise", "stepwise")
+    assert sorted(set(asked)) == ([3] if reset_after else [1, 2])
 
 
 def test_auto_takes_the_persistent_kernel_where_the_resident_one_does_not_fit(emulator_library, monkeypatch):

@@ -125,3 +125,22 @@ def test_shared_memory_formula_matches_the_kernel_layout():
         cached_rows=5, padded=6, tile=4, units=3, batch=7, reset_after=False, itemsize=itemsize
     )
     assert got == (5 * 6 + 4 * 6 + 36 + 3 * 7) * itemsize
+
+
+@pytest.mark.parametrize(
+    ("B", "H", "gate_rows", "expected"),
+    [
+        (256, 512, 3, 4),  # 24 tiles: 4 parts of 128 columns (8 would leave 64)
+        (32, 2048, 3, 4),  # 48 tiles: 2 parts make 96, still short of 132; 4 make 192
+        (1024, 1024, 3, 1),  # 192 tiles already
+        (64, 256, 3, 2),  # 6 tiles, but 256 columns make only 2 parts of 128
+        (64, 256, 1, 2),
+        (8, 4096, 1, 8),  # 32 tiles: the most parts
+        (8, 100, 3, 1),  # too few columns to split
+        (8, 1000, 2, 4),  # 4 parts of 250 columns; 8 would leave 125
+    ],
+)
+def test_stepwise_splits_fill_the_multiprocessors(B, H, gate_rows, expected):
+    splits = _plans.stepwise_splits(batch=B, hidden_size=H, gate_rows=gate_rows, sm_count=132)
+    assert splits == expected
+    assert H % splits == 0 and (splits == 1 or H // splits >= _plans.STEPWISE_MIN_SPLIT_COLUMNS)

@@ -2,19 +2,23 @@
 
 :class:`CupyDevice` is the real thing: kernels compiled by NVRTC through
 ``cupy.RawModule`` (lazily, once per process and device), cuBLAS through
-``cupy.matmul``, cooperative launches for the persistent kernel. The backend
+``cupy.matmul`` (straight to ``gemmStridedBatched`` for the canonical operands of
+the time loop), cooperative launches for the persistent kernel. The backend
 only talks to this interface, so the test suite can substitute a CPU
 emulation of the same kernels and check the whole backend without a GPU.
 """
 
 from __future__ import annotations
 
+import ctypes
 import threading
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
 
 from gru.backends.cupy import _kernels
+from gru.backends.cupy._gemm import gemm_calls, split_matmul_reference
 
 
 class Device(Protocol):
@@ -39,6 +43,14 @@ class Device(Protocol):
     def matmul(self, a: Any, b: Any, out: Any | None = None) -> Any:
         """``a @ b`` (batched over leading axes), into ``out`` when given."""
 
+    def split_matmul(self, a: Any, b: Any, out: Any) -> Any:
+        """``a`` (D, M, K) @ ``b`` (D, K, N) as S = ``out.shape[0]`` partial products over chunks of K.
+
+        ``out[s]`` (D, M, N) gets the product over columns ``s*K/S`` to
+        ``(s+1)*K/S`` of ``a`` (the same rows of ``b``); they sum to ``a @ b``.
+        S divides K. Returns ``out``.
+        """
+
     def launch(
         self,
         name: str,
@@ -50,6 +62,18 @@ class Device(Protocol):
         cooperative: bool = False,
     ) -> None:
         """Launch the kernel instance ``name`` (a name expression of :mod:`_kernels`)."""
+
+    def prepare(
+        self, name: str, grid: tuple[int, ...], block: tuple[int, ...], args: tuple, *, shared_mem: int = 0
+    ) -> Callable[[int], None]:
+        """``launch`` with its arguments packed once, for a kernel launched every step.
+
+        ``args`` holds :data:`~gru.backends.cupy._kernels.STEP` once, where the
+        kernel takes its int32 step number; calling the result with a step launches.
+        """
+
+    def prepare_split_matmul(self, a: Any, b: Any, out: Any) -> Callable[[], None]:
+        """``split_matmul(a, b, out)`` with its arguments worked out once; each call computes it anew."""
 
     def max_active_blocks(self, name: str, threads: int, shared_mem: int) -> int:
         """How many blocks of ``name`` fit on one multiprocessor at once."""
@@ -81,6 +105,16 @@ class CupyDevice:
         self._lock = threading.Lock()
         self._functions: dict[str, Any] = {}
         self._smem_opt_in: dict[str, int] = {}
+        from cupy_backends.cuda.api import driver
+        from cupy_backends.cuda.libs import cublas
+
+        self._cublas = cublas
+        self._driver = driver
+        #: alpha = 1 and beta = 0 in host memory, per dtype, and the dtype's strided-batched GEMM
+        self._gemms = {
+            np.dtype(np.float32): (np.ones(1, np.float32), np.zeros(1, np.float32), cublas.sgemmStridedBatched),
+            np.dtype(np.float64): (np.ones(1, np.float64), np.zeros(1, np.float64), cublas.dgemmStridedBatched),
+        }
 
     # -- arrays ------------------------------------------------------------------------
     def asarray(self, a: Any) -> Any:
@@ -90,7 +124,76 @@ class CupyDevice:
         return self.xp.asnumpy(a)
 
     def matmul(self, a: Any, b: Any, out: Any | None = None) -> Any:
-        return self.xp.matmul(a, b, out=out)
+        gemm = self._gemm(a, b, out[None]) if out is not None else None
+        if gemm is None:
+            return self.xp.matmul(a, b, out=out)
+        gemm()
+        return out
+
+    def split_matmul(self, a: Any, b: Any, out: Any) -> Any:
+        self.prepare_split_matmul(a, b, out)()
+        return out
+
+    def prepare_split_matmul(self, a: Any, b: Any, out: Any) -> Callable[[], None]:
+        gemm = self._gemm(a, b, out)
+        return gemm if gemm is not None else lambda: split_matmul_reference(self.xp, a, b, out)
+
+    def _gemm(self, a: Any, b: Any, out: Any) -> Callable[[], None] | None:
+        """``split_matmul`` as prepared cuBLAS calls; None where the operands are not canonical."""
+        gemm = self._gemms.get(a.dtype)
+        if not (
+            gemm is not None
+            and a.dtype == b.dtype == out.dtype
+            and a.flags.c_contiguous
+            and b.flags.c_contiguous
+            and out.flags.c_contiguous
+            and out.shape[1:] == (*a.shape[:2], b.shape[-1])
+        ):
+            return None
+        calls = gemm_calls(a.shape, b.shape, out.shape[0])
+        if calls is None:
+            return None
+        one, zero, strided_batched = gemm
+        cublas = self._cublas
+        item = a.dtype.itemsize
+        no_transpose = cublas.CUBLAS_OP_N
+        arguments = [
+            (
+                no_transpose,
+                no_transpose,
+                call.m,
+                call.n,
+                call.k,
+                one.ctypes.data,
+                b.data.ptr + call.offset_b * item,
+                call.lda,
+                call.stride_a,
+                a.data.ptr + call.offset_a * item,
+                call.ldb,
+                call.stride_b,
+                zero.ctypes.data,
+                out.data.ptr + call.offset_out * item,
+                call.ldc,
+                call.stride_c,
+                call.batch,
+            )
+            for call in calls
+        ]
+        stream = self.xp.cuda.get_current_stream().ptr
+        host_scalars = cublas.CUBLAS_POINTER_MODE_HOST
+        get_handle = self.xp.cuda.device.get_cublas_handle
+
+        def run() -> None:
+            # the handle is CuPy's, shared with its own calls: set its stream and mode every time
+            handle = get_handle()
+            cublas.setStream(handle, stream)
+            cublas.setPointerMode(handle, host_scalars)
+            for args in arguments:
+                strided_batched(handle, *args)
+
+        # the operands' memory must outlive the calls: the closure holds the arrays
+        run.operands = (a, b, out)  # type: ignore[attr-defined]
+        return run
 
     # -- kernels -----------------------------------------------------------------------
     def _function(self, name: str) -> Any:
@@ -145,8 +248,49 @@ class CupyDevice:
         else:
             function(grid, block, args, shared_mem=shared_mem)
 
+    def prepare(
+        self, name: str, grid: tuple[int, ...], block: tuple[int, ...], args: tuple, *, shared_mem: int = 0
+    ) -> Callable[[int], None]:
+        function = self._function(name)
+        self._allow_shared_memory(name, function, shared_mem)
+        values, step = pack_kernel_arguments(args)
+        params = (ctypes.c_void_p * len(values))(*(ctypes.addressof(v) for v in values))
+        grid3 = (*grid, 1, 1)[:3]
+        block3 = (*block, 1, 1)[:3]
+        pointer = function.kernel.ptr
+        stream = self.xp.cuda.get_current_stream().ptr
+        launch_kernel = self._driver.launchKernel
+
+        def launch(s: int) -> None:
+            step.value = s  # the driver copies the parameters at the launch
+            launch_kernel(pointer, *grid3, *block3, shared_mem, stream, ctypes.addressof(params), 0)
+
+        launch.keep = (values, params, args)  # type: ignore[attr-defined]
+        return launch
+
     def max_active_blocks(self, name: str, threads: int, shared_mem: int) -> int:
         function = self._function(name)
         self._allow_shared_memory(name, function, shared_mem)
         driver = self.xp.cuda.driver
         return int(driver.occupancyMaxActiveBlocksPerMultiprocessor(function.kernel.ptr, threads, shared_mem))
+
+
+def pack_kernel_arguments(args: tuple) -> tuple[list[Any], Any]:
+    """The ctypes values of a kernel's arguments (device arrays by address, np.int32 as int32) and the STEP slot."""
+    values: list[Any] = []
+    step = None
+    for a in args:
+        if a is _kernels.STEP:
+            if step is not None:
+                raise ValueError("a prepared launch takes one STEP argument")
+            step = ctypes.c_int32(0)
+            values.append(step)
+        elif isinstance(a, np.int32):
+            values.append(ctypes.c_int32(int(a)))
+        elif hasattr(a, "data") and hasattr(a.data, "ptr"):
+            values.append(ctypes.c_void_p(a.data.ptr))
+        else:
+            raise TypeError(f"unexpected kernel argument type {type(a).__name__}")
+    if step is None:
+        raise ValueError("a prepared launch needs one STEP argument")
+    return values, step

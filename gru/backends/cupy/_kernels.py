@@ -38,6 +38,17 @@ def resident_max_threads(dtype: str, chunk: int) -> int:
     return 256 if weight_registers > 48 else 512
 
 
+class _Step:
+    """The type of :data:`STEP`."""
+
+    def __repr__(self) -> str:
+        return "STEP"
+
+
+#: In the arguments of a prepared launch (``Device.prepare``), the int32 argument each call sets:
+#: the time step of a per-step kernel.
+STEP = _Step()
+
 #: Options for NVRTC (CuPy adds the target architecture and ``-ftz=true``).
 NVRTC_OPTIONS = ("--std=c++17",)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from gru.backends.cupy import _kernels
-from gru.backends.cupy._plans import PersistentPlan, ResidentPlan, padded_hidden
+from gru.backends.cupy._plans import PersistentPlan, ResidentPlan, padded_hidden, stepwise_splits
 
 #: Threads per block of the per-step gate kernels, and how many blocks per multiprocessor at most.
 STEPWISE_THREADS = 256
@@ -121,28 +121,60 @@ def run_fused(device, packed, plan, *, gx, h0, lengths, steps, output, h_n, gate
     i32 = np.int32
     gates_arg, has_gates = _gates_args(gates, placeholder)
     tail = (i32(T), i32(B), i32(H), i32(Hp), i32(D), i32(stages))
+    step = _kernels.STEP
+
+    def args(h_in, hcur, hnext, rh_arg, z_arg) -> tuple:
+        """The kernel's arguments: the product reads h_in, the gates hcur; hnext receives h_t."""
+        return (
+            gx,
+            w_hh,
+            packed.b_hn,
+            lengths,
+            h_in,
+            hcur,
+            hnext,
+            rh_arg,
+            z_arg,
+            output,
+            gates_arg,
+            has_gates,
+            step,
+            *tail,
+        )
+
+    # each step's launches are prepared once per state parity (h_{t-1} in hbuf[0] or hbuf[1])
     if reset_after:
         ((kernel, smem),) = kernels
+        launches = [
+            device.prepare(kernel, grid, block, args(hcur, hcur, hnext, placeholder, placeholder), shared_mem=smem)
+            for hcur, hnext in (states, states[::-1])
+        ]
         for s in range(steps):
-            hcur, hnext = states[s % 2], states[(s + 1) % 2]
-            args = (gx, w_hh, packed.b_hn, lengths, hcur, hcur, hnext, placeholder, placeholder, output, gates_arg)
-            device.launch(kernel, grid, block, (*args, has_gates, i32(s), *tail), shared_mem=smem)
+            launches[s % 2](s)
     else:
         (kernel_rz, smem_rz), (kernel_n, smem_n) = kernels
         rh = xp.zeros((D, B, Hp), dtype)  # its pads stay zero: the second half's product reads them
         z = xp.empty((D, B, Hp), dtype)
+        halves = [
+            (
+                device.prepare(kernel_rz, grid, block, args(hcur, hcur, hnext, rh, z), shared_mem=smem_rz),
+                device.prepare(kernel_n, grid, block, args(rh, hcur, hnext, placeholder, z), shared_mem=smem_n),
+            )
+            for hcur, hnext in (states, states[::-1])
+        ]
         for s in range(steps):
-            hcur, hnext = states[s % 2], states[(s + 1) % 2]
-            args = (gx, w_hh, packed.b_hn, lengths, hcur, hcur, hnext, rh, z, output, gates_arg)
-            device.launch(kernel_rz, grid, block, (*args, has_gates, i32(s), *tail), shared_mem=smem_rz)
-            args = (gx, w_hh, packed.b_hn, lengths, rh, hcur, hnext, placeholder, z, output, gates_arg)
-            device.launch(kernel_n, grid, block, (*args, has_gates, i32(s), *tail), shared_mem=smem_n)
+            first, second = halves[s % 2]
+            first(s)
+            second(s)
     h_n[...] = states[steps % 2][:, :, :H]
     return None
 
 
 def run_stepwise(device, packed, plan, *, gx, h0, lengths, steps, output, h_n, gates, reset_after, placeholder):
-    """Per step: cuBLAS for the recurrent product, one fused kernel for the gates (two each for reset-before)."""
+    """Per step: cuBLAS for the recurrent product (split along K at small batch), one fused kernel for the gates.
+
+    Reset-before takes two products and two kernels per step.
+    """
     xp = device.xp
     D, B, H = h0.shape
     T = output.shape[0]
@@ -155,40 +187,56 @@ def run_stepwise(device, packed, plan, *, gx, h0, lengths, steps, output, h_n, g
     i32 = np.int32
     gates_arg, has_gates = _gates_args(gates, placeholder)
     tail = (i32(T), i32(B), i32(H), i32(D))
+
+    def splits(gate_rows: int) -> int:
+        return stepwise_splits(batch=B, hidden_size=H, gate_rows=gate_rows, sm_count=device.sm_count)
+
+    states = (hbuf[0], hbuf[1])
+    common = (gates_arg, has_gates, _kernels.STEP, *tail)  # the arguments every gate kernel ends with
+    # everything a step launches is prepared once per state parity (h_{t-1} in hbuf[0] or hbuf[1]):
+    # a step then costs the GPU's time, not Python's
     if reset_after:
         w_hh_t = packed.w_hh_t()
-        gh = xp.empty((D, B, 3 * H), dtype)
+        gh = xp.empty((splits(3), D, B, 3 * H), dtype)
         kernel = _kernels.stepwise_name("gru_step_after", name)
-        for s in range(steps):
-            hcur, hnext = hbuf[s % 2], hbuf[(s + 1) % 2]
-            device.matmul(hcur, w_hh_t, out=gh)
-            device.launch(
-                kernel,
-                grid,
-                block,
-                (gx, gh, packed.b_hn, lengths, hcur, hnext, output, gates_arg, has_gates, i32(s), *tail),
+        plans = [
+            (
+                device.prepare_split_matmul(hcur, w_hh_t, gh),
+                device.prepare(
+                    kernel, grid, block, (gx, gh, packed.b_hn, lengths, hcur, hnext, output, *common, i32(len(gh)))
+                ),
             )
+            for hcur, hnext in (states, states[::-1])
+        ]
+        for s in range(steps):
+            product, gate = plans[s % 2]
+            product()
+            gate(s)
     else:
         w_rz_t, w_n_t = packed.w_rz_t(), packed.w_n_t()
-        gh_rz = xp.empty((D, B, 2 * H), dtype)
-        gh_n = xp.empty((D, B, H), dtype)
+        gh_rz = xp.empty((splits(2), D, B, 2 * H), dtype)
+        gh_n = xp.empty((splits(1), D, B, H), dtype)
         rh = xp.empty((D, B, H), dtype)
         z = xp.empty((D, B, H), dtype)
         kernel_rz = _kernels.stepwise_name("gru_step_before_rz", name)
         kernel_n = _kernels.stepwise_name("gru_step_before_n", name)
+        product_n = device.prepare_split_matmul(rh, w_n_t, gh_n)
+        plans = [
+            (
+                device.prepare_split_matmul(hcur, w_rz_t, gh_rz),
+                device.prepare(kernel_rz, grid, block, (gx, gh_rz, lengths, hcur, rh, z, *common, i32(len(gh_rz)))),
+                device.prepare(
+                    kernel_n, grid, block, (gx, gh_n, lengths, hcur, z, hnext, output, *common, i32(len(gh_n)))
+                ),
+            )
+            for hcur, hnext in (states, states[::-1])
+        ]
         for s in range(steps):
-            hcur, hnext = hbuf[s % 2], hbuf[(s + 1) % 2]
-            device.matmul(hcur, w_rz_t, out=gh_rz)
-            device.launch(
-                kernel_rz, grid, block, (gx, gh_rz, lengths, hcur, rh, z, gates_arg, has_gates, i32(s), *tail)
-            )
-            device.matmul(rh, w_n_t, out=gh_n)
-            device.launch(
-                kernel_n,
-                grid,
-                block,
-                (gx, gh_n, lengths, hcur, z, hnext, output, gates_arg, has_gates, i32(s), *tail),
-            )
+            product_rz, gate_rz, gate_n = plans[s % 2]
+            product_rz()
+            gate_rz(s)
+            product_n()
+            gate_n(s)
     h_n[...] = hbuf[steps % 2]
     return None
 

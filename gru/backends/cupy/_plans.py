@@ -45,6 +45,14 @@ PERSISTENT_L2_FRACTION = 0.6
 #: won only at H=256 up to 128 sequences (benchmarks/RESULTS.md). The current one is untimed.
 LARGE_BATCH_PATH = "stepwise"
 
+#: The stepwise path splits a step's recurrent product along K into up to this many partial products
+#: (a power of two) while it has fewer output tiles than the GPU has multiprocessors ...
+STEPWISE_MAX_SPLITS = 8
+#: ... keeping at least this many columns of K in each part,
+STEPWISE_MIN_SPLIT_COLUMNS = 128
+#: counting tiles of this many rows and columns (cuBLAS's tile for such products is its own choice).
+GEMM_TILE = 128
+
 #: Force a path: "resident", "persistent", "fused", "stepwise" or "auto" (the default).
 PATH_ENV_VAR = "GRU_CUPY_PATH"
 PATHS = ("auto", "resident", "persistent", "fused", "stepwise")
@@ -116,6 +124,26 @@ def plan_resident(*, hidden_size: int, dtype: str, reset_after: bool, elements: 
                 padded_hidden=padded_hidden(H, itemsize),
             )
     return f"the recurrent weights of {H} units do not fit in one block's registers for {dtype}"
+
+
+def stepwise_splits(*, batch: int, hidden_size: int, gate_rows: int, sm_count: int) -> int:
+    """How many partial products (split K) the stepwise path computes one step's recurrent product as.
+
+    The product (batch x H) @ (H x gate_rows*H) has about
+    ``ceil(batch/128) * ceil(gate_rows*H/128)`` output tiles; at small batch that
+    leaves most multiprocessors idle, and each doubling of the splits doubles the
+    tiles (the gate kernel then adds the parts).
+    """
+    tiles = -(-batch // GEMM_TILE) * -(-gate_rows * hidden_size // GEMM_TILE)
+    splits = 1
+    while (
+        splits < STEPWISE_MAX_SPLITS
+        and tiles * splits < sm_count
+        and hidden_size % (2 * splits) == 0
+        and hidden_size // (2 * splits) >= STEPWISE_MIN_SPLIT_COLUMNS
+    ):
+        splits *= 2
+    return splits
 
 
 def padded_hidden(hidden_size: int, itemsize: int) -> int:

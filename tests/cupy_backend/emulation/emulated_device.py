@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from gru.backends.cupy import _kernels
+from gru.backends.cupy._gemm import split_matmul_reference
 
 HERE = Path(__file__).parent
 GUARD = 64  # bytes on each side of a guarded argument
@@ -133,6 +134,20 @@ class EmulatedDevice:
 
     def matmul(self, a, b, out=None):
         return np.matmul(a, b, out=out)
+
+    def split_matmul(self, a, b, out):
+        return split_matmul_reference(np, a, b, out)
+
+    def prepare_split_matmul(self, a, b, out):
+        return lambda: split_matmul_reference(np, a, b, out)
+
+    def prepare(self, name, grid, block, args, *, shared_mem=0):
+        (at,) = [i for i, a in enumerate(args) if a is _kernels.STEP]
+
+        def launch(step: int) -> None:
+            self.launch(name, grid, block, (*args[:at], np.int32(step), *args[at + 1 :]), shared_mem=shared_mem)
+
+        return launch
 
     def max_active_blocks(self, name: str, threads: int, shared_mem: int) -> int:
         return self.blocks_per_sm if shared_mem <= self.smem_per_block else 0

@@ -131,8 +131,9 @@ def test_shared_memory_formula_matches_the_kernel_layout():
     ("B", "H", "gate_rows", "expected"),
     [
         (256, 512, 3, 4),  # 24 tiles: 4 parts of 128 columns (8 would leave 64)
-        (32, 2048, 3, 4),  # 48 tiles: 2 parts make 96, still short of 132; 4 make 192
-        (1024, 1024, 3, 1),  # 192 tiles already
+        (32, 2048, 3, 8),  # 48 tiles: 4 parts make 192, still short of 2 per multiprocessor
+        (1024, 1024, 3, 2),  # 192 tiles: 2 parts make 384
+        (2048, 2048, 3, 1),  # 768 tiles already
         (64, 256, 3, 2),  # 6 tiles, but 256 columns make only 2 parts of 128
         (64, 256, 1, 2),
         (8, 4096, 1, 8),  # 32 tiles: the most parts

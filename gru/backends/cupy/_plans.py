@@ -26,8 +26,9 @@ from gru.backends.cupy import _kernels
 #: sequence's state in every block each step (measured: at H=1024 and 64 sequences the persistent
 #: kernel took 6.0 ms per 100 steps, the stepwise path 4.3).
 PERSISTENT_MAX_BATCH = 16
-#: ... and up to this size when every recurrent weight stays on chip (H=1024, 32 sequences: 3.2 ms
-#: persistent against 4.2 stepwise; H=2048, 32 sequences, partly from L2: 30.7 ms against 23.2).
+#: ... and up to this size when every recurrent weight stays on chip. Measured at 32 sequences,
+#: 100 steps, since the stepwise path's steps became GPU-bound: H=256 1.51 ms persistent against
+#: 2.34 stepwise, H=512 1.94 against 1.98, H=1024 3.39 against 2.50 (benchmarks/RESULTS.md).
 PERSISTENT_MAX_BATCH_ON_CHIP = 32
 #: The fewest hidden units one persistent block owns. Fewer units per block spreads W_hh over
 #: more multiprocessors (less shared memory and work per block per step) but makes the per-step
@@ -40,9 +41,9 @@ PERSISTENT_THREADS = 256
 #: loaded with the evict_last policy so that they stay there from step to step (the others
 #: stream through with evict_first).
 PERSISTENT_L2_FRACTION = 0.6
-#: The path "auto" takes above the persistent kernel's batches: "stepwise" or "fused". The first
-#: fused kernel lost to stepwise at H=1024 and at (H=512, 256 sequences): 7.6 against 6.0 ms; it
-#: won only at H=256 up to 128 sequences (benchmarks/RESULTS.md). The current one is untimed.
+#: The path "auto" takes above the persistent kernel's batches: "stepwise" or "fused". The fused
+#: kernel lost to the stepwise path at every point of the crossover grid on an H100 (H=256 with
+#: 256 sequences: 3.33 against 1.90 ms; benchmarks/RESULTS.md).
 LARGE_BATCH_PATH = "stepwise"
 
 #: The stepwise path splits a step's recurrent product along K into up to this many partial products

@@ -16,15 +16,16 @@ Per layer (both directions together):
      grid-wide barrier once per step (twice for reset-before). Rows that do not
      fit on chip are read from global memory inside the same kernel.
      See ``kernels/gru_persistent.cu``.
-   * **stepwise** (large batch): per step one cuBLAS GEMM (batched over the
-     directions) and one gate kernel (two of each for reset-before).
-     See ``kernels/gru_stepwise.cu``.
+   * **stepwise** (large batch): per step one cuBLAS GEMM (split along K into
+     partial products where one product has too few tiles for the GPU; see
+     ``_gemm.py``) and one gate kernel that adds the parts (two of each for
+     reset-before), all prepared once per call. See ``kernels/gru_stepwise.cu``.
    * **fused** (when forced, or named by :data:`LARGE_BATCH_PATH`): per step
      ONE kernel that computes the step's recurrent product in tiles of units x
      sequences sized to the batch and applies the gate math to the sums in
-     registers (two kernels for reset-before). Its current version (a ring of
-     cp.async tile buffers) has not yet been timed on a GPU; the first version
-     was slower than the stepwise path. See ``kernels/gru_fused.cu``.
+     registers (two kernels for reset-before), from a ring of cp.async tile
+     buffers. Measured slower than the stepwise path wherever it was timed on
+     an H100. See ``kernels/gru_fused.cu``.
 
 Nothing in the time loop is an element-wise CuPy expression: every per-step
 operation is a cuBLAS call or one of our kernels.

@@ -43,12 +43,13 @@ class Device(Protocol):
     def matmul(self, a: Any, b: Any, out: Any | None = None) -> Any:
         """``a @ b`` (batched over leading axes), into ``out`` when given."""
 
-    def split_matmul(self, a: Any, b: Any, out: Any) -> Any:
+    def prepare_split_matmul(self, a: Any, b: Any, out: Any) -> Callable[[], None]:
         """``a`` (D, M, K) @ ``b`` (D, K, N) as S = ``out.shape[0]`` partial products over chunks of K.
 
         ``out[s]`` (D, M, N) gets the product over columns ``s*K/S`` to
         ``(s+1)*K/S`` of ``a`` (the same rows of ``b``); they sum to ``a @ b``.
-        S divides K. Returns ``out``.
+        S divides K. The call is worked out once and returned; each call of the
+        result computes the products anew from the arrays' current contents.
         """
 
     def launch(
@@ -71,9 +72,6 @@ class Device(Protocol):
         ``args`` holds :data:`~gru.backends.cupy._kernels.STEP` once, where the
         kernel takes its int32 step number; calling the result with a step launches.
         """
-
-    def prepare_split_matmul(self, a: Any, b: Any, out: Any) -> Callable[[], None]:
-        """``split_matmul(a, b, out)`` with its arguments worked out once; each call computes it anew."""
 
     def max_active_blocks(self, name: str, threads: int, shared_mem: int) -> int:
         """How many blocks of ``name`` fit on one multiprocessor at once."""
@@ -130,16 +128,12 @@ class CupyDevice:
         gemm()
         return out
 
-    def split_matmul(self, a: Any, b: Any, out: Any) -> Any:
-        self.prepare_split_matmul(a, b, out)()
-        return out
-
     def prepare_split_matmul(self, a: Any, b: Any, out: Any) -> Callable[[], None]:
         gemm = self._gemm(a, b, out)
         return gemm if gemm is not None else lambda: split_matmul_reference(self.xp, a, b, out)
 
     def _gemm(self, a: Any, b: Any, out: Any) -> Callable[[], None] | None:
-        """``split_matmul`` as prepared cuBLAS calls; None where the operands are not canonical."""
+        """``prepare_split_matmul`` through cuBLAS; None where the operands are not canonical."""
         gemm = self._gemms.get(a.dtype)
         if not (
             gemm is not None

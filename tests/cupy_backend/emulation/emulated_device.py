@@ -135,9 +135,6 @@ class EmulatedDevice:
     def matmul(self, a, b, out=None):
         return np.matmul(a, b, out=out)
 
-    def split_matmul(self, a, b, out):
-        return split_matmul_reference(np, a, b, out)
-
     def prepare_split_matmul(self, a, b, out):
         return lambda: split_matmul_reference(np, a, b, out)
 

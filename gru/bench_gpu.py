@@ -22,7 +22,8 @@ Results go to the JSON file after every shape (a run stopped by its time
 budget still leaves what it measured) and a table is printed at the end.
 
 ``--sweep`` also times the persistent kernel over its layout knobs (units per
-block, threads per block, share of L2) on every shape it can run, and
+block, threads per block, share of L2) on every shape it can run, the resident
+kernel in both layouts of W_hh where both fit, and
 ``--crossover`` every path over a grid of batch sizes, for tuning the path rule.
 """
 
@@ -237,6 +238,7 @@ def sweep_shape(shape, repeats: int, warmup: int) -> list[dict[str, Any]]:
                 "cpu_us": float(np.median(timing.cpu_times)) * 1e6,
             }
         )
+    rows += sweep_resident_layouts(layer, x, backend, repeats, warmup)
     if B > 32:
         return rows
     with forced_path("persistent"):
@@ -271,6 +273,40 @@ def sweep_shape(shape, repeats: int, warmup: int) -> list[dict[str, Any]]:
                     setattr(backend, k, v)
             rows.append(row)
     return rows
+
+
+def sweep_resident_layouts(layer, x, backend, repeats: int, warmup: int) -> list[dict[str, Any]]:
+    """The resident path in both layouts of W_hh (chunks of three rows, or a row, per thread), where both can run."""
+    from gru.backends.cupy import _plans
+
+    T, B, _ = x.shape
+    H = layer.hidden_size
+    plans = {
+        rows: _plans.plan_resident(
+            hidden_size=H, dtype="float32", reset_after=True, elements=T * B * 3 * H, row_per_thread=rows
+        )
+        for rows in (False, True)
+    }
+    if not all(isinstance(p, _plans.ResidentPlan) for p in plans.values()) or not plans[True].row_per_thread:
+        return []
+    out = []
+    saved = backend.resident_row_per_thread
+    try:
+        with forced_path("resident"):
+            for rows, plan in plans.items():
+                backend.resident_row_per_thread = rows
+                times = time_events(lambda: layer(x), repeats, cupy_events, warmup)
+                out.append(
+                    {
+                        "knobs": {"resident_row_per_thread": rows},
+                        "kernel": plan.kernel,
+                        "threads": plan.threads,
+                        "median_ms": statistics.median(times),
+                    }
+                )
+    finally:
+        backend.resident_row_per_thread = saved
+    return out
 
 
 #: (hidden size, batch sizes) of --crossover, 100 steps, input size = hidden size
@@ -402,7 +438,7 @@ def run_from_args(args: argparse.Namespace) -> int:
                     timing = f"GPU {row['gpu_us']:9.1f} us  CPU {row['cpu_us']:7.1f} us"
                 else:
                     timing = f"{row['median_ms']:9.3f} ms" if "median_ms" in row else row.get("error", "")
-                where = {k: row[k] for k in ("blocks", "units", "cached", "l2_rows") if k in row}
+                where = {k: row[k] for k in ("blocks", "units", "cached", "l2_rows", "kernel", "threads") if k in row}
                 print(f"sweep {shape!s:<24} {row.get('knobs')!s:<36} {where!s:<56} {timing}")
     if args.crossover:
         report["crossover"] = crossover(args.repeats, args.warmup)

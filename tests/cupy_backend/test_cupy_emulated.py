@@ -140,6 +140,69 @@ def test_resident_kernel_stress(emulator_library, monkeypatch, H, dtype, reset_a
     assert launched[-1] == (p.kernel, (B, 2, 1), (p.threads,), p.shared_mem)
 
 
+@pytest.mark.parametrize("H", [5, 37, 64, 100, 128])
+def test_resident_row_per_thread_kernel_stress(emulator_library, monkeypatch, H):
+    """The row-per-thread layout (float32, reset-after), where the backend is told to take it."""
+    monkeypatch.delenv(PATH_ENV_VAR, raising=False)
+    backend = emulated_backend(emulator_library)
+    backend.resident_row_per_thread = True
+    rng = np.random.default_rng(H)
+    T, B = 5, 3
+    layer = gru.GRU(4, H, 2, bidirectional=True, dtype="float32", backend=backend, seed=rng)
+    x = rng.standard_normal((T, B, 4)).astype("float32")
+    h0 = rng.standard_normal((4, B, H)).astype("float32")
+    assert_matches_oracle(layer, x, h0, np.array([T, 0, 2]), 1e-5)
+    assert backend.last_paths == ("resident", "resident")
+    columns = 64 if H <= 64 else 128
+    launched = [launch for launch in backend.device.launches if launch[0].startswith("gru_resident")]
+    assert launched[-1] == (
+        _kernels.resident_rows_name(columns),
+        (B, 2, 1),
+        (-(-3 * H // 32) * 32,),
+        (columns + 3 * H) * 4,
+    )
+
+
+@pytest.mark.parametrize(("dtype", "reset_after"), [("float32", False), ("float64", True)])
+def test_resident_row_per_thread_is_only_for_float32_reset_after(emulator_library, monkeypatch, dtype, reset_after):
+    monkeypatch.delenv(PATH_ENV_VAR, raising=False)
+    backend = emulated_backend(emulator_library)
+    backend.resident_row_per_thread = True
+    rng = np.random.default_rng(1)
+    layer = gru.GRU(4, 16, reset_after=reset_after, dtype=dtype, backend=backend, seed=rng)
+    x = rng.standard_normal((3, 2, 4)).astype(dtype)
+    assert_matches_oracle(layer, x, np.zeros((1, 2, 16), dtype), None, 1e-5 if dtype == "float32" else 1e-12)
+    launched = {launch[0] for launch in backend.device.launches}
+    assert not any(name.startswith("gru_resident_rows") for name in launched)
+    assert any(name.startswith("gru_resident<") for name in launched)
+
+
+def test_the_gpu_sweep_times_both_resident_layouts(emulator_library, monkeypatch):
+    """gru bench-gpu --sweep's resident rows, run on the emulation with a stand-in for the CUDA-event timer."""
+    from gru import bench_gpu
+
+    monkeypatch.delenv(PATH_ENV_VAR, raising=False)
+    timed = []
+
+    def one_run(run, repeats, events, warmup=0):
+        run()
+        timed.append(backend.last_paths)
+        return [1.0]
+
+    monkeypatch.setattr(bench_gpu, "time_events", one_run)
+    backend = emulated_backend(emulator_library)
+    layer = gru.GRU(4, 32, dtype="float32", backend=backend, seed=0)
+    x = np.random.default_rng(0).standard_normal((3, 1, 4)).astype("float32")
+    backend.device.launches.clear()
+    rows = bench_gpu.sweep_resident_layouts(layer, x, backend, repeats=1, warmup=0)
+    assert [row["knobs"] for row in rows] == [{"resident_row_per_thread": False}, {"resident_row_per_thread": True}]
+    assert [launch[0] for launch in backend.device.launches] == [row["kernel"] for row in rows]
+    assert rows[1]["kernel"] == _kernels.resident_rows_name(64) and timed == [("resident",)] * 2
+    assert backend.resident_row_per_thread is False  # put back
+    wide = gru.GRU(4, 200, dtype="float32", backend=backend, seed=0)  # too wide for a row per thread
+    assert bench_gpu.sweep_resident_layouts(wide, x, backend, repeats=1, warmup=0) == []
+
+
 FUSED_STRESS_CASES = [
     # H, B, dtype: every tile, unit blocks and product tiles cut short, several sequence blocks
     pytest.param(5, 3, "float32", id="16x32-tile-one-short-unit-block"),

@@ -145,3 +145,20 @@ def test_stepwise_splits_fill_the_multiprocessors(B, H, gate_rows, expected):
     splits = _plans.stepwise_splits(batch=B, hidden_size=H, gate_rows=gate_rows, sm_count=132)
     assert splits == expected
     assert H % splits == 0 and (splits == 1 or H // splits >= _plans.STEPWISE_MIN_SPLIT_COLUMNS)
+
+
+@pytest.mark.parametrize(("H", "columns", "threads"), [(1, 64, 32), (64, 64, 192), (65, 128, 224), (128, 128, 384)])
+def test_row_per_thread_resident_plan(H, columns, threads):
+    p = plan_resident(hidden_size=H, dtype="float32", reset_after=True, elements=10, row_per_thread=True)
+    assert p.row_per_thread and p.kernel == _kernels.resident_rows_name(columns)
+    assert (p.chunk, p.threads, p.lanes_per_unit) == (columns, threads, 1)
+    assert p.threads >= 3 * H and p.shared_mem == (columns + 3 * H) * 4
+
+
+@pytest.mark.parametrize(
+    ("H", "dtype", "reset_after"), [(129, "float32", True), (64, "float64", True), (64, "float32", False)]
+)
+def test_row_per_thread_falls_back_to_the_chunked_layout(H, dtype, reset_after):
+    p = plan_resident(hidden_size=H, dtype=dtype, reset_after=reset_after, elements=10, row_per_thread=True)
+    default = plan_resident(hidden_size=H, dtype=dtype, reset_after=reset_after, elements=10)
+    assert p == default and (not isinstance(p, ResidentPlan) or not p.row_per_thread)

@@ -28,6 +28,10 @@ DTYPES = {"float32": "float", "float64": "double"}
 RESIDENT_CHUNKS = {"float32": (8, 64), "float64": (4, 32)}
 
 
+#: Columns per row the row-per-thread resident kernel (float32, reset-after) is instantiated for.
+RESIDENT_ROW_COLUMNS = (64, 128)
+
+
 def resident_max_threads(dtype: str, chunk: int) -> int:
     """The register-resident kernel's thread bound for ``chunk`` columns per thread (its ``__launch_bounds__``).
 
@@ -78,6 +82,11 @@ def stepwise_name(kernel: str, dtype: str) -> str:
 def resident_name(dtype: str, chunk: int, reset_after: bool) -> str:
     """The name expression of one register-resident kernel instance."""
     return f"gru_resident<{DTYPES[dtype]}, {chunk}, {'true' if reset_after else 'false'}>"
+
+
+def resident_rows_name(columns: int) -> str:
+    """The name expression of one row-per-thread resident kernel instance (float32, reset-after)."""
+    return f"gru_resident_rows<{columns}>"
 
 
 #: The fused kernel's tiles, (unit groups UG, sequences per lane SPL), largest first: a block of
@@ -136,7 +145,8 @@ RESIDENT = KernelFile(
         for dtype in DTYPES
         for chunk in RESIDENT_CHUNKS[dtype]
         for reset_after in (True, False)
-    ),
+    )
+    + tuple(resident_rows_name(columns) for columns in RESIDENT_ROW_COLUMNS),
 )
 FUSED = KernelFile(
     "gru_fused.cu",

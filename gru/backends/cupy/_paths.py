@@ -51,8 +51,9 @@ def run_resident(
         i32(H),
         i32(plan.padded_hidden),
         i32(D),
-        i32(plan.ks_log2),
     )
+    if not plan.row_per_thread:
+        args += (i32(plan.ks_log2),)
     device.launch(plan.kernel, (B, D), (plan.threads,), args, shared_mem=plan.shared_mem)
     return None
 

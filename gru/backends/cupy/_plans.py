@@ -56,6 +56,11 @@ STEPWISE_MIN_SPLIT_COLUMNS = 128
 #: counting tiles of this many rows and columns (cuBLAS's tile for such products is its own choice).
 GEMM_TILE = 128
 
+#: Whether the resident path lays W_hh out a row per thread where it can (float32, reset-after,
+#: H <= 128: gru_resident_rows in kernels/gru_resident.cu) instead of three row chunks per thread.
+#: An experiment, off until it is timed on a GPU (gru bench-gpu --sweep times both layouts).
+RESIDENT_ROW_PER_THREAD = False
+
 #: Force a path: "resident", "persistent", "fused", "stepwise" or "auto" (the default).
 PATH_ENV_VAR = "GRU_CUPY_PATH"
 PATHS = ("auto", "resident", "persistent", "fused", "stepwise")
@@ -94,18 +99,23 @@ class ResidentPlan:
     threads: int
     shared_mem: int  #: dynamic shared memory per block, bytes
     padded_hidden: int  #: the row stride of the padded W_hh the kernel reads
+    row_per_thread: bool = False  #: gru_resident_rows: a whole row of W_hh per thread (chunk = its columns)
 
     @property
     def ks_log2(self) -> int:
         return self.lanes_per_unit.bit_length() - 1
 
 
-def plan_resident(*, hidden_size: int, dtype: str, reset_after: bool, elements: int) -> ResidentPlan | str:
+def plan_resident(
+    *, hidden_size: int, dtype: str, reset_after: bool, elements: int, row_per_thread: bool = False
+) -> ResidentPlan | str:
     """Lay out the register-resident kernel for one layer, or say why it cannot run.
 
     Each hidden unit gets the fewest power-of-two lanes whose chunks of
     ``chunk`` columns cover H; the smallest instantiated chunk that keeps the
     block within its thread bound wins (more lanes, shorter chains per thread).
+    With ``row_per_thread``, float32 reset-after layers of up to 128 units take
+    the row-per-thread kernel instead (3H threads, each a whole row of W_hh).
     ``elements`` is the size of the layer's largest tensor (gx).
     """
     if elements > RESIDENT_MAX_ELEMENTS:
@@ -113,6 +123,18 @@ def plan_resident(*, hidden_size: int, dtype: str, reset_after: bool, elements: 
     H = hidden_size
     itemsize = np.dtype(dtype).itemsize
     width = 16 // itemsize
+    if row_per_thread and dtype == "float32" and reset_after:
+        columns = next((c for c in _kernels.RESIDENT_ROW_COLUMNS if c >= H), None)
+        if columns is not None:
+            return ResidentPlan(
+                kernel=_kernels.resident_rows_name(columns),
+                chunk=columns,
+                lanes_per_unit=1,
+                threads=-(-3 * H // 32) * 32,
+                shared_mem=(columns + 3 * H) * itemsize,  # h, then every row's product
+                padded_hidden=padded_hidden(H, itemsize),
+                row_per_thread=True,
+            )
     for chunk in _kernels.RESIDENT_CHUNKS[dtype]:
         lanes = 1 << max(0, math.ceil(H / chunk) - 1).bit_length()
         threads = -(-H * lanes // 32) * 32

@@ -58,6 +58,7 @@ from gru.backends.cupy._plans import (
     PERSISTENT_MAX_BATCH_ON_CHIP,
     PERSISTENT_MIN_UNITS_PER_BLOCK,
     PERSISTENT_THREADS,
+    RESIDENT_ROW_PER_THREAD,
     PersistentPlan,
     ResidentPlan,
     choose_path,
@@ -157,8 +158,9 @@ class CupyBackend(Backend):
         self.persistent_min_units = PERSISTENT_MIN_UNITS_PER_BLOCK
         self.persistent_threads = PERSISTENT_THREADS
         self.persistent_l2_fraction = PERSISTENT_L2_FRACTION
-        #: whether "auto" takes the register-resident kernel where it fits
+        #: whether "auto" takes the register-resident kernel where it fits, and in which layout
         self.use_resident = True
+        self.resident_row_per_thread = RESIDENT_ROW_PER_THREAD
         self.large_batch_path = LARGE_BATCH_PATH
         self.last_paths: tuple[str, ...] = ()  #: the path each layer of the last call took
         self._constants: dict[tuple, Any] = {}  #: small device arrays reused by every call
@@ -291,6 +293,7 @@ class CupyBackend(Backend):
                     dtype=dtype,
                     reset_after=request.reset_after,
                     elements=T * B * D * 3 * H,
+                    row_per_thread=self.resident_row_per_thread,
                 )
             if forced == "persistent" or (
                 forced == "auto"

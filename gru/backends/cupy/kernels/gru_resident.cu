@@ -227,3 +227,104 @@ __global__ void __launch_bounds__(GRU_RESIDENT_MAX_THREADS(T, KC), 1)
     gru::resident_body<T, KC, RESET_AFTER>(gx, w_hh, b_hn, lengths, h0, h_n, out, gates, has_gates, seq_len, B, H,
                                            Hp, D, ks_log2, smem_raw);
 }
+
+// ---------------------------------------------------------------------------------------------
+// The row-per-thread layout (float, reset-after): thread j holds row j of the direction's W_hh,
+// all HC columns (H padded), in registers; 3H threads, so at H = 128 a block has 12 warps where
+// the layout above has 8, each thread 128 multiply-adds a step instead of 192, and no shuffles.
+// A step: every thread's dot product into shared memory, a barrier, then threads 0..H-1 apply the
+// gate math of their unit and update h in place (h[u] is read and written by thread u alone once
+// the products are made), a barrier. Two barriers a step instead of one; an experiment against
+// the layout above, chosen by ResidentPlan.row_per_thread (see _plans.py).
+// ---------------------------------------------------------------------------------------------
+namespace gru {
+
+template <int HC>
+__device__ __forceinline__ void resident_rows_body(const float* __restrict__ gx, const float* __restrict__ w_hh,
+                                                   const float* __restrict__ b_hn, const int* __restrict__ lengths,
+                                                   const float* __restrict__ h0, float* __restrict__ h_n,
+                                                   float* __restrict__ out, float* __restrict__ gates, int has_gates,
+                                                   int seq_len, int B, int H, int Hp, int D, unsigned char* smem_raw) {
+    const int b = blockIdx.x;
+    const int d = blockIdx.y;
+    const bool reverse = d == 1;
+    const int j = threadIdx.x;  // row j of W_hh: gate j / H, unit j % H
+    const bool has_row = j < 3 * H;
+    const bool owner = j < H;  // the gate math of unit j
+    float* h_s = reinterpret_cast<float*>(smem_raw);  // [HC], zero past H
+    float* a_s = h_s + HC;                            // [3H]: this step's W_hh h_{t-1}, per row
+
+    float w[HC];
+    {
+        const float* row = w_hh + (static_cast<long long>(d) * 3 * H + (has_row ? j : 0)) * Hp;
+#pragma unroll
+        for (int k = 0; k < HC; ++k) w[k] = (has_row && k < H) ? __ldg(row + k) : 0.0f;
+    }
+    for (int k = j; k < HC; k += blockDim.x) h_s[k] = 0.0f;
+    __syncthreads();  // the zero fill is done before h0 lands in it
+    const int len = lengths[b];
+    const float bias_n = owner ? b_hn[d * H + j] : 0.0f;
+    if (owner) h_s[j] = h0[(d * B + b) * H + j];
+    __syncthreads();
+
+    const int gx_stride = B * D * 3 * H;
+    const int out_stride = B * D * H;
+    const int gate_stride = B * H;
+    const int gate_step = gate_stride * seq_len;
+    const int gx_at = (b * D + d) * 3 * H + j;
+    const int out_at = b * D * H + d * H + j;
+    const int gate_at = d * 3 * gate_step + b * H + j;
+    float g_r = 0.0f, g_z = 0.0f, g_n = 0.0f;
+    auto load = [&](int s) {
+        if (owner && s < len) {
+            const float* g = gx + (gx_at + time_index(s, len, reverse) * gx_stride);
+            g_r = __ldg(g);
+            g_z = __ldg(g + H);
+            g_n = __ldg(g + 2 * H);
+        }
+    };
+    load(0);
+    const float4* hv = reinterpret_cast<const float4*>(h_s);
+    for (int s = 0; s < len; ++s) {
+        float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};  // four chains: three warps per scheduler hide the rest
+#pragma unroll
+        for (int i = 0; i < HC / 4; ++i) {
+            const float4 h = hv[i];
+            acc[0] = fmaf(w[4 * i], h.x, acc[0]);
+            acc[1] = fmaf(w[4 * i + 1], h.y, acc[1]);
+            acc[2] = fmaf(w[4 * i + 2], h.z, acc[2]);
+            acc[3] = fmaf(w[4 * i + 3], h.w, acc[3]);
+        }
+        if (has_row) a_s[j] = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+        __syncthreads();  // every product is made (and every read of h_{t-1} done)
+        if (owner) {
+            const int t = time_index(s, len, reverse);
+            const float pre_r = g_r, pre_z = g_z, pre_n = g_n;
+            load(s + 1);  // the next step's projections, long before they are needed
+            const Gates<float> g = gates_after(pre_r, a_s[j], pre_z, a_s[H + j], pre_n, a_s[2 * H + j], bias_n, h_s[j]);
+            h_s[j] = g.h;
+            out[out_at + t * out_stride] = g.h;
+            if (has_gates) {
+                gates[gate_at + t * gate_stride] = g.r;
+                gates[gate_at + t * gate_stride + gate_step] = g.z;
+                gates[gate_at + t * gate_stride + 2 * gate_step] = g.n;
+            }
+        }
+        __syncthreads();  // h_t is whole before the next step's products read it
+    }
+    if (owner) h_n[(d * B + b) * H + j] = h_s[j];
+}
+
+}  // namespace gru
+
+// HC: columns held per row (H rounded up to a multiple of 4, at most HC); 3H threads, at most 384.
+template <int HC>
+__global__ void __launch_bounds__(384, 1)
+    gru_resident_rows(const float* __restrict__ gx, const float* __restrict__ w_hh, const float* __restrict__ b_hn,
+                      const int* __restrict__ lengths, const float* __restrict__ h0, float* __restrict__ h_n,
+                      float* __restrict__ out, float* __restrict__ gates, int has_gates, int seq_len, int B, int H,
+                      int Hp, int D) {
+    GRU_DYNAMIC_SMEM(smem_raw);
+    gru::resident_rows_body<HC>(gx, w_hh, b_hn, lengths, h0, h_n, out, gates, has_gates, seq_len, B, H, Hp, D,
+                                smem_raw);
+}

@@ -192,6 +192,11 @@ def bench_shape(shape, repeats: int, warmup: int) -> dict[str, Any]:
                 timings["gru_" + other] = time_events(run_gru, repeats, cupy_events, warmup)
         except Exception as exc:  # a kernel that does not fit this layer says why
             row[f"gru_{other}_error"] = f"{type(exc).__name__}: {exc}"
+    # the resident kernel's other layout of W_hh, where it can run (off in "auto" until timed)
+    for layout in sweep_resident_layouts(layer, x, backend, repeats, warmup, agreement=agreement):
+        if layout["knobs"]["resident_row_per_thread"]:
+            row["agreement_gru_resident_rows"] = layout["agreement"]
+            timings["gru_resident_rows"] = layout["times_ms"]
 
     row["times_ms"] = timings
     row["median_ms"] = {k: statistics.median(v) for k, v in timings.items()}
@@ -275,8 +280,16 @@ def sweep_shape(shape, repeats: int, warmup: int) -> list[dict[str, Any]]:
     return rows
 
 
-def sweep_resident_layouts(layer, x, backend, repeats: int, warmup: int) -> list[dict[str, Any]]:
-    """The resident path in both layouts of W_hh (chunks of three rows, or a row, per thread), where both can run."""
+def _to_numpy(a) -> np.ndarray:
+    """A host copy of a CuPy (or NumPy) array."""
+    return a.get() if hasattr(a, "get") else np.asarray(a)
+
+
+def sweep_resident_layouts(layer, x, backend, repeats: int, warmup: int, agreement=None) -> list[dict[str, Any]]:
+    """The resident path in both layouts of W_hh (chunks of three rows, or a row, per thread), where both can run.
+
+    ``agreement``, when given, grades each layout's output (a NumPy array) before it is timed.
+    """
     from gru.backends.cupy import _plans
 
     T, B, _ = x.shape
@@ -295,15 +308,16 @@ def sweep_resident_layouts(layer, x, backend, repeats: int, warmup: int) -> list
         with forced_path("resident"):
             for rows, plan in plans.items():
                 backend.resident_row_per_thread = rows
-                times = time_events(lambda: layer(x), repeats, cupy_events, warmup)
-                out.append(
-                    {
-                        "knobs": {"resident_row_per_thread": rows},
-                        "kernel": plan.kernel,
-                        "threads": plan.threads,
-                        "median_ms": statistics.median(times),
-                    }
-                )
+                result: dict[str, Any] = {
+                    "knobs": {"resident_row_per_thread": rows},
+                    "kernel": plan.kernel,
+                    "threads": plan.threads,
+                }
+                if agreement is not None:
+                    result["agreement"] = agreement(_to_numpy(layer(x)[0]))
+                result["times_ms"] = time_events(lambda: layer(x), repeats, cupy_events, warmup)
+                result["median_ms"] = statistics.median(result["times_ms"])
+                out.append(result)
     finally:
         backend.resident_row_per_thread = saved
     return out

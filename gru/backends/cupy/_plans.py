@@ -26,10 +26,13 @@ from gru.backends.cupy import _kernels
 #: sequence's state in every block each step (measured: at H=1024 and 64 sequences the persistent
 #: kernel took 6.0 ms per 100 steps, the stepwise path 4.3).
 PERSISTENT_MAX_BATCH = 16
-#: ... and up to this size when every recurrent weight stays on chip. Measured at 32 sequences,
-#: 100 steps, since the stepwise path's steps became GPU-bound: H=256 1.51 ms persistent against
-#: 2.34 stepwise, H=512 1.94 against 1.98, H=1024 3.39 against 2.50 (benchmarks/RESULTS.md).
+#: ... and up to this size when every recurrent weight stays on chip, while the batch's state
+#: (sequences x hidden units, which every block restages each step) is at most
+#: PERSISTENT_MAX_STATE_ON_CHIP. Measured at 32 sequences, 100 steps, since the stepwise path's
+#: steps became GPU-bound: H=256 1.51 ms persistent against 2.34 stepwise, H=512 1.94 against
+#: 1.98, H=1024 3.39 against 2.50 (benchmarks/RESULTS.md).
 PERSISTENT_MAX_BATCH_ON_CHIP = 32
+PERSISTENT_MAX_STATE_ON_CHIP = 32 * 512
 #: The fewest hidden units one persistent block owns. Fewer units per block spreads W_hh over
 #: more multiprocessors (less shared memory and work per block per step) but makes the per-step
 #: grid barrier wait for more blocks (measured: 4 and 8 the same, 16 up to 17 % slower).
@@ -268,7 +271,8 @@ def choose_path(
     Auto: the register-resident kernel whenever it fits (``resident`` is a
     plan); else the persistent kernel when a co-resident plan exists and the
     batch is at most ``max_batch`` (:data:`PERSISTENT_MAX_BATCH`), or at most
-    ``max_batch_on_chip`` when the plan keeps every weight on chip; otherwise
+    ``max_batch_on_chip`` when the plan keeps every weight on chip and the
+    batch's state has at most :data:`PERSISTENT_MAX_STATE_ON_CHIP` elements; otherwise
     ``large_batch`` (:data:`LARGE_BATCH_PATH`). ``plan`` may be None when the
     batch alone rules the persistent kernel out (no plan is made then: making
     one compiles it), and ``resident`` None when the caller does not consider
@@ -288,6 +292,8 @@ def choose_path(
         return "persistent"
     if isinstance(resident, ResidentPlan):
         return "resident"
-    if isinstance(plan, PersistentPlan) and batch <= (max_batch_on_chip if plan.on_chip else max_batch):
-        return "persistent"
+    if isinstance(plan, PersistentPlan):
+        on_chip = plan.on_chip and batch * plan.padded_hidden <= PERSISTENT_MAX_STATE_ON_CHIP
+        if batch <= max_batch or (on_chip and batch <= max_batch_on_chip):
+            return "persistent"
     return large_batch

@@ -17,6 +17,9 @@ OUT=$(cd "$OUT" && pwd)
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
+# import the installed package (what users get: the compiled extension, the .cu files as package
+# data), not the source tree that the current directory would otherwise put first (Python >= 3.11)
+export PYTHONSAFEPATH=1
 export CUPY_CACHE_DIR=${CUPY_CACHE_DIR:-$OUT/cupy-cache}   # compiled kernels, shared by the steps below
 
 status=0

@@ -2,8 +2,9 @@
 
 :class:`CupyDevice` is the real thing: kernels compiled by NVRTC through
 ``cupy.RawModule`` (lazily, once per process and device), cuBLAS through
-``cupy.matmul`` (straight to ``gemmStridedBatched`` for the canonical operands of
-the time loop), cooperative launches for the persistent kernel. The backend
+``cupy.matmul`` (and straight through ``gemmStridedBatched`` for the products of
+the time loop, prepared once per call), cooperative launches for the persistent
+kernel. The backend
 only talks to this interface, so the test suite can substitute a CPU
 emulation of the same kernels and check the whole backend without a GPU.
 """
@@ -122,11 +123,7 @@ class CupyDevice:
         return self.xp.asnumpy(a)
 
     def matmul(self, a: Any, b: Any, out: Any | None = None) -> Any:
-        gemm = self._gemm(a, b, out[None]) if out is not None else None
-        if gemm is None:
-            return self.xp.matmul(a, b, out=out)
-        gemm()
-        return out
+        return self.xp.matmul(a, b, out=out)
 
     def prepare_split_matmul(self, a: Any, b: Any, out: Any) -> Callable[[], None]:
         gemm = self._gemm(a, b, out)

@@ -4,9 +4,9 @@
 ``cupy.RawModule`` (lazily, once per process and device), cuBLAS through
 ``cupy.matmul`` (and straight through ``gemmStridedBatched`` for the products of
 the time loop, prepared once per call), cooperative launches for the persistent
-kernel. The backend
-only talks to this interface, so the test suite can substitute a CPU
-emulation of the same kernels and check the whole backend without a GPU.
+kernel. The backend only talks to this interface, so the test suite can
+substitute a CPU emulation of the same kernels and check the whole backend
+without a GPU.
 """
 
 from __future__ import annotations

@@ -64,6 +64,8 @@ if [ -n "${GRU_GPU_PROFILE:-}" ] && command -v ncu >/dev/null; then
             --section SourceCounters -k regex:gru_ -s "$skip" -c 1 "$PYTHON" benchmarks/gpu_profile.py "$shape" --path "$path"
     done
 fi
+# the machine code of every kernel instance (nvcc + cuobjdump: no GPU time), for reading offline
+command -v cuobjdump >/dev/null && step sass 120 "$PYTHON" benchmarks/gpu_sass.py "$OUT/sass.txt"
 # GRU_GPU_CHECK_SKIP_CPU=1 leaves them out where GPU time is short
 [ -n "${GRU_GPU_CHECK_SKIP_CPU:-}" ] ||
     step cpu-tests 120 "$PYTHON" -m pytest -q -p no:cacheprovider -rs tests/cupy_backend -k "not test_gpu_"

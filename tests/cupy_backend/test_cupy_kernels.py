@@ -64,15 +64,9 @@ def ptxas_report(log: str) -> list[dict]:
     return [{k: (int(v) if v.isdigit() else v) for k, v in m.groupdict().items()} for m in PTXAS_ENTRY.finditer(log)]
 
 
-def instantiation_unit(kernel_file: _kernels.KernelFile) -> str:
-    """The .cu file plus the address of every template instance the backend launches, so nvcc compiles them all."""
-    refs = "".join(f"    (void*)&{name},\n" for name in kernel_file.names)
-    return f'#include "{kernel_file.filename}"\nvoid* gru_instances[] = {{\n{refs}}};\n'
-
-
 def nvcc_compile(kernel_file: _kernels.KernelFile, arch: str, workdir: Path) -> tuple[int, str]:
     source = workdir / f"{kernel_file.path.stem}_{arch}.cu"
-    source.write_text(instantiation_unit(kernel_file))
+    source.write_text(_kernels.instantiation_unit(kernel_file))
     command = [
         "nvcc",
         "-std=c++17",
@@ -185,3 +179,29 @@ def test_nvrtc_compiles_the_runtime_source_as_cupy_does(compiled, kernel_file, a
     assert "warning" not in log.lower(), log
     assert set(lowered) == set(kernel_file.names), "every name expression must resolve to a kernel"
     _check_ptxas(log, kernel_file, arch)
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
+def test_gpu_sass_script_compiles_every_kernel_file_and_disassembles_it(tmp_path, monkeypatch):
+    """benchmarks/gpu_sass.py with a stand-in cuobjdump (no GPU toolkit's disassembler here): one section per file."""
+    fake = tmp_path / "bin" / "cuobjdump"
+    fake.parent.mkdir()
+    fake.write_text('#!/bin/sh\nfor a; do last=$a; done\necho "sass of $(basename $last): $(wc -c < $last) bytes"\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    script = Path(__file__).parents[2] / "benchmarks" / "gpu_sass.py"
+    outfile = tmp_path / "sass.txt"
+    done = subprocess.run([sys.executable, str(script), str(outfile)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    sections = outfile.read_text().split("==== ")[1:]
+    assert [s.split(" ")[0] for s in sections] == [f.filename for f in _kernels.KERNEL_FILES]
+    for section in sections:
+        size = int(re.search(r"sass of \S+\.cubin: (\d+) bytes", section).group(1))
+        assert size > 1000  # a real cubin reached the disassembler
+
+
+def test_gpu_sass_script_says_what_is_missing(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # neither nvcc nor cuobjdump
+    script = Path(__file__).parents[2] / "benchmarks" / "gpu_sass.py"
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "out.txt")], capture_output=True, text=True)
+    assert done.returncode == 2 and "nvcc and cuobjdump not found" in done.stderr

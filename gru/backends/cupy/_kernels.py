@@ -171,3 +171,10 @@ def source(filename: str) -> str:
         return f"// ---- begin {match.group(1)} ----\n{header}\n// ---- end {match.group(1)} ----"
 
     return _INCLUDE.sub(splice, text)
+
+
+def instantiation_unit(kernel_file: KernelFile) -> str:
+    """A translation unit for ``nvcc``: the .cu file plus the address of every template instance the backend
+    launches, so that an offline compile builds exactly those (CuPy asks NVRTC for them by name instead)."""
+    refs = "".join(f"    (void*)&{name},\n" for name in kernel_file.names)
+    return f'#include "{kernel_file.filename}"\nvoid* gru_instances[] = {{\n{refs}}};\n'

@@ -17,6 +17,26 @@ def no_env_backend(monkeypatch):
     monkeypatch.delenv("GRU_BACKEND", raising=False)
 
 
+@pytest.fixture(autouse=True)
+def cython_teams_at_every_size():
+    """The Cython kernels give every call the team it asks for (16 units a thread at least).
+
+    Below a measured size a call would run on one thread (_kernels.team_for);
+    the tests' layers are that small, and must still run the teams' code: the
+    barriers, the panels, the weight-gradient parts. test_cython_backend.py
+    checks the rule itself with its production values.
+    """
+    try:
+        from gru.backends.cython import _kernels
+    except ImportError:  # no compiled extension: nothing to set
+        yield None
+        return
+    production = _kernels.unit_split_minimum()
+    _kernels.use_unit_split_work(0)
+    yield production
+    _kernels.use_unit_split_work(production)
+
+
 @pytest.fixture
 def torch():
     """PyTorch, seeded; the test is skipped where it is not installed (it is optional)."""

@@ -79,6 +79,32 @@ def test_whole_sequence_projection_in_row_chunks_or_one_gemm_matches_the_oracle(
     assert_training_matches_oracle(layer, x, rng, lengths=np.array([9, 5]), threads=threads)
 
 
+@pytest.mark.parametrize(
+    ("H", "B", "threads", "team"),
+    [
+        (32, 1, 2, 1),  # 1,536 multiply-adds a thread a step: one thread 0.074 ms, two 0.105
+        (32, 4, 2, 1),  # 6,144
+        (32, 8, 2, 2),  # 12,288
+        (32, 16, 2, 2),  # 8 sequences a thread: split by sequence, no barrier per step
+        (64, 1, 2, 1),  # 6,144
+        (64, 2, 2, 2),
+        (96, 1, 2, 2),
+        (128, 1, 8, 5),  # 25 units and 9,600 multiply-adds a thread
+        (512, 1, 8, 8),
+        (16, 1, 8, 1),
+    ],
+)
+def test_team_size_leaves_small_unit_splits_to_fewer_threads(cython_teams_at_every_size, H, B, threads, team):
+    """Split by unit, a thread takes at least 8,192 multiply-adds of each step's product."""
+    from gru.backends.cython import _kernels
+
+    _kernels.use_unit_split_work(cython_teams_at_every_size)  # the production rule (the fixture restores)
+    assert _kernels.unit_split_minimum() == 8192
+    assert _kernels.team_size(threads, H, B, 4) == team
+    _kernels.use_unit_split_work(0)  # every team asked for, at 16 units a thread at least
+    assert _kernels.team_size(threads, H, B, 4) == max(1, min(threads, (H + 15) // 16))
+
+
 def test_which_calls_split_their_sequences_between_threads():
     """From 8 sequences per thread, while every thread can hold all of W_hh (2 MB; see splits_by_sequence)."""
     from gru.backends.cython import _kernels

@@ -116,7 +116,6 @@ def uses_small_kernel() -> bool:
     return small_kernel
 
 
-
 # --- argument checks ---------------------------------------------------------------------
 # The loops below index without bounds checks. Their callers (backend.py, fed by the API's
 # validation) pass consistent buffers; these checks make any other caller get a ValueError
@@ -293,6 +292,8 @@ cdef enum:
     # 3 MB and more of them, the projection in chunks was slower than one GEMM.
     ROW_CHUNK = 8
     SMALL_KERNEL_WEIGHT_BYTES = 2 * 1024 * 1024
+    # see team_for
+    UNIT_SPLIT_WORK = 8192
     # see weights_in_loop
     WEIGHTS_IN_LOOP_BATCH = 16
     WEIGHT_ROWS_IN_LOOP_BYTES = 1024 * 1024
@@ -436,14 +437,52 @@ def workspace_rows(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, Py_ss
     return (B if per_step else T * B) + 2 * B + 2 * max(team, 1)
 
 
-def team_size(int threads, int hidden_size) -> int:
-    """Threads a call of the kernels uses when asked for ``threads``: at least 16 hidden units each."""
-    return max(1, min(threads, (hidden_size + 15) // 16))
+# the least share of a team split by unit (see team_for); 0: every team a caller asks for
+cdef Py_ssize_t unit_split_work = UNIT_SPLIT_WORK
+
+
+def use_unit_split_work(Py_ssize_t work):
+    """Set the least share of a step's product, in multiply-adds, a thread of a team split by unit takes.
+
+    0 gives every call the team it asks for (16 units a thread at least): the
+    test suite runs the teams' code at its small sizes that way.
+    """
+    global unit_split_work
+    unit_split_work = work
+
+
+def unit_split_minimum() -> int:
+    return unit_split_work
+
+
+def team_size(int threads, Py_ssize_t H, Py_ssize_t B, Py_ssize_t itemsize) -> int:
+    """Threads a call of the kernels uses when asked for ``threads`` (see team_for)."""
+    return team_for(threads, H, B, itemsize)
+
+
+cdef inline int team_for(int threads, Py_ssize_t H, Py_ssize_t B, Py_ssize_t itemsize) noexcept nogil:
+    """Threads a call uses when asked for ``threads``: at least 16 hidden units each, and, split by unit,
+    at least UNIT_SPLIT_WORK multiply-adds of each step's product each (use_unit_split_work changes it).
+
+    Split by unit, a team meets at a barrier every step and passes h between
+    cores; below that share the barrier costs more than the second thread
+    saves. Measured on the 2-core Zen 4 VM, T = 200, I = H, one thread against
+    two in one process, alternating: at H = 32 with one sequence (1,536
+    multiply-adds a thread) 0.074 / 0.105 ms forward, 0.206 / 0.272 training;
+    with 4 (6,144) 0.175 / 0.225 forward; at H = 64 with one (6,144) 0.200 /
+    0.207 and 0.595 / 0.613. From about 12,000 a thread two were as fast or
+    faster: H = 32 with 8 sequences 0.335 / 0.294 forward, H = 48 with 4
+    1.131 / 1.034 training, H = 96 with one 0.332 / 0.356.
+    """
+    cdef int team = max(1, min(threads, <int>((H + 15) // 16)))
+    while team > 1 and not splits_by_sequence(B, H, itemsize, team) and (H // team) * 3 * H * B < unit_split_work:
+        team -= 1
+    return team
 
 
 def splits_sequences(Py_ssize_t B, Py_ssize_t H, Py_ssize_t itemsize, int threads) -> bool:
     """Whether a call asking for ``threads`` splits its sequences between them, not its units (splits_by_sequence)."""
-    return splits_by_sequence(B, H, itemsize, team_size(threads, <int>H))
+    return splits_by_sequence(B, H, itemsize, team_for(threads, H, B, itemsize))
 
 
 def pack_panels(const floating[:, ::1] w_hh_t not None, int team, floating[:, ::1] panels not None):
@@ -662,7 +701,7 @@ def run_direction(
         _expect_shape("gates", gates.shape, 4, 3, T, B, H)
     if hn is not None:
         _expect_shape("hn", hn.shape, 3, T, B, H)
-    threads = team_size(threads, H)
+    threads = team_for(threads, H, B, sizeof(floating))
     cdef bint by_sequence = splits_by_sequence(B, H, sizeof(floating), threads)
     cdef bint per_step = B > 0 and projects_per_step(T, B, I, H, sizeof(floating), reverse, lengths[B - 1],
                                                      by_sequence)
@@ -760,7 +799,7 @@ cdef inline int weight_parts(int team, Py_ssize_t M, int G, int I, int H) noexce
 def backward_workspace_rows(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, Py_ssize_t itemsize,
                             int threads) -> int:
     """Rows of H values backward_direction's ``workspace`` needs for a call asking for ``threads``."""
-    cdef int team = team_size(threads, <int>H)
+    cdef int team = team_for(threads, H, B, itemsize)
     cdef int parts = weight_parts(team, T * B, <int>(3 * H), <int>I, <int>H) if T * B > 0 else 1
     if splits_by_sequence(B, H, itemsize, team) and chunks_sum_weights(T, I, H, itemsize, T):
         parts = max(parts, chunk_count(B, team))  # one set of sums per chunk
@@ -1119,7 +1158,7 @@ def backward_direction(
     _expect_shape("d_b_hh", d_b_hh.shape, 1, G)
     _expect_room("workspace", workspace.shape[0] * workspace.shape[1],
                  backward_workspace_rows(T, B, I, H, sizeof(floating), threads) * <Py_ssize_t>H)
-    threads = team_size(threads, H)
+    threads = team_for(threads, H, B, sizeof(floating))
     _expect_room("bias_sums", bias_sums.shape[0], 12 * <Py_ssize_t>H * threads)  # 6H per chunk
     if T == 0 or B == 0:
         return

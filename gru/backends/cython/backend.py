@@ -22,7 +22,7 @@ import numpy as np
 from gru.backends._base import Capabilities, LayerWeights, StackedBackend
 
 THREADS_ENV_VAR = "GRU_NUM_THREADS"
-MAX_THREADS = 2**31 - 1  # the kernel takes a C int (and uses at most one thread per 16 hidden units)
+MAX_THREADS = 2**31 - 1  # the kernel takes a C int (and uses at most one thread per 16 hidden units, see team_for)
 
 
 # OpenBLAS cores whose gemm permits its small-matrix kernels (sgemm/dgemm_small_kernel_permit
@@ -230,7 +230,7 @@ class CythonBackend(StackedBackend):
         if T == 0 or B == 0:
             return
         order, sorted_lengths = self._sequence_order(lengths, T, B)
-        team = self._kernels.team_size(self.thread_count(threads), H)
+        team = self._kernels.team_size(self.thread_count(threads), H, B, x.itemsize)
         w_ih_t, w_hh_t, bias, b_hn, panels = self._prepared(weights, team)
         # gx, gh, r*h and two states, gate scratch; then room for packed recurrent weights
         # should OpenMP give another team than asked for

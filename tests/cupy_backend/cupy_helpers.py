@@ -73,3 +73,20 @@ def assert_matches_oracle(layer: gru.GRU, x, h0, lengths, tol: float) -> None:
     np.testing.assert_allclose(to_numpy(h_n), expected_h_n, rtol=0, atol=tol)
     for g, name in enumerate("rzn"):
         np.testing.assert_allclose(to_numpy(getattr(gates, name)), expected_gates[:, g], rtol=0, atol=tol)
+
+
+def assert_stacked_bidirectional_matches_oracle(
+    backend, *, I: int, H: int, T: int, B: int, dtype: str, reset_after: bool, rng, lengths=None
+) -> None:
+    """A 2-layer bidirectional layer on ``backend`` with random x and h0 against the float64 oracle.
+
+    ``lengths`` None: random lengths with the first sequence running all T
+    steps. Drawn from ``rng`` in this order: the layer's weights, x, h0, lengths.
+    """
+    layer = gru.GRU(I, H, 2, bidirectional=True, reset_after=reset_after, dtype=dtype, backend=backend, seed=rng)
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    h0 = rng.standard_normal((4, B, H)).astype(dtype)
+    if lengths is None:
+        lengths = rng.integers(0, T + 1, B)
+        lengths[0] = T
+    assert_matches_oracle(layer, x, h0, lengths, 1e-5 if dtype == "float32" else 1e-12)

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from cupy_helpers import assert_matches_oracle, emulated_backend, emulation, plan
+from cupy_helpers import (
+    assert_matches_oracle,
+    assert_stacked_bidirectional_matches_oracle,
+    emulated_backend,
+    emulation,
+    plan,
+)
 
 import gru
 from gru.backends import ForwardResult
@@ -92,13 +98,9 @@ def test_persistent_kernel_stress(emulator_library, monkeypatch, H, B, threads, 
     monkeypatch.setenv(PATH_ENV_VAR, "persistent")
     backend = emulated_backend(emulator_library, threads, min_units, smem_per_block=smem, sm_count=sms, l2_bytes=l2)
     rng = np.random.default_rng(H * 100 + B)
-    T = 5
-    layer = gru.GRU(4, H, 2, bidirectional=True, reset_after=reset_after, dtype="float32", backend=backend, seed=rng)
-    x = rng.standard_normal((T, B, 4)).astype("float32")
-    h0 = rng.standard_normal((4, B, H)).astype("float32")
-    lengths = rng.integers(0, T + 1, B)
-    lengths[0] = T
-    assert_matches_oracle(layer, x, h0, lengths, 1e-5)
+    assert_stacked_bidirectional_matches_oracle(
+        backend, I=4, H=H, T=5, B=B, dtype="float32", reset_after=reset_after, rng=rng
+    )
     assert backend.last_paths == ("persistent", "persistent")
     p = plan(backend.device, H=H, B=B, D=2, reset_after=reset_after, threads=threads, min_units=min_units)
     assert isinstance(p, PersistentPlan)
@@ -128,12 +130,9 @@ def test_resident_kernel_stress(emulator_library, monkeypatch, H, dtype, reset_a
     backend = emulated_backend(emulator_library)
     rng = np.random.default_rng(H * 10 + reset_after)
     T, B = 5, 3
-    layer = gru.GRU(4, H, 2, bidirectional=True, reset_after=reset_after, dtype=dtype, backend=backend, seed=rng)
-    x = rng.standard_normal((T, B, 4)).astype(dtype)
-    h0 = rng.standard_normal((4, B, H)).astype(dtype)
-    lengths = np.array([T, 0, 2])
-    tol = 1e-5 if dtype == "float32" else 1e-12
-    assert_matches_oracle(layer, x, h0, lengths, tol)
+    assert_stacked_bidirectional_matches_oracle(
+        backend, I=4, H=H, T=T, B=B, dtype=dtype, reset_after=reset_after, rng=rng, lengths=np.array([T, 0, 2])
+    )
     assert backend.last_paths == ("resident", "resident")
     p = plan_resident(hidden_size=H, dtype=dtype, reset_after=reset_after, elements=T * B * 2 * 3 * H)
     launched = [launch for launch in backend.device.launches if launch[0].startswith("gru_resident")]
@@ -146,12 +145,11 @@ def test_resident_row_per_thread_kernel_stress(emulator_library, monkeypatch, H)
     monkeypatch.delenv(PATH_ENV_VAR, raising=False)
     backend = emulated_backend(emulator_library)
     backend.resident_row_per_thread = True
-    rng = np.random.default_rng(H)
     T, B = 5, 3
-    layer = gru.GRU(4, H, 2, bidirectional=True, dtype="float32", backend=backend, seed=rng)
-    x = rng.standard_normal((T, B, 4)).astype("float32")
-    h0 = rng.standard_normal((4, B, H)).astype("float32")
-    assert_matches_oracle(layer, x, h0, np.array([T, 0, 2]), 1e-5)
+    assert_stacked_bidirectional_matches_oracle(
+        backend, I=4, H=H, T=T, B=B, dtype="float32", reset_after=True, rng=np.random.default_rng(H),
+        lengths=np.array([T, 0, 2]),
+    )  # fmt: skip
     assert backend.last_paths == ("resident", "resident")
     columns = 64 if H <= 64 else 128
     launched = [launch for launch in backend.device.launches if launch[0].startswith("gru_resident")]
@@ -238,14 +236,9 @@ def test_fused_kernel_stress(emulator_library, monkeypatch, H, B, dtype, reset_a
     monkeypatch.setenv(PATH_ENV_VAR, "fused")
     backend = emulated_backend(emulator_library)
     rng = np.random.default_rng(H * 1000 + B)
-    T = 4
-    layer = gru.GRU(3, H, 2, bidirectional=True, reset_after=reset_after, dtype=dtype, backend=backend, seed=rng)
-    x = rng.standard_normal((T, B, 3)).astype(dtype)
-    h0 = rng.standard_normal((4, B, H)).astype(dtype)
-    lengths = rng.integers(0, T + 1, B)
-    lengths[0] = T
-    tol = 1e-5 if dtype == "float32" else 1e-12
-    assert_matches_oracle(layer, x, h0, lengths, tol)
+    assert_stacked_bidirectional_matches_oracle(
+        backend, I=3, H=H, T=4, B=B, dtype=dtype, reset_after=reset_after, rng=rng
+    )
     assert backend.last_paths == ("fused", "fused")
     launched = {launch[0] for launch in backend.device.launches}
     tile = _kernels.fused_tile(B)
@@ -269,13 +262,9 @@ def test_stepwise_split_products_add_up(emulator_library, monkeypatch, H, B, spl
     monkeypatch.setattr(_paths, "stepwise_splits", forced_splits)
     backend = emulated_backend(emulator_library)
     rng = np.random.default_rng(H * 100 + B)
-    T = 5
-    layer = gru.GRU(3, H, 2, bidirectional=True, reset_after=reset_after, dtype=dtype, backend=backend, seed=rng)
-    x = rng.standard_normal((T, B, 3)).astype(dtype)
-    h0 = rng.standard_normal((4, B, H)).astype(dtype)
-    lengths = rng.integers(0, T + 1, B)
-    lengths[0] = T
-    assert_matches_oracle(layer, x, h0, lengths, 1e-5 if dtype == "float32" else 1e-12)
+    assert_stacked_bidirectional_matches_oracle(
+        backend, I=3, H=H, T=5, B=B, dtype=dtype, reset_after=reset_after, rng=rng
+    )
     assert backend.last_paths == ("stepwise", "stepwise")
     assert sorted(set(asked)) == ([3] if reset_after else [1, 2])
 

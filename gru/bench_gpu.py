@@ -22,8 +22,7 @@ Results go to the JSON file after every shape (a run stopped by its time
 budget still leaves what it measured) and a table is printed at the end.
 
 ``--sweep`` also times the persistent kernel over its layout knobs (units per
-block, threads per block, share of L2) on every shape it can run, the resident
-kernel in both layouts of W_hh where both fit, and
+block, threads per block, share of L2) on every shape it can run, and
 ``--crossover`` every path over a grid of batch sizes, for tuning the path rule.
 """
 
@@ -193,10 +192,10 @@ def bench_shape(shape, repeats: int, warmup: int) -> dict[str, Any]:
         except Exception as exc:  # a kernel that does not fit this layer says why
             row[f"gru_{other}_error"] = f"{type(exc).__name__}: {exc}"
     # the resident kernel's other layout of W_hh, where it can run (off in "auto" until timed)
-    for layout in sweep_resident_layouts(layer, x, backend, repeats, warmup, agreement=agreement):
-        if layout["knobs"]["resident_row_per_thread"]:
-            row["agreement_gru_resident_rows"] = layout["agreement"]
-            timings["gru_resident_rows"] = layout["times_ms"]
+    rows_layout = time_resident_rows(layer, x, backend, repeats, warmup, agreement)
+    if rows_layout is not None:
+        row["agreement_gru_resident_rows"] = rows_layout["agreement"]
+        timings["gru_resident_rows"] = rows_layout["times_ms"]
 
     row["times_ms"] = timings
     row["median_ms"] = {k: statistics.median(v) for k, v in timings.items()}
@@ -243,7 +242,6 @@ def sweep_shape(shape, repeats: int, warmup: int) -> list[dict[str, Any]]:
                 "cpu_us": float(np.median(timing.cpu_times)) * 1e6,
             }
         )
-    rows += sweep_resident_layouts(layer, x, backend, repeats, warmup)
     if B > 32:
         return rows
     with forced_path("persistent"):
@@ -280,47 +278,28 @@ def sweep_shape(shape, repeats: int, warmup: int) -> list[dict[str, Any]]:
     return rows
 
 
-def _to_numpy(a) -> np.ndarray:
-    """A host copy of a CuPy (or NumPy) array."""
-    return a.get() if hasattr(a, "get") else np.asarray(a)
-
-
-def sweep_resident_layouts(layer, x, backend, repeats: int, warmup: int, agreement=None) -> list[dict[str, Any]]:
-    """The resident path in both layouts of W_hh (chunks of three rows, or a row, per thread), where both can run.
-
-    ``agreement``, when given, grades each layout's output (a NumPy array) before it is timed.
-    """
+def time_resident_rows(layer, x, backend, repeats: int, warmup: int, agreement) -> dict[str, Any] | None:
+    """The resident path in its row-per-thread layout of W_hh, graded by ``agreement`` (of a NumPy output), then
+    timed; None where that layout cannot run the layer."""
+    from gru._arrays import to_host
     from gru.backends.cupy import _plans
 
     T, B, _ = x.shape
     H = layer.hidden_size
-    plans = {
-        rows: _plans.plan_resident(
-            hidden_size=H, dtype="float32", reset_after=True, elements=T * B * 3 * H, row_per_thread=rows
-        )
-        for rows in (False, True)
-    }
-    if not all(isinstance(p, _plans.ResidentPlan) for p in plans.values()) or not plans[True].row_per_thread:
-        return []
-    out = []
+    plan = _plans.plan_resident(
+        hidden_size=H, dtype="float32", reset_after=True, elements=T * B * 3 * H, row_per_thread=True
+    )
+    if not (isinstance(plan, _plans.ResidentPlan) and plan.row_per_thread):
+        return None
     saved = backend.resident_row_per_thread
+    backend.resident_row_per_thread = True
     try:
         with forced_path("resident"):
-            for rows, plan in plans.items():
-                backend.resident_row_per_thread = rows
-                result: dict[str, Any] = {
-                    "knobs": {"resident_row_per_thread": rows},
-                    "kernel": plan.kernel,
-                    "threads": plan.threads,
-                }
-                if agreement is not None:
-                    result["agreement"] = agreement(_to_numpy(layer(x)[0]))
-                result["times_ms"] = time_events(lambda: layer(x), repeats, cupy_events, warmup)
-                result["median_ms"] = statistics.median(result["times_ms"])
-                out.append(result)
+            graded = agreement(to_host(layer(x)[0], "output"))
+            times = time_events(lambda: layer(x), repeats, cupy_events, warmup)
     finally:
         backend.resident_row_per_thread = saved
-    return out
+    return {"kernel": plan.kernel, "threads": plan.threads, "agreement": graded, "times_ms": times}
 
 
 #: (hidden size, batch sizes) of --crossover, 100 steps, input size = hidden size
@@ -452,7 +431,7 @@ def run_from_args(args: argparse.Namespace) -> int:
                     timing = f"GPU {row['gpu_us']:9.1f} us  CPU {row['cpu_us']:7.1f} us"
                 else:
                     timing = f"{row['median_ms']:9.3f} ms" if "median_ms" in row else row.get("error", "")
-                where = {k: row[k] for k in ("blocks", "units", "cached", "l2_rows", "kernel", "threads") if k in row}
+                where = {k: row[k] for k in ("blocks", "units", "cached", "l2_rows") if k in row}
                 print(f"sweep {shape!s:<24} {row.get('knobs')!s:<36} {where!s:<56} {timing}")
     if args.crossover:
         report["crossover"] = crossover(args.repeats, args.warmup)

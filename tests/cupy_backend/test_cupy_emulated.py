@@ -175,8 +175,8 @@ def test_resident_row_per_thread_is_only_for_float32_reset_after(emulator_librar
     assert any(name.startswith("gru_resident<") for name in launched)
 
 
-def test_the_gpu_sweep_times_both_resident_layouts(emulator_library, monkeypatch):
-    """gru bench-gpu --sweep's resident rows, run on the emulation with a stand-in for the CUDA-event timer."""
+def test_the_gpu_benchmark_times_the_resident_rows_layout(emulator_library, monkeypatch):
+    """gru bench-gpu's resident_rows entry, run on the emulation with a stand-in for the CUDA-event timer."""
     from gru import bench_gpu
 
     monkeypatch.delenv(PATH_ENV_VAR, raising=False)
@@ -191,19 +191,18 @@ def test_the_gpu_sweep_times_both_resident_layouts(emulator_library, monkeypatch
     backend = emulated_backend(emulator_library)
     layer = gru.GRU(4, 32, dtype="float32", backend=backend, seed=0)
     x = np.random.default_rng(0).standard_normal((3, 1, 4)).astype("float32")
-    expected = layer(x)[0]
+    expected = layer(x)[0]  # the chunked layout
     backend.device.launches.clear()
-    rows = bench_gpu.sweep_resident_layouts(
-        layer, x, backend, repeats=1, warmup=0, agreement=lambda out: float(np.abs(out - expected).max())
+    result = bench_gpu.time_resident_rows(
+        layer, x, backend, 1, 0, agreement=lambda out: float(np.abs(out - expected).max())
     )
-    assert [row["knobs"] for row in rows] == [{"resident_row_per_thread": False}, {"resident_row_per_thread": True}]
-    # each layout runs once to be graded, once timed
-    assert [launch[0] for launch in backend.device.launches] == [row["kernel"] for row in rows for _ in range(2)]
-    assert all(row["agreement"] < 1e-5 for row in rows)
-    assert rows[1]["kernel"] == _kernels.resident_rows_name(64) and timed == [("resident",)] * 2
+    # graded once, timed once, both on the row-per-thread kernel
+    assert [launch[0] for launch in backend.device.launches] == [_kernels.resident_rows_name(64)] * 2
+    assert result["kernel"] == _kernels.resident_rows_name(64) and result["times_ms"] == [1.0]
+    assert result["agreement"] < 1e-5 and timed == [("resident",)]
     assert backend.resident_row_per_thread is False  # put back
     wide = gru.GRU(4, 200, dtype="float32", backend=backend, seed=0)  # too wide for a row per thread
-    assert bench_gpu.sweep_resident_layouts(wide, x, backend, repeats=1, warmup=0) == []
+    assert bench_gpu.time_resident_rows(wide, x, backend, 1, 0, agreement=lambda out: 0.0) is None
 
 
 FUSED_STRESS_CASES = [

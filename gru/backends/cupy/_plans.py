@@ -61,7 +61,7 @@ GEMM_TILE = 128
 
 #: Whether the resident path lays W_hh out a row per thread where it can (float32, reset-after,
 #: H <= 128: gru_resident_rows in kernels/gru_resident.cu) instead of three row chunks per thread.
-#: An experiment, off until it is timed on a GPU (gru bench-gpu --sweep times both layouts).
+#: An experiment, off until it is timed on a GPU (gru bench-gpu times it as resident_rows).
 RESIDENT_ROW_PER_THREAD = False
 
 #: Force a path: "resident", "persistent", "fused", "stepwise" or "auto" (the default).

@@ -90,6 +90,10 @@ class ForwardRequest:
       into the output of every layer but the last.
     * ``training``: keep what :meth:`Backend.backward` needs in
       :attr:`ForwardResult.saved` (only sent to backends declaring training).
+
+    ``x``, ``h0`` and ``lengths`` are the caller's own arrays when they came
+    canonical (no copy is made): a backend reads them and never writes into
+    them.
     """
 
     x: Any

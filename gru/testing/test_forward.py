@@ -9,7 +9,9 @@ from gru.testing._support import (
     EACH_DTYPE,
     EACH_VARIANT,
     assert_close,
+    capabilities,
     feature_matrix,
+    lengths_if_supported,
     oracle_for,
     require,
     require_training,
@@ -23,7 +25,8 @@ MIXED_LENGTHS = [T, 0, 3, 1]  # full, empty, partial, one step; unsorted
 def test_matches_oracle(
     backend_name, dtype, bias, bidirectional, num_layers, reset_after, lengths, with_h0, batch_first
 ):
-    require(backend_name, dtype=dtype, reset_after=reset_after, lengths=lengths is not None, gates=True)
+    require(backend_name, dtype=dtype, reset_after=reset_after, lengths=lengths is not None)
+    with_gates = capabilities(backend_name).gates
     seed = hash((bias, bidirectional, num_layers, reset_after, with_h0, batch_first)) % 2**32
     rng = np.random.default_rng(seed)
     layer = gru.GRU(
@@ -43,27 +46,28 @@ def test_matches_oracle(
     h0 = rng.standard_normal((num_layers * D, B, H)).astype(dtype) if with_h0 else None
 
     x = np.ascontiguousarray(x_tbi.transpose(1, 0, 2)) if batch_first else x_tbi
-    output, h_n, gates = layer(x, h0, lengths, return_gates=True)
-    expected_output, expected_h_n, expected_gates = oracle_for(layer, x_tbi, h0, lengths)
+    expected_output, expected_h_n, expected_gates = oracle_for(layer, x_tbi, h0, lengths)  # before the backend runs
+    output, h_n, *gates = layer(x, h0, lengths, return_gates=with_gates)
 
     if batch_first:
         expected_output = expected_output.transpose(1, 0, 2)
         expected_gates = expected_gates.transpose(0, 1, 3, 2, 4)
     assert_close(output, expected_output, dtype, "output")
     assert_close(h_n, expected_h_n, dtype, "h_n")
-    for g, name in enumerate("rzn"):
-        assert_close(getattr(gates, name), expected_gates[:, g], dtype, f"gate {name}")
+    for g, name in enumerate("rzn" if with_gates else ""):
+        assert_close(getattr(gates[0], name), expected_gates[:, g], dtype, f"gate {name}")
 
 
 @EACH_DTYPE
 @EACH_VARIANT
 def test_without_gates_gives_the_same_answer(backend_name, dtype, reset_after):
-    require(backend_name, dtype=dtype, reset_after=reset_after, lengths=True)
+    require(backend_name, dtype=dtype, reset_after=reset_after)
     rng = np.random.default_rng(1)
     layer = gru.GRU(I, H, 2, bidirectional=True, reset_after=reset_after, dtype=dtype, backend=backend_name, seed=rng)
     x = rng.standard_normal((T, B, I)).astype(dtype)
-    output, h_n = layer(x, lengths=MIXED_LENGTHS)
-    expected_output, expected_h_n, _ = oracle_for(layer, x, lengths=MIXED_LENGTHS)
+    lengths = lengths_if_supported(backend_name, MIXED_LENGTHS)
+    output, h_n = layer(x, lengths=lengths)
+    expected_output, expected_h_n, _ = oracle_for(layer, x, lengths=lengths)
     assert_close(output, expected_output, dtype, "output")
     assert_close(h_n, expected_h_n, dtype, "h_n")
 
@@ -112,3 +116,36 @@ def test_dropout_in_training_uses_the_layers_generator(backend_name, dtype, rese
 
     inference_output, _ = layer(x)  # inference ignores dropout
     assert_close(inference_output, oracle_for(layer, x)[0], dtype, "output in inference")
+
+
+@EACH_DTYPE
+@EACH_VARIANT
+def test_inputs_are_left_unchanged(backend_name, dtype, reset_after):
+    """The caller's arrays reach a backend as they are (no copy when already canonical): it must only read them.
+
+    Checked first and by itself, so that a backend writing into x, h0 or the
+    weights fails here with that said, not as a wrong answer elsewhere. For
+    training backends the backward's inputs too.
+    """
+    require(backend_name, dtype=dtype, reset_after=reset_after)
+    rng = np.random.default_rng(12)
+    layer = gru.GRU(I, H, 2, bidirectional=True, reset_after=reset_after, dtype=dtype, backend=backend_name, seed=rng)
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    h0 = rng.standard_normal((4, B, H)).astype(dtype)
+    lengths = lengths_if_supported(backend_name, np.array(MIXED_LENGTHS))
+    inputs = {"x": x, "h0": h0, **({"lengths": lengths} if lengths is not None else {})}
+    weights = layer.state_dict()  # copies; the layer keeps its own
+    before = {name: a.copy() for name, a in inputs.items()}
+
+    training = capabilities(backend_name).training
+    layer(x, h0, lengths, train=training)
+    if training:
+        d_output = rng.standard_normal((T, B, 2 * H)).astype(dtype)
+        d_h_n = rng.standard_normal((4, B, H)).astype(dtype)
+        inputs.update(d_output=d_output, d_h_n=d_h_n)
+        before.update(d_output=d_output.copy(), d_h_n=d_h_n.copy())
+        layer.backward(d_output, d_h_n)
+    for name, a in inputs.items():
+        assert np.array_equal(a, before[name], equal_nan=True), f"the backend wrote into its input {name}"
+    for name, a in layer.state_dict().items():
+        assert np.array_equal(a, weights[name]), f"the backend wrote into the layer's weight {name}"

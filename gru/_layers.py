@@ -97,7 +97,8 @@ class _Recurrent:
             )
         self._tapes = threading.local()  # the last training call of each thread, for backward()
         self._params: dict[str, np.ndarray] = {}
-        self._weights: tuple[LayerWeights, ...] | None = None
+        # (the _params dict they were made from, the LayerWeights): see _layer_weights
+        self._weights: tuple[dict[str, np.ndarray], tuple[LayerWeights, ...]] | None = None
         bound = 1.0 / np.sqrt(self.hidden_size)
         for name, shape in self._parameter_shapes().items():
             self._params[name] = self._rng.uniform(-bound, bound, shape).astype(self.dtype)
@@ -133,8 +134,7 @@ class _Recurrent:
         if missing or unexpected:
             raise ValueError(f"state_dict: keys do not match the layer: missing {missing}, unexpected {unexpected}")
         loaded = {k: v.canonical_parameter(state_dict[k], k, shape, self.dtype) for k, shape in shapes.items()}
-        self._params = loaded
-        self._weights = None
+        self._params = loaded  # one swap: a call running meanwhile keeps the whole old set or takes the new
 
     # -- other libraries and files (converters live in gru.interop, gru._onnx_model, gru._io) ------
     @classmethod
@@ -179,18 +179,27 @@ class _Recurrent:
         super().__setattr__(name, value)
 
     def _layer_weights(self) -> tuple[LayerWeights, ...]:
-        if self._weights is None:
-            zeros = np.zeros(3 * self.hidden_size, self.dtype)
-            self._weights = tuple(
-                LayerWeights(
-                    w_ih=self._params[w_ih],
-                    w_hh=self._params[w_hh],
-                    b_ih=self._params[b_ih] if b_ih else zeros,
-                    b_hh=self._params[b_hh] if b_hh else zeros,
-                )
-                for w_ih, w_hh, b_ih, b_hh in self._weight_keys()
+        """The parameters as the backends take them, made once per set of parameters.
+
+        Kept with the dict they were made from and used only while that dict is
+        still the layer's: a load_state_dict in another thread while they are
+        being made cannot leave the layer computing with the old weights.
+        """
+        params, cached = self._params, self._weights
+        if cached is not None and cached[0] is params:
+            return cached[1]
+        zeros = np.zeros(3 * self.hidden_size, self.dtype)
+        weights = tuple(
+            LayerWeights(
+                w_ih=params[w_ih],
+                w_hh=params[w_hh],
+                b_ih=params[b_ih] if b_ih else zeros,
+                b_hh=params[b_hh] if b_hh else zeros,
             )
-        return self._weights
+            for w_ih, w_hh, b_ih, b_hh in self._weight_keys()
+        )
+        self._weights = (params, weights)
+        return weights
 
 
 class GRU(_Recurrent):
@@ -362,7 +371,8 @@ class GRU(_Recurrent):
         that declares training, and applies dropout between layers: masks are
         drawn from the layer's generator (``seed``), one per layer boundary in
         layer order, as ``gen.random((T, B, D*H)) < 1 - dropout``, scaled by
-        1 / (1 - dropout).
+        1 / (1 - dropout). What a training call returns, and the x and h0 it
+        took, are the caller's to change: backward() keeps copies.
         ``threads`` caps the threads of backends that use them (None: the
         backend's default).
         """
@@ -376,6 +386,9 @@ class GRU(_Recurrent):
         LD, H = self.num_layers * self.num_directions, self.hidden_size
         h0 = v.canonical_h0(h0, shape=(LD, B, H), batched=batched, dtype=self.dtype, xp=xp)
         lengths = v.canonical_lengths(lengths, batch=B, seq_len=T, batched=batched)
+        if train:  # backward() reads them later: the caller's arrays (canonical ones come uncopied) may change by then
+            x, h0 = x.copy(), h0.copy()
+            lengths = None if lengths is None else lengths.copy()
 
         request = ForwardRequest(
             x=x,
@@ -398,13 +411,15 @@ class GRU(_Recurrent):
             self._tapes.tape = _Tape(chosen, request, result, batched, give_back)
 
         output, h_n = result.output, result.h_n
+        if train:  # and what it returns: the caller may change it in place (y -= target) before backward()
+            output, h_n = output.copy(), h_n.copy()
         if not batched:
             output, h_n = output[:, 0], h_n[:, 0]
         elif self.batch_first:
             output = output.transpose(1, 0, 2)
         if not return_gates:
             return give_back(output), give_back(h_n)
-        gates = result.gates  # (LD, 3, T, B, H)
+        gates = result.gates.copy() if train else result.gates  # (LD, 3, T, B, H)
         if not batched:
             gates = gates[:, :, :, 0]
         elif self.batch_first:

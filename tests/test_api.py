@@ -222,6 +222,27 @@ def test_load_state_dict_copies_its_input():
     assert layer.state_dict()["weight_hh_l0"].any()
 
 
+def test_a_load_landing_while_a_call_makes_its_weights_is_not_lost(monkeypatch):
+    """A load_state_dict in another thread, midway through a call's making of the backends' weights."""
+    layer = gru.GRU(I, H, num_layers=3, seed=0, backend="numpy")
+    new = gru.GRU(I, H, num_layers=3, seed=1).state_dict()
+    real_keys = layer._weight_keys
+
+    def keys_with_a_load_midway():
+        keys = real_keys()
+        yield keys[0]
+        monkeypatch.setattr(layer, "_weight_keys", real_keys)  # only this once
+        layer.load_state_dict(new)
+        yield from keys[1:]
+
+    monkeypatch.setattr(layer, "_weight_keys", keys_with_a_load_midway)
+    x = normal(T, B, I)
+    layer(x)  # this call may run with either set of weights
+    fresh = gru.GRU(I, H, num_layers=3, backend="numpy")
+    fresh.load_state_dict(new)
+    np.testing.assert_array_equal(layer(x)[0], fresh(x)[0])  # every later one with the new set
+
+
 def test_load_state_dict_converts_dtype_and_changes_output():
     layer = gru.GRU(I, H, seed=0)
     x = normal(T, B, I)

@@ -442,6 +442,11 @@ def test_huge_thread_counts_are_capped_not_overflowed(layer, threads):
     x = np.random.default_rng(0).standard_normal((T, B, I)).astype("float32")
     output, _ = layer(x, threads=threads)
     np.testing.assert_array_equal(output, layer(x, threads=1)[0])
+    # training too: the backward's scratch is sized by the threads it uses (it asked for TiBs)
+    layer(x, train=True, threads=1)
+    expected = layer.backward(np.ones_like(output))
+    layer(x, train=True, threads=threads)
+    np.testing.assert_allclose(layer.backward(np.ones_like(output)).input, expected.input, rtol=1e-5, atol=1e-6)
 
 
 # -- sizes no machine can hold ----------------------------------------------------------------

@@ -184,6 +184,30 @@ def test_adam_updates_a_gru_through_load_state_dict_and_checks_everything_first(
 # -- all together ------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("backend", ["numpy", "cython"])
+def test_changing_what_a_training_call_took_or_gave_does_not_change_its_gradients(backend):
+    """x and h0 (uncopied when canonical), and the output and gates it returned, changed in place before backward."""
+    if not gru.backend_available(backend):
+        pytest.skip(f"{backend} is not available here")
+    layer = gru.GRU(3, 4, num_layers=2, dtype="float64", backend=backend, seed=0)
+    rng = np.random.default_rng(0)
+    x, h0, target = rng.standard_normal((5, 2, 3)), rng.standard_normal((2, 2, 4)), rng.standard_normal((5, 2, 4))
+    y, _ = layer(x, h0, train=True)
+    expected = layer.backward(2 * (y - target))
+
+    y, h_n, gates = layer(x, h0, train=True, return_gates=True)
+    y -= target  # an ordinary in-place residual
+    h_n[...] = 0
+    gates.z[...] = 0.5
+    x[...] = 0
+    h0[...] = 1
+    got = layer.backward(2 * y)
+    np.testing.assert_array_equal(got.input, expected.input)
+    np.testing.assert_array_equal(got.h0, expected.h0)
+    for name, value in expected.params.items():
+        np.testing.assert_array_equal(got.params[name], value, err_msg=name)
+
+
 def test_a_tiny_training_loop_reduces_the_loss():
     """Classify whether a sequence's sum is positive: GRU + Linear + cross-entropy + Adam, 60 steps."""
     rng = np.random.default_rng(0)

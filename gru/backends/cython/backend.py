@@ -287,7 +287,8 @@ class CythonBackend(StackedBackend):
             # padding, so that what it holds (NaN, inf) does not come in as 0 * NaN
             x = np.where((np.arange(T)[:, None] < lengths)[:, :, None], x, 0)
         threads = self.thread_count(threads)
-        rows = self._kernels.backward_workspace_rows(T, B, x.shape[2], H, x.itemsize, threads)
+        team = self._kernels.team_size(threads, H, B, x.itemsize)  # what the kernel uses of ``threads``
+        rows = self._kernels.backward_workspace_rows(T, B, x.shape[2], H, x.itemsize, team)
         (workspace,) = self._scratch(x.dtype, (rows, H))
         self._kernels.backward_direction(
             x,
@@ -310,6 +311,6 @@ class CythonBackend(StackedBackend):
             grads.b_ih,
             grads.b_hh,
             workspace,
-            np.empty(12 * H * threads),  # the bias gradients' sums, in double (6H per chunk of sequences)
-            threads,
+            np.empty(12 * H * team),  # the bias gradients' sums, in double (6H per chunk of sequences)
+            team,
         )

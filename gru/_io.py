@@ -107,6 +107,8 @@ def _read_safetensors(data: bytes, where: str) -> tuple[dict[str, np.ndarray], d
     metadata = header.get("__metadata__") or {}
     if not isinstance(metadata, dict):
         raise ValueError(f"{where}: corrupt safetensors metadata (expected a JSON object)")
+    if any(isinstance(entry, dict) and entry.get("dtype") == "BF16" for entry in header.values()):
+        return _read_bfloat16_safetensors(data, 8 + size, header, where), metadata
     from safetensors.numpy import load as from_safetensors
 
     try:
@@ -114,6 +116,38 @@ def _read_safetensors(data: bytes, where: str) -> tuple[dict[str, np.ndarray], d
     except Exception as exc:  # the Rust parser's SafetensorError and friends
         raise ValueError(f"{where}: corrupt or truncated safetensors file ({type(exc).__name__}: {exc})") from None
     return tensors, metadata
+
+
+_FLOATS = {"F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2")}
+
+
+def _read_bfloat16_safetensors(data: bytes, start: int, header: dict, where: str) -> dict[str, np.ndarray]:
+    """The arrays of a safetensors file that holds bfloat16 ones (PyTorch's), those widened to float32 exactly.
+
+    NumPy has no bfloat16, so safetensors' NumPy reader refuses the file; a
+    bfloat16 is the top half of a float32, which is how it is widened.
+    """
+    tensors = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        kind = entry.get("dtype") if isinstance(entry, dict) else None
+        if isinstance(kind, str) and kind not in _FLOATS:
+            raise ValueError(f"{where}: {name} holds {kind} values; gru reads float64, float32, float16 and bfloat16")
+        try:
+            dtype, shape, (begin, end) = _FLOATS[kind], tuple(entry["shape"]), entry["data_offsets"]
+            count = int(np.prod(shape, dtype=np.int64))
+            if any(type(n) is not int or n < 0 for n in (*shape, begin, end)) or end - begin != count * dtype.itemsize:
+                raise ValueError(f"{name}: its offsets do not hold {shape} values")
+            if start + end > len(data):
+                raise ValueError(f"{name}: past the end of the file")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{where}: corrupt or truncated safetensors file ({type(exc).__name__}: {exc})") from None
+        values = np.frombuffer(data, dtype, count, start + begin).reshape(shape)
+        if kind == "BF16":
+            values = (values.astype(np.uint32) << 16).view(np.float32)
+        tensors[name] = values.copy()
+    return tensors
 
 
 def _read_npz(data: bytes, where: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -149,6 +183,25 @@ def _select_prefix(tensors: dict[str, np.ndarray], prefix: str | None, where: st
     if not selected:
         raise ValueError(f"{where}: no entry starts with prefix {prefix!r}")
     return selected
+
+
+def _check_array_count(config: dict[str, Any], count: int, where: str) -> None:
+    """Refuse a configuration that needs more or fewer arrays than the file holds, before building its layer.
+
+    A few bytes of metadata can ask for millions of layers, gigabytes to build
+    before the arrays could be found missing. Values of the wrong type are
+    left to the constructor's checks.
+    """
+    layers, bias = config.get("num_layers", 1), config.get("bias", True)
+    directions = 2 if config.get("bidirectional", False) is True else 1
+    if type(layers) is not int or layers < 1 or not isinstance(bias, bool):
+        return
+    need = layers * directions * (4 if bias else 2)
+    if need != count:
+        raise ValueError(
+            f"{where}: its configuration (num_layers={layers}, bidirectional={directions == 2}, bias={bias}) "
+            f"needs {need:,} arrays; the file holds {count:,}"
+        )
 
 
 def load(
@@ -213,6 +266,7 @@ def load(
     if bad:
         raise TypeError(f"load: {bad} cannot be set for a {kind}; expected some of {sorted(allowed)}")
     config.update(overrides)
+    _check_array_count(config, len(tensors), where)
     cls = GRUCell if kind == "GRUCell" else GRU
     try:
         layer = cls(**config, backend=backend, seed=0)

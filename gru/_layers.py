@@ -57,6 +57,9 @@ class GateTrace(NamedTuple):
     n: Any
 
 
+_BYTES_PER_BLOCK = 2048  # a (layer, direction)'s arrays, keys and weight objects beyond its parameters
+
+
 def _memory_bytes() -> int | None:
     """This machine's physical memory, where the OS tells."""
     try:
@@ -88,12 +91,15 @@ class _Recurrent:
             raise TypeError(f"backend: expected a backend name, a Backend or None, got {backend!r}")
         self.backend = backend
         self._rng = _make_rng(seed)
-        count, sizes = self._parameter_count()
-        nbytes, memory = count * np.dtype(self.dtype).itemsize, _memory_bytes()
+        count, blocks, sizes = self._parameter_count()
+        # each (layer, direction) also costs Python objects: ~1.6 KB measured at H = 1, so a
+        # million tiny layers take gigabytes whatever their parameters
+        nbytes = count * np.dtype(self.dtype).itemsize + blocks * _BYTES_PER_BLOCK
+        memory = _memory_bytes()
         if memory is not None and nbytes > memory:  # fail now, not after filling the memory (or looping for ever)
             raise ValueError(
-                f"{sizes}: the layer would hold {count:,} parameters ({nbytes / 2**30:,.1f} GiB), "
-                f"more than this machine's memory ({memory / 2**30:,.1f} GiB)"
+                f"{sizes}: the layer would hold {count:,} parameters in {blocks:,} weight sets "
+                f"({nbytes / 2**30:,.1f} GiB), more than this machine's memory ({memory / 2**30:,.1f} GiB)"
             )
         self._tapes = threading.local()  # the last training call of each thread, for backward()
         self._params: dict[str, np.ndarray] = {}
@@ -107,8 +113,9 @@ class _Recurrent:
     def _parameter_shapes(self) -> dict[str, tuple[int, ...]]:
         raise NotImplementedError
 
-    def _parameter_count(self) -> tuple[int, str]:
-        """How many parameters the layer holds (computed, not enumerated), and the arguments that decide it."""
+    def _parameter_count(self) -> tuple[int, int, str]:
+        """How many parameters the layer holds and in how many (layer, direction) weight sets (computed, not
+        enumerated), and the arguments that decide it."""
         raise NotImplementedError
 
     def _weight_keys(self) -> list[tuple[str, str, str | None, str | None]]:
@@ -264,7 +271,8 @@ class GRU(_Recurrent):
     def _parameter_count(self):
         H, D, L = self.hidden_size, self.num_directions, self.num_layers
         per_direction = 3 * H * self.input_size + 3 * H * H + (L - 1) * (3 * H * D * H + 3 * H * H)
-        return D * per_direction + (L * D * 6 * H if self.bias else 0), "input_size, hidden_size, num_layers"
+        count = D * per_direction + (L * D * 6 * H if self.bias else 0)
+        return count, L * D, "input_size, hidden_size, num_layers"
 
     def _parameter_shapes(self):
         H = self.hidden_size
@@ -527,7 +535,7 @@ class GRUCell(_Recurrent):
 
     def _parameter_count(self):
         H = self.hidden_size
-        return 3 * H * self.input_size + 3 * H * H + (6 * H if self.bias else 0), "input_size, hidden_size"
+        return 3 * H * self.input_size + 3 * H * H + (6 * H if self.bias else 0), 1, "input_size, hidden_size"
 
     def _parameter_shapes(self):
         H = self.hidden_size

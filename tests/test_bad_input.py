@@ -459,8 +459,10 @@ def test_huge_thread_counts_are_capped_not_overflowed(layer, threads):
         (lambda: gru.GRU(I, 10**12), "input_size, hidden_size, num_layers"),
         (lambda: gru.GRU(10**15, H, bidirectional=True), "input_size, hidden_size, num_layers"),
         (lambda: gru.GRUCell(10**7, 10**6), "input_size, hidden_size"),
+        # a few parameters in each of tens of millions of layers: their objects fill the memory
+        (lambda: gru.GRU(1, 1, num_layers=_memory_bytes() // 1024), "input_size, hidden_size, num_layers"),
     ],
-    ids=["num_layers", "hidden_size", "input_size", "cell"],
+    ids=["num_layers", "hidden_size", "input_size", "cell", "tiny_layers"],
 )
 @pytest.mark.skipif(_memory_bytes() is None, reason="this OS does not tell its memory size")
 def test_layers_larger_than_the_memory_are_refused_at_once(make, argument):

@@ -185,12 +185,14 @@ def _metadata_file(tmp_path, config, tensors):
         (lambda c, t: ("{not json", t), "not JSON"),
         (lambda c, t: (dict(c, **{"class": "LSTM"}), t), "no GRU"),
         (lambda c, t: (dict(c, hidden_size=H + 1), t), "do not match"),  # shapes disagree with the config
-        (lambda c, t: (dict(c, num_layers=3), t), "do not match"),  # missing keys
+        (lambda c, t: (dict(c, num_layers=3), t), "needs 12 arrays; the file holds 4"),
+        (lambda c, t: (dict(c, num_layers=10**9), t), "needs 4,000,000,000 arrays"),  # at once, not after GBs
         (lambda c, t: (dict(c, hidden_size="four"), t), "configuration"),
         (lambda c, t: (dict(c, colour="red"), t), "unknown entries"),
         (lambda c, t: (dict(c, format_version=99), t), "format version"),
-        (lambda c, t: (c, {k: v for k, v in t.items() if k != "bias_hh_l0"}), "do not match"),
-        (lambda c, t: (c, t | {"extra": np.zeros(3, "float32")}), "do not match"),
+        (lambda c, t: (c, {k: v for k, v in t.items() if k != "bias_hh_l0"}), "the file holds 3"),
+        (lambda c, t: (c, t | {"extra": np.zeros(3, "float32")}), "the file holds 5"),
+        (lambda c, t: (c, {"extra" if k == "bias_hh_l0" else k: v for k, v in t.items()}), "do not match"),
         (lambda c, t: (c, t | {"bias_hh_l0": np.zeros(3 * H, bool)}), "do not match"),
     ],
 )
@@ -261,3 +263,32 @@ def test_saved_files_get_a_normal_mode(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+
+
+def test_bfloat16_safetensors_from_torch_load_widened_exactly(tmp_path):
+    """PyTorch saves bfloat16 models; NumPy has no bfloat16. Each value widens to float32 exactly."""
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import save_file
+
+    state = {k: v.bfloat16() for k, v in torch.nn.GRU(I, H, num_layers=2).state_dict().items()}
+    state["weight_hh_l1"][0, :3] = torch.tensor([float("inf"), -0.0, 1e-40])  # specials and a denormal survive
+    save_file(state, str(tmp_path / "bf16.safetensors"))
+    layer = gru.load(tmp_path / "bf16.safetensors")
+    assert layer.dtype == "float32" and layer.num_layers == 2
+    for key, value in layer.state_dict().items():
+        np.testing.assert_array_equal(value, state[key].float().numpy(), err_msg=key)
+
+
+def test_bfloat16_safetensors_with_bad_entries_raise_value_error(tmp_path):
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import save_file
+
+    state = {k: v.bfloat16() for k, v in torch.nn.GRU(I, H).state_dict().items()}
+    save_file({**state, "steps": torch.zeros(2, dtype=torch.int64)}, str(tmp_path / "ints.safetensors"))
+    with pytest.raises(ValueError, match=r"^path: .*steps holds I64 values"):
+        gru.load(tmp_path / "ints.safetensors")
+    save_file(state, str(tmp_path / "cut.safetensors"))
+    data = (tmp_path / "cut.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[:-2])
+    with pytest.raises(ValueError, match=r"^path: .*corrupt or truncated"):
+        gru.load(tmp_path / "cut.safetensors")

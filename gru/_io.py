@@ -194,7 +194,8 @@ def _check_array_count(config: dict[str, Any], count: int, where: str) -> None:
     """
     layers, bias = config.get("num_layers", 1), config.get("bias", True)
     directions = 2 if config.get("bidirectional", False) is True else 1
-    if type(layers) is not int or layers < 1 or not isinstance(bias, bool):
+    sizes = (layers, config.get("input_size"), config.get("hidden_size"))
+    if any(type(n) is not int or n < 1 for n in sizes) or not isinstance(bias, bool):
         return
     need = layers * directions * (4 if bias else 2)
     if need != count:

@@ -76,10 +76,12 @@ def as_float_array(value: Any, name: str, dtype: str) -> Any:
         return array
     if array.dtype.kind != "f":
         raise TypeError(f"{name}: expected a floating-point array of {dtype}, got dtype {array.dtype}")
-    if array.dtype.newbyteorder("=") != dtype:
+    native = array.dtype.newbyteorder("=")
+    if native != dtype:
+        other = f" or build the layer with dtype='{native}'" if native.name in ("float32", "float64") else ""
         raise TypeError(
             f"{name}: expected dtype {dtype} (the layer's dtype), got {array.dtype}; "
-            f"convert with .astype('{dtype}') or build the layer with dtype='{array.dtype.newbyteorder('=')}'"
+            f"convert with .astype('{dtype}'){other}"
         )
     return array.astype(dtype)  # non-native byte order: the same values, in the order the kernels read
 

@@ -171,6 +171,8 @@ def layer_from_torch(cls: type, module: Any, *, dtype: str | None = None, backen
         raise ValueError(f"module: proj_size={module.proj_size} has no GRU equivalent")
     state = module.state_dict()
     first = next(iter(state.values()), None)
+    if getattr(getattr(first, "device", None), "type", None) == "meta":
+        raise ValueError(f"module: its parameters are on PyTorch's 'meta' device, which holds no values; got {kind}")
     dtype = dtype if dtype is not None else _torch_dtype_name(first)
     if is_cell:
         layer = GRUCell(module.input_size, module.hidden_size, bias=module.bias, dtype=dtype, backend=backend, seed=0)

@@ -179,6 +179,15 @@ def test_float64_layer_rejects_float32_x_and_says_how_to_fix():
     with raises(TypeError, "x") as info:
         layer(arr(T, B, I))
     assert "astype('float64')" in str(info.value)
+    assert "build the layer with dtype='float32'" in str(info.value)
+
+
+def test_a_float16_x_is_not_told_to_build_a_float16_layer():
+    """The fix the message offers must be one that works: there are no float16 layers."""
+    layer = gru.GRU(I, H, seed=0)
+    with raises(TypeError, "x") as info:
+        layer(arr(T, B, I, dtype="float16"))
+    assert "astype('float32')" in str(info.value) and "build the layer" not in str(info.value)
 
 
 # -- h0 ---------------------------------------------------------------------------------------

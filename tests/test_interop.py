@@ -93,6 +93,11 @@ def test_from_torch_rejects_other_modules(torch):
         gru.GRU.from_torch({"weight_ih_l0": 1})
 
 
+def test_from_torch_refuses_a_module_without_values(torch):
+    with pytest.raises(ValueError, match=r"^module: .*'meta' device"):
+        gru.GRU.from_torch(torch.nn.GRU(I, H, device="meta"))
+
+
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_to_torch_round_trip(torch, bidirectional):
     layer = gru.GRU(I, H, num_layers=2, bidirectional=bidirectional, batch_first=True, seed=4)

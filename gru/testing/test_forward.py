@@ -15,6 +15,7 @@ from gru.testing._support import (
     oracle_for,
     require,
     require_training,
+    to_numpy,
 )
 
 T, B, I, H = 6, 4, 3, 5
@@ -52,10 +53,16 @@ def test_matches_oracle(
     if batch_first:
         expected_output = expected_output.transpose(1, 0, 2)
         expected_gates = expected_gates.transpose(0, 1, 3, 2, 4)
-    assert_close(output, expected_output, dtype, "output")
-    assert_close(h_n, expected_h_n, dtype, "h_n")
-    for g, name in enumerate("rzn" if with_gates else ""):
-        assert_close(getattr(gates[0], name), expected_gates[:, g], dtype, f"gate {name}")
+    # a direction and a layer at a time, so that a failure says which one is wrong
+    directions = ["forward", "reverse"][:D]
+    for d, direction in enumerate(directions):
+        columns = slice(d * H, (d + 1) * H)
+        assert_close(output[..., columns], expected_output[..., columns], dtype, f"output, {direction} direction")
+    for index in range(num_layers * D):
+        where = f"layer {index // D}, {directions[index % D]} direction"
+        assert_close(h_n[index], expected_h_n[index], dtype, f"h_n, {where}")
+        for g, name in enumerate("rzn" if with_gates else ""):
+            assert_close(getattr(gates[0], name)[index], expected_gates[index, g], dtype, f"gate {name}, {where}")
 
 
 @EACH_DTYPE
@@ -80,8 +87,8 @@ def test_lengths_zero_keeps_h0_and_zero_output(backend_name, dtype):
     x = rng.standard_normal((T, 2, I)).astype(dtype)
     h0 = rng.standard_normal((4, 2, H)).astype(dtype)
     output, h_n = layer(x, h0, lengths=[0, 0])
-    assert np.all(np.asarray(output) == 0)
-    np.testing.assert_array_equal(np.asarray(h_n), h0)
+    assert np.all(to_numpy(output) == 0), "output of length-0 sequences: expected zeros"
+    np.testing.assert_array_equal(to_numpy(h_n), h0, err_msg="h_n of length-0 sequences: expected h0")
 
 
 @EACH_DTYPE

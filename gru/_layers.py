@@ -415,6 +415,7 @@ class GRU(_Recurrent):
         )
         chosen = select_backend(backend if backend is not None else self.backend, request)
         result = chosen.forward(request)
+        v.check_forward_result(chosen, request, result)
         if train:  # what backward() needs, kept per calling thread
             self._tapes.tape = _Tape(chosen, request, result, batched, give_back)
 
@@ -472,6 +473,7 @@ class GRU(_Recurrent):
                 raise ValueError(f"d_h_n: expected h_n's shape {user_hn}, got {tuple(d_h_n.shape)}")
             d_h_n = d_h_n.reshape(LD, B, H)
         grads = tape.backend.backward(request, result, xp.ascontiguousarray(d_output), xp.ascontiguousarray(d_h_n))
+        v.check_backward_result(tape.backend, request, grads)
 
         d_x, d_h0 = grads.d_x, grads.d_h0
         if not tape.batched:
@@ -577,7 +579,9 @@ class GRUCell(_Recurrent):
             return_gates=return_gates,
             dtype=self.dtype,
         )
-        result = select_backend(backend if backend is not None else self.backend, request).forward(request)
+        chosen = select_backend(backend if backend is not None else self.backend, request)
+        result = chosen.forward(request)
+        v.check_forward_result(chosen, request, result)
         h1 = result.h_n[0] if batched else result.h_n[0, 0]
         if not return_gates:
             return give_back(h1)

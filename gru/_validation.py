@@ -167,3 +167,44 @@ def canonical_parameter(value: Any, name: str, shape: tuple[int, ...], dtype: st
     if array.shape != shape:
         raise ValueError(f"state_dict[{name!r}]: expected shape {shape}, got {array.shape}")
     return np.array(array, dtype=dtype, order="C", copy=True)
+
+
+def _backend_bug(backend: Any, what: str) -> Exception:
+    from gru._errors import BackendError
+
+    return BackendError(f"backend {backend.name or type(backend).__name__!r} returned {what} (a bug in the backend)")
+
+
+def _check_arrays(backend: Any, what: str, arrays: list[tuple[str, Any, tuple[int, ...]]], dtype: str) -> None:
+    for name, array, shape in arrays:
+        got_shape, got_dtype = tuple(getattr(array, "shape", ())), getattr(array, "dtype", None)
+        if got_shape != shape or got_dtype != dtype:
+            raise _backend_bug(backend, f"a {what} whose {name} is {got_shape} {got_dtype}; expected {shape} {dtype}")
+
+
+def check_forward_result(backend: Any, request: Any, result: Any) -> None:
+    """A backend's forward result, its shapes and dtypes, before the caller sees it.
+
+    A third-party backend that returns float64 for float32, or the wrong
+    shape, would otherwise pass it on silently (the conformance suite finds
+    it, where the author runs it).
+    """
+    T, B, LD, H = request.seq_len, request.batch_size, len(request.weights), request.hidden_size
+    arrays = [("output", result.output, (T, B, request.num_directions * H)), ("h_n", result.h_n, (LD, B, H))]
+    if request.return_gates:
+        arrays.append(("gates", result.gates, (LD, 3, T, B, H)))
+    _check_arrays(backend, "forward result", arrays, request.dtype)
+
+
+def check_backward_result(backend: Any, request: Any, grads: Any) -> None:
+    """A backend's gradients with respect to x, h0 and every weight set, their shapes and dtypes."""
+    if len(grads.weights) != len(request.weights):
+        raise _backend_bug(
+            backend,
+            f"a backward result with {len(grads.weights)} weight gradient sets; expected {len(request.weights)}",
+        )
+    arrays = [("d_x", grads.d_x, tuple(request.x.shape)), ("d_h0", grads.d_h0, tuple(request.h0.shape))]
+    for index, (g, w) in enumerate(zip(grads.weights, request.weights, strict=True)):
+        for part in ("w_ih", "w_hh", "b_ih", "b_hh"):
+            arrays.append((f"{part} gradient of weight set {index}", getattr(g, part), tuple(getattr(w, part).shape)))
+    _check_arrays(backend, "backward result", arrays, request.dtype)

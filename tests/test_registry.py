@@ -344,6 +344,45 @@ def test_register_backend_instance(numpy_only):
     assert backend.calls == 1
 
 
+class Sloppy(NumpyBackend):
+    """The NumPy maths, but one result comes back changed: float64, a step short, or gradients missing."""
+
+    def __init__(self, flaw):
+        self.capabilities = Capabilities(priority=-1, training=True)
+        self.flaw = flaw
+
+    def forward(self, request):
+        result = super().forward(request)
+        if self.flaw == "float64":
+            result.output = result.output.astype(np.float64)
+        elif self.flaw == "short":
+            result.h_n = result.h_n[:, :-1]
+        return result
+
+    def backward(self, request, result, d_output, d_h_n):
+        grads = super().backward(request, result, d_output, d_h_n)
+        if self.flaw == "gradients":
+            grads.weights = grads.weights[:-1]
+        return grads
+
+
+@pytest.mark.parametrize(
+    ("flaw", "message"),
+    [
+        ("float64", r"forward result whose output is \(4, 2, 4\) float64; expected \(4, 2, 4\) float32"),
+        ("short", r"forward result whose h_n is \(1, 1, 4\) float32; expected \(1, 2, 4\) float32"),
+        ("gradients", r"backward result with 0 weight gradient sets; expected 1"),
+    ],
+)
+def test_a_backend_returning_wrong_shapes_or_dtypes_is_caught(numpy_only, flaw, message):
+    """What a backend returns reaches the caller only with the request's shapes and dtype."""
+    gru.register_backend("sloppy", Sloppy(flaw))
+    layer = gru.GRU(3, 4, seed=0, backend="sloppy")
+    with pytest.raises(gru.BackendError, match=rf"^backend 'sloppy' returned a {message}"):
+        layer(x32(), train=True)
+        layer.backward(np.ones((4, 2, 4), "float32"))
+
+
 def test_register_backend_class(numpy_only):
     class Mine(NumpyBackend):
         pass

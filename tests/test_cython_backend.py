@@ -378,9 +378,17 @@ def test_recurrent_weights_are_packed_once_per_layer_and_team(monkeypatch):
     assert packed == [2, 2]  # one per layer
     np.testing.assert_allclose(layer(x, threads=1)[0], first, rtol=0, atol=1e-6)
     assert packed == [2, 2, 1, 1]
+    for threads in (2, 1, 2):  # two team sizes in turn: both stay packed
+        layer(x, threads=threads)
+    assert packed == [2, 2, 1, 1]
+    layer(x, threads=3)  # a third: packed, in place of the oldest
+    layer(x, threads=1)
+    assert packed == [2, 2, 1, 1, 3, 3]
+    layer(x, threads=2)
+    assert packed == [2, 2, 1, 1, 3, 3, 2, 2]
     layer.load_state_dict(layer.state_dict())
     layer(x, threads=1)
-    assert packed == [2, 2, 1, 1, 1, 1]
+    assert packed == [2, 2, 1, 1, 3, 3, 2, 2, 1, 1]
 
 
 def test_which_batches_project_their_inputs_step_by_step():

@@ -31,6 +31,7 @@ import os
 import platform
 import statistics
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -41,6 +42,7 @@ from typing import Any
 import numpy as np
 
 import gru
+from gru._cli_checks import accept_negative_values, figure_path, number_error, output_error
 
 __all__ = [
     "DEFAULT_SHAPES",
@@ -381,6 +383,10 @@ def resolve_implementations(names: Sequence[str] | None) -> list[Implementation]
             and info.capabilities.priority >= 0
         ]
         return chosen + [_peer(p) for p in PEERS]
+    known = ", ".join([*(f"gru:{n}" if n in PEERS else n for n in sorted(infos)), *PEERS])
+    if not any(raw.strip() for raw in names):
+        got = ",".join(names)
+        raise ValueError(f"--backends: expected implementation names separated by commas (known: {known}), got {got!r}")
     chosen = []
     for raw in names:
         name = raw.strip()
@@ -396,7 +402,6 @@ def resolve_implementations(names: Sequence[str] | None) -> list[Implementation]
         elif name in infos:
             impl = BackendImplementation(name, infos[name])
         else:
-            known = ", ".join([*(f"gru:{n}" if n in PEERS else n for n in sorted(infos)), *PEERS])
             raise ValueError(f"--backends: unknown implementation {name!r} (known: {known})")
         if impl.name not in {c.name for c in chosen}:
             chosen.append(impl)
@@ -554,7 +559,9 @@ class _LoadMeter:
         busy, wall = _busy_cpu_seconds(), time.perf_counter() - self._wall
         if busy is None or self._busy is None or wall <= 0:
             return None
-        return max(0.0, (busy - self._busy - (sum(os.times()[:2]) - self._own)) / wall)
+        other = (busy - self._busy - (sum(os.times()[:2]) - self._own)) / wall
+        # the two clocks are read at slightly different times: never more CPUs than the machine has
+        return min(max(0.0, other), float(os.cpu_count() or 1))
 
 
 # -- progress ------------------------------------------------------------------------------------------
@@ -691,8 +698,13 @@ def run(
     """
     if dtype not in TOLERANCES:
         raise ValueError(f"dtype: expected one of {sorted(TOLERANCES)}, got {dtype!r}")
-    if repeats < 1 or warmup < 0:
-        raise ValueError("repeats must be >= 1 and warmup >= 0")
+    for problem in (
+        number_error("repeats", repeats, 1),
+        number_error("warmup", warmup, 0),
+        None if budget_s is None else number_error("budget_s", budget_s, 0, "a number of seconds"),
+    ):
+        if problem:
+            raise ValueError(problem)
     settings = _Settings(dtype, threads or usable_cpus(), repeats, warmup, budget_s, training)
     impls = list(resolve_implementations(None) if implementations is None else implementations) + list(extra)
     notes: list[str] = []
@@ -702,7 +714,10 @@ def run(
         if reason:
             skipped[impl.name] = reason
             notes.append(f"{impl.name}: skipped, {reason}")
+    if all(impl.name in skipped for impl in impls):  # an empty table would read as success
+        raise ValueError("nothing can run: " + ("; ".join(notes) or "no implementation was selected"))
 
+    tolerance = (TRAIN_TOLERANCES if training else TOLERANCES)[dtype]  # what the agreement check applies
     torch = sys.modules.get("torch")  # loaded by the availability check: restore its pool size afterwards
     torch_threads = torch.get_num_threads() if torch is not None else None
     report: dict[str, Any] = {
@@ -716,7 +731,7 @@ def run(
             "warmup": warmup,
             "budget_s": budget_s,
             "seed": seed,
-            "tolerance": dict(zip(("rtol", "atol"), TOLERANCES[dtype], strict=True)),
+            "tolerance": dict(zip(("rtol", "atol"), tolerance, strict=True)),
             "layer": "1 layer, unidirectional, reset-after (linear_before_reset=1), bias, h0 = 0",
             "mode": "training" if training else "inference",
             "flops_formula": "18*H*(I+H)*B*T (forward 6, backward 12)" if training else "6*H*(I+H)*B*T",
@@ -783,15 +798,23 @@ def _run_case(
     own threads and re-warm its caches.
     """
     dtype = settings.dtype
-    reference = gru.GRU(case.input_size, case.hidden_size, dtype=dtype, backend="numpy", seed=rng)
-    state = reference.state_dict()
-    x = rng.standard_normal((case.steps, case.batch, case.input_size)).astype(dtype)
-    if settings.training:
-        d_output = rng.standard_normal((case.steps, case.batch, case.hidden_size)).astype(dtype)
-        expected: Any = _training_reference(state, case, x, d_output)
-    else:
-        expected = np.asarray(reference(x)[0], dtype=np.float64)
     planned = len(impls) * _calls_per_implementation(settings)
+    flops = case_flops(case, settings.training)
+    outcome: dict[str, Any] = {"shape": case.as_dict(), "label": case.label, "flops": flops, "results": []}
+    try:
+        reference = gru.GRU(case.input_size, case.hidden_size, dtype=dtype, backend="numpy", seed=rng)
+        state = reference.state_dict()
+        x = rng.standard_normal((case.steps, case.batch, case.input_size)).astype(dtype)
+        if settings.training:
+            d_output = rng.standard_normal((case.steps, case.batch, case.hidden_size)).astype(dtype)
+            expected: Any = _training_reference(state, case, x, d_output)
+        else:
+            expected = np.asarray(reference(x)[0], dtype=np.float64)
+    except MemoryError as exc:  # the shape's own arrays: every implementation fails it, the other shapes still run
+        reason = f"MemoryError: {exc}" if str(exc) else "MemoryError: the shape does not fit in memory"
+        outcome["results"] = [{"name": i.name, "kind": i.kind, "status": "error", "reason": reason} for i in impls]
+        bar.update(planned)
+        return outcome
     done = 0
 
     def tick(n: int = 1) -> None:
@@ -799,8 +822,8 @@ def _run_case(
         done += n
         bar.update(n)
 
-    results = []
-    timed: list[tuple[dict[str, Any], Runner, int, list[float]]] = []
+    results = outcome["results"]
+    timed: list[tuple[dict[str, Any], Runner, list[float]]] = []
     for impl in impls:
         bar.set_description(f"I,H,B,T={case.label} {impl.name} (check)")
         entry: dict[str, Any] = {"name": impl.name, "kind": impl.kind}
@@ -850,7 +873,6 @@ def _run_case(
                     tick()
     bar.update(max(planned - done, 0))  # calls the budget cut
 
-    flops = case_flops(case, settings.training)
     for entry, _, times in timed:
         median = statistics.median(times)
         entry.update(
@@ -863,7 +885,7 @@ def _run_case(
             us_per_step=median / case.steps * 1e6,
             gflops=flops / median / 1e9,
         )
-    return {"shape": case.as_dict(), "label": case.label, "flops": flops, "results": results}
+    return outcome
 
 
 def _add_ratios(report: dict[str, Any]) -> None:
@@ -903,8 +925,8 @@ def format_table(report: dict[str, Any]) -> str:
     m, s, peers = report["machine"], report["settings"], report["peers"]
     v = m["versions"]
     lines = [
-        f"gru bench: {_describe_machine(report)}; median of up to {s['repeats']} calls"
-        f" in {_rounds(s['repeats'])} interleaved rounds, after {s['warmup']} warm-up",
+        f"gru bench: {_describe_machine(report)}; median of up to {_count(s['repeats'], 'call')}"
+        f" in {_count(_rounds(s['repeats']), 'interleaved round')}, after {s['warmup']} warm-up",
         "  "
         + " · ".join(f"{k} {v[k] or '-'}" for k in ("gru", "numpy", "scipy", "torch", "onnxruntime"))
         + f" · Python {m['python']}",
@@ -989,12 +1011,17 @@ def format_table(report: dict[str, Any]) -> str:
             + (f" ({busiest['other_load_cpus']:.2f} during {busiest['label']})" if busiest else "")
         )
         if _too_busy(report):
+            n = s["threads"]
             lines.append(
-                f"WARNING: the machine was busy: {s['threads']} threads did not have {s['threads']} idle CPUs, so"
+                f"WARNING: the machine was busy: {_count(n, 'thread')} did not have {_count(n, 'idle CPU')}, so"
                 " timings (multi-threaded ones most) are inflated and ratios unreliable; rerun when it is idle,"
                 " or with --threads no more than the idle CPUs"
             )
     return "\n".join(lines)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _ratio_between_decades(y: float, _position: int) -> str:
@@ -1040,6 +1067,15 @@ def _render(header: list[str], rows: list[list[str]], right_from: int) -> list[s
     return out
 
 
+def _why_no_speedup(report: dict[str, Any], names: list[str]) -> str:
+    """The GFLOP/s panel's reason: no peer asked for, none could run, or nothing but the peer to compare."""
+    if report["peers"]:
+        return f"nothing to compare {', '.join(names)} with"
+    if any(i["kind"] == "peer" for i in report["implementations"]):
+        return "no peer could run here; see the notes"
+    return "no peer selected"
+
+
 def write_plot(report: dict[str, Any], path: str) -> str | None:
     """Grouped bars of speedup vs each peer per shape (log scale); returns None or why nothing was written."""
     try:
@@ -1052,12 +1088,18 @@ def write_plot(report: dict[str, Any], path: str) -> str | None:
         return "matplotlib is not installed: pip install matplotlib"
     peers, cases = report["peers"], report["cases"]
     labels = [f"I={c['shape']['I']} H={c['shape']['H']}\nB={c['shape']['B']} T={c['shape']['T']}" for c in cases]
-    names = [i["name"] for i in report["implementations"] if not i["skipped"]]
+    timed = {r["name"] for c in cases for r in c["results"] if r["status"] == "ok"}
+    if not timed:
+        return "nothing was timed"
+    names = [i["name"] for i in report["implementations"] if i["name"] in timed]
     color = {name: plt.get_cmap("tab10")(k % 10) for k, name in enumerate(names)}  # the same in every panel
-    panels: list[tuple[str, str | None]] = [(f"speedup vs {p} (= {p} time / time; > 1 is faster)", p) for p in peers]
+    panels: list[tuple[str, str | None]] = [
+        (f"speedup vs {p} (= {p} time / time; > 1 is faster)", p) for p in peers if timed - {p}
+    ]
     if not panels:
-        panels = [("GFLOP/s (no peer installed)", None)]
-    fig, axes = plt.subplots(len(panels), 1, figsize=(max(8, 1.9 * len(cases) + 3), 4.2 * len(panels)), squeeze=False)
+        panels = [(f"GFLOP/s ({_why_no_speedup(report, names)})", None)]
+    fig_width = max(8, 1.9 * len(cases) + 3)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(fig_width, 4.2 * len(panels)), squeeze=False)
     for ax, (title, peer) in zip(axes[:, 0], panels, strict=True):
         shown = [n for n in names if n != peer]
         width = 0.8 / max(len(shown), 1)
@@ -1107,12 +1149,13 @@ def write_plot(report: dict[str, Any], path: str) -> str | None:
     v, s = report["machine"]["versions"], report["settings"]
     load = report.get("other_load_cpus")
     busy = f" · BUSY MACHINE: other processes used {load:.1f} CPUs" if _too_busy(report) else ""
-    fig.suptitle(
-        f"gru {v['gru']} CPU benchmark: {_describe_machine(report)}\n"
+    lines = [
+        f"gru {v['gru']} CPU benchmark: {_describe_machine(report)}",
         f"numpy {v['numpy']} · torch {v['torch'] or '-'} · onnxruntime {v['onnxruntime'] or '-'} · "
-        f"median of up to {s['repeats']} calls{busy}",
-        fontsize=10,
-    )
+        f"median of up to {_count(s['repeats'], 'call')}{busy}",
+    ]
+    # about 12 characters of 10-point text per inch: wrapped, the title stays inside the figure
+    fig.suptitle("\n".join(textwrap.fill(line, int(fig_width * 12)) for line in lines), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -1164,7 +1207,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and inputs")
     parser.add_argument("--json", metavar="FILE", help="write the report with every timing and the machine to FILE")
-    parser.add_argument("--plot", metavar="FILE.png", help="write a bar chart of the speedups (matplotlib)")
+    parser.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="write a bar chart of the speedups (matplotlib; the suffix picks the format, none: .png is added)",
+    )
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -1172,15 +1219,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"{QUICK_MAX_STEPS} steps (unless --shapes is given)",
     )
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    accept_negative_values(parser)
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    """Run what parsed ``args`` say; 0 when all went well, 1 if one disagreed or raised, 2 on bad input."""
+    """Run what parsed ``args`` say; 0 when all went well, 1 if one disagreed or raised, 2 on bad input.
+
+    Every argument, output file included, is checked before anything is timed.
+    """
     threads = args.threads if args.threads is not None else usable_cpus()
-    if threads < 1:
-        print("gru bench: --threads must be >= 1", file=sys.stderr)
-        return 2
-    set_thread_environment(threads)  # before the first torch/onnxruntime/backend load picks up its pool size
     training = getattr(args, "train", False)
     shapes = TRAIN_SHAPES if training else DEFAULT_SHAPES
     if args.shapes:
@@ -1191,8 +1238,22 @@ def run_from_args(args: argparse.Namespace) -> int:
         cases = [Case(*s) for s in shapes]
     repeats = args.repeats if args.repeats is not None else (QUICK_REPEATS if args.quick else DEFAULT_REPEATS)
     warmup = args.warmup if args.warmup is not None else (QUICK_WARMUP if args.quick else DEFAULT_WARMUP)
+    plot, plot_problem = figure_path(args.plot, "--plot") if args.plot else (None, None)
+    problem = (
+        number_error("--threads", threads, 1)
+        or number_error("--repeats", repeats, 1)
+        or number_error("--warmup", warmup, 0)
+        or number_error("--budget", args.budget, 0, "a number of seconds")
+        or number_error("--seed", args.seed, 0)
+        or _memory_error(cases, args.dtype)
+        or (output_error(args.json, "--json") if args.json else None)
+        or plot_problem
+    )
+    if problem:
+        return _fail(problem)
+    set_thread_environment(threads)  # before the first torch/onnxruntime/backend load picks up its pool size
     try:
-        impls = resolve_implementations(args.backends.split(",") if args.backends else None)
+        impls = resolve_implementations(args.backends.split(",") if args.backends is not None else None)
         report = run(
             cases,
             implementations=impls,
@@ -1206,20 +1267,49 @@ def run_from_args(args: argparse.Namespace) -> int:
             training=training,
         )
     except ValueError as exc:
-        print(f"gru bench: {exc}", file=sys.stderr)
-        return 2
+        return _fail(str(exc))
     print(format_table(report))
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=1)
-        print(f"wrote {args.json}")
-    if args.plot:
-        os.makedirs(os.path.dirname(os.path.abspath(args.plot)), exist_ok=True)
-        why = write_plot(report, args.plot)
-        print(f"plot not written: {why}" if why else f"wrote {args.plot}")
     failed = any(r["status"] in ("mismatch", "error") for c in report["cases"] for r in c["results"])
-    return 1 if failed else 0
+    status = 1 if failed else 0
+    if args.json:
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+            with open(args.json, "w", encoding="utf-8") as f:
+                json.dump(report, f, indent=1)
+            print(f"wrote {args.json}")
+        except OSError as exc:  # it was writable before the run; the table above still holds the results
+            status = _fail(f"--json: cannot write {args.json!r}: {exc}")
+    if plot:
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(plot)), exist_ok=True)
+            why = write_plot(report, plot)
+            print(f"plot not written: {why}" if why else f"wrote {plot}")
+        except OSError as exc:
+            status = _fail(f"--plot: cannot write {plot!r}: {exc}")
+    return status
+
+
+def _fail(message: str) -> int:
+    print(f"gru bench: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _memory_error(cases: Sequence[Case], dtype: str) -> str | None:
+    """A shape whose input, output and weights alone exceed the machine's memory, refused before it is drawn."""
+    from gru._layers import _memory_bytes
+
+    memory = _memory_bytes()
+    if memory is None:  # unknown here: a MemoryError is then that shape's error
+        return None
+    for case in cases:
+        I, H = case.input_size, case.hidden_size
+        need = np.dtype(dtype).itemsize * (case.steps * case.batch * (I + H) + 3 * H * (I + H))
+        if need > memory:
+            return (
+                f"--shapes: expected shapes that fit in memory, got {case.label}: its input, output and weights "
+                f"alone take {need / 2**30:,.1f} GiB, this machine has {memory / 2**30:,.1f} GiB"
+            )
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:

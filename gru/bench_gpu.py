@@ -41,6 +41,8 @@ from typing import Any
 
 import numpy as np
 
+from gru._cli_checks import accept_negative_values, number_error, output_error
+
 #: (input_size, hidden_size, batch, seq_len), the shapes of GUIDE.md §3
 SHAPES = [
     (128, 128, 1, 1000),  # sync-latency
@@ -345,6 +347,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget", type=float, default=80.0, help="seconds; shapes not started by then are skipped")
     parser.add_argument("--sweep", action="store_true", help="also time the persistent kernel over its knobs")
     parser.add_argument("--crossover", action="store_true", help="also time every path over a grid of batch sizes")
+    accept_negative_values(parser)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -355,9 +358,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    """Run what parsed ``args`` say (see :func:`main`)."""
+    """Run what parsed ``args`` say (see :func:`main`); the arguments are checked before CuPy is needed."""
     import gru
 
+    problem = (
+        number_error("--repeats", args.repeats, 1)
+        or number_error("--warmup", args.warmup, 0)
+        or number_error("--budget", args.budget, 0, "a number of seconds", above=True)  # 0 would skip every shape
+        or output_error(str(args.json), "--json")
+    )
+    if problem:
+        print(f"gru bench-gpu: error: {problem}", file=sys.stderr)
+        return 2
     try:
         gru.get_backend("cupy")
     except gru.BackendError as exc:

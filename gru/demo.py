@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 import gru
+from gru._cli_checks import accept_negative_values, figure_path, number_error
 from gru.train import Adam, Linear, clip_grad_norm, mse_loss
 
 __all__ = ["DemoResult", "add_arguments", "adding_problem", "run_from_args", "train_adding"]
@@ -69,12 +70,25 @@ class DemoResult:
 
 
 def training_backend(choice: str) -> str:
-    """The backend a training call with ``choice`` runs on: ``auto`` is the fastest CPU one declaring training."""
+    """The backend a training call with ``choice`` runs on: ``auto`` is the fastest CPU one declaring training.
+
+    A named backend is checked here, so that a bad name fails before a run starts.
+    """
+    infos = gru.list_backends()
     if choice != "auto":
+        info = next((i for i in infos if i.name == choice), None)
+        if info is None:
+            known = ", ".join(sorted(i.name for i in infos))
+            raise gru.BackendNotFoundError(f"no backend named {choice!r} is registered (registered: {known})")
+        if not info.available:
+            raise gru.BackendUnavailableError(f"backend {choice!r} cannot run here: {info.reason}")
+        caps = info.capabilities
+        if caps is None or not caps.training or DTYPE not in caps.dtypes:
+            raise gru.UnsupportedRequestError(f"backend {choice!r} does not declare training in {DTYPE}")
         return choice
     capable = [
         info
-        for info in gru.list_backends()
+        for info in infos
         if info.available
         and info.capabilities is not None
         and info.capabilities.training
@@ -275,7 +289,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out",
         default="gru-demo.png",
         metavar="FILE.png",
-        help="where to save the figure (default gru-demo.png; empty: none)",
+        help="where to save the figure (default gru-demo.png; the suffix picks the format, none: .png; empty: none)",
     )
     parser.add_argument("--hidden", type=int, default=32, metavar="H", help="hidden units (default 32)")
     parser.add_argument("--batch", type=int, default=64, metavar="B", help="sequences per step (default 64)")
@@ -296,28 +310,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "other at every step, and on a busy machine for a descheduled one; 0: the backend's default)",
     )
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    accept_negative_values(parser)
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    """Train, print the result, save the figure; 0 when the target was reached, 1 when not, 2 on bad input."""
-    if args.threads < 0:
-        print(f"gru demo: --threads must be >= 0, got {args.threads}", file=sys.stderr)
-        return 2
-    for name in ("seq_len", "hidden", "batch", "steps"):
-        if getattr(args, name) < (2 if name == "seq_len" else 1):
-            print(f"gru demo: --{name.replace('_', '-')} is too small: {getattr(args, name)}", file=sys.stderr)
-            return 2
+    """Train, print the result, save the figure; 0 when the target was reached, 1 when not, 2 on bad input.
+
+    Every argument, the figure's file included, is checked before anything is printed or trained.
+    """
+    out, out_problem = figure_path(args.out, "--out") if args.out else (None, None)
+    problem = (
+        number_error("--threads", args.threads, 0)
+        or number_error("--seq-len", args.seq_len, 2)
+        or number_error("--hidden", args.hidden, 1)
+        or number_error("--batch", args.batch, 1)
+        or number_error("--steps", args.steps, 1)
+        or number_error("--seed", args.seed, 0)
+        or number_error("--lr", args.lr, 0, "a learning rate", above=True)
+        or number_error("--time-limit", args.time_limit, 0, "a number of seconds", above=True)
+        or number_error("--target", args.target, 0, "a test MSE", above=True)
+        or out_problem
+    )
+    flag, choice = ("--backend", args.backend) if args.backend else ("$GRU_BACKEND", os.environ.get("GRU_BACKEND"))
     try:
-        backend = training_backend(args.backend or os.environ.get("GRU_BACKEND") or "auto")
-        print(
-            f"adding problem: sequences of {args.seq_len} (value ~ U(0,1), marker) pairs with two marked steps; "
-            f"predict the sum of the two marked values (always guessing 1: MSE {BASELINE_MSE:.3f})"
-        )
-        print(
-            f"GRU(2, {args.hidden}) + Linear({args.hidden}, 1), {DTYPE}, backend {backend}; Adam lr {args.lr:g}, "
-            f"batch {args.batch}, gradient norm clipped at 1, seed {args.seed}, {args.threads or 'default'} "
-            f"thread{'s' if args.threads != 1 else ''}; target test MSE < {args.target:g}"
-        )
+        backend = training_backend(choice or "auto")
+    except gru.BackendError as exc:
+        problem = problem or f"{flag if choice else '--backend'}: {exc}"
+    if problem:
+        print(f"gru demo: error: {problem}", file=sys.stderr)
+        return 2
+    print(
+        f"adding problem: sequences of {args.seq_len} (value ~ U(0,1), marker) pairs with two marked steps; "
+        f"predict the sum of the two marked values (always guessing 1: MSE {BASELINE_MSE:.3f})"
+    )
+    print(
+        f"GRU(2, {args.hidden}) + Linear({args.hidden}, 1), {DTYPE}, backend {backend}; Adam lr {args.lr:g}, "
+        f"batch {args.batch}, gradient norm clipped at 1, seed {args.seed}, {args.threads or 'default'} "
+        f"thread{'s' if args.threads != 1 else ''}; target test MSE < {args.target:g}"
+    )
+    try:
         result, layer, readout, test = train_adding(
             seq_len=args.seq_len,
             hidden=args.hidden,
@@ -332,7 +363,7 @@ def run_from_args(args: argparse.Namespace) -> int:
             progress=args.progress,
         )
     except (gru.BackendError, ValueError) as exc:
-        print(f"gru demo: {exc}", file=sys.stderr)
+        print(f"gru demo: error: {exc}", file=sys.stderr)
         return 2
     seen = result.steps * args.batch
     verdict = "reached" if result.reached else "did NOT reach"
@@ -348,8 +379,12 @@ def run_from_args(args: argparse.Namespace) -> int:
             f"  test sequence {k}: marked at steps {marks[k][0]:>3} and {marks[k][1]:>3}: "
             f"{a:.3f} + {b:.3f} = {y[k, 0]:.3f}, predicted {pred:.3f}"
         )
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        why = write_figure(args.out, result, layer, test, args.target)
-        print(f"figure not written: {why}" if why else f"wrote {args.out}")
+    if out:
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+            why = write_figure(out, result, layer, test, args.target)
+        except OSError as exc:  # checked before training, so something changed since: the result is printed above
+            print(f"gru demo: error: --out: cannot write {out!r}: {exc}", file=sys.stderr)
+            return 2
+        print(f"figure not written: {why}" if why else f"wrote {out}")
     return 0 if result.reached else 1

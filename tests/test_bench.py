@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 
@@ -24,17 +25,9 @@ def _restore_thread_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(var, raising=False)
 
 
-def _quick_run(implementations, **kwargs):
-    return bench.run(
-        [TINY],
-        implementations=implementations,
-        threads=1,
-        repeats=2,
-        warmup=1,
-        progress=False,
-        measure_machine_gemm=False,
-        **kwargs,
-    )
+def _quick_run(implementations, cases=(TINY,), **kwargs):
+    settings = {"threads": 1, "repeats": 2, "warmup": 1, "progress": False, "measure_machine_gemm": False} | kwargs
+    return bench.run(list(cases), implementations=implementations, **settings)
 
 
 def test_cli_writes_a_complete_json_report(tmp_path, capsys):
@@ -263,3 +256,206 @@ def test_ab_kernels_refuses_a_file_that_is_not_a_build(tmp_path, capsys):
         _ab_kernels().main([str(bogus), str(bogus), "--shapes", "4,4,1,2"])
     assert exc.value.code == 2
     assert "not_kernels.so: expected a build" in capsys.readouterr().err
+
+
+# -- arguments are checked before anything is timed ---------------------------------------------------
+
+TINY_ARGV = ["bench", "--shapes", "8,8,1,4", "--backends", "numpy", "--repeats", "1", "--warmup", "0"]
+
+
+@pytest.fixture
+def no_timing(monkeypatch):
+    """Fails the test if the run starts: a bad argument must be refused before anything is timed."""
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the benchmark ran")
+
+    monkeypatch.setattr(bench, "run", must_not_run)
+
+
+@pytest.mark.parametrize(
+    "flag, name, message",
+    [
+        ("--json", "afile/out.json", "afile' is a file, not a directory"),
+        ("--json", "adir", "expected a file name, got the directory"),
+        ("--plot", "afile/out.png", "afile' is a file, not a directory"),
+        ("--plot", "out.txt", "expected a file name ending in one of"),
+    ],
+)
+def test_unwritable_outputs_are_refused_before_timing(tmp_path, capsys, no_timing, flag, name, message):
+    if flag == "--plot":
+        pytest.importorskip("matplotlib")
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "adir").mkdir()
+    path = str(tmp_path / name)
+    assert cli_main([*TINY_ARGV, flag, path, "--no-progress"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"gru bench: error: {flag}: ") and message in captured.err
+    assert repr(path) in captured.err and captured.out == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "afile"]  # nothing left behind
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="no /proc here")
+def test_outputs_in_proc_are_refused(capsys, no_timing):
+    assert cli_main([*TINY_ARGV, "--json", "/proc/out.json"]) == 2
+    assert "--json: cannot write '/proc/out.json': cannot create files in '/proc'" in capsys.readouterr().err
+
+
+def test_plot_without_a_suffix_names_the_file_written(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    assert cli_main([*TINY_ARGV, "--threads", "1", "--plot", str(tmp_path / "chart"), "--no-progress"]) == 0
+    assert f"wrote {tmp_path / 'chart.png'}\n" in capsys.readouterr().out
+    assert [p.name for p in tmp_path.iterdir()] == ["chart.png"]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--threads", "0"], "--threads: expected an integer >= 1, got 0"),
+        (["--threads", "-2"], "--threads: expected an integer >= 1, got -2"),
+        (["--repeats", "0"], "--repeats: expected an integer >= 1, got 0"),
+        (["--repeats", "-1"], "--repeats: expected an integer >= 1, got -1"),
+        (["--warmup", "-1"], "--warmup: expected an integer >= 0, got -1"),
+        (["--budget", "-1"], "--budget: expected a number of seconds >= 0, got -1"),
+        (["--budget", "nan"], "--budget: expected a number of seconds >= 0, got nan"),
+        (["--seed", "-1"], "--seed: expected an integer >= 0, got -1"),
+        (
+            ["--shapes", "1,1,1,200000000000000"],
+            "--shapes: expected shapes that fit in memory, got 1,1,1,200000000000000",
+        ),
+    ],
+)
+def test_bad_values_name_the_option_and_the_value(capsys, no_timing, extra, message):
+    assert cli_main([*TINY_ARGV, *extra, "--no-progress"]) == 2
+    line = capsys.readouterr().err.rstrip("\n")
+    expected = f"gru bench: error: {message}"
+    assert "\n" not in line and (line == expected or line.startswith(expected + ": ")), line
+
+
+@pytest.mark.parametrize("value", ["-1,2,3,4", "8,-8,1,4"])
+def test_negative_shape_values_get_the_shape_message(capsys, value):
+    for argv in (["bench", "--shapes", value], ["bench", f"--shapes={value}"]):
+        with pytest.raises(SystemExit) as exit_info:
+            cli_main(argv)
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert f"argument --shapes: expected I,H,B,T as four positive integers, got '{value}'" in err
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--backends", ","], "--backends: expected implementation names separated by commas"),
+        (["--backends", ""], "--backends: expected implementation names separated by commas"),
+        (["--backends", "cupy"], "nothing can run: cupy: skipped, "),  # not here, or not on the CPU
+        (["--train", "--backends", "onnxruntime"], "nothing can run: onnxruntime: skipped, inference only"),
+    ],
+)
+def test_a_selection_that_can_run_nothing_exits_2_without_a_plot(tmp_path, capsys, extra, message):
+    plot = tmp_path / "chart.png"
+    argv = [*TINY_ARGV[:-6], *extra, "--shapes", "8,8,1,4", "--repeats", "1", "--warmup", "0"]
+    assert cli_main([*argv, "--plot", str(plot), "--no-progress"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"gru bench: error: {message}") and captured.out == ""
+    assert not plot.exists()
+
+
+def test_write_plot_refuses_a_run_where_nothing_was_timed(tmp_path):
+    pytest.importorskip("matplotlib")
+    report = _quick_run([], extra=[_Numpy("wrong", lambda y: y * 1.01)])
+    assert bench.write_plot(report, str(tmp_path / "p.png")) == "nothing was timed"
+    assert not (tmp_path / "p.png").exists()
+
+
+def test_a_shape_out_of_memory_is_that_shape_s_error(monkeypatch):
+    reference = bench._training_reference
+
+    def out_of_memory(state, case, x, d_output):
+        if case.steps == 5:
+            raise MemoryError("Unable to allocate 1.00 PiB for an array")
+        return reference(state, case, x, d_output)
+
+    monkeypatch.setattr(bench, "_training_reference", out_of_memory)
+    impls = bench.resolve_implementations(["numpy"])
+    report = _quick_run(impls, [TINY, bench.Case(4, 8, 1, 3)], repeats=1, warmup=0, training=True)
+    big, small = report["cases"]
+    assert [(r["name"], r["status"]) for r in big["results"]] == [("numpy", "error")]
+    assert big["results"][0]["reason"] == "MemoryError: Unable to allocate 1.00 PiB for an array"
+    assert small["results"][0]["status"] == "ok"
+    assert "NOT TIMED: 8,16,2,5 numpy: MemoryError" in bench.format_table(report)
+
+
+def test_the_report_records_the_tolerance_its_check_applied():
+    impls = bench.resolve_implementations(["numpy"])
+    inference = _quick_run(impls)["settings"]["tolerance"]
+    training = _quick_run(impls, training=True)["settings"]["tolerance"]
+    assert inference == dict(zip(("rtol", "atol"), bench.TOLERANCES["float32"], strict=True))
+    assert training == dict(zip(("rtol", "atol"), bench.TRAIN_TOLERANCES["float32"], strict=True))
+    assert training != inference
+
+
+def test_the_readme_states_the_defaults_of_the_code():
+    from pathlib import Path
+
+    readme = Path(__file__).resolve().parents[1] / "benchmarks" / "README.md"
+    text = readme.read_text(encoding="utf-8")
+    assert f"`--warmup` untimed calls per implementation (default {bench.DEFAULT_WARMUP}, `--quick` 1)" in text
+    assert bench.QUICK_WARMUP == 1
+    assert f"`--repeats` timed calls (default {bench.DEFAULT_REPEATS}, `--quick` {bench.QUICK_REPEATS})" in text
+    assert f"`--budget` (default {bench.DEFAULT_BUDGET_S:g} s)" in text
+
+
+def _plot_figure(report, path, monkeypatch):
+    """Writes the plot; returns its panel titles, whether the title stays inside the figure, and the warnings."""
+    import warnings
+
+    from matplotlib.figure import Figure
+
+    seen = {}
+    savefig = Figure.savefig
+
+    def spy(fig, *args, **kwargs):
+        savefig(fig, *args, **kwargs)
+        (title,) = fig.texts  # the suptitle
+        box = title.get_window_extent(fig.canvas.get_renderer())
+        seen.update(titles=[ax.get_title() for ax in fig.axes], inside=0 <= box.x0 and box.x1 <= fig.bbox.x1)
+
+    monkeypatch.setattr(Figure, "savefig", spy)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert bench.write_plot(report, str(path)) is None
+    return seen["titles"], seen["inside"], [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+
+
+class _Peer(_Numpy):
+    kind = "peer"
+
+
+def test_plots_of_one_implementation_say_why_they_show_gflops(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    alone = _quick_run([], extra=[_Peer("torch", lambda y: y)])
+    alone["machine"]["cpu"] = "A Processor With A Model Name As Long As Some Are, 96 Cores, Made In The Year 2030"
+    alone["machine"]["versions"]["torch"] = "2.13.0+cpu.and.a.long.local.version.label"
+    titles, inside, warned = _plot_figure(alone, tmp_path / "torch.png", monkeypatch)
+    assert titles == ["GFLOP/s (nothing to compare torch with)"] and inside and warned == []
+
+    numpy_only = _quick_run(bench.resolve_implementations(["numpy"]))
+    titles, inside, warned = _plot_figure(numpy_only, tmp_path / "numpy.png", monkeypatch)
+    assert titles == ["GFLOP/s (no peer selected)"] and inside and warned == []
+
+    both = _quick_run(bench.resolve_implementations(["numpy"]), extra=[_Peer("torch", lambda y: y)])
+    titles, _, warned = _plot_figure(both, tmp_path / "both.png", monkeypatch)
+    assert titles == ["speedup vs torch (= torch time / time; > 1 is faster)"] and warned == []
+
+
+def test_other_load_is_at_most_the_cpus_and_the_warning_counts_right(monkeypatch):
+    clock = iter([0.0, 1e6])  # a busy-time jump no machine can make in the time between
+    with monkeypatch.context() as patch:
+        patch.setattr(bench, "_busy_cpu_seconds", lambda: next(clock))
+        assert bench._LoadMeter().other_cpus() == float(os.cpu_count())
+
+    report = _quick_run(bench.resolve_implementations(["numpy"]))
+    report["other_load_cpus"] = float(report["machine"]["usable_cpus"])
+    table = bench.format_table(report)
+    assert "WARNING: the machine was busy: 1 thread did not have 1 idle CPU, so" in table
+    assert "median of up to 2 calls in 2 interleaved rounds" in table

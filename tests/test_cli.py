@@ -132,6 +132,28 @@ def test_bench_gpu_without_a_usable_gpu_says_why_and_exits_2(capsys, tmp_path):
     assert not (tmp_path / "gpu.json").exists()  # nothing half-written
 
 
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--repeats", "0"], "--repeats: expected an integer >= 1, got 0"),
+        (["--warmup", "-1"], "--warmup: expected an integer >= 0, got -1"),
+        (["--budget", "0"], "--budget: expected a number of seconds > 0, got 0"),
+    ],
+)
+def test_bench_gpu_checks_its_arguments_before_the_gpu(capsys, tmp_path, extra, message):
+    assert main(["bench-gpu", "--json", str(tmp_path / "gpu.json"), *extra]) == 2
+    assert capsys.readouterr().err == f"gru bench-gpu: error: {message}\n"
+    assert not (tmp_path / "gpu.json").exists()
+
+
+def test_bench_gpu_refuses_a_results_file_it_cannot_write(capsys, tmp_path):
+    assert main(["bench-gpu", "--json", str(tmp_path)]) == 2
+    assert (
+        capsys.readouterr().err
+        == f"gru bench-gpu: error: --json: expected a file name, got the directory {str(tmp_path)!r}\n"
+    )
+
+
 def test_bench_gpu_requires_a_results_file(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["bench-gpu"])

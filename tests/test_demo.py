@@ -90,3 +90,34 @@ def test_demo_honours_gru_backend(capsys, monkeypatch):
     monkeypatch.setenv("GRU_BACKEND", "numpy")
     assert main(["demo", "--seq-len", "6", "--steps", "1", "--out", "", "--no-progress", "--threads", "0"]) == 1
     assert "on backend numpy" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--backend", "nosuch"], "--backend: no backend named 'nosuch' is registered"),
+        (["--lr", "-1"], "--lr: expected a learning rate > 0, got -1"),
+        (["--lr", "-1e-3"], "--lr: expected a learning rate > 0, got -0.001"),
+        (["--seed", "-1"], "--seed: expected an integer >= 0, got -1"),
+        (["--out", "afile/x.png"], "--out: cannot write "),
+        (["--out", "x.txt"], "--out: expected a file name ending in one of"),
+    ],
+)
+def test_demo_checks_everything_before_printing_or_training(capsys, tmp_path, monkeypatch, extra, message):
+    if "--out" in extra:
+        pytest.importorskip("matplotlib")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("")
+    monkeypatch.setattr(demo, "train_adding", lambda **kwargs: pytest.fail("training started"))
+    assert main(["demo", "--seq-len", "4", "--steps", "1", "--out", "", *extra]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # no header lines before the error
+    assert captured.err.startswith(f"gru demo: error: {message}")
+
+
+def test_demo_names_the_figure_it_wrote(capsys, tmp_path):
+    pytest.importorskip("matplotlib")
+    args = ["demo", "--seq-len", "4", "--steps", "1", "--hidden", "4", "--backend", "numpy", "--no-progress"]
+    assert main([*args, "--out", str(tmp_path / "figure")]) == 1
+    assert f"wrote {tmp_path / 'figure.png'}\n" in capsys.readouterr().out
+    assert [p.name for p in tmp_path.iterdir()] == ["figure.png"]

@@ -859,21 +859,28 @@ def _run_case(
             # the machine (a busy memory system, a lower clock) falls on each of the others in turn
             shift = r % max(len(timed), 1)
             for entry, forward, times in timed[shift:] + timed[:shift]:
+                if "status" in entry:  # it raised in an earlier round
+                    continue
                 bar.set_description(f"I,H,B,T={case.label} {entry['name']} (round {r + 1}/{rounds})")
                 time.sleep(QUIESCE_S)
-                for _ in range(settings.warmup):
-                    forward(x)
-                tick(min(settings.warmup, 1))
-                for k in range(share):
-                    if k and budget is not None and sum(times) > budget:
-                        break
-                    start = time.perf_counter()
-                    forward(x)
-                    times.append(time.perf_counter() - start)
-                    tick()
+                try:
+                    for _ in range(settings.warmup):
+                        forward(x)
+                    tick(min(settings.warmup, 1))
+                    for k in range(share):
+                        if k and budget is not None and sum(times) > budget:
+                            break
+                        start = time.perf_counter()
+                        forward(x)
+                        times.append(time.perf_counter() - start)
+                        tick()
+                except Exception as exc:  # as in its check: this implementation's error, not the run's end
+                    entry.update(status="error", reason=f"{type(exc).__name__} while timed: {exc}")
     bar.update(max(planned - done, 0))  # calls the budget cut
 
     for entry, _, times in timed:
+        if "status" in entry:
+            continue
         median = statistics.median(times)
         entry.update(
             status="ok",

@@ -108,6 +108,22 @@ def test_a_wrong_implementation_is_refused_not_timed():
     assert "NOT TIMED: 8,16,2,5 wrong" in table and "MISMATCH" in table
 
 
+def test_an_implementation_raising_while_timed_is_that_implementations_error():
+    calls = []
+
+    def fails_later(y):  # passes its check and its warm-up, then raises
+        calls.append(1)
+        if len(calls) > 2:
+            raise RuntimeError("worn out")
+        return y
+
+    report = _quick_run(bench.resolve_implementations(["numpy"]), extra=[_Numpy("flaky", fails_later)])
+    results = {r["name"]: r for r in report["cases"][0]["results"]}
+    assert results["flaky"]["status"] == "error" and "worn out" in results["flaky"]["reason"]
+    assert "median_s" not in results["flaky"]
+    assert results["numpy"]["status"] == "ok" and results["numpy"]["repeats"] == 2  # the run went on
+
+
 def test_bad_arguments_exit_2(capsys):
     assert bench.main(["--backends", "no-such-backend", "--no-progress"]) == 2
     assert "unknown implementation" in capsys.readouterr().err

@@ -237,6 +237,8 @@ def _reshape(graph: _Graph, node: Any, labels: list[str], sizes: dict[str, int],
             raise failure
         if value == -1 and int(target[2]) == -1:
             raise failure
+        if value > 0:  # a fixed size, where T and B come with each input: which axis it takes cannot be checked
+            raise failure
     return [*leading, "DH"]
 
 
@@ -346,6 +348,9 @@ def layer_to_onnx(layer: Any, *, opset: int = 17, initial_state: bool = False, l
     from gru import _validation as v
 
     opset = v.check_int(opset, "opset", 14)  # layout and today's GRU semantics since opset 14
+    newest = onnx.defs.onnx_opset_version()
+    if opset > newest:
+        raise ValueError(f"opset: expected 14 to {newest} (the newest this onnx {onnx.__version__} knows), got {opset}")
     initial_state = v.check_bool(initial_state, "initial_state")
     lengths = v.check_bool(lengths, "lengths")
     elem = TensorProto.DOUBLE if layer.dtype == "float64" else TensorProto.FLOAT

@@ -139,7 +139,16 @@ def torch_to_keras(weights: TorchWeights | tuple, *, reset_after: bool = True, b
     (b_ih + b_hh: in the reset-before candidate both are added outside the
     reset gate, so the function is the same). ``bias=False`` leaves the bias out.
     """
-    w_ih, w_hh, b_ih, b_hh = (np.asarray(a) for a in weights)
+    if not isinstance(weights, (tuple, list)) or len(weights) != 4:
+        got = f"{len(weights)} items" if isinstance(weights, (tuple, list)) else type(weights).__name__
+        raise TypeError(f"weights: expected (w_ih, w_hh, b_ih, b_hh) in PyTorch's layout, got {got}")
+    w_ih, w_hh = _host(weights[0], "weights.w_ih", 2), _host(weights[1], "weights.w_hh", 2)
+    b_ih, b_hh = _host(weights[2], "weights.b_ih", 1), _host(weights[3], "weights.b_hh", 1)
+    H = w_hh.shape[1]
+    for name, array, shape in (("w_ih", w_ih, (3 * H, w_ih.shape[1])), ("w_hh", w_hh, (3 * H, H)),
+                               ("b_ih", b_ih, (3 * H,)), ("b_hh", b_hh, (3 * H,))):  # fmt: skip
+        if array.shape != shape:
+            raise ValueError(f"weights.{name}: expected shape {shape} (hidden size {H} from w_hh), got {array.shape}")
     out = [np.ascontiguousarray(swap_rz(w_ih).T), np.ascontiguousarray(swap_rz(w_hh).T)]
     if bias:
         out.append(np.stack([swap_rz(b_ih), swap_rz(b_hh)]) if reset_after else swap_rz(b_ih + b_hh))
@@ -227,8 +236,12 @@ def _is_keras_layer(obj: Any) -> bool:
 
 
 def _keras_activation_name(value: Any) -> str:
-    if isinstance(value, dict):  # a serialized activation object
-        value = value.get("config", {}).get("name", value.get("class_name"))
+    if isinstance(value, dict):  # a serialized activation object; its config a dict, or the name itself
+        config = value.get("config")
+        if isinstance(config, dict):
+            value = config.get("name", value.get("class_name"))
+        else:
+            value = config or value.get("class_name")
     return str(getattr(value, "__name__", value))
 
 

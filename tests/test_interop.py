@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import subprocess
 import sys
 import warnings
@@ -246,6 +247,31 @@ def test_from_keras_layer_object_refuses_what_gru_does_not_compute(config, argum
 
 
 @pytest.mark.parametrize(
+    "activation",
+    ["tanh", {"class_name": "function", "config": "tanh"}, {"class_name": "Activation", "config": {"name": "tanh"}}],
+    ids=["name", "config-name", "config-dict"],
+)
+def test_from_keras_reads_each_form_of_an_activation(activation):
+    layer = gru.GRU.from_keras(FakeKerasGRU(keras_weights(True), activation=activation))
+    assert layer.hidden_size == H
+
+
+@pytest.mark.parametrize(
+    ("weights", "kind", "message"),
+    [
+        ((1, 2, 3, 4), ValueError, "weights.w_ih: expected a 2-D array, got shape ()"),
+        (("a", 2, 3, 4), TypeError, "weights.w_ih: expected a real numeric array"),
+        ((normal(3 * H, I), normal(3 * H, H)), TypeError, "weights: expected (w_ih, w_hh, b_ih, b_hh)"),
+        ((normal(3 * H, I), normal(3 * H, H), normal(3 * H), normal(3 * H + 1)), ValueError, "weights.b_hh"),
+        ((normal(3 * H + 3, I), normal(3 * H, H), normal(3 * H), normal(3 * H)), ValueError, "weights.w_ih"),
+    ],
+)
+def test_torch_to_keras_bad_weights(weights, kind, message):
+    with pytest.raises(kind, match=f"^{re.escape(message)}"):
+        gru.interop.torch_to_keras(weights)
+
+
+@pytest.mark.parametrize(
     ("args", "kwargs", "kind", "argument"),
     [
         ((normal(I, 3 * H + 1), normal(H, 3 * H)), {}, ValueError, "kernel"),
@@ -329,6 +355,13 @@ def test_to_onnx_runs_in_onnxruntime(tmp_path, num_layers, bidirectional, batch_
     assert repr(again) == repr(layer)
     for key, value in layer.state_dict().items():
         np.testing.assert_array_equal(again.state_dict()[key], value)
+
+
+def test_to_onnx_names_an_opset_onnx_does_not_know():
+    onnx = pytest.importorskip("onnx")
+    newest = onnx.defs.onnx_opset_version()
+    with pytest.raises(ValueError, match=rf"^opset: expected 14 to {newest} .*got {newest + 1}$"):
+        gru.GRU(I, H).to_onnx(opset=newest + 1)
 
 
 def test_to_onnx_without_bias_and_float64(tmp_path):
@@ -457,6 +490,23 @@ def test_from_onnx_refuses_a_reshape_that_mixes_directions():
     reshape = next(n for n in nodes if n.op_type == "Reshape" and n.input[0] == transpose.output[0])
     reshape.input[0] = "Y_l0"
     model.graph.node.remove(transpose)
+    with pytest.raises(ValueError, match=r"^model: .*Reshape"):
+        gru.GRU.from_onnx(model)
+
+
+@pytest.mark.parametrize("target", [[5, 3, H], [3, 5, -1], [0, 3, -1]], ids=str)
+def test_from_onnx_refuses_a_reshape_with_fixed_leading_sizes(target):
+    """T and B come with each input: a fixed size in their place cannot be checked, and may swap them."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import numpy_helper
+
+    model = gru.GRU(I, H, num_layers=2, seed=0).to_onnx()
+    shapes = [t for t in model.graph.initializer if any(n.op_type == "Reshape" and n.input[1] == t.name
+                                                        for n in model.graph.node)]  # fmt: skip
+    assert shapes, "the export has a Reshape between its layers"
+    for tensor in shapes:
+        tensor.CopyFrom(numpy_helper.from_array(np.array(target, np.int64), tensor.name))
+    onnx.checker.check_model(model)
     with pytest.raises(ValueError, match=r"^model: .*Reshape"):
         gru.GRU.from_onnx(model)
 

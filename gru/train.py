@@ -23,10 +23,15 @@ A training step, with ``y, h_n = m(x, train=True)``::
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
+
+from gru._arrays import is_torch_tensor, to_host
+from gru._layers import _make_rng
+from gru._validation import canonical_parameter, check_bool, check_dtype, check_int, check_probability
 
 __all__ = [
     "Adam",
@@ -46,6 +51,70 @@ class _HasState(Protocol):
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None: ...
 
 
+def _host_array(value: Any, name: str) -> np.ndarray:
+    """``value`` as a real-valued NumPy array, or a TypeError naming ``name``.
+
+    Torch tensors (the GRU gives them back for torch input) are read detached,
+    on the host; strings, booleans, complex numbers and objects are refused
+    rather than turned into numbers that were never meant.
+    """
+    if is_torch_tensor(value):
+        tensor = value.detach()
+        if str(tensor.dtype) == "torch.bfloat16":  # no NumPy dtype: widen, exactly
+            tensor = tensor.float()
+        value = tensor.cpu()
+    try:
+        array = to_host(value, name)
+    except (TypeError, ValueError, RuntimeError, BufferError) as exc:
+        if str(exc).startswith(f"{name}:"):
+            raise TypeError(str(exc)) from None
+        raise TypeError(f"{name}: expected a real-valued array, got {type(value).__name__} ({exc})") from None
+    if array.dtype.kind not in "fiu":
+        raise TypeError(f"{name}: expected a real-valued array, got dtype {array.dtype}")
+    return array
+
+
+def _floating(value: Any, name: str) -> np.ndarray:
+    """A floating-point array: a loss never picks a precision for the caller (an integer one would round to 0)."""
+    array = _host_array(value, name)
+    if array.dtype.kind != "f":
+        raise TypeError(
+            f"{name}: expected a floating-point array, got dtype {array.dtype}; convert with .astype('float64')"
+        )
+    return array
+
+
+def _check_number(value: Any, name: str, *, low: float, strict: bool, finite: bool = True) -> float:
+    """A real number (not a bool, string or array) above ``low``; finite unless ``finite`` is False."""
+    expected = f"a {'finite ' if finite else ''}number {'>' if strict else '>='} {low:g}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected {expected}, got {value!r:.80} ({type(value).__name__})")
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond float's range
+        number = math.inf if value > 0 else -math.inf
+    if not (number > low if strict else number >= low) or (finite and not math.isfinite(number)):
+        raise ValueError(f"{name}: expected {expected}, got {value!r:.80}")
+    return number
+
+
+def _gradient_dicts(grads: Any) -> list[dict[Any, np.ndarray]]:
+    """Every gradient as a NumPy array, all converted and checked before anyone uses one."""
+    if isinstance(grads, (Mapping, str, bytes)) or not isinstance(grads, Sequence):
+        hint = " (wrap one layer's gradients in a list: [grads.params])" if isinstance(grads, Mapping) else ""
+        raise TypeError(
+            f"grads: expected a list of gradient dictionaries, one per layer, got {type(grads).__name__}{hint}"
+        )
+    converted = []
+    for i, d in enumerate(grads):
+        if not isinstance(d, Mapping):
+            raise TypeError(
+                f"grads[{i}]: expected a dictionary of gradients keyed like state_dict(), got {type(d).__name__}"
+            )
+        converted.append({k: _host_array(g, f"grads[{i}][{k!r}]") for k, g in d.items()})
+    return converted
+
+
 class LinearGradients(NamedTuple):
     """What :meth:`Linear.backward` returns: d loss / d input and d loss / d parameter (keyed like ``state_dict()``)."""
 
@@ -60,8 +129,11 @@ class Linear:
     ``torch.nn.Linear``, initialised U(−1/√in, 1/√in) from ``seed`` like the
     GRU's parameters. ``x`` may have any leading dimensions.
 
-    Calling the layer remembers its input so that :meth:`backward` can form
-    the weight gradient; like :class:`gru.GRU`, it differentiates the last call.
+    Calling the layer remembers a copy of its input (and the weight it used)
+    so that :meth:`backward` can form the gradients; like :class:`gru.GRU`, it
+    differentiates the last call, whatever the caller did to ``x`` since. As
+    for the GRU, ``x`` and ``d_output`` must have the layer's dtype: no
+    precision changes silently.
     """
 
     def __init__(
@@ -73,18 +145,17 @@ class Linear:
         dtype: str | np.dtype = "float32",
         seed: Seed = None,
     ) -> None:
-        if in_features < 1 or out_features < 1:
-            raise ValueError(f"in_features, out_features: expected positive sizes, got {in_features}, {out_features}")
-        self.in_features, self.out_features, self.bias = int(in_features), int(out_features), bool(bias)
-        self.dtype = np.dtype(dtype)
-        if self.dtype not in (np.float32, np.float64):
-            raise TypeError(f"dtype: expected float32 or float64, got {self.dtype}")
-        rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+        self.in_features = check_int(in_features, "in_features", 1)
+        self.out_features = check_int(out_features, "out_features", 1)
+        self.bias = check_bool(bias, "bias")
+        self.dtype = np.dtype(check_dtype(dtype))
+        rng = _make_rng(seed)
         bound = 1.0 / math.sqrt(self.in_features)
-        self._params = {"weight": rng.uniform(-bound, bound, (out_features, in_features)).astype(self.dtype)}
+        shape = (self.out_features, self.in_features)
+        self._params = {"weight": rng.uniform(-bound, bound, shape).astype(self.dtype)}
         if self.bias:
-            self._params["bias"] = rng.uniform(-bound, bound, out_features).astype(self.dtype)
-        self._input: np.ndarray | None = None
+            self._params["bias"] = rng.uniform(-bound, bound, self.out_features).astype(self.dtype)
+        self._tape: tuple[np.ndarray, np.ndarray] | None = None  # the last call's input (a copy) and weight
 
     @property
     def weight(self) -> np.ndarray:
@@ -99,40 +170,45 @@ class Linear:
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Replace every parameter (same keys and shapes); nothing changes unless all are valid."""
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(
+                f"state_dict: expected a mapping of parameter names to arrays, got {type(state_dict).__name__}"
+            )
         shapes = {k: v.shape for k, v in self._params.items()}
         if set(state_dict.keys()) != set(shapes):
-            raise ValueError(f"state_dict: expected keys {sorted(shapes)}, got {sorted(state_dict.keys())}")
-        loaded = {}
-        for k, shape in shapes.items():
-            value = np.asarray(state_dict[k])
-            if value.shape != shape:
-                raise ValueError(f"state_dict[{k!r}]: expected shape {shape}, got {value.shape}")
-            loaded[k] = np.array(value, dtype=self.dtype)  # a copy: the caller's array may change later
+            raise ValueError(f"state_dict: expected keys {sorted(shapes)}, got {sorted(state_dict.keys(), key=str)}")
+        # copies, as for the GRU: the caller's arrays may change later
+        loaded = {k: canonical_parameter(state_dict[k], k, shape, self.dtype.name) for k, shape in shapes.items()}
         self._params = loaded
 
     def __call__(self, x: Any) -> np.ndarray:
-        x = np.asarray(x)
+        x = _host_array(x, "x")
         if x.dtype != self.dtype:
             raise TypeError(f"x: expected {self.dtype} (the layer's dtype), got {x.dtype}")
         if x.ndim < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"x: expected shape (..., {self.in_features}), got {x.shape}")
-        self._input = x
-        y = x @ self._params["weight"].T
-        return y + self._params["bias"] if self.bias else y
+        weight = self._params["weight"]  # never changed in place: load_state_dict swaps in new arrays
+        y = x @ weight.T
+        if self.bias:
+            y = y + self._params["bias"]
+        self._tape = (x.copy(), weight)  # a copy: the caller may change x in place before backward
+        return y
 
     def backward(self, d_output: Any) -> LinearGradients:
         """Gradients through the last call, given d loss / d output (same shape as the output)."""
-        if self._input is None:
+        if self._tape is None:
             raise RuntimeError("backward: call the layer first")
-        x = self._input
-        d_y = np.asarray(d_output, dtype=self.dtype)
+        x, weight = self._tape
+        d_y = _host_array(d_output, "d_output")
+        if d_y.dtype != self.dtype:
+            raise TypeError(f"d_output: expected {self.dtype} (the layer's dtype), got {d_y.dtype}")
         if d_y.shape != (*x.shape[:-1], self.out_features):
             raise ValueError(f"d_output: expected shape {(*x.shape[:-1], self.out_features)}, got {d_y.shape}")
         d_rows, x_rows = d_y.reshape(-1, self.out_features), x.reshape(-1, self.in_features)
         params = {"weight": d_rows.T @ x_rows}  # summed over every leading index: they all share the weights
         if self.bias:
             params["bias"] = d_rows.sum(axis=0)
-        return LinearGradients(input=d_y @ self._params["weight"], params=params)
+        return LinearGradients(input=d_y @ weight, params=params)
 
     def __repr__(self) -> str:
         return f"Linear({self.in_features}, {self.out_features}, bias={self.bias}, dtype={str(self.dtype)!r})"
@@ -142,16 +218,19 @@ class Linear:
 def mse_loss(pred: Any, target: Any) -> tuple[float, np.ndarray]:
     """Mean squared error over every element, and its gradient with respect to ``pred``.
 
-    Returns ``(value, d_pred)``; ``d_pred`` has ``pred``'s shape and dtype, so
-    it goes straight into the layer's ``backward``.
+    Returns ``(value, d_pred)``; ``d_pred`` is a NumPy array of ``pred``'s
+    shape and dtype, so it goes straight into the layer's ``backward``. Like
+    the layers, the loss never picks a precision: ``pred`` must be
+    floating-point (TypeError otherwise; an integer ``pred`` would round the
+    gradient to 0), and ``target`` (any real numbers) is read in ``pred``'s dtype.
     """
-    pred = np.asarray(pred)
-    target = np.asarray(target, dtype=pred.dtype)
+    pred = _floating(pred, "pred")
+    target = _host_array(target, "target")
     if target.shape != pred.shape:  # no broadcasting: (B, 1) against (B,) would silently give (B, B)
         raise ValueError(f"target: expected pred's shape {pred.shape}, got {target.shape}")
-    diff = pred - target
+    diff = pred - target.astype(pred.dtype, copy=False)
     n = max(diff.size, 1)
-    return float(np.sum(np.square(diff, dtype=np.float64)) / n), (2.0 / n) * diff
+    return float(np.sum(np.square(diff, dtype=np.float64)) / n), np.asarray((2.0 / n) * diff)
 
 
 def cross_entropy(logits: Any, labels: Any) -> tuple[float, np.ndarray]:
@@ -160,11 +239,14 @@ def cross_entropy(logits: Any, labels: Any) -> tuple[float, np.ndarray]:
     ``logits`` is (..., C), ``labels`` (...) with values in [0, C). The
     log-softmax subtracts each row's maximum first, so large logits neither
     overflow ``exp`` nor lose the small probabilities. The gradient is
-    (softmax − one-hot) / N.
+    (softmax − one-hot) / N, a NumPy array of ``logits``' dtype; ``logits``
+    must be floating-point (TypeError otherwise), as for :func:`mse_loss`.
     """
-    logits = np.asarray(logits)
-    labels = np.asarray(labels)
-    if logits.ndim < 1 or labels.shape != logits.shape[:-1]:
+    logits = _floating(logits, "logits")
+    if logits.ndim < 1 or logits.shape[-1] < 1:
+        raise ValueError(f"logits: expected shape (..., C) with C >= 1 classes in the last axis, got {logits.shape}")
+    labels = _host_array(labels, "labels")
+    if labels.shape != logits.shape[:-1]:
         raise ValueError(
             f"labels: expected shape {logits.shape[:-1]} (logits' without the class axis), got {labels.shape}"
         )
@@ -197,22 +279,36 @@ def _scaled_norm(g: Any) -> float:
 def clip_grad_norm(grads: Sequence[Mapping[str, Any]], max_norm: float) -> tuple[list[dict[str, Any]], float]:
     """Scale every gradient by one factor so that their joint L2 norm is at most ``max_norm``.
 
-    Returns ``(clipped, norm)``: new dictionaries (the inputs are not changed)
-    and the norm before clipping, worth logging. Clipping by the global norm
-    keeps the update's direction, and stops the rare huge gradient of a
-    recurrent net (an exploding product of Jacobians) from throwing the
-    parameters far away in one step.
+    ``grads`` is a list with one dictionary per layer (``[g.params,
+    r.params]``). Returns ``(clipped, norm)``: new dictionaries (the inputs
+    are not changed) and the norm before clipping, worth logging. Each
+    gradient comes back in the kind it came: a torch tensor as a torch tensor
+    of its dtype and device (``GRU.backward`` returns those for torch input),
+    anything else as a NumPy array; one that needs no scaling is the very
+    object given (or its NumPy form). ``max_norm=math.inf`` only measures.
+    Clipping by the global norm keeps the update's direction, and stops the
+    rare huge gradient of a recurrent net (an exploding product of Jacobians)
+    from throwing the parameters far away in one step.
     """
-    if not max_norm > 0:
-        raise ValueError(f"max_norm: expected a positive number, got {max_norm}")
+    max_norm = _check_number(max_norm, "max_norm", low=0.0, strict=True, finite=False)
+    arrays = _gradient_dicts(grads)
     with np.errstate(over="ignore"):  # squares of entries beyond ~1e154 overflow: measured again below
-        squares = sum(float(np.sum(np.square(g, dtype=np.float64))) for d in grads for g in d.values())
+        squares = sum(float(np.sum(np.square(g, dtype=np.float64))) for d in arrays for g in d.values())
     if math.isinf(squares):  # each array's norm scaled by its largest entry, joined by hypot: no overflow
-        norm = math.hypot(*(_scaled_norm(g) for d in grads for g in d.values()))
+        norm = math.hypot(*(_scaled_norm(g) for d in arrays for g in d.values()))
     else:
         norm = math.sqrt(squares)
     scale = min(1.0, max_norm / (norm + 1e-12))
-    return [{k: g * scale if scale < 1.0 else g for k, g in d.items()} for d in grads], norm
+    clipped = []
+    for given, converted in zip(grads, arrays, strict=True):
+        out = {}
+        for k, g in given.items():
+            if is_torch_tensor(g):  # torch's own arithmetic keeps its dtype and device
+                out[k] = g.detach() * scale if scale < 1.0 else g
+            else:
+                out[k] = converted[k] * scale if scale < 1.0 else converted[k]
+        clipped.append(out)
+    return clipped, norm
 
 
 class Adam:
@@ -228,7 +324,9 @@ class Adam:
 
     and writes them back with ``load_state_dict``, the one way the layers let
     their parameters change. The moments are kept in float64, so a float32
-    layer's updates are not rounded twice.
+    layer's updates are not rounded twice. Gradients may be NumPy arrays or
+    torch tensors; a step that raises changes nothing (parameters, moments,
+    ``steps``).
     """
 
     def __init__(
@@ -238,41 +336,71 @@ class Adam:
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
     ) -> None:
-        if not lr > 0:
-            raise ValueError(f"lr: expected a positive learning rate, got {lr}")
-        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
-            raise ValueError(f"betas: expected two numbers in [0, 1), got {betas}")
-        if not eps >= 0:
-            raise ValueError(f"eps: expected a non-negative number, got {eps}")
+        if isinstance(layers, (Mapping, str, bytes)) or not isinstance(layers, Sequence):
+            raise TypeError(f"layers: expected a list of layers, got {type(layers).__name__}")
+        if not layers:
+            raise ValueError("layers: expected at least one layer, got an empty list")
+        seen: dict[int, int] = {}
+        for i, layer in enumerate(layers):
+            if not (callable(getattr(layer, "state_dict", None)) and callable(getattr(layer, "load_state_dict", None))):
+                raise TypeError(
+                    f"layers[{i}]: expected a layer with state_dict() and load_state_dict(), got {type(layer).__name__}"
+                )
+            if id(layer) in seen:  # it would be stepped twice, the second write undoing the first
+                raise ValueError(f"layers[{i}]: expected distinct layers, got layers[{seen[id(layer)]}] again")
+            seen[id(layer)] = i
+        self.lr = _check_number(lr, "lr", low=0.0, strict=True)
+        if isinstance(betas, (str, bytes)) or not isinstance(betas, Sequence):
+            raise TypeError(f"betas: expected two numbers in [0, 1), got {betas!r} ({type(betas).__name__})")
+        if len(betas) != 2:
+            raise ValueError(f"betas: expected two numbers in [0, 1), got {len(betas)}: {tuple(betas)}")
+        self.betas = (check_probability(betas[0], "betas[0]"), check_probability(betas[1], "betas[1]"))
+        self.eps = _check_number(eps, "eps", low=0.0, strict=False)
         self.layers = list(layers)
-        self.lr, self.betas, self.eps = float(lr), (float(betas[0]), float(betas[1])), float(eps)
         self.steps = 0
         self._m: list[dict[str, np.ndarray]] = [{} for _ in self.layers]
         self._v: list[dict[str, np.ndarray]] = [{} for _ in self.layers]
 
     def step(self, grads: Sequence[Mapping[str, Any]]) -> None:
-        """Apply one update; ``grads[k]`` holds the gradients of ``layers[k]``'s parameters, all of them."""
-        if len(grads) != len(self.layers):
-            raise ValueError(f"grads: expected one dictionary per layer ({len(self.layers)}), got {len(grads)}")
+        """Apply one update; ``grads[k]`` holds the gradients of ``layers[k]``'s parameters, all of them.
+
+        Every gradient is converted and checked, and every new value computed,
+        before anything changes: a bad gradient for the last layer must not
+        leave the first one (or the moments) a step ahead.
+        """
+        arrays = _gradient_dicts(grads)
+        if len(arrays) != len(self.layers):
+            raise ValueError(f"grads: expected one dictionary per layer ({len(self.layers)}), got {len(arrays)}")
         current = [layer.state_dict() for layer in self.layers]
-        for layer, g, params in zip(self.layers, grads, current, strict=True):  # check all before changing any
-            if set(g.keys()) != set(params):
-                raise ValueError(f"grads: expected keys {sorted(params)} for {layer!r}, got {sorted(g.keys())}")
+        for i, (layer, g, params) in enumerate(zip(self.layers, arrays, current, strict=True)):
+            if set(g) != set(params):
+                raise ValueError(f"grads[{i}]: expected keys {sorted(params)} for {layer!r}, got {sorted(g, key=str)}")
             for name, p in params.items():
-                if np.shape(g[name]) != p.shape:
-                    raise ValueError(f"grads[{name!r}]: expected shape {p.shape}, got {np.shape(g[name])}")
+                if g[name].shape != p.shape:
+                    raise ValueError(f"grads[{i}][{name!r}]: expected shape {p.shape}, got {g[name].shape}")
         beta1, beta2 = self.betas
-        self.steps += 1
-        correction1, correction2 = 1.0 - beta1**self.steps, 1.0 - beta2**self.steps
-        updated = []
-        for g, params, m, v in zip(grads, current, self._m, self._v, strict=True):
-            new = {}
+        steps = self.steps + 1
+        correction1, correction2 = 1.0 - beta1**steps, 1.0 - beta2**steps
+        updated, moments = [], []
+        for g, params, m, v in zip(arrays, current, self._m, self._v, strict=True):
+            new, new_m, new_v = {}, {}, {}
             for name, p in params.items():
-                grad = np.asarray(g[name], dtype=np.float64)
-                m[name] = beta1 * m[name] + (1.0 - beta1) * grad if name in m else (1.0 - beta1) * grad
-                v[name] = beta2 * v[name] + (1.0 - beta2) * grad**2 if name in v else (1.0 - beta2) * grad**2
-                step = self.lr * (m[name] / correction1) / (np.sqrt(v[name] / correction2) + self.eps)
+                grad = g[name].astype(np.float64)
+                new_m[name] = beta1 * m[name] + (1.0 - beta1) * grad if name in m else (1.0 - beta1) * grad
+                new_v[name] = beta2 * v[name] + (1.0 - beta2) * grad**2 if name in v else (1.0 - beta2) * grad**2
+                step = self.lr * (new_m[name] / correction1) / (np.sqrt(new_v[name] / correction2) + self.eps)
                 new[name] = (p - step).astype(p.dtype)
             updated.append(new)
-        for layer, new in zip(self.layers, updated, strict=True):
-            layer.load_state_dict(new)
+            moments.append((new_m, new_v))
+        loaded = []
+        try:
+            for layer, new in zip(self.layers, updated, strict=True):
+                layer.load_state_dict(new)
+                loaded.append(layer)
+        except BaseException:  # a layer refused its new parameters: put back those already written
+            for layer, old in zip(loaded, current, strict=False):
+                layer.load_state_dict(old)
+            raise
+        self._m = [m for m, _ in moments]
+        self._v = [v for _, v in moments]
+        self.steps = steps

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +79,39 @@ def test_cross_entropy_rejects_bad_labels():
         cross_entropy(np.zeros((2, 3)), np.array([0, 1, 2]))
 
 
+def test_losses_refuse_integer_predictions_and_read_targets_in_the_predictions_dtype():
+    """An integer pred would round the gradient (and the target) to integers: refused, never a silent 0."""
+    with pytest.raises(TypeError, match=r"^pred: expected a floating-point array, got dtype int"):
+        mse_loss(np.array([1, 2]), np.array([1.5, 2.5]))
+    with pytest.raises(TypeError, match=r"^pred: expected a floating-point array"):
+        mse_loss([0, 0], [0.5, 0.5])
+    with pytest.raises(TypeError, match=r"^logits: expected a floating-point array, got dtype int"):
+        cross_entropy(np.array([[1, 2, 3]]), np.array([0]))
+    with pytest.raises(TypeError, match=r"^target: expected a real-valued array, got dtype <U"):
+        mse_loss(np.ones(2), np.array(["1", "2"]))
+    with pytest.raises(TypeError, match=r"^target: expected a real-valued array, got dtype complex"):
+        mse_loss(np.ones(1), np.array([1 + 1j]))  # casting would drop the imaginary part
+    # by hand: diffs (-0.5, -0.5) → mean square 0.25, gradient 2 · diff / 2
+    value, d_pred = mse_loss(np.array([1.0, 2.0]), np.array([1.5, 2.5]))
+    assert value == 0.25
+    np.testing.assert_array_equal(d_pred, [-0.5, -0.5])
+    value, d_pred = mse_loss(np.array([0.5, 0.5]), np.array([0, 1]))  # integer targets are fine
+    assert value == 0.25
+    np.testing.assert_array_equal(d_pred, [0.5, -0.5])
+    # by hand: softmax(1, 2, 3) = e^k / (e + e² + e³); the loss of class 0 is log(1 + e + e²)
+    value, d_logits = cross_entropy(np.array([[1.0, 2.0, 3.0]]), np.array([0]))
+    total = math.e + math.e**2 + math.e**3
+    assert value == pytest.approx(math.log(1 + math.e + math.e**2), rel=1e-14)
+    np.testing.assert_allclose(d_logits, [[math.e / total - 1, math.e**2 / total, math.e**3 / total]], rtol=1e-14)
+
+
+def test_cross_entropy_without_a_class_axis_says_so():
+    with pytest.raises(ValueError, match=r"^logits: expected shape \(\.\.\., C\) with C >= 1 classes.*got \(\)"):
+        cross_entropy(np.float64(1), np.int64(0))
+    with pytest.raises(ValueError, match=r"^logits: expected shape .*got \(2, 0\)"):
+        cross_entropy(np.zeros((2, 0)), np.array([0, 0]))
+
+
 # -- Linear -----------------------------------------------------------------------------------------
 
 
@@ -117,10 +151,60 @@ def test_linear_without_bias_and_checks():
         layer(np.ones((4, 2)))
     with pytest.raises(ValueError, match="d_output"):
         layer.backward(np.ones((4, 3)))
+    with pytest.raises(TypeError, match=r"^d_output: expected float64 \(the layer's dtype\), got float32"):
+        layer.backward(np.ones((4, 2), "float32"))
+    with pytest.raises(TypeError, match=r"^d_output: expected a real-valued array, got dtype <U"):
+        layer.backward(np.full((4, 2), "1"))
     with pytest.raises(ValueError, match="state_dict"):
         layer.load_state_dict({"weight": np.ones((3, 2))})
     with pytest.raises(RuntimeError):
         Linear(3, 2).backward(np.ones(2))
+
+
+def test_linear_differentiates_the_call_even_if_x_or_the_weights_changed_since():
+    """The weight gradient is d_yᵀ x and the input gradient d_y W, with x and W as they were at the call."""
+    rng = np.random.default_rng(3)
+    layer = Linear(3, 2, dtype="float64", seed=0)
+    weight_at_call = layer.state_dict()["weight"]
+    x = rng.standard_normal((4, 3))
+    x_at_call = x.copy()
+    d_y = rng.standard_normal((4, 2))
+    layer(x)
+    x[...] = 0  # in place, as a caller reusing a buffer would
+    layer.load_state_dict({"weight": np.zeros((2, 3)), "bias": np.zeros(2)})
+    grads = layer.backward(d_y)
+    np.testing.assert_allclose(grads.params["weight"], d_y.T @ x_at_call, rtol=1e-14)
+    np.testing.assert_allclose(grads.input, d_y @ weight_at_call, rtol=1e-14)
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "error", "message"),
+    [
+        ((2.5, 1), {}, TypeError, r"^in_features: expected an integer >= 1, got 2\.5"),
+        (("3", 1), {}, TypeError, r"^in_features: expected an integer >= 1, got '3'"),
+        ((None, 1), {}, TypeError, r"^in_features: expected an integer >= 1, got None"),
+        ((True, True), {}, TypeError, r"^in_features: expected an integer >= 1, got True"),
+        ((2, 0), {}, ValueError, r"^out_features: expected an integer >= 1, got 0"),
+        ((2, 1), {"bias": "yes"}, TypeError, r"^bias: expected True or False, got 'yes'"),
+        ((2, 1), {"dtype": "foo"}, TypeError, r"^dtype: expected one of \('float32', 'float64'\), got 'foo'"),
+        ((2, 1), {"dtype": None}, TypeError, r"^dtype: expected one of .*got None"),
+        ((2, 1), {"seed": "x"}, TypeError, r"^seed: expected an int, a numpy\.random\.Generator or None, got 'x'"),
+    ],
+)
+def test_linear_refuses_bad_arguments(args, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        Linear(*args, **kwargs)
+
+
+def test_linear_load_state_dict_refuses_what_is_not_a_mapping_of_numbers():
+    layer = Linear(2, 1, dtype="float64", seed=0)
+    before = layer.state_dict()
+    with pytest.raises(TypeError, match=r"^state_dict: expected a mapping of parameter names to arrays, got list"):
+        layer.load_state_dict([1, 2])
+    with pytest.raises(TypeError, match=r"^state_dict\['bias'\]: expected a real numeric array, got dtype <U"):
+        layer.load_state_dict({"weight": np.ones((1, 2)), "bias": np.array(["0.5"])})
+    for k, v in layer.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
 
 
 # -- clipping and Adam -------------------------------------------------------------------------------
@@ -135,6 +219,49 @@ def test_clip_grad_norm_scales_all_gradients_together():
     np.testing.assert_array_equal(grads[0]["a"], [3.0, 0.0])  # the inputs are left alone
     same, _ = clip_grad_norm(grads, 10.0)
     np.testing.assert_array_equal(same[1]["b"], grads[1]["b"])
+
+
+@pytest.mark.parametrize(
+    ("max_norm", "error", "message"),
+    [
+        ("1", TypeError, r"^max_norm: expected a number > 0, got '1' \(str\)"),
+        (None, TypeError, r"^max_norm: expected a number > 0, got None"),
+        (np.array([1, 2]), TypeError, r"^max_norm: expected a number > 0, got array\(\[1, 2\]\) \(ndarray\)"),
+        (True, TypeError, r"^max_norm: expected a number > 0, got True"),
+        (0.0, ValueError, r"^max_norm: expected a number > 0, got 0\.0"),
+        (math.nan, ValueError, r"^max_norm: expected a number > 0, got nan"),
+    ],
+)
+def test_clip_grad_norm_refuses_a_bad_max_norm(max_norm, error, message):
+    with pytest.raises(error, match=message):
+        clip_grad_norm([{"a": np.ones(3)}], max_norm)
+
+
+def test_clip_grad_norm_wants_a_list_of_dictionaries():
+    params = {"a": np.ones(3)}
+    with pytest.raises(TypeError, match=r"^grads: expected a list of gradient dictionaries.*got dict"):
+        clip_grad_norm(params, 1.0)
+    with pytest.raises(TypeError, match=r"^grads\[0\]: expected a dictionary of gradients.*got ndarray"):
+        clip_grad_norm([np.ones(3)], 1.0)
+    with pytest.raises(TypeError, match=r"^grads\[1\]\['b'\]: expected a real-valued array, got dtype <U"):
+        clip_grad_norm([params, {"b": np.array(["x"])}], 1.0)
+    _, norm = clip_grad_norm([params], math.inf)  # only measures
+    assert norm == pytest.approx(math.sqrt(3), rel=1e-15)
+
+
+def test_clip_grad_norm_gives_torch_gradients_back_as_torch(torch):
+    """GRU.backward returns torch tensors for torch input: they are clipped and come back as tensors."""
+    grads = [{"a": torch.tensor([3.0, 0.0]), "b": torch.tensor([[4.0]], dtype=torch.float64, requires_grad=True)}]
+    clipped, norm = clip_grad_norm(grads, 1.0)
+    assert norm == pytest.approx(5.0)
+    a, b = clipped[0]["a"], clipped[0]["b"]
+    assert isinstance(a, torch.Tensor) and a.dtype == torch.float32
+    assert isinstance(b, torch.Tensor) and b.dtype == torch.float64
+    np.testing.assert_allclose(a.numpy(), [0.6, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(b.detach().numpy(), [[0.8]], rtol=1e-12)
+    np.testing.assert_array_equal(grads[0]["a"].numpy(), [3.0, 0.0])  # the inputs are left alone
+    same, _ = clip_grad_norm(grads, 10.0)
+    assert same[0]["a"] is grads[0]["a"]
 
 
 def test_adam_two_steps_by_hand():
@@ -179,6 +306,94 @@ def test_adam_updates_a_gru_through_load_state_dict_and_checks_everything_first(
         np.testing.assert_allclose(v, before[k] - 0.01, atol=1e-6)
     with pytest.raises(ValueError, match="one dictionary per layer"):
         opt.step(ones[:1])
+
+
+class _Refusing:
+    """A layer whose load_state_dict refuses any weight above 10, after the optimiser has computed it."""
+
+    def __init__(self) -> None:
+        self.weight = np.array([1.0])
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {"weight": self.weight.copy()}
+
+    def load_state_dict(self, state_dict) -> None:
+        if np.any(state_dict["weight"] > 10):
+            raise ValueError("state_dict['weight']: expected values <= 10")
+        self.weight = np.array(state_dict["weight"], dtype=np.float64)
+
+
+def test_a_rejected_adam_step_changes_nothing():
+    """Not the parameters, not the moments, not steps: the next good step is a first step (moves each by lr)."""
+    first, second = Linear(2, 1, dtype="float64", seed=0), Linear(1, 1, dtype="float64", seed=1)
+    before = [first.state_dict(), second.state_dict()]
+    opt = Adam([first, second], lr=0.01)
+    ones = {k: np.ones_like(v) for k, v in before[0].items()}
+    bad_seconds = [
+        {"weight": np.array([["x"]]), "bias": np.ones(1)},  # cannot be a number
+        {"weight": [[1.0]], "bias": [[1.0, 2.0], [3.0]]},  # ragged
+        {"weight": np.ones((1, 1)), "bias": np.ones(2)},  # wrong shape
+    ]
+    for bad in bad_seconds:
+        with pytest.raises((TypeError, ValueError), match=r"^grads\[1\]"):
+            opt.step([ones, bad])
+        assert opt.steps == 0
+        for layer, state in zip((first, second), before, strict=True):
+            for k, v in layer.state_dict().items():
+                np.testing.assert_array_equal(v, state[k])
+    # a first Adam step moves every parameter by lr against its gradient's sign (m̂ / √v̂ = sign g);
+    # had the rejected steps counted, m̂ would mix their +1 with this -1 and move far less
+    opt.step([{k: -v for k, v in ones.items()}, {k: np.ones_like(v) for k, v in before[1].items()}])
+    assert opt.steps == 1
+    for k, v in first.state_dict().items():
+        np.testing.assert_allclose(v, before[0][k] + 0.01, rtol=1e-6)
+
+    refusing = _Refusing()
+    opt = Adam([first, refusing], lr=100.0)
+    state = first.state_dict()
+    with pytest.raises(ValueError, match="expected values <= 10"):
+        opt.step([ones, {"weight": -np.ones(1)}])  # the second layer refuses 1 + 100: the first is put back
+    assert opt.steps == 0
+    for k, v in first.state_dict().items():
+        np.testing.assert_array_equal(v, state[k])
+
+
+def test_adam_steps_with_torch_gradients_as_with_numpy(torch):
+    """GRU.backward returns torch tensors for torch input; Adam reads them (requires_grad too) like arrays."""
+    rng = np.random.default_rng(4)
+    layers = [Linear(3, 2, dtype="float64", seed=0), Linear(3, 2, dtype="float64", seed=0)]
+    grads = {"weight": rng.standard_normal((2, 3)), "bias": rng.standard_normal(2)}
+    opts = [Adam([layer], lr=0.1) for layer in layers]
+    opts[0].step([grads])
+    opts[1].step([{"weight": torch.tensor(grads["weight"], requires_grad=True), "bias": torch.tensor(grads["bias"])}])
+    for k, v in layers[0].state_dict().items():
+        np.testing.assert_array_equal(layers[1].state_dict()[k], v)
+
+
+@pytest.mark.parametrize(
+    ("layers", "kwargs", "error", "message"),
+    [
+        ("one", {"lr": "0.1"}, TypeError, r"^lr: expected a finite number > 0, got '0\.1' \(str\)"),
+        ("one", {"lr": math.inf}, ValueError, r"^lr: expected a finite number > 0, got inf"),
+        ("one", {"lr": 0}, ValueError, r"^lr: expected a finite number > 0, got 0"),
+        ("one", {"eps": math.inf}, ValueError, r"^eps: expected a finite number >= 0, got inf"),
+        ("one", {"eps": -1e-8}, ValueError, r"^eps: expected a finite number >= 0, got -1e-08"),
+        ("one", {"betas": 0.9}, TypeError, r"^betas: expected two numbers in \[0, 1\), got 0\.9 \(float\)"),
+        ("one", {"betas": (0.9, 0.99, 0.5)}, ValueError, r"^betas: expected two numbers in \[0, 1\), got 3"),
+        ("one", {"betas": (0.9, 1.0)}, ValueError, r"^betas\[1\]: expected a number in \[0, 1\), got 1\.0"),
+        ("one", {"betas": ("0.9", 0.99)}, TypeError, r"^betas\[0\]: expected a number in \[0, 1\), got '0\.9'"),
+        ([3], {}, TypeError, r"^layers\[0\]: expected a layer with state_dict\(\) and load_state_dict\(\), got int"),
+        ("bare", {}, TypeError, r"^layers: expected a list of layers, got Linear"),
+        ([], {}, ValueError, r"^layers: expected at least one layer"),
+        ("twice", {}, ValueError, r"^layers\[1\]: expected distinct layers, got layers\[0\] again"),
+    ],
+)
+def test_adam_refuses_bad_arguments(layers, kwargs, error, message):
+    layer = Linear(2, 1, seed=0)
+    if isinstance(layers, str):  # built here: parameters are made before any layer exists
+        layers = {"one": [layer], "bare": layer, "twice": [layer, layer]}[layers]
+    with pytest.raises(error, match=message):
+        Adam(layers, **kwargs)
 
 
 # -- all together ------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ fixed d output), for the backends that declare training, against
 ``torch.nn.GRU`` with autograd. Output and gradients are checked against the
 NumPy backend's float64 gradients before timing.
 
-Why the rules below (see GUIDE.md section 3): machines are shared and noisy, so
+Why the rules below: machines are shared and noisy, so
 we compare implementations within one run and report medians and ratios, and
 quote the machine beside every number.
 

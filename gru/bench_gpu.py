@@ -43,7 +43,7 @@ import numpy as np
 
 from gru._cli_checks import accept_negative_values, number_error, output_error
 
-#: (input_size, hidden_size, batch, seq_len), the shapes of GUIDE.md §3
+#: (input_size, hidden_size, batch, seq_len): one shape per regime of the GPU paths
 SHAPES = [
     (128, 128, 1, 1000),  # sync-latency
     (1024, 1024, 1, 1500),  # on-chip

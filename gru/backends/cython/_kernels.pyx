@@ -10,9 +10,10 @@ slice of them and
 * computes the input projection of its units: for every step at once (per
   gate, all T*B rows), or, where projects_per_step says so, step by step
   while the rows are in cache;
-* then, per step, one product of h_{t-1} with its panel for all three gates,
+* then, per step, the product of h_{t-1} with its panel for all three gates,
   the fused gate pass, and one barrier with the others (two for reset-before,
-  whose candidate needs the whole r ⊙ h_{t-1}).
+  whose candidate needs the whole r ⊙ h_{t-1}); the part of the product over
+  its own units' h is made while it waits at the barrier (see run_rows).
 Batches of 8 sequences and more per thread split the sequences instead (see
 splits_by_sequence): the threads claim chunks of them as they come free and
 run each chunk through every step, for every unit, with no barrier.
@@ -40,6 +41,8 @@ cdef extern from "gru_math.h" nogil:
         int arrived
     void gru_team_barrier_init(gru_team_barrier* b, int team)
     void gru_team_barrier_wait(gru_team_barrier* b, int team)
+    unsigned gru_team_arrive(gru_team_barrier* b, int team)
+    void gru_team_await(gru_team_barrier* b, int team, unsigned generation)
     int gru_team_claim(int* next)
     int gru_max_threads()
     int gru_num_threads()
@@ -517,6 +520,17 @@ cdef void project_inputs(Py_ssize_t rows, int I, int H, int u0, int nu, const fl
             matmul(<int>rows, nu, I, x, I, w_ih_t + g * H + u0, G, 0, gx + g * H + u0, G)
 
 
+cdef inline void product_rest(Py_ssize_t m, int n, int H, int u0, int nu, const floating* a, const floating* panel,
+                              int P, floating* c, int G) noexcept nogil:
+    """C += A Wt over the inputs of the units other than [u0, u0 + nu): those other threads write.
+
+    The product over the thread's own units' inputs (rows u0.. of the panel)
+    comes first, before waiting for the others' (see run_rows).
+    """
+    matmul_step(m, n, u0, a, H, panel, P, 1, c, G)
+    matmul_step(m, n, H - u0 - nu, a + u0 + nu, H, panel + <Py_ssize_t>(u0 + nu) * P, P, 1, c, G)
+
+
 cdef void run_rows(
     int T, int B, int I, int H, int i0, int i1, int u0, int nu, int team,
     const floating* x, const floating* w_ih_t, const floating* panel,
@@ -532,12 +546,22 @@ cdef void run_rows(
     ``panel`` holds those units' recurrent weights as pack_panel lays them out
     (W_hh^T itself for every unit). ``team`` threads pass its barriers: 1 when
     the sequences are this thread's alone.
+
+    A step's products are made in two parts: over the inputs this thread's
+    own units give (its part of h_{t-1}, or of r ⊙ h_{t-1}), then over the
+    others'. The first needs nobody, so a thread makes it between arriving
+    at the barrier and awaiting the others: the wait, a few hundred
+    nanoseconds when the two cores sit far apart on the machine, overlaps
+    with work.
     """
     cdef int G = 3 * H
     cdef int P = 3 * nu  # the panel's columns: r, z, n of the units
+    cdef int first = P if reset_after else 2 * nu  # reset-before makes the candidate's product later
     cdef Py_ssize_t plane = <Py_ssize_t>T * B * H  # one gate's block in ``gates``
     cdef int g, s, i, t, seq
     cdef int live = i1
+    cdef int steps = <int>lengths[i0]
+    cdef unsigned generation = 0
     cdef floating* h_prev = h_a
     cdef floating* h_next = h_b
     cdef floating* swap
@@ -549,19 +573,23 @@ cdef void run_rows(
     # the per-step products go to gh rows laid out per unit slice: [r | z | n] of its units
     cdef floating* gh_mine = gh + 3 * u0
 
-    for s in range(<int>lengths[i0]):
-        while live > i0 and lengths[live - 1] <= s:
-            live -= 1
-        if per_step and nu > 0:
-            # the input projection of time step t's rows (every sequence is at the same t)
-            t = T - 1 - s if reverse else s
-            for g in range(3):
-                matmul_step(i1 - i0, nu, I, x + (<Py_ssize_t>t * B + i0) * I, I, w_ih_t + g * H + u0, G, 0,
-                            gx + <Py_ssize_t>i0 * G + g * H + u0, G)
+    for s in range(steps):
+        if s == 0 or nu == 0:  # the own part of step 0 (h0 was written before the team started)
+            while live > i0 and lengths[live - 1] <= s:
+                live -= 1
+            if nu > 0:
+                if per_step:
+                    t = T - 1 - s if reverse else s
+                    for g in range(3):
+                        matmul_step(i1 - i0, nu, I, x + (<Py_ssize_t>t * B + i0) * I, I, w_ih_t + g * H + u0, G,
+                                    0, gx + <Py_ssize_t>i0 * G + g * H + u0, G)
+                matmul_step(live - i0, first, nu, h_prev + <Py_ssize_t>i0 * H + u0, H, panel + <Py_ssize_t>u0 * P,
+                            P, 0, gh_mine + <Py_ssize_t>i0 * G, G)
+        if s > 0:
+            gru_team_await(barrier, team, generation)  # every thread's part of h_{t-1} is written
         if nu > 0:
-            # reset-before defers the candidate's product until r ⊙ h is known
-            matmul_step(live - i0, P if reset_after else 2 * nu, H, h_prev + <Py_ssize_t>i0 * H, H, panel, P, 0,
-                        gh_mine + <Py_ssize_t>i0 * G, G)
+            product_rest(live - i0, first, H, u0, nu, h_prev + <Py_ssize_t>i0 * H, panel, P,
+                         gh_mine + <Py_ssize_t>i0 * G, G)
         if not reset_after:
             if nu > 0:
                 for i in range(i0, live):
@@ -569,10 +597,14 @@ cdef void run_rows(
                     gx_row = gx + (order[i] if per_step else <Py_ssize_t>t * B + order[i]) * G + u0
                     r_out = gates + (<Py_ssize_t>t * B + order[i]) * H + u0 if gates != NULL else scratch + u0
                     reset_before(nu, gx_row, gh_mine + i * G, bias + u0, h_prev + i * H + u0, r_out, rh + i * H + u0)
-            gru_team_barrier_wait(barrier, team)  # every thread's part of r ⊙ h_{t-1} is written
+            generation = gru_team_arrive(barrier, team)  # this thread's part of r ⊙ h_{t-1} is written
             if nu > 0:
-                matmul_step(live - i0, nu, H, rh + <Py_ssize_t>i0 * H, H, panel + 2 * nu, P, 0,
-                            gh_mine + <Py_ssize_t>i0 * G + 2 * nu, G)
+                matmul_step(live - i0, nu, nu, rh + <Py_ssize_t>i0 * H + u0, H, panel + <Py_ssize_t>u0 * P + 2 * nu,
+                            P, 0, gh_mine + <Py_ssize_t>i0 * G + 2 * nu, G)
+            gru_team_await(barrier, team, generation)
+            if nu > 0:
+                product_rest(live - i0, nu, H, u0, nu, rh + <Py_ssize_t>i0 * H, panel + 2 * nu, P,
+                             gh_mine + <Py_ssize_t>i0 * G + 2 * nu, G)
         if nu > 0:
             for i in range(i0, live):
                 seq = <int>order[i]
@@ -594,10 +626,20 @@ cdef void run_rows(
                                  h_next + i * H + u0, out + t * out_t + seq * out_b + u0, z_out, n_out)
                 if lengths[i] == s + 1:  # this sequence ends here: its final state
                     memcpy(h_n + seq * H + u0, h_next + i * H + u0, nu * sizeof(floating))
-        gru_team_barrier_wait(barrier, team)  # h_t is complete; it becomes h_{t-1}
+        generation = gru_team_arrive(barrier, team)  # this thread's part of h_t is written
         swap = h_prev
         h_prev = h_next
         h_next = swap
+        if s + 1 < steps and nu > 0:  # the next step's own part, while the others finish theirs
+            while live > i0 and lengths[live - 1] <= s + 1:
+                live -= 1
+            if per_step:
+                t = T - 2 - s if reverse else s + 1
+                for g in range(3):
+                    matmul_step(i1 - i0, nu, I, x + (<Py_ssize_t>t * B + i0) * I, I, w_ih_t + g * H + u0, G, 0,
+                                gx + <Py_ssize_t>i0 * G + g * H + u0, G)
+            matmul_step(live - i0, first, nu, h_prev + <Py_ssize_t>i0 * H + u0, H, panel + <Py_ssize_t>u0 * P, P,
+                        0, gh_mine + <Py_ssize_t>i0 * G, G)
 
 
 cdef void thread_body(

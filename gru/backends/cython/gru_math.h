@@ -142,8 +142,14 @@ static inline void gru_cpu_relax(void) {
 #endif
 }
 
-static inline void gru_team_barrier_wait(gru_team_barrier *b, int team) {
-    if (team <= 1) return;
+/* The barrier in two halves, so that a thread can work between saying "my part is
+ * written" and waiting for the others' (the forward overlaps that wait with the part
+ * of the next product it can make from its own units). gru_team_arrive returns the
+ * generation to pass to gru_team_await; a thread arrives and awaits the same number
+ * of times as every other, in turn. Without GCC's atomics, arriving does nothing and
+ * awaiting is OpenMP's barrier. */
+static inline unsigned gru_team_arrive(gru_team_barrier *b, int team) {
+    if (team <= 1) return 0;
 #ifdef GRU_SPIN_BARRIER
     const unsigned generation = __atomic_load_n(&b->generation, __ATOMIC_ACQUIRE);
     if (__atomic_add_fetch(&b->arrived, 1, __ATOMIC_ACQ_REL) == team) {
@@ -155,8 +161,17 @@ static inline void gru_team_barrier_wait(gru_team_barrier *b, int team) {
         if (__atomic_load_n(&b->sleepers, __ATOMIC_SEQ_CST) > 0)
             syscall(SYS_futex, &b->generation, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
 #endif
-        return;
     }
+    return generation;
+#else
+    (void)b;
+    return 0;
+#endif
+}
+
+static inline void gru_team_await(gru_team_barrier *b, int team, unsigned generation) {
+    if (team <= 1) return;
+#ifdef GRU_SPIN_BARRIER
     for (int spins = 0; spins < b->spins; spins++) {
         if (__atomic_load_n(&b->generation, __ATOMIC_ACQUIRE) != generation) return;
         gru_cpu_relax();
@@ -174,10 +189,15 @@ static inline void gru_team_barrier_wait(gru_team_barrier *b, int team) {
     }
 #else
     (void)b;
+    (void)generation;
 #ifdef _OPENMP
 #pragma omp barrier
 #endif
 #endif
+}
+
+static inline void gru_team_barrier_wait(gru_team_barrier *b, int team) {
+    gru_team_await(b, team, gru_team_arrive(b, team));
 }
 
 /* Hands out work items 0, 1, 2, ... to a team, each to exactly one thread: a thread

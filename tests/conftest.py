@@ -38,6 +38,27 @@ def cython_teams_at_every_size():
 
 
 @pytest.fixture
+def blas_at_two_threads():
+    """Every BLAS library held at 2 threads around the test; yields their counts ([2, ...]).
+
+    The Cython backend holds BLAS to one thread during a call and must give
+    the caller's count back. Checked against a count of 1 a backend that never
+    restores would pass, so the test needs a count it can tell from 1.
+    """
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    import gru
+
+    if not gru.backend_available("cython"):
+        pytest.skip("the cython backend is not available here")
+    gru.get_backend("cython").available()  # loads scipy's BLAS, so that the limit reaches it
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
+        counts = [info["num_threads"] for info in threadpoolctl.threadpool_info() if info["user_api"] == "blas"]
+        if not counts or min(counts) < 2:
+            pytest.skip(f"BLAS cannot be set to 2 threads here (got {counts})")
+        yield counts
+
+
+@pytest.fixture
 def torch():
     """PyTorch, seeded; the test is skipped where it is not installed (it is optional)."""
     torch = pytest.importorskip("torch")

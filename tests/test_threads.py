@@ -262,7 +262,7 @@ def test_cython_kernels_release_the_gil(monkeypatch, train):
 
 
 @pytest.mark.skipif(not gru.backend_available("cython"), reason="cython backend unavailable")
-def test_blas_is_held_to_one_thread_inside_calls_from_any_thread(monkeypatch):
+def test_blas_is_held_to_one_thread_inside_calls_from_any_thread(monkeypatch, blas_at_two_threads):
     """Inside every kernel call BLAS runs single-threaded, whichever Python thread makes the call.
 
     With OpenBLAS 0.3.30/0.3.31, openblas_set_num_threads from a thread other than the main one is
@@ -288,6 +288,7 @@ def test_blas_is_held_to_one_thread_inside_calls_from_any_thread(monkeypatch):
     x = inputs(0, layer)[0]
     layer(x)  # the main thread sets and restores the limit first
     before = [lib.get_num_threads() for lib in libs]
+    assert sorted(before) == sorted(blas_at_two_threads)  # restored by that first call already
     monkeypatch.setattr(backend, "_kernels", Recording())
     layer(x)
     run_concurrently([lambda: layer(x) for _ in range(THREADS)])

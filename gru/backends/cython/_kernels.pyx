@@ -531,6 +531,34 @@ cdef inline void product_rest(Py_ssize_t m, int n, int H, int u0, int nu, const 
     matmul_step(m, n, H - u0 - nu, a + u0 + nu, H, panel + <Py_ssize_t>(u0 + nu) * P, P, 1, c, G)
 
 
+cdef inline int own_part(int s, int T, int B, int I, int H, int i0, int i1, int live, int u0, int nu, int first,
+                         const floating* x, const floating* w_ih_t, const floating* panel, const long long* lengths,
+                         bint reverse, bint per_step, floating* gx, const floating* h_prev,
+                         floating* gh_rows) noexcept nogil:
+    """Step s's work that needs no other thread; returns the sequences live at s (the end of [i0, live)).
+
+    The input projection of its rows (per_step), and the first product (the
+    ``first`` columns of the panel) over this thread's own part of h_{t-1},
+    into ``gh_rows`` (this thread's gh columns from row i0): product_rest
+    adds the others' once they are written.
+    """
+    cdef int G = 3 * H
+    cdef int P = 3 * nu
+    cdef int g, t
+    while live > i0 and lengths[live - 1] <= s:
+        live -= 1
+    if nu == 0:
+        return live
+    if per_step:  # every sequence is at the same t
+        t = T - 1 - s if reverse else s
+        for g in range(3):
+            matmul_step(i1 - i0, nu, I, x + (<Py_ssize_t>t * B + i0) * I, I, w_ih_t + g * H + u0, G, 0,
+                        gx + <Py_ssize_t>i0 * G + g * H + u0, G)
+    matmul_step(live - i0, first, nu, h_prev + <Py_ssize_t>i0 * H + u0, H, panel + <Py_ssize_t>u0 * P, P, 0,
+                gh_rows, G)
+    return live
+
+
 cdef void run_rows(
     int T, int B, int I, int H, int i0, int i1, int u0, int nu, int team,
     const floating* x, const floating* w_ih_t, const floating* panel,
@@ -558,7 +586,7 @@ cdef void run_rows(
     cdef int P = 3 * nu  # the panel's columns: r, z, n of the units
     cdef int first = P if reset_after else 2 * nu  # reset-before makes the candidate's product later
     cdef Py_ssize_t plane = <Py_ssize_t>T * B * H  # one gate's block in ``gates``
-    cdef int g, s, i, t, seq
+    cdef int s, i, t, seq
     cdef int live = i1
     cdef int steps = <int>lengths[i0]
     cdef unsigned generation = 0
@@ -574,18 +602,10 @@ cdef void run_rows(
     cdef floating* gh_mine = gh + 3 * u0
 
     for s in range(steps):
-        if s == 0 or nu == 0:  # the own part of step 0 (h0 was written before the team started)
-            while live > i0 and lengths[live - 1] <= s:
-                live -= 1
-            if nu > 0:
-                if per_step:
-                    t = T - 1 - s if reverse else s
-                    for g in range(3):
-                        matmul_step(i1 - i0, nu, I, x + (<Py_ssize_t>t * B + i0) * I, I, w_ih_t + g * H + u0, G,
-                                    0, gx + <Py_ssize_t>i0 * G + g * H + u0, G)
-                matmul_step(live - i0, first, nu, h_prev + <Py_ssize_t>i0 * H + u0, H, panel + <Py_ssize_t>u0 * P,
-                            P, 0, gh_mine + <Py_ssize_t>i0 * G, G)
-        if s > 0:
+        if s == 0:  # h0 was written before the team started
+            live = own_part(0, T, B, I, H, i0, i1, live, u0, nu, first, x, w_ih_t, panel, lengths, reverse,
+                            per_step, gx, h_prev, gh_mine + <Py_ssize_t>i0 * G)
+        else:
             gru_team_await(barrier, team, generation)  # every thread's part of h_{t-1} is written
         if nu > 0:
             product_rest(live - i0, first, H, u0, nu, h_prev + <Py_ssize_t>i0 * H, panel, P,
@@ -630,16 +650,9 @@ cdef void run_rows(
         swap = h_prev
         h_prev = h_next
         h_next = swap
-        if s + 1 < steps and nu > 0:  # the next step's own part, while the others finish theirs
-            while live > i0 and lengths[live - 1] <= s + 1:
-                live -= 1
-            if per_step:
-                t = T - 2 - s if reverse else s + 1
-                for g in range(3):
-                    matmul_step(i1 - i0, nu, I, x + (<Py_ssize_t>t * B + i0) * I, I, w_ih_t + g * H + u0, G, 0,
-                                gx + <Py_ssize_t>i0 * G + g * H + u0, G)
-            matmul_step(live - i0, first, nu, h_prev + <Py_ssize_t>i0 * H + u0, H, panel + <Py_ssize_t>u0 * P, P,
-                        0, gh_mine + <Py_ssize_t>i0 * G, G)
+        if s + 1 < steps:  # the next step's own part, while the others finish theirs
+            live = own_part(s + 1, T, B, I, H, i0, i1, live, u0, nu, first, x, w_ih_t, panel, lengths, reverse,
+                            per_step, gx, h_prev, gh_mine + <Py_ssize_t>i0 * G)
 
 
 cdef void thread_body(

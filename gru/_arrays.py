@@ -93,6 +93,19 @@ def as_array(value: Any, name: str) -> Any:
     return np.asarray(value)
 
 
+def torch_values_on_host(value: Any) -> Any:
+    """A torch tensor's values on the host, bfloat16 (which NumPy lacks) widened exactly to float32; else ``value``.
+
+    For values gru copies into its own precision anyway (parameters,
+    gradients); an input keeps the caller's dtype, so ``as_array`` refuses
+    bfloat16 rather than widen it.
+    """
+    if not is_torch_tensor(value):
+        return value
+    tensor = value.detach().cpu()
+    return tensor.float() if str(tensor.dtype) == "torch.bfloat16" else tensor
+
+
 def to_host(value: Any, name: str) -> np.ndarray:
     """``value`` as a NumPy array on the host (copies device memory)."""
     array = as_array(value, name)

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from gru._arrays import as_array, is_torch_tensor, to_host
+from gru._arrays import as_array, is_torch_tensor, to_host, torch_values_on_host
 
 SUPPORTED_DTYPES = ("float32", "float64")
 
@@ -151,13 +151,8 @@ def canonical_lengths(lengths: Any, *, batch: int, seq_len: int, batched: bool) 
 
 def canonical_parameter(value: Any, name: str, shape: tuple[int, ...], dtype: str) -> np.ndarray:
     """A state-dict entry as a fresh contiguous host array of ``shape`` and ``dtype``."""
-    if hasattr(value, "detach"):  # a torch tensor: no autograd, host memory
-        value = value.detach().cpu()
-        if str(value.dtype) == "torch.bfloat16":  # no NumPy dtype: widen, exactly
-            value = value.float()
-        value = value.numpy()
     try:
-        array = to_host(value, f"state_dict[{name!r}]")
+        array = to_host(torch_values_on_host(value), f"state_dict[{name!r}]")
     except (TypeError, ValueError) as exc:
         raise TypeError(
             f"state_dict[{name!r}]: expected an array of shape {shape}, got {type(value).__name__} ({exc})"

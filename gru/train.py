@@ -29,7 +29,7 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
-from gru._arrays import is_torch_tensor, to_host
+from gru._arrays import is_torch_tensor, to_host, torch_values_on_host
 from gru._layers import _make_rng
 from gru._validation import canonical_parameter, check_bool, check_dtype, check_int, check_probability
 
@@ -58,13 +58,8 @@ def _host_array(value: Any, name: str) -> np.ndarray:
     on the host; strings, booleans, complex numbers and objects are refused
     rather than turned into numbers that were never meant.
     """
-    if is_torch_tensor(value):
-        tensor = value.detach()
-        if str(tensor.dtype) == "torch.bfloat16":  # no NumPy dtype: widen, exactly
-            tensor = tensor.float()
-        value = tensor.cpu()
     try:
-        array = to_host(value, name)
+        array = to_host(torch_values_on_host(value), name)
     except (TypeError, ValueError, RuntimeError, BufferError) as exc:
         if str(exc).startswith(f"{name}:"):
             raise TypeError(str(exc)) from None

@@ -74,21 +74,17 @@ def training_backend(choice: str) -> str:
 
     A named backend is checked here, so that a bad name fails before a run starts.
     """
-    infos = gru.list_backends()
     if choice != "auto":
-        info = next((i for i in infos if i.name == choice), None)
-        if info is None:
-            known = ", ".join(sorted(i.name for i in infos))
-            raise gru.BackendNotFoundError(f"no backend named {choice!r} is registered (registered: {known})")
-        if not info.available:
-            raise gru.BackendUnavailableError(f"backend {choice!r} cannot run here: {info.reason}")
-        caps = info.capabilities
-        if caps is None or not caps.training or DTYPE not in caps.dtypes:
+        try:
+            caps = gru.get_backend(choice).capabilities  # the registry's lookup, and its errors
+        except gru.BackendNotFoundError as exc:  # its message names "backend:"; the caller names the flag
+            raise gru.BackendNotFoundError(str(exc).removeprefix("backend: ")) from None
+        if not caps.training or DTYPE not in caps.dtypes:
             raise gru.UnsupportedRequestError(f"backend {choice!r} does not declare training in {DTYPE}")
         return choice
     capable = [
         info
-        for info in infos
+        for info in gru.list_backends()
         if info.available
         and info.capabilities is not None
         and info.capabilities.training

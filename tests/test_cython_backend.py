@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -105,7 +107,7 @@ def test_team_size_leaves_small_unit_splits_to_fewer_threads(cython_teams_at_eve
     assert _kernels.team_size(threads, H, B, 4) == max(1, min(threads, (H + 15) // 16))
 
 
-def test_which_calls_split_their_sequences_between_threads():
+def test_which_calls_split_their_sequences_between_threads(products_cut):
     """From 8 sequences per thread, while every thread can hold all of W_hh (2 MB; see splits_by_sequence)."""
     from gru.backends.cython import _kernels
 
@@ -117,6 +119,9 @@ def test_which_calls_split_their_sequences_between_threads():
     assert not _kernels.splits_sequences(64, 16, 4, 2)  # a team of one: 16 units
     # 27 sequences in 4 chunks, each summing its own weight gradients: 3 sets of sums besides the gradients'
     assert _kernels.backward_workspace_rows(9, 27, 6, 48, 8, 2) == 8 * 9 * 27 + 3 * 27 + 3 * 3 * (6 + 48)
+    with small_kernel(False):  # whole-sequence weight GEMMs instead, their rows split in two: one more set
+        assert _kernels.splits_sequences(16, 128, 4, 2)
+        assert _kernels.backward_workspace_rows(9, 27, 6, 48, 8, 2) == 8 * 9 * 27 + 3 * 27 + 1 * 3 * (6 + 48)
 
 
 @pytest.mark.parametrize("threads", [2, 3])
@@ -148,15 +153,24 @@ def test_batches_of_wide_layers_split_by_unit_match_the_oracle(reset_after):
     assert_training_matches_oracle(layer, rng.standard_normal((3, 17, 5)), rng, lengths=lengths, threads=2)
 
 
-@pytest.fixture
-def products_made_whole():
-    """The kernels as with a BLAS without a small-matrix kernel: every product in one call."""
+@contextlib.contextmanager
+def small_kernel(enabled: bool):
+    """The kernels as with a BLAS with (True) or without (False) a small-matrix kernel, whatever this machine's is."""
     from gru.backends.cython import _kernels
 
     before = _kernels.uses_small_kernel()
-    _kernels.use_small_kernel(False)
-    yield
-    _kernels.use_small_kernel(before)
+    _kernels.use_small_kernel(enabled)
+    try:
+        yield
+    finally:
+        _kernels.use_small_kernel(before)
+
+
+@pytest.fixture
+def products_cut():
+    """The kernels as with OpenBLAS's small-matrix kernel: products cut to its size (see _kernels.matmul_step)."""
+    with small_kernel(True):
+        yield
 
 
 @pytest.mark.parametrize(
@@ -165,16 +179,21 @@ def products_made_whole():
     ids=["large-products", "step-projection-and-weights-in-loop", "projection-in-chunks", "small-batch-steps"],
 )
 @EACH_VARIANT
-def test_every_path_cut_for_the_small_kernel_also_runs_whole(products_made_whole, I, H, T, B, reset_after):
+@pytest.mark.parametrize("cut", [True, False], ids=["cut", "whole"])
+def test_every_path_cut_for_the_small_kernel_also_runs_whole(cut, I, H, T, B, reset_after):
     """Shapes that take the small-kernel paths (row chunks, column blocks, step-by-step projection and weight
-    gradients, chunked projection) match the oracle with those paths off too."""
+    gradients, chunked projection) match the oracle, with those paths on and off, whichever this machine's
+    BLAS would pick."""
     from gru.backends.cython import _kernels
 
-    assert not _kernels.uses_small_kernel()
-    assert _kernels.workspace_rows(T, B, I, H, 8, False, T, 1) == T * B + 2 * B + 2  # no step-by-step projection
     rng = np.random.default_rng(I + H)
     layer = gru.GRU(I, H, reset_after=reset_after, bidirectional=True, dtype="float64", backend="cython", seed=rng)
-    assert_training_matches_oracle(layer, rng.standard_normal((T, B, I)), rng, threads=2)
+    x = rng.standard_normal((T, B, I))
+    with small_kernel(cut):
+        assert _kernels.uses_small_kernel() is cut
+        if not cut:  # no step-by-step projection
+            assert _kernels.workspace_rows(T, B, I, H, 8, False, T, 1) == T * B + 2 * B + 2
+        assert_training_matches_oracle(layer, x, rng, threads=2)
 
 
 @pytest.mark.parametrize(
@@ -387,7 +406,7 @@ def test_recurrent_weights_are_packed_once_per_layer_and_team(monkeypatch):
     assert packed == [2, 2, 1, 1, 3, 3, 2, 2, 1, 1]
 
 
-def test_which_batches_project_their_inputs_step_by_step():
+def test_which_batches_project_their_inputs_step_by_step(products_cut):
     """The two measured regimes (see _kernels.projects_per_step): rows of workspace tell which one ran."""
     from gru.backends.cython import _kernels
 
@@ -405,6 +424,8 @@ def test_which_batches_project_their_inputs_step_by_step():
     # split by sequence (16 and more sequences for 2 threads), a chunk's rows of x must be consecutive
     assert per_step(30, 32, 256, 256, shortest=20) and not per_step(30, 32, 256, 256, shortest=20, team=2)
     assert per_step(30, 32, 256, 256, team=2) and per_step(30, 8, 512, 512, shortest=20, team=2)
+    with small_kernel(False):  # both were measured with the small kernel: without it, whole sequences
+        assert not per_step(30, 32, 256, 256) and not per_step(30, 8, 512, 512)
 
 
 @pytest.mark.parametrize("lengths", ["none", "all-T", "varied"])

@@ -767,13 +767,13 @@ def test_bad_from_onnx_arguments(kwargs, kind, argument):
 
 def kernel_forward_args(T_=4, B_=3, I_=5, H_=16):
     rng = np.random.default_rng(0)
-    w_hh_t = rng.standard_normal((H_, 3 * H_))
-    panels = np.zeros((H_, 3 * H_))
-    kernels().pack_panels(w_hh_t, 1, panels)
+    w_hh = rng.standard_normal((3 * H_, H_))
+    panels = np.zeros((3 * H_, H_))
+    kernels().pack_panels(w_hh, 1, panels)
     return {
         "x": rng.standard_normal((T_, B_, I_)),
         "w_ih_t": rng.standard_normal((I_, 3 * H_)),
-        "w_hh_t": w_hh_t,
+        "w_hh": w_hh,
         "bias": np.zeros(3 * H_),
         "b_hn": np.zeros(H_),
         "lengths": np.array([T_, 2, 1], np.int64)[:B_],
@@ -784,10 +784,10 @@ def kernel_forward_args(T_=4, B_=3, I_=5, H_=16):
         "h_n": np.zeros((B_, H_)),
         "gates": np.zeros((3, T_, B_, H_)),
         "hn": np.zeros((T_, B_, H_)),
-        "workspace": np.zeros((T_ * B_ + 2 * B_ + 2, 3 * H_)),
+        "workspace": np.zeros((T_ * B_ + 3 * B_ + 2, 3 * H_)),
         "panels": panels,
         "panels_team": 1,
-        "own_panels": np.zeros((H_, 3 * H_)),
+        "own_panels": np.zeros((3 * H_, H_)),
         "threads": 1,
     }
 
@@ -801,7 +801,7 @@ def kernel_backward_args():
         "x": f["x"],
         "h0": np.zeros((B_, H_)),
         "w_ih": np.ascontiguousarray(f["w_ih_t"].T),
-        "w_hh": np.ascontiguousarray(f["w_hh_t"].T),
+        "w_hh": f["w_hh"],
         "lengths": f["lengths"],
         "order": f["order"],
         "reverse": False,
@@ -835,8 +835,8 @@ def kernels():
 
 KERNEL_FORWARD_CASES = {
     "workspace-short": ({"workspace": np.zeros((3, 48))}, ValueError, "workspace"),
-    "panels-short": ({"panels": np.zeros((4, 48))}, ValueError, "panels"),
-    "own_panels-short": ({"own_panels": np.zeros((4, 48))}, ValueError, "own_panels"),
+    "panels-short": ({"panels": np.zeros((4, 16))}, ValueError, "panels"),
+    "own_panels-short": ({"own_panels": np.zeros((4, 16))}, ValueError, "own_panels"),
     "lengths-increasing": ({"lengths": np.array([1, 2, 4], np.int64)}, ValueError, "lengths"),
     "lengths-past-T": ({"lengths": np.array([9, 2, 1], np.int64)}, ValueError, "lengths"),
     "lengths-negative": ({"lengths": np.array([4, 2, -1], np.int64)}, ValueError, "lengths"),
@@ -849,10 +849,10 @@ KERNEL_FORWARD_CASES = {
     "gates-shape": ({"gates": np.zeros((3, 4, 3, 15))}, ValueError, "gates"),
     "hn-shape": ({"hn": np.zeros((3, 3, 16))}, ValueError, "hn"),
     "w_ih_t-shape": ({"w_ih_t": np.zeros((4, 48))}, ValueError, "w_ih_t"),
-    "w_hh_t-shape": ({"w_hh_t": np.zeros((16, 47))}, ValueError, "w_hh_t"),
+    "w_hh-shape": ({"w_hh": np.zeros((47, 16))}, ValueError, "w_hh"),
     "bias-length": ({"bias": np.zeros(47)}, ValueError, "bias"),
     "b_hn-length": ({"b_hn": np.zeros(17)}, ValueError, "b_hn"),
-    "w_hh_t-none": ({"w_hh_t": None}, TypeError, "Argument 'w_hh_t' must not be None"),
+    "w_hh-none": ({"w_hh": None}, TypeError, "Argument 'w_hh' must not be None"),
     "x-not-contiguous": ({"x": np.zeros((3, 4, 5)).transpose(1, 0, 2)}, ValueError, "ndarray is not C-contiguous"),
 }
 

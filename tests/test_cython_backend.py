@@ -192,7 +192,7 @@ def test_every_path_cut_for_the_small_kernel_also_runs_whole(cut, I, H, T, B, re
     with small_kernel(cut):
         assert _kernels.uses_small_kernel() is cut
         if not cut:  # no step-by-step projection
-            assert _kernels.workspace_rows(T, B, I, H, 8, False, T, 1) == T * B + 2 * B + 2
+            assert _kernels.workspace_rows(T, B, I, H, 8, False, T, 1) == T * B + 3 * B + 2
         assert_training_matches_oracle(layer, x, rng, threads=2)
 
 
@@ -344,17 +344,17 @@ def kernel_call(team_of_panels, panels_fill=None, threads=2):
 
     rng = np.random.default_rng(7)
     T, B, I, H = 6, 3, 5, 48
-    w_hh_t = rng.standard_normal((H, 3 * H)) / 8
-    panels = np.empty_like(w_hh_t)
-    _kernels.pack_panels(w_hh_t, team_of_panels, panels)
+    w_hh = rng.standard_normal((3 * H, H)) / 8
+    panels = np.empty_like(w_hh)
+    _kernels.pack_panels(w_hh, team_of_panels, panels)
     if panels_fill is not None:
         panels[...] = panels_fill
     output, h_n = np.zeros((T, B, H)), rng.standard_normal((B, H))
     workspace = np.zeros((_kernels.workspace_rows(T, B, I, H, 8, False, T, threads), 3 * H))
     _kernels.run_direction(
-        rng.standard_normal((T, B, I)), rng.standard_normal((I, 3 * H)), w_hh_t, rng.standard_normal(3 * H),
+        rng.standard_normal((T, B, I)), rng.standard_normal((I, 3 * H)), w_hh, rng.standard_normal(3 * H),
         rng.standard_normal(H), np.full(B, T, np.int64), np.arange(B, dtype=np.int64), False, True, output, h_n,
-        None, None, workspace, panels, team_of_panels, np.zeros((H, 3 * H)), threads,
+        None, None, workspace, panels, team_of_panels, np.zeros((3 * H, H)), threads,
     )  # fmt: skip
     return output, h_n
 
@@ -367,11 +367,29 @@ def test_a_team_other_than_the_one_the_weights_were_packed_for_packs_its_own():
         np.testing.assert_array_equal(got, want)
 
 
+def test_each_thread_gets_its_units_rows_of_w_hh_in_three_column_blocks():
+    """A team of 2 at H = 48: units [0, 32) and [32, 48); each thread's rows of W_hh (r, z, n of its units) as
+    the blocks of columns before its units, of its units and after them, each a contiguous matrix."""
+    from gru.backends.cython import _kernels
+
+    H = 48
+    w_hh = np.random.default_rng(5).standard_normal((3 * H, H))
+    panels = np.empty_like(w_hh)
+    _kernels.pack_panels(w_hh, 2, panels)
+    flat = panels.ravel()
+    for u0, nu in [(0, 32), (32, 16)]:
+        rows = np.concatenate([w_hh[g * H + u0 : g * H + u0 + nu] for g in range(3)])  # (3 nu, H)
+        start = 3 * H * u0
+        for k0, k1 in [(0, u0), (u0, u0 + nu), (u0 + nu, H)]:
+            block = flat[start + 3 * nu * k0 : start + 3 * nu * k1].reshape(3 * nu, k1 - k0)
+            np.testing.assert_array_equal(block, rows[:, k0:k1])
+
+
 def test_pack_panels_refuses_an_empty_team():
     from gru.backends.cython import _kernels
 
     with pytest.raises(ValueError, match="team: expected at least 1 thread, got 0"):
-        _kernels.pack_panels(np.zeros((16, 48)), 0, np.zeros((16, 48)))
+        _kernels.pack_panels(np.zeros((48, 16)), 0, np.zeros((48, 16)))
 
 
 def test_recurrent_weights_are_packed_once_per_layer_and_team(monkeypatch):
@@ -380,9 +398,9 @@ def test_recurrent_weights_are_packed_once_per_layer_and_team(monkeypatch):
     packed = []
     real_pack = backend._kernels.pack_panels
 
-    def counting_pack(w_hh_t, team, panels):
+    def counting_pack(w_hh, team, panels):
         packed.append(team)
-        return real_pack(w_hh_t, team, panels)
+        return real_pack(w_hh, team, panels)
 
     monkeypatch.setattr(backend._kernels, "pack_panels", counting_pack)
     layer = gru.GRU(4, 40, num_layers=2, backend="cython", seed=0)
@@ -412,8 +430,8 @@ def test_which_batches_project_their_inputs_step_by_step(products_cut):
 
     def per_step(T, B, I, H, itemsize=4, reverse=False, shortest=None, team=1):
         rows = _kernels.workspace_rows(T, B, I, H, itemsize, reverse, T if shortest is None else shortest, team)
-        assert rows in (3 * B + 2 * team, T * B + 2 * B + 2 * team)
-        return rows == 3 * B + 2 * team
+        assert rows in (4 * B + 2 * team, T * B + 3 * B + 2 * team)
+        return rows == 4 * B + 2 * team
 
     assert per_step(30, 32, 256, 256) and per_step(30, 16, 64, 1024)  # B >= 16, I <= 256
     assert per_step(30, 8, 512, 512) and per_step(30, 64, 512, 512)  # small-kernel blocks, 6 MB of weights

@@ -268,6 +268,34 @@ cdef inline void matmul(int m, int n, int k, const floating* a, int lda, const f
             dgemm(&notrans, &notrans, &n, &m, &k, &one, <double*>wt, &ldw, <double*>a, &lda, &beta, c, &ldc)
 
 
+cdef inline void matmul_w(int m, int n, int k, const floating* a, int lda, const floating* w, int ldw,
+                          floating beta, floating* c, int ldc) noexcept nogil:
+    """Column-major C[m, n] (C[i + j ldc]) = A[m, k] @ W[n, k]^T + beta C, A and W row-major.
+
+    gemm('T', 'N'): the weights are BLAS's second operand, which OpenBLAS
+    packs much faster than its first when the batch is small (8 x 512 by
+    512 x 768: 80 against 162 us on Haswell kernels, 77 against 111 on
+    SkylakeX ones; 64 rows: 419 against 494 and 229 against 269), and each
+    unit's weights are one contiguous row. gemv('T') for one row.
+    """
+    cdef char trans = b'T'
+    cdef char notrans = b'N'
+    cdef int one_i = 1
+    cdef floating one = 1
+    if m <= 0 or n <= 0:
+        return
+    if m == 1:
+        if floating is float:
+            sgemv(&trans, &k, &n, &one, <float*>w, &ldw, <float*>a, &one_i, &beta, c, &ldc)
+        else:
+            dgemv(&trans, &k, &n, &one, <double*>w, &ldw, <double*>a, &one_i, &beta, c, &ldc)
+    else:
+        if floating is float:
+            sgemm(&trans, &notrans, &m, &n, &k, &one, <float*>a, &lda, <float*>w, &ldw, &beta, c, &ldc)
+        else:
+            dgemm(&trans, &notrans, &m, &n, &k, &one, <double*>a, &lda, <double*>w, &ldw, &beta, c, &ldc)
+
+
 # OpenBLAS multiplies products of up to about a million multiply-adds with
 # kernels that skip its packing step; at small batch that is ~3x faster per
 # step than one large call, so the per-step products are cut to that size
@@ -322,19 +350,23 @@ cdef inline int small_block(int m, int n, int k) noexcept nogil:
     return ((n + count - 1) // count + 15) // 16 * 16
 
 
-cdef inline void matmul_blocks(int m, int n, int k, const floating* a, int lda, const floating* wt, int ldw,
-                               floating beta, floating* c, int ldc) noexcept nogil:
-    """C = A Wt + beta C like matmul, as column blocks that each stay a small product."""
+cdef inline void matmul_blocks(bint w_rows, int m, int n, int k, const floating* a, int lda, const floating* w,
+                               int ldw, floating beta, floating* c, int ldc) noexcept nogil:
+    """matmul (or, w_rows, matmul_w) as column blocks that each stay a small product."""
     cdef int block = small_block(m, n, k) if m > 1 else n
     cdef int start = 0
     while start < n:
-        matmul(m, min(block, n - start), k, a, lda, wt + start, ldw, beta, c + start, ldc)
+        if w_rows:
+            matmul_w(m, min(block, n - start), k, a, lda, w + <Py_ssize_t>start * ldw, ldw, beta,
+                     c + <Py_ssize_t>start * ldc, ldc)
+        else:
+            matmul(m, min(block, n - start), k, a, lda, w + start, ldw, beta, c + start, ldc)
         start += block
 
 
-cdef inline void matmul_step(Py_ssize_t m, int n, int k, const floating* a, int lda, const floating* wt, int ldw,
-                             floating beta, floating* c, int ldc) noexcept nogil:
-    """C = A Wt + beta C like matmul, cut into products OpenBLAS runs on its small-matrix kernel.
+cdef inline void cut_product(bint w_rows, Py_ssize_t m, int n, int k, const floating* a, int lda, const floating* w,
+                             int ldw, floating beta, floating* c, int ldc) noexcept nogil:
+    """matmul (or, w_rows, matmul_w), cut into products OpenBLAS runs on its small-matrix kernel.
 
     A product past the small kernel's size goes in chunks of ROW_CHUNK rows
     while the weights take at most SMALL_KERNEL_WEIGHT_BYTES (and a chunk's
@@ -343,16 +375,31 @@ cdef inline void matmul_step(Py_ssize_t m, int n, int k, const floating* a, int 
     """
     cdef Py_ssize_t r0 = 0
     if not small_kernel:
-        matmul(<int>m, n, k, a, lda, wt, ldw, beta, c, ldc)
+        if w_rows:
+            matmul_w(<int>m, n, k, a, lda, w, ldw, beta, c, ldc)
+        else:
+            matmul(<int>m, n, k, a, lda, w, ldw, beta, c, ldc)
         return
     if (m <= ROW_CHUNK or m * k * n <= SMALL_PRODUCT or <Py_ssize_t>k * n * sizeof(floating) > SMALL_KERNEL_WEIGHT_BYTES
             or ROW_CHUNK * k * 64 > SMALL_PRODUCT):
-        matmul_blocks(<int>m, n, k, a, lda, wt, ldw, beta, c, ldc)
+        matmul_blocks(w_rows, <int>m, n, k, a, lda, w, ldw, beta, c, ldc)
         return
     while r0 < m:
-        matmul_blocks(<int>min(<Py_ssize_t>ROW_CHUNK, m - r0), n, k, a + r0 * lda, lda, wt, ldw, beta,
-                      c + r0 * ldc, ldc)
+        matmul_blocks(w_rows, <int>min(<Py_ssize_t>ROW_CHUNK, m - r0), n, k, a + r0 * lda, lda, w, ldw, beta,
+                      c + (r0 if w_rows else r0 * ldc), ldc)
         r0 += ROW_CHUNK
+
+
+cdef inline void matmul_step(Py_ssize_t m, int n, int k, const floating* a, int lda, const floating* wt, int ldw,
+                             floating beta, floating* c, int ldc) noexcept nogil:
+    """C = A Wt + beta C like matmul, cut for the small-matrix kernel (cut_product)."""
+    cut_product(False, m, n, k, a, lda, wt, ldw, beta, c, ldc)
+
+
+cdef inline void panel_product(Py_ssize_t m, int n, int k, const floating* a, int lda, const floating* w, int ldw,
+                               floating beta, floating* c, int ldc) noexcept nogil:
+    """Column-major C = A W^T + beta C like matmul_w, cut for the small-matrix kernel (cut_product)."""
+    cut_product(True, m, n, k, a, lda, w, ldw, beta, c, ldc)
 
 
 cdef inline int widest_slice(int H, int team) noexcept nogil:
@@ -367,17 +414,23 @@ cdef inline int unit_slice(int H, int team, int tid, int* u0) noexcept nogil:
     return min(u0[0] + unit_chunk, H) - u0[0]
 
 
-cdef void pack_panel(int H, int u0, int nu, const floating* w_hh_t, floating* panel) noexcept nogil:
-    """One thread's recurrent weights as an (H, 3 nu) block: row k is W_hh^T[k] at the r, z, n columns of its units.
+cdef void pack_panel(int H, int u0, int nu, const floating* w_hh, floating* panel) noexcept nogil:
+    """One thread's recurrent weights: the rows of W_hh of its units' r, z and n (3 nu rows), in three blocks.
 
-    One product per step then covers all three gates, in the 'N' layout BLAS
-    serves fastest for one sequence and for small batches alike.
+    The blocks hold the columns [0, u0), [u0, u0 + nu) and [u0 + nu, H):
+    each a (3 nu, width) matrix at panel + 3 nu k0 (k0 its first column), so
+    that each part of a step's product (see panel_part) reads one contiguous
+    block. One product per part then covers all three gates (see matmul_w).
     """
-    cdef int k, g
-    for k in range(H):
-        for g in range(3):
-            memcpy(panel + <Py_ssize_t>k * 3 * nu + g * nu, w_hh_t + <Py_ssize_t>k * 3 * H + g * H + u0,
-                   nu * sizeof(floating))
+    cdef int c, b
+    cdef int k0[3]
+    cdef int width[3]
+    k0[0], k0[1], k0[2] = 0, u0, u0 + nu
+    width[0], width[1], width[2] = u0, nu, H - u0 - nu
+    for c in range(3 * nu):  # row c: gate c // nu, unit u0 + c % nu
+        for b in range(3):
+            memcpy(panel + <Py_ssize_t>3 * nu * k0[b] + <Py_ssize_t>c * width[b],
+                   w_hh + (<Py_ssize_t>(c // nu) * H + u0 + c % nu) * H + k0[b], width[b] * sizeof(floating))
 
 
 cdef inline bint splits_by_sequence(Py_ssize_t B, Py_ssize_t H, Py_ssize_t itemsize, int team) noexcept nogil:
@@ -437,7 +490,7 @@ def workspace_rows(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, Py_ss
     """Rows of 3H values run_direction's ``workspace`` needs; ``shortest`` is the least of the lengths."""
     cdef bint by_sequence = splits_by_sequence(B, H, itemsize, team)
     cdef bint per_step = projects_per_step(T, B, I, H, itemsize, reverse, shortest, by_sequence)
-    return (B if per_step else T * B) + 2 * B + 2 * max(team, 1)
+    return (B if per_step else T * B) + 3 * B + 2 * max(team, 1)
 
 
 # the least share of a team split by unit (see team_for); 0: every team a caller asks for
@@ -488,24 +541,24 @@ def splits_sequences(Py_ssize_t B, Py_ssize_t H, Py_ssize_t itemsize, int thread
     return splits_by_sequence(B, H, itemsize, team_for(threads, H, B, itemsize))
 
 
-def pack_panels(const floating[:, ::1] w_hh_t not None, int team, floating[:, ::1] panels not None):
+def pack_panels(const floating[:, ::1] w_hh not None, int team, floating[:, ::1] panels not None):
     """Every thread's packed recurrent weights for a team of ``team``, side by side.
 
-    ``w_hh_t`` is W_hh^T (H, 3H); ``panels`` (H, 3H) receives thread j's
-    block at offset 3 H u0_j. run_direction takes the result, so a layer's
-    weights are packed once, not on every call.
+    ``w_hh`` is W_hh (3H, H); ``panels`` (3H, H) receives thread j's block
+    at offset 3 H u0_j. run_direction takes the result, so a layer's weights
+    are packed once, not on every call.
     """
-    cdef int H = w_hh_t.shape[0]
+    cdef int H = w_hh.shape[1]
     cdef int tid, u0, nu
-    _expect_shape("w_hh_t", w_hh_t.shape, 2, H, 3 * H)
-    _expect_shape("panels", panels.shape, 2, H, 3 * H)
+    _expect_shape("w_hh", w_hh.shape, 2, 3 * H, H)
+    _expect_shape("panels", panels.shape, 2, 3 * H, H)
     if team < 1:
         raise ValueError(f"team: expected at least 1 thread, got {team}")
     with nogil:
         for tid in range(team):
             nu = unit_slice(H, team, tid, &u0)
             if nu > 0:
-                pack_panel(H, u0, nu, &w_hh_t[0, 0], &panels[0, 0] + <Py_ssize_t>3 * H * u0)
+                pack_panel(H, u0, nu, &w_hh[0, 0], &panels[0, 0] + <Py_ssize_t>3 * H * u0)
 
 
 cdef void project_inputs(Py_ssize_t rows, int I, int H, int u0, int nu, const floating* x, const floating* w_ih_t,
@@ -520,30 +573,60 @@ cdef void project_inputs(Py_ssize_t rows, int I, int H, int u0, int nu, const fl
             matmul(<int>rows, nu, I, x, I, w_ih_t + g * H + u0, G, 0, gx + g * H + u0, G)
 
 
-cdef inline void product_rest(Py_ssize_t m, int n, int H, int u0, int nu, const floating* a, const floating* panel,
-                              int P, floating* c, int G) noexcept nogil:
-    """C += A Wt over the inputs of the units other than [u0, u0 + nu): those other threads write.
+cdef inline void panel_part(Py_ssize_t m, int n, int row0, int k0, int k1, int H, int nu, const floating* a,
+                            const floating* panel, floating beta, floating* c, int ldc) noexcept nogil:
+    """C = A[:, k0:k1] W[row0:row0 + n, k0:k1]^T + beta C: one part of a step's product (column-major C).
 
-    The product over the thread's own units' inputs (rows u0.. of the panel)
-    comes first, before waiting for the others' (see run_rows).
+    ``a`` holds rows of H values; ``panel`` is a thread's, laid out by
+    pack_panel, whose block of columns [k0, k1) is one contiguous matrix.
+    An empty part with beta 1 leaves C as it is.
     """
-    matmul_step(m, n, u0, a, H, panel, P, 1, c, G)
-    matmul_step(m, n, H - u0 - nu, a + u0 + nu, H, panel + <Py_ssize_t>(u0 + nu) * P, P, 1, c, G)
+    cdef int width = k1 - k0
+    if width > 0:
+        panel_product(m, n, width, a + k0, H, panel + <Py_ssize_t>3 * nu * k0 + <Py_ssize_t>row0 * width, width,
+                      beta, c, ldc)
+
+
+cdef inline void product_rest(Py_ssize_t m, int n, int row0, int H, int u0, int nu, const floating* a,
+                              const floating* panel, floating* c, int ldc) noexcept nogil:
+    """C += the product over the inputs of the units other than [u0, u0 + nu): those other threads write.
+
+    The part over the thread's own units' inputs comes first, before waiting
+    for the others' (see run_rows).
+    """
+    panel_part(m, n, row0, 0, u0, H, nu, a, panel, 1, c, ldc)
+    panel_part(m, n, row0, u0 + nu, H, H, nu, a, panel, 1, c, ldc)
+
+
+cdef inline void unpack_rows(int i0, int i1, int n, const floating* t, int ldt, floating* rows, int G) noexcept nogil:
+    """rows[i, :n] = the column-major product t's row i, for i in [i0, i1): the layout the gate pass reads.
+
+    In tiles of 16 columns: the 16 columns a tile reads stay in L1 from row
+    to row, and each row's 16 values are written together (column by column,
+    the writes, G apart, fell into two sets of L1 at H = 512: 16 % of a call).
+    """
+    cdef int i, c, c0, c1
+    if t == rows:  # one sequence: the two layouts are the same
+        return
+    for c0 in range(0, n, 16):
+        c1 = min(c0 + 16, n)
+        for i in range(i0, i1):
+            for c in range(c0, c1):
+                rows[<Py_ssize_t>i * G + c] = t[<Py_ssize_t>c * ldt + i]
 
 
 cdef inline int own_part(int s, int T, int B, int I, int H, int i0, int i1, int live, int u0, int nu, int first,
                          const floating* x, const floating* w_ih_t, const floating* panel, const long long* lengths,
                          bint reverse, bint per_step, floating* gx, const floating* h_prev,
-                         floating* gh_rows) noexcept nogil:
+                         floating* product, int ldp) noexcept nogil:
     """Step s's work that needs no other thread; returns the sequences live at s (the end of [i0, live)).
 
     The input projection of its rows (per_step), and the first product (the
-    ``first`` columns of the panel) over this thread's own part of h_{t-1},
-    into ``gh_rows`` (this thread's gh columns from row i0): product_rest
-    adds the others' once they are written.
+    ``first`` rows of the panel) over this thread's own part of h_{t-1},
+    into ``product`` (column-major, from row i0): product_rest adds the
+    others' once they are written.
     """
     cdef int G = 3 * H
-    cdef int P = 3 * nu
     cdef int g, t
     while live > i0 and lengths[live - 1] <= s:
         live -= 1
@@ -554,8 +637,7 @@ cdef inline int own_part(int s, int T, int B, int I, int H, int i0, int i1, int 
         for g in range(3):
             matmul_step(i1 - i0, nu, I, x + (<Py_ssize_t>t * B + i0) * I, I, w_ih_t + g * H + u0, G, 0,
                         gx + <Py_ssize_t>i0 * G + g * H + u0, G)
-    matmul_step(live - i0, first, nu, h_prev + <Py_ssize_t>i0 * H + u0, H, panel + <Py_ssize_t>u0 * P, P, 0,
-                gh_rows, G)
+    panel_part(live - i0, first, 0, u0, u0 + nu, H, nu, h_prev + <Py_ssize_t>i0 * H, panel, 0, product, ldp)
     return live
 
 
@@ -565,15 +647,17 @@ cdef void run_rows(
     const floating* bias, const floating* b_hn,
     const long long* lengths, const long long* order,
     bint reverse, bint reset_after, bint per_step,
-    floating* gx, floating* gh, floating* rh, floating* h_a, floating* h_b, floating* scratch,
+    floating* gx, floating* gh, floating* ght, floating* rh, floating* h_a, floating* h_b, floating* scratch,
     gru_team_barrier* barrier, floating* out, Py_ssize_t out_t, Py_ssize_t out_b,
     floating* h_n, floating* gates, floating* hn_keep,
 ) noexcept nogil:
     """The time loop of the sequences [i0, i1) (sorted order) for the units [u0, u0 + nu).
 
     ``panel`` holds those units' recurrent weights as pack_panel lays them out
-    (W_hh^T itself for every unit). ``team`` threads pass its barriers: 1 when
-    the sequences are this thread's alone.
+    (W_hh itself for every unit). ``team`` threads pass its barriers: 1 when
+    the sequences are this thread's alone. The products go to ``ght``,
+    column-major (see matmul_w), and from there to gh's rows for the gate
+    pass (with one sequence the two layouts are the same: gh directly).
 
     A step's products are made in two parts: over the inputs this thread's
     own units give (its part of h_{t-1}, or of r ⊙ h_{t-1}), then over the
@@ -598,18 +682,20 @@ cdef void run_rows(
     cdef floating* r_out
     cdef floating* z_out
     cdef floating* n_out
-    # the per-step products go to gh rows laid out per unit slice: [r | z | n] of its units
+    # gh rows are laid out per unit slice: [r | z | n] of its units; the products, column-major, likewise
     cdef floating* gh_mine = gh + 3 * u0
+    cdef int ldp = B
+    cdef floating* product_mine = gh_mine if B == 1 else ght + <Py_ssize_t>3 * u0 * B
 
     for s in range(steps):
         if s == 0:  # h0 was written before the team started
             live = own_part(0, T, B, I, H, i0, i1, live, u0, nu, first, x, w_ih_t, panel, lengths, reverse,
-                            per_step, gx, h_prev, gh_mine + <Py_ssize_t>i0 * G)
+                            per_step, gx, h_prev, product_mine + i0, ldp)
         else:
             gru_team_await(barrier, team, generation)  # every thread's part of h_{t-1} is written
         if nu > 0:
-            product_rest(live - i0, first, H, u0, nu, h_prev + <Py_ssize_t>i0 * H, panel, P,
-                         gh_mine + <Py_ssize_t>i0 * G, G)
+            product_rest(live - i0, first, 0, H, u0, nu, h_prev + <Py_ssize_t>i0 * H, panel, product_mine + i0, ldp)
+            unpack_rows(i0, live, first, product_mine, ldp, gh_mine, G)
         if not reset_after:
             if nu > 0:
                 for i in range(i0, live):
@@ -619,12 +705,13 @@ cdef void run_rows(
                     reset_before(nu, gx_row, gh_mine + i * G, bias + u0, h_prev + i * H + u0, r_out, rh + i * H + u0)
             generation = gru_team_arrive(barrier, team)  # this thread's part of r ⊙ h_{t-1} is written
             if nu > 0:
-                matmul_step(live - i0, nu, nu, rh + <Py_ssize_t>i0 * H + u0, H, panel + <Py_ssize_t>u0 * P + 2 * nu,
-                            P, 0, gh_mine + <Py_ssize_t>i0 * G + 2 * nu, G)
+                panel_part(live - i0, nu, 2 * nu, u0, u0 + nu, H, nu, rh + <Py_ssize_t>i0 * H, panel, 0,
+                           product_mine + 2 * nu * ldp + i0, ldp)
             gru_team_await(barrier, team, generation)
             if nu > 0:
-                product_rest(live - i0, nu, H, u0, nu, rh + <Py_ssize_t>i0 * H, panel + 2 * nu, P,
-                             gh_mine + <Py_ssize_t>i0 * G + 2 * nu, G)
+                product_rest(live - i0, nu, 2 * nu, H, u0, nu, rh + <Py_ssize_t>i0 * H, panel,
+                             product_mine + 2 * nu * ldp + i0, ldp)
+                unpack_rows(i0, live, nu, product_mine + 2 * nu * ldp, ldp, gh_mine + 2 * nu, G)
         if nu > 0:
             for i in range(i0, live):
                 seq = <int>order[i]
@@ -652,16 +739,16 @@ cdef void run_rows(
         h_next = swap
         if s + 1 < steps:  # the next step's own part, while the others finish theirs
             live = own_part(s + 1, T, B, I, H, i0, i1, live, u0, nu, first, x, w_ih_t, panel, lengths, reverse,
-                            per_step, gx, h_prev, gh_mine + <Py_ssize_t>i0 * G)
+                            per_step, gx, h_prev, product_mine + i0, ldp)
 
 
 cdef void thread_body(
     int T, int B, int I, int H, bint by_sequence, int* next_chunk,
-    const floating* x, const floating* w_ih_t, const floating* w_hh_t,
+    const floating* x, const floating* w_ih_t, const floating* w_hh,
     const floating* bias, const floating* b_hn,
     const long long* lengths, const long long* order,
     bint reverse, bint reset_after, bint per_step,
-    floating* gx, floating* gh, floating* rh, floating* h_a, floating* h_b, floating* scratch,
+    floating* gx, floating* gh, floating* ght, floating* rh, floating* h_a, floating* h_b, floating* scratch,
     const floating* packed, int packed_team, floating* own_panels, gru_team_barrier* barrier,
     floating* out, Py_ssize_t out_t, Py_ssize_t out_b,
     floating* h_n, floating* gates, floating* hn_keep,
@@ -682,35 +769,35 @@ cdef void thread_body(
             r0 = min(tid * rows, M)
             project_inputs(min(r0 + rows, M) - r0, I, H, 0, H, x + r0 * I, w_ih_t, gx + r0 * G)
             gru_team_barrier_wait(barrier, team)
-        # then chunks of sequences, each through every step, with every unit (W_hh^T is their panel)
+        # then chunks of sequences, each through every step, with every unit (W_hh is their panel)
         chunk = sequence_chunk(B, team)
         c0 = claim_chunk(next_chunk, chunk)
         while c0 < B:
-            run_rows(T, B, I, H, c0, min(c0 + chunk, B), 0, H, 1, x, w_ih_t, w_hh_t, bias, b_hn, lengths, order,
-                     reverse, reset_after, per_step, gx, gh, rh, h_a, h_b, scratch + 4 * H * tid, barrier,
+            run_rows(T, B, I, H, c0, min(c0 + chunk, B), 0, H, 1, x, w_ih_t, w_hh, bias, b_hn, lengths, order,
+                     reverse, reset_after, per_step, gx, gh, ght, rh, h_a, h_b, scratch + 4 * H * tid, barrier,
                      out, out_t, out_b, h_n, gates, hn_keep)
             c0 = claim_chunk(next_chunk, chunk)
         return
 
-    # Split by unit: this thread's recurrent weights, (H, 3 nu) (see pack_panel), packed once
+    # Split by unit: this thread's recurrent weights, (3 nu, H) (see pack_panel), packed once
     # per layer for the team we expected; a team of another size packs its own here. Only
     # this thread reads it, so it stays in its core's cache when it fits.
     nu = unit_slice(H, team, tid, &u0)
     panel = packed + <Py_ssize_t>H * 3 * u0
     if nu > 0:
         if team != packed_team:
-            pack_panel(H, u0, nu, w_hh_t, own_panels + <Py_ssize_t>H * 3 * u0)
+            pack_panel(H, u0, nu, w_hh, own_panels + <Py_ssize_t>H * 3 * u0)
             panel = own_panels + <Py_ssize_t>H * 3 * u0
         if not per_step:  # the input projection of this thread's units, every step at once
             project_inputs(M, I, H, u0, nu, x, w_ih_t, gx)
     run_rows(T, B, I, H, 0, B, u0, nu, team, x, w_ih_t, panel, bias, b_hn, lengths, order, reverse, reset_after,
-             per_step, gx, gh, rh, h_a, h_b, scratch, barrier, out, out_t, out_b, h_n, gates, hn_keep)
+             per_step, gx, gh, ght, rh, h_a, h_b, scratch, barrier, out, out_t, out_b, h_n, gates, hn_keep)
 
 
 def run_direction(
     const floating[:, :, ::1] x not None,
     const floating[:, ::1] w_ih_t not None,
-    const floating[:, ::1] w_hh_t not None,
+    const floating[:, ::1] w_hh not None,
     const floating[::1] bias not None,
     const floating[::1] b_hn not None,
     const long long[::1] lengths not None,
@@ -729,7 +816,7 @@ def run_direction(
 ):
     """Run one layer in one direction; see the module docstring.
 
-    ``w_ih_t`` (I, 3H) and ``w_hh_t`` (H, 3H) are the transposed weights;
+    ``w_ih_t`` (I, 3H) is the transposed input weights, ``w_hh`` (3H, H) W_hh;
     ``bias`` is (b_ir + b_hr, b_iz + b_hz, b_in) and ``b_hn`` the rest.
     ``lengths`` is sorted in decreasing order and ``order[i]`` is the batch
     index of the i-th longest sequence; ``h_n`` arrives holding h0 and
@@ -737,15 +824,15 @@ def run_direction(
     receives W_hn h_{t-1} + b_hn. ``workspace`` is scratch of
     (workspace_rows(...), 3H), laid out below. ``panels`` holds the recurrent weights as
     pack_panels packed them for a team of ``panels_team`` threads; if OpenMP
-    gives another team, the threads pack theirs into ``own_panels`` (H, 3H).
+    gives another team, the threads pack theirs into ``own_panels`` (3H, H).
     Inconsistent shapes raise ValueError.
     """
-    _check_sizes(x.shape[0], x.shape[1], x.shape[2], w_hh_t.shape[0])
-    cdef int T = x.shape[0], B = x.shape[1], I = x.shape[2], H = w_hh_t.shape[0]
+    _check_sizes(x.shape[0], x.shape[1], x.shape[2], w_hh.shape[1])
+    cdef int T = x.shape[0], B = x.shape[1], I = x.shape[2], H = w_hh.shape[1]
     cdef int G = 3 * H
     cdef int i, u
     _expect_shape("w_ih_t", w_ih_t.shape, 2, I, G)
-    _expect_shape("w_hh_t", w_hh_t.shape, 2, H, G)
+    _expect_shape("w_hh", w_hh.shape, 2, G, H)
     _expect_shape("bias", bias.shape, 1, G)
     _expect_shape("b_hn", b_hn.shape, 1, H)
     _check_order(lengths, order, T, B)
@@ -761,9 +848,9 @@ def run_direction(
     cdef bint per_step = B > 0 and projects_per_step(T, B, I, H, sizeof(floating), reverse, lengths[B - 1],
                                                      by_sequence)
     cdef Py_ssize_t gx_rows = B if per_step else <Py_ssize_t>T * B
-    _expect_room("workspace", workspace.shape[0] * workspace.shape[1], (gx_rows + 2 * B) * G + 4 * H * threads)
-    _expect_shape("panels", panels.shape, 2, H, G)
-    _expect_shape("own_panels", own_panels.shape, 2, H, G)
+    _expect_room("workspace", workspace.shape[0] * workspace.shape[1], (gx_rows + 3 * B) * G + 4 * H * threads)
+    _expect_shape("panels", panels.shape, 2, G, H)
+    _expect_shape("own_panels", own_panels.shape, 2, G, H)
     if T == 0 or B == 0:
         return
     cdef int next_chunk = 0  # split by sequence: the next chunk to claim
@@ -772,7 +859,8 @@ def run_direction(
 
     cdef floating* gx = &workspace[0, 0]
     cdef floating* gh = gx + gx_rows * G
-    cdef floating* rh = gh + <Py_ssize_t>B * G
+    cdef floating* ght = gh + <Py_ssize_t>B * G  # the products, column-major (see run_rows)
+    cdef floating* rh = ght + <Py_ssize_t>B * G
     cdef floating* h_a = rh + <Py_ssize_t>B * H
     cdef floating* h_b = h_a + <Py_ssize_t>B * H
     cdef floating* scratch = h_b + <Py_ssize_t>B * H  # gate values nobody asked for (4H per thread)
@@ -791,8 +879,9 @@ def run_direction(
             for u in range(H):
                 h_a[i * H + u] = h_n[order[i], u]
         with parallel(num_threads=threads):
-            thread_body(T, B, I, H, by_sequence, &next_chunk, &x[0, 0, 0], &w_ih_t[0, 0], &w_hh_t[0, 0], &bias[0],
-                        &b_hn[0], &lengths[0], &order[0], reverse, reset_after, per_step, gx, gh, rh, h_a, h_b, scratch,
+            thread_body(T, B, I, H, by_sequence, &next_chunk, &x[0, 0, 0], &w_ih_t[0, 0], &w_hh[0, 0], &bias[0],
+                        &b_hn[0], &lengths[0], &order[0], reverse, reset_after, per_step, gx, gh, ght, rh, h_a, h_b,
+                        scratch,
                         &panels[0, 0], panels_team, &own_panels[0, 0], &barrier,
                         out, out_t, out_b, &h_n[0, 0], gates_ptr, hn_ptr)
 

@@ -86,7 +86,7 @@ class CythonBackend(StackedBackend):
         """Weights as the kernel takes them, made once per LayerWeights (and team size, for the last two).
 
         Transposed input weights (BLAS's fastest layout for the input
-        projection), W_hh^T and its per-thread panels packed for ``team``
+        projection), W_hh and its per-thread panels packed for ``team``
         threads (see _kernels.pack_panels), and the biases folded:
         (b_ir + b_hr, b_iz + b_hz, b_in) and b_hn, which reset-after applies
         under the reset gate.
@@ -98,7 +98,7 @@ class CythonBackend(StackedBackend):
             bias[: 2 * H] += weights.b_hh[: 2 * H]
             prepared = self._prepared_weights[weights] = {
                 "w_ih_t": np.ascontiguousarray(weights.w_ih.T),
-                "w_hh_t": np.ascontiguousarray(weights.w_hh.T),
+                "w_hh": np.ascontiguousarray(weights.w_hh),
                 "bias": bias,
                 "b_hn": np.ascontiguousarray(weights.b_hh[2 * H :]),
             }
@@ -109,9 +109,9 @@ class CythonBackend(StackedBackend):
             # (at H = 1024 a repack copies 12 MB: 1.2 ms, a tenth of a 100-step call)
             while len(by_team) >= PANEL_TEAMS_KEPT:
                 del by_team[next(iter(by_team))]
-            panels = by_team[team] = np.empty_like(prepared["w_hh_t"])
-            self._kernels.pack_panels(prepared["w_hh_t"], team, panels)
-        return prepared["w_ih_t"], prepared["w_hh_t"], prepared["bias"], prepared["b_hn"], panels
+            panels = by_team[team] = np.empty_like(prepared["w_hh"])
+            self._kernels.pack_panels(prepared["w_hh"], team, panels)
+        return prepared["w_ih_t"], prepared["w_hh"], prepared["bias"], prepared["b_hn"], panels
 
     def _scratch(self, dtype: np.dtype, *shapes: tuple[int, int]) -> list[np.ndarray]:
         """Scratch arrays of these shapes, from a buffer kept per calling thread.
@@ -235,15 +235,15 @@ class CythonBackend(StackedBackend):
             return
         order, sorted_lengths = self._sequence_order(lengths, T, B)
         team = self._kernels.team_size(self.thread_count(threads), H, B, x.itemsize)
-        w_ih_t, w_hh_t, bias, b_hn, panels = self._prepared(weights, team)
+        w_ih_t, w_hh, bias, b_hn, panels = self._prepared(weights, team)
         # gx, gh, r*h and two states, gate scratch; then room for packed recurrent weights
         # should OpenMP give another team than asked for
         rows = self._kernels.workspace_rows(T, B, x.shape[2], H, x.itemsize, reverse, sorted_lengths[-1], team)
-        workspace, own_panels = self._scratch(x.dtype, (rows, 3 * H), (H, 3 * H))
+        workspace, own_panels = self._scratch(x.dtype, (rows, 3 * H), (3 * H, H))
         self._kernels.run_direction(
             x,
             w_ih_t,
-            w_hh_t,
+            w_hh,
             bias,
             b_hn,
             sorted_lengths,

@@ -367,22 +367,28 @@ def test_a_team_other_than_the_one_the_weights_were_packed_for_packs_its_own():
         np.testing.assert_array_equal(got, want)
 
 
-def test_each_thread_gets_its_units_rows_of_w_hh_in_three_column_blocks():
+@pytest.mark.parametrize("cut", [True, False], ids=["small-kernel", "whole"])
+def test_each_thread_gets_its_units_rows_of_w_hh_in_three_column_blocks(cut):
     """A team of 2 at H = 48: units [0, 32) and [32, 48); each thread's rows of W_hh (r, z, n of its units) as
-    the blocks of columns before its units, of its units and after them, each a contiguous matrix."""
+    the blocks of columns before its units, of its units and after them, each a contiguous matrix: transposed
+    for the small-matrix kernel."""
     from gru.backends.cython import _kernels
 
     H = 48
     w_hh = np.random.default_rng(5).standard_normal((3 * H, H))
     panels = np.empty_like(w_hh)
-    _kernels.pack_panels(w_hh, 2, panels)
+    with small_kernel(cut):
+        _kernels.pack_panels(w_hh, 2, panels)
     flat = panels.ravel()
     for u0, nu in [(0, 32), (32, 16)]:
         rows = np.concatenate([w_hh[g * H + u0 : g * H + u0 + nu] for g in range(3)])  # (3 nu, H)
         start = 3 * H * u0
         for k0, k1 in [(0, u0), (u0, u0 + nu), (u0 + nu, H)]:
-            block = flat[start + 3 * nu * k0 : start + 3 * nu * k1].reshape(3 * nu, k1 - k0)
-            np.testing.assert_array_equal(block, rows[:, k0:k1])
+            block = flat[start + 3 * nu * k0 : start + 3 * nu * k1]
+            if cut:
+                np.testing.assert_array_equal(block.reshape(k1 - k0, 3 * nu), rows[:, k0:k1].T)
+            else:
+                np.testing.assert_array_equal(block.reshape(3 * nu, k1 - k0), rows[:, k0:k1])
 
 
 def test_pack_panels_refuses_an_empty_team():
@@ -422,6 +428,22 @@ def test_recurrent_weights_are_packed_once_per_layer_and_team(monkeypatch):
     layer.load_state_dict(layer.state_dict())
     layer(x, threads=1)
     assert packed == [2, 2, 1, 1, 3, 3, 2, 2, 1, 1]
+
+
+@pytest.mark.parametrize("B", [3, 40], ids=["split-by-unit", "split-by-sequence"])
+def test_one_layer_called_with_the_small_kernel_on_and_off_packs_each_layout(B):
+    """The panels' layout follows the small-kernel setting (see pack_panel): a layer packed under one and
+    called under the other must not read the first layout as the second."""
+    from gru.backends.cython import _kernels
+
+    rng = np.random.default_rng(B)
+    layer = gru.GRU(6, 48, dtype="float64", backend="cython", seed=rng)
+    x = rng.standard_normal((5, B, 6))
+    want = layer(x, backend="numpy")[0]
+    assert _kernels.splits_sequences(B, 48, 8, 2) is (B == 40)
+    for cut in (True, False, True, False):
+        with small_kernel(cut):
+            np.testing.assert_allclose(layer(x, threads=2)[0], want, rtol=0, atol=1e-12)
 
 
 def test_which_batches_project_their_inputs_step_by_step(products_cut):

@@ -415,22 +415,31 @@ cdef inline int unit_slice(int H, int team, int tid, int* u0) noexcept nogil:
 
 
 cdef void pack_panel(int H, int u0, int nu, const floating* w_hh, floating* panel) noexcept nogil:
-    """One thread's recurrent weights: the rows of W_hh of its units' r, z and n (3 nu rows), in three blocks.
+    """One thread's recurrent weights: the rows of W_hh of its units' r, z and n (3 nu of them), in three blocks.
 
-    The blocks hold the columns [0, u0), [u0, u0 + nu) and [u0 + nu, H):
-    each a (3 nu, width) matrix at panel + 3 nu k0 (k0 its first column), so
-    that each part of a step's product (see panel_part) reads one contiguous
-    block. One product per part then covers all three gates (see matmul_w).
+    The blocks hold the columns [0, u0), [u0, u0 + nu) and [u0 + nu, H) of
+    those rows, the one of columns [k0, k1) at panel + 3 nu k0, so that each
+    part of a step's product (see panel_part) reads one contiguous block and
+    one product covers all three gates. Each block is laid out as the BLAS
+    runs it fastest: transposed, (width, 3 nu), for the small-matrix kernel
+    (gemm('N', 'N'), see matmul); else (3 nu, width) (see matmul_w).
     """
-    cdef int c, b
+    cdef int c, b, k
     cdef int k0[3]
     cdef int width[3]
+    cdef floating* block
+    cdef const floating* row
     k0[0], k0[1], k0[2] = 0, u0, u0 + nu
     width[0], width[1], width[2] = u0, nu, H - u0 - nu
     for c in range(3 * nu):  # row c: gate c // nu, unit u0 + c % nu
+        row = w_hh + (<Py_ssize_t>(c // nu) * H + u0 + c % nu) * H
         for b in range(3):
-            memcpy(panel + <Py_ssize_t>3 * nu * k0[b] + <Py_ssize_t>c * width[b],
-                   w_hh + (<Py_ssize_t>(c // nu) * H + u0 + c % nu) * H + k0[b], width[b] * sizeof(floating))
+            block = panel + <Py_ssize_t>3 * nu * k0[b]
+            if small_kernel:
+                for k in range(width[b]):
+                    block[<Py_ssize_t>k * 3 * nu + c] = row[k0[b] + k]
+            else:
+                memcpy(block + <Py_ssize_t>c * width[b], row + k0[b], width[b] * sizeof(floating))
 
 
 cdef inline bint splits_by_sequence(Py_ssize_t B, Py_ssize_t H, Py_ssize_t itemsize, int team) noexcept nogil:
@@ -575,16 +584,21 @@ cdef void project_inputs(Py_ssize_t rows, int I, int H, int u0, int nu, const fl
 
 cdef inline void panel_part(Py_ssize_t m, int n, int row0, int k0, int k1, int H, int nu, const floating* a,
                             const floating* panel, floating beta, floating* c, int ldc) noexcept nogil:
-    """C = A[:, k0:k1] W[row0:row0 + n, k0:k1]^T + beta C: one part of a step's product (column-major C).
+    """C = A[:, k0:k1] W[row0:row0 + n, k0:k1]^T + beta C: one part of a step's product.
 
     ``a`` holds rows of H values; ``panel`` is a thread's, laid out by
     pack_panel, whose block of columns [k0, k1) is one contiguous matrix.
-    An empty part with beta 1 leaves C as it is.
+    C is row-major (rows ldc apart) for the small-matrix kernel, else
+    column-major (see matmul_w). An empty part with beta 1 leaves C as it is.
     """
     cdef int width = k1 - k0
-    if width > 0:
-        panel_product(m, n, width, a + k0, H, panel + <Py_ssize_t>3 * nu * k0 + <Py_ssize_t>row0 * width, width,
-                      beta, c, ldc)
+    cdef const floating* block = panel + <Py_ssize_t>3 * nu * k0
+    if width <= 0:
+        return
+    if small_kernel:
+        matmul_step(m, n, width, a + k0, H, block + row0, 3 * nu, beta, c, ldc)
+    else:
+        panel_product(m, n, width, a + k0, H, block + <Py_ssize_t>row0 * width, width, beta, c, ldc)
 
 
 cdef inline void product_rest(Py_ssize_t m, int n, int row0, int H, int u0, int nu, const floating* a,
@@ -623,7 +637,7 @@ cdef inline int own_part(int s, int T, int B, int I, int H, int i0, int i1, int 
 
     The input projection of its rows (per_step), and the first product (the
     ``first`` rows of the panel) over this thread's own part of h_{t-1},
-    into ``product`` (column-major, from row i0): product_rest adds the
+    into ``product`` (from row i0, see panel_part): product_rest adds the
     others' once they are written.
     """
     cdef int G = 3 * H
@@ -655,9 +669,10 @@ cdef void run_rows(
 
     ``panel`` holds those units' recurrent weights as pack_panel lays them out
     (W_hh itself for every unit). ``team`` threads pass its barriers: 1 when
-    the sequences are this thread's alone. The products go to ``ght``,
-    column-major (see matmul_w), and from there to gh's rows for the gate
-    pass (with one sequence the two layouts are the same: gh directly).
+    the sequences are this thread's alone. The products go to gh's rows,
+    which the gate pass reads, or, past the small-matrix kernel, to ``ght``,
+    column-major (see matmul_w), and from there to gh (with one sequence the
+    two layouts are the same: gh directly).
 
     A step's products are made in two parts: over the inputs this thread's
     own units give (its part of h_{t-1}, or of r ⊙ h_{t-1}), then over the
@@ -682,19 +697,24 @@ cdef void run_rows(
     cdef floating* r_out
     cdef floating* z_out
     cdef floating* n_out
-    # gh rows are laid out per unit slice: [r | z | n] of its units; the products, column-major, likewise
+    # gh rows are laid out per unit slice: [r | z | n] of its units; the products go there directly for the
+    # small-matrix kernel, else column-major to ght (see panel_part), with one sequence the same as gh
     cdef floating* gh_mine = gh + 3 * u0
-    cdef int ldp = B
-    cdef floating* product_mine = gh_mine if B == 1 else ght + <Py_ssize_t>3 * u0 * B
+    cdef bint by_rows = small_kernel or B == 1
+    cdef int ldp = G if small_kernel else B
+    cdef floating* product_mine = gh_mine if by_rows else ght + <Py_ssize_t>3 * u0 * B
+    cdef Py_ssize_t row_step = G if small_kernel else 1  # from one row of the product to the next
+    cdef Py_ssize_t col_step = 1 if by_rows else B  # and from one column to the next
 
     for s in range(steps):
         if s == 0:  # h0 was written before the team started
             live = own_part(0, T, B, I, H, i0, i1, live, u0, nu, first, x, w_ih_t, panel, lengths, reverse,
-                            per_step, gx, h_prev, product_mine + i0, ldp)
+                            per_step, gx, h_prev, product_mine + i0 * row_step, ldp)
         else:
             gru_team_await(barrier, team, generation)  # every thread's part of h_{t-1} is written
         if nu > 0:
-            product_rest(live - i0, first, 0, H, u0, nu, h_prev + <Py_ssize_t>i0 * H, panel, product_mine + i0, ldp)
+            product_rest(live - i0, first, 0, H, u0, nu, h_prev + <Py_ssize_t>i0 * H, panel,
+                         product_mine + i0 * row_step, ldp)
             unpack_rows(i0, live, first, product_mine, ldp, gh_mine, G)
         if not reset_after:
             if nu > 0:
@@ -706,12 +726,12 @@ cdef void run_rows(
             generation = gru_team_arrive(barrier, team)  # this thread's part of r ⊙ h_{t-1} is written
             if nu > 0:
                 panel_part(live - i0, nu, 2 * nu, u0, u0 + nu, H, nu, rh + <Py_ssize_t>i0 * H, panel, 0,
-                           product_mine + 2 * nu * ldp + i0, ldp)
+                           product_mine + 2 * nu * col_step + i0 * row_step, ldp)
             gru_team_await(barrier, team, generation)
             if nu > 0:
                 product_rest(live - i0, nu, 2 * nu, H, u0, nu, rh + <Py_ssize_t>i0 * H, panel,
-                             product_mine + 2 * nu * ldp + i0, ldp)
-                unpack_rows(i0, live, nu, product_mine + 2 * nu * ldp, ldp, gh_mine + 2 * nu, G)
+                             product_mine + 2 * nu * col_step + i0 * row_step, ldp)
+                unpack_rows(i0, live, nu, product_mine + 2 * nu * col_step, ldp, gh_mine + 2 * nu, G)
         if nu > 0:
             for i in range(i0, live):
                 seq = <int>order[i]
@@ -739,12 +759,12 @@ cdef void run_rows(
         h_next = swap
         if s + 1 < steps:  # the next step's own part, while the others finish theirs
             live = own_part(s + 1, T, B, I, H, i0, i1, live, u0, nu, first, x, w_ih_t, panel, lengths, reverse,
-                            per_step, gx, h_prev, product_mine + i0, ldp)
+                            per_step, gx, h_prev, product_mine + i0 * row_step, ldp)
 
 
 cdef void thread_body(
     int T, int B, int I, int H, bint by_sequence, int* next_chunk,
-    const floating* x, const floating* w_ih_t, const floating* w_hh,
+    const floating* x, const floating* w_ih_t, const floating* w_hh, const floating* whole,
     const floating* bias, const floating* b_hn,
     const long long* lengths, const long long* order,
     bint reverse, bint reset_after, bint per_step,
@@ -753,7 +773,10 @@ cdef void thread_body(
     floating* out, Py_ssize_t out_t, Py_ssize_t out_b,
     floating* h_n, floating* gates, floating* hn_keep,
 ) noexcept nogil:
-    """Everything one thread does; every thread passes the same barriers."""
+    """Everything one thread does; every thread passes the same barriers.
+
+    ``whole`` (split by sequence) is the panel of a team of one: every unit's.
+    """
     cdef int team = gru_num_threads()  # the team OpenMP really gave us
     cdef int tid = gru_thread_id()
     cdef int G = 3 * H
@@ -769,11 +792,11 @@ cdef void thread_body(
             r0 = min(tid * rows, M)
             project_inputs(min(r0 + rows, M) - r0, I, H, 0, H, x + r0 * I, w_ih_t, gx + r0 * G)
             gru_team_barrier_wait(barrier, team)
-        # then chunks of sequences, each through every step, with every unit (W_hh is their panel)
+        # then chunks of sequences, each through every step, with every unit
         chunk = sequence_chunk(B, team)
         c0 = claim_chunk(next_chunk, chunk)
         while c0 < B:
-            run_rows(T, B, I, H, c0, min(c0 + chunk, B), 0, H, 1, x, w_ih_t, w_hh, bias, b_hn, lengths, order,
+            run_rows(T, B, I, H, c0, min(c0 + chunk, B), 0, H, 1, x, w_ih_t, whole, bias, b_hn, lengths, order,
                      reverse, reset_after, per_step, gx, gh, ght, rh, h_a, h_b, scratch + 4 * H * tid, barrier,
                      out, out_t, out_b, h_n, gates, hn_keep)
             c0 = claim_chunk(next_chunk, chunk)
@@ -823,8 +846,9 @@ def run_direction(
     ``output``/``gates`` arrive filled with zeros; ``hn`` (training, reset-after)
     receives W_hn h_{t-1} + b_hn. ``workspace`` is scratch of
     (workspace_rows(...), 3H), laid out below. ``panels`` holds the recurrent weights as
-    pack_panels packed them for a team of ``panels_team`` threads; if OpenMP
-    gives another team, the threads pack theirs into ``own_panels`` (3H, H).
+    pack_panels packed them for a team of ``panels_team`` threads (1 for a
+    call that splits its sequences); if OpenMP gives another team, the threads
+    pack theirs into ``own_panels`` (3H, H).
     Inconsistent shapes raise ValueError.
     """
     _check_sizes(x.shape[0], x.shape[1], x.shape[2], w_hh.shape[1])
@@ -873,13 +897,17 @@ def run_direction(
     cdef floating* out = &output[0, 0, 0]
     cdef Py_ssize_t out_t = output.strides[0] // sizeof(floating)
     cdef Py_ssize_t out_b = output.strides[1] // sizeof(floating)
+    cdef const floating* whole = &panels[0, 0]
 
     with nogil:
+        if by_sequence and panels_team != 1:
+            pack_panel(H, 0, H, &w_hh[0, 0], &own_panels[0, 0])
+            whole = &own_panels[0, 0]
         for i in range(B):  # the state, in order of decreasing length
             for u in range(H):
                 h_a[i * H + u] = h_n[order[i], u]
         with parallel(num_threads=threads):
-            thread_body(T, B, I, H, by_sequence, &next_chunk, &x[0, 0, 0], &w_ih_t[0, 0], &w_hh[0, 0], &bias[0],
+            thread_body(T, B, I, H, by_sequence, &next_chunk, &x[0, 0, 0], &w_ih_t[0, 0], &w_hh[0, 0], whole, &bias[0],
                         &b_hn[0], &lengths[0], &order[0], reverse, reset_after, per_step, gx, gh, ght, rh, h_a, h_b,
                         scratch,
                         &panels[0, 0], panels_team, &own_panels[0, 0], &barrier,

@@ -103,13 +103,14 @@ class CythonBackend(StackedBackend):
                 "b_hn": np.ascontiguousarray(weights.b_hh[2 * H :]),
             }
         by_team = prepared.setdefault("panels", {})
-        panels = by_team.get(team)
+        key = (team, self._kernels.uses_small_kernel())  # the panels' layout follows it (see pack_panel)
+        panels = by_team.get(key)
         if panels is None:
             # the last two team sizes: a layer called with two thread counts in turn packs once for each
             # (at H = 1024 a repack copies 12 MB: 1.2 ms, a tenth of a 100-step call)
             while len(by_team) >= PANEL_TEAMS_KEPT:
                 del by_team[next(iter(by_team))]
-            panels = by_team[team] = np.empty_like(prepared["w_hh"])
+            panels = by_team[key] = np.empty_like(prepared["w_hh"])
             self._kernels.pack_panels(prepared["w_hh"], team, panels)
         return prepared["w_ih_t"], prepared["w_hh"], prepared["bias"], prepared["b_hn"], panels
 
@@ -235,8 +236,11 @@ class CythonBackend(StackedBackend):
             return
         order, sorted_lengths = self._sequence_order(lengths, T, B)
         team = self._kernels.team_size(self.thread_count(threads), H, B, x.itemsize)
-        w_ih_t, w_hh, bias, b_hn, panels = self._prepared(weights, team)
-        # gx, gh, r*h and two states, gate scratch; then room for packed recurrent weights
+        # a call split by sequence reads every unit's panel: that of a team of one
+        panels_team = 1 if self._kernels.splits_sequences(B, H, x.itemsize, team) else team
+        w_ih_t, w_hh, bias, b_hn, panels = self._prepared(weights, panels_team)
+        # gx, gh and its column-major twin, r*h and two states, gate scratch; then room for packed
+        # recurrent weights
         # should OpenMP give another team than asked for
         rows = self._kernels.workspace_rows(T, B, x.shape[2], H, x.itemsize, reverse, sorted_lengths[-1], team)
         workspace, own_panels = self._scratch(x.dtype, (rows, 3 * H), (3 * H, H))
@@ -256,7 +260,7 @@ class CythonBackend(StackedBackend):
             hn,
             workspace,
             panels,
-            team,
+            panels_team,
             own_panels,
             team,
         )

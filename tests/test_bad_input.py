@@ -769,7 +769,7 @@ def kernel_forward_args(T_=4, B_=3, I_=5, H_=16):
     rng = np.random.default_rng(0)
     w_hh = rng.standard_normal((3 * H_, H_))
     panels = np.zeros((3 * H_, H_))
-    kernels().pack_panels(w_hh, 1, panels)
+    kernels().pack_panels(w_hh, 1, panels, True)
     return {
         "x": rng.standard_normal((T_, B_, I_)),
         "w_ih_t": rng.standard_normal((I_, 3 * H_)),
@@ -787,6 +787,7 @@ def kernel_forward_args(T_=4, B_=3, I_=5, H_=16):
         "workspace": np.zeros((T_ * B_ + 3 * B_ + 2, 3 * H_)),
         "panels": panels,
         "panels_team": 1,
+        "panels_w_rows": True,
         "own_panels": np.zeros((3 * H_, H_)),
         "threads": 1,
     }

@@ -338,7 +338,7 @@ def test_weight_gradients_split_over_rows_and_gate_blocks_match_the_oracle(I, H,
     assert_training_matches_oracle(layer, rng.standard_normal((T, B, I)), rng, threads=threads)
 
 
-def kernel_call(team_of_panels, panels_fill=None, threads=2):
+def kernel_call(team_of_panels, panels_fill=None, threads=2, w_rows=True):
     """One direct call of the forward kernel; the recurrent weights packed for ``team_of_panels`` threads."""
     from gru.backends.cython import _kernels
 
@@ -346,7 +346,7 @@ def kernel_call(team_of_panels, panels_fill=None, threads=2):
     T, B, I, H = 6, 3, 5, 48
     w_hh = rng.standard_normal((3 * H, H)) / 8
     panels = np.empty_like(w_hh)
-    _kernels.pack_panels(w_hh, team_of_panels, panels)
+    _kernels.pack_panels(w_hh, team_of_panels, panels, w_rows)
     if panels_fill is not None:
         panels[...] = panels_fill
     output, h_n = np.zeros((T, B, H)), rng.standard_normal((B, H))
@@ -354,48 +354,48 @@ def kernel_call(team_of_panels, panels_fill=None, threads=2):
     _kernels.run_direction(
         rng.standard_normal((T, B, I)), rng.standard_normal((I, 3 * H)), w_hh, rng.standard_normal(3 * H),
         rng.standard_normal(H), np.full(B, T, np.int64), np.arange(B, dtype=np.int64), False, True, output, h_n,
-        None, None, workspace, panels, team_of_panels, np.zeros((3 * H, H)), threads,
+        None, None, workspace, panels, team_of_panels, w_rows, np.zeros((3 * H, H)), threads,
     )  # fmt: skip
     return output, h_n
 
 
-def test_a_team_other_than_the_one_the_weights_were_packed_for_packs_its_own():
+@pytest.mark.parametrize("w_rows", [True, False], ids=["rows", "transposed"])
+def test_a_team_other_than_the_one_the_weights_were_packed_for_packs_its_own(w_rows):
     """Panels packed for 3 threads are never read by a team of 2: it packs its own (here the given ones are NaN)."""
-    expected = kernel_call(2)
-    for got, want in zip(kernel_call(3, panels_fill=np.nan), expected, strict=True):
+    expected = kernel_call(2, w_rows=w_rows)
+    for got, want in zip(kernel_call(3, panels_fill=np.nan, w_rows=w_rows), expected, strict=True):
         assert np.isfinite(got).all()
         np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize("cut", [True, False], ids=["small-kernel", "whole"])
-def test_each_thread_gets_its_units_rows_of_w_hh_in_three_column_blocks(cut):
+@pytest.mark.parametrize("w_rows", [True, False], ids=["rows", "transposed"])
+def test_each_thread_gets_its_units_rows_of_w_hh_in_three_column_blocks(w_rows):
     """A team of 2 at H = 48: units [0, 32) and [32, 48); each thread's rows of W_hh (r, z, n of its units) as
-    the blocks of columns before its units, of its units and after them, each a contiguous matrix: transposed
-    for the small-matrix kernel."""
+    the blocks of columns before its units, of its units and after them, each a contiguous matrix, or each
+    transposed."""
     from gru.backends.cython import _kernels
 
     H = 48
     w_hh = np.random.default_rng(5).standard_normal((3 * H, H))
     panels = np.empty_like(w_hh)
-    with small_kernel(cut):
-        _kernels.pack_panels(w_hh, 2, panels)
+    _kernels.pack_panels(w_hh, 2, panels, w_rows)
     flat = panels.ravel()
     for u0, nu in [(0, 32), (32, 16)]:
         rows = np.concatenate([w_hh[g * H + u0 : g * H + u0 + nu] for g in range(3)])  # (3 nu, H)
         start = 3 * H * u0
         for k0, k1 in [(0, u0), (u0, u0 + nu), (u0 + nu, H)]:
             block = flat[start + 3 * nu * k0 : start + 3 * nu * k1]
-            if cut:
-                np.testing.assert_array_equal(block.reshape(k1 - k0, 3 * nu), rows[:, k0:k1].T)
-            else:
+            if w_rows:
                 np.testing.assert_array_equal(block.reshape(3 * nu, k1 - k0), rows[:, k0:k1])
+            else:
+                np.testing.assert_array_equal(block.reshape(k1 - k0, 3 * nu), rows[:, k0:k1].T)
 
 
 def test_pack_panels_refuses_an_empty_team():
     from gru.backends.cython import _kernels
 
     with pytest.raises(ValueError, match="team: expected at least 1 thread, got 0"):
-        _kernels.pack_panels(np.zeros((48, 16)), 0, np.zeros((48, 16)))
+        _kernels.pack_panels(np.zeros((48, 16)), 0, np.zeros((48, 16)), True)
 
 
 def test_recurrent_weights_are_packed_once_per_layer_and_team(monkeypatch):
@@ -404,9 +404,9 @@ def test_recurrent_weights_are_packed_once_per_layer_and_team(monkeypatch):
     packed = []
     real_pack = backend._kernels.pack_panels
 
-    def counting_pack(w_hh, team, panels):
+    def counting_pack(w_hh, team, panels, w_rows):
         packed.append(team)
-        return real_pack(w_hh, team, panels)
+        return real_pack(w_hh, team, panels, w_rows)
 
     monkeypatch.setattr(backend._kernels, "pack_panels", counting_pack)
     layer = gru.GRU(4, 40, num_layers=2, backend="cython", seed=0)
@@ -428,6 +428,33 @@ def test_recurrent_weights_are_packed_once_per_layer_and_team(monkeypatch):
     layer.load_state_dict(layer.state_dict())
     layer(x, threads=1)
     assert packed == [2, 2, 1, 1, 3, 3, 2, 2, 1, 1]
+
+
+def test_which_calls_read_panels_of_w_hh_rows():
+    """Rows (gemm('T', 'N')) unless the small-matrix kernel runs the transposed blocks, or one sequence reads
+    a panel that fits L2 (1 MB; see panel_rows)."""
+    from gru.backends.cython import _kernels
+
+    with small_kernel(False):
+        assert _kernels.panel_rows(2, 64, 4, 2) and _kernels.panel_rows(40, 128, 4, 1)
+        assert not _kernels.panel_rows(1, 256, 4, 2)  # 128 units a thread: 384 KB
+        assert _kernels.panel_rows(1, 1024, 4, 2) and _kernels.panel_rows(1, 300, 8, 2)  # 6 MB, 1.15 MB
+        assert not _kernels.panel_rows(1, 300, 4, 2)  # 576 KB
+    with small_kernel(True):
+        assert not _kernels.panel_rows(2, 64, 4, 2) and not _kernels.panel_rows(1, 1024, 4, 2)
+
+
+@pytest.mark.parametrize("reset_after", [True, False], ids=["reset-after", "reset-before"])
+def test_one_sequence_past_l2_reads_rows_and_matches_the_oracle(reset_after):
+    """One sequence at H = 300 in float64: 1.15 MB of panel a thread, rows read by gemv('T'), two threads."""
+    from gru.backends.cython import _kernels
+
+    rng = np.random.default_rng(11)
+    layer = gru.GRU(7, 300, reset_after=reset_after, dtype="float64", backend="cython", seed=rng)
+    x = rng.standard_normal((4, 1, 7))
+    with small_kernel(False):
+        assert _kernels.panel_rows(1, 300, 8, 2)
+        assert_training_matches_oracle(layer, x, rng, threads=2)
 
 
 @pytest.mark.parametrize("B", [3, 40], ids=["split-by-unit", "split-by-sequence"])

@@ -325,6 +325,8 @@ cdef enum:
     SMALL_KERNEL_WEIGHT_BYTES = 2 * 1024 * 1024
     # see team_for
     UNIT_SPLIT_WORK = 8192
+    # see panel_rows
+    PANEL_L2_BYTES = 1024 * 1024
     # see weights_in_loop
     WEIGHTS_IN_LOOP_BATCH = 16
     WEIGHT_ROWS_IN_LOOP_BYTES = 1024 * 1024
@@ -414,15 +416,15 @@ cdef inline int unit_slice(int H, int team, int tid, int* u0) noexcept nogil:
     return min(u0[0] + unit_chunk, H) - u0[0]
 
 
-cdef void pack_panel(int H, int u0, int nu, const floating* w_hh, floating* panel) noexcept nogil:
+cdef void pack_panel(int H, int u0, int nu, const floating* w_hh, floating* panel, bint w_rows) noexcept nogil:
     """One thread's recurrent weights: the rows of W_hh of its units' r, z and n (3 nu of them), in three blocks.
 
     The blocks hold the columns [0, u0), [u0, u0 + nu) and [u0 + nu, H) of
     those rows, the one of columns [k0, k1) at panel + 3 nu k0, so that each
     part of a step's product (see panel_part) reads one contiguous block and
-    one product covers all three gates. Each block is laid out as the BLAS
-    runs it fastest: transposed, (width, 3 nu), for the small-matrix kernel
-    (gemm('N', 'N'), see matmul); else (3 nu, width) (see matmul_w).
+    one product covers all three gates. Each block is (3 nu, width) with
+    ``w_rows`` (see matmul_w), else transposed, (width, 3 nu) (see matmul):
+    panel_rows says which.
     """
     cdef int c, b, k
     cdef int k0[3]
@@ -435,11 +437,11 @@ cdef void pack_panel(int H, int u0, int nu, const floating* w_hh, floating* pane
         row = w_hh + (<Py_ssize_t>(c // nu) * H + u0 + c % nu) * H
         for b in range(3):
             block = panel + <Py_ssize_t>3 * nu * k0[b]
-            if small_kernel:
+            if w_rows:
+                memcpy(block + <Py_ssize_t>c * width[b], row + k0[b], width[b] * sizeof(floating))
+            else:
                 for k in range(width[b]):
                     block[<Py_ssize_t>k * 3 * nu + c] = row[k0[b] + k]
-            else:
-                memcpy(block + <Py_ssize_t>c * width[b], row + k0[b], width[b] * sizeof(floating))
 
 
 cdef inline bint splits_by_sequence(Py_ssize_t B, Py_ssize_t H, Py_ssize_t itemsize, int team) noexcept nogil:
@@ -550,8 +552,22 @@ def splits_sequences(Py_ssize_t B, Py_ssize_t H, Py_ssize_t itemsize, int thread
     return splits_by_sequence(B, H, itemsize, team_for(threads, H, B, itemsize))
 
 
-def pack_panels(const floating[:, ::1] w_hh not None, int team, floating[:, ::1] panels not None):
-    """Every thread's packed recurrent weights for a team of ``team``, side by side.
+def panel_rows(Py_ssize_t B, Py_ssize_t H, Py_ssize_t itemsize, int team) -> bool:
+    """The layout of the panels a call of B sequences reads, with a team of ``team`` (see pack_panel).
+
+    W_hh's rows (products by gemm('T', 'N'), see matmul_w) unless BLAS has
+    the small-matrix kernel, which runs gemm('N', 'N') on the transposed
+    blocks far faster (SkylakeX kernels, 8 x 512 by 512 x 192: 7 against
+    18 us), or one sequence reads a panel that fits a core's L2 (gemv 'N' on
+    the transposed blocks, on Haswell kernels, took 0.270 against 0.305 ms at
+    (64,128,1,200), 2.84 against 3.04 at (256,256,1,500); past L2, 'T' on
+    rows was faster: 10.2 against 10.6 ms at (1024,1024,1,100)).
+    """
+    return not small_kernel and (B > 1 or 3 * widest_slice(<int>H, team) * H * itemsize > PANEL_L2_BYTES)
+
+
+def pack_panels(const floating[:, ::1] w_hh not None, int team, floating[:, ::1] panels not None, bint w_rows):
+    """Every thread's packed recurrent weights for a team of ``team``, side by side, in the layout ``w_rows``.
 
     ``w_hh`` is W_hh (3H, H); ``panels`` (3H, H) receives thread j's block
     at offset 3 H u0_j. run_direction takes the result, so a layer's weights
@@ -567,7 +583,7 @@ def pack_panels(const floating[:, ::1] w_hh not None, int team, floating[:, ::1]
         for tid in range(team):
             nu = unit_slice(H, team, tid, &u0)
             if nu > 0:
-                pack_panel(H, u0, nu, &w_hh[0, 0], &panels[0, 0] + <Py_ssize_t>3 * H * u0)
+                pack_panel(H, u0, nu, &w_hh[0, 0], &panels[0, 0] + <Py_ssize_t>3 * H * u0, w_rows)
 
 
 cdef void project_inputs(Py_ssize_t rows, int I, int H, int u0, int nu, const floating* x, const floating* w_ih_t,
@@ -583,33 +599,33 @@ cdef void project_inputs(Py_ssize_t rows, int I, int H, int u0, int nu, const fl
 
 
 cdef inline void panel_part(Py_ssize_t m, int n, int row0, int k0, int k1, int H, int nu, const floating* a,
-                            const floating* panel, floating beta, floating* c, int ldc) noexcept nogil:
+                            const floating* panel, bint w_rows, floating beta, floating* c, int ldc) noexcept nogil:
     """C = A[:, k0:k1] W[row0:row0 + n, k0:k1]^T + beta C: one part of a step's product.
 
     ``a`` holds rows of H values; ``panel`` is a thread's, laid out by
     pack_panel, whose block of columns [k0, k1) is one contiguous matrix.
-    C is row-major (rows ldc apart) for the small-matrix kernel, else
-    column-major (see matmul_w). An empty part with beta 1 leaves C as it is.
+    C is column-major with ``w_rows`` (see matmul_w), else row-major (rows
+    ldc apart). An empty part with beta 1 leaves C as it is.
     """
     cdef int width = k1 - k0
     cdef const floating* block = panel + <Py_ssize_t>3 * nu * k0
     if width <= 0:
         return
-    if small_kernel:
-        matmul_step(m, n, width, a + k0, H, block + row0, 3 * nu, beta, c, ldc)
-    else:
+    if w_rows:
         panel_product(m, n, width, a + k0, H, block + <Py_ssize_t>row0 * width, width, beta, c, ldc)
+    else:
+        matmul_step(m, n, width, a + k0, H, block + row0, 3 * nu, beta, c, ldc)
 
 
 cdef inline void product_rest(Py_ssize_t m, int n, int row0, int H, int u0, int nu, const floating* a,
-                              const floating* panel, floating* c, int ldc) noexcept nogil:
+                              const floating* panel, bint w_rows, floating* c, int ldc) noexcept nogil:
     """C += the product over the inputs of the units other than [u0, u0 + nu): those other threads write.
 
     The part over the thread's own units' inputs comes first, before waiting
     for the others' (see run_rows).
     """
-    panel_part(m, n, row0, 0, u0, H, nu, a, panel, 1, c, ldc)
-    panel_part(m, n, row0, u0 + nu, H, H, nu, a, panel, 1, c, ldc)
+    panel_part(m, n, row0, 0, u0, H, nu, a, panel, w_rows, 1, c, ldc)
+    panel_part(m, n, row0, u0 + nu, H, H, nu, a, panel, w_rows, 1, c, ldc)
 
 
 cdef inline void unpack_rows(int i0, int i1, int n, const floating* t, int ldt, floating* rows, int G) noexcept nogil:
@@ -630,8 +646,8 @@ cdef inline void unpack_rows(int i0, int i1, int n, const floating* t, int ldt, 
 
 
 cdef inline int own_part(int s, int T, int B, int I, int H, int i0, int i1, int live, int u0, int nu, int first,
-                         const floating* x, const floating* w_ih_t, const floating* panel, const long long* lengths,
-                         bint reverse, bint per_step, floating* gx, const floating* h_prev,
+                         const floating* x, const floating* w_ih_t, const floating* panel, bint w_rows,
+                         const long long* lengths, bint reverse, bint per_step, floating* gx, const floating* h_prev,
                          floating* product, int ldp) noexcept nogil:
     """Step s's work that needs no other thread; returns the sequences live at s (the end of [i0, live)).
 
@@ -651,13 +667,13 @@ cdef inline int own_part(int s, int T, int B, int I, int H, int i0, int i1, int 
         for g in range(3):
             matmul_step(i1 - i0, nu, I, x + (<Py_ssize_t>t * B + i0) * I, I, w_ih_t + g * H + u0, G, 0,
                         gx + <Py_ssize_t>i0 * G + g * H + u0, G)
-    panel_part(live - i0, first, 0, u0, u0 + nu, H, nu, h_prev + <Py_ssize_t>i0 * H, panel, 0, product, ldp)
+    panel_part(live - i0, first, 0, u0, u0 + nu, H, nu, h_prev + <Py_ssize_t>i0 * H, panel, w_rows, 0, product, ldp)
     return live
 
 
 cdef void run_rows(
     int T, int B, int I, int H, int i0, int i1, int u0, int nu, int team,
-    const floating* x, const floating* w_ih_t, const floating* panel,
+    const floating* x, const floating* w_ih_t, const floating* panel, bint w_rows,
     const floating* bias, const floating* b_hn,
     const long long* lengths, const long long* order,
     bint reverse, bint reset_after, bint per_step,
@@ -670,9 +686,9 @@ cdef void run_rows(
     ``panel`` holds those units' recurrent weights as pack_panel lays them out
     (W_hh itself for every unit). ``team`` threads pass its barriers: 1 when
     the sequences are this thread's alone. The products go to gh's rows,
-    which the gate pass reads, or, past the small-matrix kernel, to ``ght``,
-    column-major (see matmul_w), and from there to gh (with one sequence the
-    two layouts are the same: gh directly).
+    which the gate pass reads, or, from a panel of W_hh's rows (``w_rows``),
+    to ``ght``, column-major (see matmul_w), and from there to gh (with one
+    sequence the two layouts are the same: gh directly).
 
     A step's products are made in two parts: over the inputs this thread's
     own units give (its part of h_{t-1}, or of r ⊙ h_{t-1}), then over the
@@ -697,23 +713,23 @@ cdef void run_rows(
     cdef floating* r_out
     cdef floating* z_out
     cdef floating* n_out
-    # gh rows are laid out per unit slice: [r | z | n] of its units; the products go there directly for the
-    # small-matrix kernel, else column-major to ght (see panel_part), with one sequence the same as gh
+    # gh rows are laid out per unit slice: [r | z | n] of its units; the products go there directly, or,
+    # from a panel of W_hh's rows, column-major to ght (see panel_part), with one sequence the same as gh
     cdef floating* gh_mine = gh + 3 * u0
-    cdef bint by_rows = small_kernel or B == 1
-    cdef int ldp = G if small_kernel else B
-    cdef floating* product_mine = gh_mine if by_rows else ght + <Py_ssize_t>3 * u0 * B
-    cdef Py_ssize_t row_step = G if small_kernel else 1  # from one row of the product to the next
-    cdef Py_ssize_t col_step = 1 if by_rows else B  # and from one column to the next
+    cdef bint into_gh = not w_rows or B == 1
+    cdef int ldp = B if w_rows else G
+    cdef floating* product_mine = gh_mine if into_gh else ght + <Py_ssize_t>3 * u0 * B
+    cdef Py_ssize_t row_step = 1 if w_rows else G  # from one row of the product to the next
+    cdef Py_ssize_t col_step = 1 if into_gh else B  # and from one column to the next
 
     for s in range(steps):
         if s == 0:  # h0 was written before the team started
-            live = own_part(0, T, B, I, H, i0, i1, live, u0, nu, first, x, w_ih_t, panel, lengths, reverse,
+            live = own_part(0, T, B, I, H, i0, i1, live, u0, nu, first, x, w_ih_t, panel, w_rows, lengths, reverse,
                             per_step, gx, h_prev, product_mine + i0 * row_step, ldp)
         else:
             gru_team_await(barrier, team, generation)  # every thread's part of h_{t-1} is written
         if nu > 0:
-            product_rest(live - i0, first, 0, H, u0, nu, h_prev + <Py_ssize_t>i0 * H, panel,
+            product_rest(live - i0, first, 0, H, u0, nu, h_prev + <Py_ssize_t>i0 * H, panel, w_rows,
                          product_mine + i0 * row_step, ldp)
             unpack_rows(i0, live, first, product_mine, ldp, gh_mine, G)
         if not reset_after:
@@ -725,11 +741,11 @@ cdef void run_rows(
                     reset_before(nu, gx_row, gh_mine + i * G, bias + u0, h_prev + i * H + u0, r_out, rh + i * H + u0)
             generation = gru_team_arrive(barrier, team)  # this thread's part of r ⊙ h_{t-1} is written
             if nu > 0:
-                panel_part(live - i0, nu, 2 * nu, u0, u0 + nu, H, nu, rh + <Py_ssize_t>i0 * H, panel, 0,
+                panel_part(live - i0, nu, 2 * nu, u0, u0 + nu, H, nu, rh + <Py_ssize_t>i0 * H, panel, w_rows, 0,
                            product_mine + 2 * nu * col_step + i0 * row_step, ldp)
             gru_team_await(barrier, team, generation)
             if nu > 0:
-                product_rest(live - i0, nu, 2 * nu, H, u0, nu, rh + <Py_ssize_t>i0 * H, panel,
+                product_rest(live - i0, nu, 2 * nu, H, u0, nu, rh + <Py_ssize_t>i0 * H, panel, w_rows,
                              product_mine + 2 * nu * col_step + i0 * row_step, ldp)
                 unpack_rows(i0, live, nu, product_mine + 2 * nu * col_step, ldp, gh_mine + 2 * nu, G)
         if nu > 0:
@@ -758,13 +774,13 @@ cdef void run_rows(
         h_prev = h_next
         h_next = swap
         if s + 1 < steps:  # the next step's own part, while the others finish theirs
-            live = own_part(s + 1, T, B, I, H, i0, i1, live, u0, nu, first, x, w_ih_t, panel, lengths, reverse,
+            live = own_part(s + 1, T, B, I, H, i0, i1, live, u0, nu, first, x, w_ih_t, panel, w_rows, lengths, reverse,
                             per_step, gx, h_prev, product_mine + i0 * row_step, ldp)
 
 
 cdef void thread_body(
     int T, int B, int I, int H, bint by_sequence, int* next_chunk,
-    const floating* x, const floating* w_ih_t, const floating* w_hh, const floating* whole,
+    const floating* x, const floating* w_ih_t, const floating* w_hh, const floating* whole, bint w_rows,
     const floating* bias, const floating* b_hn,
     const long long* lengths, const long long* order,
     bint reverse, bint reset_after, bint per_step,
@@ -796,7 +812,7 @@ cdef void thread_body(
         chunk = sequence_chunk(B, team)
         c0 = claim_chunk(next_chunk, chunk)
         while c0 < B:
-            run_rows(T, B, I, H, c0, min(c0 + chunk, B), 0, H, 1, x, w_ih_t, whole, bias, b_hn, lengths, order,
+            run_rows(T, B, I, H, c0, min(c0 + chunk, B), 0, H, 1, x, w_ih_t, whole, w_rows, bias, b_hn, lengths, order,
                      reverse, reset_after, per_step, gx, gh, ght, rh, h_a, h_b, scratch + 4 * H * tid, barrier,
                      out, out_t, out_b, h_n, gates, hn_keep)
             c0 = claim_chunk(next_chunk, chunk)
@@ -809,11 +825,11 @@ cdef void thread_body(
     panel = packed + <Py_ssize_t>H * 3 * u0
     if nu > 0:
         if team != packed_team:
-            pack_panel(H, u0, nu, w_hh, own_panels + <Py_ssize_t>H * 3 * u0)
+            pack_panel(H, u0, nu, w_hh, own_panels + <Py_ssize_t>H * 3 * u0, w_rows)
             panel = own_panels + <Py_ssize_t>H * 3 * u0
         if not per_step:  # the input projection of this thread's units, every step at once
             project_inputs(M, I, H, u0, nu, x, w_ih_t, gx)
-    run_rows(T, B, I, H, 0, B, u0, nu, team, x, w_ih_t, panel, bias, b_hn, lengths, order, reverse, reset_after,
+    run_rows(T, B, I, H, 0, B, u0, nu, team, x, w_ih_t, panel, w_rows, bias, b_hn, lengths, order, reverse, reset_after,
              per_step, gx, gh, ght, rh, h_a, h_b, scratch, barrier, out, out_t, out_b, h_n, gates, hn_keep)
 
 
@@ -834,6 +850,7 @@ def run_direction(
     floating[:, ::1] workspace not None,
     const floating[:, ::1] panels not None,
     int panels_team,
+    bint panels_w_rows,
     floating[:, ::1] own_panels not None,
     int threads,
 ):
@@ -847,8 +864,9 @@ def run_direction(
     receives W_hn h_{t-1} + b_hn. ``workspace`` is scratch of
     (workspace_rows(...), 3H), laid out below. ``panels`` holds the recurrent weights as
     pack_panels packed them for a team of ``panels_team`` threads (1 for a
-    call that splits its sequences); if OpenMP gives another team, the threads
-    pack theirs into ``own_panels`` (3H, H).
+    call that splits its sequences), in the layout ``panels_w_rows`` (see
+    panel_rows); if OpenMP gives another team, the threads pack theirs into
+    ``own_panels`` (3H, H).
     Inconsistent shapes raise ValueError.
     """
     _check_sizes(x.shape[0], x.shape[1], x.shape[2], w_hh.shape[1])
@@ -901,13 +919,14 @@ def run_direction(
 
     with nogil:
         if by_sequence and panels_team != 1:
-            pack_panel(H, 0, H, &w_hh[0, 0], &own_panels[0, 0])
+            pack_panel(H, 0, H, &w_hh[0, 0], &own_panels[0, 0], panels_w_rows)
             whole = &own_panels[0, 0]
         for i in range(B):  # the state, in order of decreasing length
             for u in range(H):
                 h_a[i * H + u] = h_n[order[i], u]
         with parallel(num_threads=threads):
-            thread_body(T, B, I, H, by_sequence, &next_chunk, &x[0, 0, 0], &w_ih_t[0, 0], &w_hh[0, 0], whole, &bias[0],
+            thread_body(T, B, I, H, by_sequence, &next_chunk, &x[0, 0, 0], &w_ih_t[0, 0], &w_hh[0, 0], whole,
+                        panels_w_rows, &bias[0],
                         &b_hn[0], &lengths[0], &order[0], reverse, reset_after, per_step, gx, gh, ght, rh, h_a, h_b,
                         scratch,
                         &panels[0, 0], panels_team, &own_panels[0, 0], &barrier,

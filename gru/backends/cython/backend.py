@@ -22,7 +22,7 @@ import numpy as np
 from gru.backends._base import Capabilities, LayerWeights, StackedBackend
 
 THREADS_ENV_VAR = "GRU_NUM_THREADS"
-PANEL_TEAMS_KEPT = 2  # team sizes whose packed recurrent weights a layer keeps (see _prepared)
+PANEL_TEAMS_KEPT = 2  # packings (team size, layout) of its recurrent weights a layer keeps (see _prepared)
 MAX_THREADS = 2**31 - 1  # the kernel takes a C int (and uses at most one thread per 16 hidden units, see team_for)
 
 
@@ -82,12 +82,12 @@ class CythonBackend(StackedBackend):
         _kernels.use_small_kernel(blas_has_small_kernel())
         return True
 
-    def _prepared(self, weights: LayerWeights, team: int) -> tuple[np.ndarray, ...]:
+    def _prepared(self, weights: LayerWeights, team: int, w_rows: bool) -> tuple[np.ndarray, ...]:
         """Weights as the kernel takes them, made once per LayerWeights (and team size, for the last two).
 
         Transposed input weights (BLAS's fastest layout for the input
         projection), W_hh and its per-thread panels packed for ``team``
-        threads (see _kernels.pack_panels), and the biases folded:
+        threads in the layout ``w_rows`` (see _kernels.pack_panels), and the biases folded:
         (b_ir + b_hr, b_iz + b_hz, b_in) and b_hn, which reset-after applies
         under the reset gate.
         """
@@ -103,15 +103,15 @@ class CythonBackend(StackedBackend):
                 "b_hn": np.ascontiguousarray(weights.b_hh[2 * H :]),
             }
         by_team = prepared.setdefault("panels", {})
-        key = (team, self._kernels.uses_small_kernel())  # the panels' layout follows it (see pack_panel)
+        key = (team, w_rows)
         panels = by_team.get(key)
         if panels is None:
-            # the last two team sizes: a layer called with two thread counts in turn packs once for each
+            # the last two: a layer called with two thread counts (or layouts) in turn packs once for each
             # (at H = 1024 a repack copies 12 MB: 1.2 ms, a tenth of a 100-step call)
             while len(by_team) >= PANEL_TEAMS_KEPT:
                 del by_team[next(iter(by_team))]
             panels = by_team[key] = np.empty_like(prepared["w_hh"])
-            self._kernels.pack_panels(prepared["w_hh"], team, panels)
+            self._kernels.pack_panels(prepared["w_hh"], team, panels, w_rows)
         return prepared["w_ih_t"], prepared["w_hh"], prepared["bias"], prepared["b_hn"], panels
 
     def _scratch(self, dtype: np.dtype, *shapes: tuple[int, int]) -> list[np.ndarray]:
@@ -238,7 +238,8 @@ class CythonBackend(StackedBackend):
         team = self._kernels.team_size(self.thread_count(threads), H, B, x.itemsize)
         # a call split by sequence reads every unit's panel: that of a team of one
         panels_team = 1 if self._kernels.splits_sequences(B, H, x.itemsize, team) else team
-        w_ih_t, w_hh, bias, b_hn, panels = self._prepared(weights, panels_team)
+        w_rows = self._kernels.panel_rows(B, H, x.itemsize, panels_team)
+        w_ih_t, w_hh, bias, b_hn, panels = self._prepared(weights, panels_team, w_rows)
         # gx, gh and its column-major twin, r*h and two states, gate scratch; then room for packed
         # recurrent weights
         # should OpenMP give another team than asked for
@@ -261,6 +262,7 @@ class CythonBackend(StackedBackend):
             workspace,
             panels,
             panels_team,
+            w_rows,
             own_panels,
             team,
         )

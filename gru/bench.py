@@ -494,6 +494,8 @@ def machine_info() -> dict[str, Any]:
         "cpu": model or platform.processor() or platform.machine(),
         "cpu_cache": cache,
         "blas_small_kernel": _blas_small_kernel(),
+        # OpenBLAS picks its kernels for the CPU unless this names others (read when it loads)
+        "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
         "logical_cpus": os.cpu_count(),
         "physical_cores": physical,
         "usable_cpus": usable_cpus(),
@@ -947,6 +949,20 @@ def format_table(report: dict[str, Any]) -> str:
             for api, n in pools.items()
         ]
         lines.append("  threads of the pools loaded at start (threadpoolctl): " + ", ".join(capped))
+    kernels = sorted(
+        {
+            f"{lib.get('internal_api')} {lib.get('version')}, {lib.get('architecture')} kernels"
+            for lib in m.get("thread_pools_at_start") or []
+            if lib.get("user_api") == "blas"
+        }
+    )
+    if kernels:
+        forced = m.get("openblas_coretype")
+        lines.append(
+            "  BLAS: "
+            + "; ".join(kernels)
+            + (f" (OPENBLAS_CORETYPE={forced} in the environment chose them)" if forced else "")
+        )
     if m.get("blas_small_kernel") is not None:
         lines.append(
             "  scipy's BLAS runs small products unpacked (OpenBLAS, SkylakeX kernels): "

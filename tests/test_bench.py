@@ -475,3 +475,21 @@ def test_other_load_is_at_most_the_cpus_and_the_warning_counts_right(monkeypatch
     table = bench.format_table(report)
     assert "WARNING: the machine was busy: 1 thread did not have 1 idle CPU, so" in table
     assert "median of up to 2 calls in 2 interleaved rounds" in table
+
+
+@pytest.mark.parametrize("coretype", ["Haswell", None])
+def test_the_header_names_the_blas_kernels_and_who_chose_them(monkeypatch, coretype):
+    """OPENBLAS_CORETYPE overrides the kernels OpenBLAS would pick for the CPU: the report says so."""
+    if coretype is None:
+        monkeypatch.delenv("OPENBLAS_CORETYPE", raising=False)
+    else:
+        monkeypatch.setenv("OPENBLAS_CORETYPE", coretype)
+    report = _quick_run(bench.resolve_implementations(["numpy"]))
+    assert report["machine"]["openblas_coretype"] == coretype
+    report["machine"]["thread_pools_at_start"] = [
+        {"user_api": "blas", "internal_api": "openblas", "version": "0.3.30", "architecture": "Haswell"},
+        {"user_api": "openmp", "internal_api": "openmp", "version": None, "architecture": None},
+    ]
+    header = [line for line in bench.format_table(report).splitlines() if line.startswith("  BLAS: ")]
+    assert header[0].startswith("  BLAS: openblas 0.3.30, Haswell kernels")
+    assert ("OPENBLAS_CORETYPE=Haswell in the environment chose them" in header[0]) is (coretype is not None)

@@ -714,13 +714,16 @@ cdef void run_rows(
     cdef floating* z_out
     cdef floating* n_out
     # gh rows are laid out per unit slice: [r | z | n] of its units; the products go there directly, or,
-    # from a panel of W_hh's rows, column-major to ght (see panel_part), with one sequence the same as gh
+    # from a panel of W_hh's rows, column-major to ght (see panel_part), with one sequence the same as gh.
+    # In ght, the rows [i0, i1) have a block of their own, of this thread's columns: threads running other
+    # rows or units never write the same cache lines (row i of column c at product_mine[c * ldp + i])
     cdef floating* gh_mine = gh + 3 * u0
     cdef bint into_gh = not w_rows or B == 1
-    cdef int ldp = B if w_rows else G
-    cdef floating* product_mine = gh_mine if into_gh else ght + <Py_ssize_t>3 * u0 * B
+    cdef int ldp = (i1 - i0) if w_rows else G
+    cdef floating* product_mine = (gh_mine if into_gh else
+                                   ght + <Py_ssize_t>i0 * G + <Py_ssize_t>3 * u0 * (i1 - i0) - i0)
     cdef Py_ssize_t row_step = 1 if w_rows else G  # from one row of the product to the next
-    cdef Py_ssize_t col_step = 1 if into_gh else B  # and from one column to the next
+    cdef Py_ssize_t col_step = 1 if into_gh else ldp  # and from one column to the next
 
     for s in range(steps):
         if s == 0:  # h0 was written before the team started

@@ -904,11 +904,11 @@ def run_direction(
 
     cdef floating* gx = &workspace[0, 0]
     cdef floating* gh = gx + gx_rows * G
-    cdef floating* ght = gh + <Py_ssize_t>B * G  # the products, column-major (see run_rows)
-    cdef floating* rh = ght + <Py_ssize_t>B * G
+    cdef floating* rh = gh + <Py_ssize_t>B * G
     cdef floating* h_a = rh + <Py_ssize_t>B * H
     cdef floating* h_b = h_a + <Py_ssize_t>B * H
     cdef floating* scratch = h_b + <Py_ssize_t>B * H  # gate values nobody asked for (4H per thread)
+    cdef floating* ght = scratch + <Py_ssize_t>4 * H * threads  # the products, column-major (see run_rows)
     cdef floating* gates_ptr = NULL
     cdef floating* hn_ptr = NULL
     if hn is not None:

@@ -118,10 +118,10 @@ def test_which_calls_split_their_sequences_between_threads(products_cut):
     assert not _kernels.splits_sequences(64, 128, 4, 1)  # one thread
     assert not _kernels.splits_sequences(64, 16, 4, 2)  # a team of one: 16 units
     # 27 sequences in 4 chunks, each summing its own weight gradients: 3 sets of sums besides the gradients'
-    assert _kernels.backward_workspace_rows(9, 27, 6, 48, 8, 2) == 8 * 9 * 27 + 3 * 27 + 3 * 3 * (6 + 48)
+    assert _kernels.backward_workspace_rows(9, 27, 6, 48, 8, 2) == 8 * 9 * 27 + 4 * 27 + 3 * 3 * (6 + 48)
     with small_kernel(False):  # whole-sequence weight GEMMs instead, their rows split in two: one more set
         assert _kernels.splits_sequences(16, 128, 4, 2)
-        assert _kernels.backward_workspace_rows(9, 27, 6, 48, 8, 2) == 8 * 9 * 27 + 3 * 27 + 1 * 3 * (6 + 48)
+        assert _kernels.backward_workspace_rows(9, 27, 6, 48, 8, 2) == 8 * 9 * 27 + 4 * 27 + 1 * 3 * (6 + 48)
 
 
 @pytest.mark.parametrize("threads", [2, 3])

@@ -628,8 +628,9 @@ cdef inline void product_rest(Py_ssize_t m, int n, int row0, int H, int u0, int 
     panel_part(m, n, row0, u0 + nu, H, H, nu, a, panel, w_rows, 1, c, ldc)
 
 
-cdef inline void unpack_rows(int i0, int i1, int n, const floating* t, int ldt, floating* rows, int G) noexcept nogil:
-    """rows[i, :n] = the column-major product t's row i, for i in [i0, i1): the layout the gate pass reads.
+cdef inline void unpack_rows(int i0, int i1, int n, const floating* t, int ldt, floating* rows, int G,
+                             bint add=False) noexcept nogil:
+    """rows[i, :n] = (or, ``add``, +=) the column-major product t's row i, for i in [i0, i1): row-major again.
 
     In tiles of 16 columns: the 16 columns a tile reads stay in L1 from row
     to row, and each row's 16 values are written together (column by column,
@@ -641,8 +642,12 @@ cdef inline void unpack_rows(int i0, int i1, int n, const floating* t, int ldt, 
     for c0 in range(0, n, 16):
         c1 = min(c0 + 16, n)
         for i in range(i0, i1):
-            for c in range(c0, c1):
-                rows[<Py_ssize_t>i * G + c] = t[<Py_ssize_t>c * ldt + i]
+            if add:
+                for c in range(c0, c1):
+                    rows[<Py_ssize_t>i * G + c] += t[<Py_ssize_t>c * ldt + i]
+            else:
+                for c in range(c0, c1):
+                    rows[<Py_ssize_t>i * G + c] = t[<Py_ssize_t>c * ldt + i]
 
 
 cdef inline int own_part(int s, int T, int B, int I, int H, int i0, int i1, int live, int u0, int nu, int first,
@@ -997,7 +1002,7 @@ def backward_workspace_rows(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t
     cdef int parts = weight_parts(team, T * B, <int>(3 * H), <int>I, <int>H) if T * B > 0 else 1
     if splits_by_sequence(B, H, itemsize, team) and chunks_sum_weights(T, I, H, itemsize, T):
         parts = max(parts, chunk_count(B, team))  # one set of sums per chunk
-    return 8 * T * B + 3 * B + (parts - 1) * 3 * (I + H)
+    return 8 * T * B + 4 * B + (parts - 1) * 3 * (I + H)
 
 
 cdef inline int chunk_count(Py_ssize_t B, int team) noexcept nogil:
@@ -1054,7 +1059,7 @@ cdef inline void add_parts(Py_ssize_t start, Py_ssize_t stop, floating* total, c
 
 cdef void backward_rows(
     int T, int B, int I, int H, int i0, int i1, int u0, int nu, int team, bint in_loop,
-    const floating* x, const floating* h0, const floating* w_hh,
+    const floating* x, const floating* h0, const floating* w_hh, const floating* w_hh_t,
     const long long* lengths, const long long* order,
     bint reverse, bint reset_after,
     const floating* out, Py_ssize_t out_t, Py_ssize_t out_b,
@@ -1062,7 +1067,7 @@ cdef void backward_rows(
     const floating* gates, const floating* hn,
     floating* d_gx, floating* d_gh, floating* h_prevs, floating* rh, floating* d_carry, floating* d_rh,
     floating* dh, floating* d_w_ih, floating* d_w_hh, const floating* w_ih, floating* d_x, double* sums,
-    gru_team_barrier* barrier,
+    floating* d_temp, gru_team_barrier* barrier,
 ) noexcept nogil:
     """Backpropagation through time of the sequences [i0, i1) (sorted order) for the units [u0, u0 + nu).
 
@@ -1076,8 +1081,16 @@ cdef void backward_rows(
     gradients too (every sequence then runs all T steps), and d_x's rows unless
     ``d_x`` is NULL. ``team`` threads pass its barriers: 1 when the sequences
     are this thread's alone.
+
+    Past the small-matrix kernel, the products with W_hh take W_hh^T's rows
+    (``w_hh_t``) as BLAS's second operand, as the forward's do (see
+    matmul_w), into ``d_temp``, column-major (the rows [i0, i1) have a block
+    of their own there), and from there to their rows.
     """
     cdef int u1 = u0 + nu
+    cdef bint w_rows = not small_kernel and i1 - i0 > 1
+    cdef int ldt = i1 - i0
+    cdef floating* temp_mine = d_temp + <Py_ssize_t>i0 * H + <Py_ssize_t>u0 * (i1 - i0) - i0
     cdef int G = 3 * H
     cdef Py_ssize_t plane = <Py_ssize_t>T * B * H
     cdef Py_ssize_t step_row, gate_at
@@ -1133,8 +1146,13 @@ cdef void backward_rows(
         if not reset_after:
             if nu > 0:
                 # d loss / d (r ⊙ h_{t-1}) = d_n_pre W_hn, the units' columns
-                matmul_step(live - i0, nu, H, d_gh + (<Py_ssize_t>s * B + i0) * G + 2 * H, G,
-                            w_hh + <Py_ssize_t>2 * H * H + u0, H, 0, d_rh + <Py_ssize_t>i0 * H + u0, H)
+                if w_rows:
+                    matmul_w(live - i0, nu, H, d_gh + (<Py_ssize_t>s * B + i0) * G + 2 * H, G,
+                             w_hh_t + <Py_ssize_t>u0 * G + 2 * H, G, 0, temp_mine + i0, ldt)
+                    unpack_rows(i0, live, nu, temp_mine, ldt, d_rh + u0, H)
+                else:
+                    matmul_step(live - i0, nu, H, d_gh + (<Py_ssize_t>s * B + i0) * G + 2 * H, G,
+                                w_hh + <Py_ssize_t>2 * H * H + u0, H, 0, d_rh + <Py_ssize_t>i0 * H + u0, H)
                 for i in range(i0, live):
                     seq = <int>order[i]
                     t = <int>(lengths[i] - 1 - s) if reverse else s
@@ -1152,8 +1170,13 @@ cdef void backward_rows(
                     accumulate(nu, d_gh + (<Py_ssize_t>s * B + i) * G + g * H + u0, sums + (3 + g) * nu)
             # d loss / d h_{t-1} += d_gh W_hh (W_hh's r and z rows only for reset-before: its n
             # rows met r ⊙ h, handled above), the units' columns
-            matmul_step(live - i0, nu, G if reset_after else 2 * H, d_gh + (<Py_ssize_t>s * B + i0) * G, G,
-                        w_hh + u0, H, 1, d_carry + <Py_ssize_t>i0 * H + u0, H)
+            if w_rows:
+                matmul_w(live - i0, nu, G if reset_after else 2 * H, d_gh + (<Py_ssize_t>s * B + i0) * G, G,
+                         w_hh_t + <Py_ssize_t>u0 * G, G, 0, temp_mine + i0, ldt)
+                unpack_rows(i0, live, nu, temp_mine, ldt, d_carry + u0, H, True)
+            else:
+                matmul_step(live - i0, nu, G if reset_after else 2 * H, d_gh + (<Py_ssize_t>s * B + i0) * G, G,
+                            w_hh + u0, H, 1, d_carry + <Py_ssize_t>i0 * H + u0, H)
             if in_loop:  # this step's share of the units' rows of dW_ih and dW_hh (every row is live)
                 t = T - 1 - s if reverse else s
                 for g in range(3):
@@ -1170,7 +1193,7 @@ cdef void backward_rows(
 
 cdef void backward_thread_body(
     int T, int B, int I, int H, bint by_sequence, int* next_chunk,
-    const floating* x, const floating* h0, const floating* w_ih, const floating* w_hh,
+    const floating* x, const floating* h0, const floating* w_ih, const floating* w_hh, const floating* w_hh_t,
     const long long* lengths, const long long* order,
     bint reverse, bint reset_after,
     const floating* out, Py_ssize_t out_t, Py_ssize_t out_b,
@@ -1178,7 +1201,7 @@ cdef void backward_thread_body(
     const floating* gates, const floating* hn,
     floating* d_gx, floating* d_gh, floating* h_prevs, floating* rh, floating* d_carry, floating* d_rh,
     floating* dh, floating* d_x, floating* d_w_ih, floating* d_w_hh, floating* d_b_ih, floating* d_b_hh,
-    floating* partials, double* bias_sums, gru_team_barrier* barrier,
+    floating* partials, double* bias_sums, floating* d_temp, gru_team_barrier* barrier,
 ) noexcept nogil:
     """Backpropagation through time, one thread's share: its hidden units, or its chunks of sequences.
 
@@ -1223,9 +1246,9 @@ cdef void backward_thread_body(
             if chunks_in_loop:
                 memset(into_ih, 0, <Py_ssize_t>G * I * sizeof(floating))
                 memset(into_hh, 0, <Py_ssize_t>G * H * sizeof(floating))
-            backward_rows(T, B, I, H, c0, min(c0 + chunk, B), 0, H, 1, chunks_in_loop, x, h0, w_hh, lengths, order,
-                          reverse, reset_after, out, out_t, out_b, d_out, d_out_t, d_out_b, gates, hn, d_gx, d_gh,
-                          h_prevs, rh, d_carry, d_rh, dh, into_ih, into_hh, w_ih, d_x, sums, barrier)
+            backward_rows(T, B, I, H, c0, min(c0 + chunk, B), 0, H, 1, chunks_in_loop, x, h0, w_hh, w_hh_t, lengths,
+                          order, reverse, reset_after, out, out_t, out_b, d_out, d_out_t, d_out_b, gates, hn, d_gx,
+                          d_gh, h_prevs, rh, d_carry, d_rh, dh, into_ih, into_hh, w_ih, d_x, sums, d_temp, barrier)
             c0 = claim_chunk(next_chunk, chunk)
     else:
         if nu > 0:
@@ -1234,9 +1257,9 @@ cdef void backward_thread_body(
                 for g in range(3):
                     memset(d_w_ih + <Py_ssize_t>(g * H + u0) * I, 0, <Py_ssize_t>nu * I * sizeof(floating))
                     memset(d_w_hh + <Py_ssize_t>(g * H + u0) * H, 0, <Py_ssize_t>nu * H * sizeof(floating))
-        backward_rows(T, B, I, H, 0, B, u0, nu, team, in_loop, x, h0, w_hh, lengths, order, reverse, reset_after,
-                      out, out_t, out_b, d_out, d_out_t, d_out_b, gates, hn, d_gx, d_gh, h_prevs, rh, d_carry, d_rh,
-                      dh, d_w_ih, d_w_hh, w_ih, NULL, sums, barrier)
+        backward_rows(T, B, I, H, 0, B, u0, nu, team, in_loop, x, h0, w_hh, w_hh_t, lengths, order, reverse,
+                      reset_after, out, out_t, out_b, d_out, d_out_t, d_out_b, gates, hn, d_gx, d_gh, h_prevs, rh,
+                      d_carry, d_rh, dh, d_w_ih, d_w_hh, w_ih, NULL, sums, d_temp, barrier)
 
     gru_team_barrier_wait(barrier, team)
     # Weight gradients over every step at once: dW_ih = d_gx^T x and dW_hh = d_gh^T h_{t-1}, one
@@ -1295,6 +1318,7 @@ def backward_direction(
     const floating[:, ::1] h0 not None,
     const floating[:, ::1] w_ih not None,
     const floating[:, ::1] w_hh not None,
+    const floating[:, ::1] w_hh_t not None,
     const long long[::1] lengths not None,
     const long long[::1] order not None,
     bint reverse,
@@ -1322,8 +1346,10 @@ def backward_direction(
     and the same ``lengths``/``order`` as the forward. Adds into ``d_x``;
     writes ``d_h0`` and the weight gradients. ``workspace`` is scratch of
     (backward_workspace_rows(...), H): d_gx and d_gh (3H each per row), h_{t-1}
-    and r ⊙ h_{t-1} per row, three (B, H) blocks, then the weight gradients'
+    and r ⊙ h_{t-1} per row, four (B, H) blocks, then the weight gradients'
     partial sums; ``bias_sums`` is scratch of 12H doubles per thread.
+    ``w_hh_t`` is W_hh^T (H, 3H), for the products past the small-matrix
+    kernel (see backward_rows).
     Inconsistent shapes raise ValueError.
     """
     _check_sizes(x.shape[0], x.shape[1], x.shape[2], w_hh.shape[1])
@@ -1333,6 +1359,7 @@ def backward_direction(
     _expect_shape("h0", h0.shape, 2, B, H)
     _expect_shape("w_ih", w_ih.shape, 2, G, I)
     _expect_shape("w_hh", w_hh.shape, 2, G, H)
+    _expect_shape("w_hh_t", w_hh_t.shape, 2, H, G)
     _check_order(lengths, order, T, B)
     _expect_shape("output", output.shape, 3, T, B, H)
     _expect_strides("output", output.shape, output.strides, 3, sizeof(floating))
@@ -1368,7 +1395,8 @@ def backward_direction(
     cdef floating* d_carry = rh + M * H
     cdef floating* d_rh = d_carry + <Py_ssize_t>B * H
     cdef floating* dh = d_rh + <Py_ssize_t>B * H
-    cdef floating* partials = dh + <Py_ssize_t>B * H
+    cdef floating* d_temp = dh + <Py_ssize_t>B * H  # the products with W_hh^T, column-major (see backward_rows)
+    cdef floating* partials = d_temp + <Py_ssize_t>B * H
     cdef const floating* hn_ptr = NULL
     if hn is not None:
         hn_ptr = &hn[0, 0, 0]
@@ -1383,10 +1411,11 @@ def backward_direction(
                 d_carry[i * H + u] = d_h_n[order[i], u]
         with parallel(num_threads=threads):
             backward_thread_body(T, B, I, H, by_sequence, &next_chunk, &x[0, 0, 0], &h0[0, 0], &w_ih[0, 0], &w_hh[0, 0],
-                                 &lengths[0], &order[0], reverse, reset_after,
+                                 &w_hh_t[0, 0], &lengths[0], &order[0], reverse, reset_after,
                                  &output[0, 0, 0], out_t, out_b, &d_output[0, 0, 0], d_out_t, d_out_b,
                                  &gates[0, 0, 0, 0], hn_ptr, d_gx, d_gh, h_prevs, rh, d_carry, d_rh, dh,
-                                 &d_x[0, 0, 0], &d_w_ih[0, 0], &d_w_hh[0, 0], &d_b_ih[0], &d_b_hh[0], partials, &bias_sums[0], &barrier)
+                                 &d_x[0, 0, 0], &d_w_ih[0, 0], &d_w_hh[0, 0], &d_b_ih[0], &d_b_hh[0], partials,
+                                 &bias_sums[0], d_temp, &barrier)
         for i in range(B):
             for u in range(H):
                 d_h0[order[i], u] = d_carry[i * H + u]

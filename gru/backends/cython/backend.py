@@ -82,15 +82,8 @@ class CythonBackend(StackedBackend):
         _kernels.use_small_kernel(blas_has_small_kernel())
         return True
 
-    def _prepared(self, weights: LayerWeights, team: int, w_rows: bool) -> tuple[np.ndarray, ...]:
-        """Weights as the kernel takes them, made once per LayerWeights (and team size, for the last two).
-
-        Transposed input weights (BLAS's fastest layout for the input
-        projection), W_hh and its per-thread panels packed for ``team``
-        threads in the layout ``w_rows`` (see _kernels.pack_panels), and the biases folded:
-        (b_ir + b_hr, b_iz + b_hz, b_in) and b_hn, which reset-after applies
-        under the reset gate.
-        """
+    def _base(self, weights: LayerWeights) -> dict:
+        """The per-LayerWeights cache of what the kernels take, its base arrays made on first use."""
         prepared = self._prepared_weights.get(weights)
         if prepared is None:
             H = weights.w_hh.shape[1]
@@ -102,6 +95,25 @@ class CythonBackend(StackedBackend):
                 "bias": bias,
                 "b_hn": np.ascontiguousarray(weights.b_hh[2 * H :]),
             }
+        return prepared
+
+    def _w_hh_t(self, weights: LayerWeights) -> np.ndarray:
+        """W_hh^T, made once per LayerWeights: the backward's products take its rows (see backward_rows)."""
+        prepared = self._base(weights)
+        if "w_hh_t" not in prepared:
+            prepared["w_hh_t"] = np.ascontiguousarray(weights.w_hh.T)
+        return prepared["w_hh_t"]
+
+    def _prepared(self, weights: LayerWeights, team: int, w_rows: bool) -> tuple[np.ndarray, ...]:
+        """Weights as the kernel takes them, made once per LayerWeights (and team size, for the last two).
+
+        Transposed input weights (BLAS's fastest layout for the input
+        projection), W_hh and its per-thread panels packed for ``team``
+        threads in the layout ``w_rows`` (see _kernels.pack_panels), and the biases folded:
+        (b_ir + b_hr, b_iz + b_hz, b_in) and b_hn, which reset-after applies
+        under the reset gate.
+        """
+        prepared = self._base(weights)
         by_team = prepared.setdefault("panels", {})
         key = (team, w_rows)
         panels = by_team.get(key)
@@ -305,6 +317,7 @@ class CythonBackend(StackedBackend):
             h0,
             weights.w_ih,
             weights.w_hh,
+            self._w_hh_t(weights),
             sorted_lengths,
             order,
             reverse,

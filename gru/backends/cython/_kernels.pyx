@@ -18,7 +18,9 @@ Batches of 8 sequences and more per thread split the sequences instead (see
 splits_by_sequence): the threads claim chunks of them as they come free and
 run each chunk through every step, for every unit, with no barrier.
 Products are cut so that OpenBLAS runs them on its small-matrix kernel where
-that is faster (see matmul_step). BLAS is called single-threaded from each
+that is faster (see matmul_step); elsewhere the step products take the
+weights as BLAS's second operand, which OpenBLAS packs faster (see matmul_w
+and panel_rows). BLAS is called single-threaded from each
 thread: the caller limits BLAS threads so the two never oversubscribe the
 cores. The backward (backward_direction) splits the work the same way.
 
@@ -249,7 +251,8 @@ cdef inline void matmul(int m, int n, int k, const floating* a, int lda, const f
     A row-major matrix is its transpose in column-major order, so this is
     C^T = Wt^T A^T: gemm('N', 'N') with the operands swapped (gemv when m == 1).
     Weights are kept transposed (Wt = W^T) so that both operands are 'N': the
-    layout OpenBLAS serves fastest at small batch.
+    layout OpenBLAS's small-matrix kernel serves fastest (see matmul_w for
+    the packing kernels).
     """
     cdef char notrans = b'N'
     cdef int one_i = 1

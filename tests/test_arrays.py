@@ -233,3 +233,23 @@ def test_cupy_in_cupy_out():
         pytest.skip(f"no CUDA backend: {exc}")
     assert isinstance(output, cupy.ndarray)
     np.testing.assert_allclose(output.get(), layer(x)[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", [(3,), (5, 7), (2, 3, 17)])
+def test_aligned_zeros_start_on_a_cache_line(dtype, shape):
+    from gru._arrays import CACHE_LINE, aligned_zeros
+
+    for _ in range(8):  # fresh allocations land at different offsets
+        a = aligned_zeros(shape, dtype)
+        assert a.ctypes.data % CACHE_LINE == 0
+        assert a.shape == shape and a.dtype == np.dtype(dtype) and a.flags.c_contiguous and a.flags.writeable
+        assert not a.any()
+
+
+def test_a_forward_output_on_the_host_starts_on_a_cache_line():
+    """The threads of the compiled kernels write neighbouring slices of each output row."""
+    layer = gru.GRU(5, 32, backend="numpy", seed=0)
+    for _ in range(4):
+        output, _ = layer(np.zeros((3, 2, 5), "float32"))
+        assert output.ctypes.data % 64 == 0

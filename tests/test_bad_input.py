@@ -767,12 +767,14 @@ def test_bad_from_onnx_arguments(kwargs, kind, argument):
 
 def kernel_forward_args(T_=4, B_=3, I_=5, H_=16):
     rng = np.random.default_rng(0)
+    w_ih_t = rng.standard_normal((I_, 3 * H_))
     w_hh = rng.standard_normal((3 * H_, H_))
     panels = np.zeros((3 * H_, H_))
     kernels().pack_panels(w_hh, 1, panels, True)
     return {
         "x": rng.standard_normal((T_, B_, I_)),
-        "w_ih_t": rng.standard_normal((I_, 3 * H_)),
+        "w_ih_t": w_ih_t,
+        "w_ih": np.ascontiguousarray(w_ih_t.T),
         "w_hh": w_hh,
         "bias": np.zeros(3 * H_),
         "b_hn": np.zeros(H_),
@@ -784,7 +786,7 @@ def kernel_forward_args(T_=4, B_=3, I_=5, H_=16):
         "h_n": np.zeros((B_, H_)),
         "gates": np.zeros((3, T_, B_, H_)),
         "hn": np.zeros((T_, B_, H_)),
-        "workspace": np.zeros((T_ * B_ + 3 * B_ + 2, 3 * H_)),
+        "workspace": np.zeros((kernels().workspace_rows(T_, B_, I_, H_, 8, False, 1, 1), 3 * H_)),
         "panels": panels,
         "panels_team": 1,
         "panels_w_rows": True,
@@ -801,7 +803,7 @@ def kernel_backward_args():
     return {
         "x": f["x"],
         "h0": np.zeros((B_, H_)),
-        "w_ih": np.ascontiguousarray(f["w_ih_t"].T),
+        "w_ih": f["w_ih"],
         "w_hh": f["w_hh"],
         "w_hh_t": np.ascontiguousarray(f["w_hh"].T),
         "lengths": f["lengths"],
@@ -851,6 +853,7 @@ KERNEL_FORWARD_CASES = {
     "gates-shape": ({"gates": np.zeros((3, 4, 3, 15))}, ValueError, "gates"),
     "hn-shape": ({"hn": np.zeros((3, 3, 16))}, ValueError, "hn"),
     "w_ih_t-shape": ({"w_ih_t": np.zeros((4, 48))}, ValueError, "w_ih_t"),
+    "w_ih-shape": ({"w_ih": np.zeros((48, 4))}, ValueError, "w_ih"),
     "w_hh-shape": ({"w_hh": np.zeros((47, 16))}, ValueError, "w_hh"),
     "bias-length": ({"bias": np.zeros(47)}, ValueError, "bias"),
     "b_hn-length": ({"b_hn": np.zeros(17)}, ValueError, "b_hn"),

@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from gru._arrays import aligned_zeros
+
 __all__ = [
     "Backend",
     "BackwardResult",
@@ -290,17 +292,18 @@ class StackedBackend(Backend):
 
     def forward(self, request: ForwardRequest) -> ForwardResult:
         xp = self.xp
+        zeros = aligned_zeros if xp is np else xp.zeros  # see aligned_zeros
         T, B = request.seq_len, request.batch_size
         H, D, L = request.hidden_size, request.num_directions, request.num_layers
         dtype = request.dtype
         h_n = xp.empty_like(request.h0)
         keep_gates = request.return_gates or request.training
-        gates = xp.zeros((L * D, 3, T, B, H), dtype) if keep_gates else None
-        hn = xp.zeros((L * D, T, B, H), dtype) if request.training and request.reset_after else None
+        gates = zeros((L * D, 3, T, B, H), dtype) if keep_gates else None
+        hn = zeros((L * D, T, B, H), dtype) if request.training and request.reset_after else None
         inputs, outputs = [], []
         layer_input = request.x
         for layer in range(L):
-            output = xp.zeros((T, B, D * H), dtype)
+            output = zeros((T, B, D * H), dtype)
             for direction in range(D):
                 k = layer * D + direction
                 self.run_direction(

@@ -19,6 +19,7 @@ import weakref
 
 import numpy as np
 
+from gru._arrays import aligned_zeros
 from gru.backends._base import Capabilities, LayerWeights, StackedBackend
 
 THREADS_ENV_VAR = "GRU_NUM_THREADS"
@@ -140,7 +141,7 @@ class CythonBackend(StackedBackend):
             buffers = self._local.buffers = {}
         buffer = buffers.get(dtype)  # keyed by the dtype object: np.dtype(...).name costs microseconds
         if buffer is None or buffer.size < need:
-            buffer = buffers[dtype] = np.empty(need, dtype)
+            buffer = buffers[dtype] = aligned_zeros((need,), dtype)  # threads' slices on whole cache lines
         views, start = [], 0
         for rows, cols in shapes:
             views.append(buffer[start : start + rows * cols].reshape(rows, cols))
@@ -260,6 +261,7 @@ class CythonBackend(StackedBackend):
         self._kernels.run_direction(
             x,
             w_ih_t,
+            weights.w_ih,
             w_hh,
             bias,
             b_hn,

@@ -191,8 +191,8 @@ def test_every_path_cut_for_the_small_kernel_also_runs_whole(cut, I, H, T, B, re
     x = rng.standard_normal((T, B, I))
     with small_kernel(cut):
         assert _kernels.uses_small_kernel() is cut
-        if not cut:  # no step-by-step projection (room for the whole sequence's, and perhaps for project_rows)
-            assert _kernels.workspace_rows(T, B, I, H, 8, False, T, 1) in (T * B + 3 * B + 2, 2 * T * B + 3 * B + 2)
+        if not cut:  # no step-by-step projection
+            assert _kernels.workspace_rows(T, B, I, H, 8, False, T, 1) == T * B + 3 * B + 2
         assert_training_matches_oracle(layer, x, rng, threads=2)
 
 
@@ -353,7 +353,7 @@ def kernel_call(team_of_panels, panels_fill=None, threads=2, w_rows=True):
     output, h_n = np.zeros((T, B, H)), rng.standard_normal((B, H))
     workspace = np.zeros((_kernels.workspace_rows(T, B, I, H, 8, False, T, threads), 3 * H))
     _kernels.run_direction(
-        rng.standard_normal((T, B, I)), w_ih_t, np.ascontiguousarray(w_ih_t.T), w_hh, rng.standard_normal(3 * H),
+        rng.standard_normal((T, B, I)), w_ih_t, w_hh, rng.standard_normal(3 * H),
         rng.standard_normal(H), np.full(B, T, np.int64), np.arange(B, dtype=np.int64), False, True, output, h_n,
         None, None, workspace, panels, team_of_panels, w_rows, np.zeros((3 * H, H)), threads,
     )  # fmt: skip
@@ -443,23 +443,6 @@ def test_which_calls_read_panels_of_w_hh_rows():
         assert not _kernels.panel_rows(1, 300, 4, 2)  # 576 KB
     with small_kernel(True):
         assert not _kernels.panel_rows(2, 64, 4, 2) and not _kernels.panel_rows(1, 1024, 4, 2)
-
-
-def test_which_calls_project_with_w_ih_rows():
-    """Past the small-matrix kernel, a team split by unit projects at most 128 rows with W_ih's rows
-    (see projects_by_rows); the workspace holds room for their column-major result."""
-    from gru.backends.cython import _kernels
-
-    def rows(T, B, H, team=2):
-        return _kernels.workspace_rows(T, B, 16, H, 4, False, T, team)
-
-    with small_kernel(False):
-        assert rows(10, 2, 64) == 2 * 10 * 2 + 3 * 2 + 4
-        assert rows(100, 1, 1024) == 2 * 100 + 3 + 4
-        assert rows(64, 2, 64) == 2 * 128 + 3 * 2 + 4 and rows(129, 1, 64) == 129 + 3 + 4
-        assert rows(500, 1, 256) == 500 + 3 + 4
-    with small_kernel(True):
-        assert rows(10, 2, 64) == 10 * 2 + 3 * 2 + 4
 
 
 @pytest.mark.parametrize("reset_after", [True, False], ids=["reset-after", "reset-before"])

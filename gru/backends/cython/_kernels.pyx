@@ -330,8 +330,6 @@ cdef enum:
     UNIT_SPLIT_WORK = 8192
     # see panel_rows
     PANEL_L2_BYTES = 1024 * 1024
-    # see projects_by_rows
-    PROJECTION_ROWS = 128
     # see weights_in_loop
     WEIGHTS_IN_LOOP_BATCH = 16
     WEIGHT_ROWS_IN_LOOP_BYTES = 1024 * 1024
@@ -501,27 +499,12 @@ cdef inline bint projects_per_step(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_
             and (I + H) * 3 * H * itemsize <= SMALL_STEP_WEIGHT_BYTES)
 
 
-cdef inline bint projects_by_rows(Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, Py_ssize_t itemsize, int team,
-                                  bint by_sequence, bint per_step) noexcept nogil:
-    """Whether a team split by unit projects the whole sequence's inputs with W_ih's rows as BLAS's second
-    operand (see project_rows).
-
-    Past the small-matrix kernel, for at most PROJECTION_ROWS rows, where
-    packing the weights is a large part of each product (one thread, Haswell
-    kernels, the three gates of 100 x 1024 by 1024 x 512: 2.77 against 3.17
-    ms, and 0.04 ms to turn the result into rows; 240 x 512 by 512 x 256:
-    1.64 against 1.63; at (256,256,1,500), 500 rows, 1-4 % slower).
-    """
-    return not small_kernel and not by_sequence and not per_step and T * B <= PROJECTION_ROWS
-
-
 def workspace_rows(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, Py_ssize_t itemsize, bint reverse,
                    long long shortest, int team) -> int:
     """Rows of 3H values run_direction's ``workspace`` needs; ``shortest`` is the least of the lengths."""
     cdef bint by_sequence = splits_by_sequence(B, H, itemsize, team)
     cdef bint per_step = projects_per_step(T, B, I, H, itemsize, reverse, shortest, by_sequence)
-    cdef bint by_rows = projects_by_rows(T, B, H, itemsize, team, by_sequence, per_step)
-    return (B if per_step else T * B) + (T * B if by_rows else 0) + 3 * B + 2 * max(team, 1)
+    return (B if per_step else T * B) + 3 * B + 2 * max(team, 1)
 
 
 # the least share of a team split by unit (see team_for); 0: every team a caller asks for
@@ -616,16 +599,6 @@ cdef void project_inputs(Py_ssize_t rows, int I, int H, int u0, int nu, const fl
             matmul_step(rows, nu, I, x, I, w_ih_t + g * H + u0, G, 0, gx + g * H + u0, G)
         else:
             matmul(<int>rows, nu, I, x, I, w_ih_t + g * H + u0, G, 0, gx + g * H + u0, G)
-
-
-cdef void project_rows(Py_ssize_t rows, int I, int H, int u0, int nu, const floating* x, const floating* w_ih,
-                       floating* t, floating* gx) noexcept nogil:
-    """gx = x W_ih^T like project_inputs, each gate's rows of W_ih (contiguous in W_ih) as BLAS's second operand
-    (see matmul_w), column-major into ``t`` (rows x 3 nu), then turned into gx's rows."""
-    cdef int g
-    for g in range(3):
-        matmul_w(<int>rows, nu, I, x, I, w_ih + (<Py_ssize_t>g * H + u0) * I, I, 0, t + g * nu * rows, <int>rows)
-        unpack_rows(0, <int>rows, nu, t + g * nu * rows, <int>rows, gx + g * H + u0, 3 * H)
 
 
 cdef inline void panel_part(Py_ssize_t m, int n, int row0, int k0, int k1, int H, int nu, const floating* a,
@@ -818,8 +791,7 @@ cdef void run_rows(
 
 cdef void thread_body(
     int T, int B, int I, int H, bint by_sequence, int* next_chunk,
-    const floating* x, const floating* w_ih_t, const floating* w_ih, const floating* w_hh, const floating* whole,
-    bint w_rows, bint by_rows, floating* projection,
+    const floating* x, const floating* w_ih_t, const floating* w_hh, const floating* whole, bint w_rows,
     const floating* bias, const floating* b_hn,
     const long long* lengths, const long long* order,
     bint reverse, bint reset_after, bint per_step,
@@ -831,7 +803,6 @@ cdef void thread_body(
     """Everything one thread does; every thread passes the same barriers.
 
     ``whole`` (split by sequence) is the panel of a team of one: every unit's.
-    ``projection`` is room for project_rows (with ``by_rows``).
     """
     cdef int team = gru_num_threads()  # the team OpenMP really gave us
     cdef int tid = gru_thread_id()
@@ -867,9 +838,7 @@ cdef void thread_body(
         if team != packed_team:
             pack_panel(H, u0, nu, w_hh, own_panels + <Py_ssize_t>H * 3 * u0, w_rows)
             panel = own_panels + <Py_ssize_t>H * 3 * u0
-        if by_rows:  # the input projection of this thread's units, every step at once
-            project_rows(M, I, H, u0, nu, x, w_ih, projection + 3 * u0 * M, gx)
-        elif not per_step:
+        if not per_step:  # the input projection of this thread's units, every step at once
             project_inputs(M, I, H, u0, nu, x, w_ih_t, gx)
     run_rows(T, B, I, H, 0, B, u0, nu, team, x, w_ih_t, panel, w_rows, bias, b_hn, lengths, order, reverse, reset_after,
              per_step, gx, gh, ght, rh, h_a, h_b, scratch, barrier, out, out_t, out_b, h_n, gates, hn_keep)
@@ -878,7 +847,6 @@ cdef void thread_body(
 def run_direction(
     const floating[:, :, ::1] x not None,
     const floating[:, ::1] w_ih_t not None,
-    const floating[:, ::1] w_ih not None,
     const floating[:, ::1] w_hh not None,
     const floating[::1] bias not None,
     const floating[::1] b_hn not None,
@@ -899,8 +867,7 @@ def run_direction(
 ):
     """Run one layer in one direction; see the module docstring.
 
-    ``w_ih_t`` (I, 3H) is the transposed input weights, ``w_ih`` (3H, I) W_ih,
-    ``w_hh`` (3H, H) W_hh;
+    ``w_ih_t`` (I, 3H) is the transposed input weights, ``w_hh`` (3H, H) W_hh;
     ``bias`` is (b_ir + b_hr, b_iz + b_hz, b_in) and ``b_hn`` the rest.
     ``lengths`` is sorted in decreasing order and ``order[i]`` is the batch
     index of the i-th longest sequence; ``h_n`` arrives holding h0 and
@@ -918,7 +885,6 @@ def run_direction(
     cdef int G = 3 * H
     cdef int i, u
     _expect_shape("w_ih_t", w_ih_t.shape, 2, I, G)
-    _expect_shape("w_ih", w_ih.shape, 2, G, I)
     _expect_shape("w_hh", w_hh.shape, 2, G, H)
     _expect_shape("bias", bias.shape, 1, G)
     _expect_shape("b_hn", b_hn.shape, 1, H)
@@ -935,9 +901,7 @@ def run_direction(
     cdef bint per_step = B > 0 and projects_per_step(T, B, I, H, sizeof(floating), reverse, lengths[B - 1],
                                                      by_sequence)
     cdef Py_ssize_t gx_rows = B if per_step else <Py_ssize_t>T * B
-    cdef bint by_rows = projects_by_rows(T, B, H, sizeof(floating), threads, by_sequence, per_step)
-    _expect_room("workspace", workspace.shape[0] * workspace.shape[1],
-                 (gx_rows + (<Py_ssize_t>T * B if by_rows else 0) + 3 * B) * G + 4 * H * threads)
+    _expect_room("workspace", workspace.shape[0] * workspace.shape[1], (gx_rows + 3 * B) * G + 4 * H * threads)
     _expect_shape("panels", panels.shape, 2, G, H)
     _expect_shape("own_panels", own_panels.shape, 2, G, H)
     if T == 0 or B == 0:
@@ -953,7 +917,6 @@ def run_direction(
     cdef floating* h_b = h_a + <Py_ssize_t>B * H
     cdef floating* scratch = h_b + <Py_ssize_t>B * H  # gate values nobody asked for (4H per thread)
     cdef floating* ght = scratch + <Py_ssize_t>4 * H * threads  # the products, column-major (see run_rows)
-    cdef floating* projection = ght + <Py_ssize_t>B * G  # with by_rows (see project_rows)
     cdef floating* gates_ptr = NULL
     cdef floating* hn_ptr = NULL
     if hn is not None:
@@ -973,8 +936,8 @@ def run_direction(
             for u in range(H):
                 h_a[i * H + u] = h_n[order[i], u]
         with parallel(num_threads=threads):
-            thread_body(T, B, I, H, by_sequence, &next_chunk, &x[0, 0, 0], &w_ih_t[0, 0], &w_ih[0, 0], &w_hh[0, 0],
-                        whole, panels_w_rows, by_rows, projection, &bias[0],
+            thread_body(T, B, I, H, by_sequence, &next_chunk, &x[0, 0, 0], &w_ih_t[0, 0], &w_hh[0, 0], whole,
+                        panels_w_rows, &bias[0],
                         &b_hn[0], &lengths[0], &order[0], reverse, reset_after, per_step, gx, gh, ght, rh, h_a, h_b,
                         scratch,
                         &panels[0, 0], panels_team, &own_panels[0, 0], &barrier,

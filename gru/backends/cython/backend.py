@@ -261,7 +261,6 @@ class CythonBackend(StackedBackend):
         self._kernels.run_direction(
             x,
             w_ih_t,
-            weights.w_ih,
             w_hh,
             bias,
             b_hn,

@@ -563,8 +563,9 @@ def panel_rows(Py_ssize_t B, Py_ssize_t H, Py_ssize_t itemsize, int team) -> boo
     blocks far faster (SkylakeX kernels, 8 x 512 by 512 x 192: 7 against
     18 us), or one sequence reads a panel that fits a core's L2 (gemv 'N' on
     the transposed blocks, on Haswell kernels, took 0.270 against 0.305 ms at
-    (64,128,1,200), 2.84 against 3.04 at (256,256,1,500); past L2, 'T' on
-    rows was faster: 10.2 against 10.6 ms at (1024,1024,1,100)).
+    (64,128,1,200), 2.84 against 3.04 at (256,256,1,500); past L2, gemv 'T'
+    on rows took 1.01-1.06x less time at (1024,1024,1,100) and 1.03-1.12x
+    at (512,512,1,100), every buffer on a cache line).
     """
     return not small_kernel and (B > 1 or 3 * widest_slice(<int>H, team) * H * itemsize > PANEL_L2_BYTES)
 

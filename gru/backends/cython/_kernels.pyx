@@ -244,6 +244,27 @@ cdef inline void backward_before_reset(int n, const floating* d_rh, const floati
         gru_backward_before_reset_d(n, d_rh, h_prev, r, d_x_r, d_h_r, d_carry)
 
 
+cdef inline void gemm(char transa, char transb, int m, int n, int k, const floating* a, int lda,
+                      const floating* b, int ldb, floating beta, floating* c, int ldc) noexcept nogil:
+    """BLAS gemm (column-major, alpha 1) of the fused type: the one place that picks sgemm or dgemm."""
+    cdef floating one = 1
+    if floating is float:
+        sgemm(&transa, &transb, &m, &n, &k, &one, <float*>a, &lda, <float*>b, &ldb, &beta, c, &ldc)
+    else:
+        dgemm(&transa, &transb, &m, &n, &k, &one, <double*>a, &lda, <double*>b, &ldb, &beta, c, &ldc)
+
+
+cdef inline void gemv(char trans, int m, int n, const floating* a, int lda, const floating* x, floating beta,
+                      floating* y, int incy) noexcept nogil:
+    """BLAS gemv (column-major, alpha 1, x contiguous) of the fused type: sgemv or dgemv."""
+    cdef floating one = 1
+    cdef int one_i = 1
+    if floating is float:
+        sgemv(&trans, &m, &n, &one, <float*>a, &lda, <float*>x, &one_i, &beta, y, &incy)
+    else:
+        dgemv(&trans, &m, &n, &one, <double*>a, &lda, <double*>x, &one_i, &beta, y, &incy)
+
+
 cdef inline void matmul(int m, int n, int k, const floating* a, int lda, const floating* wt, int ldw,
                         floating beta, floating* c, int ldc) noexcept nogil:
     """Row-major C[m, n] = A[m, k] @ Wt[k, n] + beta C, through column-major BLAS.
@@ -254,21 +275,12 @@ cdef inline void matmul(int m, int n, int k, const floating* a, int lda, const f
     layout OpenBLAS's small-matrix kernel serves fastest (see matmul_w for
     the packing kernels).
     """
-    cdef char notrans = b'N'
-    cdef int one_i = 1
-    cdef floating one = 1
     if m <= 0 or n <= 0:
         return
     if m == 1:
-        if floating is float:
-            sgemv(&notrans, &n, &k, &one, <float*>wt, &ldw, <float*>a, &one_i, &beta, c, &one_i)
-        else:
-            dgemv(&notrans, &n, &k, &one, <double*>wt, &ldw, <double*>a, &one_i, &beta, c, &one_i)
+        gemv(c'N', n, k, wt, ldw, a, beta, c, 1)
     else:
-        if floating is float:
-            sgemm(&notrans, &notrans, &n, &m, &k, &one, <float*>wt, &ldw, <float*>a, &lda, &beta, c, &ldc)
-        else:
-            dgemm(&notrans, &notrans, &n, &m, &k, &one, <double*>wt, &ldw, <double*>a, &lda, &beta, c, &ldc)
+        gemm(c'N', c'N', n, m, k, wt, ldw, a, lda, beta, c, ldc)
 
 
 cdef inline void matmul_w(int m, int n, int k, const floating* a, int lda, const floating* w, int ldw,
@@ -281,22 +293,21 @@ cdef inline void matmul_w(int m, int n, int k, const floating* a, int lda, const
     SkylakeX ones; 64 rows: 419 against 494 and 229 against 269), and each
     unit's weights are one contiguous row. gemv('T') for one row.
     """
-    cdef char trans = b'T'
-    cdef char notrans = b'N'
-    cdef int one_i = 1
-    cdef floating one = 1
     if m <= 0 or n <= 0:
         return
     if m == 1:
-        if floating is float:
-            sgemv(&trans, &k, &n, &one, <float*>w, &ldw, <float*>a, &one_i, &beta, c, &ldc)
-        else:
-            dgemv(&trans, &k, &n, &one, <double*>w, &ldw, <double*>a, &one_i, &beta, c, &ldc)
+        gemv(c'T', k, n, w, ldw, a, beta, c, ldc)
     else:
-        if floating is float:
-            sgemm(&trans, &notrans, &m, &n, &k, &one, <float*>a, &lda, <float*>w, &ldw, &beta, c, &ldc)
-        else:
-            dgemm(&trans, &notrans, &m, &n, &k, &one, <double*>a, &lda, <double*>w, &ldw, &beta, c, &ldc)
+        gemm(c'T', c'N', m, n, k, a, lda, w, ldw, beta, c, ldc)
+
+
+cdef inline void whole_product(bint w_rows, int m, int n, int k, const floating* a, int lda, const floating* w,
+                               int ldw, floating beta, floating* c, int ldc) noexcept nogil:
+    """matmul_w with ``w_rows`` (W's rows, column-major C), else matmul (W^T, row-major C): one BLAS call."""
+    if w_rows:
+        matmul_w(m, n, k, a, lda, w, ldw, beta, c, ldc)
+    else:
+        matmul(m, n, k, a, lda, w, ldw, beta, c, ldc)
 
 
 # OpenBLAS multiplies products of up to about a million multiply-adds with
@@ -360,12 +371,11 @@ cdef inline void matmul_blocks(bint w_rows, int m, int n, int k, const floating*
     """matmul (or, w_rows, matmul_w) as column blocks that each stay a small product."""
     cdef int block = small_block(m, n, k) if m > 1 else n
     cdef int start = 0
+    cdef Py_ssize_t w_at, c_at  # where the block's first column starts in w and in c
     while start < n:
-        if w_rows:
-            matmul_w(m, min(block, n - start), k, a, lda, w + <Py_ssize_t>start * ldw, ldw, beta,
-                     c + <Py_ssize_t>start * ldc, ldc)
-        else:
-            matmul(m, min(block, n - start), k, a, lda, w + start, ldw, beta, c + start, ldc)
+        w_at = <Py_ssize_t>start * ldw if w_rows else start
+        c_at = <Py_ssize_t>start * ldc if w_rows else start
+        whole_product(w_rows, m, min(block, n - start), k, a, lda, w + w_at, ldw, beta, c + c_at, ldc)
         start += block
 
 
@@ -380,10 +390,7 @@ cdef inline void cut_product(bint w_rows, Py_ssize_t m, int n, int k, const floa
     """
     cdef Py_ssize_t r0 = 0
     if not small_kernel:
-        if w_rows:
-            matmul_w(<int>m, n, k, a, lda, w, ldw, beta, c, ldc)
-        else:
-            matmul(<int>m, n, k, a, lda, w, ldw, beta, c, ldc)
+        whole_product(w_rows, <int>m, n, k, a, lda, w, ldw, beta, c, ldc)
         return
     if (m <= ROW_CHUNK or m * k * n <= SMALL_PRODUCT or <Py_ssize_t>k * n * sizeof(floating) > SMALL_KERNEL_WEIGHT_BYTES
             or ROW_CHUNK * k * 64 > SMALL_PRODUCT):
@@ -953,15 +960,9 @@ cdef inline void matmul_tn(int m, int n, int k, const floating* a, int lda, cons
 
     In column-major terms C^T = B^T A: gemm('N', 'T') with the operands swapped.
     """
-    cdef char notrans = b'N'
-    cdef char trans = b'T'
-    cdef floating one = 1
     if m <= 0 or n <= 0:
         return
-    if floating is float:
-        sgemm(&notrans, &trans, &n, &m, &k, &one, <float*>b, &ldb, <float*>a, &lda, &beta, c, &ldc)
-    else:
-        dgemm(&notrans, &trans, &n, &m, &k, &one, <double*>b, &ldb, <double*>a, &lda, &beta, c, &ldc)
+    gemm(c'N', c'T', n, m, k, b, ldb, a, lda, beta, c, ldc)
 
 
 cdef inline void clear_step_row(Py_ssize_t row, int H, int u0, int nu, bint reset_after,

@@ -220,16 +220,20 @@ def test_backends_without_training_are_skipped_with_the_reason():
     assert _Numpy("inference-only", lambda y: y).training_unavailable("float32").startswith("no training runner")
 
 
-def _ab_kernels():
-    """benchmarks/ab_kernels.py, imported from the checkout (benchmarks/ is not a package)."""
+def _benchmark_script(name: str):
+    """benchmarks/NAME.py, imported from the checkout (benchmarks/ is not a package)."""
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "ab_kernels.py"
-    spec = importlib.util.spec_from_file_location("ab_kernels", path)
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _ab_kernels():
+    return _benchmark_script("ab_kernels")
 
 
 @pytest.mark.skipif(not gru.backend_available("cython"), reason="the cython backend is not built here")
@@ -272,6 +276,99 @@ def test_ab_kernels_refuses_a_file_that_is_not_a_build(tmp_path, capsys):
         _ab_kernels().main([str(bogus), str(bogus), "--shapes", "4,4,1,2"])
     assert exc.value.code == 2
     assert "not_kernels.so: expected a build" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not gru.backend_available("cython"), reason="the cython backend is not built here")
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_floors_add_up_the_projection_and_every_step(dtype):
+    floors = _benchmark_script("floors")
+    for shape in ("8,16,1,5", "24,48,3,4"):  # one sequence (gemv) and a batch (gemm)
+        f = floors.floor(bench.parse_shape(shape), threads=2, dtype=dtype)
+        assert f["projection_s"] > 0 and f["step_s"] > 0 and f["team"] in (1, 2)
+        steps = int(shape.split(",")[-1])
+        assert f["floor_s"] == pytest.approx(f["projection_s"] + steps * f["step_s"])
+
+
+@pytest.mark.skipif(not gru.backend_available("cython"), reason="the cython backend is not built here")
+def test_floors_leave_out_the_calls_split_by_sequence():
+    from gru.backends.cython import _kernels
+
+    gru.get_backend("cython").available()
+    B, H = 32, 32
+    assert _kernels.splits_sequences(B, H, 4, 2)  # what makes this shape one
+    assert _benchmark_script("floors").floor(bench.Case(8, H, B, 3), threads=2) == {"skipped": "split by sequence"}
+
+
+def test_floor_bounds_divide_the_run_by_the_floor():
+    floors = _benchmark_script("floors")
+    report = {
+        "cases": [
+            {
+                "label": "a",
+                "results": [
+                    {"name": "cython", "kind": "gru", "status": "ok", "median_s": 3.0},
+                    {"name": "onnxruntime", "kind": "peer", "status": "ok", "median_s": 4.0},
+                    {"name": "torch", "kind": "peer", "status": "MISMATCH"},
+                ],
+            },
+            {
+                "label": "b",
+                "results": [
+                    {"name": "cython", "kind": "gru", "status": "ok", "median_s": 8.0},
+                    {"name": "onnxruntime", "kind": "peer", "status": "ok", "median_s": 1.0},
+                ],
+            },
+            {"label": "c", "results": [{"name": "cython", "kind": "gru", "status": "ok", "median_s": 1.0}]},
+        ]
+    }
+    found = floors.bounds({"a": {"floor_s": 2.0}, "b": {"floor_s": 4.0}, "c": {"skipped": "split by sequence"}}, report)
+    assert set(found["shapes"]) == {"a", "b"}
+    assert found["shapes"]["a"]["over_floor"] == {"cython": 1.5, "onnxruntime": 2.0}
+    assert found["shapes"]["a"]["best_speedup"] == {"onnxruntime": 2.0}
+    assert found["shapes"]["b"]["best_speedup"] == {"onnxruntime": 0.25}
+    assert found["geomean"]["best_speedup"]["onnxruntime"] == pytest.approx((2.0 * 0.25) ** 0.5)
+    assert found["geomean"]["over_floor"]["cython"] == pytest.approx((1.5 * 2.0) ** 0.5)
+
+
+def test_floors_refuse_a_file_that_is_not_a_bench_run(tmp_path, capsys):
+    bogus = tmp_path / "run.json"
+    bogus.write_text('{"cases": []}')
+    with pytest.raises(SystemExit) as exc:
+        _benchmark_script("floors").main(["--bench", str(bogus)])
+    assert exc.value.code == 2
+    assert f"--bench {bogus}: expected the JSON of `gru bench --json`" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--bench", "run.json", "--threads", "2"], "--bench takes the shapes, threads and dtype from the run"),
+        (["--threads", "0", "--shapes", "4,4,1,2"], "--threads: expected a positive integer, got 0"),
+        (["--json", "no/such/dir/f.json", "--shapes", "4,4,1,2"], "--json no/such/dir/f.json: cannot write it"),
+    ],
+)
+def test_floors_check_their_options_before_measuring(argv, message, capsys):
+    if not gru.backend_available("cython"):
+        pytest.skip("the cython backend is not built here")
+    with pytest.raises(SystemExit) as exc:
+        _benchmark_script("floors").main(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not gru.backend_available("cython"), reason="the cython backend is not built here")
+def test_the_kernels_timing_calls_check_their_arguments():
+    from gru.backends.cython import _kernels
+
+    w_hh, h = np.zeros((12, 4), np.float32), np.zeros((2, 4), np.float32)
+    with pytest.raises(ValueError, match="w_hh"):
+        _kernels.step_seconds(np.zeros((12, 5), np.float32), h, 1, False, 1)
+    with pytest.raises(ValueError, match="team, calls and rows"):
+        _kernels.step_seconds(w_hh, h, 0, False, 1)
+    with pytest.raises(ValueError, match="w_ih_t"):
+        _kernels.projection_seconds(np.zeros((2, 3), np.float32), np.zeros((4, 12), np.float32), 1, False, 1)
+    with pytest.raises(ValueError, match="team, calls, rows and H"):
+        _kernels.projection_seconds(np.zeros((2, 4), np.float32), np.zeros((4, 12), np.float32), 1, False, 0)
 
 
 # -- arguments are checked before anything is timed ---------------------------------------------------

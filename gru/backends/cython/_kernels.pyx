@@ -28,6 +28,8 @@ Sequences are processed in order of decreasing length (``order``) so that the
 live ones form a prefix: finished sequences cost nothing.
 """
 
+from time import perf_counter
+
 from cython.parallel cimport parallel
 from libc.limits cimport INT_MAX
 from libc.stdlib cimport calloc, free
@@ -514,6 +516,12 @@ def workspace_rows(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, Py_ss
     return (B if per_step else T * B) + 3 * B + 2 * max(team, 1)
 
 
+def projects_step_by_step(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, Py_ssize_t itemsize,
+                          int team) -> bool:
+    """Whether a forward call of T steps of B full-length sequences projects its inputs step by step."""
+    return projects_per_step(T, B, I, H, itemsize, False, T, splits_by_sequence(B, H, itemsize, team))
+
+
 # the least share of a team split by unit (see team_for); 0: every team a caller asks for
 cdef Py_ssize_t unit_split_work = UNIT_SPLIT_WORK
 
@@ -609,6 +617,15 @@ cdef void project_inputs(Py_ssize_t rows, int I, int H, int u0, int nu, const fl
             matmul(<int>rows, nu, I, x, I, w_ih_t + g * H + u0, G, 0, gx + g * H + u0, G)
 
 
+cdef inline void project_step(Py_ssize_t rows, int I, int H, int u0, int nu, const floating* x,
+                              const floating* w_ih_t, floating* gx) noexcept nogil:
+    """project_inputs for the rows of one step (projects_per_step), cut for the small kernel whatever their size."""
+    cdef int g
+    cdef int G = 3 * H
+    for g in range(3):
+        matmul_step(rows, nu, I, x, I, w_ih_t + g * H + u0, G, 0, gx + g * H + u0, G)
+
+
 cdef inline void panel_part(Py_ssize_t m, int n, int row0, int k0, int k1, int H, int nu, const floating* a,
                             const floating* panel, bint w_rows, floating beta, floating* c, int ldc) noexcept nogil:
     """C = A[:, k0:k1] W[row0:row0 + n, k0:k1]^T + beta C: one part of a step's product.
@@ -673,16 +690,14 @@ cdef inline int own_part(int s, int T, int B, int I, int H, int i0, int i1, int 
     others' once they are written.
     """
     cdef int G = 3 * H
-    cdef int g, t
+    cdef int t
     while live > i0 and lengths[live - 1] <= s:
         live -= 1
     if nu == 0:
         return live
     if per_step:  # every sequence is at the same t
         t = T - 1 - s if reverse else s
-        for g in range(3):
-            matmul_step(i1 - i0, nu, I, x + (<Py_ssize_t>t * B + i0) * I, I, w_ih_t + g * H + u0, G, 0,
-                        gx + <Py_ssize_t>i0 * G + g * H + u0, G)
+        project_step(i1 - i0, I, H, u0, nu, x + (<Py_ssize_t>t * B + i0) * I, w_ih_t, gx + <Py_ssize_t>i0 * G)
     panel_part(live - i0, first, 0, u0, u0 + nu, H, nu, h_prev + <Py_ssize_t>i0 * H, panel, w_rows, 0, product, ldp)
     return live
 
@@ -950,6 +965,78 @@ def run_direction(
                         scratch,
                         &panels[0, 0], panels_team, &own_panels[0, 0], &barrier,
                         out, out_t, out_b, &h_n[0, 0], gates_ptr, hn_ptr)
+
+
+# --- the products alone (benchmarks/floors.py) ------------------------------------------
+# The least time a forward split by unit can take with this BLAS: the products
+# thread 0 makes, timed alone in one thread, as the forward makes them. The
+# caller holds BLAS to one thread.
+
+def step_seconds(const floating[:, ::1] w_hh not None, const floating[:, ::1] h not None, int team, bint w_rows,
+                 Py_ssize_t calls) -> float:
+    """Seconds per step of thread 0's recurrent products in a team of ``team``, for the B rows of ``h`` (B, H).
+
+    Its panel packed in the layout ``w_rows`` (see panel_rows), the products
+    made in the two parts run_rows makes them in; the gate pass, the barrier
+    and the unpacking of a column-major product are not counted.
+    """
+    cdef int H = w_hh.shape[1]
+    cdef int B = h.shape[0]
+    cdef int u0, nu
+    cdef Py_ssize_t c
+    _expect_shape("w_hh", w_hh.shape, 2, 3 * H, H)
+    _expect_shape("h", h.shape, 2, B, H)
+    if team < 1 or calls < 1 or B < 1:
+        raise ValueError(f"team, calls and rows: expected at least 1 each, got {team}, {calls} and {B}")
+    nu = unit_slice(H, team, 0, &u0)
+    cdef int ldp = B if w_rows else 3 * H  # as in run_rows
+    cdef floating* panel = <floating*>calloc(<size_t>3 * nu * H, sizeof(floating))
+    cdef floating* product = <floating*>calloc(<size_t>B * 3 * H, sizeof(floating))
+    try:
+        if panel == NULL or product == NULL:
+            raise MemoryError()
+        pack_panel(H, u0, nu, &w_hh[0, 0], panel, w_rows)
+        start = perf_counter()
+        with nogil:
+            for c in range(calls):
+                panel_part(B, 3 * nu, 0, u0, u0 + nu, H, nu, &h[0, 0], panel, w_rows, 0, product, ldp)
+                product_rest(B, 3 * nu, 0, H, u0, nu, &h[0, 0], panel, w_rows, product, ldp)
+        return (perf_counter() - start) / calls
+    finally:
+        free(panel)
+        free(product)
+
+
+def projection_seconds(const floating[:, ::1] x not None, const floating[:, ::1] w_ih_t not None, int team,
+                       bint per_step, Py_ssize_t calls) -> float:
+    """Seconds per call of thread 0's input projection of the rows of ``x`` (rows, I) in a team of ``team``.
+
+    ``w_ih_t`` is (I, 3H). As thread_body makes it for every row at once
+    (project_inputs), or, ``per_step``, as own_part makes it for one step's rows.
+    """
+    cdef Py_ssize_t rows = x.shape[0]
+    cdef int I = x.shape[1]
+    cdef int H = w_ih_t.shape[1] // 3
+    cdef int u0, nu
+    cdef Py_ssize_t c
+    _expect_shape("w_ih_t", w_ih_t.shape, 2, I, 3 * H)
+    if team < 1 or calls < 1 or rows < 1 or H < 1:
+        raise ValueError(f"team, calls, rows and H: expected at least 1 each, got {team}, {calls}, {rows} and {H}")
+    nu = unit_slice(H, team, 0, &u0)
+    cdef floating* gx = <floating*>calloc(<size_t>rows * 3 * H, sizeof(floating))
+    try:
+        if gx == NULL:
+            raise MemoryError()
+        start = perf_counter()
+        with nogil:
+            for c in range(calls):
+                if per_step:
+                    project_step(rows, I, H, u0, nu, &x[0, 0], &w_ih_t[0, 0], gx)
+                else:
+                    project_inputs(rows, I, H, u0, nu, &x[0, 0], &w_ih_t[0, 0], gx)
+        return (perf_counter() - start) / calls
+    finally:
+        free(gx)
 
 
 # --- backward --------------------------------------------------------------------------

@@ -605,25 +605,29 @@ def pack_panels(const floating[:, ::1] w_hh not None, int team, floating[:, ::1]
                 pack_panel(H, u0, nu, &w_hh[0, 0], &panels[0, 0] + <Py_ssize_t>3 * H * u0, w_rows)
 
 
-cdef void project_inputs(Py_ssize_t rows, int I, int H, int u0, int nu, const floating* x, const floating* w_ih_t,
-                         floating* gx) noexcept nogil:
-    """gx = x W_ih^T for ``rows`` rows, the units [u0, u0 + nu) of each gate (the biases come in the gate pass)."""
-    cdef int g
-    cdef int G = 3 * H
-    for g in range(3):  # in chunks of rows while the units' input weights are small enough
-        if <Py_ssize_t>I * 3 * nu * sizeof(floating) <= SMALL_KERNEL_WEIGHT_BYTES:
-            matmul_step(rows, nu, I, x, I, w_ih_t + g * H + u0, G, 0, gx + g * H + u0, G)
-        else:
-            matmul(<int>rows, nu, I, x, I, w_ih_t + g * H + u0, G, 0, gx + g * H + u0, G)
-
-
 cdef inline void project_step(Py_ssize_t rows, int I, int H, int u0, int nu, const floating* x,
                               const floating* w_ih_t, floating* gx) noexcept nogil:
-    """project_inputs for the rows of one step (projects_per_step), cut for the small kernel whatever their size."""
+    """gx = x W_ih^T for ``rows`` rows, the units [u0, u0 + nu) of each gate, cut for the small kernel.
+
+    The biases come in the gate pass. As it is for the rows of one step
+    (projects_per_step); project_inputs for any number of them.
+    """
     cdef int g
     cdef int G = 3 * H
     for g in range(3):
         matmul_step(rows, nu, I, x, I, w_ih_t + g * H + u0, G, 0, gx + g * H + u0, G)
+
+
+cdef void project_inputs(Py_ssize_t rows, int I, int H, int u0, int nu, const floating* x, const floating* w_ih_t,
+                         floating* gx) noexcept nogil:
+    """project_step for any number of rows: in chunks of rows only while the units' input weights are small."""
+    cdef int g
+    cdef int G = 3 * H
+    if <Py_ssize_t>I * 3 * nu * sizeof(floating) <= SMALL_KERNEL_WEIGHT_BYTES:
+        project_step(rows, I, H, u0, nu, x, w_ih_t, gx)
+        return
+    for g in range(3):
+        matmul(<int>rows, nu, I, x, I, w_ih_t + g * H + u0, G, 0, gx + g * H + u0, G)
 
 
 cdef inline void panel_part(Py_ssize_t m, int n, int row0, int k0, int k1, int H, int nu, const floating* a,

@@ -175,9 +175,14 @@ def _backend_bug(backend: Any, what: str) -> Exception:
 
 def _check_arrays(backend: Any, what: str, arrays: list[tuple[str, Any, tuple[int, ...]]], dtype: str) -> None:
     for name, array, shape in arrays:
-        got_shape, got_dtype = tuple(getattr(array, "shape", ())), getattr(array, "dtype", None)
-        if got_shape != shape or got_dtype != dtype:
-            raise _backend_bug(backend, f"a {what} whose {name} is {got_shape} {got_dtype}; expected {shape} {dtype}")
+        got_shape, got_dtype = getattr(array, "shape", None), getattr(array, "dtype", None)
+        if got_shape is None or got_dtype is None:  # not an array at all
+            got = "None" if array is None else f"a {type(array).__name__}, not an array"
+            raise _backend_bug(backend, f"a {what} whose {name} is {got}; expected a {shape} {dtype} array")
+        if tuple(got_shape) != shape or got_dtype != dtype:
+            raise _backend_bug(
+                backend, f"a {what} whose {name} is {tuple(got_shape)} {got_dtype}; expected {shape} {dtype}"
+            )
 
 
 def check_forward_result(backend: Any, request: Any, result: Any) -> None:

@@ -357,6 +357,10 @@ class Sloppy(NumpyBackend):
             result.output = result.output.astype(np.float64)
         elif self.flaw == "short":
             result.h_n = result.h_n[:, :-1]
+        elif self.flaw == "no gates":
+            result.gates = None
+        elif self.flaw == "list":
+            result.h_n = result.h_n.tolist()
         return result
 
     def backward(self, request, result, d_output, d_h_n):
@@ -372,6 +376,8 @@ class Sloppy(NumpyBackend):
         ("float64", r"forward result whose output is \(4, 2, 4\) float64; expected \(4, 2, 4\) float32"),
         ("short", r"forward result whose h_n is \(1, 1, 4\) float32; expected \(1, 2, 4\) float32"),
         ("gradients", r"backward result with 0 weight gradient sets; expected 1"),
+        ("no gates", r"forward result whose gates is None; expected a \(1, 3, 4, 2, 4\) float32 array"),
+        ("list", r"forward result whose h_n is a list, not an array; expected a \(1, 2, 4\) float32 array"),
     ],
 )
 def test_a_backend_returning_wrong_shapes_or_dtypes_is_caught(numpy_only, flaw, message):
@@ -379,7 +385,7 @@ def test_a_backend_returning_wrong_shapes_or_dtypes_is_caught(numpy_only, flaw, 
     gru.register_backend("sloppy", Sloppy(flaw))
     layer = gru.GRU(3, 4, seed=0, backend="sloppy")
     with pytest.raises(gru.BackendError, match=rf"^backend 'sloppy' returned a {message}"):
-        layer(x32(), train=True)
+        layer(x32(), train=True, return_gates=flaw == "no gates")
         layer.backward(np.ones((4, 2, 4), "float32"))
 
 

@@ -252,11 +252,17 @@ class StackedBackend(Backend):
         with zeros: leave steps past a sequence's length at zero), the last
         valid state into ``h_n`` (B, H) and, when ``gates`` is not None, the
         gate activations into it (3, T, B, H, zeros). ``reverse`` runs each
-        sequence from its own last valid step back to step 0. ``threads`` is
-        the call's thread request (None: the backend's default); a backend
-        that does not thread ignores it. Training calls (only made to
-        backends that declare training) also pass ``hn``: None, or for
-        reset-after a (T, B, H) buffer for W_hn h_{t-1} + b_hn of every step.
+        sequence from its own last valid step back to step 0; ``output``,
+        ``gates`` and ``hn`` still take each step at its own time index t
+        (the input's order), whatever the direction. ``threads`` is the call's
+        thread request (None: the backend's default); a backend that does not
+        thread ignores it. Training calls (only made to backends that declare
+        training) also pass ``hn``: None, or for reset-after a (T, B, H)
+        buffer for W_hn h_{t-1} + b_hn of every step.
+
+        The registry makes one instance of a backend and every layer and
+        Python thread shares it: calls may run at the same time, so keep
+        per-call scratch local (or per thread), never on ``self`` unguarded.
         """
 
     def backward_direction(

@@ -50,25 +50,37 @@ def feature_matrix(mixed_lengths: list[int]):
 
 
 def require(
-    backend_name: str, *, dtype: str = "float64", reset_after: bool = True, lengths: bool = False, gates: bool = False
+    backend_name: str,
+    *,
+    dtype: str = "float64",
+    reset_after: bool | None = None,
+    lengths: bool = False,
+    gates: bool = False,
 ):
     """Skip the test when the backend declares it does not support what it needs.
 
     Ask only for what the test cannot run without: a test that can leave out
-    gates or lengths checks them where declared (see ``capabilities``), so a
-    backend declaring less still meets the rest of the suite.
+    gates or lengths checks them where declared (see ``capabilities``), and one
+    that works with either candidate variant (``reset_after=None``) builds its
+    layers with ``variant_of(backend_name)``, so a backend declaring less still
+    meets the rest of the suite.
     """
     caps = capabilities(backend_name)
     if dtype not in caps.dtypes:
         pytest.skip(f"{backend_name} does not support {dtype}")
-    if not reset_after and not caps.reset_before:
+    if reset_after is False and not caps.reset_before:
         pytest.skip(f"{backend_name} does not support reset_after=False")
-    if reset_after and not caps.reset_after:
+    if reset_after is True and not caps.reset_after:
         pytest.skip(f"{backend_name} does not support reset_after=True")
     if lengths and not caps.lengths:
         pytest.skip(f"{backend_name} does not support variable lengths")
     if gates and not caps.gates:
         pytest.skip(f"{backend_name} does not support return_gates")
+
+
+def variant_of(backend_name: str) -> bool:
+    """``reset_after`` for a test that works with either variant: True (PyTorch's) where declared, else False."""
+    return capabilities(backend_name).reset_after
 
 
 def capabilities(backend_name: str) -> gru.backends.Capabilities:

@@ -51,7 +51,7 @@ def test_backend_matches_pytorch(backend_name, path, dtype):
     case = load(path)
     cfg = case["config"]
     full = bool(np.all(case["lengths"] == case["x"].shape[0]))
-    require(backend_name, dtype=dtype, lengths=not full)
+    require(backend_name, dtype=dtype, reset_after=True, lengths=not full)  # PyTorch's variant
     layer = gru.GRU(
         cfg["input_size"],
         cfg["hidden_size"],

@@ -16,6 +16,7 @@ from gru.testing._support import (
     oracle_for,
     require,
     to_numpy,
+    variant_of,
 )
 from gru.testing.oracle import oracle_step
 
@@ -28,7 +29,16 @@ def test_unbatched_input(backend_name, dtype, bidirectional):
     require(backend_name, dtype=dtype)
     with_gates = capabilities(backend_name).gates
     rng = np.random.default_rng(5)
-    layer = gru.GRU(I, H, 2, bidirectional=bidirectional, dtype=dtype, backend=backend_name, seed=rng)
+    layer = gru.GRU(
+        I,
+        H,
+        2,
+        bidirectional=bidirectional,
+        reset_after=variant_of(backend_name),
+        dtype=dtype,
+        backend=backend_name,
+        seed=rng,
+    )
     LD = 2 * layer.num_directions
     x = rng.standard_normal((7, I)).astype(dtype)
     h0 = rng.standard_normal((LD, H)).astype(dtype)
@@ -44,7 +54,9 @@ def test_unbatched_input(backend_name, dtype, bidirectional):
 def test_unbatched_with_a_length(backend_name, dtype):
     require(backend_name, dtype=dtype, lengths=True)
     rng = np.random.default_rng(6)
-    layer = gru.GRU(I, H, bidirectional=True, dtype=dtype, backend=backend_name, seed=rng)
+    layer = gru.GRU(
+        I, H, bidirectional=True, reset_after=variant_of(backend_name), dtype=dtype, backend=backend_name, seed=rng
+    )
     x = rng.standard_normal((7, I)).astype(dtype)
     output, h_n = layer(x, lengths=4)
     expected_output, expected_h_n, _ = oracle_for(layer, x[:, None], lengths=[4])
@@ -59,7 +71,17 @@ def test_empty_sequences_and_batches(backend_name, dtype, shape, batch_first):
     require(backend_name, dtype=dtype)
     with_gates = capabilities(backend_name).gates
     T, B = shape
-    layer = gru.GRU(I, H, 2, bidirectional=True, batch_first=batch_first, dtype=dtype, backend=backend_name, seed=0)
+    layer = gru.GRU(
+        I,
+        H,
+        2,
+        bidirectional=True,
+        batch_first=batch_first,
+        reset_after=variant_of(backend_name),
+        dtype=dtype,
+        backend=backend_name,
+        seed=0,
+    )
     x = np.zeros((B, T, I) if batch_first else (T, B, I), dtype)
     h0 = np.random.default_rng(0).standard_normal((4, B, H)).astype(dtype)
     output, h_n, *gates = layer(x, h0, return_gates=with_gates)
@@ -77,7 +99,9 @@ def test_empty_sequences_and_batches(backend_name, dtype, shape, batch_first):
 def test_memory_layout_does_not_change_the_answer(backend_name, dtype, layout):
     require(backend_name, dtype=dtype)
     rng = np.random.default_rng(7)
-    layer = gru.GRU(I, H, bidirectional=True, dtype=dtype, backend=backend_name, seed=rng)
+    layer = gru.GRU(
+        I, H, bidirectional=True, reset_after=variant_of(backend_name), dtype=dtype, backend=backend_name, seed=rng
+    )
     x = rng.standard_normal((6, 5, I)).astype(dtype)
     h0 = rng.standard_normal((2, 5, H)).astype(dtype)
     if layout == "fortran":
@@ -99,7 +123,9 @@ def test_memory_layout_does_not_change_the_answer(backend_name, dtype, layout):
 def test_repeated_calls_are_identical(backend_name, dtype):
     require(backend_name, dtype=dtype)
     rng = np.random.default_rng(8)
-    layer = gru.GRU(I, H, 2, bidirectional=True, dtype=dtype, backend=backend_name, seed=rng)
+    layer = gru.GRU(
+        I, H, 2, bidirectional=True, reset_after=variant_of(backend_name), dtype=dtype, backend=backend_name, seed=rng
+    )
     x = rng.standard_normal((9, 3, I)).astype(dtype)
     lengths = lengths_if_supported(backend_name, [9, 2, 5])
     first = [to_numpy(a).copy() for a in layer(x, lengths=lengths)]

@@ -171,6 +171,26 @@ class _Recurrent:
 
         _io.save(self, path)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """What pickle and copy keep: not the training calls (per thread) nor the weights as backends took them.
+
+        A backend passed as an instance that is registered goes by its name, so
+        that a copy or an unpickled layer uses the registered one, never a copy of it.
+        """
+        state = dict(self.__dict__)
+        state["_tapes"] = None
+        state["_weights"] = None
+        backend = state["backend"]
+        if isinstance(backend, Backend) and backend.name:
+            from gru._registry import backend_available, get_backend
+
+            if backend_available(backend.name) and get_backend(backend.name) is backend:
+                state["backend"] = backend.name
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _tapes=threading.local())
+
     def __getattr__(self, name: str) -> np.ndarray:
         params = self.__dict__.get("_params", {})
         if name in params:

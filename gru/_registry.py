@@ -230,6 +230,7 @@ def select_backend(choice: str | Backend | None, request: ForwardRequest) -> Bac
     "auto" picks the highest-priority available backend on the input's device
     that supports the request.
     """
+    from_env = choice is None and bool(os.environ.get(ENV_VAR))
     if choice is None:
         choice = os.environ.get(ENV_VAR) or "auto"
     if isinstance(choice, Backend):
@@ -237,7 +238,13 @@ def select_backend(choice: str | Backend | None, request: ForwardRequest) -> Bac
     elif choice == "auto":
         return _auto(request)
     else:
-        backend = get_backend(choice)
+        try:
+            backend = get_backend(choice)
+        except (BackendNotFoundError, BackendUnavailableError) as exc:
+            if not from_env:
+                raise
+            # the caller passed no backend: say where the name came from
+            raise type(exc)(f"{ENV_VAR}={choice!r} (environment variable): {exc}") from None
     device = _device_of(request)
     caps = backend.capabilities
     host_input_accepted = device == "cpu" and caps.accepts_host_arrays  # named explicitly: the user's intent

@@ -66,6 +66,15 @@ def as_float_array(value: Any, name: str, dtype: str) -> Any:
     Anything that speaks an array protocol is read without a copy where it allows
     (torch tensors, DLPack, CUDA arrays: see :mod:`gru._arrays`).
     """
+    if value is None:
+        raise TypeError(f"{name}: expected an array of {dtype}, got None")
+    if isinstance(value, np.ma.MaskedArray):  # NumPy would drop the mask and compute with the hidden values
+        raise TypeError(
+            f"{name}: expected a plain array, got a masked array (its mask would be ignored); "
+            "pass lengths= for padded sequences, or .filled(value)"
+        )
+    if isinstance(value, (list, tuple)):
+        return _array_from_sequence(value, name, dtype)
     try:
         array = as_array(value, name)
     except (TypeError, ValueError) as exc:
@@ -84,6 +93,21 @@ def as_float_array(value: Any, name: str, dtype: str) -> Any:
             f"convert with .astype('{dtype}'){other}"
         )
     return array.astype(dtype)  # non-native byte order: the same values, in the order the kernels read
+
+
+def _array_from_sequence(value: list | tuple, name: str, dtype: str) -> np.ndarray:
+    """A list or tuple as NumPy reads it, when that is ``dtype``: Python floats are float64, never float32 silently."""
+    kind = type(value).__name__
+    try:
+        array = np.asarray(value)
+    except ValueError as exc:  # ragged nesting
+        raise TypeError(f"{name}: expected a rectangular nest of numbers, got a ragged {kind} ({exc})") from None
+    if array.dtype != dtype:
+        raise TypeError(
+            f"{name}: expected {dtype} values, got a {kind} that NumPy reads as {array.dtype}; "
+            f"convert with numpy.asarray({name}, dtype='{dtype}')"
+        )
+    return array
 
 
 def canonical_input(x: Any, *, input_size: int, batch_first: bool, dtype: str) -> tuple[Any, bool]:
@@ -136,6 +160,8 @@ def canonical_lengths(lengths: Any, *, batch: int, seq_len: int, batched: bool) 
         ) from None
     if array.size == 0 and array.dtype == np.float64:  # np.asarray([]) is float64: no value, no wrong type
         array = array.astype(np.int64)
+    if array.dtype == object:  # integers past 64 bits, or values of mixed kinds
+        raise TypeError(f"lengths: expected integers that fit in 64 bits, got {lengths!r:.80}")
     if array.dtype.kind not in "iu":
         raise TypeError(f"lengths: expected integers, got dtype {array.dtype} ({lengths!r:.80})")
     if array.shape != (batch,):

@@ -370,3 +370,43 @@ def test_public_names():
     assert issubclass(gru.BackendUnavailableError, gru.BackendError)
     assert not issubclass(gru.BackendUnavailableError, ValueError)
     assert isinstance(gru.__version__, str)
+
+
+@pytest.mark.parametrize("how", ["pickle", "deepcopy", "copy"])
+@pytest.mark.parametrize("cls", ["GRU", "GRUCell"])
+def test_layers_copy_and_pickle(how, cls):
+    """Like torch modules: the same answers after; a registered backend instance stays that instance."""
+    import copy
+    import pickle
+
+    backend = gru.get_backend("numpy")
+    if cls == "GRU":
+        layer = gru.GRU(3, 4, 2, bidirectional=True, seed=0, backend=backend)
+    else:
+        layer = gru.GRUCell(3, 4, seed=0, backend=backend)
+    x = np.random.default_rng(1).standard_normal((5, 2, 3) if cls == "GRU" else (2, 3)).astype("float32")
+    twin = {"pickle": lambda m: pickle.loads(pickle.dumps(m)), "deepcopy": copy.deepcopy, "copy": copy.copy}[how](layer)
+    assert twin is not layer
+    expected, got = layer(x), twin(x)
+    if cls == "GRUCell":  # one array, not (output, h_n)
+        expected, got = (expected,), (got,)
+    for a, b in zip(expected, got, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert {k: v.tolist() for k, v in twin.state_dict().items()} == {
+        k: v.tolist() for k, v in layer.state_dict().items()
+    }
+    assert twin.backend == "numpy" and gru.get_backend(twin.backend) is backend
+
+
+def test_a_copy_has_its_own_training_calls():
+    """backward() differentiates this layer's own last training call, never a copy's."""
+    import copy
+
+    layer = gru.GRU(3, 4, seed=0)
+    twin = copy.copy(layer)
+    x = np.zeros((5, 2, 3), "float32")
+    twin(x, train=True)
+    with pytest.raises(RuntimeError, match="no training call"):
+        layer.backward(np.ones((5, 2, 4), "float32"))
+    layer(x, train=True)
+    twin.backward(np.ones((5, 2, 4), "float32"))  # its own call is still there

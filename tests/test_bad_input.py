@@ -166,6 +166,42 @@ def test_bad_x(layer, x, kind):
         layer(x)
 
 
+@pytest.mark.parametrize(
+    ("x", "said"),
+    [
+        (None, "got None"),
+        (np.ma.masked_array(arr(T, B, I), mask=True), "masked array (its mask would be ignored)"),
+        ([[[1.0, 2.0, 3.0]] * B] * T, "numpy.asarray(x, dtype='float32')"),  # a hint a list can follow
+        ([[[1, 2, 3]], [[1, 2]]], "ragged list"),
+    ],
+    ids=["None", "masked", "float-list", "ragged"],
+)
+def test_bad_x_is_told_what_it_is(layer, x, said):
+    with raises(TypeError, "x") as info:
+        layer(x)
+    assert said in str(info.value)
+
+
+def test_a_list_of_python_floats_fits_a_float64_layer():
+    layer = gru.GRU(I, H, dtype="float64", seed=0)
+    values = np.random.default_rng(0).standard_normal((T, B, I))
+    np.testing.assert_array_equal(layer(values.tolist())[0], layer(values)[0])
+
+
+def test_lengths_past_64_bits_are_named_as_such(layer):
+    with raises(TypeError, "lengths") as info:
+        layer(arr(T, B, I), lengths=[T, 2**70])
+    assert "integers that fit in 64 bits" in str(info.value)
+
+
+def test_a_bad_gru_backend_variable_is_named(layer, monkeypatch):
+    monkeypatch.setenv("GRU_BACKEND", "nope")
+    with pytest.raises(gru.BackendNotFoundError, match=r"^GRU_BACKEND='nope' \(environment variable\): "):
+        layer(arr(T, B, I))
+    with pytest.raises(gru.BackendNotFoundError, match=r"^backend: no backend named 'nope'"):
+        layer(arr(T, B, I), backend="nope")  # named by the caller: the argument is the cause
+
+
 @pytest.mark.parametrize("batch_first", [False, True])
 def test_feature_mismatch_with_batch_first(batch_first):
     layer = gru.GRU(I, H, batch_first=batch_first, seed=0)

@@ -269,9 +269,10 @@ def test_threadpoolctl_limit_and_environment_variable_are_respected(monkeypatch)
     monkeypatch.setenv("GRU_NUM_THREADS", "3")
     assert backend.thread_count(None) == 3
     assert backend.thread_count(2) == 2  # the call's argument wins
-    monkeypatch.setenv("GRU_NUM_THREADS", "many")
-    with pytest.raises(ValueError, match="GRU_NUM_THREADS"):
-        backend.thread_count(None)
+    for bad in ("many", "0", "-3", "1.5"):
+        monkeypatch.setenv("GRU_NUM_THREADS", bad)
+        with pytest.raises(ValueError, match=f"^GRU_NUM_THREADS: expected a positive integer, got '{bad}'"):
+            backend.thread_count(None)
 
 
 def test_threads_argument_is_validated():

@@ -155,9 +155,12 @@ class CythonBackend(StackedBackend):
         from_env = os.environ.get(THREADS_ENV_VAR)
         if from_env:
             try:
-                return min(max(1, int(from_env)), MAX_THREADS)
+                count = int(from_env)
             except ValueError:
-                raise ValueError(f"{THREADS_ENV_VAR}: expected a positive integer, got {from_env!r}") from None
+                count = 0
+            if count < 1:
+                raise ValueError(f"{THREADS_ENV_VAR}: expected a positive integer, got {from_env!r}")
+            return min(count, MAX_THREADS)
         return self._kernels.max_threads()
 
     @staticmethod

@@ -109,6 +109,11 @@ def _read_node(graph: _Graph, node: Any) -> dict[str, Any]:
         )
     if attrs.get("layout", 0) not in (0, 1):
         raise ValueError(f"model: {where} has layout={attrs['layout']!r}; ONNX defines 0 (time-major) and 1")
+    if attrs.get("linear_before_reset", 0) not in (0, 1):
+        raise ValueError(
+            f"model: {where} has linear_before_reset={attrs['linear_before_reset']!r}; expected 0 or 1 "
+            "(ONNX defines those two)"
+        )
     if direction == "reverse":
         raise ValueError(
             f"model: {where} has direction='reverse', which no gru.GRU layer computes; "

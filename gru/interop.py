@@ -47,14 +47,14 @@ def swap_rz(a: np.ndarray, axis: int = 0) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate([second, first, third], axis=axis))
 
 
-def _host(value: Any, name: str, ndim: int) -> np.ndarray:
+def _host(value: Any, name: str, ndim: int | None) -> np.ndarray:
     try:
         array = to_host(value, name)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{name}: expected a real array, got {type(value).__name__} ({exc})") from None
     if array.dtype.kind not in "fiu" or array.dtype == np.bool_:
         raise TypeError(f"{name}: expected a real numeric array, got dtype {array.dtype}")
-    if array.ndim != ndim:
+    if ndim is not None and array.ndim != ndim:
         raise ValueError(f"{name}: expected a {ndim}-D array, got shape {array.shape}")
     return array
 
@@ -105,29 +105,42 @@ def keras_to_torch(kernel: Any, recurrent_kernel: Any, bias: Any = None, *, rese
     """
     kernel = _host(kernel, "kernel", 2)
     recurrent_kernel = _host(recurrent_kernel, "recurrent_kernel", 2)
-    three_h = kernel.shape[1]
-    if three_h % 3:
-        raise ValueError(f"kernel: expected shape (input_size, 3*units), got {kernel.shape}")
-    H = three_h // 3
-    if recurrent_kernel.shape != (H, 3 * H):
+    # units from recurrent_kernel, the one array whose shape fixes it; kernel's first axis is free
+    H = recurrent_kernel.shape[0]
+    if recurrent_kernel.shape[1] != 3 * H:
+        hint = ", which looks transposed" if recurrent_kernel.shape[0] == 3 * recurrent_kernel.shape[1] else ""
+        raise ValueError(f"recurrent_kernel: expected shape (units, 3*units), got {recurrent_kernel.shape}{hint}")
+    if kernel.shape[1] != 3 * H:
+        hint = ", which looks transposed" if kernel.shape[0] == 3 * H else ""
         raise ValueError(
-            f"recurrent_kernel: expected shape {(H, 3 * H)} to match kernel {kernel.shape}, "
-            f"got {recurrent_kernel.shape}"
+            f"kernel: expected shape (input_size, 3*units) = (input_size, {3 * H}), units={H} from "
+            f"recurrent_kernel {recurrent_kernel.shape}; got {kernel.shape}{hint}"
         )
     zeros = np.zeros(3 * H, kernel.dtype)
     if bias is None:
         b_ih, b_hh = zeros, zeros
     elif reset_after:
-        bias = _host(bias, "bias", 2)
+        bias = _host(bias, "bias", None)
         if bias.shape != (2, 3 * H):
+            hint = (
+                "; a (3*units,) bias is Keras's reset_after=False layout: pass reset_after=False"
+                if bias.shape == (3 * H,)
+                else ""
+            )
             raise ValueError(
-                f"bias: expected shape {(2, 3 * H)} (input and recurrent bias) with reset_after=True, got {bias.shape}"
+                f"bias: expected shape {(2, 3 * H)} (input and recurrent bias) with reset_after=True, "
+                f"got {bias.shape}{hint}"
             )
         b_ih, b_hh = bias[0], bias[1]
     else:
-        bias = _host(bias, "bias", 1)
+        bias = _host(bias, "bias", None)
         if bias.shape != (3 * H,):
-            raise ValueError(f"bias: expected shape {(3 * H,)} with reset_after=False, got {bias.shape}")
+            hint = (
+                "; a (2, 3*units) bias is Keras's reset_after=True layout: pass reset_after=True"
+                if bias.shape == (2, 3 * H)
+                else ""
+            )
+            raise ValueError(f"bias: expected shape {(3 * H,)} with reset_after=False, got {bias.shape}{hint}")
         b_ih, b_hh = bias, zeros
     return TorchWeights(swap_rz(kernel.T, 0), swap_rz(recurrent_kernel.T, 0), swap_rz(b_ih), swap_rz(b_hh))
 
@@ -178,7 +191,13 @@ def layer_from_torch(cls: type, module: Any, *, dtype: str | None = None, backen
         raise TypeError(f"module: expected a {wanted} (3 gate blocks), got {kind}")
     if getattr(module, "proj_size", 0):
         raise ValueError(f"module: proj_size={module.proj_size} has no GRU equivalent")
-    state = module.state_dict()
+    state = dict(module.state_dict())
+    # torch.nn.utils.parametrize (weight_norm, orthogonal, ...): the state dict holds the parametrization's
+    # inputs; the attribute computes the weight torch runs with, so that one is loaded
+    for name in getattr(module, "parametrizations", None) or ():
+        for key in [k for k in state if k.startswith(f"parametrizations.{name}.")]:
+            del state[key]
+        state[name] = getattr(module, name).detach()
     first = next(iter(state.values()), None)
     if getattr(getattr(first, "device", None), "type", None) == "meta":
         raise ValueError(f"module: its parameters are on PyTorch's 'meta' device, which holds no values; got {kind}")
@@ -197,6 +216,20 @@ def layer_from_torch(cls: type, module: Any, *, dtype: str | None = None, backen
             dtype=dtype,
             backend=backend,
             seed=0,
+        )
+    expected = layer._parameter_shapes()
+    missing, unexpected = [k for k in expected if k not in state], [k for k in state if k not in expected]
+    if missing or unexpected:
+        renamed = [k for k in unexpected if k.endswith(("_orig", "_g", "_v", "_u"))]
+        hint = (
+            "; hook-based torch.nn.utils.weight_norm / spectral_norm rename the weights: remove them first "
+            "(torch.nn.utils.remove_weight_norm(module, name) or remove_spectral_norm), or use "
+            "torch.nn.utils.parametrizations.weight_norm, whose computed weights load as they are"
+            if renamed
+            else ""
+        )
+        raise ValueError(
+            f"module: its state_dict keys are not those of a {wanted}: missing {missing}, unexpected {unexpected}{hint}"
         )
     layer.load_state_dict(state)
     return layer

@@ -184,6 +184,8 @@ def gru(
         raise ValueError(f"layout: expected 0 or 1, got {layout!r}")
     if isinstance(linear_before_reset, bool) or not isinstance(linear_before_reset, numbers.Integral):
         raise TypeError(f"linear_before_reset: expected an int (0 or 1), got {linear_before_reset!r}")
+    if linear_before_reset not in (0, 1):  # the operator defines these two; anything else is a typo, not 1
+        raise ValueError(f"linear_before_reset: expected 0 or 1, got {linear_before_reset!r}")
     if clip is not None:
         if isinstance(clip, bool) or not isinstance(clip, numbers.Real) or not clip >= 0:
             raise ValueError(f"clip: expected a non-negative number or None, got {clip!r}")

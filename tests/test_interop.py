@@ -99,6 +99,42 @@ def test_from_torch_refuses_a_module_without_values(torch):
         gru.GRU.from_torch(torch.nn.GRU(I, H, device="meta"))
 
 
+def test_from_torch_loads_the_weights_a_parametrization_computes(torch):
+    """weight_norm keeps (g, v) in the state dict; torch runs with g * v / |v|, and so must the layer."""
+    module = torch.nn.GRU(I, H, num_layers=2, bidirectional=True)
+    for name in ("weight_hh_l0", "weight_ih_l1_reverse"):
+        module = torch.nn.utils.parametrizations.weight_norm(module, name=name)
+    with torch.no_grad():
+        module.parametrizations.weight_hh_l0.original0.mul_(1.7)  # the computed weight is no longer v
+    layer = gru.GRU.from_torch(module)
+    x = normal(T, B, I, seed=4)
+    with torch.no_grad():
+        expected, expected_h = module(torch.from_numpy(x))
+        g, v = module.parametrizations.weight_hh_l0.original0, module.parametrizations.weight_hh_l0.original1
+        manual = g * v / v.norm(dim=1, keepdim=True)  # weight_norm's definition, rows (dim=0) normalized
+    output, h_n = layer(x)
+    np.testing.assert_allclose(output, expected.numpy(), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(h_n, expected_h.numpy(), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(layer.state_dict()["weight_hh_l0"], manual.numpy(), rtol=1e-6, atol=1e-7)
+    cell = torch.nn.utils.parametrizations.orthogonal(torch.nn.GRUCell(H, H), name="weight_hh")
+    x, h = normal(B, H, seed=5), normal(B, H, seed=6)
+    with torch.no_grad():
+        expected = cell(torch.from_numpy(x), torch.from_numpy(h)).numpy()
+    np.testing.assert_allclose(gru.GRUCell.from_torch(cell)(x, h), expected, rtol=0, atol=1e-6)
+
+
+def test_from_torch_names_hook_based_weight_norm(torch):
+    """The old hooks keep a stale copy of the weight between forwards: refused, with how to remove them."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.nn.utils.weight_norm is deprecated
+        module = torch.nn.utils.weight_norm(torch.nn.GRU(I, H), name="weight_hh_l0")
+    with pytest.raises(ValueError, match=r"^module: .*weight_hh_l0_g.*remove_weight_norm"):
+        gru.GRU.from_torch(module)
+    cell = torch.nn.utils.spectral_norm(torch.nn.GRUCell(I, H), name="weight_hh")
+    with pytest.raises(ValueError, match=r"^module: .*weight_hh_orig.*remove_spectral_norm"):
+        gru.GRUCell.from_torch(cell)
+
+
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_to_torch_round_trip(torch, bidirectional):
     layer = gru.GRU(I, H, num_layers=2, bidirectional=bidirectional, batch_first=True, seed=4)
@@ -288,6 +324,32 @@ def test_from_keras_bad_weights(args, kwargs, kind, argument):
         gru.GRU.from_keras(*args, **kwargs)
 
 
+def test_from_keras_names_a_transposed_kernel_with_units_from_recurrent_kernel():
+    """units comes from recurrent_kernel (units, 3*units); kernel's first axis is the free one."""
+    kernel, recurrent, bias = keras_weights(True)
+    message = (
+        f"kernel: expected shape (input_size, 3*units) = (input_size, {3 * H}), units={H} from "
+        f"recurrent_kernel {(H, 3 * H)}; got {(3 * H, I)}, which looks transposed"
+    )
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        gru.GRU.from_keras(kernel.T, recurrent, bias)
+    with pytest.raises(ValueError, match=rf"^recurrent_kernel: .*got \({3 * H}, {H}\), which looks transposed"):
+        gru.GRU.from_keras(kernel, recurrent.T, bias)
+
+
+@pytest.mark.parametrize(
+    ("reset_after", "shape", "hint"),
+    [(True, (3 * H,), "pass reset_after=False"), (False, (2, 3 * H), "pass reset_after=True")],
+)
+def test_from_keras_bias_of_the_other_variant_says_which(reset_after, shape, hint):
+    kernel, recurrent, _ = keras_weights(True)
+    with pytest.raises(ValueError, match=rf"^bias: .*got {re.escape(str(shape))}; .*{hint}"):
+        gru.GRU.from_keras(kernel, recurrent, normal(*shape), reset_after=reset_after)
+    with pytest.raises(ValueError, match=r"^bias: expected shape") as info:
+        gru.GRU.from_keras(kernel, recurrent, normal(3, 3 * H), reset_after=reset_after)
+    assert "pass reset_after" not in str(info.value)  # no hint where neither variant fits
+
+
 @pytest.mark.parametrize("reset_after", [True, False])
 def test_against_keras_itself(reset_after):
     keras = pytest.importorskip("keras")
@@ -434,6 +496,8 @@ def one_gru_model(**attributes):
         ({"direction": "reverse"}, "reverse"),
         ({"clip": 1.0}, "clip"),
         ({"activations": ["HardSigmoid", "Tanh"]}, "activations"),
+        ({"linear_before_reset": 2}, "linear_before_reset=2; expected 0 or 1"),
+        ({"linear_before_reset": -1}, "linear_before_reset=-1; expected 0 or 1"),
     ],
 )
 def test_from_onnx_refuses_what_a_layer_cannot_compute(attributes, message):

@@ -384,6 +384,8 @@ def bad(kind, argument):
         ({"direction": "backward"}, ValueError, "direction"),
         ({"layout": 2}, ValueError, "layout"),
         ({"linear_before_reset": 0.5}, TypeError, "linear_before_reset"),
+        ({"linear_before_reset": 2}, ValueError, "linear_before_reset: expected 0 or 1, got 2"),
+        ({"linear_before_reset": -1}, ValueError, "linear_before_reset: expected 0 or 1, got -1"),
         ({"clip": -1.0}, ValueError, "clip"),
         ({"clip": float("nan")}, ValueError, "clip"),
         ({"activations": ["Sigmoid"]}, ValueError, "activations"),

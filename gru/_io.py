@@ -9,17 +9,23 @@ an ``.npz``; files without it (a PyTorch ``nn.GRU`` state dict saved with
 the architecture follows from the parameter names and shapes.
 
 Every problem with a file's content raises ``ValueError`` naming the file;
-a missing file raises ``FileNotFoundError``. Files are written to a temporary
-file next to the target and moved into place with ``os.replace``, so a save
-that fails leaves the previous file (or none), never half of one.
+file-system problems (a missing file, a directory where a file should be)
+raise the ``OSError`` subclass ``open()`` would, naming the caller's path.
+Files are written to a temporary file next to the target and moved into place
+with ``os.replace``, so a save that fails leaves the previous file (or none),
+never half of one.
 """
 
 from __future__ import annotations
 
+import errno
 import io
+import itertools
 import json
 import os
+import re
 import tempfile
+from collections.abc import Collection, Iterator
 from typing import Any
 
 import numpy as np
@@ -29,6 +35,11 @@ NPZ_CONFIG_KEY = "__gru_config__"
 FORMAT_VERSION = 1
 _GRU_KEYS = ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout", "bidirectional")
 _CELL_KEYS = ("input_size", "hidden_size", "bias")
+_SHAPE_KEYS = ("input_size", "hidden_size", "num_layers", "bias", "bidirectional")  # decide the arrays' shapes
+_LAYOUT_KEYS = ("num_layers", "bias", "bidirectional")  # decide the arrays' names
+_GRU_NAME = re.compile(r"(weight|bias)_(ih|hh)_l(0|[1-9][0-9]{0,17})(_reverse)?")  # a bounded layer number for int()
+_CELL_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+_SHOWN = 8  # keys listed in a message; the rest are counted
 
 
 def layer_config(layer: Any) -> dict[str, Any]:
@@ -43,9 +54,35 @@ def layer_config(layer: Any) -> dict[str, Any]:
     return config
 
 
-def _atomic_write(path: str, data: bytes) -> None:
+def _naming(exc: OSError, path: str) -> OSError:
+    """``exc`` about ``path``: what ``open(path)`` would have said, not the temporary file it was about."""
+    return exc if exc.errno is None else type(exc)(exc.errno, exc.strerror, path)
+
+
+def _refuse_non_file_target(path: str) -> None:
+    """Raise what ``open(path, "wb")`` would where ``path`` cannot become a file: a directory, a missing folder.
+
+    Checked before the temporary file is made, so the error names the caller's
+    path rather than the temporary file (``os.replace`` would name both).
+    """
+    if not path:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
     directory = os.path.dirname(os.path.abspath(path))
-    fd, temporary = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        os.stat(os.path.join(directory, ""))  # the trailing separator makes a file there NotADirectoryError
+    except OSError as exc:
+        raise _naming(exc, path) from None
+    if os.path.isdir(path) or path.endswith(tuple(sep for sep in (os.sep, os.altsep) if sep)):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+
+
+def _atomic_write(path: str, data: bytes) -> None:
+    _refuse_non_file_target(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, temporary = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    except OSError as exc:  # e.g. a folder we may not write to
+        raise _naming(exc, path) from None
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -55,11 +92,13 @@ def _atomic_write(path: str, data: bytes) -> None:
         os.umask(umask)
         os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes it private; give it a normal file's mode
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(temporary)
         except OSError:
             pass
+        if isinstance(exc, OSError) and exc.filename == temporary:
+            raise _naming(exc, path) from None
         raise
 
 
@@ -185,24 +224,104 @@ def _select_prefix(tensors: dict[str, np.ndarray], prefix: str | None, where: st
     return selected
 
 
-def _check_array_count(config: dict[str, Any], count: int, where: str) -> None:
-    """Refuse a configuration that needs more or fewer arrays than the file holds, before building its layer.
+def _layout_from_names(names: Collection[str]) -> dict[str, Any] | None:
+    """The class, layers, directions and bias that PyTorch parameter names describe (None: no such names).
 
-    A few bytes of metadata can ask for millions of layers, gigabytes to build
-    before the arrays could be found missing. Values of the wrong type are
-    left to the constructor's checks.
+    Read from every name, not only layer 0's, so a file that lacks one array is
+    told it lacks that array, rather than that it is a smaller GRU with arrays
+    to spare.
     """
-    layers, bias = config.get("num_layers", 1), config.get("bias", True)
-    directions = 2 if config.get("bidirectional", False) is True else 1
+    found = [match for match in map(_GRU_NAME.fullmatch, names) if match]
+    if found:
+        return {
+            "class": "GRU",
+            "num_layers": 1 + max(int(match[3]) for match in found),
+            "bias": any(match[1] == "bias" for match in found),
+            "bidirectional": any(match[4] for match in found),
+        }
+    if any(name in _CELL_NAMES for name in names):
+        return {"class": "GRUCell", "bias": "bias_ih" in names or "bias_hh" in names}
+    return None
+
+
+def _parameter_names(kind: str, layers: int, directions: int, bias: bool) -> Iterator[str]:
+    """The layer's keys in parameter order, made one at a time (``layers`` may be huge)."""
+    parts = _CELL_NAMES[: 4 if bias else 2]
+    if kind == "GRUCell":
+        yield from parts
+        return
+    for layer in range(layers):
+        for suffix in ("", "_reverse")[:directions]:
+            for part in parts:
+                yield f"{part}_l{layer}{suffix}"
+
+
+def _is_parameter(kind: str, name: str, layers: int, directions: int, bias: bool) -> bool:
+    if kind == "GRUCell":
+        return name in _CELL_NAMES[: 4 if bias else 2]
+    match = _GRU_NAME.fullmatch(name)
+    return (
+        bool(match) and int(match[3]) < layers and (bias or match[1] == "weight") and (directions == 2 or not match[4])
+    )
+
+
+def _listing(shown: list[str], total: int) -> str:
+    return f"{sorted(shown)}" + (f" and {total - len(shown):,} more" if total > len(shown) else "")
+
+
+def _key_mismatch(kind: str, config: dict[str, Any], names: Collection[str]) -> str | None:
+    """What keeps ``names`` from being the keys of the layer ``config`` describes: counts, missing and unexpected keys.
+
+    None when they match, or when the configuration's values are of the wrong
+    type (left to the constructor's checks). Counted, not enumerated: a few
+    bytes of metadata can ask for millions of layers.
+    """
+    layers = 1 if kind == "GRUCell" else config.get("num_layers", 1)
+    bias = config.get("bias", True)
+    bidirectional = False if kind == "GRUCell" else config.get("bidirectional", False)
     sizes = (layers, config.get("input_size"), config.get("hidden_size"))
     if any(type(n) is not int or n < 1 for n in sizes) or not isinstance(bias, bool):
-        return
+        return None
+    directions = 2 if bidirectional is True else 1
     need = layers * directions * (4 if bias else 2)
-    if need != count:
-        raise ValueError(
-            f"{where}: its configuration (num_layers={layers}, bidirectional={directions == 2}, bias={bias}) "
-            f"needs {need:,} arrays; the file holds {count:,}"
-        )
+    unexpected = sorted(name for name in names if not _is_parameter(kind, name, layers, directions, bias))
+    missing_count = need - (len(names) - len(unexpected))
+    if not unexpected and not missing_count:
+        return None
+    missing = itertools.islice(
+        (name for name in _parameter_names(kind, layers, directions, bias) if name not in names), _SHOWN
+    )
+    listed = [f"missing {_listing(list(missing), missing_count)}"] if missing_count else []
+    listed += [f"unexpected {_listing(unexpected[:_SHOWN], len(unexpected))}"] if unexpected else []
+    layout = (
+        f"bias={bias}" if kind == "GRUCell" else f"num_layers={layers}, bidirectional={directions == 2}, bias={bias}"
+    )
+    return f"({layout}) needs {need:,} arrays; the file holds {len(names):,}: {', '.join(listed)}"
+
+
+def _override_error(
+    kind: str, changed: list[str], overrides: dict[str, Any], saved: dict[str, Any], path: str, detail: str
+) -> ValueError:
+    """The caller's keyword arguments, not the file, are what fails: name them, and what the file holds."""
+    asked = repr(overrides[changed[0]]) if len(changed) == 1 else repr(tuple(overrides[key] for key in changed))
+    holds = ", ".join(f"{key}={saved.get(key)!r}" for key in changed)
+    verb = "does" if len(changed) == 1 else "do"
+    return ValueError(
+        f"{', '.join(changed)}: {asked} {verb} not fit {path!r}, which holds a {kind} with {holds}: {detail}"
+    )
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether an override equals the file's value (of the same type: no array comparisons)."""
+    return type(a) is type(b) and a == b
+
+
+def _shape_mismatch(layer: Any, tensors: dict[str, np.ndarray]) -> tuple[str, tuple, tuple] | None:
+    """The first array whose shape is not the layer's: its key, its shape and the layer's (None: all fit)."""
+    for key, shape in layer._parameter_shapes().items():
+        if tuple(np.shape(tensors[key])) != shape:
+            return key, tuple(np.shape(tensors[key])), shape
+    return None
 
 
 def load(
@@ -232,10 +351,9 @@ def load(
     where = f"path: {path!r}"
     with open(path, "rb") as handle:
         data = handle.read()
-    if data[:4] == b"PK\x03\x04":
-        tensors, metadata = _read_npz(data, where)
-    else:
-        tensors, metadata = _read_safetensors(data, where)
+    # a zip file starts with a local file header; an empty one (np.savez() of nothing) with its end record
+    npz = data[:4] in (b"PK\x03\x04", b"PK\x05\x06")
+    tensors, metadata = _read_npz(data, where) if npz else _read_safetensors(data, where)
 
     if CONFIG_KEY in metadata:
         try:
@@ -249,14 +367,30 @@ def load(
             raise ValueError(f"{where}: written in format version {version!r}; this gru reads {FORMAT_VERSION}")
         if prefix is not None:
             tensors = _select_prefix(tensors, prefix, where)
+        described = "its configuration describes"
     else:
+        if not tensors:
+            form = ".npz" if npz else "safetensors"
+            raise ValueError(
+                f"{where}: holds no arrays (an empty {form} file); expected a GRU's or GRUCell's parameters"
+            )
         tensors = _select_prefix(tensors, prefix, where)
+        layout = _layout_from_names(tensors)
         try:
             config = interop.config_from_state_dict({k: tuple(v.shape) for k, v in tensors.items()})
         except ValueError as exc:
+            # names that lack the arrays which size the layer: say which are missing
+            mismatch = layout and _key_mismatch(layout["class"], {**layout, "input_size": 1, "hidden_size": 1}, tensors)
+            if mismatch:
+                raise ValueError(
+                    f"{where}: its arrays do not match the {layout['class']} its keys describe {mismatch}"
+                ) from None
             raise ValueError(f"{where}: {exc}") from None
+        if layout is not None and layout["class"] == config["class"]:
+            config.update((key, value) for key, value in layout.items() if key in config)
         if any(value.dtype == np.float64 for value in tensors.values()):
             config["dtype"] = "float64"
+        described = "its keys describe"
 
     kind = config.pop("class")
     allowed = {*(_CELL_KEYS if kind == "GRUCell" else _GRU_KEYS), "reset_after", "dtype"}
@@ -266,8 +400,15 @@ def load(
     bad = sorted(set(overrides) - allowed)
     if bad:
         raise TypeError(f"load: {bad} cannot be set for a {kind}; expected some of {sorted(allowed)}")
+    saved = dict(config)
+    changed = [key for key in _SHAPE_KEYS if key in overrides and not _same(overrides[key], saved.get(key))]
     config.update(overrides)
-    _check_array_count(config, len(tensors), where)
+    mismatch = _key_mismatch(kind, config, tensors)
+    if mismatch:
+        if any(key in _LAYOUT_KEYS for key in changed):
+            layout_changed = [key for key in changed if key in _LAYOUT_KEYS]
+            raise _override_error(kind, layout_changed, overrides, saved, path, f"a {kind} {mismatch}")
+        raise ValueError(f"{where}: its arrays do not match the {kind} {described} {mismatch}")
     cls = GRUCell if kind == "GRUCell" else GRU
     try:
         layer = cls(**config, backend=backend, seed=0)
@@ -278,5 +419,10 @@ def load(
     try:
         layer.load_state_dict(tensors)
     except (TypeError, ValueError) as exc:
+        wrong = _shape_mismatch(layer, tensors) if changed else None
+        if wrong:
+            asked = ", ".join(f"{key}={overrides[key]!r}" for key in changed)
+            detail = f"its {wrong[0]} has shape {wrong[1]}; with {asked} it would need {wrong[2]}"
+            raise _override_error(kind, changed, overrides, saved, path, detail) from None
         raise ValueError(f"{where}: its arrays do not match the {kind} it describes: {exc}") from None
     return layer

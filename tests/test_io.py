@@ -292,3 +292,162 @@ def test_bfloat16_safetensors_with_bad_entries_raise_value_error(tmp_path):
     (tmp_path / "cut.safetensors").write_bytes(data[:-2])
     with pytest.raises(ValueError, match=r"^path: .*corrupt or truncated"):
         gru.load(tmp_path / "cut.safetensors")
+
+
+# -- saving where no file can be: the error open() would give, naming the caller's path --------------
+
+
+def _open_error(path):
+    """The oracle: what open(path, "wb") raises (it creates nothing for these paths)."""
+    with pytest.raises(OSError) as info:
+        open(path, "wb")
+    return info.value
+
+
+def _listing(folder):
+    return sorted(os.listdir(folder.parent)), sorted(str(p) for p in folder.rglob("*"))
+
+
+@pytest.mark.parametrize("target", [".", "d1", "d1/", "d1//", "missing/m.safetensors", "file/m.safetensors", "file/"])
+@pytest.mark.parametrize("writer", ["save", "to_onnx"])
+def test_saving_to_a_directory_raises_what_open_raises(tmp_path, monkeypatch, target, writer):
+    if writer == "to_onnx":
+        pytest.importorskip("onnx")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d1").mkdir()
+    (tmp_path / "file").write_text("a file, not a folder")
+    expected = _open_error(target)
+    before = _listing(tmp_path)
+    with pytest.raises(OSError) as info:
+        getattr(gru.GRU(I, H, seed=0), writer)(target)
+    assert type(info.value) is type(expected)
+    assert str(info.value) == str(expected)  # e.g. "[Errno 21] Is a directory: 'd1'"
+    assert info.value.filename == target and ".tmp" not in str(info.value)
+    assert _listing(tmp_path) == before  # no temporary file was made, here or in the folder above
+    assert (tmp_path / "file").read_text() == "a file, not a folder"
+
+
+def test_saving_into_a_directory_gives_is_a_directory_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d1").mkdir()
+    for target in (".", "d1", "d1/"):
+        with pytest.raises(IsADirectoryError, match=rf"Is a directory: '{target}'$"):
+            gru.GRU(I, H).save(target)
+
+
+def test_a_folder_that_refuses_the_temporary_file_names_the_callers_path(tmp_path, monkeypatch):
+    """Where mkstemp fails (a folder we may not write to), the error names the path given, as open() would."""
+    path = str(tmp_path / "m.safetensors")
+
+    def refuse(*args, dir, prefix, suffix, **kwargs):
+        raise PermissionError(13, "Permission denied", os.path.join(dir, f"{prefix}abc{suffix}"))
+
+    monkeypatch.setattr(_io.tempfile, "mkstemp", refuse)
+    with pytest.raises(PermissionError, match=r"Permission denied") as info:
+        gru.GRU(I, H).save(path)
+    assert info.value.filename == path and ".tmp" not in str(info.value)
+    assert not os.listdir(tmp_path)
+
+
+# -- an empty .npz is an .npz ----------------------------------------------------------------------
+
+
+def test_empty_npz_is_read_as_an_npz_without_arrays(tmp_path):
+    path = tmp_path / "e.npz"
+    np.savez(path)
+    assert path.read_bytes()[:4] == b"PK\x05\x06"  # a zip's end record, no local file header
+    with pytest.raises(ValueError, match=r"^path: .*e\.npz.*holds no arrays \(an empty \.npz file\)") as info:
+        gru.load(path)
+    assert "safetensors" not in str(info.value) and "truncated" not in str(info.value)
+    path.write_bytes(path.read_bytes()[:10])  # an end record cut short is still a bad .npz
+    with pytest.raises(ValueError, match=r"^path: .*\.npz file"):
+        gru.load(path)
+
+
+# -- a wrong keyword argument is the caller's fault, not the file's -----------------------------------
+
+
+@pytest.mark.parametrize("bare", [False, True], ids=["with-configuration", "bare-state-dict"])
+def test_overrides_that_do_not_fit_the_arrays_name_the_argument(tmp_path, bare):
+    from safetensors.numpy import save_file
+
+    layer = gru.GRU(I, H, num_layers=2, seed=0)
+    path = tmp_path / "m.safetensors"
+    if bare:
+        save_file(layer.state_dict(), str(path))
+    else:
+        layer.save(path)
+    with pytest.raises(ValueError, match=r"^hidden_size: 5 does not fit") as info:
+        gru.load(path, hidden_size=H + 1)
+    message = str(info.value)
+    assert f"hidden_size={H}" in message  # what the file holds
+    assert f"weight_ih_l0 has shape {(3 * H, I)}" in message and f"{(3 * (H + 1), I)}" in message
+    assert "do not match" not in message
+    with pytest.raises(ValueError, match=rf"^input_size, hidden_size: \(7, 5\) do not fit .*input_size={I}"):
+        gru.load(path, input_size=7, hidden_size=H + 1)
+    with pytest.raises(ValueError, match=r"^bias: False does not fit .*bias=True.*unexpected \['bias_hh_l0'"):
+        gru.load(path, bias=False)
+    with pytest.raises(ValueError, match=r"^num_layers: 3 does not fit .*missing \['bias_hh_l2', 'bias_ih_l2'"):
+        gru.load(path, num_layers=3)
+    assert_same_layer(layer, gru.load(path, hidden_size=H, num_layers=2))  # the file's own values still load
+
+
+# -- missing and unexpected keys are named -----------------------------------------------------------
+
+
+def _expected_keys(layer, kept):
+    """The oracle: set differences of the layer's own keys and the file's."""
+    return sorted(set(layer.state_dict()) - set(kept)), sorted(set(kept) - set(layer.state_dict()))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda s: {k: v for k, v in s.items() if k != "bias_ih_l1"},
+        lambda s: {k: v for k, v in s.items() if not k.endswith("_l1")},  # a whole middle layer
+        lambda s: {k: v for k, v in s.items() if not k.endswith("_l0")},  # the first layer
+        lambda s: {k: v for k, v in s.items() if k != "weight_ih_l2"},  # the last layer's sizing array
+        lambda s: {("renamed" if k == "weight_hh_l1" else k): v for k, v in s.items()},
+        lambda s: s | {"head.weight": np.zeros(2, "float32")},
+    ],
+    ids=["bias_ih_l1", "layer-1", "layer-0", "weight_ih_l2", "renamed", "extra"],
+)
+@pytest.mark.parametrize("suffix", [".safetensors", ".npz"])
+def test_bare_state_dict_names_missing_and_unexpected_keys(tmp_path, change, suffix):
+    from safetensors.numpy import save_file
+
+    layer = gru.GRU(I, H, num_layers=3, seed=0)
+    state = change(layer.state_dict())
+    path = tmp_path / f"bare{suffix}"
+    if suffix == ".npz":
+        np.savez(path, **state)
+    else:
+        save_file(state, str(path))
+    missing, unexpected = _expected_keys(layer, state)
+    with pytest.raises(ValueError, match=r"^path: .*bare") as info:
+        gru.load(path)
+    message = str(info.value)
+    assert (f"missing {missing}" in message) == bool(missing)
+    assert (f"unexpected {unexpected}" in message) == bool(unexpected)
+    assert f"needs 12 arrays; the file holds {len(state)}" in message
+
+
+def test_bare_cell_state_dict_names_missing_keys(tmp_path):
+    from safetensors.numpy import save_file
+
+    state = gru.GRUCell(I, H, seed=0).state_dict()
+    for key in state:
+        save_file({k: v for k, v in state.items() if k != key}, str(tmp_path / "cell.safetensors"))
+        with pytest.raises(ValueError, match=rf"^path: .*GRUCell.*missing \['{key}'\]$"):
+            gru.load(tmp_path / "cell.safetensors")
+
+
+def test_saved_configuration_names_missing_keys_and_caps_long_lists(tmp_path):
+    layer = gru.GRU(I, H, num_layers=2, seed=0)
+    tensors = {k: v for k, v in layer.state_dict().items() if k != "bias_hh_l1"}
+    tensors |= {f"junk{i:02}": np.zeros(1, "float32") for i in range(20)}
+    path = _metadata_file(tmp_path, _io.layer_config(layer), tensors)
+    with pytest.raises(ValueError, match=r"^path: .*its configuration") as info:
+        gru.load(path)
+    shown = [f"junk{i:02}" for i in range(8)]
+    assert str(info.value).endswith(f"missing ['bias_hh_l1'], unexpected {shown} and 12 more")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import importlib.machinery
 import importlib.util
+import math
 import statistics
 import sys
 import time
@@ -119,7 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="threads of each call (default 2)")
     parser.add_argument("--train", action="store_true", help="time forward (train=True) + backward")
     args = parser.parse_args(argv)
-    if args.seconds <= 0 or args.window <= 0 or args.threads < 1:
+    if (
+        not (math.isfinite(args.seconds) and math.isfinite(args.window))
+        or min(args.seconds, args.window) <= 0
+        or (args.threads < 1)
+    ):
         parser.error(
             f"--seconds and --window must be > 0 and --threads >= 1, got {args.seconds}, {args.window}, {args.threads}"
         )

@@ -158,8 +158,11 @@ def main(argv: list[str] | None = None) -> int:
                 report = json.load(f)
             shapes = [Case(*(c["shape"][k] for k in ("I", "H", "B", "T"))) for c in report["cases"]]
             threads, dtype = report["settings"]["threads"], report["settings"]["dtype"]
+            mode = report["settings"].get("mode", "inference")
         except (OSError, ValueError, KeyError, TypeError) as exc:
             parser.error(f"--bench {args.bench}: expected the JSON of `gru bench --json`, could not read it ({exc})")
+        if mode != "inference":
+            parser.error(f"--bench {args.bench}: a {mode} run (--train); the floors are the forward's: run it without")
     else:
         shapes = args.shapes or [Case(*s) for s in DEFAULT_SHAPES]
         threads = usable_cpus() if args.threads is None else args.threads

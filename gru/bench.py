@@ -395,7 +395,9 @@ def resolve_implementations(names: Sequence[str] | None) -> list[Implementation]
         if name.startswith("gru:"):
             name = name[4:]
             if name not in infos:
-                raise ValueError(f"no backend named {name!r} is registered (registered: {', '.join(sorted(infos))})")
+                raise ValueError(
+                    f"--backends: no backend named {name!r} is registered (registered: {', '.join(sorted(infos))})"
+                )
             impl: Implementation = BackendImplementation(name, infos[name])
         elif name.lower() in _PEER_ALIASES:
             impl = _peer(_PEER_ALIASES[name.lower()])
@@ -1290,7 +1292,10 @@ def run_from_args(args: argparse.Namespace) -> int:
             training=training,
         )
     except ValueError as exc:
-        return _fail(str(exc))
+        message = str(exc)
+        if message.startswith("nothing can run") and args.backends is not None:  # what the selection left
+            message = f"--backends {args.backends}: {message}"
+        return _fail(message)
     print(format_table(report))
     failed = any(r["status"] in ("mismatch", "error") for c in report["cases"] for r in c["results"])
     status = 1 if failed else 0

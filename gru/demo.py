@@ -34,6 +34,7 @@ __all__ = ["DemoResult", "add_arguments", "adding_problem", "run_from_args", "tr
 
 BASELINE_MSE = 1 / 6  # predicting 1, the mean of the sum: Var(U1 + U2) = 2 · 1/12
 DTYPE = "float32"
+TEST_SIZE = 1000  # fixed sequences the test MSE is measured on
 
 
 def adding_problem(rng: np.random.Generator, batch: int, seq_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -107,7 +108,7 @@ def train_adding(
     time_limit: float = 300.0,
     target: float = 0.01,
     eval_every: int = 25,
-    test_size: int = 1000,
+    test_size: int = TEST_SIZE,
     seed: int = 0,
     backend: str = "auto",
     threads: int | None = 1,
@@ -309,6 +310,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     accept_negative_values(parser)
 
 
+def _memory_error(seq_len: int, batch: int, hidden: int) -> str | None:
+    """Why a training step of this size cannot fit this machine's memory, or None (checked before anything runs).
+
+    A lower bound on what a step holds at once: the batch and the test set's
+    inputs, and for each the layer's outputs, gate activations and W_hn h
+    (5H values a step) that the backward reads, with the backward's own
+    gradients of the same size; and the parameters four times (with their
+    gradients and Adam's two moments).
+    """
+    from gru._layers import _memory_bytes
+
+    memory = _memory_bytes()
+    if memory is None:
+        return None
+    rows = seq_len * (batch + TEST_SIZE)
+    parameters = 3 * hidden * (2 + hidden + 2) + hidden + 1  # GRU(2, hidden) and Linear(hidden, 1)
+    need = (rows * (2 + 2 * 5 * hidden) + 4 * parameters) * np.dtype(DTYPE).itemsize
+    if need <= memory:
+        return None
+    return (
+        f"--seq-len {seq_len}, --batch {batch}, --hidden {hidden}: a training step would hold at least "
+        f"{need / 2**30:,.1f} GiB, more than this machine's memory ({memory / 2**30:,.1f} GiB)"
+    )
+
+
 def run_from_args(args: argparse.Namespace) -> int:
     """Train, print the result, save the figure; 0 when the target was reached, 1 when not, 2 on bad input.
 
@@ -325,6 +351,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         or number_error("--lr", args.lr, 0, "a learning rate", above=True)
         or number_error("--time-limit", args.time_limit, 0, "a number of seconds", above=True)
         or number_error("--target", args.target, 0, "a test MSE", above=True)
+        or _memory_error(args.seq_len, args.batch, args.hidden)
         or out_problem
     )
     flag, choice = ("--backend", args.backend) if args.backend else ("$GRU_BACKEND", os.environ.get("GRU_BACKEND"))

@@ -269,6 +269,14 @@ def test_ab_kernels_runs_both_builds_and_restores_the_installed_one(tmp_path):
     assert backend._kernels is _kernels  # the installed build is back
 
 
+@pytest.mark.parametrize("option", [["--seconds", "nan"], ["--window", "inf"], ["--seconds", "0"], ["--threads", "0"]])
+def test_ab_kernels_checks_its_numbers(tmp_path, capsys, option):
+    with pytest.raises(SystemExit) as exc:
+        _ab_kernels().main(["A.so", "B.so", "--shapes", "4,4,1,2", *option])
+    assert exc.value.code == 2
+    assert "--seconds and --window must be > 0 and --threads >= 1" in capsys.readouterr().err
+
+
 def test_ab_kernels_refuses_a_file_that_is_not_a_build(tmp_path, capsys):
     bogus = tmp_path / "not_kernels.so"
     bogus.write_text("not an extension module")
@@ -328,6 +336,15 @@ def test_floor_bounds_divide_the_run_by_the_floor():
     assert found["shapes"]["b"]["best_speedup"] == {"onnxruntime": 0.25}
     assert found["geomean"]["best_speedup"]["onnxruntime"] == pytest.approx((2.0 * 0.25) ** 0.5)
     assert found["geomean"]["over_floor"]["cython"] == pytest.approx((1.5 * 2.0) ** 0.5)
+
+
+def test_floors_refuse_a_training_run(tmp_path, capsys):
+    run = tmp_path / "train.json"
+    run.write_text(json.dumps({"cases": [], "settings": {"threads": 2, "dtype": "float32", "mode": "training"}}))
+    with pytest.raises(SystemExit) as exc:
+        _benchmark_script("floors").main(["--bench", str(run)])
+    assert exc.value.code == 2
+    assert "a training run (--train); the floors are the forward's" in capsys.readouterr().err
 
 
 def test_floors_refuse_a_file_that_is_not_a_bench_run(tmp_path, capsys):
@@ -393,6 +410,9 @@ def no_timing(monkeypatch):
         ("--json", "adir", "expected a file name, got the directory"),
         ("--plot", "afile/out.png", "afile' is a file, not a directory"),
         ("--plot", "out.txt", "expected a file name ending in one of"),
+        ("--json", "newdir/", "expected a file name, got the directory"),  # not made yet: still a directory
+        ("--plot", "adir", "expected a file name, got the directory"),
+        ("--plot", "newdir/", "expected a file name, got the directory"),  # matplotlib would write newdir/.png.png
     ],
 )
 def test_unwritable_outputs_are_refused_before_timing(tmp_path, capsys, no_timing, flag, name, message):
@@ -400,7 +420,7 @@ def test_unwritable_outputs_are_refused_before_timing(tmp_path, capsys, no_timin
         pytest.importorskip("matplotlib")
     (tmp_path / "afile").write_text("")
     (tmp_path / "adir").mkdir()
-    path = str(tmp_path / name)
+    path = os.path.join(str(tmp_path), name)  # (a Path would drop the trailing separator of newdir/)
     assert cli_main([*TINY_ARGV, flag, path, "--no-progress"]) == 2
     captured = capsys.readouterr()
     assert captured.err.startswith(f"gru bench: error: {flag}: ") and message in captured.err
@@ -460,8 +480,12 @@ def test_negative_shape_values_get_the_shape_message(capsys, value):
     [
         (["--backends", ","], "--backends: expected implementation names separated by commas"),
         (["--backends", ""], "--backends: expected implementation names separated by commas"),
-        (["--backends", "cupy"], "nothing can run: cupy: skipped, "),  # not here, or not on the CPU
-        (["--train", "--backends", "onnxruntime"], "nothing can run: onnxruntime: skipped, inference only"),
+        (["--backends", "cupy"], "--backends cupy: nothing can run: cupy: skipped, "),  # not here, or not on the CPU
+        (
+            ["--train", "--backends", "onnxruntime"],
+            "--backends onnxruntime: nothing can run: onnxruntime: skipped, inference only",
+        ),
+        (["--backends", "gru:nosuch"], "--backends: no backend named 'nosuch' is registered"),
     ],
 )
 def test_a_selection_that_can_run_nothing_exits_2_without_a_plot(tmp_path, capsys, extra, message):

@@ -101,6 +101,11 @@ def test_demo_honours_gru_backend(capsys, monkeypatch):
         (["--seed", "-1"], "--seed: expected an integer >= 0, got -1"),
         (["--out", "afile/x.png"], "--out: cannot write "),
         (["--out", "x.txt"], "--out: expected a file name ending in one of"),
+        (["--out", "figs/"], "--out: expected a file name, got the directory 'figs/'"),  # matplotlib: figs/.png.png
+        (["--out", "."], "--out: expected a file name, got the directory '.'"),
+        (["--batch", "3000000000"], "--seq-len 4, --batch 3000000000, --hidden 32: a training step would hold"),
+        (["--seq-len", "3000000000"], "--seq-len 3000000000, --batch 64, --hidden 32: a training step would hold"),
+        (["--hidden", "200000"], "--seq-len 4, --batch 64, --hidden 200000: a training step would hold"),
     ],
 )
 def test_demo_checks_everything_before_printing_or_training(capsys, tmp_path, monkeypatch, extra, message):

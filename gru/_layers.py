@@ -16,6 +16,7 @@ import numpy as np
 
 from gru import _arrays
 from gru import _validation as v
+from gru._errors import BackendError
 from gru._registry import select_backend
 from gru.backends._base import Backend, ForwardRequest, LayerWeights
 
@@ -66,6 +67,23 @@ def _memory_bytes() -> int | None:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):
         return None
+
+
+def _from_backend(backend: Backend, call: Any, *args: Any) -> Any:
+    """``call(*args)``; an error raised inside a backend keeps its type and gains a note naming the backend.
+
+    A third-party backend's IndexError would otherwise reach the user with no
+    word of whose code raised it. Our own errors (BackendError and its kin)
+    already name the backend.
+    """
+    try:
+        return call(*args)
+    except BackendError:
+        raise
+    except Exception as exc:
+        if hasattr(exc, "add_note"):  # Python 3.11+
+            exc.add_note(f"(raised inside backend {backend.name or type(backend).__name__!r})")
+        raise
 
 
 def _make_rng(seed: Seed) -> np.random.Generator:
@@ -434,7 +452,7 @@ class GRU(_Recurrent):
             training=train,
         )
         chosen = select_backend(backend if backend is not None else self.backend, request)
-        result = chosen.forward(request)
+        result = _from_backend(chosen, chosen.forward, request)
         v.check_forward_result(chosen, request, result)
         if train:  # what backward() needs, kept per calling thread
             self._tapes.tape = _Tape(chosen, request, result, batched, give_back)
@@ -492,7 +510,14 @@ class GRU(_Recurrent):
             if tuple(d_h_n.shape) != user_hn:
                 raise ValueError(f"d_h_n: expected h_n's shape {user_hn}, got {tuple(d_h_n.shape)}")
             d_h_n = d_h_n.reshape(LD, B, H)
-        grads = tape.backend.backward(request, result, xp.ascontiguousarray(d_output), xp.ascontiguousarray(d_h_n))
+        grads = _from_backend(
+            tape.backend,
+            tape.backend.backward,
+            request,
+            result,
+            xp.ascontiguousarray(d_output),
+            xp.ascontiguousarray(d_h_n),
+        )
         v.check_backward_result(tape.backend, request, grads)
 
         d_x, d_h0 = grads.d_x, grads.d_h0
@@ -600,7 +625,7 @@ class GRUCell(_Recurrent):
             dtype=self.dtype,
         )
         chosen = select_backend(backend if backend is not None else self.backend, request)
-        result = chosen.forward(request)
+        result = _from_backend(chosen, chosen.forward, request)
         v.check_forward_result(chosen, request, result)
         h1 = result.h_n[0] if batched else result.h_n[0, 0]
         if not return_gates:

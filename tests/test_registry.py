@@ -613,3 +613,30 @@ def test_default_available_and_repr():
     assert "Bare" in repr(backend)
     backend.name = "bare"
     assert repr(backend) == "<gru backend 'bare'>"
+
+
+class Raising(NumpyBackend):
+    """Raises from inside its own code, forward or backward."""
+
+    def __init__(self, where):
+        self.capabilities = Capabilities(priority=-1, training=True)
+        self.where = where
+
+    def run_direction(self, x, h0, weights, lengths, **kwargs):
+        if self.where == "forward":
+            raise IndexError("empty input not handled")
+        super().run_direction(x, h0, weights, lengths, **kwargs)
+
+    def backward_direction(self, *args, **kwargs):
+        raise ZeroDivisionError("no gradient today")
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="exception notes are Python 3.11+")
+@pytest.mark.parametrize("where, kind", [("forward", IndexError), ("backward", ZeroDivisionError)])
+def test_an_error_inside_a_backend_keeps_its_type_and_names_the_backend(numpy_only, where, kind):
+    gru.register_backend("raising", Raising(where))
+    layer = gru.GRU(3, 4, seed=0, backend="raising")
+    with pytest.raises(kind) as info:
+        layer(x32(), train=True)
+        layer.backward(np.ones((4, 2, 4), "float32"))
+    assert "(raised inside backend 'raising')" in getattr(info.value, "__notes__", [])

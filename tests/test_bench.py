@@ -236,6 +236,14 @@ def _ab_kernels():
     return _benchmark_script("ab_kernels")
 
 
+def _refused(script: str, argv: list[str], capsys) -> str:
+    """benchmarks/SCRIPT.py's main(argv) exits with status 2 (a usage error); what it printed on stderr."""
+    with pytest.raises(SystemExit) as exc:
+        _benchmark_script(script).main(argv)
+    assert exc.value.code == 2
+    return capsys.readouterr().err
+
+
 @pytest.mark.skipif(not gru.backend_available("cython"), reason="the cython backend is not built here")
 def test_ab_kernels_runs_both_builds_and_restores_the_installed_one(tmp_path):
     import io
@@ -271,19 +279,17 @@ def test_ab_kernels_runs_both_builds_and_restores_the_installed_one(tmp_path):
 
 @pytest.mark.parametrize("option", [["--seconds", "nan"], ["--window", "inf"], ["--seconds", "0"], ["--threads", "0"]])
 def test_ab_kernels_checks_its_numbers(tmp_path, capsys, option):
-    with pytest.raises(SystemExit) as exc:
-        _ab_kernels().main(["A.so", "B.so", "--shapes", "4,4,1,2", *option])
-    assert exc.value.code == 2
-    assert "--seconds and --window must be > 0 and --threads >= 1" in capsys.readouterr().err
+    assert "--seconds and --window must be > 0 and --threads >= 1" in _refused(
+        "ab_kernels", ["A.so", "B.so", "--shapes", "4,4,1,2", *option], capsys
+    )
 
 
 def test_ab_kernels_refuses_a_file_that_is_not_a_build(tmp_path, capsys):
     bogus = tmp_path / "not_kernels.so"
     bogus.write_text("not an extension module")
-    with pytest.raises(SystemExit) as exc:
-        _ab_kernels().main([str(bogus), str(bogus), "--shapes", "4,4,1,2"])
-    assert exc.value.code == 2
-    assert "not_kernels.so: expected a build" in capsys.readouterr().err
+    assert "not_kernels.so: expected a build" in _refused(
+        "ab_kernels", [str(bogus), str(bogus), "--shapes", "4,4,1,2"], capsys
+    )
 
 
 @pytest.mark.skipif(not gru.backend_available("cython"), reason="the cython backend is not built here")
@@ -341,19 +347,15 @@ def test_floor_bounds_divide_the_run_by_the_floor():
 def test_floors_refuse_a_training_run(tmp_path, capsys):
     run = tmp_path / "train.json"
     run.write_text(json.dumps({"cases": [], "settings": {"threads": 2, "dtype": "float32", "mode": "training"}}))
-    with pytest.raises(SystemExit) as exc:
-        _benchmark_script("floors").main(["--bench", str(run)])
-    assert exc.value.code == 2
-    assert "a training run (--train); the floors are the forward's" in capsys.readouterr().err
+    assert "a training run (--train); the floors are the forward's" in _refused("floors", ["--bench", str(run)], capsys)
 
 
 def test_floors_refuse_a_file_that_is_not_a_bench_run(tmp_path, capsys):
     bogus = tmp_path / "run.json"
     bogus.write_text('{"cases": []}')
-    with pytest.raises(SystemExit) as exc:
-        _benchmark_script("floors").main(["--bench", str(bogus)])
-    assert exc.value.code == 2
-    assert f"--bench {bogus}: expected the JSON of `gru bench --json`" in capsys.readouterr().err
+    assert f"--bench {bogus}: expected the JSON of `gru bench --json`" in _refused(
+        "floors", ["--bench", str(bogus)], capsys
+    )
 
 
 @pytest.mark.parametrize(
@@ -367,10 +369,7 @@ def test_floors_refuse_a_file_that_is_not_a_bench_run(tmp_path, capsys):
 def test_floors_check_their_options_before_measuring(argv, message, capsys):
     if not gru.backend_available("cython"):
         pytest.skip("the cython backend is not built here")
-    with pytest.raises(SystemExit) as exc:
-        _benchmark_script("floors").main(argv)
-    assert exc.value.code == 2
-    assert message in capsys.readouterr().err
+    assert message in _refused("floors", argv, capsys)
 
 
 @pytest.mark.skipif(not gru.backend_available("cython"), reason="the cython backend is not built here")

@@ -60,7 +60,8 @@ def _naming(exc: OSError, path: str) -> OSError:
 
 
 def _refuse_non_file_target(path: str) -> None:
-    """Raise what ``open(path, "wb")`` would where ``path`` cannot become a file: a directory, a missing folder.
+    """Raise what ``open(path, "wb")`` would where ``path`` cannot be written: a directory, a missing folder,
+    a read-only file.
 
     Checked before the temporary file is made, so the error names the caller's
     path rather than the temporary file (``os.replace`` would name both).
@@ -74,6 +75,9 @@ def _refuse_non_file_target(path: str) -> None:
         raise _naming(exc, path) from None
     if os.path.isdir(path) or path.endswith(tuple(sep for sep in (os.sep, os.altsep) if sep)):
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+    # os.replace would swap a file its owner made read-only; open() refuses to write it
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
 
 
 def _atomic_write(path: str, data: bytes) -> None:

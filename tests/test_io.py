@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 
 import numpy as np
@@ -333,6 +334,18 @@ def test_saving_into_a_directory_gives_is_a_directory_error(tmp_path, monkeypatc
     for target in (".", "d1", "d1/"):
         with pytest.raises(IsADirectoryError, match=rf"Is a directory: '{target}'$"):
             gru.GRU(I, H).save(target)
+
+
+def test_saving_over_a_read_only_file_is_refused_as_open_refuses_it(tmp_path, monkeypatch):
+    """os.replace would swap a file whose owner made it read-only; open(path, "wb") raises PermissionError."""
+    path = tmp_path / "kept.safetensors"
+    path.write_bytes(b"keep me")
+    path.chmod(0o444)
+    if os.access(path, os.W_OK):  # root writes anything: then say what open() says, whatever it is
+        monkeypatch.setattr(os, "access", lambda p, mode, **kw: not (str(p) == str(path) and mode == os.W_OK))
+    with pytest.raises(PermissionError, match=rf"Permission denied: '{re.escape(str(path))}'$"):
+        gru.GRU(I, H).save(path)
+    assert path.read_bytes() == b"keep me"
 
 
 def test_a_folder_that_refuses_the_temporary_file_names_the_callers_path(tmp_path, monkeypatch):

@@ -95,6 +95,21 @@ def test_eight_threads_on_one_shared_layer_match_serial_runs(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_first_calls_on_a_fresh_shared_layer_match_serial_runs(backend):
+    """Eight threads make a new layer's first calls together: whatever a backend prepares on first use
+    (the Cython backend packs its weights) must be complete before any other call can see it."""
+    hidden, trials = 256, 40  # a pack long enough to be caught half-done, and enough tries to catch it
+    xs = [np.random.default_rng(k).standard_normal((3, 2, I)).astype("float32") for k in range(THREADS)]
+    reference = gru.GRU(I, hidden, backend=backend, seed=0)
+    expected = [reference(x)[0] for x in xs]
+    for _ in range(trials):
+        layer = gru.GRU(I, hidden, backend=backend, seed=0)  # nothing prepared yet
+        results = run_concurrently([lambda x=x, layer=layer: layer(x)[0] for x in xs])
+        for k in range(THREADS):
+            np.testing.assert_array_equal(results[k][0], expected[k])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_eight_threads_on_separate_layers_match_serial_runs(backend):
     layers = [
         gru.GRU(

@@ -119,12 +119,16 @@ class CythonBackend(StackedBackend):
         key = (team, w_rows)
         panels = by_team.get(key)
         if panels is None:
-            # the last two: a layer called with two thread counts (or layouts) in turn packs once for each
-            # (at H = 1024 a repack copies 12 MB: 1.2 ms, a tenth of a 100-step call)
-            while len(by_team) >= PANEL_TEAMS_KEPT:
-                del by_team[next(iter(by_team))]
-            panels = by_team[key] = np.empty_like(prepared["w_hh"])
+            # packed before it is shared: pack_panels releases the GIL, and a call in another thread
+            # must never find a half-packed array in the cache
+            panels = np.empty_like(prepared["w_hh"])
             self._kernels.pack_panels(prepared["w_hh"], team, panels, w_rows)
+            with self._lock:
+                # the last two: a layer called with two thread counts (or layouts) in turn packs once for each
+                # (at H = 1024 a repack copies 12 MB: 1.2 ms, a tenth of a 100-step call)
+                while len(by_team) >= PANEL_TEAMS_KEPT:
+                    del by_team[next(iter(by_team))]
+                by_team[key] = panels
         return prepared["w_ih_t"], prepared["w_hh"], prepared["bias"], prepared["b_hn"], panels
 
     def _scratch(self, dtype: np.dtype, *shapes: tuple[int, int]) -> list[np.ndarray]:

@@ -262,6 +262,35 @@ def test_blas_thread_limit_is_restored_after_a_call(blas_at_two_threads):
     assert blas_threads() == blas_at_two_threads
 
 
+def test_a_threadpoolctl_limit_is_the_calling_threads(monkeypatch):
+    """OpenMP's limits are per thread: one set in a worker thread holds there, and nowhere else."""
+    import threading
+
+    monkeypatch.delenv("GRU_NUM_THREADS", raising=False)
+    backend = gru.get_backend("cython")
+    unlimited = backend.thread_count(None)
+    if unlimited < 2:
+        pytest.skip("one thread here either way: nothing to tell apart")
+    seen = {}
+
+    def limited():
+        with threadpool_limits(limits=1, user_api="openmp"):
+            seen["limited"] = backend.thread_count(None)
+            layer = gru.GRU(4, 64, backend="cython", seed=0)
+            seen["output"] = layer(np.ones((3, 1, 4), "float32"))[0]  # runs under the limit
+
+    def free():
+        seen["free"] = backend.thread_count(None)
+
+    for target in (limited, free):
+        worker = threading.Thread(target=target)
+        worker.start()
+        worker.join()
+    assert seen["limited"] == 1
+    assert seen["free"] == unlimited  # the other thread's limit does not reach this one
+    assert seen["output"].shape == (3, 1, 64)
+
+
 def test_threadpoolctl_limit_and_environment_variable_are_respected(monkeypatch):
     backend = gru.get_backend("cython")
     with threadpool_limits(limits=1, user_api="openmp"):

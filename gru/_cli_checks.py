@@ -12,6 +12,8 @@ import os
 import re
 import tempfile
 
+from gru._io import names_a_directory
+
 __all__ = ["accept_negative_values", "figure_path", "number_error", "output_error"]
 
 
@@ -41,7 +43,7 @@ def output_error(path: str, flag: str) -> str | None:
     permission bits say nothing about virtual or read-only file systems, or to root.
     """
     target = os.path.abspath(path)
-    if os.path.isdir(target) or _names_a_directory(path):
+    if names_a_directory(path):
         return f"{flag}: expected a file name, got the directory {path!r}"
     parent = os.path.dirname(target)
     while not os.path.exists(parent):
@@ -63,11 +65,6 @@ def output_error(path: str, flag: str) -> str | None:
     return None
 
 
-def _names_a_directory(path: str) -> bool:
-    """Whether ``path`` ends in a separator (``out/``): a directory, whether or not it exists yet."""
-    return path.endswith(tuple(sep for sep in (os.sep, os.altsep) if sep))
-
-
 def _figure_formats() -> list[str] | None:
     """The file formats matplotlib saves, or None without matplotlib (the figure step then says so)."""
     try:
@@ -83,7 +80,7 @@ def figure_path(path: str, flag: str) -> tuple[str, str | None]:
     matplotlib adds ``.png`` to a name without a suffix; the path returned
     has it, so that the command names the file it wrote.
     """
-    if not path or _names_a_directory(path) or os.path.isdir(path):  # matplotlib would write DIR/.png.png
+    if not path or names_a_directory(path):  # matplotlib would write DIR/.png.png
         return path, f"{flag}: expected a file name, got the directory {path!r}"
     ext = os.path.splitext(path)[1]
     if not ext:

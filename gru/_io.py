@@ -59,6 +59,11 @@ def _naming(exc: OSError, path: str) -> OSError:
     return exc if exc.errno is None else type(exc)(exc.errno, exc.strerror, path)
 
 
+def names_a_directory(path: str) -> bool:
+    """Whether ``path`` is a directory or ends in a separator (``out/``: one, whether or not it exists yet)."""
+    return path.endswith(tuple(sep for sep in (os.sep, os.altsep) if sep)) or os.path.isdir(path)
+
+
 def _refuse_non_file_target(path: str) -> None:
     """Raise what ``open(path, "wb")`` would where ``path`` cannot be written: a directory, a missing folder,
     a read-only file.
@@ -73,7 +78,7 @@ def _refuse_non_file_target(path: str) -> None:
         os.stat(os.path.join(directory, ""))  # the trailing separator makes a file there NotADirectoryError
     except OSError as exc:
         raise _naming(exc, path) from None
-    if os.path.isdir(path) or path.endswith(tuple(sep for sep in (os.sep, os.altsep) if sep)):
+    if names_a_directory(path):
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
     # os.replace would swap a file its owner made read-only; open() refuses to write it
     if os.path.exists(path) and not os.access(path, os.W_OK):

@@ -200,10 +200,13 @@ class _Recurrent:
         state["_weights"] = None
         backend = state["backend"]
         if isinstance(backend, Backend) and backend.name:
-            from gru._registry import backend_available, get_backend
+            from gru._registry import get_backend
 
-            if backend_available(backend.name) and get_backend(backend.name) is backend:
-                state["backend"] = backend.name
+            try:
+                if get_backend(backend.name) is backend:
+                    state["backend"] = backend.name
+            except BackendError:  # no longer registered or runnable here: keep the instance
+                pass
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:

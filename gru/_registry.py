@@ -230,7 +230,7 @@ def select_backend(choice: str | Backend | None, request: ForwardRequest) -> Bac
     "auto" picks the highest-priority available backend on the input's device
     that supports the request.
     """
-    from_env = choice is None and bool(os.environ.get(ENV_VAR))
+    from_env = choice is None  # a name reached below from here came from GRU_BACKEND
     if choice is None:
         choice = os.environ.get(ENV_VAR) or "auto"
     if isinstance(choice, Backend):

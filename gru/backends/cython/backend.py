@@ -106,7 +106,7 @@ class CythonBackend(StackedBackend):
         return prepared["w_hh_t"]
 
     def _prepared(self, weights: LayerWeights, team: int, w_rows: bool) -> tuple[np.ndarray, ...]:
-        """Weights as the kernel takes them, made once per LayerWeights (and team size, for the last two).
+        """Weights as the kernel takes them, made once per LayerWeights (and team size and layout, for the panels).
 
         Transposed input weights (BLAS's fastest layout for the input
         projection), W_hh and its per-thread panels packed for ``team``
@@ -261,8 +261,7 @@ class CythonBackend(StackedBackend):
         w_rows = self._kernels.panel_rows(B, H, x.itemsize, panels_team)
         w_ih_t, w_hh, bias, b_hn, panels = self._prepared(weights, panels_team, w_rows)
         # gx, gh and its column-major twin, r*h and two states, gate scratch; then room for packed
-        # recurrent weights
-        # should OpenMP give another team than asked for
+        # recurrent weights, should OpenMP give another team than asked for
         rows = self._kernels.workspace_rows(T, B, x.shape[2], H, x.itemsize, reverse, sorted_lengths[-1], team)
         workspace, own_panels = self._scratch(x.dtype, (rows, 3 * H), (3 * H, H))
         self._kernels.run_direction(

@@ -42,7 +42,7 @@ step() {
 summary "gru GPU check, $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1 && summary "$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null)"
 
-# limits add up to 900 s (about 3 minutes are used; the optional profiles add up to 450 s);
+# limits add up to 1080 s (about 3 minutes are used; the optional profiles add up to 450 s);
 # the GPU tests run first (they say fastest whether the kernels work), the CPU-only tests last
 # (CI runs those anyway)
 step install 90 "$PYTHON" -m pip install --no-build-isolation --no-deps --no-cache-dir .
@@ -53,7 +53,10 @@ step conformance 120 "$PYTHON" -m pytest -q -p no:cacheprovider --pyargs gru.tes
 GRU_CUPY_PATH=persistent step conf-persist 90 "$PYTHON" -m pytest -q -p no:cacheprovider --pyargs gru.testing --gru-backend cupy
 GRU_CUPY_PATH=fused step conf-fused 90 "$PYTHON" -m pytest -q -p no:cacheprovider --pyargs gru.testing --gru-backend cupy
 GRU_CUPY_PATH=stepwise step conf-stepwise 90 "$PYTHON" -m pytest -q -p no:cacheprovider --pyargs gru.testing --gru-backend cupy
-step benchmark 180 "$PYTHON" benchmarks/gpu.py --json "$OUT/gpu.json" --budget 40 ${GRU_GPU_SWEEP:+--sweep} ${GRU_GPU_CROSSOVER:+--crossover}
+# the resident path's other layouts of W_hh (float32 reset-after layers up to 128 units take them)
+GRU_CUPY_PATH=resident GRU_CUPY_RESIDENT_LAYOUT=rows step conf-rows 90 "$PYTHON" -m pytest -q -p no:cacheprovider --pyargs gru.testing --gru-backend cupy
+GRU_CUPY_PATH=resident GRU_CUPY_RESIDENT_LAYOUT=cluster4 step conf-cluster 90 "$PYTHON" -m pytest -q -p no:cacheprovider --pyargs gru.testing --gru-backend cupy
+step benchmark 180 "$PYTHON" benchmarks/gpu.py --json "$OUT/gpu.json" --budget 40 ${GRU_GPU_SWEEP:+--sweep} ${GRU_GPU_CROSSOVER:+--crossover} ${GRU_GPU_RESIDENT:+--resident}
 # GRU_GPU_PROFILE=1: Nsight Compute on one launch of each benchmark shape's kernel (after warm-up)
 if [ -n "${GRU_GPU_PROFILE:-}" ] && command -v ncu >/dev/null; then
     for case in 128,128,1,1000:resident 1024,1024,1,1500:persistent 2816,2816,1,375:persistent \

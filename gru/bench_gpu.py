@@ -23,7 +23,8 @@ budget still leaves what it measured) and a table is printed at the end.
 
 ``--sweep`` also times the persistent kernel over its layout knobs (units per
 block, threads per block, share of L2) on every shape it can run, and
-``--crossover`` every path over a grid of batch sizes, for tuning the path rule.
+``--crossover`` every path over a grid of batch sizes, for tuning the path rule;
+``--resident`` every layout of the resident kernel over a grid of sizes.
 """
 
 from __future__ import annotations
@@ -193,11 +194,13 @@ def bench_shape(shape, repeats: int, warmup: int) -> dict[str, Any]:
                 timings["gru_" + other] = time_events(run_gru, repeats, cupy_events, warmup)
         except Exception as exc:  # a kernel that does not fit this layer says why
             row[f"gru_{other}_error"] = f"{type(exc).__name__}: {exc}"
-    # the resident kernel's other layout of W_hh, where it can run (off in "auto" until timed)
-    rows_layout = time_resident_rows(layer, x, backend, repeats, warmup, agreement)
-    if rows_layout is not None:
-        row["agreement_gru_resident_rows"] = rows_layout["agreement"]
-        timings["gru_resident_rows"] = rows_layout["times_ms"]
+    # the resident kernel's other layouts of W_hh, where they can run
+    for layout, timed in time_resident_layouts(layer, x, backend, repeats, warmup, agreement).items():
+        if "error" in timed:
+            row[f"gru_resident_{layout}_error"] = timed["error"]
+            continue
+        row[f"agreement_gru_resident_{layout}"] = timed["agreement"]
+        timings[f"gru_resident_{layout}"] = timed["times_ms"]
 
     row["times_ms"] = timings
     row["median_ms"] = {k: statistics.median(v) for k, v in timings.items()}
@@ -280,28 +283,49 @@ def sweep_shape(shape, repeats: int, warmup: int) -> list[dict[str, Any]]:
     return rows
 
 
-def time_resident_rows(layer, x, backend, repeats: int, warmup: int, agreement) -> dict[str, Any] | None:
-    """The resident path in its row-per-thread layout of W_hh, graded by ``agreement`` (of a NumPy output), then
-    timed; None where that layout cannot run the layer."""
+@contextlib.contextmanager
+def resident_layout(layout: str):
+    """The CuPy backend's resident path takes ``layout`` (GRU_CUPY_RESIDENT_LAYOUT) inside the block."""
+    from gru.backends.cupy import _plans
+
+    saved = os.environ.get(_plans.RESIDENT_LAYOUT_ENV_VAR)
+    os.environ[_plans.RESIDENT_LAYOUT_ENV_VAR] = layout
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(_plans.RESIDENT_LAYOUT_ENV_VAR, None)
+        else:
+            os.environ[_plans.RESIDENT_LAYOUT_ENV_VAR] = saved
+
+
+def time_resident_layouts(layer, x, backend, repeats: int, warmup: int, agreement) -> dict[str, dict[str, Any]]:
+    """The resident path in each layout of W_hh but the backend's own, where that layout can run the layer
+    (and the device has what it needs): graded by ``agreement`` (of a NumPy output), then timed."""
     from gru._arrays import to_host
     from gru.backends.cupy import _plans
 
     T, B, _ = x.shape
     H = layer.hidden_size
-    plan = _plans.plan_resident(
-        hidden_size=H, dtype="float32", reset_after=True, elements=T * B * 3 * H, row_per_thread=True
-    )
-    if not (isinstance(plan, _plans.ResidentPlan) and plan.row_per_thread):
-        return None
-    saved = backend.resident_row_per_thread
-    backend.resident_row_per_thread = True
-    try:
-        with forced_path("resident"):
-            graded = agreement(to_host(layer(x)[0], "output"))
-            times = time_events(lambda: layer(x), repeats, cupy_events, warmup)
-    finally:
-        backend.resident_row_per_thread = saved
-    return {"kernel": plan.kernel, "threads": plan.threads, "agreement": graded, "times_ms": times}
+    device = backend._device(x)
+    results: dict[str, dict[str, Any]] = {}
+    for layout in _plans.RESIDENT_LAYOUTS:
+        if layout == backend.resident_layout or (layout.startswith("cluster") and not device.clusters):
+            continue
+        plan = _plans.plan_resident(
+            hidden_size=H, dtype="float32", reset_after=True, elements=T * B * 3 * H, layout=layout
+        )
+        if not (isinstance(plan, _plans.ResidentPlan) and plan.layout == layout):
+            continue
+        try:
+            with forced_path("resident"), resident_layout(layout):
+                graded = agreement(to_host(layer(x)[0], "output"))
+                times = time_events(lambda: layer(x), repeats, cupy_events, warmup)
+        except Exception as exc:  # a layout that fails on this device says why, the others still run
+            results[layout] = {"kernel": plan.kernel, "error": f"{type(exc).__name__}: {exc}"[:200]}
+            continue
+        results[layout] = {"kernel": plan.kernel, "threads": plan.threads, "agreement": graded, "times_ms": times}
+    return results
 
 
 #: (hidden size, batch sizes) of --crossover, 100 steps, input size = hidden size
@@ -339,6 +363,57 @@ def crossover(repeats: int, warmup: int) -> list[dict[str, Any]]:
     return rows
 
 
+#: (hidden size, batch sizes) of --resident, 1000 steps, input size = hidden size
+RESIDENT_GRID = ((32, (1, 16)), (64, (1, 16, 64)), (128, (1, 4, 16, 32, 64, 128)))
+
+
+def resident_grid(repeats: int, warmup: int) -> list[dict[str, Any]]:
+    """Median ms of the resident path in every layout per (H, B), 1000 steps; at one sequence also 2000
+    steps (the slope is the time of a step) and the host's time per call (CPU clock, no synchronisation)."""
+    import cupy
+    from cupyx.profiler import benchmark
+
+    import gru
+    from gru.backends.cupy import _plans
+
+    backend = gru.get_backend("cupy")
+    rows = []
+    for H, batches in RESIDENT_GRID:
+        layer = gru.GRU(H, H, dtype="float32", backend="cupy", seed=0)
+        for B in batches:
+            for T in (1000, 2000) if B == 1 else (1000,):
+                x = cupy.random.default_rng(B).standard_normal((T, B, H), dtype=cupy.float32)
+                row: dict[str, Any] = {"H": H, "B": B, "T": T, "median_ms": {}}
+                for layout in _plans.RESIDENT_LAYOUTS:
+                    try:
+                        with forced_path("resident"), resident_layout(layout):
+                            times = time_events(lambda layer=layer, x=x: layer(x), repeats, cupy_events, warmup)
+                            row["median_ms"][layout] = statistics.median(times)
+                            if B == 1 and T == 1000:
+                                timing = benchmark(lambda layer=layer, x=x: layer(x), n_repeat=50, n_warmup=5)
+                                row.setdefault("host_us", {})[layout] = float(np.median(timing.cpu_times)) * 1e6
+                    except Exception as exc:
+                        row[f"{layout}_error"] = f"{type(exc).__name__}: {exc}"[:120]
+                row["auto"] = backend.last_paths[0] if backend.last_paths else None
+                rows.append(row)
+                times_text = "  ".join(f"{k} {v:7.3f}" for k, v in row["median_ms"].items())
+                print(f"resident H={H:<4} B={B:<4} T={T:<5} {times_text}", flush=True)
+    # the rest of a call at the benchmark's first shape: the projection GEMM alone, and an empty layer
+    x = cupy.random.default_rng(0).standard_normal((1000, 1, 128), dtype=cupy.float32)
+    w = cupy.random.default_rng(1).standard_normal((128, 384), dtype=cupy.float32)
+    timing = benchmark(lambda: cupy.matmul(x.reshape(1000, 128), w), n_repeat=50, n_warmup=5)
+    rows.append(
+        {
+            "projection_gemm_us": {
+                "gpu": float(np.median(timing.gpu_times[0])) * 1e6,
+                "host": float(np.median(timing.cpu_times)) * 1e6,
+            }
+        }
+    )
+    print(f"resident: projection GEMM (1000x128)@(128x384): {rows[-1]['projection_gemm_us']} us", flush=True)
+    return rows
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``gru bench-gpu`` options (shared with ``benchmarks/gpu.py``)."""
     parser.add_argument("--json", type=Path, required=True, help="where to write the results")
@@ -347,6 +422,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget", type=float, default=80.0, help="seconds; shapes not started by then are skipped")
     parser.add_argument("--sweep", action="store_true", help="also time the persistent kernel over its knobs")
     parser.add_argument("--crossover", action="store_true", help="also time every path over a grid of batch sizes")
+    parser.add_argument(
+        "--resident", action="store_true", help="also time every layout of the resident kernel over a grid of sizes"
+    )
     accept_negative_values(parser)
 
 
@@ -447,6 +525,9 @@ def run_from_args(args: argparse.Namespace) -> int:
                 print(f"sweep {shape!s:<24} {row.get('knobs')!s:<36} {where!s:<56} {timing}")
     if args.crossover:
         report["crossover"] = crossover(args.repeats, args.warmup)
+        args.json.write_text(json.dumps(report, indent=2, default=str))
+    if args.resident:
+        report["resident"] = resident_grid(args.repeats, args.warmup)
         args.json.write_text(json.dumps(report, indent=2, default=str))
     return 0 if all(r.get("agrees") and "error" not in r for r in report["results"]) else 1
 

@@ -23,7 +23,7 @@ from cupy_helpers import GPU_REASON, assert_matches_oracle, needs_gpu
 import gru
 from gru.backends import Backend, Capabilities
 from gru.backends.cupy import CupyBackend
-from gru.backends.cupy._plans import PATH_ENV_VAR
+from gru.backends.cupy._plans import PATH_ENV_VAR, RESIDENT_LAYOUT_ENV_VAR, RESIDENT_LAYOUTS
 from gru.testing._support import EACH_DTYPE, EACH_VARIANT, oracle_for
 
 # -- availability ----------------------------------------------------------------------------
@@ -208,6 +208,21 @@ def test_gpu_resident_kernel_at_its_largest_layers(monkeypatch, H, dtype, reset_
     lengths = [40, 1, 0, 17, 39, 40]
     tol = 2e-5 if dtype == "float32" else 1e-12
     assert_matches_oracle(layer, x, h0, lengths, tol)
+    assert gru.get_backend("cupy").last_paths == ("resident",)
+
+
+@needs_gpu
+@pytest.mark.parametrize("layout", [layout for layout in RESIDENT_LAYOUTS if layout != "chunked"])
+@pytest.mark.parametrize("H", [37, 128])
+def test_gpu_resident_layouts(monkeypatch, layout, H):
+    """The row-per-thread and cluster layouts (float32, reset-after), with lengths, both directions and gates."""
+    monkeypatch.setenv(PATH_ENV_VAR, "resident")
+    monkeypatch.setenv(RESIDENT_LAYOUT_ENV_VAR, layout)
+    rng = np.random.default_rng(H)
+    layer = gru.GRU(16, H, bidirectional=True, dtype="float32", backend="cupy", seed=rng)
+    x = rng.standard_normal((40, 6, 16)).astype("float32")
+    h0 = rng.standard_normal((2, 6, H)).astype("float32")
+    assert_matches_oracle(layer, x, h0, [40, 1, 0, 17, 39, 40], 2e-5)
     assert gru.get_backend("cupy").last_paths == ("resident",)
 
 

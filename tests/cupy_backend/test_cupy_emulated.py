@@ -7,6 +7,8 @@ shapes chosen to stress each kernel's corner cases.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from cupy_helpers import (
@@ -20,7 +22,7 @@ from cupy_helpers import (
 import gru
 from gru.backends import ForwardResult
 from gru.backends.cupy import _kernels, _paths, _plans
-from gru.backends.cupy._plans import PATH_ENV_VAR, PersistentPlan, plan_resident
+from gru.backends.cupy._plans import PATH_ENV_VAR, RESIDENT_LAYOUT_ENV_VAR, PersistentPlan, plan_resident
 from gru.testing import test_forward, test_golden, test_layouts
 from gru.testing._support import EACH_DTYPE, EACH_VARIANT, oracle_for
 
@@ -139,47 +141,63 @@ def test_resident_kernel_stress(emulator_library, monkeypatch, H, dtype, reset_a
     assert launched[-1] == (p.kernel, (B, 2, 1), (p.threads,), p.shared_mem)
 
 
-@pytest.mark.parametrize("H", [5, 37, 64, 100, 128])
-def test_resident_row_per_thread_kernel_stress(emulator_library, monkeypatch, H):
-    """The row-per-thread layout (float32, reset-after), where the backend is told to take it."""
+@pytest.mark.parametrize(
+    ("layout", "H"),
+    [
+        *(("rows", H) for H in (5, 37, 64, 100, 128)),
+        *(("cluster2", 128), ("cluster4", 128), ("cluster4", 37), ("cluster8", 100), ("cluster8", 5), ("cluster2", 64)),
+    ],
+)
+def test_resident_layouts_stress(emulator_library, monkeypatch, layout, H):
+    """The row-per-thread and cluster layouts (float32, reset-after), where the backend is told to take them."""
     monkeypatch.delenv(PATH_ENV_VAR, raising=False)
+    monkeypatch.setenv(RESIDENT_LAYOUT_ENV_VAR, layout)
     backend = emulated_backend(emulator_library)
-    backend.resident_row_per_thread = True
     T, B = 5, 3
     assert_stacked_bidirectional_matches_oracle(
         backend, I=4, H=H, T=T, B=B, dtype="float32", reset_after=True, rng=np.random.default_rng(H),
         lengths=np.array([T, 0, 2]),
     )  # fmt: skip
     assert backend.last_paths == ("resident", "resident")
-    columns = 64 if H <= 64 else 128
+    p = plan_resident(hidden_size=H, dtype="float32", reset_after=True, elements=T * B * 2 * 3 * H, layout=layout)
+    assert p.layout == layout
     launched = [launch for launch in backend.device.launches if launch[0].startswith("gru_resident")]
-    assert launched[-1] == (
-        _kernels.resident_rows_name(columns),
-        (B, 2, 1),
-        (-(-3 * H // 32) * 32,),
-        (columns + 3 * H) * 4,
-    )
+    assert launched[-1] == (p.kernel, (B * p.cluster, 2, 1), (p.threads,), p.shared_mem)
 
 
-@pytest.mark.parametrize(("dtype", "reset_after"), [("float32", False), ("float64", True)])
-def test_resident_row_per_thread_is_only_for_float32_reset_after(emulator_library, monkeypatch, dtype, reset_after):
+def test_cluster_layout_needs_a_device_with_clusters(emulator_library, monkeypatch):
     monkeypatch.delenv(PATH_ENV_VAR, raising=False)
+    monkeypatch.setenv(RESIDENT_LAYOUT_ENV_VAR, "cluster4")
     backend = emulated_backend(emulator_library)
-    backend.resident_row_per_thread = True
+    backend.device.clusters = False
+    layer = gru.GRU(4, 16, dtype="float32", backend=backend, seed=0)
+    x = np.random.default_rng(0).standard_normal((3, 2, 4)).astype("float32")
+    assert_matches_oracle(layer, x, np.zeros((1, 2, 16), "float32"), None, 1e-5)
+    assert [launch[0] for launch in backend.device.launches] == [_kernels.resident_name("float32", 8, True)]
+
+
+@pytest.mark.parametrize("layout", ["rows", "cluster4"])
+@pytest.mark.parametrize(("dtype", "reset_after"), [("float32", False), ("float64", True)])
+def test_other_resident_layouts_are_only_for_float32_reset_after(
+    emulator_library, monkeypatch, layout, dtype, reset_after
+):
+    monkeypatch.delenv(PATH_ENV_VAR, raising=False)
+    monkeypatch.setenv(RESIDENT_LAYOUT_ENV_VAR, layout)
+    backend = emulated_backend(emulator_library)
     rng = np.random.default_rng(1)
     layer = gru.GRU(4, 16, reset_after=reset_after, dtype=dtype, backend=backend, seed=rng)
     x = rng.standard_normal((3, 2, 4)).astype(dtype)
     assert_matches_oracle(layer, x, np.zeros((1, 2, 16), dtype), None, 1e-5 if dtype == "float32" else 1e-12)
     launched = {launch[0] for launch in backend.device.launches}
-    assert not any(name.startswith("gru_resident_rows") for name in launched)
-    assert any(name.startswith("gru_resident<") for name in launched)
+    assert launched and all(name.startswith("gru_resident<") for name in launched)
 
 
-def test_the_gpu_benchmark_times_the_resident_rows_layout(emulator_library, monkeypatch):
-    """gru bench-gpu's resident_rows entry, run on the emulation with a stand-in for the CUDA-event timer."""
+def test_the_gpu_benchmark_times_the_other_resident_layouts(emulator_library, monkeypatch):
+    """gru bench-gpu's resident_rows / resident_clusterN entries, on the emulation with a stand-in timer."""
     from gru import bench_gpu
 
     monkeypatch.delenv(PATH_ENV_VAR, raising=False)
+    monkeypatch.delenv(RESIDENT_LAYOUT_ENV_VAR, raising=False)
     timed = []
 
     def one_run(run, repeats, events, warmup=0):
@@ -193,16 +211,24 @@ def test_the_gpu_benchmark_times_the_resident_rows_layout(emulator_library, monk
     x = np.random.default_rng(0).standard_normal((3, 1, 4)).astype("float32")
     expected = layer(x)[0]  # the chunked layout
     backend.device.launches.clear()
-    result = bench_gpu.time_resident_rows(
+    results = bench_gpu.time_resident_layouts(
         layer, x, backend, 1, 0, agreement=lambda out: float(np.abs(out - expected).max())
     )
-    # graded once, timed once, both on the row-per-thread kernel
-    assert [launch[0] for launch in backend.device.launches] == [_kernels.resident_rows_name(64)] * 2
-    assert result["kernel"] == _kernels.resident_rows_name(64) and result["times_ms"] == [1.0]
-    assert result["agreement"] < 1e-5 and timed == [("resident",)]
-    assert backend.resident_row_per_thread is False  # put back
-    wide = gru.GRU(4, 200, dtype="float32", backend=backend, seed=0)  # too wide for a row per thread
-    assert bench_gpu.time_resident_rows(wide, x, backend, 1, 0, agreement=lambda out: 0.0) is None
+    kernels = {
+        "rows": _kernels.resident_rows_name(64),
+        **{f"cluster{c}": _kernels.resident_cluster_name(c, 64) for c in _kernels.RESIDENT_CLUSTER_SIZES},
+    }
+    assert list(results) == list(kernels)
+    for layout, kernel in kernels.items():  # graded once, timed once, each on its own kernel
+        assert results[layout]["kernel"] == kernel and results[layout]["times_ms"] == [1.0]
+        assert results[layout]["agreement"] < 1e-5
+    assert [launch[0] for launch in backend.device.launches] == [k for k in kernels.values() for _ in range(2)]
+    assert timed == [("resident",)] * len(kernels)
+    assert RESIDENT_LAYOUT_ENV_VAR not in os.environ  # put back
+    backend.device.clusters = False  # a device without clusters times only the rows layout
+    assert list(bench_gpu.time_resident_layouts(layer, x, backend, 1, 0, agreement=lambda out: 0.0)) == ["rows"]
+    wide = gru.GRU(4, 200, dtype="float32", backend=backend, seed=0)  # too wide for the other layouts
+    assert bench_gpu.time_resident_layouts(wide, x, backend, 1, 0, agreement=lambda out: 0.0) == {}
 
 
 FUSED_STRESS_CASES = [

@@ -156,16 +156,42 @@ def test_stepwise_splits_fill_the_multiprocessors(B, H, gate_rows, expected):
 
 @pytest.mark.parametrize(("H", "columns", "threads"), [(1, 64, 32), (64, 64, 192), (65, 128, 224), (128, 128, 384)])
 def test_row_per_thread_resident_plan(H, columns, threads):
-    p = plan_resident(hidden_size=H, dtype="float32", reset_after=True, elements=10, row_per_thread=True)
-    assert p.row_per_thread and p.kernel == _kernels.resident_rows_name(columns)
+    p = plan_resident(hidden_size=H, dtype="float32", reset_after=True, elements=10, layout="rows")
+    assert p.layout == "rows" and p.cluster == 1 and p.kernel == _kernels.resident_rows_name(columns)
     assert (p.chunk, p.threads, p.lanes_per_unit) == (columns, threads, 1)
     assert p.threads >= 3 * H and p.shared_mem == (columns + 3 * H) * 4
 
 
 @pytest.mark.parametrize(
+    ("H", "cluster", "columns", "threads"),
+    [(128, 4, 128, 384), (128, 2, 128, 768), (128, 8, 128, 192), (100, 8, 128, 160), (5, 8, 64, 32), (64, 4, 64, 192)],
+)
+def test_cluster_resident_plan(H, cluster, columns, threads):
+    p = plan_resident(hidden_size=H, dtype="float32", reset_after=True, elements=10, layout=f"cluster{cluster}")
+    assert p.layout == f"cluster{cluster}" and p.cluster == cluster
+    assert p.kernel == _kernels.resident_cluster_name(cluster, columns)
+    units = -(-H // cluster)
+    # every row of the block's units has its 4 lanes, in whole warps
+    assert p.threads == threads and p.threads >= 3 * units * 4 > p.threads - 32
+    assert p.shared_mem == (2 * columns + 3 * units) * 4 and p.chunk * p.lanes_per_unit == columns
+
+
+@pytest.mark.parametrize("layout", ["rows", "cluster2", "cluster8"])
+@pytest.mark.parametrize(
     ("H", "dtype", "reset_after"), [(129, "float32", True), (64, "float64", True), (64, "float32", False)]
 )
-def test_row_per_thread_falls_back_to_the_chunked_layout(H, dtype, reset_after):
-    p = plan_resident(hidden_size=H, dtype=dtype, reset_after=reset_after, elements=10, row_per_thread=True)
+def test_other_layouts_fall_back_to_the_chunked_layout(layout, H, dtype, reset_after):
+    p = plan_resident(hidden_size=H, dtype=dtype, reset_after=reset_after, elements=10, layout=layout)
     default = plan_resident(hidden_size=H, dtype=dtype, reset_after=reset_after, elements=10)
-    assert p == default and (not isinstance(p, ResidentPlan) or not p.row_per_thread)
+    assert p == default and (not isinstance(p, ResidentPlan) or p.layout == "chunked")
+
+
+def test_resident_layout_from_the_environment(monkeypatch):
+    monkeypatch.delenv(_plans.RESIDENT_LAYOUT_ENV_VAR, raising=False)
+    assert _plans.resident_layout_from_environment() == _plans.RESIDENT_LAYOUT
+    assert _plans.resident_layout_from_environment("rows") == "rows"
+    monkeypatch.setenv(_plans.RESIDENT_LAYOUT_ENV_VAR, "cluster4")
+    assert _plans.resident_layout_from_environment("rows") == "cluster4"
+    monkeypatch.setenv(_plans.RESIDENT_LAYOUT_ENV_VAR, "cluster3")
+    with pytest.raises(ValueError, match=r"GRU_CUPY_RESIDENT_LAYOUT must be one of chunked, rows, .*got 'cluster3'"):
+        _plans.resident_layout_from_environment()

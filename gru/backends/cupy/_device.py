@@ -34,6 +34,8 @@ class Device(Protocol):
     cooperative_launch: bool
     #: bytes of L2 cache
     l2_bytes: int
+    #: whether kernels can run in thread-block clusters (compute capability 9.0 and newer)
+    clusters: bool
 
     def asarray(self, a: Any) -> Any:
         """``a`` on this device (a no-op for an array already there)."""
@@ -83,6 +85,7 @@ _DEFAULT_DYNAMIC_SMEM = 48 * 1024
 # which every CuPy version has (Device.attributes' key names are not as stable)
 _ATTR_MULTIPROCESSOR_COUNT = 16
 _ATTR_L2_CACHE_SIZE = 38
+_ATTR_COMPUTE_CAPABILITY_MAJOR = 75
 _ATTR_COOPERATIVE_LAUNCH = 95
 _ATTR_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN = 97
 
@@ -99,6 +102,7 @@ class CupyDevice:
         self.smem_per_block = attribute(_ATTR_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN, self.device_id)
         self.cooperative_launch = bool(attribute(_ATTR_COOPERATIVE_LAUNCH, self.device_id))
         self.l2_bytes = attribute(_ATTR_L2_CACHE_SIZE, self.device_id)
+        self.clusters = attribute(_ATTR_COMPUTE_CAPABILITY_MAJOR, self.device_id) >= 9
         name = runtime.getDeviceProperties(self.device_id).get("name", b"")
         self.name = name.decode() if isinstance(name, bytes) else str(name)
         self._lock = threading.Lock()

@@ -33,7 +33,7 @@ def _gates_args(gates, placeholder) -> tuple:
 def run_resident(
     device, packed, plan: ResidentPlan, *, gx, h0, lengths, steps, output, h_n, gates, reset_after, placeholder
 ):
-    """One launch, one block per (sequence, direction), every step of each sequence in its block."""
+    """One launch, one block (or cluster of blocks) per (sequence, direction), every step of a sequence in it."""
     D, B, H = h0.shape
     T = output.shape[0]
     i32 = np.int32
@@ -52,9 +52,10 @@ def run_resident(
         i32(plan.padded_hidden),
         i32(D),
     )
-    if not plan.row_per_thread:
+    if plan.layout == "chunked":
         args += (i32(plan.ks_log2),)
-    device.launch(plan.kernel, (B, D), (plan.threads,), args, shared_mem=plan.shared_mem)
+    # a cluster of plan.cluster consecutive blocks along x per sequence (the kernel's own cluster size)
+    device.launch(plan.kernel, (B * plan.cluster, D), (plan.threads,), args, shared_mem=plan.shared_mem)
     return None
 
 

@@ -8,6 +8,7 @@ kernel is laid out, and the tests check the rule without a GPU.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,10 +60,14 @@ STEPWISE_MIN_SPLIT_COLUMNS = 128
 #: counting tiles of this many rows and columns (cuBLAS's tile for such products is its own choice).
 GEMM_TILE = 128
 
-#: Whether the resident path lays W_hh out a row per thread where it can (float32, reset-after,
-#: H <= 128: gru_resident_rows in kernels/gru_resident.cu) instead of three row chunks per thread.
-#: An experiment, off until it is timed on a GPU (gru bench-gpu times it as resident_rows).
-RESIDENT_ROW_PER_THREAD = False
+#: How the resident path lays W_hh out where it can (float32, reset-after, H <= 128; elsewhere it
+#: is always "chunked"): "chunked", three row chunks per thread (gru_resident in
+#: kernels/gru_resident.cu); "rows", a whole row per thread (gru_resident_rows); "cluster2",
+#: "cluster4", "cluster8", the sequence spread over a cluster of that many blocks (gru_cluster.cu,
+#: devices of compute capability 9.0 and newer). GRU_CUPY_RESIDENT_LAYOUT overrides it.
+RESIDENT_LAYOUT = "chunked"
+RESIDENT_LAYOUTS = ("chunked", "rows", *(f"cluster{c}" for c in _kernels.RESIDENT_CLUSTER_SIZES))
+RESIDENT_LAYOUT_ENV_VAR = "GRU_CUPY_RESIDENT_LAYOUT"
 
 #: Force a path: "resident", "persistent", "fused", "stepwise" or "auto" (the default).
 PATH_ENV_VAR = "GRU_CUPY_PATH"
@@ -102,7 +107,8 @@ class ResidentPlan:
     threads: int
     shared_mem: int  #: dynamic shared memory per block, bytes
     padded_hidden: int  #: the row stride of the padded W_hh the kernel reads
-    row_per_thread: bool = False  #: gru_resident_rows: a whole row of W_hh per thread (chunk = its columns)
+    layout: str = "chunked"  #: one of RESIDENT_LAYOUTS
+    cluster: int = 1  #: blocks per sequence and direction (a cluster of them where more than one)
 
     @property
     def ks_log2(self) -> int:
@@ -110,15 +116,15 @@ class ResidentPlan:
 
 
 def plan_resident(
-    *, hidden_size: int, dtype: str, reset_after: bool, elements: int, row_per_thread: bool = False
+    *, hidden_size: int, dtype: str, reset_after: bool, elements: int, layout: str = "chunked"
 ) -> ResidentPlan | str:
     """Lay out the register-resident kernel for one layer, or say why it cannot run.
 
     Each hidden unit gets the fewest power-of-two lanes whose chunks of
     ``chunk`` columns cover H; the smallest instantiated chunk that keeps the
     block within its thread bound wins (more lanes, shorter chains per thread).
-    With ``row_per_thread``, float32 reset-after layers of up to 128 units take
-    the row-per-thread kernel instead (3H threads, each a whole row of W_hh).
+    The other ``layout`` values (see :data:`RESIDENT_LAYOUT`) apply to float32
+    reset-after layers of up to 128 units; other layers keep the chunked one.
     ``elements`` is the size of the layer's largest tensor (gx).
     """
     if elements > RESIDENT_MAX_ELEMENTS:
@@ -126,18 +132,35 @@ def plan_resident(
     H = hidden_size
     itemsize = np.dtype(dtype).itemsize
     width = 16 // itemsize
-    if row_per_thread and dtype == "float32" and reset_after:
-        columns = next((c for c in _kernels.RESIDENT_ROW_COLUMNS if c >= H), None)
-        if columns is not None:
-            return ResidentPlan(
-                kernel=_kernels.resident_rows_name(columns),
-                chunk=columns,
-                lanes_per_unit=1,
-                threads=-(-3 * H // 32) * 32,
-                shared_mem=(columns + 3 * H) * itemsize,  # h, then every row's product
-                padded_hidden=padded_hidden(H, itemsize),
-                row_per_thread=True,
-            )
+    if layout != "chunked" and dtype == "float32" and reset_after:
+        if layout == "rows":
+            columns = next((c for c in _kernels.RESIDENT_ROW_COLUMNS if c >= H), None)
+            if columns is not None:
+                return ResidentPlan(
+                    kernel=_kernels.resident_rows_name(columns),
+                    chunk=columns,
+                    lanes_per_unit=1,
+                    threads=-(-3 * H // 32) * 32,
+                    shared_mem=(columns + 3 * H) * itemsize,  # h, then every row's product
+                    padded_hidden=padded_hidden(H, itemsize),
+                    layout=layout,
+                )
+        else:
+            cluster = int(layout.removeprefix("cluster"))
+            columns = next((c for c in _kernels.RESIDENT_CLUSTER_COLUMNS if c >= H), None)
+            if columns is not None:
+                units = -(-H // cluster)  # per block
+                lanes = _kernels.RESIDENT_CLUSTER_LANES
+                return ResidentPlan(
+                    kernel=_kernels.resident_cluster_name(cluster, columns),
+                    chunk=columns // lanes,
+                    lanes_per_unit=lanes,
+                    threads=-(-3 * units * lanes // 32) * 32,
+                    shared_mem=(2 * columns + 3 * units) * itemsize,  # h_{t-1} and h_t, then the rows' products
+                    padded_hidden=padded_hidden(H, itemsize),
+                    layout=layout,
+                    cluster=cluster,
+                )
     for chunk in _kernels.RESIDENT_CHUNKS[dtype]:
         lanes = 1 << max(0, math.ceil(H / chunk) - 1).bit_length()
         threads = -(-H * lanes // 32) * 32
@@ -152,6 +175,16 @@ def plan_resident(
                 padded_hidden=padded_hidden(H, itemsize),
             )
     return f"the recurrent weights of {H} units do not fit in one block's registers for {dtype}"
+
+
+def resident_layout_from_environment(default: str = RESIDENT_LAYOUT) -> str:
+    """The resident layout GRU_CUPY_RESIDENT_LAYOUT names (``default`` when unset or empty)."""
+    value = os.environ.get(RESIDENT_LAYOUT_ENV_VAR, "") or default
+    if value not in RESIDENT_LAYOUTS:
+        raise ValueError(
+            f"{RESIDENT_LAYOUT_ENV_VAR} must be one of {', '.join(RESIDENT_LAYOUTS)} (or unset); got {value!r}"
+        )
+    return value
 
 
 def stepwise_splits(*, batch: int, hidden_size: int, gate_rows: int, sm_count: int) -> int:

@@ -58,12 +58,13 @@ from gru.backends.cupy._plans import (
     PERSISTENT_MAX_BATCH_ON_CHIP,
     PERSISTENT_MIN_UNITS_PER_BLOCK,
     PERSISTENT_THREADS,
-    RESIDENT_ROW_PER_THREAD,
+    RESIDENT_LAYOUT,
     PersistentPlan,
     ResidentPlan,
     choose_path,
     plan_persistent,
     plan_resident,
+    resident_layout_from_environment,
 )
 
 #: Set to 1 to check after each call that the persistent kernel found the shared memory it expected.
@@ -160,7 +161,7 @@ class CupyBackend(Backend):
         self.persistent_l2_fraction = PERSISTENT_L2_FRACTION
         #: whether "auto" takes the register-resident kernel where it fits, and in which layout
         self.use_resident = True
-        self.resident_row_per_thread = RESIDENT_ROW_PER_THREAD
+        self.resident_layout = RESIDENT_LAYOUT  #: GRU_CUPY_RESIDENT_LAYOUT overrides it per call
         self.large_batch_path = LARGE_BATCH_PATH
         self.last_paths: tuple[str, ...] = ()  #: the path each layer of the last call took
         self._constants: dict[tuple, Any] = {}  #: small device arrays reused by every call
@@ -288,12 +289,15 @@ class CupyBackend(Backend):
             plan: PersistentPlan | str | None = None
             resident: ResidentPlan | str | None = None
             if forced == "resident" or (forced == "auto" and self.use_resident):
+                layout = resident_layout_from_environment(self.resident_layout)
+                if layout.startswith("cluster") and not device.clusters:
+                    layout = "chunked"
                 resident = plan_resident(
                     hidden_size=H,
                     dtype=dtype,
                     reset_after=request.reset_after,
                     elements=T * B * D * 3 * H,
-                    row_per_thread=self.resident_row_per_thread,
+                    layout=layout,
                 )
             if forced == "persistent" or (
                 forced == "auto"

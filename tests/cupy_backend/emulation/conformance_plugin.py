@@ -14,13 +14,13 @@ or the fuzz tests (random configurations against the oracle)::
 
 ``GRU_CUPY_PATH=resident`` / ``persistent`` / ``fused`` / ``stepwise`` picks the
 path (the default, auto, takes the resident kernel at the suite's small layers);
-``GRU_EMULATED_RESIDENT_ROWS=1`` gives the resident path its row-per-thread
-layout wherever it applies (float32, reset-after, H <= 128).
+``GRU_CUPY_RESIDENT_LAYOUT=rows`` / ``cluster2`` / ``cluster4`` / ``cluster8``
+gives the resident path that layout wherever it applies (float32, reset-after,
+H <= 128).
 """
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 
@@ -39,5 +39,4 @@ def pytest_configure(config: pytest.Config) -> None:
     lib = build_library(Path(tempfile.gettempdir()) / "gru-cupy-emulation")
     backend = CupyBackend(device_factory=lambda: EmulatedDevice(lib))
     backend.persistent_threads = 64
-    backend.resident_row_per_thread = os.environ.get("GRU_EMULATED_RESIDENT_ROWS", "") == "1"
     gru.register_backend(NAME, backend, replace=True)

@@ -6,6 +6,7 @@
 
 #include "gru_persistent.cu"
 #include "gru_resident.cu"
+#include "gru_cluster.cu"
 #include "gru_fused.cu"
 #include "gru_stepwise.cu"
 
@@ -29,7 +30,7 @@ const Entry kEntries[] = {
 
 extern "C" {
 
-// 0: ran; 1: no such kernel; 2: deadlock.
+// 0: ran; 1: no such kernel; 2: deadlock; 3: misaligned asynchronous copy; 4: grid not whole clusters.
 int emu_launch(const char* name, int gx, int gy, int gz, int bx, int shared_mem, void** params, unsigned int seed) {
     for (const Entry& e : kEntries) {
         if (std::strcmp(e.name, name) == 0) {

@@ -53,9 +53,9 @@ step conformance 120 "$PYTHON" -m pytest -q -p no:cacheprovider --pyargs gru.tes
 GRU_CUPY_PATH=persistent step conf-persist 90 "$PYTHON" -m pytest -q -p no:cacheprovider --pyargs gru.testing --gru-backend cupy
 GRU_CUPY_PATH=fused step conf-fused 90 "$PYTHON" -m pytest -q -p no:cacheprovider --pyargs gru.testing --gru-backend cupy
 GRU_CUPY_PATH=stepwise step conf-stepwise 90 "$PYTHON" -m pytest -q -p no:cacheprovider --pyargs gru.testing --gru-backend cupy
-# the resident path's other layouts of W_hh (float32 reset-after layers up to 128 units take them)
-GRU_CUPY_PATH=resident GRU_CUPY_RESIDENT_LAYOUT=rows step conf-rows 90 "$PYTHON" -m pytest -q -p no:cacheprovider --pyargs gru.testing --gru-backend cupy
-GRU_CUPY_PATH=resident GRU_CUPY_RESIDENT_LAYOUT=cluster4 step conf-cluster 90 "$PYTHON" -m pytest -q -p no:cacheprovider --pyargs gru.testing --gru-backend cupy
+# the resident path's layouts of W_hh ("auto" takes rows up to 64 units of float32 reset-after, chunks above)
+GRU_CUPY_RESIDENT_LAYOUT=chunked step conf-chunked 90 "$PYTHON" -m pytest -q -p no:cacheprovider --pyargs gru.testing --gru-backend cupy
+GRU_CUPY_RESIDENT_LAYOUT=rows step conf-rows 90 "$PYTHON" -m pytest -q -p no:cacheprovider --pyargs gru.testing --gru-backend cupy
 step benchmark 180 "$PYTHON" benchmarks/gpu.py --json "$OUT/gpu.json" --budget 40 ${GRU_GPU_SWEEP:+--sweep} ${GRU_GPU_CROSSOVER:+--crossover} ${GRU_GPU_RESIDENT:+--resident}
 # GRU_GPU_PROFILE=1: Nsight Compute on one launch of each benchmark shape's kernel (after warm-up)
 if [ -n "${GRU_GPU_PROFILE:-}" ] && command -v ncu >/dev/null; then
@@ -67,8 +67,9 @@ if [ -n "${GRU_GPU_PROFILE:-}" ] && command -v ncu >/dev/null; then
             --section SourceCounters -k regex:gru_ -s "$skip" -c 1 "$PYTHON" benchmarks/gpu_profile.py "$shape" --path "$path"
     done
 fi
-# the machine code of every kernel instance (nvcc + cuobjdump: no GPU time), for reading offline
-command -v cuobjdump >/dev/null && step sass 120 "$PYTHON" benchmarks/gpu_sass.py "$OUT/sass.txt"
+# GRU_GPU_SASS=1: the machine code of every kernel instance (nvcc + cuobjdump: no GPU work, but
+# about 40 s of the machine's time), for reading offline
+[ -n "${GRU_GPU_SASS:-}" ] && command -v cuobjdump >/dev/null && step sass 120 "$PYTHON" benchmarks/gpu_sass.py "$OUT/sass.txt"
 # GRU_GPU_CHECK_SKIP_CPU=1 leaves them out where GPU time is short
 [ -n "${GRU_GPU_CHECK_SKIP_CPU:-}" ] ||
     step cpu-tests 120 "$PYTHON" -m pytest -q -p no:cacheprovider -rs tests/cupy_backend -k "not test_gpu_"

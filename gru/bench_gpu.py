@@ -300,31 +300,33 @@ def resident_layout(layout: str):
 
 
 def time_resident_layouts(layer, x, backend, repeats: int, warmup: int, agreement) -> dict[str, dict[str, Any]]:
-    """The resident path in each layout of W_hh but the backend's own, where that layout can run the layer
-    (and the device has what it needs): graded by ``agreement`` (of a NumPy output), then timed."""
+    """The resident path in each layout of W_hh other than the one the backend takes for the layer, where that
+    layout can run the layer: graded by ``agreement`` (of a NumPy output), then timed."""
     from gru._arrays import to_host
     from gru.backends.cupy import _plans
 
     T, B, _ = x.shape
     H = layer.hidden_size
-    device = backend._device(x)
-    results: dict[str, dict[str, Any]] = {}
-    for layout in _plans.RESIDENT_LAYOUTS:
-        if layout == backend.resident_layout or (layout.startswith("cluster") and not device.clusters):
-            continue
-        plan = _plans.plan_resident(
+
+    def plan(layout: str):
+        return _plans.plan_resident(
             hidden_size=H, dtype="float32", reset_after=True, elements=T * B * 3 * H, layout=layout
         )
-        if not (isinstance(plan, _plans.ResidentPlan) and plan.layout == layout):
+
+    own = plan(_plans.resident_layout_from_environment(backend.resident_layout))
+    results: dict[str, dict[str, Any]] = {}
+    for layout in _plans.RESIDENT_LAYOUTS:
+        other = plan(layout)
+        if not isinstance(other, _plans.ResidentPlan) or other.layout != layout or other == own:
             continue
         try:
             with forced_path("resident"), resident_layout(layout):
                 graded = agreement(to_host(layer(x)[0], "output"))
                 times = time_events(lambda: layer(x), repeats, cupy_events, warmup)
         except Exception as exc:  # a layout that fails on this device says why, the others still run
-            results[layout] = {"kernel": plan.kernel, "error": f"{type(exc).__name__}: {exc}"[:200]}
+            results[layout] = {"kernel": other.kernel, "error": f"{type(exc).__name__}: {exc}"[:200]}
             continue
-        results[layout] = {"kernel": plan.kernel, "threads": plan.threads, "agreement": graded, "times_ms": times}
+        results[layout] = {"kernel": other.kernel, "threads": other.threads, "agreement": graded, "times_ms": times}
     return results
 
 
@@ -374,7 +376,6 @@ def resident_grid(repeats: int, warmup: int) -> list[dict[str, Any]]:
     from cupyx.profiler import benchmark
 
     import gru
-    from gru.backends.cupy import _plans
 
     backend = gru.get_backend("cupy")
     rows = []
@@ -384,7 +385,7 @@ def resident_grid(repeats: int, warmup: int) -> list[dict[str, Any]]:
             for T in (1000, 2000) if B == 1 else (1000,):
                 x = cupy.random.default_rng(B).standard_normal((T, B, H), dtype=cupy.float32)
                 row: dict[str, Any] = {"H": H, "B": B, "T": T, "median_ms": {}}
-                for layout in _plans.RESIDENT_LAYOUTS:
+                for layout in ("chunked", "rows"):
                     try:
                         with forced_path("resident"), resident_layout(layout):
                             times = time_events(lambda layer=layer, x=x: layer(x), repeats, cupy_events, warmup)

@@ -212,10 +212,10 @@ def test_gpu_resident_kernel_at_its_largest_layers(monkeypatch, H, dtype, reset_
 
 
 @needs_gpu
-@pytest.mark.parametrize("layout", [layout for layout in RESIDENT_LAYOUTS if layout != "chunked"])
+@pytest.mark.parametrize("layout", RESIDENT_LAYOUTS)
 @pytest.mark.parametrize("H", [37, 128])
 def test_gpu_resident_layouts(monkeypatch, layout, H):
-    """The row-per-thread and cluster layouts (float32, reset-after), with lengths, both directions and gates."""
+    """Each layout of W_hh (float32, reset-after), with lengths, both directions and gates."""
     monkeypatch.setenv(PATH_ENV_VAR, "resident")
     monkeypatch.setenv(RESIDENT_LAYOUT_ENV_VAR, layout)
     rng = np.random.default_rng(H)

@@ -128,7 +128,10 @@ RESIDENT_STRESS_CASES = [
 @EACH_VARIANT
 @pytest.mark.parametrize(("H", "dtype"), RESIDENT_STRESS_CASES)
 def test_resident_kernel_stress(emulator_library, monkeypatch, H, dtype, reset_after):
+    """The chunked layout of W_hh (the only one for float64 and reset-before; "auto" takes rows for small
+    float32 reset-after layers, so it is asked for here)."""
     monkeypatch.delenv(PATH_ENV_VAR, raising=False)  # auto takes the resident kernel at these sizes
+    monkeypatch.setenv(RESIDENT_LAYOUT_ENV_VAR, "chunked")
     backend = emulated_backend(emulator_library)
     rng = np.random.default_rng(H * 10 + reset_after)
     T, B = 5, 3
@@ -143,13 +146,10 @@ def test_resident_kernel_stress(emulator_library, monkeypatch, H, dtype, reset_a
 
 @pytest.mark.parametrize(
     ("layout", "H"),
-    [
-        *(("rows", H) for H in (5, 37, 64, 100, 128)),
-        *(("cluster2", 128), ("cluster4", 128), ("cluster4", 37), ("cluster8", 100), ("cluster8", 5), ("cluster2", 64)),
-    ],
+    [*(("rows", H) for H in (5, 37, 64, 100, 128)), ("auto", 48), ("auto", 100), ("chunked", 48)],
 )
 def test_resident_layouts_stress(emulator_library, monkeypatch, layout, H):
-    """The row-per-thread and cluster layouts (float32, reset-after), where the backend is told to take them."""
+    """Each layout of W_hh (float32, reset-after) where the backend is told to take it ("auto": rows up to 64)."""
     monkeypatch.delenv(PATH_ENV_VAR, raising=False)
     monkeypatch.setenv(RESIDENT_LAYOUT_ENV_VAR, layout)
     backend = emulated_backend(emulator_library)
@@ -160,23 +160,12 @@ def test_resident_layouts_stress(emulator_library, monkeypatch, layout, H):
     )  # fmt: skip
     assert backend.last_paths == ("resident", "resident")
     p = plan_resident(hidden_size=H, dtype="float32", reset_after=True, elements=T * B * 2 * 3 * H, layout=layout)
-    assert p.layout == layout
+    assert p.layout == ("rows" if layout == "rows" or (layout == "auto" and H <= 64) else "chunked")
     launched = [launch for launch in backend.device.launches if launch[0].startswith("gru_resident")]
-    assert launched[-1] == (p.kernel, (B * p.cluster, 2, 1), (p.threads,), p.shared_mem)
+    assert launched[-1] == (p.kernel, (B, 2, 1), (p.threads,), p.shared_mem)
 
 
-def test_cluster_layout_needs_a_device_with_clusters(emulator_library, monkeypatch):
-    monkeypatch.delenv(PATH_ENV_VAR, raising=False)
-    monkeypatch.setenv(RESIDENT_LAYOUT_ENV_VAR, "cluster4")
-    backend = emulated_backend(emulator_library)
-    backend.device.clusters = False
-    layer = gru.GRU(4, 16, dtype="float32", backend=backend, seed=0)
-    x = np.random.default_rng(0).standard_normal((3, 2, 4)).astype("float32")
-    assert_matches_oracle(layer, x, np.zeros((1, 2, 16), "float32"), None, 1e-5)
-    assert [launch[0] for launch in backend.device.launches] == [_kernels.resident_name("float32", 8, True)]
-
-
-@pytest.mark.parametrize("layout", ["rows", "cluster4"])
+@pytest.mark.parametrize("layout", ["rows", "auto"])
 @pytest.mark.parametrize(("dtype", "reset_after"), [("float32", False), ("float64", True)])
 def test_other_resident_layouts_are_only_for_float32_reset_after(
     emulator_library, monkeypatch, layout, dtype, reset_after
@@ -192,8 +181,8 @@ def test_other_resident_layouts_are_only_for_float32_reset_after(
     assert launched and all(name.startswith("gru_resident<") for name in launched)
 
 
-def test_the_gpu_benchmark_times_the_other_resident_layouts(emulator_library, monkeypatch):
-    """gru bench-gpu's resident_rows / resident_clusterN entries, on the emulation with a stand-in timer."""
+def test_the_gpu_benchmark_times_the_other_resident_layout(emulator_library, monkeypatch):
+    """gru bench-gpu's resident_chunked / resident_rows entry, on the emulation with a stand-in timer."""
     from gru import bench_gpu
 
     monkeypatch.delenv(PATH_ENV_VAR, raising=False)
@@ -207,27 +196,27 @@ def test_the_gpu_benchmark_times_the_other_resident_layouts(emulator_library, mo
 
     monkeypatch.setattr(bench_gpu, "time_events", one_run)
     backend = emulated_backend(emulator_library)
-    layer = gru.GRU(4, 32, dtype="float32", backend=backend, seed=0)
     x = np.random.default_rng(0).standard_normal((3, 1, 4)).astype("float32")
-    expected = layer(x)[0]  # the chunked layout
-    backend.device.launches.clear()
-    results = bench_gpu.time_resident_layouts(
-        layer, x, backend, 1, 0, agreement=lambda out: float(np.abs(out - expected).max())
-    )
-    kernels = {
-        "rows": _kernels.resident_rows_name(64),
-        **{f"cluster{c}": _kernels.resident_cluster_name(c, 64) for c in _kernels.RESIDENT_CLUSTER_SIZES},
-    }
-    assert list(results) == list(kernels)
-    for layout, kernel in kernels.items():  # graded once, timed once, each on its own kernel
-        assert results[layout]["kernel"] == kernel and results[layout]["times_ms"] == [1.0]
-        assert results[layout]["agreement"] < 1e-5
-    assert [launch[0] for launch in backend.device.launches] == [k for k in kernels.values() for _ in range(2)]
-    assert timed == [("resident",)] * len(kernels)
-    assert RESIDENT_LAYOUT_ENV_VAR not in os.environ  # put back
-    backend.device.clusters = False  # a device without clusters times only the rows layout
-    assert list(bench_gpu.time_resident_layouts(layer, x, backend, 1, 0, agreement=lambda out: 0.0)) == ["rows"]
-    wide = gru.GRU(4, 200, dtype="float32", backend=backend, seed=0)  # too wide for the other layouts
+    for H, own, other in ((32, "rows", "chunked"), (100, "chunked", "rows")):
+        layer = gru.GRU(4, H, dtype="float32", backend=backend, seed=0)
+        expected = layer(x)[0]  # the layout "auto" takes
+        assert (
+            backend.device.launches[-1][0]
+            == plan_resident(hidden_size=H, dtype="float32", reset_after=True, elements=10, layout=own).kernel
+        )
+        backend.device.launches.clear()
+        timed.clear()
+        results = bench_gpu.time_resident_layouts(
+            layer, x, backend, 1, 0, agreement=lambda out, expected=expected: float(np.abs(out - expected).max())
+        )
+        kernel = plan_resident(hidden_size=H, dtype="float32", reset_after=True, elements=10, layout=other).kernel
+        assert list(results) == [other] and results[other]["kernel"] == kernel
+        assert results[other]["times_ms"] == [1.0] and results[other]["agreement"] < 1e-5
+        # graded once, timed once, both on the other layout's kernel
+        assert [launch[0] for launch in backend.device.launches] == [kernel, kernel]
+        assert timed == [("resident",)]
+        assert RESIDENT_LAYOUT_ENV_VAR not in os.environ  # put back
+    wide = gru.GRU(4, 200, dtype="float32", backend=backend, seed=0)  # too wide for a row per thread
     assert bench_gpu.time_resident_layouts(wide, x, backend, 1, 0, agreement=lambda out: 0.0) == {}
 
 

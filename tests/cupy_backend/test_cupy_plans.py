@@ -157,26 +157,19 @@ def test_stepwise_splits_fill_the_multiprocessors(B, H, gate_rows, expected):
 @pytest.mark.parametrize(("H", "columns", "threads"), [(1, 64, 32), (64, 64, 192), (65, 128, 224), (128, 128, 384)])
 def test_row_per_thread_resident_plan(H, columns, threads):
     p = plan_resident(hidden_size=H, dtype="float32", reset_after=True, elements=10, layout="rows")
-    assert p.layout == "rows" and p.cluster == 1 and p.kernel == _kernels.resident_rows_name(columns)
+    assert p.layout == "rows" and p.kernel == _kernels.resident_rows_name(columns)
     assert (p.chunk, p.threads, p.lanes_per_unit) == (columns, threads, 1)
     assert p.threads >= 3 * H and p.shared_mem == (columns + 3 * H) * 4
 
 
-@pytest.mark.parametrize(
-    ("H", "cluster", "columns", "threads"),
-    [(128, 4, 128, 384), (128, 2, 128, 768), (128, 8, 128, 192), (100, 8, 128, 160), (5, 8, 64, 32), (64, 4, 64, 192)],
-)
-def test_cluster_resident_plan(H, cluster, columns, threads):
-    p = plan_resident(hidden_size=H, dtype="float32", reset_after=True, elements=10, layout=f"cluster{cluster}")
-    assert p.layout == f"cluster{cluster}" and p.cluster == cluster
-    assert p.kernel == _kernels.resident_cluster_name(cluster, columns)
-    units = -(-H // cluster)
-    # every row of the block's units has its 4 lanes, in whole warps
-    assert p.threads == threads and p.threads >= 3 * units * 4 > p.threads - 32
-    assert p.shared_mem == (2 * columns + 3 * units) * 4 and p.chunk * p.lanes_per_unit == columns
+@pytest.mark.parametrize(("H", "layout"), [(1, "rows"), (64, "rows"), (65, "chunked"), (128, "chunked")])
+def test_auto_resident_layout_takes_rows_up_to_64_units(H, layout):
+    p = plan_resident(hidden_size=H, dtype="float32", reset_after=True, elements=10, layout="auto")
+    assert p == plan_resident(hidden_size=H, dtype="float32", reset_after=True, elements=10, layout=layout)
+    assert p.layout == layout
 
 
-@pytest.mark.parametrize("layout", ["rows", "cluster2", "cluster8"])
+@pytest.mark.parametrize("layout", ["rows", "auto"])
 @pytest.mark.parametrize(
     ("H", "dtype", "reset_after"), [(129, "float32", True), (64, "float64", True), (64, "float32", False)]
 )
@@ -190,8 +183,8 @@ def test_resident_layout_from_the_environment(monkeypatch):
     monkeypatch.delenv(_plans.RESIDENT_LAYOUT_ENV_VAR, raising=False)
     assert _plans.resident_layout_from_environment() == _plans.RESIDENT_LAYOUT
     assert _plans.resident_layout_from_environment("rows") == "rows"
-    monkeypatch.setenv(_plans.RESIDENT_LAYOUT_ENV_VAR, "cluster4")
-    assert _plans.resident_layout_from_environment("rows") == "cluster4"
-    monkeypatch.setenv(_plans.RESIDENT_LAYOUT_ENV_VAR, "cluster3")
-    with pytest.raises(ValueError, match=r"GRU_CUPY_RESIDENT_LAYOUT must be one of chunked, rows, .*got 'cluster3'"):
+    monkeypatch.setenv(_plans.RESIDENT_LAYOUT_ENV_VAR, "chunked")
+    assert _plans.resident_layout_from_environment("rows") == "chunked"
+    monkeypatch.setenv(_plans.RESIDENT_LAYOUT_ENV_VAR, "row")
+    with pytest.raises(ValueError, match=r"GRU_CUPY_RESIDENT_LAYOUT must be one of auto, chunked, rows .*got 'row'"):
         _plans.resident_layout_from_environment()

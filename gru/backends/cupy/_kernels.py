@@ -89,19 +89,6 @@ def resident_rows_name(columns: int) -> str:
     return f"gru_resident_rows<{columns}>"
 
 
-#: Blocks per cluster the cluster-resident kernel (sm_90, float32, reset-after) is instantiated for,
-#: and the columns of W_hh (H rounded up) per instance.
-RESIDENT_CLUSTER_SIZES = (2, 4, 8)
-RESIDENT_CLUSTER_COLUMNS = (64, 128)
-#: Lanes per row of W_hh in the cluster-resident kernel (its L).
-RESIDENT_CLUSTER_LANES = 4
-
-
-def resident_cluster_name(cluster: int, columns: int) -> str:
-    """The name expression of one cluster-resident kernel instance."""
-    return f"gru_resident_cluster<{cluster}, {columns}>"
-
-
 #: The fused kernel's tiles, (unit groups UG, sequences per lane SPL), largest first: a block of
 #: 4 warps covers 4 * UG units x 32 * SPL * (4 / UG) sequences.
 FUSED_TILES = ((2, 2), (4, 2), (4, 1))
@@ -161,19 +148,11 @@ RESIDENT = KernelFile(
     )
     + tuple(resident_rows_name(columns) for columns in RESIDENT_ROW_COLUMNS),
 )
-CLUSTER = KernelFile(
-    "gru_cluster.cu",
-    tuple(
-        resident_cluster_name(cluster, columns)
-        for cluster in RESIDENT_CLUSTER_SIZES
-        for columns in RESIDENT_CLUSTER_COLUMNS
-    ),
-)
 FUSED = KernelFile(
     "gru_fused.cu",
     tuple(fused_name(dtype, g, tile) for dtype in DTYPES for g in (3, 2, 1) for tile in FUSED_TILES),
 )
-KERNEL_FILES = (PERSISTENT, STEPWISE, RESIDENT, CLUSTER, FUSED)
+KERNEL_FILES = (PERSISTENT, STEPWISE, RESIDENT, FUSED)
 
 _INCLUDE = re.compile(r'^#include\s+"([^"]+)"\s*$', re.MULTILINE)
 

@@ -2,6 +2,8 @@
 
 Every function takes the device, the layer's packed weights, the path's plan
 (None where the path needs none) and the layer's buffers, and runs all steps;
+``gx`` holds the input projections with the folded biases added, except on the
+resident path (:data:`BIAS_IN_KERNEL`), whose kernels add them as they read it;
 ``placeholder`` is a one-element array for unused pointer arguments. The
 persistent path returns its kernel's sync/error words, the others None.
 """
@@ -12,6 +14,9 @@ import numpy as np
 
 from gru.backends.cupy import _kernels
 from gru.backends.cupy._plans import PersistentPlan, ResidentPlan, padded_hidden, stepwise_splits
+
+#: The paths whose kernels add the folded input biases to gx themselves (one launch fewer per call).
+BIAS_IN_KERNEL = frozenset({"resident"})
 
 #: Threads per block of the per-step gate kernels, and how many blocks per multiprocessor at most.
 STEPWISE_THREADS = 256
@@ -33,12 +38,13 @@ def _gates_args(gates, placeholder) -> tuple:
 def run_resident(
     device, packed, plan: ResidentPlan, *, gx, h0, lengths, steps, output, h_n, gates, reset_after, placeholder
 ):
-    """One launch, one block (or cluster of blocks) per (sequence, direction), every step of a sequence in it."""
+    """One launch, one block per (sequence, direction), every step of each sequence in its block."""
     D, B, H = h0.shape
     T = output.shape[0]
     i32 = np.int32
     args = (
         gx,
+        packed.gx_bias,  # the kernel adds it as it reads gx
         packed.w_hh_padded(plan.padded_hidden),
         packed.b_hn,
         lengths,
@@ -54,8 +60,7 @@ def run_resident(
     )
     if plan.layout == "chunked":
         args += (i32(plan.ks_log2),)
-    # a cluster of plan.cluster consecutive blocks along x per sequence (the kernel's own cluster size)
-    device.launch(plan.kernel, (B * plan.cluster, D), (plan.threads,), args, shared_mem=plan.shared_mem)
+    device.launch(plan.kernel, (B, D), (plan.threads,), args, shared_mem=plan.shared_mem)
     return None
 
 

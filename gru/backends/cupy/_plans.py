@@ -60,14 +60,18 @@ STEPWISE_MIN_SPLIT_COLUMNS = 128
 #: counting tiles of this many rows and columns (cuBLAS's tile for such products is its own choice).
 GEMM_TILE = 128
 
-#: How the resident path lays W_hh out where it can (float32, reset-after, H <= 128; elsewhere it
-#: is always "chunked"): "chunked", three row chunks per thread (gru_resident in
-#: kernels/gru_resident.cu); "rows", a whole row per thread (gru_resident_rows); "cluster2",
-#: "cluster4", "cluster8", the sequence spread over a cluster of that many blocks (gru_cluster.cu,
-#: devices of compute capability 9.0 and newer). GRU_CUPY_RESIDENT_LAYOUT overrides it.
-RESIDENT_LAYOUT = "chunked"
-RESIDENT_LAYOUTS = ("chunked", "rows", *(f"cluster{c}" for c in _kernels.RESIDENT_CLUSTER_SIZES))
+#: How the resident path lays W_hh out: "chunked", three row chunks per thread (gru_resident in
+#: kernels/gru_resident.cu, every layer it can run); "rows", a whole row per thread
+#: (gru_resident_rows: float32 reset-after layers of up to 128 units, else chunked); "auto", rows
+#: up to RESIDENT_ROWS_MAX_HIDDEN units and chunked above. GRU_CUPY_RESIDENT_LAYOUT overrides it.
+RESIDENT_LAYOUT = "auto"
+RESIDENT_LAYOUTS = ("auto", "chunked", "rows")
 RESIDENT_LAYOUT_ENV_VAR = "GRU_CUPY_RESIDENT_LAYOUT"
+#: Measured on an H100, 1000 steps (gru bench-gpu --resident; benchmarks/RESULTS.md): a row per
+#: thread is faster up to 64 units (H=64, one sequence: 0.67 against 0.89 ms; 64 sequences: 1.00
+#: against 1.08), the chunks at 128 (one sequence 0.90 against 1.03; 128 sequences 1.60 against
+#: 1.99): there every thread of the row layout reloads all of h from shared memory each step.
+RESIDENT_ROWS_MAX_HIDDEN = 64
 
 #: Force a path: "resident", "persistent", "fused", "stepwise" or "auto" (the default).
 PATH_ENV_VAR = "GRU_CUPY_PATH"
@@ -107,8 +111,7 @@ class ResidentPlan:
     threads: int
     shared_mem: int  #: dynamic shared memory per block, bytes
     padded_hidden: int  #: the row stride of the padded W_hh the kernel reads
-    layout: str = "chunked"  #: one of RESIDENT_LAYOUTS
-    cluster: int = 1  #: blocks per sequence and direction (a cluster of them where more than one)
+    layout: str = "chunked"  #: "chunked" or "rows" (see RESIDENT_LAYOUT)
 
     @property
     def ks_log2(self) -> int:
@@ -123,8 +126,8 @@ def plan_resident(
     Each hidden unit gets the fewest power-of-two lanes whose chunks of
     ``chunk`` columns cover H; the smallest instantiated chunk that keeps the
     block within its thread bound wins (more lanes, shorter chains per thread).
-    The other ``layout`` values (see :data:`RESIDENT_LAYOUT`) apply to float32
-    reset-after layers of up to 128 units; other layers keep the chunked one.
+    ``layout`` "rows" (see :data:`RESIDENT_LAYOUT`; "auto" picks by H) applies
+    to float32 reset-after layers of up to 128 units; others keep the chunks.
     ``elements`` is the size of the layer's largest tensor (gx).
     """
     if elements > RESIDENT_MAX_ELEMENTS:
@@ -132,35 +135,20 @@ def plan_resident(
     H = hidden_size
     itemsize = np.dtype(dtype).itemsize
     width = 16 // itemsize
-    if layout != "chunked" and dtype == "float32" and reset_after:
-        if layout == "rows":
-            columns = next((c for c in _kernels.RESIDENT_ROW_COLUMNS if c >= H), None)
-            if columns is not None:
-                return ResidentPlan(
-                    kernel=_kernels.resident_rows_name(columns),
-                    chunk=columns,
-                    lanes_per_unit=1,
-                    threads=-(-3 * H // 32) * 32,
-                    shared_mem=(columns + 3 * H) * itemsize,  # h, then every row's product
-                    padded_hidden=padded_hidden(H, itemsize),
-                    layout=layout,
-                )
-        else:
-            cluster = int(layout.removeprefix("cluster"))
-            columns = next((c for c in _kernels.RESIDENT_CLUSTER_COLUMNS if c >= H), None)
-            if columns is not None:
-                units = -(-H // cluster)  # per block
-                lanes = _kernels.RESIDENT_CLUSTER_LANES
-                return ResidentPlan(
-                    kernel=_kernels.resident_cluster_name(cluster, columns),
-                    chunk=columns // lanes,
-                    lanes_per_unit=lanes,
-                    threads=-(-3 * units * lanes // 32) * 32,
-                    shared_mem=(2 * columns + 3 * units) * itemsize,  # h_{t-1} and h_t, then the rows' products
-                    padded_hidden=padded_hidden(H, itemsize),
-                    layout=layout,
-                    cluster=cluster,
-                )
+    if layout == "auto":
+        layout = "rows" if H <= RESIDENT_ROWS_MAX_HIDDEN else "chunked"
+    if layout == "rows" and dtype == "float32" and reset_after:
+        columns = next((c for c in _kernels.RESIDENT_ROW_COLUMNS if c >= H), None)
+        if columns is not None:
+            return ResidentPlan(
+                kernel=_kernels.resident_rows_name(columns),
+                chunk=columns,
+                lanes_per_unit=1,
+                threads=-(-3 * H // 32) * 32,
+                shared_mem=(columns + 3 * H) * itemsize,  # h, then every row's product
+                padded_hidden=padded_hidden(H, itemsize),
+                layout="rows",
+            )
     for chunk in _kernels.RESIDENT_CHUNKS[dtype]:
         lanes = 1 << max(0, math.ceil(H / chunk) - 1).bit_length()
         threads = -(-H * lanes // 32) * 32

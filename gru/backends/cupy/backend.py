@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 
 from gru.backends._base import Backend, Capabilities, ForwardRequest, ForwardResult, LayerWeights
-from gru.backends.cupy._paths import RUNS
+from gru.backends.cupy._paths import BIAS_IN_KERNEL, RUNS
 from gru.backends.cupy._plans import (
     LARGE_BATCH_PATH,
     PATH_ENV_VAR,
@@ -289,15 +289,12 @@ class CupyBackend(Backend):
             plan: PersistentPlan | str | None = None
             resident: ResidentPlan | str | None = None
             if forced == "resident" or (forced == "auto" and self.use_resident):
-                layout = resident_layout_from_environment(self.resident_layout)
-                if layout.startswith("cluster") and not device.clusters:
-                    layout = "chunked"
                 resident = plan_resident(
                     hidden_size=H,
                     dtype=dtype,
                     reset_after=request.reset_after,
                     elements=T * B * D * 3 * H,
-                    layout=layout,
+                    layout=resident_layout_from_environment(self.resident_layout),
                 )
             if forced == "persistent" or (
                 forced == "auto"
@@ -334,7 +331,8 @@ class CupyBackend(Backend):
                 k = slice(layer * D, (layer + 1) * D)
                 packed = self._packed_weights(device, request.weights[k], request.reset_after)
                 gx = device.matmul(layer_input.reshape(T * B, layer_input.shape[-1]), packed.w_ih_t)
-                gx += packed.gx_bias  # once per layer, outside the time loop
+                if path not in BIAS_IN_KERNEL:
+                    gx += packed.gx_bias  # once per layer, outside the time loop
                 output = fill((T, B, D * H), dtype)
                 layer_gates = gates[k] if gates is not None else None
                 check = run(

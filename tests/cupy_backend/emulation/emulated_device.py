@@ -113,7 +113,6 @@ class EmulatedDevice:
         blocks_per_sm: int = 1,
         cooperative_launch: bool = True,
         l2_bytes: int = 50 * 2**20,
-        clusters: bool = True,
         seed: int = 0,
     ) -> None:
         self.lib = lib
@@ -124,7 +123,6 @@ class EmulatedDevice:
         self.blocks_per_sm = blocks_per_sm
         self.cooperative_launch = cooperative_launch
         self.l2_bytes = l2_bytes
-        self.clusters = clusters
         self.seed = seed
         self.launches: list[tuple[str, tuple[int, ...], tuple[int, ...], int]] = []
 
@@ -189,8 +187,6 @@ class EmulatedDevice:
             raise RuntimeError(f"{name}: deadlock (every thread waits at a barrier that cannot open)")
         if status == 3:
             raise RuntimeError(f"{name}: an asynchronous copy with an address not 16-byte aligned")
-        if status == 4:
-            raise RuntimeError(f"{name}: a grid of {grid} blocks is not made of whole clusters")
         for a in arrays:
             frame = guarded.get(id(a))
             if frame is None:

@@ -64,7 +64,6 @@ struct Barrier {
 struct Block {
     std::vector<unsigned char> smem;
     Barrier barrier;
-    Barrier cluster_barrier;  // used in the first block of a cluster, for the whole cluster
     std::vector<Barrier> warp_barriers;
     std::vector<unsigned char> exchange;  // 32 slots of 8 bytes per warp, for shuffles
 };
@@ -130,7 +129,7 @@ inline void fiber_main() {
     _longjmp(active->scheduler_resume, 1);
 }
 
-// 0: finished; 2: deadlock; 3: misaligned asynchronous copy; 4: a grid not made of whole clusters.
+// 0: finished; 2: deadlock; 3: misaligned asynchronous copy.
 inline int run(dim3 grid, dim3 block, int smem_bytes, std::function<void()> body, unsigned int seed) {
     Launch launch;
     launch.grid = grid;
@@ -285,32 +284,6 @@ inline void copy_async_wait(int pending) {
         }
         f->copy_groups.erase(f->copy_groups.begin());
     }
-}
-// Clusters of C consecutive blocks along x: the rank is the block's place in its cluster; a store
-// lands at the same offset in the target block's shared memory; the cluster barrier waits for
-// every thread of the C blocks. A grid whose x is not a multiple of C fails the launch (4).
-inline emu::Block* cluster_block(int C, int rank) {
-    emu::Launch* launch = emu::active;
-    emu::Block* me = launch->current->block;
-    if (launch->grid.x % static_cast<unsigned>(C) != 0) launch->fault = 4;
-    return me - static_cast<int>(launch->current->block_index.x) % C + rank;
-}
-template <int C>
-inline int cluster_rank() {
-    return static_cast<int>(emu::active->current->block_index.x) % C;
-}
-template <int C>
-inline void cluster_store(float* local, int rank, float value) {
-    emu::Block* target = cluster_block(C, rank);
-    const size_t offset = reinterpret_cast<unsigned char*>(local) - emu::active->current->block->smem.data();
-    std::memcpy(target->smem.data() + offset, &value, sizeof value);
-    ++emu::active->progress;
-}
-template <int C>
-inline void cluster_sync() {
-    emu::Barrier& barrier = cluster_block(C, 0)->cluster_barrier;
-    barrier.expected = C * static_cast<int>(emu::active->block.x * emu::active->block.y * emu::active->block.z);
-    emu::wait(barrier);
 }
 // L2 eviction policies have no meaning here: plain loads.
 inline unsigned long long l2_policy(bool) { return 0; }

@@ -6,7 +6,6 @@
 
 #include "gru_persistent.cu"
 #include "gru_resident.cu"
-#include "gru_cluster.cu"
 #include "gru_fused.cu"
 #include "gru_stepwise.cu"
 
@@ -30,7 +29,7 @@ const Entry kEntries[] = {
 
 extern "C" {
 
-// 0: ran; 1: no such kernel; 2: deadlock; 3: misaligned asynchronous copy; 4: grid not whole clusters.
+// 0: ran; 1: no such kernel; 2: deadlock.
 int emu_launch(const char* name, int gx, int gy, int gz, int bx, int shared_mem, void** params, unsigned int seed) {
     for (const Entry& e : kEntries) {
         if (std::strcmp(e.name, name) == 0) {

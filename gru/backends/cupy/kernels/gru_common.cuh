@@ -187,50 +187,6 @@ __device__ __forceinline__ double2 load_with_policy(const double2* p, unsigned l
 }
 #endif
 
-// ---------------------------------------------------------------------------
-// Thread-block clusters (sm_90): C blocks on C multiprocessors of one GPC that
-// can write each other's shared memory and meet at one hardware barrier.
-// cluster_store writes a float into block `rank`'s shared memory at the place
-// `local` has in this block's; cluster_sync is the barrier of every thread of
-// the cluster, with release/acquire order (it also orders the block's own
-// shared memory, as __syncthreads() does). Below sm_90 they trap: the host
-// takes a cluster kernel only on devices of compute capability 9.0 and newer.
-// ---------------------------------------------------------------------------
-#ifndef GRU_EMULATION
-template <int C>
-__device__ __forceinline__ int cluster_rank() {
-#if __CUDA_ARCH__ >= 900
-    unsigned int rank;
-    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(rank));
-    return static_cast<int>(rank);
-#else
-    __trap();
-    return 0;
-#endif
-}
-
-template <int C>
-__device__ __forceinline__ void cluster_store(float* local, int rank, float value) {
-#if __CUDA_ARCH__ >= 900
-    const unsigned int address = static_cast<unsigned int>(__cvta_generic_to_shared(local));
-    unsigned int remote;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(address), "r"(rank));
-    asm volatile("st.shared::cluster.f32 [%0], %1;" ::"r"(remote), "f"(value) : "memory");
-#else
-    __trap();
-#endif
-}
-
-template <int C>
-__device__ __forceinline__ void cluster_sync() {
-#if __CUDA_ARCH__ >= 900
-    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
-#else
-    __trap();
-#endif
-}
-#endif
-
 struct GridBarrier {
     unsigned int* counter;
     unsigned int target;

@@ -25,7 +25,9 @@
 // (reset-before). Columns past H are zero, so the last chunk needs no bounds.
 //
 // Variable lengths, time indices and layouts as in gru_persistent.cu:
-//   gx     (T, B, D, 3H)  with b_hr, b_hz (and b_hn for reset-before) added
+//   gx     (T, B, D, 3H)  the input projections, without biases
+//   gx_bias (D, 3H)       b_ih plus b_hr, b_hz (and b_hn for reset-before): added here as gx is
+//                         read, so the host launches no pass over gx to add them
 //   w_hh   (D, 3H, Hp)    rows zero-padded to Hp
 //   b_hn   (D, H)         reset-after only
 //   h0, h_n (D, B, H)
@@ -40,6 +42,14 @@ __device__ __forceinline__ float component(const float4& v, int e) {
     return e == 0 ? v.x : e == 1 ? v.y : e == 2 ? v.z : v.w;
 }
 __device__ __forceinline__ double component(const double2& v, int e) { return e == 0 ? v.x : v.y; }
+
+// The three gate inputs of a unit at one time step: gx's projections (g) plus the folded biases (bias).
+template <typename T>
+__device__ __forceinline__ void load_inputs(const T* g, const T* bias, int H, T& r, T& z, T& n) {
+    r = __ldg(g) + __ldg(bias);
+    z = __ldg(g + H) + __ldg(bias + H);
+    n = __ldg(g + 2 * H) + __ldg(bias + 2 * H);
+}
 
 // Index of column k in the chunk-padded shared-memory layout of h.
 template <typename T, int KC>
@@ -84,7 +94,8 @@ __device__ __forceinline__ T unit_sum(T v, int ks) {
 }
 
 template <typename T, int KC, bool RESET_AFTER>
-__device__ __forceinline__ void resident_body(const T* __restrict__ gx, const T* __restrict__ w_hh,
+__device__ __forceinline__ void resident_body(const T* __restrict__ gx, const T* __restrict__ gx_bias,
+                                              const T* __restrict__ w_hh,
                                               const T* __restrict__ b_hn, const int* __restrict__ lengths,
                                               const T* __restrict__ h0, T* __restrict__ h_n, T* __restrict__ out,
                                               T* __restrict__ gates, int has_gates, int seq_len, int B, int H, int Hp,
@@ -133,14 +144,12 @@ __device__ __forceinline__ void resident_body(const T* __restrict__ gx, const T*
     const int gate_stride = B * H;             // one time step within a gate
     const int gate_step = gate_stride * seq_len;  // from one gate to the next
     const int gx_at = (b * D + d) * 3 * H + u;
+    const int bias_at = d * 3 * H + u;
     const int out_at = b * D * H + d * H + u;
     const int gate_at = d * 3 * gate_step + b * H + u;
     T g_r = T(0), g_z = T(0), g_n = T(0);
     if (owner && len > 0) {
-        const T* g = gx + (gx_at + time_index(0, len, reverse) * gx_stride);
-        g_r = __ldg(g);
-        g_z = __ldg(g + H);
-        g_n = __ldg(g + 2 * H);
+        load_inputs(gx + (gx_at + time_index(0, len, reverse) * gx_stride), gx_bias + bias_at, H, g_r, g_z, g_n);
     }
 
     // The next step's projections load after this step's dot products (so they hold no registers
@@ -148,10 +157,8 @@ __device__ __forceinline__ void resident_body(const T* __restrict__ gx, const T*
     int s = 0;
     auto load_next = [&]() {
         if (owner && s + 1 < len) {
-            const T* g = gx + (gx_at + time_index(s + 1, len, reverse) * gx_stride);
-            g_r = __ldg(g);
-            g_z = __ldg(g + H);
-            g_n = __ldg(g + 2 * H);
+            load_inputs(gx + (gx_at + time_index(s + 1, len, reverse) * gx_stride), gx_bias + bias_at, H, g_r, g_z,
+                        g_n);
         }
     };
     for (; s < len; ++s) {
@@ -220,11 +227,12 @@ __device__ __forceinline__ void resident_body(const T* __restrict__ gx, const T*
 // and it lets ptxas give each thread the registers that hold 3*KC weights.
 template <typename T, int KC, bool RESET_AFTER>
 __global__ void __launch_bounds__(GRU_RESIDENT_MAX_THREADS(T, KC), 1)
-    gru_resident(const T* __restrict__ gx, const T* __restrict__ w_hh, const T* __restrict__ b_hn,
+    gru_resident(const T* __restrict__ gx, const T* __restrict__ gx_bias, const T* __restrict__ w_hh,
+                 const T* __restrict__ b_hn,
                  const int* __restrict__ lengths, const T* __restrict__ h0, T* __restrict__ h_n, T* __restrict__ out,
                  T* __restrict__ gates, int has_gates, int seq_len, int B, int H, int Hp, int D, int ks_log2) {
     GRU_DYNAMIC_SMEM(smem_raw);
-    gru::resident_body<T, KC, RESET_AFTER>(gx, w_hh, b_hn, lengths, h0, h_n, out, gates, has_gates, seq_len, B, H,
+    gru::resident_body<T, KC, RESET_AFTER>(gx, gx_bias, w_hh, b_hn, lengths, h0, h_n, out, gates, has_gates, seq_len, B, H,
                                            Hp, D, ks_log2, smem_raw);
 }
 
@@ -240,7 +248,8 @@ __global__ void __launch_bounds__(GRU_RESIDENT_MAX_THREADS(T, KC), 1)
 namespace gru {
 
 template <int HC>
-__device__ __forceinline__ void resident_rows_body(const float* __restrict__ gx, const float* __restrict__ w_hh,
+__device__ __forceinline__ void resident_rows_body(const float* __restrict__ gx, const float* __restrict__ gx_bias,
+                                                   const float* __restrict__ w_hh,
                                                    const float* __restrict__ b_hn, const int* __restrict__ lengths,
                                                    const float* __restrict__ h0, float* __restrict__ h_n,
                                                    float* __restrict__ out, float* __restrict__ gates, int has_gates,
@@ -272,15 +281,13 @@ __device__ __forceinline__ void resident_rows_body(const float* __restrict__ gx,
     const int gate_stride = B * H;
     const int gate_step = gate_stride * seq_len;
     const int gx_at = (b * D + d) * 3 * H + j;
+    const int bias_at = d * 3 * H + j;
     const int out_at = b * D * H + d * H + j;
     const int gate_at = d * 3 * gate_step + b * H + j;
     float g_r = 0.0f, g_z = 0.0f, g_n = 0.0f;
     auto load = [&](int s) {
         if (owner && s < len) {
-            const float* g = gx + (gx_at + time_index(s, len, reverse) * gx_stride);
-            g_r = __ldg(g);
-            g_z = __ldg(g + H);
-            g_n = __ldg(g + 2 * H);
+            load_inputs(gx + (gx_at + time_index(s, len, reverse) * gx_stride), gx_bias + bias_at, H, g_r, g_z, g_n);
         }
     };
     load(0);
@@ -320,11 +327,12 @@ __device__ __forceinline__ void resident_rows_body(const float* __restrict__ gx,
 // HC: columns held per row (H rounded up to a multiple of 4, at most HC); 3H threads, at most 384.
 template <int HC>
 __global__ void __launch_bounds__(384, 1)
-    gru_resident_rows(const float* __restrict__ gx, const float* __restrict__ w_hh, const float* __restrict__ b_hn,
+    gru_resident_rows(const float* __restrict__ gx, const float* __restrict__ gx_bias, const float* __restrict__ w_hh,
+                      const float* __restrict__ b_hn,
                       const int* __restrict__ lengths, const float* __restrict__ h0, float* __restrict__ h_n,
                       float* __restrict__ out, float* __restrict__ gates, int has_gates, int seq_len, int B, int H,
                       int Hp, int D) {
     GRU_DYNAMIC_SMEM(smem_raw);
-    gru::resident_rows_body<HC>(gx, w_hh, b_hn, lengths, h0, h_n, out, gates, has_gates, seq_len, B, H, Hp, D,
+    gru::resident_rows_body<HC>(gx, gx_bias, w_hh, b_hn, lengths, h0, h_n, out, gates, has_gates, seq_len, B, H, Hp, D,
                                 smem_raw);
 }

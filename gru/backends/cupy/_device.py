@@ -123,14 +123,6 @@ class CupyDevice:
         return self.xp.asnumpy(a)
 
     def matmul(self, a: Any, b: Any, out: Any | None = None) -> Any:
-        if out is None and a.ndim == 2 and b.ndim == 2:
-            # the input projection: straight to cuBLAS (cupy.matmul spends tens of microseconds of
-            # Python per call, before the recurrence's launch on the small layers of the resident path)
-            product = self.xp.empty((a.shape[0], b.shape[1]), a.dtype)
-            gemm = self._gemm(a[None], b, product[None, None])
-            if gemm is not None:
-                gemm()
-                return product
         return self.xp.matmul(a, b, out=out)
 
     def prepare_split_matmul(self, a: Any, b: Any, out: Any) -> Callable[[], None]:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check of the CuPy backend, on a fresh GPU machine without network, in about 5 minutes:
+# The GPU check of the CuPy backend, on a fresh GPU machine without network, in about 3 minutes:
 #
 #   benchmarks/gpu_check.sh OUTDIR
 #
@@ -42,7 +42,7 @@ step() {
 summary "gru GPU check, $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1 && summary "$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null)"
 
-# limits add up to 1080 s (about 3 minutes are used; the optional profiles add up to 450 s);
+# limits add up to 950 s (an H100 took 146-173 s; the optional SASS, profiles and CPU tests add up to 690 s);
 # the GPU tests run first (they say fastest whether the kernels work), the CPU-only tests last
 # (CI runs those anyway)
 step install 90 "$PYTHON" -m pip install --no-build-isolation --no-deps --no-cache-dir .

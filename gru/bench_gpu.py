@@ -310,7 +310,11 @@ def time_resident_layouts(layer, x, backend, repeats: int, warmup: int, agreemen
 
     def plan(layout: str):
         return _plans.plan_resident(
-            hidden_size=H, dtype="float32", reset_after=True, elements=T * B * 3 * H, layout=layout
+            hidden_size=H,
+            dtype=layer.dtype,
+            reset_after=layer.reset_after,
+            elements=T * B * layer.num_directions * 3 * H,
+            layout=layout,
         )
 
     own = plan(_plans.resident_layout_from_environment(backend.resident_layout))
@@ -377,7 +381,6 @@ def resident_grid(repeats: int, warmup: int) -> list[dict[str, Any]]:
 
     import gru
 
-    backend = gru.get_backend("cupy")
     rows = []
     for H, batches in RESIDENT_GRID:
         layer = gru.GRU(H, H, dtype="float32", backend="cupy", seed=0)
@@ -395,7 +398,6 @@ def resident_grid(repeats: int, warmup: int) -> list[dict[str, Any]]:
                                 row.setdefault("host_us", {})[layout] = float(np.median(timing.cpu_times)) * 1e6
                     except Exception as exc:
                         row[f"{layout}_error"] = f"{type(exc).__name__}: {exc}"[:120]
-                row["auto"] = backend.last_paths[0] if backend.last_paths else None
                 rows.append(row)
                 times_text = "  ".join(f"{k} {v:7.3f}" for k, v in row["median_ms"].items())
                 print(f"resident H={H:<4} B={B:<4} T={T:<5} {times_text}", flush=True)

@@ -253,3 +253,20 @@ def test_gpu_readme_example_runs_as_written():
     namespace: dict = {}
     exec(compile(code, "README.md (### CuPy backend)", "exec"), namespace)
     assert isinstance(namespace["output"], np.ndarray) and namespace["output"].shape == (1000, 8, 128)
+
+
+def test_the_host_time_script_checks_its_arguments_and_says_what_is_missing():
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_host.py"
+
+    def run(*args):
+        return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=120)
+
+    bad = run("--shape", "1,2")
+    assert bad.returncode == 2 and "--shape: expected four integers I,H,B,T, got '1,2'" in bad.stderr
+    bad = run("--calls", "0")
+    assert bad.returncode == 2 and "--calls: expected a positive number of calls, got 0" in bad.stderr
+    try:
+        import cupy  # noqa: F401
+    except ImportError:
+        missing = run()
+        assert missing.returncode == 2 and "needs CuPy" in missing.stderr

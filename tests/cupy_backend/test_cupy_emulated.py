@@ -165,6 +165,16 @@ def test_resident_layouts_stress(emulator_library, monkeypatch, layout, H):
     assert launched[-1] == (p.kernel, (B, 2, 1), (p.threads,), p.shared_mem)
 
 
+@pytest.mark.parametrize("path", ["resident", "persistent", "auto"])
+def test_a_bad_resident_layout_is_refused_whichever_path_runs(emulator_library, monkeypatch, path):
+    monkeypatch.setenv(PATH_ENV_VAR, path)
+    monkeypatch.setenv(RESIDENT_LAYOUT_ENV_VAR, "cluster4")
+    layer = gru.GRU(4, 16, dtype="float32", backend=emulated_backend(emulator_library), seed=0)
+    x = np.zeros((3, 2, 4), "float32")
+    with pytest.raises(ValueError, match=r"GRU_CUPY_RESIDENT_LAYOUT must be one of auto, chunked, rows .*'cluster4'"):
+        layer(x)
+
+
 @pytest.mark.parametrize("layout", ["rows", "auto"])
 @pytest.mark.parametrize(("dtype", "reset_after"), [("float32", False), ("float64", True)])
 def test_other_resident_layouts_are_only_for_float32_reset_after(

@@ -181,10 +181,18 @@ def test_other_layouts_fall_back_to_the_chunked_layout(layout, H, dtype, reset_a
 
 def test_resident_layout_from_the_environment(monkeypatch):
     monkeypatch.delenv(_plans.RESIDENT_LAYOUT_ENV_VAR, raising=False)
-    assert _plans.resident_layout_from_environment() == _plans.RESIDENT_LAYOUT
+    assert _plans.RESIDENT_LAYOUT == "auto"
+    assert _plans.resident_layout_from_environment() == "auto"
+    monkeypatch.setenv(_plans.RESIDENT_LAYOUT_ENV_VAR, "")  # empty: as if unset
+    assert _plans.resident_layout_from_environment("chunked") == "chunked"
     assert _plans.resident_layout_from_environment("rows") == "rows"
     monkeypatch.setenv(_plans.RESIDENT_LAYOUT_ENV_VAR, "chunked")
     assert _plans.resident_layout_from_environment("rows") == "chunked"
     monkeypatch.setenv(_plans.RESIDENT_LAYOUT_ENV_VAR, "row")
     with pytest.raises(ValueError, match=r"GRU_CUPY_RESIDENT_LAYOUT must be one of auto, chunked, rows .*got 'row'"):
         _plans.resident_layout_from_environment()
+
+
+def test_plan_resident_refuses_an_unknown_layout():
+    with pytest.raises(ValueError, match=r"layout: expected one of auto, chunked, rows, got 'row'"):
+        plan_resident(hidden_size=8, dtype="float32", reset_after=True, elements=10, layout="row")

@@ -135,6 +135,8 @@ def plan_resident(
     H = hidden_size
     itemsize = np.dtype(dtype).itemsize
     width = 16 // itemsize
+    if layout not in RESIDENT_LAYOUTS:
+        raise ValueError(f"layout: expected one of {', '.join(RESIDENT_LAYOUTS)}, got {layout!r}")
     if layout == "auto":
         layout = "rows" if H <= RESIDENT_ROWS_MAX_HIDDEN else "chunked"
     if layout == "rows" and dtype == "float32" and reset_after:

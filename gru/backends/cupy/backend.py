@@ -4,7 +4,8 @@ Per layer (both directions together):
 
 1. the input projection of all T·B rows as ONE GEMM (cuBLAS through
    ``cupy.matmul``): ``gx = x @ [W_ih_fwd; W_ih_rev]^T + bias``, with b_hr,
-   b_hz (and b_hn for reset-before) folded into the bias;
+   b_hz (and b_hn for reset-before) folded into the bias; the resident
+   path's kernels add the bias themselves as they read gx (one launch fewer);
 2. the recurrence, on one of four paths chosen per call by :func:`choose_path`:
 
    * **resident** (small hidden sizes, any batch): one block per sequence and
@@ -93,7 +94,7 @@ class _Packed:
             if not reset_after:
                 folded[2 * H :] += b_hh[2 * H :]
             bias.append(folded)
-        # gx = x @ w_ih_t + gx_bias: (T·B, I) @ (I, D·3H)
+        # gx = x @ w_ih_t + gx_bias: (T·B, I) @ (I, D·3H); the resident kernels add gx_bias themselves
         self.w_ih_t = device.asarray(np.ascontiguousarray(np.concatenate([w_ih for w_ih, _, _, _ in host]).T))
         self.gx_bias = device.asarray(np.concatenate(bias))
         self.b_hn = device.asarray(np.stack([b_hh[2 * H :] for _, _, _, b_hh in host]))
@@ -262,6 +263,7 @@ class CupyBackend(Backend):
         xp = device.xp
         host_input = not _is_device_array(request.x)
         forced = os.environ.get(PATH_ENV_VAR, "auto") or "auto"
+        layout = resident_layout_from_environment(self.resident_layout)  # checked whichever path runs
         debug = os.environ.get(DEBUG_ENV_VAR, "") not in ("", "0")
 
         T, B = request.seq_len, request.batch_size
@@ -294,7 +296,7 @@ class CupyBackend(Backend):
                     dtype=dtype,
                     reset_after=request.reset_after,
                     elements=T * B * D * 3 * H,
-                    layout=resident_layout_from_environment(self.resident_layout),
+                    layout=layout,
                 )
             if forced == "persistent" or (
                 forced == "auto"

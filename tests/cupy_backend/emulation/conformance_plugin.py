@@ -14,9 +14,9 @@ or the fuzz tests (random configurations against the oracle)::
 
 ``GRU_CUPY_PATH=resident`` / ``persistent`` / ``fused`` / ``stepwise`` picks the
 path (the default, auto, takes the resident kernel at the suite's small layers);
-``GRU_CUPY_RESIDENT_LAYOUT=rows`` / ``cluster2`` / ``cluster4`` / ``cluster8``
-gives the resident path that layout wherever it applies (float32, reset-after,
-H <= 128).
+``GRU_CUPY_RESIDENT_LAYOUT=chunked`` / ``rows`` gives the resident path that
+layout of W_hh wherever it applies (rows: float32, reset-after, H <= 128; the
+default, auto, takes rows up to 64 units).
 """
 
 from __future__ import annotations

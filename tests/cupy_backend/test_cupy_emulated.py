@@ -230,6 +230,39 @@ def test_the_gpu_benchmark_times_the_other_resident_layout(emulator_library, mon
     assert bench_gpu.time_resident_layouts(wide, x, backend, 1, 0, agreement=lambda out: 0.0) == {}
 
 
+@pytest.mark.parametrize("short", [False, True])
+def test_the_emulation_fails_a_load_outside_the_arrays(emulator_library, short):
+    """An explicit global load past an argument array fails the launch, even where its value would go unused:
+    the row kernel with a gx_bias one element short (its last owner reads the last element)."""
+    device = emulation.EmulatedDevice(emulator_library)
+    T, B, D, H = 2, 1, 1, 8
+    p = plan_resident(hidden_size=H, dtype="float32", reset_after=True, elements=10, layout="rows")
+    rng = np.random.default_rng(0)
+
+    def random(*shape):
+        return rng.standard_normal(shape).astype(np.float32)
+
+    i32 = np.int32
+    args = (
+        random(T, B, D, 3 * H),
+        random(D * 3 * H - short),  # gx_bias
+        random(D, 3 * H, p.padded_hidden),
+        random(D, H),
+        np.full(B, T, np.int32),
+        random(D, B, H),
+        np.empty((D, B, H), np.float32),
+        np.empty((T, B, D * H), np.float32),
+        np.zeros(1, np.float32),
+        *(i32(0), i32(T), i32(B), i32(H), i32(p.padded_hidden), i32(D)),
+    )
+    if short:
+        with pytest.raises(RuntimeError, match="a global load outside every argument array"):
+            device.launch(p.kernel, (B, D), (p.threads,), args, shared_mem=p.shared_mem)
+    else:
+        device.launch(p.kernel, (B, D), (p.threads,), args, shared_mem=p.shared_mem)
+        assert np.isfinite(args[7]).all()
+
+
 FUSED_STRESS_CASES = [
     # H, B, dtype: every tile, unit blocks and product tiles cut short, several sequence blocks
     pytest.param(5, 3, "float32", id="16x32-tile-one-short-unit-block"),

@@ -9,7 +9,9 @@ launch arguments and both kernels are checked on machines without a GPU.
 Each launch also guards every array argument that shares memory with no
 other: the kernel gets a copy framed by NaN-filled guard bytes, which must be
 intact afterwards (an out-of-bounds write fails the launch; an out-of-bounds
-read brings NaN into the results).
+read brings NaN into the results). And every explicit global load of a kernel
+(``__ldg``, ``__ldcg``, the sources of asynchronous copies) must fall inside an
+argument array, even where its value is never used.
 """
 
 from __future__ import annotations
@@ -72,6 +74,8 @@ def build_library(build_dir: Path) -> ctypes.CDLL:
     lib.emu_launch.argtypes = [ctypes.c_char_p] + [ctypes.c_int] * 5 + [ctypes.c_void_p, ctypes.c_uint]
     lib.emu_has.restype = ctypes.c_int
     lib.emu_has.argtypes = [ctypes.c_char_p]
+    lib.emu_set_readable.restype = None
+    lib.emu_set_readable.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
     return lib
 
 
@@ -178,6 +182,14 @@ class EmulatedDevice:
             keep.append(value)
             params.append(ctypes.cast(ctypes.pointer(value), ctypes.c_void_p))
         packed = (ctypes.c_void_p * len(params))(*params)
+        # every array argument, where the kernel sees it, is what its explicit global loads may read
+        spans = {}
+        for a in arrays:
+            begin = guarded[id(a)].ctypes.data + GUARD if id(a) in guarded else a.ctypes.data
+            spans[begin] = max(spans.get(begin, 0), a.nbytes)
+        begins = (ctypes.c_void_p * max(1, len(spans)))(*spans.keys())
+        sizes = (ctypes.c_longlong * max(1, len(spans)))(*spans.values())
+        self.lib.emu_set_readable(begins, sizes, len(spans))
         self.seed += 1
         status = self.lib.emu_launch(name.encode(), grid[0], grid[1], grid[2], block[0], shared_mem, packed, self.seed)
         self.launches.append((name, grid, tuple(block), shared_mem))
@@ -187,6 +199,8 @@ class EmulatedDevice:
             raise RuntimeError(f"{name}: deadlock (every thread waits at a barrier that cannot open)")
         if status == 3:
             raise RuntimeError(f"{name}: an asynchronous copy with an address not 16-byte aligned")
+        if status == 5:
+            raise RuntimeError(f"{name}: a global load outside every argument array")
         for a in arrays:
             frame = guarded.get(id(a))
             if frame is None:

@@ -96,11 +96,39 @@ struct Launch {
     jmp_buf scheduler_resume;
     Fiber* current = nullptr;
     unsigned long progress = 0;
-    int fault = 0;  // the launch's status when a thread broke a rule (3: misaligned asynchronous copy)
+    int fault = 0;  // the launch's status when a thread broke a rule (3: misaligned asynchronous copy,
+                    // 5: an explicit global load outside every argument array)
     std::function<void()> body;
 };
 
 inline Launch* active = nullptr;
+
+// The argument arrays of the next launch (set by the host before it): the explicit global loads
+// (__ldg, __ldcg, load_with_policy, the sources of asynchronous copies) must fall inside one of
+// them, so a load past an array fails the launch even where its value is never used.
+struct Range {
+    const unsigned char* begin;
+    const unsigned char* end;
+};
+inline std::vector<Range> readable;
+
+inline bool may_read(const void* p, size_t bytes) {
+    if (readable.empty()) return true;  // nothing registered: not checked
+    const auto* at = static_cast<const unsigned char*>(p);
+    for (const Range& r : readable)
+        if (at >= r.begin && at + bytes <= r.end) return true;
+    return false;
+}
+
+// The value of an explicit global load of *p, or a zero value and fault 5 outside the arrays.
+template <typename T>
+inline T checked_load(const T* p) {
+    if (!may_read(p, sizeof(T))) {
+        active->fault = 5;
+        return T{};
+    }
+    return *p;
+}
 
 inline void yield() {
     if (_setjmp(active->current->resume) == 0) _longjmp(active->scheduler_resume, 1);
@@ -129,7 +157,7 @@ inline void fiber_main() {
     _longjmp(active->scheduler_resume, 1);
 }
 
-// 0: finished; 2: deadlock; 3: misaligned asynchronous copy.
+// 0: finished; 2: deadlock; 3: misaligned asynchronous copy; 5: a load outside the arrays.
 inline int run(dim3 grid, dim3 block, int smem_bytes, std::function<void()> body, unsigned int seed) {
     Launch launch;
     launch.grid = grid;
@@ -247,11 +275,11 @@ inline float __frcp_rn(float v) { return 1.0f / v; }
 
 template <typename T>
 inline T __ldg(const T* p) {
-    return *p;
+    return emu::checked_load(p);
 }
 template <typename T>
 inline T __ldcg(const T* p) {
-    return *p;
+    return emu::checked_load(p);
 }
 template <typename T>
 inline void __stcg(T* p, T v) {
@@ -265,6 +293,10 @@ inline void spin_pause() { emu::yield(); }
 inline void copy_async16(void* dst, const void* src, int bytes) {
     if (reinterpret_cast<std::uintptr_t>(dst) % 16 != 0 || reinterpret_cast<std::uintptr_t>(src) % 16 != 0) {
         emu::active->fault = 3;
+        return;
+    }
+    if (bytes > 0 && !emu::may_read(src, static_cast<size_t>(bytes))) {
+        emu::active->fault = 5;
         return;
     }
     std::memset(dst, 0xFF, 16);
@@ -289,6 +321,6 @@ inline void copy_async_wait(int pending) {
 inline unsigned long long l2_policy(bool) { return 0; }
 template <typename T>
 inline T load_with_policy(const T* p, unsigned long long) {
-    return *p;
+    return emu::checked_load(p);
 }
 }  // namespace gru

@@ -29,7 +29,7 @@ const Entry kEntries[] = {
 
 extern "C" {
 
-// 0: ran; 1: no such kernel; 2: deadlock.
+// 0: ran; 1: no such kernel; 2: deadlock; 3: misaligned asynchronous copy; 5: a load outside the arrays.
 int emu_launch(const char* name, int gx, int gy, int gz, int bx, int shared_mem, void** params, unsigned int seed) {
     for (const Entry& e : kEntries) {
         if (std::strcmp(e.name, name) == 0) {
@@ -39,6 +39,15 @@ int emu_launch(const char* name, int gx, int gy, int gz, int bx, int shared_mem,
         }
     }
     return 1;
+}
+
+// The argument arrays of the next launches: n (address, bytes) pairs; n = 0 checks nothing.
+void emu_set_readable(void** begins, long long* sizes, int n) {
+    emu::readable.clear();
+    for (int i = 0; i < n; ++i) {
+        const auto* begin = static_cast<const unsigned char*>(begins[i]);
+        emu::readable.push_back(emu::Range{begin, begin + sizes[i]});
+    }
 }
 
 int emu_has(const char* name) {

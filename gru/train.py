@@ -320,8 +320,10 @@ class Adam:
     and writes them back with ``load_state_dict``, the one way the layers let
     their parameters change. The moments are kept in float64, so a float32
     layer's updates are not rounded twice. Gradients may be NumPy arrays or
-    torch tensors; a step that raises changes nothing (parameters, moments,
-    ``steps``).
+    torch tensors; a NaN or infinite one is refused (it would make the
+    parameters and moments NaN for good); a step that raises changes nothing
+    (parameters, moments, ``steps``), so a training loop may catch the error
+    and go on with the next batch.
     """
 
     def __init__(
@@ -373,6 +375,12 @@ class Adam:
             for name, p in params.items():
                 if g[name].shape != p.shape:
                     raise ValueError(f"grads[{i}][{name!r}]: expected shape {p.shape}, got {g[name].shape}")
+                bad = g[name].size - int(np.count_nonzero(np.isfinite(g[name])))
+                if bad:  # it would turn the parameters and both moments into NaN for good
+                    raise ValueError(
+                        f"grads[{i}][{name!r}]: expected finite values, got {bad} NaN or infinite of "
+                        f"{g[name].size}; nothing was changed (skip the batch, or lower lr)"
+                    )
         beta1, beta2 = self.betas
         steps = self.steps + 1
         correction1, correction2 = 1.0 - beta1**steps, 1.0 - beta2**steps

@@ -308,6 +308,19 @@ def test_adam_updates_a_gru_through_load_state_dict_and_checks_everything_first(
         opt.step(ones[:1])
 
 
+def test_adam_refuses_non_finite_gradients_and_says_which():
+    m = gru.GRU(2, 3, seed=0)
+    opt = Adam([m], lr=0.01)
+    grads = {k: np.ones_like(v) for k, v in m.state_dict().items()}
+    grads["weight_hh_l0"] = grads["weight_hh_l0"].copy()
+    grads["weight_hh_l0"][0, :2] = [np.nan, np.inf]
+    with pytest.raises(
+        ValueError, match=r"^grads\[0\]\['weight_hh_l0'\]: expected finite values, got 2 NaN or infinite of 27;"
+    ):
+        opt.step([grads])
+    assert opt.steps == 0
+
+
 class _Refusing:
     """A layer whose load_state_dict refuses any weight above 10, after the optimiser has computed it."""
 
@@ -333,6 +346,8 @@ def test_a_rejected_adam_step_changes_nothing():
         {"weight": np.array([["x"]]), "bias": np.ones(1)},  # cannot be a number
         {"weight": [[1.0]], "bias": [[1.0, 2.0], [3.0]]},  # ragged
         {"weight": np.ones((1, 1)), "bias": np.ones(2)},  # wrong shape
+        {"weight": np.array([[np.nan]]), "bias": np.ones(1)},  # NaN: the moments would stay NaN for good
+        {"weight": np.ones((1, 1)), "bias": np.array([-np.inf])},
     ]
     for bad in bad_seconds:
         with pytest.raises((TypeError, ValueError), match=r"^grads\[1\]"):

@@ -84,15 +84,24 @@ def torch_events():
 
 
 @contextlib.contextmanager
-def forced_path(path: str):
-    """The CuPy backend takes ``path`` (GRU_CUPY_PATH) inside the block, its own choice again after it."""
-    from gru.backends.cupy import _plans
-
-    os.environ[_plans.PATH_ENV_VAR] = path
+def _environment(name: str, value: str):
+    """The environment variable ``name`` is ``value`` inside the block, and what it was (or unset) after it."""
+    saved = os.environ.get(name)
+    os.environ[name] = value
     try:
         yield
     finally:
-        os.environ.pop(_plans.PATH_ENV_VAR, None)
+        if saved is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = saved
+
+
+def forced_path(path: str):
+    """The CuPy backend takes ``path`` (GRU_CUPY_PATH) inside the block, what it took before after it."""
+    from gru.backends.cupy import _plans
+
+    return _environment(_plans.PATH_ENV_VAR, path)
 
 
 def start_end_ms(start, end) -> float:
@@ -283,20 +292,11 @@ def sweep_shape(shape, repeats: int, warmup: int) -> list[dict[str, Any]]:
     return rows
 
 
-@contextlib.contextmanager
 def resident_layout(layout: str):
     """The CuPy backend's resident path takes ``layout`` (GRU_CUPY_RESIDENT_LAYOUT) inside the block."""
     from gru.backends.cupy import _plans
 
-    saved = os.environ.get(_plans.RESIDENT_LAYOUT_ENV_VAR)
-    os.environ[_plans.RESIDENT_LAYOUT_ENV_VAR] = layout
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop(_plans.RESIDENT_LAYOUT_ENV_VAR, None)
-        else:
-            os.environ[_plans.RESIDENT_LAYOUT_ENV_VAR] = saved
+    return _environment(_plans.RESIDENT_LAYOUT_ENV_VAR, layout)
 
 
 def time_resident_layouts(layer, x, backend, repeats: int, warmup: int, agreement) -> dict[str, dict[str, Any]]:
@@ -401,7 +401,7 @@ def resident_grid(repeats: int, warmup: int) -> list[dict[str, Any]]:
                 rows.append(row)
                 times_text = "  ".join(f"{k} {v:7.3f}" for k, v in row["median_ms"].items())
                 print(f"resident H={H:<4} B={B:<4} T={T:<5} {times_text}", flush=True)
-    # the rest of a call at the benchmark's first shape: the projection GEMM alone, and an empty layer
+    # the rest of a call at the benchmark's first shape: the projection GEMM alone
     x = cupy.random.default_rng(0).standard_normal((1000, 1, 128), dtype=cupy.float32)
     w = cupy.random.default_rng(1).standard_normal((128, 384), dtype=cupy.float32)
     timing = benchmark(lambda: cupy.matmul(x.reshape(1000, 128), w), n_repeat=50, n_warmup=5)

@@ -12,6 +12,7 @@ their own beside this one.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -270,3 +271,17 @@ def test_the_host_time_script_checks_its_arguments_and_says_what_is_missing():
     except ImportError:
         missing = run()
         assert missing.returncode == 2 and "needs CuPy" in missing.stderr
+
+
+def test_the_gpu_benchmark_sets_the_backend_knobs_only_inside_its_blocks(monkeypatch):
+    from gru import bench_gpu
+
+    monkeypatch.delenv(PATH_ENV_VAR, raising=False)
+    monkeypatch.setenv(RESIDENT_LAYOUT_ENV_VAR, "chunked")
+    with bench_gpu.forced_path("resident"), bench_gpu.resident_layout("rows"):
+        assert (os.environ[PATH_ENV_VAR], os.environ[RESIDENT_LAYOUT_ENV_VAR]) == ("resident", "rows")
+    assert PATH_ENV_VAR not in os.environ  # unset before: unset after
+    assert os.environ[RESIDENT_LAYOUT_ENV_VAR] == "chunked"  # set before: put back
+    with pytest.raises(RuntimeError), bench_gpu.forced_path("fused"):
+        raise RuntimeError("a path that fails")
+    assert PATH_ENV_VAR not in os.environ

@@ -170,11 +170,12 @@ class EmulatedDevice:
                 frame = np.full(a.nbytes + 2 * GUARD, POISON, np.uint8)
                 frame[GUARD : GUARD + a.nbytes] = a.reshape(-1).view(np.uint8)
                 guarded[id(a)] = frame
+        # where the kernel sees each array: inside its guard frame, or the array itself
+        address = {id(a): guarded[id(a)].ctypes.data + GUARD if id(a) in guarded else a.ctypes.data for a in arrays}
         keep, params = [], []
         for a in args:
             if isinstance(a, np.ndarray):
-                address = guarded[id(a)].ctypes.data + GUARD if id(a) in guarded else a.ctypes.data
-                value = ctypes.c_void_p(address)
+                value = ctypes.c_void_p(address[id(a)])
             elif isinstance(a, np.int32):
                 value = ctypes.c_int32(int(a))
             else:
@@ -185,8 +186,7 @@ class EmulatedDevice:
         # every array argument, where the kernel sees it, is what its explicit global loads may read
         spans = {}
         for a in arrays:
-            begin = guarded[id(a)].ctypes.data + GUARD if id(a) in guarded else a.ctypes.data
-            spans[begin] = max(spans.get(begin, 0), a.nbytes)
+            spans[address[id(a)]] = max(spans.get(address[id(a)], 0), a.nbytes)
         begins = (ctypes.c_void_p * max(1, len(spans)))(*spans.keys())
         sizes = (ctypes.c_longlong * max(1, len(spans)))(*spans.values())
         self.lib.emu_set_readable(begins, sizes, len(spans))

@@ -87,3 +87,12 @@ def test_the_suite_fails_a_wrong_backend_with_few_capabilities(tmp_path, backend
     proc = run_suite(tmp_path, backend, "-x")
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert message in proc.stdout, proc.stdout[-3000:]
+    # the summary points at the input check only when it is what failed
+    assert ("writes into arrays it must only read" in proc.stdout) == (backend == "writes_into_h0"), proc.stdout[-3000:]
+
+
+def test_the_summary_points_at_the_input_check_among_many_failures(tmp_path):
+    proc = run_suite(tmp_path, "writes_into_h0", "-k", "inputs_are_left_unchanged or test_cell")
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-2000:]
+    summary = proc.stdout.split("gru conformance", 1)[-1]
+    assert "test_inputs_are_left_unchanged failed" in summary, proc.stdout[-3000:]

@@ -59,3 +59,18 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "backend_name" in metafunc.fixturenames:
         metafunc.parametrize("backend_name", selected_backends(metafunc.config))
+
+
+INPUT_CHECK = "test_inputs_are_left_unchanged"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Point at the input check when it failed: a backend that writes into its inputs fails most other tests too."""
+    failed = [report.nodeid for report in terminalreporter.stats.get("failed", []) if INPUT_CHECK in report.nodeid]
+    if not failed:
+        return
+    terminalreporter.write_sep("=", "gru conformance")
+    terminalreporter.write_line(
+        f"{INPUT_CHECK} failed ({len(failed)} cases): the backend writes into arrays it must only read "
+        "(x, h0, lengths, the weights). Fix that first: the other failures may only follow from it."
+    )

@@ -1157,6 +1157,24 @@ cdef inline void add_parts(Py_ssize_t start, Py_ssize_t stop, floating* total, c
             total[e] += parts[p * part_stride + e]
 
 
+cdef inline void carry_product(bint w_rows, int i0, int live, int nu, int k, int H, const floating* d_gh_rows,
+                               const floating* w_t, const floating* w, floating* temp, int ldt, floating* dest,
+                               bint add) noexcept nogil:
+    """dest's rows [i0, live) (row i at dest + i * H) = (or, ``add``, +=) d_gh's rows times k rows of W_hh.
+
+    ``d_gh_rows`` is row i0's first gate gradient (rows 3H apart); ``w_t`` and
+    ``w`` are where the k rows start in W_hh^T's rows of the units and in
+    W_hh's columns of the units. With ``w_rows`` the product takes W_hh^T's rows
+    as BLAS's second operand into the column-major ``temp`` (see matmul_w) and is
+    unpacked from there; else it runs on the small-matrix kernel straight into dest.
+    """
+    if w_rows:
+        matmul_w(live - i0, nu, k, d_gh_rows, 3 * H, w_t, 3 * H, 0, temp + i0, ldt)
+        unpack_rows(i0, live, nu, temp, ldt, dest, H, add)
+    else:
+        matmul_step(live - i0, nu, k, d_gh_rows, 3 * H, w, H, 1 if add else 0, dest + <Py_ssize_t>i0 * H, H)
+
+
 cdef void backward_rows(
     int T, int B, int I, int H, int i0, int i1, int u0, int nu, int team, bint in_loop,
     const floating* x, const floating* h0, const floating* w_hh, const floating* w_hh_t,
@@ -1246,13 +1264,9 @@ cdef void backward_rows(
         if not reset_after:
             if nu > 0:
                 # d loss / d (r ⊙ h_{t-1}) = d_n_pre W_hn, the units' columns
-                if w_rows:
-                    matmul_w(live - i0, nu, H, d_gh + (<Py_ssize_t>s * B + i0) * G + 2 * H, G,
-                             w_hh_t + <Py_ssize_t>u0 * G + 2 * H, G, 0, temp_mine + i0, ldt)
-                    unpack_rows(i0, live, nu, temp_mine, ldt, d_rh + u0, H)
-                else:
-                    matmul_step(live - i0, nu, H, d_gh + (<Py_ssize_t>s * B + i0) * G + 2 * H, G,
-                                w_hh + <Py_ssize_t>2 * H * H + u0, H, 0, d_rh + <Py_ssize_t>i0 * H + u0, H)
+                carry_product(w_rows, i0, live, nu, H, H, d_gh + (<Py_ssize_t>s * B + i0) * G + 2 * H,
+                              w_hh_t + <Py_ssize_t>u0 * G + 2 * H, w_hh + <Py_ssize_t>2 * H * H + u0,
+                              temp_mine, ldt, d_rh + u0, False)
                 for i in range(i0, live):
                     seq = <int>order[i]
                     t = <int>(lengths[i] - 1 - s) if reverse else s
@@ -1270,13 +1284,9 @@ cdef void backward_rows(
                     accumulate(nu, d_gh + (<Py_ssize_t>s * B + i) * G + g * H + u0, sums + (3 + g) * nu)
             # d loss / d h_{t-1} += d_gh W_hh (W_hh's r and z rows only for reset-before: its n
             # rows met r ⊙ h, handled above), the units' columns
-            if w_rows:
-                matmul_w(live - i0, nu, G if reset_after else 2 * H, d_gh + (<Py_ssize_t>s * B + i0) * G, G,
-                         w_hh_t + <Py_ssize_t>u0 * G, G, 0, temp_mine + i0, ldt)
-                unpack_rows(i0, live, nu, temp_mine, ldt, d_carry + u0, H, True)
-            else:
-                matmul_step(live - i0, nu, G if reset_after else 2 * H, d_gh + (<Py_ssize_t>s * B + i0) * G, G,
-                            w_hh + u0, H, 1, d_carry + <Py_ssize_t>i0 * H + u0, H)
+            carry_product(w_rows, i0, live, nu, G if reset_after else 2 * H, H,
+                          d_gh + (<Py_ssize_t>s * B + i0) * G, w_hh_t + <Py_ssize_t>u0 * G, w_hh + u0,
+                          temp_mine, ldt, d_carry + u0, True)
             if in_loop:  # this step's share of the units' rows of dW_ih and dW_hh (every row is live)
                 t = T - 1 - s if reverse else s
                 for g in range(3):

@@ -12,7 +12,7 @@ import os
 import re
 import tempfile
 
-from gru._io import names_a_directory
+from gru._io import names_a_directory, special_file
 
 __all__ = ["accept_negative_values", "figure_path", "number_error", "output_error"]
 
@@ -45,6 +45,9 @@ def output_error(path: str, flag: str) -> str | None:
     target = os.path.abspath(path)
     if names_a_directory(path):
         return f"{flag}: expected a file name, got the directory {path!r}"
+    kind = special_file(target)
+    if kind is not None:  # opening a FIFO to probe it would block until something reads it
+        return f"{flag}: expected a regular file (or a new one), got {kind}: {path!r}"
     parent = os.path.dirname(target)
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)

@@ -10,7 +10,9 @@ the architecture follows from the parameter names and shapes.
 
 Every problem with a file's content raises ``ValueError`` naming the file;
 file-system problems (a missing file, a directory where a file should be)
-raise the ``OSError`` subclass ``open()`` would, naming the caller's path.
+raise the ``OSError`` subclass ``open()`` would, naming the caller's path;
+a device, FIFO or socket is not written (``OSError``, EINVAL), and a symbolic
+link is written through, staying a link.
 Files are written to a temporary file next to the target and moved into place
 with ``os.replace``, so a save that fails leaves the previous file (or none),
 never half of one.
@@ -24,6 +26,7 @@ import itertools
 import json
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Collection, Iterator
 from typing import Any
@@ -64,6 +67,28 @@ def names_a_directory(path: str) -> bool:
     return path.endswith(tuple(sep for sep in (os.sep, os.altsep) if sep)) or os.path.isdir(path)
 
 
+_SPECIAL_KINDS = (
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def special_file(path: str) -> str | None:
+    """What ``path`` is (followed through symbolic links) when it exists and is neither a regular file nor a
+    directory: a device, a FIFO, a socket. None otherwise.
+
+    Saving refuses such a target: replacing it would destroy it (``/dev/null``
+    made a regular file), and writing into it could block (a FIFO without a reader).
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    return next((kind for test, kind in _SPECIAL_KINDS if test(mode)), None)
+
+
 def _refuse_non_file_target(path: str) -> None:
     """Raise what ``open(path, "wb")`` would where ``path`` cannot be written: a directory, a missing folder,
     a read-only file.
@@ -80,16 +105,24 @@ def _refuse_non_file_target(path: str) -> None:
         raise _naming(exc, path) from None
     if names_a_directory(path):
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+    kind = special_file(path)
+    if kind is not None:
+        raise OSError(errno.EINVAL, f"expected a regular file (or a new one) to write, got {kind}", path)
     # os.replace would swap a file its owner made read-only; open() refuses to write it
     if os.path.exists(path) and not os.access(path, os.W_OK):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
 
 
 def _atomic_write(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` all at once: a temporary file beside it, then ``os.replace``.
+
+    A symbolic link stays a link: the file it points to is the one replaced.
+    """
     _refuse_non_file_target(path)
-    directory = os.path.dirname(os.path.abspath(path))
+    target = os.path.realpath(path) if os.path.islink(path) else path
+    directory = os.path.dirname(os.path.abspath(target))
     try:
-        fd, temporary = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+        fd, temporary = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(target)}.", suffix=".tmp")
     except OSError as exc:  # e.g. a folder we may not write to
         raise _naming(exc, path) from None
     try:
@@ -100,7 +133,7 @@ def _atomic_write(path: str, data: bytes) -> None:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes it private; give it a normal file's mode
-        os.replace(temporary, path)
+        os.replace(temporary, target)
     except BaseException as exc:
         try:
             os.unlink(temporary)

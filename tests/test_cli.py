@@ -159,3 +159,17 @@ def test_bench_gpu_requires_a_results_file(capsys):
         main(["bench-gpu"])
     assert exit_info.value.code == 2
     assert "--json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["bench", "--quick", "--json"], ["bench-gpu", "--json"], ["demo", "--out"]],
+)
+def test_an_output_that_is_a_fifo_is_refused_without_blocking(capsys, tmp_path, command):
+    """Probing an existing output by opening it would block on a FIFO until something reads it."""
+    fifo = tmp_path / "out.png"
+    os.mkfifo(fifo)
+    assert main([*command, str(fifo)]) == 2
+    assert capsys.readouterr().err.endswith(
+        f"error: {command[-1]}: expected a regular file (or a new one), got a FIFO: {str(fifo)!r}\n"
+    )

@@ -362,6 +362,41 @@ def test_a_folder_that_refuses_the_temporary_file_names_the_callers_path(tmp_pat
     assert not os.listdir(tmp_path)
 
 
+@pytest.mark.parametrize("writer", ["save", "to_onnx"])
+def test_a_fifo_is_refused_and_left_a_fifo(tmp_path, writer):
+    """os.replace would turn a FIFO (or a device: /dev/null) into a regular file; writing into one could block."""
+    if writer == "to_onnx":
+        pytest.importorskip("onnx")
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(OSError, match=r"expected a regular file \(or a new one\) to write, got a FIFO") as info:
+        getattr(gru.GRU(I, H), writer)(fifo)
+    assert info.value.filename == str(fifo)
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    assert os.listdir(tmp_path) == ["pipe"]  # no temporary file left beside it
+
+
+def test_a_device_is_refused_and_left_a_device():
+    if not os.path.exists(os.devnull) or not stat.S_ISCHR(os.stat(os.devnull).st_mode):
+        pytest.skip(f"{os.devnull} is not a character device here")
+    with pytest.raises(OSError, match="got a character device"):
+        gru.GRU(I, H).save(os.devnull)
+    assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
+
+
+@pytest.mark.parametrize("dangling", [False, True])
+def test_saving_through_a_symbolic_link_keeps_the_link(tmp_path, dangling):
+    target, link = tmp_path / "real.safetensors", tmp_path / "link.safetensors"
+    if not dangling:
+        gru.GRU(I, H, seed=0).save(target)
+    link.symlink_to(target.name)  # relative, as links usually are
+    layer = gru.GRU(I, H + 1, seed=1)
+    layer.save(link)
+    assert link.is_symlink() and os.readlink(link) == target.name
+    assert_same_layer(gru.load(target), layer)
+    assert sorted(os.listdir(tmp_path)) == ["link.safetensors", "real.safetensors"]
+
+
 # -- an empty .npz is an .npz ----------------------------------------------------------------------
 
 

@@ -88,13 +88,24 @@ def _from_torch(value: Any, name: str) -> Any:
     raise TypeError(f"{name}: expected a tensor on the CPU or a CUDA device, got one on {device!r}")
 
 
+def refuse_masked(value: Any, name: str) -> None:
+    """Raise ``TypeError`` for a NumPy masked array: every conversion would drop its mask and keep the hidden values."""
+    if isinstance(value, np.ma.MaskedArray):
+        raise TypeError(
+            f"{name}: expected a plain array, got a masked array (its mask would be ignored); "
+            "pass the values you mean with .filled(value)"
+        )
+
+
 def as_array(value: Any, name: str) -> Any:
     """``value`` as a NumPy or CuPy array, sharing its memory where the protocol allows.
 
-    Raises ``TypeError`` or ``ValueError`` (from NumPy) for what is not an array;
-    callers add the context. Dtype and shape are not checked here.
+    Raises ``TypeError`` or ``ValueError`` (from NumPy) for what is not an array
+    (a masked array included: see refuse_masked); callers add the context.
+    Dtype and shape are not checked here.
     """
     if isinstance(value, np.ndarray):
+        refuse_masked(value, name)
         return value
     if is_torch_tensor(value):
         return _from_torch(value, name)
@@ -119,8 +130,8 @@ def torch_values_on_host(value: Any) -> Any:
     gradients); an input keeps the caller's dtype, so ``as_array`` refuses
     bfloat16 rather than widen it.
     """
-    if not is_torch_tensor(value):
-        return value
+    if not is_torch_tensor(value) or value.device.type not in ("cpu", "cuda"):
+        return value  # a tensor with no data here ('meta'): as_array names its device
     tensor = value.detach().cpu()
     return tensor.float() if str(tensor.dtype) == "torch.bfloat16" else tensor
 

@@ -24,6 +24,7 @@ import errno
 import io
 import itertools
 import json
+import math
 import os
 import re
 import stat
@@ -217,8 +218,10 @@ def _read_bfloat16_safetensors(data: bytes, start: int, header: dict, where: str
             raise ValueError(f"{where}: {name} holds {kind} values; gru reads float64, float32, float16 and bfloat16")
         try:
             dtype, shape, (begin, end) = _FLOATS[kind], tuple(entry["shape"]), entry["data_offsets"]
-            count = int(np.prod(shape, dtype=np.int64))
-            if any(type(n) is not int or n < 0 for n in (*shape, begin, end)) or end - begin != count * dtype.itemsize:
+            if any(type(n) is not int or n < 0 for n in (*shape, begin, end)):
+                raise ValueError(f"{name}: expected whole numbers >= 0 for its shape and offsets")
+            count = math.prod(shape)  # exact: NumPy's int64 product wraps around for absurd shapes
+            if end - begin != count * dtype.itemsize:
                 raise ValueError(f"{name}: its offsets do not hold {shape} values")
             if start + end > len(data):
                 raise ValueError(f"{name}: past the end of the file")

@@ -36,6 +36,19 @@ def _import_onnx() -> Any:
     return onnx
 
 
+def _tensor_value(numpy_helper: Any, tensor: Any, what: str) -> np.ndarray:
+    """A tensor's values, or a ValueError naming it: a damaged or hand-made model may hold anything there."""
+    if tensor.data_location == tensor.EXTERNAL:  # would read a file the model names, wherever it is
+        raise ValueError(
+            f"model: {what} keeps its data in an external file; pass the model's path, and onnx reads that data "
+            "from beside it"
+        )
+    try:
+        return numpy_helper.to_array(tensor)
+    except Exception as exc:  # onnx raises KeyError, ValueError, TypeError... for what it cannot decode
+        raise ValueError(f"model: {what} cannot be read ({type(exc).__name__}: {exc})") from None
+
+
 class _Graph:
     """Constants and producers of a graph, to follow values back to where they come from."""
 
@@ -43,7 +56,9 @@ class _Graph:
         from onnx import numpy_helper
 
         self.onnx = onnx
-        self.constants: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+        self.constants: dict[str, np.ndarray] = {
+            t.name: _tensor_value(numpy_helper, t, f"initializer {t.name!r}") for t in graph.initializer
+        }
         self.inputs = {i.name for i in graph.input} - set(self.constants)
         self.producers: dict[str, Any] = {}
         for node in graph.node:
@@ -60,7 +75,7 @@ class _Graph:
 
         for attribute in node.attribute:
             if attribute.name == "value":
-                return numpy_helper.to_array(attribute.t)
+                return _tensor_value(numpy_helper, attribute.t, f"the value of {_describe(node)}")
             if attribute.name in ("value_float", "value_floats", "value_int", "value_ints"):
                 return np.asarray(self.onnx.helper.get_attribute_value(attribute))
         return None
@@ -107,6 +122,9 @@ def _read_node(graph: _Graph, node: Any) -> dict[str, Any]:
         raise ValueError(
             f"model: {where} has direction={direction!r}; ONNX defines 'forward', 'reverse' and 'bidirectional'"
         )
+    for key in ("hidden_size", "layout", "linear_before_reset"):
+        if key in attrs and (isinstance(attrs[key], bool) or not isinstance(attrs[key], int)):
+            raise ValueError(f"model: {where} has {key}={attrs[key]!r}; ONNX defines it as an integer attribute")
     if attrs.get("layout", 0) not in (0, 1):
         raise ValueError(f"model: {where} has layout={attrs['layout']!r}; ONNX defines 0 (time-major) and 1")
     if attrs.get("linear_before_reset", 0) not in (0, 1):
@@ -140,6 +158,11 @@ def _read_node(graph: _Graph, node: Any) -> dict[str, Any]:
             raise ValueError(
                 f"model: input {label} ({name!r}) of {where} is computed at run time; gru.GRU needs fixed weights "
                 "(initializers or Constant nodes)"
+            )
+        if value.dtype.kind != "f":
+            raise ValueError(
+                f"model: input {label} ({name!r}) of {where} has dtype {value.dtype}; "
+                "the GRU operator takes float16, float32 or float64"
             )
         fixed[label] = value
     if "W" not in fixed or "R" not in fixed:

@@ -191,6 +191,11 @@ def get_backend(name: str) -> Backend:
     table = _table()
     if name not in table:
         known = ", ".join(sorted(table)) or "none"
+        if name == "auto":  # a choice a layer makes per call, not a backend one can hold
+            raise BackendNotFoundError(
+                f"backend: 'auto' is not a backend but the choice a layer makes per call; "
+                f"get_backend takes a registered name ({known})"
+            )
         raise BackendNotFoundError(f"backend: no backend named {name!r} is registered (registered: {known}; or 'auto')")
     entry = table[name]
     availability = _availability(entry)

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from gru._arrays import as_array, is_torch_tensor, to_host, torch_values_on_host
+from gru._arrays import as_array, is_torch_tensor, refuse_masked, to_host, torch_values_on_host
 
 SUPPORTED_DTYPES = ("float32", "float64")
 
@@ -150,6 +150,7 @@ def canonical_lengths(lengths: Any, *, batch: int, seq_len: int, batched: bool) 
         return None
     if hasattr(lengths, "__cuda_array_interface__") or is_torch_tensor(lengths):
         lengths = to_host(lengths, "lengths")
+    refuse_masked(lengths, "lengths")
     if not batched and np.ndim(lengths) == 0:
         lengths = [lengths]
     try:
@@ -177,6 +178,7 @@ def canonical_lengths(lengths: Any, *, batch: int, seq_len: int, batched: bool) 
 
 def canonical_parameter(value: Any, name: str, shape: tuple[int, ...], dtype: str) -> np.ndarray:
     """A state-dict entry as a fresh contiguous host array of ``shape`` and ``dtype``."""
+    refuse_masked(value, f"state_dict[{name!r}]")
     try:
         array = to_host(torch_values_on_host(value), f"state_dict[{name!r}]")
     except (TypeError, ValueError) as exc:
@@ -187,7 +189,17 @@ def canonical_parameter(value: Any, name: str, shape: tuple[int, ...], dtype: st
         raise TypeError(f"state_dict[{name!r}]: expected a real numeric array, got dtype {array.dtype}")
     if array.shape != shape:
         raise ValueError(f"state_dict[{name!r}]: expected shape {shape}, got {array.shape}")
-    return np.array(array, dtype=dtype, order="C", copy=True)
+    with np.errstate(over="ignore"):
+        result = np.array(array, dtype=dtype, order="C", copy=True)
+    if array.dtype.kind == "f" and array.dtype.itemsize > result.dtype.itemsize:
+        overflowed = int(np.count_nonzero(np.isinf(result) & np.isfinite(array)))
+        if overflowed:  # narrowing would store infinities where the caller had numbers
+            largest = float(np.max(np.abs(array[np.isfinite(array)])))
+            raise ValueError(
+                f"state_dict[{name!r}]: {overflowed} finite values do not fit in {dtype} "
+                f"(largest magnitude {largest:.3g}; {dtype} ends at {float(np.finfo(dtype).max):.3g})"
+            )
+    return result
 
 
 _DTYPES = {name: np.dtype(name) for name in ("float32", "float64")}  # np.dtype(str) per call costs microseconds

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from gru._arrays import to_host
+from gru._arrays import refuse_masked, to_host
 
 __all__ = [
     "TorchWeights",
@@ -48,6 +48,7 @@ def swap_rz(a: np.ndarray, axis: int = 0) -> np.ndarray:
 
 
 def _host(value: Any, name: str, ndim: int | None) -> np.ndarray:
+    refuse_masked(value, name)
     try:
         array = to_host(value, name)
     except (TypeError, ValueError) as exc:
@@ -87,9 +88,10 @@ def onnx_to_torch(W: Any, R: Any, B: Any = None) -> list[TorchWeights]:
 
 def torch_to_onnx(directions: list[TorchWeights] | list[tuple]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One layer's directions in PyTorch's layout as ONNX ``(W, R, B)``."""
-    W = np.stack([swap_rz(np.asarray(d[0])) for d in directions])
-    R = np.stack([swap_rz(np.asarray(d[1])) for d in directions])
-    B = np.stack([np.concatenate([swap_rz(np.asarray(d[2])), swap_rz(np.asarray(d[3]))]) for d in directions])
+    arrays = [[_host(a, f"directions[{i}][{j}]", None) for j, a in enumerate(d)] for i, d in enumerate(directions)]
+    W = np.stack([swap_rz(d[0]) for d in arrays])
+    R = np.stack([swap_rz(d[1]) for d in arrays])
+    B = np.stack([np.concatenate([swap_rz(d[2]), swap_rz(d[3])]) for d in arrays])
     return W, R, B
 
 

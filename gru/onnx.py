@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from gru._arrays import as_array, returner
+from gru._arrays import as_array, refuse_masked, returner
 from gru._errors import UnsupportedRequestError
 from gru.backends._base import ForwardRequest, LayerWeights, reverse_padded
 from gru.interop import onnx_to_torch
@@ -123,6 +123,7 @@ def _float_list(values, name) -> list[float]:
 
 
 def _float_input(value, name, ndim, dtype=None):
+    refuse_masked(value, name)
     try:
         array = as_array(value, name)
     except (TypeError, ValueError) as exc:
@@ -180,7 +181,9 @@ def gru(
     if direction not in DIRECTIONS:
         raise ValueError(f"direction: expected one of {DIRECTIONS}, got {direction!r}")
     D = 2 if direction == "bidirectional" else 1
-    if layout not in (0, 1) or isinstance(layout, bool):
+    if isinstance(layout, bool) or not isinstance(layout, numbers.Integral):
+        raise TypeError(f"layout: expected an int (0 or 1), got {layout!r}")
+    if layout not in (0, 1):
         raise ValueError(f"layout: expected 0 or 1, got {layout!r}")
     if isinstance(linear_before_reset, bool) or not isinstance(linear_before_reset, numbers.Integral):
         raise TypeError(f"linear_before_reset: expected an int (0 or 1), got {linear_before_reset!r}")
@@ -191,8 +194,14 @@ def gru(
             raise ValueError(f"clip: expected a non-negative number or None, got {clip!r}")
     T, batch, I = (X.shape[1], X.shape[0], X.shape[2]) if layout else X.shape
     H = R.shape[-1]
+    if hidden_size is not None and (isinstance(hidden_size, bool) or not isinstance(hidden_size, numbers.Integral)):
+        raise TypeError(f"hidden_size: expected an int or None, got {hidden_size!r} ({type(hidden_size).__name__})")
     if hidden_size is not None and hidden_size != H:
         raise ValueError(f"hidden_size: got {hidden_size} but R has hidden size {H} (shape {tuple(R.shape)})")
+    if H == 0:
+        raise ValueError(f"R: expected at least one hidden unit (shape [num_directions, 3*H, H]), got {R.shape}")
+    if I == 0:
+        raise ValueError(f"X: expected at least one input feature, got shape {tuple(X.shape)}")
     if W.shape != (D, 3 * H, I):
         raise ValueError(
             f"W: expected shape {(D, 3 * H, I)} = [num_directions, 3*hidden_size, input_size] "
@@ -249,11 +258,14 @@ def gru(
 def _sequence_lens(sequence_lens, batch, T):
     if sequence_lens is None:
         return None
+    refuse_masked(sequence_lens, "sequence_lens")
     try:
         lens = np.asarray(_host(as_array(sequence_lens, "sequence_lens")))
     except (TypeError, ValueError) as exc:
         got = type(sequence_lens).__name__
         raise TypeError(f"sequence_lens: expected {batch} integers, got {got} ({exc})") from None
+    if lens.size == 0 and lens.dtype == np.float64:  # np.asarray([]) is float64: no value, no wrong type
+        lens = lens.astype(np.int64)
     if lens.dtype.kind not in "iu":
         raise TypeError(f"sequence_lens: expected integers, got dtype {lens.dtype}")
     if lens.shape != (batch,):

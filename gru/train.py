@@ -321,9 +321,10 @@ class Adam:
     their parameters change. The moments are kept in float64, so a float32
     layer's updates are not rounded twice. Gradients may be NumPy arrays or
     torch tensors; a NaN or infinite one is refused (it would make the
-    parameters and moments NaN for good); a step that raises changes nothing
-    (parameters, moments, ``steps``), so a training loop may catch the error
-    and go on with the next batch.
+    parameters and moments NaN for good), and so is a finite one whose square
+    or update is not finite (the parameter would freeze, or become inf). A
+    step that raises changes nothing (parameters, moments, ``steps``), so a
+    training loop may catch the error and go on with the next batch.
     """
 
     def __init__(
@@ -385,14 +386,27 @@ class Adam:
         steps = self.steps + 1
         correction1, correction2 = 1.0 - beta1**steps, 1.0 - beta2**steps
         updated, moments = [], []
-        for g, params, m, v in zip(arrays, current, self._m, self._v, strict=True):
+        for i, (g, params, m, v) in enumerate(zip(arrays, current, self._m, self._v, strict=True)):
             new, new_m, new_v = {}, {}, {}
             for name, p in params.items():
                 grad = g[name].astype(np.float64)
-                new_m[name] = beta1 * m[name] + (1.0 - beta1) * grad if name in m else (1.0 - beta1) * grad
-                new_v[name] = beta2 * v[name] + (1.0 - beta2) * grad**2 if name in v else (1.0 - beta2) * grad**2
-                step = self.lr * (new_m[name] / correction1) / (np.sqrt(new_v[name] / correction2) + self.eps)
-                new[name] = (p - step).astype(p.dtype)
+                with np.errstate(over="ignore", invalid="ignore"):  # checked below, with the argument named
+                    new_m[name] = beta1 * m[name] + (1.0 - beta1) * grad if name in m else (1.0 - beta1) * grad
+                    new_v[name] = beta2 * v[name] + (1.0 - beta2) * grad**2 if name in v else (1.0 - beta2) * grad**2
+                    scale = np.sqrt(new_v[name] / correction2) + self.eps
+                    # with eps = 0, a gradient zero at every step so far gives 0 / 0: no gradient, no move
+                    step = self.lr * np.divide(
+                        new_m[name] / correction1, scale, out=np.zeros_like(scale), where=scale > 0
+                    )
+                    new[name] = (p - step).astype(p.dtype)
+                if not (np.isfinite(new_v[name]).all() and np.isfinite(new[name]).all()):
+                    # a finite gradient too large to square (the second moment would stay inf: the
+                    # parameter frozen), or a parameter pushed past its dtype's range
+                    raise ValueError(
+                        f"grads[{i}][{name!r}]: expected gradients whose squares and updates stay finite, got "
+                        f"magnitudes up to {float(np.max(np.abs(grad))):.3g}; nothing was changed "
+                        "(skip the batch, clip the gradients, or lower lr)"
+                    )
             updated.append(new)
             moments.append((new_m, new_v))
         loaded = []

@@ -182,6 +182,36 @@ def test_bad_x_is_told_what_it_is(layer, x, said):
     assert said in str(info.value)
 
 
+def _masked(a):
+    return np.ma.masked_array(a, mask=np.zeros(np.shape(a), bool))
+
+
+def _onnx_gru_call(**masked):
+    """gru.onnx.gru on a small problem with the arrays ``masked`` names given as masked arrays."""
+    from gru import onnx as gru_onnx
+
+    args = {"X": arr(T, B, I), "W": arr(1, 3 * H, I), "R": arr(1, 3 * H, H), "B": arr(1, 6 * H)}
+    args |= {"initial_h": arr(1, B, H), "sequence_lens": np.array([T, 1])}
+    return lambda: gru_onnx.gru(**{k: _masked(v) if k in masked else v for k, v in args.items()})
+
+
+@pytest.mark.parametrize(
+    ("call", "argument"),
+    [
+        (lambda layer: layer(arr(T, B, I), lengths=_masked([T, 1])), "lengths"),
+        (lambda layer: layer(arr(T, B, I), _masked(arr(1, B, H))), "h0"),
+        *[(lambda layer, k=k: _onnx_gru_call(**{k: True})(), k) for k in ("X", "W", "R", "B", "initial_h")],
+        (lambda layer: _onnx_gru_call(sequence_lens=True)(), "sequence_lens"),
+        (lambda layer: gru.interop.onnx_to_torch(_masked(arr(1, 3 * H, I)), arr(1, 3 * H, H)), "W"),
+    ],
+    ids=["lengths", "h0", "X", "W", "R", "B", "initial_h", "sequence_lens", "onnx_to_torch"],
+)
+def test_masked_arrays_are_refused_everywhere_an_array_goes_in(layer, call, argument):
+    """Every conversion to a plain array would drop the mask and compute with the hidden values."""
+    with pytest.raises(TypeError, match=rf"^{argument}: expected a plain array, got a masked array"):
+        call(layer)
+
+
 def test_a_list_of_python_floats_fits_a_float64_layer():
     layer = gru.GRU(I, H, dtype="float64", seed=0)
     values = np.random.default_rng(0).standard_normal((T, B, I))
@@ -404,6 +434,9 @@ def bad_state_dicts(good):
         ("strings", mutated(good, bias_hh_l0=good["bias_hh_l0"].astype(str)), TypeError, "['bias_hh_l0']"),
         ("None value", mutated(good, bias_hh_l0=None), TypeError, "['bias_hh_l0']"),
         ("ragged list", mutated(good, bias_hh_l0=[[1.0], [1.0, 2.0]]), TypeError, "['bias_hh_l0']"),
+        ("masked", mutated(good, bias_hh_l0=np.ma.masked_array(good["bias_hh_l0"])), TypeError, "masked array"),
+        # float64 values past float32's range would be stored as infinities
+        ("past float32", mutated(good, bias_ih_l1=np.full(3 * H, 1e300)), ValueError, "do not fit in float32"),
     ]
 
 
@@ -695,8 +728,22 @@ def test_bad_save_and_export_arguments(tmp_path, call, kind, argument, needs_onn
 # -- the ONNX importer: GRU.from_onnx ---------------------------------------------------------
 
 
-def onnx_model(*, W=None, R=None, Bias=None, inputs=("x", "W", "R"), attrs=None, before=(), extra=None, domain=""):
-    """One GRU node reading graph input x (through the nodes ``before``); weights are initializers."""
+def _external(tensor):
+    """Mark a tensor's data as kept in a file outside the model's folder."""
+    from onnx import TensorProto
+
+    tensor.data_location = TensorProto.EXTERNAL
+    entry = tensor.external_data.add()
+    entry.key, entry.value = "location", "../elsewhere.bin"
+
+
+def onnx_model(
+    *, W=None, R=None, Bias=None, inputs=("x", "W", "R"), attrs=None, before=(), extra=None, domain="", damage=None
+):
+    """One GRU node reading graph input x (through the nodes ``before``); weights are initializers.
+
+    ``damage``, when given, is applied to W's initializer.
+    """
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper, numpy_helper
 
@@ -705,7 +752,9 @@ def onnx_model(*, W=None, R=None, Bias=None, inputs=("x", "W", "R"), attrs=None,
     R = rng.standard_normal((1, 3 * H, H)).astype("float32") if R is None else R
     constants = {"W": W, "R": R, "B": Bias, **(extra or {})}
     inits = [numpy_helper.from_array(value, name) for name, value in constants.items() if value is not None]
-    node = helper.make_node("GRU", list(inputs), ["Y", "Y_h"], hidden_size=H, domain=domain, **(attrs or {}))
+    if damage is not None:
+        damage(inits[0])
+    node = helper.make_node("GRU", list(inputs), ["Y", "Y_h"], domain=domain, **{"hidden_size": H, **(attrs or {})})
     graph = helper.make_graph(
         [*before, node],
         "g",
@@ -755,6 +804,11 @@ BAD_ONNX = {
     "direction-unknown": (lambda: onnx_model(attrs={"direction": "sideways"}), "direction='sideways'"),
     "layout-2": (lambda: onnx_model(attrs={"layout": 2}), "layout=2"),
     "other-domain": (lambda: onnx_model(domain="com.example"), "com.example.GRU"),
+    "integer-W": (lambda: onnx_model(W=np.ones((1, 3 * H, I), np.int32)), "has dtype int32"),
+    "float-hidden_size": (lambda: onnx_model(attrs={"hidden_size": 4.0}), "hidden_size=4.0"),
+    "float-layout": (lambda: onnx_model(attrs={"layout": 1.0}), "layout=1.0"),
+    "unknown-data-type": (lambda: onnx_model(damage=lambda t: setattr(t, "data_type", 84)), "cannot be read"),
+    "external-data": (lambda: onnx_model(damage=_external), "keeps its data in an external file"),
 }
 
 

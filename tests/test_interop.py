@@ -160,6 +160,16 @@ def test_to_torch_refuses_reset_before(torch):
         gru.GRU(I, H, reset_after=False).to_torch()
 
 
+def test_a_state_dict_of_meta_tensors_is_refused_naming_the_key_and_device(torch):
+    layer = gru.GRU(I, H, seed=0)
+    before = layer.state_dict()
+    meta = {k: torch.empty(v.shape, device="meta") for k, v in before.items()}
+    with pytest.raises(TypeError, match=r"^state_dict\['weight_ih_l0'\]: .*got one on 'meta'"):
+        layer.load_state_dict(meta)
+    for k, v in layer.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+
+
 def test_torch_state_dict_in_bfloat16_loads(torch):
     module = torch.nn.GRU(I, H).to(torch.bfloat16)
     layer = gru.GRU.from_torch(module)

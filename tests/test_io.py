@@ -295,6 +295,16 @@ def test_bfloat16_safetensors_with_bad_entries_raise_value_error(tmp_path):
         gru.load(tmp_path / "cut.safetensors")
 
 
+def test_a_bfloat16_entry_whose_shape_overflows_64_bits_is_corrupt(tmp_path):
+    """2**40 x 2**40 values: an int64 product wraps to 0, which matched the empty offsets [0, 0]."""
+    header = {"weight_ih_l0": {"dtype": "BF16", "shape": [2**40, 2**40], "data_offsets": [0, 0]}}
+    text = json.dumps(header).encode()
+    path = tmp_path / "huge.safetensors"
+    path.write_bytes(len(text).to_bytes(8, "little") + text)
+    with pytest.raises(ValueError, match=r"^path: .*corrupt or truncated.*offsets do not hold"):
+        gru.load(path)
+
+
 # -- saving where no file can be: the error open() would give, naming the caller's path --------------
 
 

@@ -383,6 +383,10 @@ def bad(kind, argument):
         ({"hidden_size": H + 1}, ValueError, "hidden_size"),
         ({"direction": "backward"}, ValueError, "direction"),
         ({"layout": 2}, ValueError, "layout"),
+        ({"layout": 1.0}, TypeError, "layout"),
+        ({"hidden_size": str(H)}, TypeError, "hidden_size"),
+        ({"R": normal(1, 0, 0), "W": normal(1, 0, I), "B": None, "initial_h": None}, ValueError, "R"),
+        ({"X": normal(T, B, 0), "W": normal(1, 3 * H, 0)}, ValueError, "X"),
         ({"linear_before_reset": 0.5}, TypeError, "linear_before_reset"),
         ({"linear_before_reset": 2}, ValueError, "linear_before_reset: expected 0 or 1, got 2"),
         ({"linear_before_reset": -1}, ValueError, "linear_before_reset: expected 0 or 1, got -1"),
@@ -401,6 +405,13 @@ def test_bad_arguments_are_named(change, kind, argument):
     args.update(change)
     with bad(kind, argument):
         gru.onnx.gru(**args)
+
+
+def test_an_empty_batch_takes_empty_sequence_lens():
+    """np.asarray([]) is float64; with no sequence there is no length to be of the wrong type (as for layers)."""
+    X, W, R, Bias, _ = onnx_inputs(1)
+    Y, Y_h = gru.onnx.gru(X[:, :0], W, R, Bias, sequence_lens=[])
+    assert Y.shape == (T, 1, 0, H) and Y_h.shape == (1, 0, H)
 
 
 def test_onnx_attribute_values_as_bytes_work():

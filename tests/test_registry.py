@@ -640,3 +640,9 @@ def test_an_error_inside_a_backend_keeps_its_type_and_names_the_backend(numpy_on
         layer(x32(), train=True)
         layer.backward(np.ones((4, 2, 4), "float32"))
     assert "(raised inside backend 'raising')" in getattr(info.value, "__notes__", [])
+
+
+def test_get_backend_auto_says_auto_is_a_choice_not_a_backend():
+    with pytest.raises(gru.BackendNotFoundError, match=r"^backend: 'auto' is not a backend but the choice") as info:
+        gru.get_backend("auto")
+    assert "numpy" in str(info.value)  # and lists the names it does take

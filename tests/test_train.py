@@ -321,6 +321,50 @@ def test_adam_refuses_non_finite_gradients_and_says_which():
     assert opt.steps == 0
 
 
+@pytest.mark.parametrize(
+    ("dtype", "size"),
+    [("float64", 1e200), ("float32", 1e200)],  # its square overflows float64: v would stay inf, the weight frozen
+)
+def test_adam_refuses_a_finite_gradient_whose_square_overflows(dtype, size):
+    m = gru.GRU(2, 3, dtype=dtype, seed=0)
+    before = m.state_dict()
+    opt = Adam([m], lr=0.01)
+    grads = {k: np.zeros(v.shape, np.float64) for k, v in before.items()}
+    grads["bias_hh_l0"][4] = size
+    with pytest.raises(ValueError, match=r"^grads\[0\]\['bias_hh_l0'\]: expected gradients whose squares"):
+        opt.step([grads])
+    assert opt.steps == 0
+    for k, v in m.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+    opt.step([{k: np.ones_like(v) for k, v in before.items()}])  # and the next batch goes on as a first step
+    np.testing.assert_allclose(m.state_dict()["bias_hh_l0"], before["bias_hh_l0"] - 0.01, rtol=1e-5)
+
+
+def test_adam_with_eps_0_leaves_a_parameter_with_no_gradient_where_it_is():
+    """m̂ / √v̂ is 0 / 0 for a gradient that has been zero at every step: no gradient, no move (not NaN)."""
+    m = gru.GRU(2, 3, seed=0)
+    before = m.state_dict()
+    opt = Adam([m], lr=0.01, eps=0.0)
+    grads = {k: np.ones_like(v) for k, v in before.items()}
+    grads["weight_hh_l0"] = np.zeros_like(before["weight_hh_l0"])
+    for _ in range(2):
+        opt.step([grads])
+    after = m.state_dict()
+    np.testing.assert_array_equal(after["weight_hh_l0"], before["weight_hh_l0"])
+    np.testing.assert_allclose(after["bias_ih_l0"], before["bias_ih_l0"] - 0.02, rtol=1e-5)
+
+
+def test_adam_refuses_an_update_that_leaves_the_parameters_dtype():
+    """lr 1e39 on a float32 layer: every update is finite in float64 and past float32's range."""
+    m = gru.GRU(2, 3, seed=0)
+    before = m.state_dict()
+    opt = Adam([m], lr=1e39)
+    with pytest.raises(ValueError, match=r"^grads\[0\]\['weight_ih_l0'\]: expected gradients whose"):
+        opt.step([{k: np.ones_like(v) for k, v in before.items()}])
+    for k, v in m.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+
+
 class _Refusing:
     """A layer whose load_state_dict refuses any weight above 10, after the optimiser has computed it."""
 

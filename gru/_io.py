@@ -27,8 +27,8 @@ import json
 import math
 import os
 import re
+import secrets
 import stat
-import tempfile
 from collections.abc import Collection, Iterator
 from typing import Any
 
@@ -114,6 +114,21 @@ def _refuse_non_file_target(path: str) -> None:
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
 
 
+def _make_temporary(directory: str, prefix: str, suffix: str) -> tuple[int, str]:
+    """A new file in ``directory``, open for writing, with the mode ``open()`` gives new files (0o666 less the umask).
+
+    Unlike ``tempfile.mkstemp`` (0o600, then a chmod that needs the umask, which
+    can only be read by setting it process-wide), the kernel applies the umask.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    while True:
+        name = os.path.join(directory, f"{prefix}{secrets.token_hex(6)}{suffix}")
+        try:
+            return os.open(name, flags, 0o666), name
+        except FileExistsError:
+            continue
+
+
 def _atomic_write(path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` all at once: a temporary file beside it, then ``os.replace``.
 
@@ -123,7 +138,7 @@ def _atomic_write(path: str, data: bytes) -> None:
     target = os.path.realpath(path) if os.path.islink(path) else path
     directory = os.path.dirname(os.path.abspath(target))
     try:
-        fd, temporary = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(target)}.", suffix=".tmp")
+        fd, temporary = _make_temporary(directory, f".{os.path.basename(target)}.", ".tmp")
     except OSError as exc:  # e.g. a folder we may not write to
         raise _naming(exc, path) from None
     try:
@@ -131,9 +146,10 @@ def _atomic_write(path: str, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes it private; give it a normal file's mode
+        try:  # a file saved over keeps its permissions (a private one stays private)
+            os.chmod(temporary, stat.S_IMODE(os.stat(target).st_mode))
+        except FileNotFoundError:
+            pass  # a new file: the mode open() would give it, made by _make_temporary
         os.replace(temporary, target)
     except BaseException as exc:
         try:

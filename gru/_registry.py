@@ -168,7 +168,9 @@ def list_backends() -> list[BackendInfo]:
 
 def register_backend(name: str, backend: Backend | type[Backend], *, replace: bool = False) -> Backend:
     """Register ``backend`` under ``name`` at run time (entry points are the usual way)."""
-    if not isinstance(name, str) or not name or name == "auto":
+    if not isinstance(name, str):
+        raise TypeError(f"name: expected a non-empty string other than 'auto', got {name!r} ({type(name).__name__})")
+    if not name or name == "auto":
         raise ValueError(f"name: expected a non-empty string other than 'auto', got {name!r}")
     if not isinstance(replace, bool):
         raise TypeError(f"replace: expected True or False, got {replace!r}")

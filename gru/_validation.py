@@ -185,7 +185,7 @@ def canonical_parameter(value: Any, name: str, shape: tuple[int, ...], dtype: st
         raise TypeError(
             f"state_dict[{name!r}]: expected an array of shape {shape}, got {type(value).__name__} ({exc})"
         ) from None
-    if array.dtype.kind not in "fiu" or array.dtype == np.bool_:
+    if array.dtype.kind not in "fiu":
         raise TypeError(f"state_dict[{name!r}]: expected a real numeric array, got dtype {array.dtype}")
     if array.shape != shape:
         raise ValueError(f"state_dict[{name!r}]: expected shape {shape}, got {array.shape}")

@@ -2,8 +2,9 @@
 
 The layers keep ONE layout, PyTorch's: gate blocks of H rows in the order
 (r, z, n), ``w_ih`` (3H, I), ``w_hh`` (3H, H), ``b_ih`` and ``b_hh`` (3H,).
-The functions here translate to and from the other common layouts; they
-need NumPy only (never PyTorch, Keras or onnx).
+The functions here translate to and from the other common layouts with
+NumPy alone (no PyTorch, Keras or onnx), apart from ``layer_to_torch``, which
+builds a ``torch.nn`` module and so imports torch.
 
 * ONNX ``GRU``: gate order (z, r, h); W [D, 3H, I], R [D, 3H, H],
   B [D, 6H] = [Wb, Rb].
@@ -53,7 +54,7 @@ def _host(value: Any, name: str, ndim: int | None) -> np.ndarray:
         array = to_host(value, name)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{name}: expected a real array, got {type(value).__name__} ({exc})") from None
-    if array.dtype.kind not in "fiu" or array.dtype == np.bool_:
+    if array.dtype.kind not in "fiu":
         raise TypeError(f"{name}: expected a real numeric array, got dtype {array.dtype}")
     if ndim is not None and array.ndim != ndim:
         raise ValueError(f"{name}: expected a {ndim}-D array, got shape {array.shape}")
@@ -364,8 +365,9 @@ def config_from_state_dict(shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]
     """
     if "weight_ih" in shapes and "weight_hh" in shapes:
         w_hh = shapes["weight_hh"]
-        if len(w_hh) != 2 or len(shapes["weight_ih"]) != 2:
-            raise ValueError(f"weight_hh: expected a 2-D (3*hidden_size, hidden_size) array, got shape {w_hh}")
+        for name, what in (("weight_ih", "(3*hidden_size, input_size)"), ("weight_hh", "(3*hidden_size, hidden_size)")):
+            if len(shapes[name]) != 2:
+                raise ValueError(f"{name}: expected a 2-D {what} array, got shape {shapes[name]}")
         return {
             "class": "GRUCell",
             "input_size": shapes["weight_ih"][1],

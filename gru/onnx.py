@@ -116,6 +116,8 @@ def _float_list(values, name) -> list[float]:
         return []
     if isinstance(values, numbers.Real):
         values = [values]
+    if isinstance(values, (str, bytes)):  # would be read character by character
+        raise TypeError(f"{name}: expected a list of floats, got {values!r}")
     try:
         return [float(v) for v in values]
     except (TypeError, ValueError):
@@ -190,7 +192,9 @@ def gru(
     if linear_before_reset not in (0, 1):  # the operator defines these two; anything else is a typo, not 1
         raise ValueError(f"linear_before_reset: expected 0 or 1, got {linear_before_reset!r}")
     if clip is not None:
-        if isinstance(clip, bool) or not isinstance(clip, numbers.Real) or not clip >= 0:
+        if isinstance(clip, bool) or not isinstance(clip, numbers.Real):
+            raise TypeError(f"clip: expected a non-negative number or None, got {clip!r}")
+        if not clip >= 0:
             raise ValueError(f"clip: expected a non-negative number or None, got {clip!r}")
     T, batch, I = (X.shape[1], X.shape[0], X.shape[2]) if layout else X.shape
     H = R.shape[-1]

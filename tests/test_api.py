@@ -372,6 +372,16 @@ def test_public_names():
     assert isinstance(gru.__version__, str)
 
 
+def test_the_backend_protocol_is_importable_from_gru_backends():
+    """Everything the protocol's own module exports, a backend author reaches through gru.backends."""
+    import gru.backends
+    from gru.backends import _base
+
+    assert set(_base.__all__) <= set(gru.backends.__all__)
+    for name in gru.backends.__all__:
+        assert getattr(gru.backends, name) is getattr(_base, name), name
+
+
 @pytest.mark.parametrize("how", ["pickle", "deepcopy", "copy"])
 @pytest.mark.parametrize("cls", ["GRU", "GRUCell"])
 def test_layers_copy_and_pickle(how, cls):

@@ -652,6 +652,9 @@ def f32(*shape):
             "",
         ),
         ("config-list.safetensors", {"weight_ih": f32(12, I), "weight_hh": f32(12, 4)}, "[1, 2]", "no GRU or GRUCell"),
+        # the array that is wrong is the one named
+        ("cell-1d-ih.safetensors", {"weight_ih": f32(12), "weight_hh": f32(12, 4)}, None, "weight_ih: expected a 2-D"),
+        ("cell-1d-hh.safetensors", {"weight_ih": f32(12, I), "weight_hh": f32(12)}, None, "weight_hh: expected a 2-D"),
         (
             "cell-config-gru-keys.safetensors",
             {"weight_ih_l0": f32(12, I), "weight_hh_l0": f32(12, 4)},

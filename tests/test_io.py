@@ -266,6 +266,17 @@ def test_saved_files_get_a_normal_mode(tmp_path):
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
 
 
+@pytest.mark.parametrize("mode", [0o600, 0o640, 0o664])
+def test_saving_over_a_file_keeps_its_permissions(tmp_path, mode):
+    """A private file saved over must not become readable by everyone."""
+    path = tmp_path / "m.npz"
+    path.write_bytes(b"old")
+    path.chmod(mode)
+    gru.GRU(I, H).save(path)
+    assert stat.S_IMODE(path.stat().st_mode) == mode
+    assert gru.load(path).hidden_size == H
+
+
 def test_bfloat16_safetensors_from_torch_load_widened_exactly(tmp_path):
     """PyTorch saves bfloat16 models; NumPy has no bfloat16. Each value widens to float32 exactly."""
     torch = pytest.importorskip("torch")
@@ -359,13 +370,13 @@ def test_saving_over_a_read_only_file_is_refused_as_open_refuses_it(tmp_path, mo
 
 
 def test_a_folder_that_refuses_the_temporary_file_names_the_callers_path(tmp_path, monkeypatch):
-    """Where mkstemp fails (a folder we may not write to), the error names the path given, as open() would."""
+    """Where the temporary file cannot be made (a folder we may not write to), the error names the path given."""
     path = str(tmp_path / "m.safetensors")
 
-    def refuse(*args, dir, prefix, suffix, **kwargs):
-        raise PermissionError(13, "Permission denied", os.path.join(dir, f"{prefix}abc{suffix}"))
+    def refuse(directory, prefix, suffix):
+        raise PermissionError(13, "Permission denied", os.path.join(directory, f"{prefix}abc{suffix}"))
 
-    monkeypatch.setattr(_io.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(_io, "_make_temporary", refuse)
     with pytest.raises(PermissionError, match=r"Permission denied") as info:
         gru.GRU(I, H).save(path)
     assert info.value.filename == path and ".tmp" not in str(info.value)

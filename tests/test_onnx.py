@@ -396,6 +396,7 @@ def bad(kind, argument):
         ({"activations": ["Sigmoid", "Swish"]}, ValueError, "activations"),
         ({"activations": "Sigmoid"}, TypeError, "activations"),
         ({"activation_alpha": ["a"]}, TypeError, "activation_alpha"),
+        ({"activation_alpha": "12"}, TypeError, "activation_alpha"),  # not the list [1.0, 2.0]
     ],
     ids=lambda v: str(v)[:40] if isinstance(v, dict) else None,
 )

@@ -11,6 +11,7 @@ third-party backend.
 
 from gru.backends._base import (
     Backend,
+    BackwardResult,
     Capabilities,
     ForwardRequest,
     ForwardResult,
@@ -21,6 +22,7 @@ from gru.backends._base import (
 
 __all__ = [
     "Backend",
+    "BackwardResult",
     "Capabilities",
     "ForwardRequest",
     "ForwardResult",

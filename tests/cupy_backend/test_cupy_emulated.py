@@ -171,7 +171,7 @@ def test_a_bad_resident_layout_is_refused_whichever_path_runs(emulator_library, 
     monkeypatch.setenv(RESIDENT_LAYOUT_ENV_VAR, "cluster4")
     layer = gru.GRU(4, 16, dtype="float32", backend=emulated_backend(emulator_library), seed=0)
     x = np.zeros((3, 2, 4), "float32")
-    with pytest.raises(ValueError, match=r"GRU_CUPY_RESIDENT_LAYOUT must be one of auto, chunked, rows .*'cluster4'"):
+    with pytest.raises(ValueError, match=r"GRU_CUPY_RESIDENT_LAYOUT: expected one of auto, chunked, rows .*'cluster4'"):
         layer(x)
 
 

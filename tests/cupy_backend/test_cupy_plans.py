@@ -189,10 +189,22 @@ def test_resident_layout_from_the_environment(monkeypatch):
     monkeypatch.setenv(_plans.RESIDENT_LAYOUT_ENV_VAR, "chunked")
     assert _plans.resident_layout_from_environment("rows") == "chunked"
     monkeypatch.setenv(_plans.RESIDENT_LAYOUT_ENV_VAR, "row")
-    with pytest.raises(ValueError, match=r"GRU_CUPY_RESIDENT_LAYOUT must be one of auto, chunked, rows .*got 'row'"):
+    with pytest.raises(ValueError, match=r"GRU_CUPY_RESIDENT_LAYOUT: expected one of auto, chunked, rows .*got 'row'"):
         _plans.resident_layout_from_environment()
 
 
 def test_plan_resident_refuses_an_unknown_layout():
     with pytest.raises(ValueError, match=r"layout: expected one of auto, chunked, rows, got 'row'"):
         plan_resident(hidden_size=8, dtype="float32", reset_after=True, elements=10, layout="row")
+
+
+@pytest.mark.parametrize("threads", [0, 16, 100, _kernels.PERSISTENT_MAX_THREADS + 32, 1024])
+def test_a_persistent_plan_refuses_threads_past_the_kernels_launch_bound(threads):
+    """A launch of more threads than __launch_bounds__ allows fails on the GPU; the plan says so first."""
+    with pytest.raises(ValueError, match=rf"^threads: expected a multiple of 32 from 32 to 256 .*got {threads}$"):
+        plan(H=128, B=1, threads=threads)
+
+
+def test_a_persistent_plan_takes_any_whole_number_of_warps_up_to_the_bound():
+    for threads in range(32, _kernels.PERSISTENT_MAX_THREADS + 1, 32):
+        assert isinstance(plan(H=128, B=1, threads=threads), PersistentPlan)

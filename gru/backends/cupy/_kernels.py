@@ -16,11 +16,10 @@ from functools import cache
 from pathlib import Path
 
 KERNEL_DIR = Path(__file__).parent / "kernels"
-COMMON_HEADER = "gru_common.cuh"
 
 #: Sequences per batch tile the persistent kernel is instantiated for.
 PERSISTENT_BATCH_TILES = (1, 2, 4, 8)
-#: Most threads per block of the persistent kernel (its ``__launch_bounds__``).
+#: Most threads per block of the persistent kernel (its ``__launch_bounds__``, GRU_PERSISTENT_MAX_THREADS).
 PERSISTENT_MAX_THREADS = 256
 DTYPES = {"float32": "float", "float64": "double"}
 #: Columns of W_hh per thread the register-resident kernel is instantiated for, per dtype: 3 rows of

@@ -172,7 +172,7 @@ def resident_layout_from_environment(default: str = RESIDENT_LAYOUT) -> str:
     value = os.environ.get(RESIDENT_LAYOUT_ENV_VAR, "") or default
     if value not in RESIDENT_LAYOUTS:
         raise ValueError(
-            f"{RESIDENT_LAYOUT_ENV_VAR} must be one of {', '.join(RESIDENT_LAYOUTS)} (or unset); got {value!r}"
+            f"{RESIDENT_LAYOUT_ENV_VAR}: expected one of {', '.join(RESIDENT_LAYOUTS)} (or unset), got {value!r}"
         )
     return value
 
@@ -241,6 +241,11 @@ def plan_persistent(
     state tile; the rest come from global memory every step, and as many of
     those as fit in ``l2_fraction`` of L2 (over all blocks) are marked to stay there.
     """
+    if threads % 32 or not 32 <= threads <= _kernels.PERSISTENT_MAX_THREADS:  # whole warps, within launch bounds
+        raise ValueError(
+            f"threads: expected a multiple of 32 from 32 to {_kernels.PERSISTENT_MAX_THREADS} "
+            f"(the persistent kernel's launch bound), got {threads}"
+        )
     if not device.cooperative_launch:
         return "the device cannot launch cooperative kernels"
     H, D = hidden_size, directions

@@ -141,7 +141,7 @@ def _is_device_array(a: Any) -> bool:
 
 
 class CupyBackend(Backend):
-    """GRU forward on NVIDIA GPUs through CuPy: every feature, float32 and float64.
+    """GRU inference on NVIDIA GPUs through CuPy: every forward feature, float32 and float64 (no training).
 
     ``device_factory`` exists for the test suite (a CPU emulation of the kernels);
     by default devices come from CuPy.
@@ -323,8 +323,8 @@ class CupyBackend(Backend):
                 self.large_batch_path,
                 self.persistent_max_batch_on_chip,
             )
-            if path == "resident":
-                plan = resident
+            # the plan of the path that runs; the fused and stepwise paths need none
+            launch_plan = {"resident": resident, "persistent": plan}.get(path)
             paths = (path,) * L
             run = RUNS[path]
             placeholder = self._placeholder(device, dtype)
@@ -340,7 +340,7 @@ class CupyBackend(Backend):
                 check = run(
                     device,
                     packed,
-                    plan,
+                    launch_plan,
                     gx=gx,
                     h0=h0[k],
                     lengths=lengths_device,

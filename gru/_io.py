@@ -254,6 +254,9 @@ def _read_npz(data: bytes, where: str) -> tuple[dict[str, np.ndarray], dict[str,
     tensors, metadata = {}, {}
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+            others = [name for name in archive.zip.namelist() if not name.endswith(".npy")]
+            if others:  # NumPy would hand their raw bytes out as if they were arrays
+                raise _NotAnNpzError(others)
             for key in archive.files:
                 value = archive[key]
                 if key == NPZ_CONFIG_KEY:
@@ -262,9 +265,27 @@ def _read_npz(data: bytes, where: str) -> tuple[dict[str, np.ndarray], dict[str,
                     metadata[CONFIG_KEY] = str(value)
                 else:
                     tensors[key] = value
+    except _NotAnNpzError as exc:
+        shown = ", ".join(repr(name) for name in exc.names[:3]) + (", ..." if len(exc.names) > 3 else "")
+        torch_hint = (
+            " (a torch.save file? load it with torch.load and pass the state dict)"
+            if any(name.endswith("data.pkl") for name in exc.names)
+            else ""
+        )
+        raise ValueError(
+            f"{where}: a zip archive, but not an .npz of arrays: {shown} are not .npy members{torch_hint}"
+        ) from None
     except Exception as exc:  # zipfile, zlib, NumPy's format reader: any failure means a bad file
         raise ValueError(f"{where}: corrupt, truncated or unreadable .npz file ({exc})") from None
     return tensors, metadata
+
+
+class _NotAnNpzError(Exception):
+    """A zip archive with members that are not .npy arrays."""
+
+    def __init__(self, names: list[str]) -> None:
+        super().__init__(names)
+        self.names = names
 
 
 def _select_prefix(tensors: dict[str, np.ndarray], prefix: str | None, where: str) -> dict[str, np.ndarray]:

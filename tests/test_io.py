@@ -218,6 +218,26 @@ def _trip():
     return 0
 
 
+def test_a_zip_that_is_not_an_npz_of_arrays_is_refused(tmp_path):
+    """NumPy hands a zip's other members out as raw bytes; they must not reach the layer as arrays."""
+    import zipfile
+
+    path = tmp_path / "m.npz"
+    gru.GRU(I, H).save(path)
+    with zipfile.ZipFile(path, "a") as archive:
+        archive.writestr("README.txt", "not an array")
+    with pytest.raises(ValueError, match=r"^path: .*not an \.npz of arrays: 'README\.txt' are not \.npy members$"):
+        gru.load(path)
+
+
+def test_a_torch_save_file_is_refused_with_a_hint(tmp_path):
+    torch = pytest.importorskip("torch")
+    path = tmp_path / "model.pt"
+    torch.save(torch.nn.GRU(I, H).state_dict(), path)
+    with pytest.raises(ValueError, match=r"^path: .*not an \.npz of arrays: .*data\.pkl.*a torch\.save file\?"):
+        gru.load(path)
+
+
 def test_npz_with_pickled_objects_is_refused(tmp_path):
     state = gru.GRU(I, H, seed=0).state_dict()
     path = tmp_path / "pickled.npz"

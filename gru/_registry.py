@@ -266,25 +266,33 @@ def select_backend(choice: str | Backend | None, request: ForwardRequest) -> Bac
 
 
 def _auto(request: ForwardRequest) -> Backend:
+    """The highest-priority backend that can run ``request``, asked in priority order.
+
+    Capabilities are known once a plugin is imported, so a backend for another
+    device, or below the one that wins, is never asked ``available()``: that
+    check may import a heavy library (torch, CuPy) the call does not need.
+    Ties keep registration order.
+    """
     device = _device_of(request)
     reasons = []
-    candidates = []
+    loaded = []
     for entry in list(_table().values()):
-        availability = _availability(entry)
-        if availability is not True:
-            reasons.append(f"{entry.name}: {availability}")
-            continue
+        if _load(entry) is None:
+            reasons.append(f"{entry.name}: {entry.load_error}")
+        else:
+            loaded.append(entry)
+    for entry in sorted(loaded, key=lambda e: -e.backend.capabilities.priority):
         backend = entry.backend
         if backend.capabilities.device != device:
             reasons.append(f"{entry.name}: runs on {backend.capabilities.device}, the input is on {device}")
+            continue
+        availability = _availability(entry)
+        if availability is not True:
+            reasons.append(f"{entry.name}: {availability}")
             continue
         verdict = _verdict(backend, request)
         if verdict is not True:
             reasons.append(f"{entry.name}: {verdict}")
             continue
-        candidates.append(backend)
-    if not candidates:
-        raise UnsupportedRequestError(
-            "backend='auto': no available backend can run this call (" + "; ".join(reasons) + ")"
-        )
-    return max(candidates, key=lambda b: b.capabilities.priority)
+        return backend
+    raise UnsupportedRequestError("backend='auto': no available backend can run this call (" + "; ".join(reasons) + ")")

@@ -436,6 +436,41 @@ def alpha_beta(numpy_only):
     return alpha, beta
 
 
+class AskedForAvailability(Recording):
+    """Counts available() calls, and says it is unavailable when told to."""
+
+    def __init__(self, reason=None, **capabilities):
+        super().__init__(**capabilities)
+        self.asked, self.reason = 0, reason
+
+    def available(self):
+        self.asked += 1
+        return True if self.reason is None else self.reason
+
+
+def test_auto_asks_availability_in_priority_order_and_stops_at_the_winner(numpy_only):
+    """available() may import torch or CuPy: auto must not ask backends that cannot win (lower, other device)."""
+    low = gru.register_backend("low", AskedForAvailability(priority=-5))
+    gpu = gru.register_backend("gpu", AskedForAvailability(priority=100, device="cuda"))
+    down = gru.register_backend("down", AskedForAvailability("its library is missing", priority=50))
+    high = gru.register_backend("high", AskedForAvailability(priority=20))
+    gru.GRU(3, 4, seed=0, backend="auto")(x32())
+    assert high.calls == 1
+    assert (high.asked, down.asked, low.asked, gpu.asked) == (1, 1, 0, 0)
+
+
+def test_auto_still_explains_every_backend_when_none_can_run(numpy_only):
+    gru.register_backend("gpu", AskedForAvailability(priority=100, device="cuda"))
+    gru.register_backend("down", AskedForAvailability("its library is missing", priority=50))
+    request_kinds = gru.GRU(3, 4, seed=0, backend="auto", dtype="float64")
+    gru.register_backend("numpy", AskedForAvailability("switched off", priority=0), replace=True)
+    with pytest.raises(gru.UnsupportedRequestError) as info:
+        request_kinds(x32().astype("float64"))
+    message = str(info.value)
+    for said in ("gpu: runs on cuda, the input is on cpu", "down: its library is missing", "numpy: switched off"):
+        assert said in message
+
+
 def test_env_var_sets_the_default(alpha_beta, monkeypatch):
     alpha, beta = alpha_beta
     monkeypatch.setenv("GRU_BACKEND", "beta")

@@ -138,7 +138,7 @@ def format_floors(floors: dict[str, dict[str, Any]], limits: dict[str, Any] | No
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip("`"))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("``", ""))
     parser.add_argument("--bench", metavar="RUN.json", help="a `gru bench --json` run: its shapes, threads and dtype")
     parser.add_argument("--shapes", nargs="+", metavar="I,H,B,T", type=parse_shape, help="default: gru bench's")
     parser.add_argument("--threads", type=int, help="threads of the calls (default: the usable CPUs)")
@@ -177,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--json {args.json}: cannot write it ({exc.strerror})")
     floors = {case.label: floor(case, threads, dtype) for case in shapes}
     limits = bounds(floors, report) if report else None
-    print(f"floors: {threads} threads, {dtype}; thread 0's BLAS calls alone, one thread, medians of {MEASUREMENTS}")
+    team = f"{threads} thread{'s' if threads != 1 else ''}"
+    print(f"floors: {team}, {dtype}; thread 0's BLAS calls alone, one thread, medians of {MEASUREMENTS}")
     print(format_floors(floors, limits))
     if out is not None:
         with out:

@@ -441,23 +441,29 @@ def limit_threads(threads: int) -> Iterator[list[dict[str, Any]]]:
         yield threadpool_info()
 
 
-def _cpuinfo() -> tuple[str | None, int | None, str | None]:
-    """CPU model, physical core count and cache size from /proc/cpuinfo (Linux)."""
+#: Instruction-set extensions that decide which kernels BLAS libraries pick (/proc/cpuinfo's names).
+SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile")
+
+
+def _cpuinfo() -> dict[str, Any]:
+    """From /proc/cpuinfo (Linux; empty elsewhere): model name, family and model numbers, the SIMD extensions
+    the libraries choose kernels by, the per-core cache the kernel reports, physical cores."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             text = f.read()
     except OSError:
-        return None, None, None
-    model = cache = None
+        return {}
+    info: dict[str, Any] = {}
     cores: set[tuple[str, str]] = set()
     physical = core = None
     for line in [*text.splitlines(), ""]:
         key, _, value = line.partition(":")
         key, value = key.strip(), value.strip()
-        if key == "model name" and model is None:
-            model = value
-        elif key == "cache size" and cache is None:
-            cache = value
+        if key in ("model name", "cache size", "cpu family", "model") and key not in info:
+            info[key] = value
+        elif key == "flags" and "flags" not in info:
+            present = set(value.split())
+            info["flags"] = [flag for flag in SIMD_FLAGS if flag in present]
         elif key == "physical id":
             physical = value
         elif key == "core id":
@@ -466,7 +472,8 @@ def _cpuinfo() -> tuple[str | None, int | None, str | None]:
             if core is not None:
                 cores.add((physical or "0", core))
             physical = core = None
-    return model, len(cores) or None, cache
+    info["physical_cores"] = len(cores) or None
+    return info
 
 
 def _blas_small_kernel() -> bool | None:
@@ -481,7 +488,7 @@ def _blas_small_kernel() -> bool | None:
 
 def machine_info() -> dict[str, Any]:
     """What to quote beside every number: CPU, cores, library versions, BLAS."""
-    model, physical, cache = _cpuinfo()
+    cpu = _cpuinfo()
     blas: list[dict[str, Any]] = []
     try:
         from threadpoolctl import threadpool_info
@@ -493,13 +500,16 @@ def machine_info() -> dict[str, Any]:
     except ImportError:
         pass
     return {
-        "cpu": model or platform.processor() or platform.machine(),
-        "cpu_cache": cache,
+        "cpu": cpu.get("model name") or platform.processor() or platform.machine(),
+        "cpu_family": cpu.get("cpu family"),  # with cpu_model: the microarchitecture (AMD family 26: Zen 5)
+        "cpu_model": cpu.get("model"),
+        "cpu_simd": cpu.get("flags"),
+        "cpu_cache": cpu.get("cache size"),  # as the kernel reports it: per core, usually L2
         "blas_small_kernel": _blas_small_kernel(),
         # OpenBLAS picks its kernels for the CPU unless this names others (read when it loads)
         "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
         "logical_cpus": os.cpu_count(),
-        "physical_cores": physical,
+        "physical_cores": cpu.get("physical_cores"),
         "usable_cpus": usable_cpus(),
         "platform": platform.platform(),
         "hostname": platform.node(),
@@ -937,7 +947,7 @@ def format_table(report: dict[str, Any]) -> str:
     v = m["versions"]
     lines = [
         f"gru bench: {_describe_machine(report)}; median of up to {_count(s['repeats'], 'call')}"
-        f" in {_count(_rounds(s['repeats']), 'interleaved round')}, after {s['warmup']} warm-up",
+        f" in {_count(_rounds(s['repeats']), 'interleaved round')}, after {_count(s['warmup'], 'warm-up call')}",
         "  "
         + " · ".join(f"{k} {v[k] or '-'}" for k in ("gru", "numpy", "scipy", "torch", "onnxruntime"))
         + f" · Python {m['python']}",
@@ -1008,7 +1018,10 @@ def format_table(report: dict[str, Any]) -> str:
             rows.append(row)
     lines += ["", *_render(header, rows, right_from=2)]
     if peers and report["geomean_speedup"]:
-        lines += ["", f"geometric mean speedup (peer time / implementation time) over {len(report['cases'])} shapes:"]
+        lines += [
+            "",
+            f"geometric mean speedup (peer time / implementation time) over {_count(len(report['cases']), 'shape')}:",
+        ]
         g_header = ["implementation"] + [f"vs {p}" for p in peers]
         g_rows = []
         for name, per_peer in report["geomean_speedup"].items():
@@ -1035,7 +1048,14 @@ def format_table(report: dict[str, Any]) -> str:
             f"other load: other processes kept {load:.2f} CPUs busy on average during the run"
             + (f" ({busiest['other_load_cpus']:.2f} during {busiest['label']})" if busiest else "")
         )
-        if _too_busy(report):
+        cpus = report["machine"]["usable_cpus"]
+        if s["threads"] > cpus:
+            lines.append(
+                f"WARNING: {_count(s['threads'], 'thread')} on {_count(cpus, 'CPU')} this process may use: threads "
+                "take turns on the CPUs, and every timing (the GEMM yardstick too) measures that; use --threads "
+                f"{cpus} or fewer"
+            )
+        elif _too_busy(report):
             n = s["threads"]
             lines.append(
                 f"WARNING: the machine was busy: {_count(n, 'thread')} did not have {_count(n, 'idle CPU')}, so"
@@ -1062,7 +1082,8 @@ def _too_busy(report: dict[str, Any]) -> bool:
     loads = [report.get("other_load_cpus")] + [c.get("other_load_cpus") for c in report["cases"]]
     peak = max((v for v in loads if v is not None), default=0.0)
     threads, cpus = report["settings"]["threads"], report["machine"]["usable_cpus"]
-    return peak > BUSY_LOAD_CPUS and peak + threads > cpus + BUSY_LOAD_CPUS
+    # more threads than CPUs is warned about on its own: only the CPUs the threads can have count here
+    return peak > BUSY_LOAD_CPUS and peak + min(threads, cpus) > cpus + BUSY_LOAD_CPUS
 
 
 def _spread(times: Sequence[float]) -> float:
@@ -1231,11 +1252,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"{ROUNDS} (default {DEFAULT_BUDGET_S:g}; 0 = never cut)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and inputs")
-    parser.add_argument("--json", metavar="FILE", help="write the report with every timing and the machine to FILE")
+    parser.add_argument(
+        "--json",
+        metavar="FILE",
+        help="write the report with every timing and the machine to FILE (missing folders are made)",
+    )
     parser.add_argument(
         "--plot",
         metavar="FILE.png",
-        help="write a bar chart of the speedups (matplotlib; the suffix picks the format, none: .png is added)",
+        help="write a bar chart of the speedups (matplotlib; the suffix picks the format, none: .png is added; "
+        "missing folders are made)",
     )
     parser.add_argument(
         "--quick",

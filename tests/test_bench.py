@@ -597,6 +597,26 @@ def test_other_load_is_at_most_the_cpus_and_the_warning_counts_right(monkeypatch
     assert "median of up to 2 calls in 2 interleaved rounds" in table
 
 
+def test_more_threads_than_cpus_is_warned_about_as_such_not_as_a_busy_machine():
+    report = _quick_run(bench.resolve_implementations(["numpy"]))
+    cpus = report["machine"]["usable_cpus"]
+    report["settings"]["threads"] = cpus + 3
+    report["other_load_cpus"] = 1.5  # other processes too: the warning that applies is the threads'
+    table = bench.format_table(report)
+    assert f"WARNING: {cpus + 3} threads on {cpus} CPU" in table and f"use --threads {cpus} or fewer" in table
+    assert "the machine was busy" not in table
+
+
+def test_the_machine_says_its_microarchitecture_and_simd_extensions():
+    machine = bench.machine_info()
+    if not os.path.exists("/proc/cpuinfo"):
+        pytest.skip("no /proc/cpuinfo here")
+    with open("/proc/cpuinfo") as f:
+        flags = next(line for line in f if line.startswith("flags")).split(":", 1)[1].split()
+    assert machine["cpu_simd"] == [flag for flag in bench.SIMD_FLAGS if flag in flags]
+    assert machine["cpu_family"] is None or machine["cpu_family"].isdigit()
+
+
 @pytest.mark.parametrize("coretype", ["Haswell", None])
 def test_the_header_names_the_blas_kernels_and_who_chose_them(monkeypatch, coretype):
     """OPENBLAS_CORETYPE overrides the kernels OpenBLAS would pick for the CPU: the report says so."""

@@ -420,3 +420,17 @@ def test_a_copy_has_its_own_training_calls():
         layer.backward(np.ones((5, 2, 4), "float32"))
     layer(x, train=True)
     twin.backward(np.ones((5, 2, 4), "float32"))  # its own call is still there
+
+
+@pytest.mark.parametrize("with_b_hn", [False, True])
+def test_fold_biases_sums_what_each_gate_adds_once(with_b_hn):
+    from gru.backends import fold_biases
+
+    H = 3
+    b_ih, b_hh = np.arange(3 * H, dtype="float64"), 100.0 * np.arange(1, 3 * H + 1)
+    r, z, n = (slice(0, H), slice(H, 2 * H), slice(2 * H, 3 * H))
+    expected = np.concatenate([b_ih[r] + b_hh[r], b_ih[z] + b_hh[z], b_ih[n] + (b_hh[n] if with_b_hn else 0)])
+    before = b_ih.copy(), b_hh.copy()
+    np.testing.assert_array_equal(fold_biases(b_ih, b_hh, with_b_hn=with_b_hn), expected)
+    np.testing.assert_array_equal(b_ih, before[0])  # a new array: the weights are left as they are
+    np.testing.assert_array_equal(b_hh, before[1])

@@ -17,6 +17,7 @@ from gru.backends._base import (
     ForwardResult,
     LayerWeights,
     StackedBackend,
+    fold_biases,
     reverse_padded,
 )
 
@@ -28,5 +29,6 @@ __all__ = [
     "ForwardResult",
     "LayerWeights",
     "StackedBackend",
+    "fold_biases",
     "reverse_padded",
 ]

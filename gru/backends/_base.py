@@ -32,6 +32,7 @@ __all__ = [
     "ForwardResult",
     "LayerWeights",
     "StackedBackend",
+    "fold_biases",
     "reverse_padded",
 ]
 
@@ -386,3 +387,18 @@ def reverse_padded(a: Any, lengths: np.ndarray | None, axis: int = 0, xp: Any = 
     shape = [1] * a.ndim
     shape[axis], shape[axis + 1] = T, B
     return xp.take_along_axis(a, index.reshape(shape), axis=axis)
+
+
+def fold_biases(b_ih: np.ndarray, b_hh: np.ndarray, *, with_b_hn: bool) -> np.ndarray:
+    """The biases a kernel adds once to each gate's input part: (b_ir + b_hr, b_iz + b_hz, b_in [+ b_hn]).
+
+    The r and z gates always take both biases as one sum. ``b_hn`` joins the
+    candidate's sum only for reset-before (``with_b_hn=True``): reset-after
+    multiplies W_hn h + b_hn by r, so a backend keeps ``b_hh[2H:]`` apart there.
+    A new host array; the inputs are left as they are.
+    """
+    H = b_hh.shape[0] // 3
+    folded = np.array(b_ih, copy=True)
+    stop = 3 * H if with_b_hn else 2 * H
+    folded[:stop] += b_hh[:stop]
+    return folded

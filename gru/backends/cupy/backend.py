@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from gru.backends._base import Backend, Capabilities, ForwardRequest, ForwardResult, LayerWeights
+from gru.backends._base import Backend, Capabilities, ForwardRequest, ForwardResult, LayerWeights, fold_biases
 from gru.backends.cupy._paths import BIAS_IN_KERNEL, RUNS
 from gru.backends.cupy._plans import (
     LARGE_BATCH_PATH,
@@ -87,13 +87,7 @@ class _Packed:
         ]  # (w_ih, w_hh, b_ih, b_hh) per direction
         self._host_w_hh = [w_hh for _, w_hh, _, _ in host]
         H = self.H
-        bias = []
-        for _, _, b_ih, b_hh in host:
-            folded = b_ih.copy()
-            folded[: 2 * H] += b_hh[: 2 * H]
-            if not reset_after:
-                folded[2 * H :] += b_hh[2 * H :]
-            bias.append(folded)
+        bias = [fold_biases(b_ih, b_hh, with_b_hn=not reset_after) for _, _, b_ih, b_hh in host]
         # gx = x @ w_ih_t + gx_bias: (T·B, I) @ (I, D·3H); the resident kernels add gx_bias themselves
         self.w_ih_t = device.asarray(np.ascontiguousarray(np.concatenate([w_ih for w_ih, _, _, _ in host]).T))
         self.gx_bias = device.asarray(np.concatenate(bias))

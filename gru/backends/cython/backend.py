@@ -20,7 +20,7 @@ import weakref
 import numpy as np
 
 from gru._arrays import aligned_zeros
-from gru.backends._base import Capabilities, LayerWeights, StackedBackend
+from gru.backends._base import Capabilities, LayerWeights, StackedBackend, fold_biases
 
 THREADS_ENV_VAR = "GRU_NUM_THREADS"
 PANEL_TEAMS_KEPT = 2  # packings (team size, layout) of its recurrent weights a layer keeps (see _prepared)
@@ -88,12 +88,10 @@ class CythonBackend(StackedBackend):
         prepared = self._prepared_weights.get(weights)
         if prepared is None:
             H = weights.w_hh.shape[1]
-            bias = weights.b_ih.copy()
-            bias[: 2 * H] += weights.b_hh[: 2 * H]
             prepared = self._prepared_weights[weights] = {
                 "w_ih_t": np.ascontiguousarray(weights.w_ih.T),
                 "w_hh": np.ascontiguousarray(weights.w_hh),
-                "bias": bias,
+                "bias": fold_biases(weights.b_ih, weights.b_hh, with_b_hn=False),  # the kernels add b_hn apart
                 "b_hn": np.ascontiguousarray(weights.b_hh[2 * H :]),
             }
         return prepared

@@ -88,13 +88,10 @@ def _from_torch(value: Any, name: str) -> Any:
     raise TypeError(f"{name}: expected a tensor on the CPU or a CUDA device, got one on {device!r}")
 
 
-def refuse_masked(value: Any, name: str) -> None:
+def refuse_masked(value: Any, name: str, hint: str = "pass the values you mean with .filled(value)") -> None:
     """Raise ``TypeError`` for a NumPy masked array: every conversion would drop its mask and keep the hidden values."""
     if isinstance(value, np.ma.MaskedArray):
-        raise TypeError(
-            f"{name}: expected a plain array, got a masked array (its mask would be ignored); "
-            "pass the values you mean with .filled(value)"
-        )
+        raise TypeError(f"{name}: expected a plain array, got a masked array (its mask would be ignored); {hint}")
 
 
 def as_array(value: Any, name: str) -> Any:

@@ -68,11 +68,7 @@ def as_float_array(value: Any, name: str, dtype: str) -> Any:
     """
     if value is None:
         raise TypeError(f"{name}: expected an array of {dtype}, got None")
-    if isinstance(value, np.ma.MaskedArray):  # NumPy would drop the mask and compute with the hidden values
-        raise TypeError(
-            f"{name}: expected a plain array, got a masked array (its mask would be ignored); "
-            "pass lengths= for padded sequences, or .filled(value)"
-        )
+    refuse_masked(value, name, "pass lengths= for padded sequences, or .filled(value)")
     if isinstance(value, (list, tuple)):
         return _array_from_sequence(value, name, dtype)
     try:
@@ -144,35 +140,45 @@ def canonical_h0(h0: Any, *, shape: tuple[int, int, int], batched: bool, dtype: 
     return array_module(h0).ascontiguousarray(h0)
 
 
-def canonical_lengths(lengths: Any, *, batch: int, seq_len: int, batched: bool) -> np.ndarray | None:
-    """Return lengths as an int64 host array, or None when every sequence is full."""
-    if lengths is None:
-        return None
-    if hasattr(lengths, "__cuda_array_interface__") or is_torch_tensor(lengths):
-        lengths = to_host(lengths, "lengths")
-    refuse_masked(lengths, "lengths")
-    if not batched and np.ndim(lengths) == 0:
-        lengths = [lengths]
+def integer_lengths(value: Any, name: str, *, batch: int, seq_len: int) -> np.ndarray:
+    """``value`` as an int64 host array of ``batch`` lengths in [0, seq_len], or an error naming ``name``.
+
+    Any array kind (torch and CUDA arrays are copied to the host); a masked
+    array is refused (its mask would be dropped); an empty list is no lengths
+    of an empty batch, not float64 values.
+    """
+    if hasattr(value, "__cuda_array_interface__") or is_torch_tensor(value):
+        value = to_host(value, name)
+    refuse_masked(value, name)
     try:
-        array = np.asarray(lengths)
+        array = np.asarray(value)
     except (TypeError, ValueError) as exc:
         raise TypeError(
-            f"lengths: expected a sequence of {batch} integers, got {type(lengths).__name__} ({exc})"
+            f"{name}: expected a sequence of {batch} integers, got {type(value).__name__} ({exc})"
         ) from None
     if array.size == 0 and array.dtype == np.float64:  # np.asarray([]) is float64: no value, no wrong type
         array = array.astype(np.int64)
     if array.dtype == object:  # integers past 64 bits, or values of mixed kinds
-        raise TypeError(f"lengths: expected integers that fit in 64 bits, got {lengths!r:.80}")
+        raise TypeError(f"{name}: expected integers that fit in 64 bits, got {value!r:.80}")
     if array.dtype.kind not in "iu":
-        raise TypeError(f"lengths: expected integers, got dtype {array.dtype} ({lengths!r:.80})")
+        raise TypeError(f"{name}: expected integers, got dtype {array.dtype} ({value!r:.80})")
     if array.shape != (batch,):
-        raise ValueError(f"lengths: expected {batch} lengths (one per sequence), got shape {array.shape}")
+        raise ValueError(f"{name}: expected {batch} lengths (one per sequence), got shape {array.shape}")
     if batch and (array.min() < 0 or array.max() > seq_len):
         raise ValueError(
-            f"lengths: expected values in [0, {seq_len}] (0 <= length <= seq_len), "
+            f"{name}: expected values in [0, {seq_len}] (0 <= length <= seq_len), "
             f"got min {array.min()} and max {array.max()}"
         )
-    array = array.astype(np.int64)
+    return array.astype(np.int64)
+
+
+def canonical_lengths(lengths: Any, *, batch: int, seq_len: int, batched: bool) -> np.ndarray | None:
+    """Return lengths as an int64 host array, or None when every sequence is full."""
+    if lengths is None:
+        return None
+    if not batched and np.ndim(lengths) == 0 and not isinstance(lengths, np.ma.MaskedArray):
+        lengths = [lengths]
+    array = integer_lengths(lengths, "lengths", batch=batch, seq_len=seq_len)
     return None if bool(np.all(array == seq_len)) else array
 
 

@@ -39,8 +39,9 @@ from typing import Any
 
 import numpy as np
 
-from gru._arrays import as_array, refuse_masked, returner
+from gru._arrays import as_array, refuse_masked, returner, to_host
 from gru._errors import UnsupportedRequestError
+from gru._validation import array_module, integer_lengths
 from gru.backends._base import ForwardRequest, LayerWeights, reverse_padded
 from gru.interop import onnx_to_torch
 
@@ -139,10 +140,6 @@ def _float_input(value, name, ndim, dtype=None):
     return array
 
 
-def _host(array):
-    return array if isinstance(array, np.ndarray) else array.get()
-
-
 def gru(
     X: Any,
     W: Any,
@@ -227,7 +224,7 @@ def gru(
             raise ValueError(f"initial_h: expected shape {expected} for layout={layout}, got {tuple(initial_h.shape)}")
     functions, standard = _resolve_activations(activations, activation_alpha, activation_beta, D)
 
-    xp = np if isinstance(X, np.ndarray) else __import__("cupy")
+    xp = array_module(X)
     compute = "float32" if dtype == np.float16 else dtype.name
     x = xp.ascontiguousarray((X.transpose(1, 0, 2) if layout else X).astype(compute, copy=False))  # (T, B, I)
     if initial_h is None:
@@ -236,7 +233,9 @@ def gru(
         h0 = (initial_h.transpose(1, 0, 2) if layout else initial_h).astype(compute, copy=False)
         h0 = xp.ascontiguousarray(xp.asarray(h0))  # on X's device
     weights = onnx_to_torch(
-        _host(W).astype(compute), _host(R).astype(compute), None if B is None else _host(B).astype(compute)
+        to_host(W, "W").astype(compute),
+        to_host(R, "R").astype(compute),
+        None if B is None else to_host(B, "B").astype(compute),
     )
 
     result = None
@@ -244,7 +243,8 @@ def gru(
         result = _run_backend(x, h0, weights, lengths, direction, bool(linear_before_reset), compute, backend)
     if result is None:
         reset_after = bool(linear_before_reset)
-        y, h_n = _reference(_host(x), _host(h0), weights, lengths, direction, reset_after, functions, clip)
+        host_x, host_h0 = to_host(x, "X"), to_host(h0, "initial_h")
+        y, h_n = _reference(host_x, host_h0, weights, lengths, direction, reset_after, functions, clip)
         y, h_n = xp.asarray(y), xp.asarray(h_n)
     else:
         y, h_n = result
@@ -260,30 +260,14 @@ def gru(
 
 
 def _sequence_lens(sequence_lens, batch, T):
-    if sequence_lens is None:
-        return None
-    refuse_masked(sequence_lens, "sequence_lens")
-    try:
-        lens = np.asarray(_host(as_array(sequence_lens, "sequence_lens")))
-    except (TypeError, ValueError) as exc:
-        got = type(sequence_lens).__name__
-        raise TypeError(f"sequence_lens: expected {batch} integers, got {got} ({exc})") from None
-    if lens.size == 0 and lens.dtype == np.float64:  # np.asarray([]) is float64: no value, no wrong type
-        lens = lens.astype(np.int64)
-    if lens.dtype.kind not in "iu":
-        raise TypeError(f"sequence_lens: expected integers, got dtype {lens.dtype}")
-    if lens.shape != (batch,):
-        raise ValueError(f"sequence_lens: expected shape ({batch},) (one length per sequence), got {lens.shape}")
-    if batch and (lens.min() < 0 or lens.max() > T):
-        raise ValueError(f"sequence_lens: expected values in [0, {T}], got min {lens.min()} and max {lens.max()}")
-    return lens.astype(np.int64)
+    return None if sequence_lens is None else integer_lengths(sequence_lens, "sequence_lens", batch=batch, seq_len=T)
 
 
 def _run_backend(x, h0, weights, lengths, direction, reset_after, dtype, backend):
     """The default-activation case on a library backend; None when none takes it and none was named."""
     from gru._registry import select_backend
 
-    xp = np if isinstance(x, np.ndarray) else __import__("cupy")
+    xp = array_module(x)
     T = x.shape[0]
     full = None if lengths is None or bool((lengths == T).all()) else lengths
     reverse_only = direction == "reverse"

@@ -326,16 +326,20 @@ def _layout_from_names(names: Collection[str]) -> dict[str, Any] | None:
     return None
 
 
+def parameter_keys(layer: int | None, reverse: bool, bias: bool) -> tuple[str, str, str | None, str | None]:
+    """PyTorch's state-dict names of one weight set, (w_ih, w_hh, b_ih, b_hh); None for the biases without bias.
+
+    ``layer`` None names a GRUCell's (no ``_l{k}`` suffix).
+    """
+    tag = "" if layer is None else f"_l{layer}" + ("_reverse" if reverse else "")
+    return (f"weight_ih{tag}", f"weight_hh{tag}", f"bias_ih{tag}" if bias else None, f"bias_hh{tag}" if bias else None)
+
+
 def _parameter_names(kind: str, layers: int, directions: int, bias: bool) -> Iterator[str]:
     """The layer's keys in parameter order, made one at a time (``layers`` may be huge)."""
-    parts = _CELL_NAMES[: 4 if bias else 2]
-    if kind == "GRUCell":
-        yield from parts
-        return
-    for layer in range(layers):
-        for suffix in ("", "_reverse")[:directions]:
-            for part in parts:
-                yield f"{part}_l{layer}{suffix}"
+    blocks = [(None, False)] if kind == "GRUCell" else ((k, d == 1) for k in range(layers) for d in range(directions))
+    for layer, reverse in blocks:
+        yield from (name for name in parameter_keys(layer, reverse, bias) if name is not None)
 
 
 def _is_parameter(kind: str, name: str, layers: int, directions: int, bias: bool) -> bool:
@@ -423,13 +427,12 @@ def load(
     """
     from gru import interop
     from gru._layers import GRU, GRUCell
-    from gru.backends._base import Backend
+    from gru._validation import check_backend_choice
 
     path = _check_path(path)
     if prefix is not None and not isinstance(prefix, str):
         raise TypeError(f"prefix: expected a str (such as 'encoder.rnn.') or None, got {type(prefix).__name__}")
-    if backend is not None and not isinstance(backend, (str, Backend)):
-        raise TypeError(f"backend: expected a backend name, a Backend or None, got {backend!r}")
+    check_backend_choice(backend)
     where = f"path: {path!r}"
     with open(path, "rb") as handle:
         data = handle.read()

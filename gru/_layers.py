@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from gru import _arrays
+from gru import _arrays, _io
 from gru import _validation as v
 from gru._errors import BackendError
 from gru._registry import select_backend
@@ -105,9 +105,7 @@ class _Recurrent:
         self.bias = v.check_bool(bias, "bias")
         self.reset_after = v.check_bool(reset_after, "reset_after")
         self.dtype = v.check_dtype(dtype)
-        if backend is not None and not isinstance(backend, (str, Backend)):
-            raise TypeError(f"backend: expected a backend name, a Backend or None, got {backend!r}")
-        self.backend = backend
+        self.backend = v.check_backend_choice(backend)
         self._rng = _make_rng(seed)
         count, blocks, sizes = self._parameter_count()
         # each (layer, direction) also costs Python objects: ~1.6 KB measured at H = 1, so a
@@ -295,19 +293,11 @@ class GRU(_Recurrent):
         return 2 if self.bidirectional else 1
 
     def _weight_keys(self):
-        keys = []
-        for layer in range(self.num_layers):
-            for suffix in ("", "_reverse")[: self.num_directions]:
-                tag = f"l{layer}{suffix}"
-                keys.append(
-                    (
-                        f"weight_ih_{tag}",
-                        f"weight_hh_{tag}",
-                        f"bias_ih_{tag}" if self.bias else None,
-                        f"bias_hh_{tag}" if self.bias else None,
-                    )
-                )
-        return keys
+        return [
+            _io.parameter_keys(layer, direction == 1, self.bias)
+            for layer in range(self.num_layers)
+            for direction in range(self.num_directions)
+        ]
 
     def _parameter_count(self):
         H, D, L = self.hidden_size, self.num_directions, self.num_layers
@@ -581,7 +571,7 @@ class GRUCell(_Recurrent):
         super().__init__(input_size, hidden_size, bias, reset_after, dtype, backend, seed)
 
     def _weight_keys(self):
-        return [("weight_ih", "weight_hh", "bias_ih" if self.bias else None, "bias_hh" if self.bias else None)]
+        return [_io.parameter_keys(None, False, self.bias)]
 
     def _parameter_count(self):
         H = self.hidden_size

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from gru._io import parameter_keys
 from gru.interop import onnx_to_torch, torch_to_onnx
 
 _PASS_THROUGH = ("Identity", "Dropout")
@@ -360,10 +361,9 @@ def layer_from_onnx(cls: type, source: Any, *, dtype: str | None = None, backend
     state = {}
     for k, layer in enumerate(layers):
         for d, w in enumerate(layer["weights"]):
-            tag = f"l{k}" + ("_reverse" if d else "")
-            state[f"weight_ih_{tag}"], state[f"weight_hh_{tag}"] = w.w_ih, w.w_hh
-            if has_bias:
-                state[f"bias_ih_{tag}"], state[f"bias_hh_{tag}"] = w.b_ih, w.b_hh
+            for key, value in zip(parameter_keys(k, d == 1, has_bias), w, strict=True):
+                if key is not None:
+                    state[key] = value
     result.load_state_dict(state)
     return result
 

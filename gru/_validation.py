@@ -46,6 +46,15 @@ def check_int(value: Any, name: str, minimum: int) -> int:
     return int(value)
 
 
+def check_backend_choice(backend: Any) -> Any:
+    """A ``backend=`` argument: a registered name (checked when a call selects it), a Backend, or None."""
+    from gru.backends._base import Backend
+
+    if backend is not None and not isinstance(backend, (str, Backend)):
+        raise TypeError(f"backend: expected a backend name, a Backend or None, got {backend!r}")
+    return backend
+
+
 def check_bool(value: Any, name: str) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name}: expected True or False, got {value!r}")

@@ -30,7 +30,7 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 
 from gru._arrays import is_torch_tensor, to_host, torch_values_on_host
-from gru._layers import _make_rng
+from gru._layers import Seed, _make_rng
 from gru._validation import canonical_parameter, check_bool, check_dtype, check_int, check_probability
 
 __all__ = [
@@ -41,8 +41,6 @@ __all__ = [
     "cross_entropy",
     "mse_loss",
 ]
-
-Seed = int | np.random.Generator | None
 
 
 class _HasState(Protocol):

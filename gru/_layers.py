@@ -183,8 +183,6 @@ class _Recurrent:
 
         Read it back with :func:`gru.load`.
         """
-        from gru import _io
-
         _io.save(self, path)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -385,7 +383,7 @@ class GRU(_Recurrent):
         layer's. ONNX Runtime gives a length-0 sequence ``h_n = 0`` where this
         layer gives ``h0``.
         """
-        from gru import _io, _onnx_model
+        from gru import _onnx_model
 
         model = _onnx_model.layer_to_onnx(self, opset=opset, initial_state=initial_state, lengths=lengths)
         if path is not None:

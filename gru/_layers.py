@@ -161,7 +161,7 @@ class _Recurrent:
 
     # -- other libraries and files (converters live in gru.interop, gru._onnx_model, gru._io) ------
     @classmethod
-    def from_torch(cls, module: Any, *, dtype: str | None = None, backend: BackendChoice = None):
+    def from_torch(cls, module: Any, *, dtype: str | None = None, backend: BackendChoice = None) -> Any:
         """The layer equal to a ``torch.nn.GRU`` (``GRUCell`` for a ``torch.nn.GRUCell``).
 
         Sizes, layers, directions, bias, ``batch_first`` and dropout come from the
@@ -582,7 +582,9 @@ class GRUCell(_Recurrent):
             shapes.update(bias_ih=(3 * H,), bias_hh=(3 * H,))
         return shapes
 
-    def __call__(self, x: Any, h0: Any = None, *, return_gates: bool = False, backend: BackendChoice = None):
+    def __call__(
+        self, x: Any, h0: Any = None, *, return_gates: bool = False, backend: BackendChoice = None
+    ) -> Any | tuple[Any, GateTrace]:
         """One step; with ``return_gates=True`` returns ``(h1, GateTrace)``."""
         give_back = _arrays.returner(x)
         return_gates = v.check_bool(return_gates, "return_gates")

@@ -16,11 +16,20 @@ import functools
 import os
 import threading
 import weakref
+from typing import Any
 
 import numpy as np
 
 from gru._arrays import aligned_zeros
-from gru.backends._base import Capabilities, LayerWeights, StackedBackend, fold_biases
+from gru.backends._base import (
+    BackwardResult,
+    Capabilities,
+    ForwardRequest,
+    ForwardResult,
+    LayerWeights,
+    StackedBackend,
+    fold_biases,
+)
 
 THREADS_ENV_VAR = "GRU_NUM_THREADS"
 PANEL_TEAMS_KEPT = 2  # packings (team size, layout) of its recurrent weights a layer keeps (see _prepared)
@@ -228,12 +237,12 @@ class CythonBackend(StackedBackend):
         finally:
             self._release_blas()
 
-    def forward(self, request):
+    def forward(self, request: ForwardRequest) -> ForwardResult:
         if self._kernels is None:
             self.available()
         return self._with_blas_held(super().forward, request)
 
-    def backward(self, request, result, d_output, d_h_n):
+    def backward(self, request: ForwardRequest, result: ForwardResult, d_output: Any, d_h_n: Any) -> BackwardResult:
         return self._with_blas_held(super().backward, request, result, d_output, d_h_n)
 
     @staticmethod
@@ -245,8 +254,20 @@ class CythonBackend(StackedBackend):
         return order, np.ascontiguousarray(lengths[order])
 
     def run_direction(
-        self, x, h0, weights: LayerWeights, lengths, *, reverse, reset_after, output, h_n, gates, threads, hn=None
-    ):
+        self,
+        x: Any,
+        h0: Any,
+        weights: LayerWeights,
+        lengths: np.ndarray | None,
+        *,
+        reverse: bool,
+        reset_after: bool,
+        output: Any,
+        h_n: Any,
+        gates: Any | None,
+        threads: int | None,
+        hn: Any | None = None,
+    ) -> None:
         T, B, _ = x.shape
         H = h0.shape[-1]
         h_n[...] = h0
@@ -286,23 +307,23 @@ class CythonBackend(StackedBackend):
 
     def backward_direction(
         self,
-        x,
-        h0,
-        weights,
-        lengths,
+        x: Any,
+        h0: Any,
+        weights: LayerWeights,
+        lengths: np.ndarray | None,
         *,
-        reverse,
-        reset_after,
-        output,
-        gates,
-        hn,
-        d_output,
-        d_h_n,
-        d_x,
-        d_h0,
-        grads,
-        threads=None,
-    ):
+        reverse: bool,
+        reset_after: bool,
+        output: Any,
+        gates: Any,
+        hn: Any | None,
+        d_output: Any,
+        d_h_n: Any,
+        d_x: Any,
+        d_h0: Any,
+        grads: LayerWeights,
+        threads: int | None = None,
+    ) -> None:
         T, B, _ = x.shape
         H = h0.shape[-1]
         if T == 0 or B == 0:

@@ -15,6 +15,8 @@ state; the reverse direction runs on each sequence reversed within its length.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from gru.backends._base import Capabilities, LayerWeights, StackedBackend, reverse_padded
@@ -36,8 +38,20 @@ class NumpyBackend(StackedBackend):
     capabilities = Capabilities(priority=0, training=True)
 
     def run_direction(
-        self, x, h0, weights: LayerWeights, lengths, *, reverse, reset_after, output, h_n, gates, threads=None, hn=None
-    ):
+        self,
+        x: Any,
+        h0: Any,
+        weights: LayerWeights,
+        lengths: np.ndarray | None,
+        *,
+        reverse: bool,
+        reset_after: bool,
+        output: Any,
+        h_n: Any,
+        gates: Any | None,
+        threads: int | None = None,
+        hn: Any | None = None,
+    ) -> None:
         T, B, _ = x.shape
         if lengths is not None:  # padding is not part of a sequence: what it holds (NaN, inf) meets no weight
             x = np.where((np.arange(T)[:, None] < lengths)[:, :, None], x, 0)
@@ -84,23 +98,23 @@ class NumpyBackend(StackedBackend):
 
     def backward_direction(
         self,
-        x,
-        h0,
-        weights,
-        lengths,
+        x: Any,
+        h0: Any,
+        weights: LayerWeights,
+        lengths: np.ndarray | None,
         *,
-        reverse,
-        reset_after,
-        output,
-        gates,
-        hn,
-        d_output,
-        d_h_n,
-        d_x,
-        d_h0,
-        grads,
-        threads=None,
-    ):
+        reverse: bool,
+        reset_after: bool,
+        output: Any,
+        gates: Any,
+        hn: Any | None,
+        d_output: Any,
+        d_h_n: Any,
+        d_x: Any,
+        d_h0: Any,
+        grads: LayerWeights,
+        threads: int | None = None,
+    ) -> None:
         T, B, _ = x.shape
 
         def in_step_order(a, axis=0):  # the order the forward pass took the steps in (its own inverse)

@@ -13,6 +13,7 @@ import pytest
 
 import gru
 from gru import bench
+from gru.bench import _cases, _cli, _machine, _run
 from gru.cli import main as cli_main
 
 TINY = bench.Case(input_size=8, hidden_size=16, batch=2, steps=5)
@@ -21,7 +22,7 @@ TINY = bench.Case(input_size=8, hidden_size=16, batch=2, steps=5)
 @pytest.fixture(autouse=True)
 def _restore_thread_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """``gru bench`` sets OMP_NUM_THREADS and friends; undo it after each test."""
-    for var in bench._THREAD_ENV:
+    for var in _cases._THREAD_ENV:
         monkeypatch.delenv(var, raising=False)
 
 
@@ -399,7 +400,7 @@ def no_timing(monkeypatch):
     def must_not_run(*args, **kwargs):
         raise AssertionError("the benchmark ran")
 
-    monkeypatch.setattr(bench, "run", must_not_run)
+    monkeypatch.setattr(_cli, "run", must_not_run)  # where gru bench looks it up
 
 
 @pytest.mark.parametrize(
@@ -504,14 +505,14 @@ def test_write_plot_refuses_a_run_where_nothing_was_timed(tmp_path):
 
 
 def test_a_shape_out_of_memory_is_that_shape_s_error(monkeypatch):
-    reference = bench._training_reference
+    reference = _run._training_reference
 
     def out_of_memory(state, case, x, d_output):
         if case.steps == 5:
             raise MemoryError("Unable to allocate 1.00 PiB for an array")
         return reference(state, case, x, d_output)
 
-    monkeypatch.setattr(bench, "_training_reference", out_of_memory)
+    monkeypatch.setattr(_run, "_training_reference", out_of_memory)
     impls = bench.resolve_implementations(["numpy"])
     report = _quick_run(impls, [TINY, bench.Case(4, 8, 1, 3)], repeats=1, warmup=0, training=True)
     big, small = report["cases"]
@@ -587,8 +588,8 @@ def test_plots_of_one_implementation_say_why_they_show_gflops(tmp_path, monkeypa
 def test_other_load_is_at_most_the_cpus_and_the_warning_counts_right(monkeypatch):
     clock = iter([0.0, 1e6])  # a busy-time jump no machine can make in the time between
     with monkeypatch.context() as patch:
-        patch.setattr(bench, "_busy_cpu_seconds", lambda: next(clock))
-        assert bench._LoadMeter().other_cpus() == float(os.cpu_count())
+        patch.setattr(_machine, "_busy_cpu_seconds", lambda: next(clock))
+        assert _machine._LoadMeter().other_cpus() == float(os.cpu_count())
 
     report = _quick_run(bench.resolve_implementations(["numpy"]))
     report["other_load_cpus"] = float(report["machine"]["usable_cpus"])

@@ -1,0 +1,192 @@
+"""The machine beside every number: CPUs, threads, BLAS, the GEMM yardstick and other processes' load."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import metadata
+from typing import Any
+
+import numpy as np
+
+import gru
+from gru.bench._cases import _THREAD_ENV
+
+
+# -- threads and machine -----------------------------------------------------------------------------
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask), else the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def set_thread_environment(threads: int) -> None:
+    """Set OMP/OpenBLAS/MKL/BLIS thread variables; only pools started after this call read them."""
+    for var in _THREAD_ENV:
+        os.environ[var] = str(threads)
+
+
+@contextmanager
+def limit_threads(threads: int) -> Iterator[list[dict[str, Any]]]:
+    """Cap every BLAS and OpenMP pool loaded now at ``threads`` (threadpoolctl), restoring afterwards.
+
+    Yields what threadpoolctl saw (empty without threadpoolctl). Pools loaded
+    later are not covered: call again after loading them.
+    """
+    try:
+        from threadpoolctl import threadpool_info, threadpool_limits
+    except ImportError:
+        yield []
+        return
+    with threadpool_limits(limits=threads):
+        yield threadpool_info()
+
+
+#: Instruction-set extensions that decide which kernels BLAS libraries pick (/proc/cpuinfo's names).
+SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile")
+
+
+def _cpuinfo() -> dict[str, Any]:
+    """From /proc/cpuinfo (Linux; empty elsewhere): model name, family and model numbers, the SIMD extensions
+    the libraries choose kernels by, the per-core cache the kernel reports, physical cores."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    except OSError:
+        return {}
+    info: dict[str, Any] = {}
+    cores: set[tuple[str, str]] = set()
+    physical = core = None
+    for line in [*text.splitlines(), ""]:
+        key, _, value = line.partition(":")
+        key, value = key.strip(), value.strip()
+        if key in ("model name", "cache size", "cpu family", "model") and key not in info:
+            info[key] = value
+        elif key == "flags" and "flags" not in info:
+            present = set(value.split())
+            info["flags"] = [flag for flag in SIMD_FLAGS if flag in present]
+        elif key == "physical id":
+            physical = value
+        elif key == "core id":
+            core = value
+        elif not key:  # blank line: end of one logical CPU
+            if core is not None:
+                cores.add((physical or "0", core))
+            physical = core = None
+    info["physical_cores"] = len(cores) or None
+    return info
+
+
+def _blas_small_kernel() -> bool | None:
+    """Whether scipy's BLAS has the small-matrix kernel the cython backend cuts its products for (None: unknown)."""
+    try:
+        from gru.backends.cython.backend import blas_has_small_kernel
+
+        return blas_has_small_kernel()
+    except Exception:  # no scipy or threadpoolctl: the report says nothing about it
+        return None
+
+
+def _dist_version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def machine_info() -> dict[str, Any]:
+    """What to quote beside every number: CPU, cores, library versions, BLAS."""
+    cpu = _cpuinfo()
+    blas: list[dict[str, Any]] = []
+    try:
+        from threadpoolctl import threadpool_info
+
+        blas = [
+            {k: lib.get(k) for k in ("user_api", "internal_api", "version", "num_threads", "architecture")}
+            for lib in threadpool_info()
+        ]
+    except ImportError:
+        pass
+    return {
+        "cpu": cpu.get("model name") or platform.processor() or platform.machine(),
+        "cpu_family": cpu.get("cpu family"),  # with cpu_model: the microarchitecture (AMD family 26: Zen 5)
+        "cpu_model": cpu.get("model"),
+        "cpu_simd": cpu.get("flags"),
+        "cpu_cache": cpu.get("cache size"),  # as the kernel reports it: per core, usually L2
+        "blas_small_kernel": _blas_small_kernel(),
+        # OpenBLAS picks its kernels for the CPU unless this names others (read when it loads)
+        "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
+        "logical_cpus": os.cpu_count(),
+        "physical_cores": cpu.get("physical_cores"),
+        "usable_cpus": usable_cpus(),
+        "platform": platform.platform(),
+        "hostname": platform.node(),
+        "python": platform.python_version(),
+        "versions": {
+            "gru": gru.__version__,
+            "numpy": np.__version__,
+            "scipy": _dist_version("scipy"),
+            "torch": _dist_version("torch"),
+            "onnxruntime": _dist_version("onnxruntime"),
+            "onnx": _dist_version("onnx"),
+            "threadpoolctl": _dist_version("threadpoolctl"),
+        },
+        "thread_pools_at_start": blas,
+    }
+
+
+def measure_gemm(dtype: str = "float32", n: int = 1024, repeats: int = 10) -> dict[str, Any]:
+    """The machine's GEMM rate through NumPy (median of ``repeats``), the yardstick for GFLOP/s."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n)).astype(dtype)
+    b = rng.standard_normal((n, n)).astype(dtype)
+    for _ in range(2):
+        a @ b
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    median = statistics.median(times)
+    return {
+        "name": ("s" if dtype == "float32" else "d") + "gemm",
+        "n": n,
+        "median_s": median,
+        "gflops": 2 * n**3 / median / 1e9,
+    }
+
+
+def _busy_cpu_seconds() -> float | None:
+    """CPU seconds every CPU has spent busy (not idle or iowait; hypervisor steal counts as busy), or None."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu":
+        return None
+    ticks = [int(v) for v in fields[1:9]]  # user nice system idle iowait irq softirq steal
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+class _LoadMeter:
+    """How many CPUs other processes kept busy since it started: the noise a shared machine adds."""
+
+    def __init__(self) -> None:
+        self._wall = time.perf_counter()
+        self._busy = _busy_cpu_seconds()
+        self._own = sum(os.times()[:2])
+
+    def other_cpus(self) -> float | None:
+        busy, wall = _busy_cpu_seconds(), time.perf_counter() - self._wall
+        if busy is None or self._busy is None or wall <= 0:
+            return None
+        other = (busy - self._busy - (sum(os.times()[:2]) - self._own)) / wall
+        # the two clocks are read at slightly different times: never more CPUs than the machine has
+        return min(max(0.0, other), float(os.cpu_count() or 1))

@@ -208,25 +208,55 @@ class Linear:
 
 
 # -- losses ----------------------------------------------------------------------------------------
-def mse_loss(pred: Any, target: Any) -> tuple[float, np.ndarray]:
-    """Mean squared error over every element, and its gradient with respect to ``pred``.
+def _mask(mask: Any, shape: tuple[int, ...], what: str) -> np.ndarray | None:
+    """``mask`` as booleans of ``shape`` (the leading axes of ``what``), or None for no mask."""
+    if mask is None:
+        return None
+    try:
+        array = to_host(torch_values_on_host(mask), "mask")
+    except (TypeError, ValueError, RuntimeError, BufferError) as exc:
+        raise TypeError(f"mask: expected an array of booleans, got {type(mask).__name__} ({exc})") from None
+    if array.dtype != bool:
+        raise TypeError(
+            f"mask: expected booleans (True where an element counts, e.g. np.arange(T) < lengths[:, None]), "
+            f"got dtype {array.dtype}"
+        )
+    if array.shape != shape:
+        raise ValueError(f"mask: expected shape {shape} ({what}), got {array.shape}")
+    return array
+
+
+def mse_loss(pred: Any, target: Any, *, mask: Any = None) -> tuple[float, np.ndarray]:
+    """Mean squared error over every element (or those ``mask`` selects), and its gradient with respect to ``pred``.
 
     Returns ``(value, d_pred)``; ``d_pred`` is a NumPy array of ``pred``'s
     shape and dtype, so it goes straight into the layer's ``backward``. Like
     the layers, the loss never picks a precision: ``pred`` must be
     floating-point (TypeError otherwise; an integer ``pred`` would round the
     gradient to 0), and ``target`` (any real numbers) is read in ``pred``'s dtype.
+
+    ``mask``, booleans shaped like the leading axes of ``pred`` (e.g. (B, T)
+    for a per-step (B, T, F) output of sequences of several lengths), keeps
+    the elements that count: the mean is over those, the others get a zero
+    gradient whatever they hold (padding may be NaN). No element selected:
+    0 and a zero gradient.
     """
     pred = _floating(pred, "pred")
     target = _host_array(target, "target")
     if target.shape != pred.shape:  # no broadcasting: (B, 1) against (B,) would silently give (B, B)
         raise ValueError(f"target: expected pred's shape {pred.shape}, got {target.shape}")
+    keep = None if mask is None else _mask(mask, pred.shape[: np.ndim(mask)], f"pred's first {np.ndim(mask)} axes")
     diff = pred - target.astype(pred.dtype, copy=False)
-    n = max(diff.size, 1)
+    if keep is None:
+        n = max(diff.size, 1)
+    else:
+        keep = keep.reshape(keep.shape + (1,) * (pred.ndim - keep.ndim))
+        diff = np.where(keep, diff, 0).astype(pred.dtype, copy=False)
+        n = max(int(np.count_nonzero(keep)) * (pred.size // max(keep.size, 1)), 1)
     return float(np.sum(np.square(diff, dtype=np.float64)) / n), np.asarray((2.0 / n) * diff)
 
 
-def cross_entropy(logits: Any, labels: Any) -> tuple[float, np.ndarray]:
+def cross_entropy(logits: Any, labels: Any, *, mask: Any = None) -> tuple[float, np.ndarray]:
     """Mean negative log-likelihood of integer ``labels`` under softmax(``logits``), and d / d logits.
 
     ``logits`` is (..., C), ``labels`` (...) with values in [0, C). The
@@ -234,6 +264,9 @@ def cross_entropy(logits: Any, labels: Any) -> tuple[float, np.ndarray]:
     overflow ``exp`` nor lose the small probabilities. The gradient is
     (softmax − one-hot) / N, a NumPy array of ``logits``' dtype; ``logits``
     must be floating-point (TypeError otherwise), as for :func:`mse_loss`.
+    ``mask`` (booleans shaped like ``labels``) keeps the positions that count,
+    as for :func:`mse_loss`; the labels elsewhere are not read (padding such
+    as -100 is fine there).
     """
     logits = _floating(logits, "logits")
     if logits.ndim < 1 or logits.shape[-1] < 1:
@@ -245,17 +278,23 @@ def cross_entropy(logits: Any, labels: Any) -> tuple[float, np.ndarray]:
         )
     if not np.issubdtype(labels.dtype, np.integer):
         raise TypeError(f"labels: expected integer class indices, got {labels.dtype}")
+    keep = _mask(mask, labels.shape, "labels'")
     classes = logits.shape[-1]
-    if labels.size and (labels.min() < 0 or labels.max() >= classes):
-        raise ValueError(f"labels: expected values in [0, {classes}), got {labels.min()}..{labels.max()}")
+    counted = labels if keep is None else labels[keep]
+    if counted.size and (counted.min() < 0 or counted.max() >= classes):
+        raise ValueError(f"labels: expected values in [0, {classes}), got {counted.min()}..{counted.max()}")
     rows = logits.reshape(-1, classes)
-    flat = labels.reshape(-1)
+    flat = labels.reshape(-1) if keep is None else np.where(keep, labels, 0).reshape(-1)  # padding: any class
     shifted = rows - rows.max(axis=-1, keepdims=True)
     log_probs = shifted - np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
-    n = max(flat.size, 1)
-    value = -float(np.sum(log_probs[np.arange(flat.size), flat], dtype=np.float64)) / n
+    picked = log_probs[np.arange(flat.size), flat]
     d_rows = np.exp(log_probs)
     d_rows[np.arange(flat.size), flat] -= 1.0
+    if keep is not None:
+        weights = keep.reshape(-1)
+        picked, d_rows = np.where(weights, picked, 0), np.where(weights[:, None], d_rows, 0)
+    n = max(flat.size if keep is None else int(np.count_nonzero(keep)), 1)
+    value = -float(np.sum(picked, dtype=np.float64)) / n
     return value, (d_rows / n).astype(logits.dtype, copy=False).reshape(logits.shape)
 
 

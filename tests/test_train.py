@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +60,58 @@ def test_cross_entropy_value_and_gradient():
     np.testing.assert_allclose(
         d_logits, numerical_gradient(lambda: cross_entropy(logits, labels)[0], logits), atol=1e-9
     )
+
+
+def test_mse_with_a_mask_averages_the_selected_steps_only():
+    """Per-step outputs of sequences of lengths 3 and 1 (T = 3): padding, NaN here, neither counts nor leaks."""
+    rng = np.random.default_rng(0)
+    pred, target = rng.standard_normal((2, 3, 2)), rng.standard_normal((2, 3, 2))
+    pred[1, 1:] = np.nan  # what a caller may keep in padding
+    mask = np.arange(3) < np.array([3, 1])[:, None]  # (B, T)
+    value, grad = mse_loss(pred, target, mask=mask)
+    selected = [(0, 0), (0, 1), (0, 2), (1, 0)]
+    diffs = np.array([pred[b, t] - target[b, t] for b, t in selected])  # 4 steps x 2 features
+    assert value == pytest.approx(np.sum(diffs**2) / 8, rel=1e-12)
+    expected = np.zeros_like(pred)
+    for b, t in selected:
+        expected[b, t] = 2 * (pred[b, t] - target[b, t]) / 8
+    np.testing.assert_allclose(grad, expected, rtol=1e-12, atol=0)
+
+
+def test_a_mask_that_selects_nothing_gives_zero_not_nan():
+    value, grad = mse_loss(np.ones((2, 3)), np.zeros((2, 3)), mask=np.zeros(2, bool))
+    assert value == 0.0 and not grad.any()
+    value, grad = cross_entropy(np.ones((2, 3)), np.array([0, -100]), mask=np.zeros(2, bool))
+    assert value == 0.0 and not grad.any()
+
+
+def test_cross_entropy_with_a_mask_ignores_padded_labels():
+    rng = np.random.default_rng(1)
+    logits = rng.standard_normal((2, 3, 4))
+    labels = np.array([[1, 3, 0], [2, -100, -100]])  # -100: padding, as PyTorch's ignore_index
+    mask = labels >= 0
+    value, grad = cross_entropy(logits, labels, mask=mask)
+    expected_value, expected_grad = 0.0, np.zeros_like(logits)
+    for b, t in zip(*np.nonzero(mask), strict=True):
+        p = np.exp(logits[b, t] - logits[b, t].max())
+        p /= p.sum()
+        expected_value -= np.log(p[labels[b, t]]) / 4
+        expected_grad[b, t] = (p - np.eye(4)[labels[b, t]]) / 4
+    assert value == pytest.approx(expected_value, rel=1e-12)
+    np.testing.assert_allclose(grad, expected_grad, rtol=1e-10, atol=1e-15)
+
+
+@pytest.mark.parametrize(
+    ("mask", "kind", "said"),
+    [
+        (np.ones((2, 3), np.int64), TypeError, "mask: expected booleans"),
+        (np.ones((3, 2), bool), ValueError, "mask: expected shape (2, 3)"),
+        ("yes", TypeError, "mask: expected"),
+    ],
+)
+def test_bad_masks_are_named(mask, kind, said):
+    with pytest.raises(kind, match=re.escape(said)):
+        mse_loss(np.zeros((2, 3, 4)), np.zeros((2, 3, 4)), mask=mask)
 
 
 def test_cross_entropy_is_stable_for_huge_logits():

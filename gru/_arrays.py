@@ -127,8 +127,8 @@ def torch_values_on_host(value: Any) -> Any:
     gradients); an input keeps the caller's dtype, so ``as_array`` refuses
     bfloat16 rather than widen it.
     """
-    if not is_torch_tensor(value) or value.device.type not in ("cpu", "cuda"):
-        return value  # a tensor with no data here ('meta'): as_array names its device
+    if not is_torch_tensor(value) or value.device.type == "meta":
+        return value  # a meta tensor has no data to copy: as_array names its device
     tensor = value.detach().cpu()
     return tensor.float() if str(tensor.dtype) == "torch.bfloat16" else tensor
 

@@ -12,7 +12,8 @@ Every problem with a file's content raises ``ValueError`` naming the file;
 file-system problems (a missing file, a directory where a file should be)
 raise the ``OSError`` subclass ``open()`` would, naming the caller's path;
 a device, FIFO or socket is not written (``OSError``, EINVAL), and a symbolic
-link is written through, staying a link.
+link is written through, staying a link (the file it points to is replaced,
+so that file's folder must take a new file).
 Files are written to a temporary file next to the target and moved into place
 with ``os.replace``, so a save that fails leaves the previous file (or none),
 never half of one.
@@ -156,7 +157,7 @@ def _atomic_write(path: str, data: bytes) -> None:
             os.unlink(temporary)
         except OSError:
             pass
-        if isinstance(exc, OSError) and exc.filename == temporary:
+        if isinstance(exc, OSError) and exc.filename in (temporary, target):
             raise _naming(exc, path) from None
         raise
 

@@ -185,6 +185,8 @@ def canonical_lengths(lengths: Any, *, batch: int, seq_len: int, batched: bool) 
     """Return lengths as an int64 host array, or None when every sequence is full."""
     if lengths is None:
         return None
+    if hasattr(lengths, "__cuda_array_interface__") or is_torch_tensor(lengths):
+        lengths = to_host(lengths, "lengths")  # first: a 0-d device array cannot go into a list for NumPy
     if not batched and np.ndim(lengths) == 0 and not isinstance(lengths, np.ma.MaskedArray):
         lengths = [lengths]
     array = integer_lengths(lengths, "lengths", batch=batch, seq_len=seq_len)
@@ -211,8 +213,8 @@ def canonical_parameter(value: Any, name: str, shape: tuple[int, ...], dtype: st
         if overflowed:  # narrowing would store infinities where the caller had numbers
             largest = float(np.max(np.abs(array[np.isfinite(array)])))
             raise ValueError(
-                f"state_dict[{name!r}]: {overflowed} finite values do not fit in {dtype} "
-                f"(largest magnitude {largest:.3g}; {dtype} ends at {float(np.finfo(dtype).max):.3g})"
+                f"state_dict[{name!r}]: expected values within {dtype}'s range (±{float(np.finfo(dtype).max):.3g}), "
+                f"got {overflowed} beyond it (largest magnitude {largest:.3g})"
             )
     return result
 

@@ -22,6 +22,7 @@ A training step, with ``y, h_n = m(x, train=True)``::
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 from collections.abc import Mapping, Sequence
@@ -29,7 +30,7 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
-from gru._arrays import is_torch_tensor, to_host, torch_values_on_host
+from gru._arrays import is_torch_tensor, refuse_masked, to_host, torch_values_on_host
 from gru._layers import Seed, _make_rng
 from gru._validation import canonical_parameter, check_bool, check_dtype, check_int, check_probability
 
@@ -212,6 +213,7 @@ def _mask(mask: Any, shape: tuple[int, ...], what: str) -> np.ndarray | None:
     """``mask`` as booleans of ``shape`` (the leading axes of ``what``), or None for no mask."""
     if mask is None:
         return None
+    refuse_masked(mask, "mask")
     try:
         array = to_host(torch_values_on_host(mask), "mask")
     except (TypeError, ValueError, RuntimeError, BufferError) as exc:
@@ -238,15 +240,18 @@ def mse_loss(pred: Any, target: Any, *, mask: Any = None) -> tuple[float, np.nda
     ``mask``, booleans shaped like the leading axes of ``pred`` (e.g. (B, T)
     for a per-step (B, T, F) output of sequences of several lengths), keeps
     the elements that count: the mean is over those, the others get a zero
-    gradient whatever they hold (padding may be NaN). No element selected:
+    gradient whatever they hold (padding may be NaN or inf). No element selected:
     0 and a zero gradient.
     """
     pred = _floating(pred, "pred")
     target = _host_array(target, "target")
     if target.shape != pred.shape:  # no broadcasting: (B, 1) against (B,) would silently give (B, B)
         raise ValueError(f"target: expected pred's shape {pred.shape}, got {target.shape}")
+    if mask is not None and np.ndim(mask) > pred.ndim:
+        raise ValueError(f"mask: expected at most {pred.ndim} axes (pred's leading ones), got {np.ndim(mask)}")
     keep = None if mask is None else _mask(mask, pred.shape[: np.ndim(mask)], f"pred's first {np.ndim(mask)} axes")
-    diff = pred - target.astype(pred.dtype, copy=False)
+    with np.errstate(invalid="ignore", over="ignore"):  # inf or NaN padding: dropped just below
+        diff = pred - target.astype(pred.dtype, copy=False)
     if keep is None:
         n = max(diff.size, 1)
     else:
@@ -285,8 +290,9 @@ def cross_entropy(logits: Any, labels: Any, *, mask: Any = None) -> tuple[float,
         raise ValueError(f"labels: expected values in [0, {classes}), got {counted.min()}..{counted.max()}")
     rows = logits.reshape(-1, classes)
     flat = labels.reshape(-1) if keep is None else np.where(keep, labels, 0).reshape(-1)  # padding: any class
-    shifted = rows - rows.max(axis=-1, keepdims=True)
-    log_probs = shifted - np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
+    with np.errstate(invalid="ignore", over="ignore") if keep is not None else contextlib.nullcontext():
+        shifted = rows - rows.max(axis=-1, keepdims=True)  # padding rows may hold inf: dropped below
+        log_probs = shifted - np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
     picked = log_probs[np.arange(flat.size), flat]
     d_rows = np.exp(log_probs)
     d_rows[np.arange(flat.size), flat] -= 1.0
@@ -359,7 +365,8 @@ class Adam:
     layer's updates are not rounded twice. Gradients may be NumPy arrays or
     torch tensors; a NaN or infinite one is refused (it would make the
     parameters and moments NaN for good), and so is a finite one whose square
-    or update is not finite (the parameter would freeze, or become inf). A
+    is not (the parameter would freeze), or a step that would take a finite
+    parameter past its dtype's range (``lr`` too large). A
     step that raises changes nothing (parameters, moments, ``steps``), so a
     training loop may catch the error and go on with the next batch.
     """
@@ -436,13 +443,15 @@ class Adam:
                         new_m[name] / correction1, scale, out=np.zeros_like(scale), where=scale > 0
                     )
                     new[name] = (p - step).astype(p.dtype)
-                if not (np.isfinite(new_v[name]).all() and np.isfinite(new[name]).all()):
-                    # a finite gradient too large to square (the second moment would stay inf: the
-                    # parameter frozen), or a parameter pushed past its dtype's range
+                if not np.isfinite(new_v[name]).all():  # a finite gradient too large to square: v would stay inf
                     raise ValueError(
-                        f"grads[{i}][{name!r}]: expected gradients whose squares and updates stay finite, got "
-                        f"magnitudes up to {float(np.max(np.abs(grad))):.3g}; nothing was changed "
-                        "(skip the batch, clip the gradients, or lower lr)"
+                        f"grads[{i}][{name!r}]: expected gradients whose squares stay finite, got magnitudes up to "
+                        f"{float(np.max(np.abs(grad))):.3g}; nothing was changed (skip the batch or clip the gradients)"
+                    )
+                if (np.isfinite(p) & ~np.isfinite(new[name])).any():  # a finite parameter pushed past its dtype
+                    raise ValueError(
+                        f"lr: expected a step that keeps the parameters finite, got one that takes {name!r} of "
+                        f"layers[{i}] past {p.dtype}'s range (lr={self.lr:g}); nothing was changed (lower lr)"
                     )
             updated.append(new)
             moments.append((new_m, new_v))

@@ -436,7 +436,12 @@ def bad_state_dicts(good):
         ("ragged list", mutated(good, bias_hh_l0=[[1.0], [1.0, 2.0]]), TypeError, "['bias_hh_l0']"),
         ("masked", mutated(good, bias_hh_l0=np.ma.masked_array(good["bias_hh_l0"])), TypeError, "masked array"),
         # float64 values past float32's range would be stored as infinities
-        ("past float32", mutated(good, bias_ih_l1=np.full(3 * H, 1e300)), ValueError, "do not fit in float32"),
+        (
+            "past float32",
+            mutated(good, bias_ih_l1=np.full(3 * H, 1e300)),
+            ValueError,
+            "expected values within float32's range",
+        ),
     ]
 
 
@@ -506,6 +511,28 @@ def test_integer_lengths_of_any_kind(layer, lengths):
     np.testing.assert_array_equal(output[2:, 1], 0.0)  # past the second sequence's length
     expected, _ = layer(x[:2, 1:])
     np.testing.assert_allclose(h_n[0, 1], expected[-1, 0], rtol=0, atol=1e-6)
+
+
+def test_an_unbatched_length_on_a_device_is_copied_before_it_is_read(monkeypatch):
+    """A 0-d CUDA array (a stand-in here, no GPU) refuses NumPy's implicit conversion: it must reach the host first."""
+    from gru import _validation
+
+    class DeviceScalar:
+        ndim = 0
+
+        @property
+        def __cuda_array_interface__(self):
+            return {"shape": (), "typestr": "<i8", "data": (0, False), "version": 3}
+
+        def __array__(self, *args, **kwargs):
+            raise TypeError("Implicit conversion to a NumPy array is not allowed")
+
+    monkeypatch.setattr(_validation, "to_host", lambda value, name: np.array(2))
+    layer = gru.GRU(I, H, seed=0)
+    x = np.random.default_rng(0).standard_normal((T, I)).astype("float32")
+    output, _ = layer(x, lengths=DeviceScalar())
+    np.testing.assert_array_equal(output[2:], 0.0)
+    np.testing.assert_allclose(output[:2], layer(x[:2])[0], rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize(("threads", "kind"), [(0, ValueError), (-2, ValueError), (1.5, TypeError), ("4", TypeError)])

@@ -170,6 +170,30 @@ def test_a_state_dict_of_meta_tensors_is_refused_naming_the_key_and_device(torch
         np.testing.assert_array_equal(v, before[k])
 
 
+def test_a_state_dict_on_another_torch_device_is_copied_to_the_host(torch):
+    """Parameters are host copies anyway: a tensor on a device other than CUDA (Apple's 'mps', say) is read
+    through .cpu(). None is here, so a tensor subclass stands in for one: it reports 'mps' until copied."""
+
+    class OnMPS(torch.Tensor):
+        __torch_function__ = torch._C._disabled_torch_function_impl
+
+        @property
+        def device(self):
+            return torch.device("mps")
+
+        def detach(self):
+            return torch.Tensor.detach(self).as_subclass(OnMPS)
+
+        def cpu(self):
+            return self.as_subclass(torch.Tensor).clone()
+
+    layer = gru.GRU(I, H, seed=0)
+    expected = gru.GRU(I, H, seed=1).state_dict()
+    layer.load_state_dict({k: torch.from_numpy(v.copy()).as_subclass(OnMPS) for k, v in expected.items()})
+    for k, v in layer.state_dict().items():
+        np.testing.assert_array_equal(v, expected[k])
+
+
 def test_torch_state_dict_in_bfloat16_loads(torch):
     module = torch.nn.GRU(I, H).to(torch.bfloat16)
     layer = gru.GRU.from_torch(module)

@@ -425,6 +425,16 @@ def test_a_device_is_refused_and_left_a_device():
     assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
 
 
+def test_a_link_loop_is_named_as_the_caller_gave_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    os.symlink("b", "a")
+    os.symlink("a", "b")
+    with pytest.raises(OSError) as info:
+        gru.GRU(I, H).save("a")
+    assert info.value.filename == "a", info.value
+    assert sorted(os.listdir(tmp_path)) == ["a", "b"]
+
+
 @pytest.mark.parametrize("dangling", [False, True])
 def test_saving_through_a_symbolic_link_keeps_the_link(tmp_path, dangling):
     target, link = tmp_path / "real.safetensors", tmp_path / "link.safetensors"

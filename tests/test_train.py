@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +79,17 @@ def test_mse_with_a_mask_averages_the_selected_steps_only():
     np.testing.assert_allclose(grad, expected, rtol=1e-12, atol=0)
 
 
+def test_infinite_padding_under_a_mask_warns_of_nothing():
+    pred = np.array([[1.0, np.inf], [2.0, -np.inf]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        value, grad = mse_loss(pred, np.zeros((2, 2)), mask=np.array([[True, False], [True, False]]))
+        assert value == pytest.approx(2.5) and np.isfinite(grad).all()
+        logits = np.array([[0.0, 1.0], [np.inf, np.inf]])
+        value, grad = cross_entropy(logits, np.array([1, -100]), mask=np.array([True, False]))
+        assert np.isfinite(value) and np.isfinite(grad).all()
+
+
 def test_a_mask_that_selects_nothing_gives_zero_not_nan():
     value, grad = mse_loss(np.ones((2, 3)), np.zeros((2, 3)), mask=np.zeros(2, bool))
     assert value == 0.0 and not grad.any()
@@ -107,6 +119,8 @@ def test_cross_entropy_with_a_mask_ignores_padded_labels():
         (np.ones((2, 3), np.int64), TypeError, "mask: expected booleans"),
         (np.ones((3, 2), bool), ValueError, "mask: expected shape (2, 3)"),
         ("yes", TypeError, "mask: expected"),
+        (np.ma.masked_array(np.ones((2, 3), bool)), TypeError, "mask: expected a plain array, got a masked array"),
+        (np.ones((2, 3, 4, 5), bool), ValueError, "mask: expected at most 3 axes (pred's leading ones), got 4"),
     ],
 )
 def test_bad_masks_are_named(mask, kind, said):
@@ -412,10 +426,23 @@ def test_adam_refuses_an_update_that_leaves_the_parameters_dtype():
     m = gru.GRU(2, 3, seed=0)
     before = m.state_dict()
     opt = Adam([m], lr=1e39)
-    with pytest.raises(ValueError, match=r"^grads\[0\]\['weight_ih_l0'\]: expected gradients whose"):
+    with pytest.raises(ValueError, match=r"^lr: expected a step that keeps the parameters finite, .*'weight_ih_l0'"):
         opt.step([{k: np.ones_like(v) for k, v in before.items()}])
     for k, v in m.state_dict().items():
         np.testing.assert_array_equal(v, before[k])
+
+
+def test_adam_steps_a_layer_that_already_holds_an_infinite_parameter():
+    """Only what the step would break is refused: an inf the caller loaded stays inf, the others move."""
+    m = gru.GRU(2, 3, dtype="float64", seed=0)
+    state = m.state_dict()
+    state["bias_hh_l0"][0] = np.inf
+    m.load_state_dict(state)
+    opt = Adam([m], lr=0.01)
+    opt.step([{k: np.full_like(v, 0.1) for k, v in state.items()}])
+    after = m.state_dict()
+    assert opt.steps == 1 and after["bias_hh_l0"][0] == np.inf
+    np.testing.assert_allclose(after["bias_hh_l0"][1:], state["bias_hh_l0"][1:] - 0.01, rtol=1e-6)
 
 
 class _Refusing:

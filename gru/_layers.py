@@ -86,6 +86,15 @@ def _from_backend(backend: Backend, call: Any, *args: Any) -> Any:
         raise
 
 
+def _initial_state(h0: Any, hx: Any) -> Any:
+    """The initial state, passed as ``h0`` or by PyTorch's name ``hx`` (one of them)."""
+    if hx is None:
+        return h0
+    if h0 is not None:
+        raise TypeError("hx: expected the initial state as h0 or as hx (PyTorch's name), got both")
+    return hx
+
+
 def _make_rng(seed: Seed) -> np.random.Generator:
     if isinstance(seed, np.random.Generator):
         return seed
@@ -400,6 +409,7 @@ class GRU(_Recurrent):
         train: bool = False,
         backend: BackendChoice = None,
         threads: int | None = None,
+        hx: Any = None,
     ) -> tuple[Any, Any] | tuple[Any, Any, GateTrace]:
         """Run the layer; with ``return_gates=True`` also return a :class:`GateTrace`.
 
@@ -411,8 +421,9 @@ class GRU(_Recurrent):
         1 / (1 - dropout). What a training call returns, and the x and h0 it
         took, are the caller's to change: backward() keeps copies.
         ``threads`` caps the threads of backends that use them (None: the
-        backend's default).
+        backend's default). ``hx`` is PyTorch's name for ``h0``, taken too.
         """
+        h0 = _initial_state(h0, hx)
         give_back = _arrays.returner(x)  # results come back as x's array type (torch in, torch out)
         return_gates = v.check_bool(return_gates, "return_gates")
         train = v.check_bool(train, "train")
@@ -583,9 +594,10 @@ class GRUCell(_Recurrent):
         return shapes
 
     def __call__(
-        self, x: Any, h0: Any = None, *, return_gates: bool = False, backend: BackendChoice = None
+        self, x: Any, h0: Any = None, *, return_gates: bool = False, backend: BackendChoice = None, hx: Any = None
     ) -> Any | tuple[Any, GateTrace]:
-        """One step; with ``return_gates=True`` returns ``(h1, GateTrace)``."""
+        """One step; with ``return_gates=True`` returns ``(h1, GateTrace)``. ``hx``: PyTorch's name for ``h0``."""
+        h0 = _initial_state(h0, hx)
         give_back = _arrays.returner(x)
         return_gates = v.check_bool(return_gates, "return_gates")
         x = v.as_float_array(x, "x", self.dtype)

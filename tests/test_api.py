@@ -434,3 +434,16 @@ def test_fold_biases_sums_what_each_gate_adds_once(with_b_hn):
     np.testing.assert_array_equal(fold_biases(b_ih, b_hh, with_b_hn=with_b_hn), expected)
     np.testing.assert_array_equal(b_ih, before[0])  # a new array: the weights are left as they are
     np.testing.assert_array_equal(b_hh, before[1])
+
+
+def test_the_initial_state_may_be_passed_by_pytorchs_name_hx():
+    rng = np.random.default_rng(5)
+    layer, cell = gru.GRU(3, 4, num_layers=2, seed=0), gru.GRUCell(3, 4, seed=0)
+    x, h = rng.standard_normal((5, 2, 3)).astype("float32"), rng.standard_normal((2, 2, 4)).astype("float32")
+    for got, expected in zip(layer(x, hx=h), layer(x, h), strict=True):
+        np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(cell(x[0], hx=h[0]), cell(x[0], h[0]))
+    with pytest.raises(TypeError, match=r"^hx: expected the initial state as h0 or as hx .*got both"):
+        layer(x, h, hx=h)
+    with pytest.raises(TypeError, match=r"^hx: .*got both"):
+        cell(x[0], h0=h[0], hx=h[0])

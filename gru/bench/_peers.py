@@ -195,17 +195,17 @@ class OnnxRuntimeImplementation(Implementation):
 def onnx_gru_model(state: dict[str, np.ndarray], case: Case, dtype: str = "float32") -> Any:
     """A one-node ONNX model computing the same GRU as ``state`` (PyTorch layout, gates r, z, n).
 
-    ONNX orders the gate blocks z, r, h, so the first two H-row blocks swap;
-    B is [Wb, Rb]; ``linear_before_reset=1`` is PyTorch's reset-after form.
+    The weights go through :func:`gru.interop.torch_to_onnx` (ONNX's gate order
+    z, r, h; B = [Wb, Rb]); ``linear_before_reset=1`` is PyTorch's reset-after form.
     """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
+    from gru._io import parameter_keys
+    from gru.interop import torch_to_onnx
+
     H, I = case.hidden_size, case.input_size
-    zrh = np.r_[np.arange(H, 2 * H), np.arange(0, H), np.arange(2 * H, 3 * H)]
-    W = state["weight_ih_l0"][zrh][None]  # (1, 3H, I)
-    R = state["weight_hh_l0"][zrh][None]  # (1, 3H, H)
-    Bias = np.concatenate([state["bias_ih_l0"][zrh], state["bias_hh_l0"][zrh]])[None]  # (1, 6H)
+    W, R, Bias = torch_to_onnx([tuple(state[key] for key in parameter_keys(0, False, bias=True))])
     elem = TensorProto.FLOAT if dtype == "float32" else TensorProto.DOUBLE
     node = helper.make_node("GRU", ["X", "W", "R", "B"], ["Y"], hidden_size=H, linear_before_reset=1)
     graph = helper.make_graph(

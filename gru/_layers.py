@@ -168,6 +168,30 @@ class _Recurrent:
         loaded = {k: v.canonical_parameter(state_dict[k], k, shape, self.dtype) for k, shape in shapes.items()}
         self._params = loaded  # one swap: a call running meanwhile keeps the whole old set or takes the new
 
+    def _gradients(self, tape: _Tape, d_output: Any, d_h_n: Any) -> tuple[Any, Any, dict[str, Any]]:
+        """The backend's backward through ``tape`` for canonical (T, B, D·H) ``d_output`` and (L·D, B, H) ``d_h_n``.
+
+        Returns d x (T, B, I), d h0 (L·D, B, H) and the parameters' gradients
+        keyed like :meth:`state_dict`, those in the caller's array type.
+        """
+        xp = v.array_module(tape.request.x)
+        grads = _from_backend(
+            tape.backend,
+            tape.backend.backward,
+            tape.request,
+            tape.result,
+            xp.ascontiguousarray(d_output),
+            xp.ascontiguousarray(d_h_n),
+        )
+        v.check_backward_result(tape.backend, tape.request, grads)
+        params = {}
+        for names, layer_grads in zip(self._weight_keys(), grads.weights, strict=True):
+            values = (layer_grads.w_ih, layer_grads.w_hh, layer_grads.b_ih, layer_grads.b_hh)
+            for name, value in zip(names, values, strict=True):
+                if name is not None:  # no bias parameters without bias
+                    params[name] = tape.give_back(value)
+        return grads.d_x, grads.d_h0, params
+
     # -- other libraries and files (converters live in gru.interop, gru._onnx_model, gru._io) ------
     @classmethod
     def from_torch(cls, module: Any, *, dtype: str | None = None, backend: BackendChoice = None) -> Any:
@@ -489,7 +513,7 @@ class GRU(_Recurrent):
             raise RuntimeError(
                 "backward: no training call to differentiate in this thread; call the layer with train=True"
             )
-        request, result = tape.request, tape.result
+        request = tape.request
         T, B = request.seq_len, request.batch_size
         LD, H = request.num_layers * request.num_directions, request.hidden_size
         out_shape = (T, B, request.num_directions * H)
@@ -512,27 +536,11 @@ class GRU(_Recurrent):
             if tuple(d_h_n.shape) != user_hn:
                 raise ValueError(f"d_h_n: expected h_n's shape {user_hn}, got {tuple(d_h_n.shape)}")
             d_h_n = d_h_n.reshape(LD, B, H)
-        grads = _from_backend(
-            tape.backend,
-            tape.backend.backward,
-            request,
-            result,
-            xp.ascontiguousarray(d_output),
-            xp.ascontiguousarray(d_h_n),
-        )
-        v.check_backward_result(tape.backend, request, grads)
-
-        d_x, d_h0 = grads.d_x, grads.d_h0
+        d_x, d_h0, params = self._gradients(tape, d_output, d_h_n)
         if not tape.batched:
             d_x, d_h0 = d_x[:, 0], d_h0[:, 0]
         elif self.batch_first:
             d_x = d_x.transpose(1, 0, 2)
-        params = {}
-        for names, layer_grads in zip(self._weight_keys(), grads.weights, strict=True):
-            values = (layer_grads.w_ih, layer_grads.w_hh, layer_grads.b_ih, layer_grads.b_hh)
-            for name, value in zip(names, values, strict=True):
-                if name is not None:  # no bias parameters without bias
-                    params[name] = tape.give_back(value)
         return Gradients(input=tape.give_back(d_x), h0=tape.give_back(d_h0), params=params)
 
     def _dropout_masks(self, T: int, B: int) -> tuple[np.ndarray, ...] | None:
@@ -594,12 +602,27 @@ class GRUCell(_Recurrent):
         return shapes
 
     def __call__(
-        self, x: Any, h0: Any = None, *, return_gates: bool = False, backend: BackendChoice = None, hx: Any = None
+        self,
+        x: Any,
+        h0: Any = None,
+        *,
+        return_gates: bool = False,
+        train: bool = False,
+        backend: BackendChoice = None,
+        hx: Any = None,
     ) -> Any | tuple[Any, GateTrace]:
-        """One step; with ``return_gates=True`` returns ``(h1, GateTrace)``. ``hx``: PyTorch's name for ``h0``."""
+        """One step; with ``return_gates=True`` returns ``(h1, GateTrace)``. ``hx``: PyTorch's name for ``h0``.
+
+        ``train=True`` keeps what :meth:`backward` needs, on a backend that
+        declares training: each such call adds one entry to this thread's
+        tape, and each :meth:`backward` takes the newest one off it, so that
+        stepping a sequence forward and then backward in reverse order
+        backpropagates through time.
+        """
         h0 = _initial_state(h0, hx)
         give_back = _arrays.returner(x)
         return_gates = v.check_bool(return_gates, "return_gates")
+        train = v.check_bool(train, "train")
         x = v.as_float_array(x, "x", self.dtype)
         if x.ndim not in (1, 2) or x.shape[-1] != self.input_size:
             raise ValueError(
@@ -617,6 +640,8 @@ class GRUCell(_Recurrent):
             h0 = xp.ascontiguousarray(h0.reshape(1, B, H))
         else:
             h0 = xp.zeros((1, B, H), self.dtype)
+        if train:  # backward() reads them later: the caller's arrays may change by then
+            steps, h0 = steps.copy(), h0.copy()
         request = ForwardRequest(
             x=steps,
             h0=h0,
@@ -628,15 +653,57 @@ class GRUCell(_Recurrent):
             reset_after=self.reset_after,
             return_gates=return_gates,
             dtype=self.dtype,
+            training=train,
         )
         chosen = select_backend(backend if backend is not None else self.backend, request)
         result = _from_backend(chosen, chosen.forward, request)
         v.check_forward_result(chosen, request, result)
         h1 = result.h_n[0] if batched else result.h_n[0, 0]
+        if train:
+            self._tape_stack().append(_Tape(chosen, request, result, batched, give_back))
+            h1 = h1.copy()  # the caller may change it in place before backward()
         if not return_gates:
             return give_back(h1)
         gates = result.gates[0, :, 0] if batched else result.gates[0, :, 0, 0]
         return give_back(h1), GateTrace(*(give_back(g) for g in gates))
+
+    def _tape_stack(self) -> list[_Tape]:
+        stack = getattr(self._tapes, "stack", None)
+        if stack is None:
+            stack = self._tapes.stack = []
+        return stack
+
+    @property
+    def pending_backward(self) -> int:
+        """This thread's ``train=True`` calls that :meth:`backward` has not taken yet."""
+        return len(self._tape_stack())
+
+    def backward(self, d_h1: Any) -> Gradients:
+        """Gradients through this thread's newest ``train=True`` call not yet differentiated, which it takes off.
+
+        ``d_h1`` is d loss / d h1, shaped like that call's result. Returns d
+        loss / d x, d loss / d h0 and the parameters' gradients (keyed like
+        :meth:`state_dict`). Through time: step forward with ``train=True``,
+        then call this once per step in reverse order, adding each step's
+        ``h0`` gradient into the ``d_h1`` of the step before and summing the
+        ``params``.
+        """
+        stack = self._tape_stack()
+        if not stack:
+            raise RuntimeError(
+                "backward: no training call left to differentiate in this thread; call the cell with train=True"
+            )
+        tape = stack[-1]
+        B, H = tape.request.batch_size, self.hidden_size
+        expected = (B, H) if tape.batched else (H,)
+        d_h1 = v.as_float_array(d_h1, "d_h1", self.dtype)
+        if tuple(d_h1.shape) != expected:
+            raise ValueError(f"d_h1: expected the step's result shape {expected}, got {tuple(d_h1.shape)}")
+        xp = v.array_module(tape.request.x)
+        d_x, d_h0, params = self._gradients(tape, xp.zeros((1, B, H), self.dtype), d_h1.reshape(1, B, H))
+        stack.pop()  # only once the gradients are made: a refused d_h1 leaves the tape as it was
+        d_x, d_h0 = (d_x[0], d_h0[0]) if tape.batched else (d_x[0, 0], d_h0[0, 0])
+        return Gradients(input=tape.give_back(d_x), h0=tape.give_back(d_h0), params=params)
 
     def __repr__(self) -> str:
         return (

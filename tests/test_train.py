@@ -594,3 +594,86 @@ def test_the_readme_training_example_runs_and_learns():
     namespace: dict = {}
     exec(compile(code, "README.md (## Training)", "exec"), namespace)
     assert namespace["loss"] < 0.05 * np.mean(namespace["target"] ** 2)  # far better than predicting 0
+
+
+# -- training a GRUCell step by step ------------------------------------------------------------------
+
+
+def _cell_bptt(cell, x, h0, d_out):
+    """Step the cell forward with train=True, then backward in reverse order: d x, d h0 and summed params."""
+    h, states = h0, []
+    for t in range(x.shape[0]):
+        h = cell(x[t], h, train=True)
+        states.append(h)
+    carry, d_x, params = np.zeros_like(h0), np.zeros_like(x), {}
+    for t in reversed(range(x.shape[0])):
+        g = cell.backward(d_out[t] + carry)
+        carry, d_x[t] = g.h0, g.input
+        for k, v in g.params.items():
+            params[k] = params.get(k, 0) + v
+    return np.stack(states), d_x, carry, params
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cython"])
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("bias", [True, False])
+def test_backpropagation_through_time_with_a_cell_matches_the_oracle(backend, reset_after, bias):
+    from gru.testing.oracle import oracle_backward
+
+    if not gru.backend_available(backend):
+        pytest.skip(f"{backend} is not available")
+    rng = np.random.default_rng(3)
+    T, B, I, H = 5, 3, 4, 6
+    cell = gru.GRUCell(I, H, bias, reset_after=reset_after, dtype="float64", backend=backend, seed=1)
+    x, h0, d_out = rng.standard_normal((T, B, I)), rng.standard_normal((B, H)), rng.standard_normal((T, B, H))
+    _, d_x, d_h0, params = _cell_bptt(cell, x, h0, d_out)
+    layer_params = {f"{k}_l0": v for k, v in cell.state_dict().items()}
+    exp_x, exp_h0, exp_params = oracle_backward(
+        x, layer_params, d_out, np.zeros((1, B, H)), reset_after=reset_after, h0=h0[None], bias=bias
+    )
+    np.testing.assert_allclose(d_x, exp_x, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(d_h0, exp_h0[0], rtol=1e-10, atol=1e-12)
+    assert sorted(params) == sorted(k[:-3] for k in exp_params)
+    for k, v in exp_params.items():
+        np.testing.assert_allclose(params[k[:-3]], v, rtol=1e-10, atol=1e-12, err_msg=k)
+    assert cell.pending_backward == 0
+
+
+def test_a_cell_step_gradient_against_finite_differences():
+    """One unbatched step: d (w · h1) / d x, d h0 and d weight_hh by central differences."""
+    rng = np.random.default_rng(4)
+    cell = gru.GRUCell(3, 4, dtype="float64", seed=2)
+    x, h0, w = rng.standard_normal(3), rng.standard_normal(4), rng.standard_normal(4)
+    cell(x, h0, train=True)
+    g = cell.backward(w)
+    np.testing.assert_allclose(g.input, numerical_gradient(lambda: float(w @ cell(x, h0)), x), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(g.h0, numerical_gradient(lambda: float(w @ cell(x, h0)), h0), rtol=1e-6, atol=1e-9)
+    state = cell.state_dict()
+    weight = state["weight_hh"]
+
+    def loss() -> float:
+        cell.load_state_dict({**state, "weight_hh": weight})
+        return float(w @ cell(x, h0))
+
+    np.testing.assert_allclose(g.params["weight_hh"], numerical_gradient(loss, weight), rtol=1e-6, atol=1e-9)
+
+
+def test_cell_backward_takes_calls_newest_first_and_checks_its_argument():
+    cell = gru.GRUCell(2, 3, seed=0)
+    with pytest.raises(RuntimeError, match="no training call left to differentiate"):
+        cell.backward(np.zeros((1, 3), "float32"))
+    x = np.ones((1, 2), "float32")
+    h1 = cell(x, train=True)
+    h2 = cell(x, h1, train=True)
+    assert cell.pending_backward == 2
+    with pytest.raises(ValueError, match=r"^d_h1: expected the step's result shape \(1, 3\), got \(3,\)"):
+        cell.backward(np.zeros(3, "float32"))
+    assert cell.pending_backward == 2  # a refused gradient takes nothing off
+    h2[...] = 99.0  # the caller's own array now: the tape kept its copy
+    g2 = cell.backward(np.ones((1, 3), "float32"))
+    g1 = cell.backward(g2.h0)
+    assert cell.pending_backward == 0
+    fresh = gru.GRUCell(2, 3, seed=0)
+    _, _, d_h0, _ = _cell_bptt(fresh, np.stack([x, x]).astype("float64").astype("float32"), np.zeros((1, 3), "float32"),
+                               np.stack([np.zeros((1, 3)), np.ones((1, 3))]).astype("float32"))  # fmt: skip
+    np.testing.assert_allclose(g1.h0, d_h0, rtol=1e-6)

@@ -25,8 +25,8 @@ BackendChoice = str | Backend | None
 
 
 class Gradients(NamedTuple):
-    """What :meth:`GRU.backward` returns: d loss / d input, d loss / d h0, and
-    d loss / d parameter for every parameter, keyed like ``state_dict()``."""
+    """What :meth:`GRU.backward` and :meth:`GRUCell.backward` return: d loss / d input, d loss / d h0,
+    and d loss / d parameter for every parameter, keyed like ``state_dict()``."""
 
     input: Any
     h0: Any

@@ -678,6 +678,18 @@ class GRUCell(_Recurrent):
         """This thread's ``train=True`` calls that :meth:`backward` has not taken yet."""
         return len(self._tape_stack())
 
+    def discard_pending(self) -> int:
+        """Forget this thread's ``train=True`` calls not yet differentiated (a batch given up); returns how many.
+
+        Each keeps its step's inputs and gate activations until
+        :meth:`backward` takes it: a loop that abandons a sequence part-way
+        calls this before the next one.
+        """
+        stack = self._tape_stack()
+        count = len(stack)
+        stack.clear()
+        return count
+
     def backward(self, d_h1: Any) -> Gradients:
         """Gradients through this thread's newest ``train=True`` call not yet differentiated, which it takes off.
 

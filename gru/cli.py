@@ -85,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         split = argv.index("--")
         argv, pytest_args = argv[:split], argv[split + 1 :]
     args = parser.parse_args(argv)
+    if pytest_args and args.run is not _conformance:  # only pytest takes arguments after --
+        parser.error(f"arguments after --: only 'gru conformance' takes them (for pytest), got {pytest_args}")
     args.pytest_args = pytest_args
     return args.run(args)
 

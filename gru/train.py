@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
@@ -149,7 +150,8 @@ class Linear:
         self._params = {"weight": rng.uniform(-bound, bound, shape).astype(self.dtype)}
         if self.bias:
             self._params["bias"] = rng.uniform(-bound, bound, self.out_features).astype(self.dtype)
-        self._tape: tuple[np.ndarray, np.ndarray] | None = None  # the last call's input (a copy) and weight
+        # per thread, as the GRU's: the last call's input (a copy) and weight
+        self._tapes = threading.local()
 
     @property
     def weight(self) -> np.ndarray:
@@ -185,14 +187,15 @@ class Linear:
         y = x @ weight.T
         if self.bias:
             y = y + self._params["bias"]
-        self._tape = (x.copy(), weight)  # a copy: the caller may change x in place before backward
+        self._tapes.tape = (x.copy(), weight)  # a copy: the caller may change x in place before backward
         return y
 
     def backward(self, d_output: Any) -> LinearGradients:
-        """Gradients through the last call, given d loss / d output (same shape as the output)."""
-        if self._tape is None:
-            raise RuntimeError("backward: call the layer first")
-        x, weight = self._tape
+        """Gradients through this thread's last call, given d loss / d output (same shape as the output)."""
+        tape = getattr(self._tapes, "tape", None)
+        if tape is None:
+            raise RuntimeError("backward: call the layer first (in this thread)")
+        x, weight = tape
         d_y = _host_array(d_output, "d_output")
         if d_y.dtype != self.dtype:
             raise TypeError(f"d_output: expected {self.dtype} (the layer's dtype), got {d_y.dtype}")
@@ -203,6 +206,15 @@ class Linear:
         if self.bias:
             params["bias"] = d_rows.sum(axis=0)
         return LinearGradients(input=d_y @ weight, params=params)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """What pickle and copy keep: the parameters, not the calls backward() would differentiate (per thread)."""
+        state = self.__dict__.copy()
+        state["_tapes"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _tapes=threading.local())
 
     def __repr__(self) -> str:
         return f"Linear({self.in_features}, {self.out_features}, bias={self.bias}, dtype={str(self.dtype)!r})"

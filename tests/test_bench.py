@@ -646,3 +646,18 @@ def test_the_header_names_the_blas_kernels_and_who_chose_them(monkeypatch, coret
     header = [line for line in bench.format_table(report).splitlines() if line.startswith("  BLAS: ")]
     assert header[0].startswith("  BLAS: openblas 0.3.30, Haswell kernels")
     assert ("OPENBLAS_CORETYPE=Haswell in the environment chose them" in header[0]) is (coretype is not None)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_the_runs_thread_count_reaches_the_packages_backends_whatever_the_environment_says(monkeypatch, training):
+    """GRU_NUM_THREADS is a user's default; a benchmark of --threads N must run N (here: a bad value, ignored)."""
+    if not gru.backend_available("cython"):
+        pytest.skip("the cython backend is not built")
+    seen = []
+    backend = gru.get_backend("cython")
+    original = backend.thread_count
+    monkeypatch.setattr(backend, "thread_count", lambda requested: seen.append(requested) or original(requested))
+    monkeypatch.setenv("GRU_NUM_THREADS", "abc")
+    report = _quick_run(bench.resolve_implementations(["cython"]), threads=1, training=training)
+    assert [r["status"] for r in report["cases"][0]["results"]] == ["ok"]
+    assert seen and set(seen) == {1}

@@ -173,3 +173,13 @@ def test_an_output_that_is_a_fifo_is_refused_without_blocking(capsys, tmp_path, 
     assert capsys.readouterr().err.endswith(
         f"error: {command[-1]}: expected a regular file (or a new one), got a FIFO: {str(fifo)!r}\n"
     )
+
+
+@pytest.mark.parametrize("command", [["backends"], ["demo", "--steps", "1"], ["bench", "--quick"]])
+def test_arguments_after_a_double_dash_are_refused_where_nothing_takes_them(capsys, command):
+    with pytest.raises(SystemExit) as info:
+        main([*command, "--", "--threads", "0"])
+    assert info.value.code == 2
+    assert "arguments after --: only 'gru conformance' takes them (for pytest), got ['--threads', '0']" in (
+        capsys.readouterr().err
+    )

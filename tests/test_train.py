@@ -677,3 +677,25 @@ def test_cell_backward_takes_calls_newest_first_and_checks_its_argument():
     _, _, d_h0, _ = _cell_bptt(fresh, np.stack([x, x]).astype("float64").astype("float32"), np.zeros((1, 3), "float32"),
                                np.stack([np.zeros((1, 3)), np.ones((1, 3))]).astype("float32"))  # fmt: skip
     np.testing.assert_allclose(g1.h0, d_h0, rtol=1e-6)
+
+
+def test_a_cell_forgets_the_steps_of_a_sequence_given_up():
+    cell = gru.GRUCell(2, 3, seed=0)
+    x = np.ones((1, 2), "float32")
+    h = cell(x, train=True)
+    cell(x, h, train=True)
+    assert cell.discard_pending() == 2 and cell.pending_backward == 0
+    with pytest.raises(RuntimeError, match="no training call left"):
+        cell.backward(np.ones((1, 3), "float32"))
+
+
+def test_a_linear_readout_keeps_each_threads_last_call_apart():
+    """Two training threads sharing a readout: each backward differentiates its own thread's call."""
+    import threading
+
+    readout = Linear(2, 1, dtype="float64", seed=0)
+    readout(np.array([[1.0, 1.0]]))
+    other = threading.Thread(target=lambda: readout(np.array([[5.0, 7.0]])))
+    other.start()
+    other.join()
+    np.testing.assert_array_equal(readout.backward(np.ones((1, 1))).params["weight"], [[1.0, 1.0]])

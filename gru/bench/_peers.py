@@ -80,7 +80,8 @@ class BackendImplementation(Implementation):
     def prepare(self, state, case, dtype, threads):
         layer = gru.GRU(case.input_size, case.hidden_size, dtype=dtype, backend=self.backend)
         layer.load_state_dict(state)
-        return lambda x: layer(x)[0]
+        # threads passed on: the run's count, whatever GRU_NUM_THREADS says
+        return lambda x: layer(x, threads=threads)[0]
 
     def training_unavailable(self, dtype: str) -> str | None:
         reason = self.unavailable(dtype)
@@ -93,7 +94,7 @@ class BackendImplementation(Implementation):
         layer.load_state_dict(state)
 
         def step(x: np.ndarray) -> Gradients:
-            output, _ = layer(x, train=True)
+            output, _ = layer(x, train=True, threads=threads)
             grads = layer.backward(d_output)
             return {"output": output, "input": grads.input, **grads.params}
 

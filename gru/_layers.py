@@ -664,7 +664,8 @@ class GRUCell(_Recurrent):
             h1 = h1.copy()  # the caller may change it in place before backward()
         if not return_gates:
             return give_back(h1)
-        gates = result.gates[0, :, 0] if batched else result.gates[0, :, 0, 0]
+        gates = result.gates.copy() if train else result.gates  # the tape's own: backward() reads them
+        gates = gates[0, :, 0] if batched else gates[0, :, 0, 0]
         return give_back(h1), GateTrace(*(give_back(g) for g in gates))
 
     def _tape_stack(self) -> list[_Tape]:

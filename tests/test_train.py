@@ -659,24 +659,38 @@ def test_a_cell_step_gradient_against_finite_differences():
 
 
 def test_cell_backward_takes_calls_newest_first_and_checks_its_argument():
-    cell = gru.GRUCell(2, 3, seed=0)
+    cell = gru.GRUCell(2, 3, dtype="float64", seed=0)
     with pytest.raises(RuntimeError, match="no training call left to differentiate"):
-        cell.backward(np.zeros((1, 3), "float32"))
-    x = np.ones((1, 2), "float32")
-    h1 = cell(x, train=True)
-    h2 = cell(x, h1, train=True)
+        cell.backward(np.ones((1, 3)))
+    x_first, x_second = np.array([[1.0, -1.0]]), np.array([[3.0, 2.0]])
+    cell(x_first, train=True)
+    cell(x_second, train=True)
     assert cell.pending_backward == 2
     with pytest.raises(ValueError, match=r"^d_h1: expected the step's result shape \(1, 3\), got \(3,\)"):
-        cell.backward(np.zeros(3, "float32"))
+        cell.backward(np.ones(3))
     assert cell.pending_backward == 2  # a refused gradient takes nothing off
-    h2[...] = 99.0  # the caller's own array now: the tape kept its copy
-    g2 = cell.backward(np.ones((1, 3), "float32"))
-    g1 = cell.backward(g2.h0)
+    second, first = cell.backward(np.ones((1, 3))), cell.backward(np.ones((1, 3)))
+    for x, got in ((x_second, second), (x_first, first)):  # each against that step's own finite differences
+        numeric = numerical_gradient(lambda x=x: float(np.sum(cell(x))), x)
+        np.testing.assert_allclose(got.input, numeric, rtol=1e-6, atol=1e-9)
     assert cell.pending_backward == 0
-    fresh = gru.GRUCell(2, 3, seed=0)
-    _, _, d_h0, _ = _cell_bptt(fresh, np.stack([x, x]).astype("float64").astype("float32"), np.zeros((1, 3), "float32"),
-                               np.stack([np.zeros((1, 3)), np.ones((1, 3))]).astype("float32"))  # fmt: skip
-    np.testing.assert_allclose(g1.h0, d_h0, rtol=1e-6)
+
+
+def test_changing_what_a_training_cell_call_returned_does_not_change_its_gradients():
+    """The gates and state a train=True step returns are the caller's: backward keeps its own copies."""
+    rng = np.random.default_rng(6)
+    x, h0, d_h1 = rng.standard_normal((2, 3)), rng.standard_normal((2, 4)), rng.standard_normal((2, 4))
+    results = []
+    for change in (False, True):
+        cell = gru.GRUCell(3, 4, dtype="float64", seed=0)
+        h1, gates = cell(x, h0, train=True, return_gates=True)
+        if change:
+            h1[...], gates.r[...], gates.z[...], gates.n[...] = 9.0, 0.0, 0.0, 0.0
+        results.append(cell.backward(d_h1))
+    for name in ("input", "h0"):
+        np.testing.assert_array_equal(getattr(results[1], name), getattr(results[0], name))
+    for k, v in results[0].params.items():
+        np.testing.assert_array_equal(results[1].params[k], v)
 
 
 def test_a_cell_forgets_the_steps_of_a_sequence_given_up():

@@ -61,14 +61,6 @@ class GateTrace(NamedTuple):
 _BYTES_PER_BLOCK = 2048  # a (layer, direction)'s arrays, keys and weight objects beyond its parameters
 
 
-def _memory_bytes() -> int | None:
-    """This machine's physical memory, where the OS tells."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
 def _from_backend(backend: Backend, call: Any, *args: Any) -> Any:
     """``call(*args)``; an error raised inside a backend keeps its type and gains a note naming the backend.
 
@@ -120,7 +112,7 @@ class _Recurrent:
         # each (layer, direction) also costs Python objects: ~1.6 KB measured at H = 1, so a
         # million tiny layers take gigabytes whatever their parameters
         nbytes = count * np.dtype(self.dtype).itemsize + blocks * _BYTES_PER_BLOCK
-        memory = _memory_bytes()
+        memory = v.memory_bytes()
         if memory is not None and nbytes > memory:  # fail now, not after filling the memory (or looping for ever)
             raise ValueError(
                 f"{sizes}: the layer would hold {count:,} parameters in {blocks:,} weight sets "
@@ -456,6 +448,8 @@ class GRU(_Recurrent):
         xp = v.array_module(x)
         T, B = x.shape[0], x.shape[1]
         LD, H = self.num_layers * self.num_directions, self.hidden_size
+        per_layer = T * B * H * (1 + (3 if return_gates or train else 0) + (1 if train else 0))
+        v.check_call_memory(x, T * B * self.num_directions * H + 2 * LD * B * H + LD * per_layer, x.itemsize)
         h0 = v.canonical_h0(h0, shape=(LD, B, H), batched=batched, dtype=self.dtype, xp=xp)
         lengths = v.canonical_lengths(lengths, batch=B, seq_len=T, batched=batched)
         if train:  # backward() reads them later: the caller's arrays (canonical ones come uncopied) may change by then
@@ -630,8 +624,9 @@ class GRUCell(_Recurrent):
             )
         batched = x.ndim == 2
         xp = v.array_module(x)
+        B, H = (x.shape[0] if batched else 1), self.hidden_size
+        v.check_call_memory(x, B * H * (3 if not (return_gates or train) else 6), x.itemsize)
         steps = xp.ascontiguousarray(x[None] if batched else x[None, None])  # (1, B, I)
-        B, H = steps.shape[1], self.hidden_size
         if h0 is not None:
             h0 = v.as_float_array(h0, "h0", self.dtype)
             expected = (B, H) if batched else (H,)

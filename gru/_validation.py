@@ -7,7 +7,9 @@ with a message that names the argument, what was expected and what came.
 
 from __future__ import annotations
 
+import functools
 import numbers
+import os
 from typing import Any
 
 import numpy as np
@@ -15,6 +17,30 @@ import numpy as np
 from gru._arrays import as_array, is_torch_tensor, refuse_masked, to_host, torch_values_on_host
 
 SUPPORTED_DTYPES = ("float32", "float64")
+
+
+@functools.cache
+def memory_bytes() -> int | None:
+    """This machine's physical memory, where the OS tells (asked once: it does not change while we run)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_call_memory(x: Any, elements: int, itemsize: int, what: str = "output, final state and gates") -> None:
+    """Refuse, naming x, a host call whose arrays (``elements`` values) would pass this machine's memory.
+
+    NumPy would otherwise raise a MemoryError about some internal array; a device
+    call is left to the device's own allocator, whose memory is not this one.
+    """
+    memory = memory_bytes()
+    need = elements * itemsize
+    if memory is not None and isinstance(x, np.ndarray) and need > memory:
+        raise ValueError(
+            f"x: expected a call whose arrays fit in memory, got shape {tuple(x.shape)}, whose {what} "
+            f"would take {need / 2**30:,.1f} GiB (this machine has {memory / 2**30:,.1f} GiB)"
+        )
 
 
 def array_module(value: Any) -> Any:
@@ -128,6 +154,8 @@ def canonical_input(x: Any, *, input_size: int, batch_first: bool, dtype: str) -
     elif batch_first:
         x = x.transpose(1, 0, 2)
     xp = array_module(x)
+    if not x.flags.c_contiguous:  # a broadcast view may describe more values than memory holds
+        check_call_memory(x, x.size, x.itemsize, "contiguous copy")
     return xp.ascontiguousarray(x), batched
 
 

@@ -319,9 +319,9 @@ def _memory_error(seq_len: int, batch: int, hidden: int) -> str | None:
     gradients of the same size; and the parameters four times (with their
     gradients and Adam's two moments).
     """
-    from gru._layers import _memory_bytes
+    from gru._validation import memory_bytes
 
-    memory = _memory_bytes()
+    memory = memory_bytes()
     if memory is None:
         return None
     rows = seq_len * (batch + TEST_SIZE)

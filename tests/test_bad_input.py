@@ -7,7 +7,7 @@ import pytest
 
 import gru
 from gru import _registry
-from gru._layers import _memory_bytes
+from gru._validation import memory_bytes
 
 I, H, T, B = 3, 4, 5, 2
 
@@ -565,15 +565,32 @@ def test_huge_thread_counts_are_capped_not_overflowed(layer, threads):
         (lambda: gru.GRU(10**15, H, bidirectional=True), "input_size, hidden_size, num_layers"),
         (lambda: gru.GRUCell(10**7, 10**6), "input_size, hidden_size"),
         # a few parameters in each of tens of millions of layers: their objects fill the memory
-        (lambda: gru.GRU(1, 1, num_layers=_memory_bytes() // 1024), "input_size, hidden_size, num_layers"),
+        (lambda: gru.GRU(1, 1, num_layers=memory_bytes() // 1024), "input_size, hidden_size, num_layers"),
     ],
     ids=["num_layers", "hidden_size", "input_size", "cell", "tiny_layers"],
 )
-@pytest.mark.skipif(_memory_bytes() is None, reason="this OS does not tell its memory size")
+@pytest.mark.skipif(memory_bytes() is None, reason="this OS does not tell its memory size")
 def test_layers_larger_than_the_memory_are_refused_at_once(make, argument):
     with pytest.raises(ValueError, match=rf"^{argument}: the layer would hold [\d,]+ parameters") as info:
         make()
     assert "more than this machine's memory" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("call", "what"),
+    [
+        (lambda: gru.GRU(I, H)(np.zeros((0, 2**40, I), "float32")), "output, final state and gates"),
+        (lambda: gru.GRU(I, H)(np.broadcast_to(np.zeros(I, "float32"), (2**22, 2**22, I))), "contiguous copy"),
+        (lambda: gru.GRUCell(I, H)(np.broadcast_to(np.zeros(I, "float32"), (2**40, I))), "output, final state"),
+    ],
+    ids=["empty-but-huge-batch", "broadcast-view", "cell"],
+)
+@pytest.mark.skipif(memory_bytes() is None, reason="this OS does not tell its memory size")
+def test_calls_whose_arrays_would_pass_the_memory_are_refused_naming_x(call, what):
+    """NumPy would raise a MemoryError about some internal array; the call says which argument asks for it."""
+    with pytest.raises(ValueError, match=r"^x: expected a call whose arrays fit in memory, got shape") as info:
+        call()
+    assert what in str(info.value) and "GiB (this machine has" in str(info.value)
 
 
 # -- backward ---------------------------------------------------------------------------------

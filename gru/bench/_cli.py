@@ -173,9 +173,9 @@ def _fail(message: str) -> int:
 
 def _memory_error(cases: Sequence[Case], dtype: str) -> str | None:
     """A shape whose input, output and weights alone exceed the machine's memory, refused before it is drawn."""
-    from gru._layers import _memory_bytes
+    from gru._validation import memory_bytes
 
-    memory = _memory_bytes()
+    memory = memory_bytes()
     if memory is None:  # unknown here: a MemoryError is then that shape's error
         return None
     for case in cases:

@@ -247,7 +247,9 @@ def mse_loss(pred: Any, target: Any, *, mask: Any = None) -> tuple[float, np.nda
     shape and dtype, so it goes straight into the layer's ``backward``. Like
     the layers, the loss never picks a precision: ``pred`` must be
     floating-point (TypeError otherwise; an integer ``pred`` would round the
-    gradient to 0), and ``target`` (any real numbers) is read in ``pred``'s dtype.
+    gradient to 0); ``target`` may be any real numbers. The difference and the
+    value are computed in float64, so float32 values near their range's end
+    do not overflow the loss.
 
     ``mask``, booleans shaped like the leading axes of ``pred`` (e.g. (B, T)
     for a per-step (B, T, F) output of sequences of several lengths), keeps
@@ -263,14 +265,17 @@ def mse_loss(pred: Any, target: Any, *, mask: Any = None) -> tuple[float, np.nda
         raise ValueError(f"mask: expected at most {pred.ndim} axes (pred's leading ones), got {np.ndim(mask)}")
     keep = None if mask is None else _mask(mask, pred.shape[: np.ndim(mask)], f"pred's first {np.ndim(mask)} axes")
     with np.errstate(invalid="ignore", over="ignore"):  # inf or NaN padding: dropped just below
-        diff = pred - target.astype(pred.dtype, copy=False)
+        diff = pred.astype(np.float64) - target.astype(np.float64)
     if keep is None:
         n = max(diff.size, 1)
     else:
         keep = keep.reshape(keep.shape + (1,) * (pred.ndim - keep.ndim))
-        diff = np.where(keep, diff, 0).astype(pred.dtype, copy=False)
+        diff = np.where(keep, diff, 0.0)
         n = max(int(np.count_nonzero(keep)) * (pred.size // max(keep.size, 1)), 1)
-    return float(np.sum(np.square(diff, dtype=np.float64)) / n), np.asarray((2.0 / n) * diff)
+    with np.errstate(over="ignore"):  # past the dtype's range the value (or gradient) is inf, as it should be
+        d_pred = ((2.0 / n) * diff).astype(pred.dtype)
+        value = float(np.sum(np.square(diff)) / n)
+    return value, np.asarray(d_pred)
 
 
 def cross_entropy(logits: Any, labels: Any, *, mask: Any = None) -> tuple[float, np.ndarray]:

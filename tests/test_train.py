@@ -128,6 +128,12 @@ def test_bad_masks_are_named(mask, kind, said):
         mse_loss(np.zeros((2, 3, 4)), np.zeros((2, 3, 4)), mask=mask)
 
 
+def test_mse_of_float32_values_near_their_range_does_not_overflow():
+    value, grad = mse_loss(np.float32([3e38]), np.float32([-3e38]))
+    assert value == pytest.approx(3.6e77, rel=1e-6)  # (6e38)² in float64
+    assert grad.dtype == np.float32 and np.isinf(grad[0])  # 1.2e39 is past float32: inf, as the dtype says
+
+
 def test_cross_entropy_is_stable_for_huge_logits():
     logits = np.array([[1000.0, 0.0, -1000.0], [-5000.0, 5000.0, 0.0]])
     value, d_logits = cross_entropy(logits, np.array([0, 2]))

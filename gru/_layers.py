@@ -448,8 +448,9 @@ class GRU(_Recurrent):
         xp = v.array_module(x)
         T, B = x.shape[0], x.shape[1]
         LD, H = self.num_layers * self.num_directions, self.hidden_size
-        per_layer = T * B * H * (1 + (3 if return_gates or train else 0) + (1 if train else 0))
-        v.check_call_memory(x, T * B * self.num_directions * H + 2 * LD * B * H + LD * per_layer, x.itemsize)
+        # what the call must hand back (output, h_n, the gates when asked for): a lower bound, never a guess
+        gates = 3 * LD * T * B * H if return_gates or train else 0
+        v.check_call_memory(x, T * B * self.num_directions * H + LD * B * H + gates, x.itemsize)
         h0 = v.canonical_h0(h0, shape=(LD, B, H), batched=batched, dtype=self.dtype, xp=xp)
         lengths = v.canonical_lengths(lengths, batch=B, seq_len=T, batched=batched)
         if train:  # backward() reads them later: the caller's arrays (canonical ones come uncopied) may change by then
@@ -625,7 +626,7 @@ class GRUCell(_Recurrent):
         batched = x.ndim == 2
         xp = v.array_module(x)
         B, H = (x.shape[0] if batched else 1), self.hidden_size
-        v.check_call_memory(x, B * H * (3 if not (return_gates or train) else 6), x.itemsize)
+        v.check_call_memory(x, B * H * (4 if return_gates or train else 1), x.itemsize)  # h1 (and its gates)
         steps = xp.ascontiguousarray(x[None] if batched else x[None, None])  # (1, B, I)
         if h0 is not None:
             h0 = v.as_float_array(h0, "h0", self.dtype)

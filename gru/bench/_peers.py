@@ -77,9 +77,13 @@ class BackendImplementation(Implementation):
             return f"does not support {dtype}"
         return None
 
-    def prepare(self, state, case, dtype, threads):
+    def _layer(self, state, case, dtype) -> gru.GRU:
         layer = gru.GRU(case.input_size, case.hidden_size, dtype=dtype, backend=self.backend)
         layer.load_state_dict(state)
+        return layer
+
+    def prepare(self, state, case, dtype, threads):
+        layer = self._layer(state, case, dtype)
         # threads passed on: the run's count, whatever GRU_NUM_THREADS says
         return lambda x: layer(x, threads=threads)[0]
 
@@ -90,8 +94,7 @@ class BackendImplementation(Implementation):
         return reason
 
     def prepare_training(self, state, case, dtype, threads, d_output):
-        layer = gru.GRU(case.input_size, case.hidden_size, dtype=dtype, backend=self.backend)
-        layer.load_state_dict(state)
+        layer = self._layer(state, case, dtype)
 
         def step(x: np.ndarray) -> Gradients:
             output, _ = layer(x, train=True, threads=threads)
@@ -117,12 +120,20 @@ class TorchImplementation(Implementation):
             return f"not installed ({exc}): pip install torch"
         return None
 
-    def prepare(self, state, case, dtype, threads):
+    @staticmethod
+    def _module(state, case, dtype, threads) -> Any:
+        """``torch.nn.GRU`` holding ``state``, torch held to ``threads``."""
         import torch
 
         torch.set_num_threads(threads)
         layer = torch.nn.GRU(case.input_size, case.hidden_size).to(getattr(torch, dtype))
         layer.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()})
+        return layer
+
+    def prepare(self, state, case, dtype, threads):
+        import torch
+
+        layer = self._module(state, case, dtype, threads)
         layer.eval()
 
         def forward(x: np.ndarray) -> np.ndarray:
@@ -135,9 +146,7 @@ class TorchImplementation(Implementation):
         """Autograd, as a training loop uses it: fresh leaf input, gradients reset to None, ``backward``."""
         import torch
 
-        torch.set_num_threads(threads)
-        layer = torch.nn.GRU(case.input_size, case.hidden_size).to(getattr(torch, dtype))
-        layer.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()})
+        layer = self._module(state, case, dtype, threads)
         layer.train()
         d_out = torch.from_numpy(d_output)
         params = dict(layer.named_parameters())

@@ -177,12 +177,13 @@ def canonical_h0(h0: Any, *, shape: tuple[int, int, int], batched: bool, dtype: 
     return array_module(h0).ascontiguousarray(h0)
 
 
-def integer_lengths(value: Any, name: str, *, batch: int, seq_len: int) -> np.ndarray:
+def integer_lengths(value: Any, name: str, *, batch: int, seq_len: int, scalar: bool = False) -> np.ndarray:
     """``value`` as an int64 host array of ``batch`` lengths in [0, seq_len], or an error naming ``name``.
 
     Any array kind (torch and CUDA arrays are copied to the host); a masked
     array is refused (its mask would be dropped); an empty list is no lengths
-    of an empty batch, not float64 values.
+    of an empty batch, not float64 values. With ``scalar``, a single 0-d value
+    stands for one sequence (an unbatched call's length).
     """
     if hasattr(value, "__cuda_array_interface__") or is_torch_tensor(value):
         value = to_host(value, name)
@@ -193,6 +194,8 @@ def integer_lengths(value: Any, name: str, *, batch: int, seq_len: int) -> np.nd
         raise TypeError(
             f"{name}: expected a sequence of {batch} integers, got {type(value).__name__} ({exc})"
         ) from None
+    if scalar and array.ndim == 0:
+        array = array.reshape(1)
     if array.size == 0 and array.dtype == np.float64:  # np.asarray([]) is float64: no value, no wrong type
         array = array.astype(np.int64)
     if array.dtype == object:  # integers past 64 bits, or values of mixed kinds
@@ -213,11 +216,7 @@ def canonical_lengths(lengths: Any, *, batch: int, seq_len: int, batched: bool) 
     """Return lengths as an int64 host array, or None when every sequence is full."""
     if lengths is None:
         return None
-    if hasattr(lengths, "__cuda_array_interface__") or is_torch_tensor(lengths):
-        lengths = to_host(lengths, "lengths")  # first: a 0-d device array cannot go into a list for NumPy
-    if not batched and np.ndim(lengths) == 0 and not isinstance(lengths, np.ma.MaskedArray):
-        lengths = [lengths]
-    array = integer_lengths(lengths, "lengths", batch=batch, seq_len=seq_len)
+    array = integer_lengths(lengths, "lengths", batch=batch, seq_len=seq_len, scalar=not batched)
     return None if bool(np.all(array == seq_len)) else array
 
 

@@ -31,7 +31,7 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
-from gru._arrays import is_torch_tensor, refuse_masked, to_host, torch_values_on_host
+from gru._arrays import is_torch_tensor, to_host, torch_values_on_host
 from gru._layers import Seed, _make_rng
 from gru._validation import canonical_parameter, check_bool, check_dtype, check_int, check_probability
 
@@ -51,8 +51,9 @@ class _HasState(Protocol):
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None: ...
 
 
-def _host_array(value: Any, name: str) -> np.ndarray:
-    """``value`` as a real-valued NumPy array, or a TypeError naming ``name``.
+def _host_array(value: Any, name: str, kinds: str = "fiu", expected: str = "a real-valued array") -> np.ndarray:
+    """``value`` as a NumPy array of one of the dtype ``kinds`` (real numbers by default), or a TypeError naming
+    ``name`` and saying what was ``expected``.
 
     Torch tensors (the GRU gives them back for torch input) are read detached,
     on the host; strings, booleans, complex numbers and objects are refused
@@ -63,9 +64,9 @@ def _host_array(value: Any, name: str) -> np.ndarray:
     except (TypeError, ValueError, RuntimeError, BufferError) as exc:
         if str(exc).startswith(f"{name}:"):
             raise TypeError(str(exc)) from None
-        raise TypeError(f"{name}: expected a real-valued array, got {type(value).__name__} ({exc})") from None
-    if array.dtype.kind not in "fiu":
-        raise TypeError(f"{name}: expected a real-valued array, got dtype {array.dtype}")
+        raise TypeError(f"{name}: expected {expected}, got {type(value).__name__} ({exc})") from None
+    if array.dtype.kind not in kinds:
+        raise TypeError(f"{name}: expected {expected}, got dtype {array.dtype}")
     return array
 
 
@@ -225,16 +226,8 @@ def _mask(mask: Any, shape: tuple[int, ...], what: str) -> np.ndarray | None:
     """``mask`` as booleans of ``shape`` (the leading axes of ``what``), or None for no mask."""
     if mask is None:
         return None
-    refuse_masked(mask, "mask")
-    try:
-        array = to_host(torch_values_on_host(mask), "mask")
-    except (TypeError, ValueError, RuntimeError, BufferError) as exc:
-        raise TypeError(f"mask: expected an array of booleans, got {type(mask).__name__} ({exc})") from None
-    if array.dtype != bool:
-        raise TypeError(
-            f"mask: expected booleans (True where an element counts, e.g. np.arange(T) < lengths[:, None]), "
-            f"got dtype {array.dtype}"
-        )
+    expected = "booleans (True where an element counts, e.g. np.arange(T) < lengths[:, None])"
+    array = _host_array(mask, "mask", kinds="b", expected=expected)
     if array.shape != shape:
         raise ValueError(f"mask: expected shape {shape} ({what}), got {array.shape}")
     return array

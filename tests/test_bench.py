@@ -631,14 +631,17 @@ def test_the_machine_says_its_microarchitecture_and_simd_extensions():
 
 
 @pytest.mark.parametrize("coretype", ["Haswell", None])
-def test_the_header_names_the_blas_kernels_and_who_chose_them(monkeypatch, coretype):
-    """OPENBLAS_CORETYPE overrides the kernels OpenBLAS would pick for the CPU: the report says so."""
-    if coretype is None:
-        monkeypatch.delenv("OPENBLAS_CORETYPE", raising=False)
-    else:
-        monkeypatch.setenv("OPENBLAS_CORETYPE", coretype)
+@pytest.mark.parametrize("l2_size", ["512", None])
+def test_the_header_names_the_blas_kernels_and_who_chose_them(monkeypatch, coretype, l2_size):
+    """OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE override what OpenBLAS would pick for the CPU: the report says so."""
+    for name, value in (("OPENBLAS_CORETYPE", coretype), ("OPENBLAS_L2_SIZE", l2_size)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
     report = _quick_run(bench.resolve_implementations(["numpy"]))
     assert report["machine"]["openblas_coretype"] == coretype
+    assert report["machine"]["openblas_l2_size"] == l2_size
     report["machine"]["thread_pools_at_start"] = [
         {"user_api": "blas", "internal_api": "openblas", "version": "0.3.30", "architecture": "Haswell"},
         {"user_api": "openmp", "internal_api": "openmp", "version": None, "architecture": None},
@@ -646,6 +649,8 @@ def test_the_header_names_the_blas_kernels_and_who_chose_them(monkeypatch, coret
     header = [line for line in bench.format_table(report).splitlines() if line.startswith("  BLAS: ")]
     assert header[0].startswith("  BLAS: openblas 0.3.30, Haswell kernels")
     assert ("OPENBLAS_CORETYPE=Haswell in the environment chose them" in header[0]) is (coretype is not None)
+    assert ("OPENBLAS_L2_SIZE=512 in the environment sizes their blocks" in header[0]) is (l2_size is not None)
+    assert header[0].endswith(")") is (coretype is not None or l2_size is not None)
 
 
 @pytest.mark.parametrize("training", [False, True])

@@ -51,12 +51,15 @@ def format_table(report: dict[str, Any]) -> str:
         }
     )
     if kernels:
-        forced = m.get("openblas_coretype")
-        lines.append(
-            "  BLAS: "
-            + "; ".join(kernels)
-            + (f" (OPENBLAS_CORETYPE={forced} in the environment chose them)" if forced else "")
-        )
+        forced = [
+            f"{name}={m[key]} {effect}"
+            for key, name, effect in (
+                ("openblas_coretype", "OPENBLAS_CORETYPE", "in the environment chose them"),
+                ("openblas_l2_size", "OPENBLAS_L2_SIZE", "in the environment sizes their blocks"),
+            )
+            if m.get(key)
+        ]
+        lines.append("  BLAS: " + "; ".join(kernels) + (f" ({'; '.join(forced)})" if forced else ""))
     if m.get("blas_small_kernel") is not None:
         lines.append(
             "  scipy's BLAS runs small products unpacked (OpenBLAS, SkylakeX kernels): "

@@ -649,7 +649,7 @@ def test_the_header_names_the_blas_kernels_and_who_chose_them(monkeypatch, coret
     header = [line for line in bench.format_table(report).splitlines() if line.startswith("  BLAS: ")]
     assert header[0].startswith("  BLAS: openblas 0.3.30, Haswell kernels")
     assert ("OPENBLAS_CORETYPE=Haswell in the environment chose them" in header[0]) is (coretype is not None)
-    assert ("OPENBLAS_L2_SIZE=512 in the environment sizes their blocks" in header[0]) is (l2_size is not None)
+    assert ("OPENBLAS_L2_SIZE=512 in the environment set their L2 size" in header[0]) is (l2_size is not None)
     assert header[0].endswith(")") is (coretype is not None or l2_size is not None)
 
 

@@ -122,7 +122,7 @@ def machine_info() -> dict[str, Any]:
         "blas_small_kernel": _blas_small_kernel(),
         # OpenBLAS picks its kernels for the CPU unless this names others (read when it loads)
         "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
-        # ... and sizes its blocks for this L2 (kB) instead of the CPU's own: 11 % on (512,512,64,100) on a Zen 5
+        # ... and takes this for its L2 size (kB) instead of asking the CPU
         "openblas_l2_size": os.environ.get("OPENBLAS_L2_SIZE"),
         "logical_cpus": os.cpu_count(),
         "physical_cores": cpu.get("physical_cores"),

@@ -55,7 +55,7 @@ def format_table(report: dict[str, Any]) -> str:
             f"{name}={m[key]} {effect}"
             for key, name, effect in (
                 ("openblas_coretype", "OPENBLAS_CORETYPE", "in the environment chose them"),
-                ("openblas_l2_size", "OPENBLAS_L2_SIZE", "in the environment sizes their blocks"),
+                ("openblas_l2_size", "OPENBLAS_L2_SIZE", "in the environment set their L2 size"),
             )
             if m.get(key)
         ]

@@ -112,12 +112,8 @@ class _Recurrent:
         # each (layer, direction) also costs Python objects: ~1.6 KB measured at H = 1, so a
         # million tiny layers take gigabytes whatever their parameters
         nbytes = count * np.dtype(self.dtype).itemsize + blocks * _BYTES_PER_BLOCK
-        memory = v.memory_bytes()
-        if memory is not None and nbytes > memory:  # fail now, not after filling the memory (or looping for ever)
-            raise ValueError(
-                f"{sizes}: the layer would hold {count:,} parameters in {blocks:,} weight sets "
-                f"({nbytes / 2**30:,.1f} GiB), more than this machine's memory ({memory / 2**30:,.1f} GiB)"
-            )
+        # fail now, not after filling the memory (or looping for ever)
+        v.check_parameter_memory(sizes, count, nbytes, held=f" in {blocks:,} weight sets")
         self._tapes = threading.local()  # the last training call of each thread, for backward()
         self._params: dict[str, np.ndarray] = {}
         # (the _params dict they were made from, the LayerWeights): see _layer_weights

@@ -28,6 +28,20 @@ def memory_bytes() -> int | None:
         return None
 
 
+def check_parameter_memory(sizes: str, count: int, nbytes: int, held: str = "") -> None:
+    """Refuse, naming the sizes, a layer whose parameters (``nbytes`` in all) would pass this machine's memory.
+
+    Checked before anything is drawn: a MemoryError from NumPy would name no
+    argument, and a machine that swaps might crawl first.
+    """
+    memory = memory_bytes()
+    if memory is not None and nbytes > memory:
+        raise ValueError(
+            f"{sizes}: the layer would hold {count:,} parameters{held} ({nbytes / 2**30:,.1f} GiB), "
+            f"more than this machine's memory ({memory / 2**30:,.1f} GiB)"
+        )
+
+
 def check_call_memory(x: Any, elements: int, itemsize: int, what: str = "output, final state and gates") -> None:
     """Refuse, naming x, a host call whose arrays (``elements`` values) would pass this machine's memory.
 

@@ -33,7 +33,15 @@ import numpy as np
 
 from gru._arrays import is_torch_tensor, to_host, torch_values_on_host
 from gru._layers import Seed, _make_rng
-from gru._validation import canonical_parameter, check_bool, check_dtype, check_int, check_probability
+from gru._validation import (
+    canonical_parameter,
+    check_bool,
+    check_call_memory,
+    check_dtype,
+    check_int,
+    check_parameter_memory,
+    check_probability,
+)
 
 __all__ = [
     "Adam",
@@ -145,6 +153,13 @@ class Linear:
         self.out_features = check_int(out_features, "out_features", 1)
         self.bias = check_bool(bias, "bias")
         self.dtype = np.dtype(check_dtype(dtype))
+        count = self.out_features * (self.in_features + self.bias)
+        # drawn in float64, then cast: both copies exist for a moment
+        check_parameter_memory(
+            f"(in_features, out_features) = {(self.in_features, self.out_features)}",
+            count,
+            count * (8 + self.dtype.itemsize),
+        )
         rng = _make_rng(seed)
         bound = 1.0 / math.sqrt(self.in_features)
         shape = (self.out_features, self.in_features)
@@ -184,6 +199,8 @@ class Linear:
             raise TypeError(f"x: expected {self.dtype} (the layer's dtype), got {x.dtype}")
         if x.ndim < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"x: expected shape (..., {self.in_features}), got {x.shape}")
+        rows = x.size // self.in_features
+        check_call_memory(x, rows * self.out_features + x.size, x.itemsize, what="output and kept copy")
         weight = self._params["weight"]  # never changed in place: load_state_dict swaps in new arrays
         y = x @ weight.T
         if self.bias:

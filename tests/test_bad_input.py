@@ -8,6 +8,7 @@ import pytest
 import gru
 from gru import _registry
 from gru._validation import memory_bytes
+from gru.train import Linear
 
 I, H, T, B = 3, 4, 5, 2
 
@@ -566,8 +567,11 @@ def test_huge_thread_counts_are_capped_not_overflowed(layer, threads):
         (lambda: gru.GRUCell(10**7, 10**6), "input_size, hidden_size"),
         # a few parameters in each of tens of millions of layers: their objects fill the memory
         (lambda: gru.GRU(1, 1, num_layers=memory_bytes() // 1024), "input_size, hidden_size, num_layers"),
+        (lambda: Linear(10**6, 10**6), r"\(in_features, out_features\) = \(1000000, 1000000\)"),
+        # drawn in float64 first: 12 bytes a float32 parameter while it is made
+        (lambda: Linear(1, memory_bytes() // 11, bias=False), r"\(in_features, out_features\) = \(1, \d+\)"),
     ],
-    ids=["num_layers", "hidden_size", "input_size", "cell", "tiny_layers"],
+    ids=["num_layers", "hidden_size", "input_size", "cell", "tiny_layers", "linear", "linear_while_drawn"],
 )
 @pytest.mark.skipif(memory_bytes() is None, reason="this OS does not tell its memory size")
 def test_layers_larger_than_the_memory_are_refused_at_once(make, argument):
@@ -582,8 +586,9 @@ def test_layers_larger_than_the_memory_are_refused_at_once(make, argument):
         (lambda: gru.GRU(I, H)(np.zeros((0, 2**40, I), "float32")), "output, final state and gates"),
         (lambda: gru.GRU(I, H)(np.broadcast_to(np.zeros(I, "float32"), (2**22, 2**22, I))), "contiguous copy"),
         (lambda: gru.GRUCell(I, H)(np.broadcast_to(np.zeros(I, "float32"), (2**40, I))), "output, final state"),
+        (lambda: Linear(I, H)(np.broadcast_to(np.zeros(I, "float32"), (2**40, I))), "output and kept copy"),
     ],
-    ids=["empty-but-huge-batch", "broadcast-view", "cell"],
+    ids=["empty-but-huge-batch", "broadcast-view", "cell", "linear"],
 )
 @pytest.mark.skipif(memory_bytes() is None, reason="this OS does not tell its memory size")
 def test_calls_whose_arrays_would_pass_the_memory_are_refused_naming_x(call, what):

@@ -75,6 +75,14 @@ def _cupy(name: str) -> Any:
 
 
 def _from_torch(value: Any, name: str) -> Any:
+    torch = sys.modules["torch"]
+    if value.requires_grad and torch.is_grad_enabled():
+        # torch's own tensor.numpy() refuses it too: the results could carry no gradient back to it
+        raise TypeError(
+            f"{name}: expected a tensor that does not require grad, got one with requires_grad=True; gru is not "
+            f"part of torch's autograd, so no gradient would reach it: pass {name}.detach() (and use the layer's "
+            "backward() for gradients), call under torch.no_grad(), or train in torch with GRU.to_torch()"
+        )
     tensor = value.detach()  # no autograd; shares memory
     device = tensor.device.type
     if device == "cpu":

@@ -119,6 +119,11 @@ def as_float_array(value: Any, name: str, dtype: str) -> Any:
         raise TypeError(f"{name}: expected an array of {dtype}, got None")
     refuse_masked(value, name, "pass lengths= for padded sequences, or .filled(value)")
     if isinstance(value, (list, tuple)):
+        if type(value).__name__ == "PackedSequence":  # torch's: a tuple whose fields are not rows
+            raise TypeError(
+                f"{name}: expected a padded array, got a PackedSequence; pass the padded tensor and its lengths= "
+                "(torch.nn.utils.rnn.pad_packed_sequence gives both)"
+            )
         return _array_from_sequence(value, name, dtype)
     try:
         array = as_array(value, name)

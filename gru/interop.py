@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from gru._arrays import refuse_masked, to_host
+from gru._arrays import refuse_masked, to_host, torch_values_on_host
 
 __all__ = [
     "TorchWeights",
@@ -51,7 +51,7 @@ def swap_rz(a: np.ndarray, axis: int = 0) -> np.ndarray:
 def _host(value: Any, name: str, ndim: int | None) -> np.ndarray:
     refuse_masked(value, name)
     try:
-        array = to_host(value, name)
+        array = to_host(torch_values_on_host(value), name)  # values: a parameter that requires grad is welcome
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{name}: expected a real array, got {type(value).__name__} ({exc})") from None
     if array.dtype.kind not in "fiu":

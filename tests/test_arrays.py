@@ -58,11 +58,48 @@ def test_torch_input_is_not_copied(torch):
     x = torch.from_numpy(normal(T, B, I))
     layer(x)
     assert np.shares_memory(recorder.requests[-1].x, x.numpy())
-    # a tensor that requires grad is read through a detached view, still without a copy
+    # a tensor that requires grad is read, outside grad mode, through a detached view, still without a copy
     w = x.clone().requires_grad_(True)
-    output, _ = layer(w)
+    with torch.no_grad():
+        output, _ = layer(w)
     assert not output.requires_grad
     assert np.shares_memory(recorder.requests[-1].x, w.detach().numpy())
+
+
+def test_a_tensor_that_requires_grad_is_refused_in_grad_mode(torch):
+    """Its results could carry no gradient back (gru is outside torch's autograd): torch's .numpy() refuses it too."""
+    layer, cell = gru.GRU(I, H, seed=0), gru.GRUCell(I, H, seed=0)
+    x = torch.from_numpy(normal(T, B, I)).requires_grad_(True)
+    h0 = torch.zeros(1, B, H, requires_grad=True)
+    calls = {
+        "x": lambda: layer(x),
+        "h0": lambda: layer(x.detach(), h0),
+        "hx": lambda: layer(x.detach(), hx=h0),
+        "cell x": lambda: cell(x[0]),
+        "cell h0": lambda: cell(x[0].detach(), h0[0]),
+        "X": lambda: gru.onnx.gru(x, *(torch.zeros(s) for s in [(1, 3 * H, I), (1, 3 * H, H)])),
+    }
+    for what, call in calls.items():
+        name = what.split()[-1]
+        with pytest.raises(TypeError, match=rf"{name}: expected a tensor that does not require grad") as info:
+            call()
+        assert f"pass {name}.detach()" in str(info.value), what
+    output, _ = layer(x.detach(), h0.detach())
+    assert isinstance(output, torch.Tensor)
+    with torch.inference_mode():
+        layer(x, h0)
+    # values are welcome where gru copies them: a module's parameters load as they are
+    module = torch.nn.GRU(I, H)
+    assert all(p.requires_grad for p in module.parameters())
+    gru.GRU.from_torch(module)
+    layer.load_state_dict(dict(module.named_parameters()))
+
+
+def test_a_packed_sequence_is_refused_with_the_way_to_pass_it(torch):
+    padded = torch.from_numpy(normal(T, B, I))
+    packed = torch.nn.utils.rnn.pack_padded_sequence(padded, [T] * B)
+    with pytest.raises(TypeError, match=r"^x: expected a padded array, got a PackedSequence; .*lengths="):
+        gru.GRU(I, H)(packed)
 
 
 def test_torch_strided_and_odd_tensors(torch):

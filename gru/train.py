@@ -151,9 +151,9 @@ class Linear:
     ) -> None:
         self.in_features = check_int(in_features, "in_features", 1)
         self.out_features = check_int(out_features, "out_features", 1)
-        self.bias = check_bool(bias, "bias")
+        self._has_bias = check_bool(bias, "bias")
         self.dtype = np.dtype(check_dtype(dtype))
-        count = self.out_features * (self.in_features + self.bias)
+        count = self.out_features * (self.in_features + self._has_bias)
         # drawn in float64, then cast: both copies exist for a moment
         check_parameter_memory(
             f"(in_features, out_features) = {(self.in_features, self.out_features)}",
@@ -164,7 +164,7 @@ class Linear:
         bound = 1.0 / math.sqrt(self.in_features)
         shape = (self.out_features, self.in_features)
         self._params = {"weight": rng.uniform(-bound, bound, shape).astype(self.dtype)}
-        if self.bias:
+        if self._has_bias:
             self._params["bias"] = rng.uniform(-bound, bound, self.out_features).astype(self.dtype)
         # per thread, as the GRU's: the last call's input (a copy) and weight
         self._tapes = threading.local()
@@ -173,6 +173,15 @@ class Linear:
     def weight(self) -> np.ndarray:
         """A read-only view: change parameters with :meth:`load_state_dict`, as for the GRU."""
         view = self._params["weight"].view()
+        view.flags.writeable = False
+        return view
+
+    @property
+    def bias(self) -> np.ndarray | None:
+        """A read-only view of the bias, or None for a layer built with ``bias=False`` (as ``torch.nn.Linear``)."""
+        if not self._has_bias:
+            return None
+        view = self._params["bias"].view()
         view.flags.writeable = False
         return view
 
@@ -194,19 +203,25 @@ class Linear:
         self._params = loaded
 
     def __call__(self, x: Any) -> np.ndarray:
-        x = _host_array(x, "x")
-        if x.dtype != self.dtype:
-            raise TypeError(f"x: expected {self.dtype} (the layer's dtype), got {x.dtype}")
+        x = self._own_dtype(_host_array(x, "x"), "x")
         if x.ndim < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"x: expected shape (..., {self.in_features}), got {x.shape}")
         rows = x.size // self.in_features
         check_call_memory(x, rows * self.out_features + x.size, x.itemsize, what="output and kept copy")
         weight = self._params["weight"]  # never changed in place: load_state_dict swaps in new arrays
         y = x @ weight.T
-        if self.bias:
+        if self._has_bias:
             y = y + self._params["bias"]
         self._tapes.tape = (x.copy(), weight)  # a copy: the caller may change x in place before backward
         return y
+
+    def _own_dtype(self, array: np.ndarray, name: str) -> np.ndarray:
+        """``array`` in the layer's dtype: the same values in another byte order are taken, another precision not."""
+        if array.dtype == self.dtype:
+            return array
+        if array.dtype.newbyteorder("=") != self.dtype:
+            raise TypeError(f"{name}: expected {self.dtype} (the layer's dtype), got {array.dtype}")
+        return array.astype(self.dtype)
 
     def backward(self, d_output: Any) -> LinearGradients:
         """Gradients through this thread's last call, given d loss / d output (same shape as the output)."""
@@ -214,14 +229,12 @@ class Linear:
         if tape is None:
             raise RuntimeError("backward: call the layer first (in this thread)")
         x, weight = tape
-        d_y = _host_array(d_output, "d_output")
-        if d_y.dtype != self.dtype:
-            raise TypeError(f"d_output: expected {self.dtype} (the layer's dtype), got {d_y.dtype}")
+        d_y = self._own_dtype(_host_array(d_output, "d_output"), "d_output")
         if d_y.shape != (*x.shape[:-1], self.out_features):
             raise ValueError(f"d_output: expected shape {(*x.shape[:-1], self.out_features)}, got {d_y.shape}")
         d_rows, x_rows = d_y.reshape(-1, self.out_features), x.reshape(-1, self.in_features)
         params = {"weight": d_rows.T @ x_rows}  # summed over every leading index: they all share the weights
-        if self.bias:
+        if self._has_bias:
             params["bias"] = d_rows.sum(axis=0)
         return LinearGradients(input=d_y @ weight, params=params)
 
@@ -235,17 +248,17 @@ class Linear:
         self.__dict__.update(state, _tapes=threading.local())
 
     def __repr__(self) -> str:
-        return f"Linear({self.in_features}, {self.out_features}, bias={self.bias}, dtype={str(self.dtype)!r})"
+        return f"Linear({self.in_features}, {self.out_features}, bias={self._has_bias}, dtype={str(self.dtype)!r})"
 
 
 # -- losses ----------------------------------------------------------------------------------------
-def _mask(mask: Any, shape: tuple[int, ...], what: str) -> np.ndarray | None:
-    """``mask`` as booleans of ``shape`` (the leading axes of ``what``), or None for no mask."""
+def _mask(mask: Any, shape: tuple[int, ...] | None, what: str) -> np.ndarray | None:
+    """``mask`` as booleans of ``shape`` (the leading axes of ``what``; None: any), or None for no mask."""
     if mask is None:
         return None
     expected = "booleans (True where an element counts, e.g. np.arange(T) < lengths[:, None])"
     array = _host_array(mask, "mask", kinds="b", expected=expected)
-    if array.shape != shape:
+    if shape is not None and array.shape != shape:
         raise ValueError(f"mask: expected shape {shape} ({what}), got {array.shape}")
     return array
 
@@ -271,9 +284,11 @@ def mse_loss(pred: Any, target: Any, *, mask: Any = None) -> tuple[float, np.nda
     target = _host_array(target, "target")
     if target.shape != pred.shape:  # no broadcasting: (B, 1) against (B,) would silently give (B, B)
         raise ValueError(f"target: expected pred's shape {pred.shape}, got {target.shape}")
-    if mask is not None and np.ndim(mask) > pred.ndim:
-        raise ValueError(f"mask: expected at most {pred.ndim} axes (pred's leading ones), got {np.ndim(mask)}")
-    keep = None if mask is None else _mask(mask, pred.shape[: np.ndim(mask)], f"pred's first {np.ndim(mask)} axes")
+    keep = _mask(mask, None, "")  # read first: how many of pred's axes it covers is its own number of axes
+    if keep is not None:
+        if keep.ndim > pred.ndim:
+            raise ValueError(f"mask: expected at most {pred.ndim} axes (pred's leading ones), got {keep.ndim}")
+        keep = _mask(keep, pred.shape[: keep.ndim], f"pred's first {keep.ndim} axes")
     with np.errstate(invalid="ignore", over="ignore"):  # inf or NaN padding: dropped just below
         diff = pred.astype(np.float64) - target.astype(np.float64)
     if keep is None:
@@ -293,7 +308,8 @@ def cross_entropy(logits: Any, labels: Any, *, mask: Any = None) -> tuple[float,
 
     ``logits`` is (..., C), ``labels`` (...) with values in [0, C). The
     log-softmax subtracts each row's maximum first, so large logits neither
-    overflow ``exp`` nor lose the small probabilities. The gradient is
+    overflow ``exp`` nor lose the small probabilities; it runs in float64, so
+    float32 logits near their range's end do not overflow the loss either. The gradient is
     (softmax − one-hot) / N, a NumPy array of ``logits``' dtype; ``logits``
     must be floating-point (TypeError otherwise), as for :func:`mse_loss`.
     ``mask`` (booleans shaped like ``labels``) keeps the positions that count,
@@ -315,7 +331,7 @@ def cross_entropy(logits: Any, labels: Any, *, mask: Any = None) -> tuple[float,
     counted = labels if keep is None else labels[keep]
     if counted.size and (counted.min() < 0 or counted.max() >= classes):
         raise ValueError(f"labels: expected values in [0, {classes}), got {counted.min()}..{counted.max()}")
-    rows = logits.reshape(-1, classes)
+    rows = logits.reshape(-1, classes).astype(np.float64)  # as mse_loss: float32 logits near 3e38 do not overflow
     flat = labels.reshape(-1) if keep is None else np.where(keep, labels, 0).reshape(-1)  # padding: any class
     with np.errstate(invalid="ignore", over="ignore") if keep is not None else contextlib.nullcontext():
         shifted = rows - rows.max(axis=-1, keepdims=True)  # padding rows may hold inf: dropped below
@@ -327,7 +343,7 @@ def cross_entropy(logits: Any, labels: Any, *, mask: Any = None) -> tuple[float,
         weights = keep.reshape(-1)
         picked, d_rows = np.where(weights, picked, 0), np.where(weights[:, None], d_rows, 0)
     n = max(flat.size if keep is None else int(np.count_nonzero(keep)), 1)
-    value = -float(np.sum(picked, dtype=np.float64)) / n
+    value = 0.0 - float(np.sum(picked)) / n  # (a zero loss is 0.0, not -0.0)
     return value, (d_rows / n).astype(logits.dtype, copy=False).reshape(logits.shape)
 
 
@@ -341,7 +357,9 @@ def _scaled_norm(g: Any) -> float:
     return peak * math.sqrt(float(np.sum(np.square(g / peak))))
 
 
-def clip_grad_norm(grads: Sequence[Mapping[str, Any]], max_norm: float) -> tuple[list[dict[str, Any]], float]:
+def clip_grad_norm(
+    grads: Sequence[Mapping[str, Any]], max_norm: float, *, error_if_nonfinite: bool = False
+) -> tuple[list[dict[str, Any]], float]:
     """Scale every gradient by one factor so that their joint L2 norm is at most ``max_norm``.
 
     ``grads`` is a list with one dictionary per layer (``[g.params,
@@ -354,8 +372,15 @@ def clip_grad_norm(grads: Sequence[Mapping[str, Any]], max_norm: float) -> tuple
     Clipping by the global norm keeps the update's direction, and stops the
     rare huge gradient of a recurrent net (an exploding product of Jacobians)
     from throwing the parameters far away in one step.
+
+    As ``torch.nn.utils.clip_grad_norm_``: the factor is
+    ``min(1, max_norm / (norm + 1e-6))``, so an infinite norm scales the
+    gradients by 0 (their infinite entries become NaN) and a NaN norm makes
+    them all NaN; :class:`Adam` then refuses the step.
+    ``error_if_nonfinite=True`` raises ``ValueError`` instead.
     """
     max_norm = _check_number(max_norm, "max_norm", low=0.0, strict=True, finite=False)
+    error_if_nonfinite = check_bool(error_if_nonfinite, "error_if_nonfinite")
     arrays = _gradient_dicts(grads)
     with np.errstate(over="ignore"):  # squares of entries beyond ~1e154 overflow: measured again below
         squares = sum(float(np.sum(np.square(g, dtype=np.float64))) for d in arrays for g in d.values())
@@ -363,15 +388,26 @@ def clip_grad_norm(grads: Sequence[Mapping[str, Any]], max_norm: float) -> tuple
         norm = math.hypot(*(_scaled_norm(g) for d in arrays for g in d.values()))
     else:
         norm = math.sqrt(squares)
-    scale = min(1.0, max_norm / (norm + 1e-12))
+    if error_if_nonfinite and not math.isfinite(norm):
+        raise ValueError(
+            f"grads: expected gradients of finite norm, got a norm of {norm}; nothing can be clipped "
+            "(skip the batch, or pass error_if_nonfinite=False to scale them anyway)"
+        )
+    if math.isinf(max_norm):  # only measures
+        scale = 1.0
+    else:  # (min() would drop a NaN: it must reach the gradients, as in torch)
+        scale = math.nan if math.isnan(norm) else min(1.0, max_norm / (norm + 1e-6))
     clipped = []
     for given, converted in zip(grads, arrays, strict=True):
         out = {}
         for k, g in given.items():
-            if is_torch_tensor(g):  # torch's own arithmetic keeps its dtype and device
-                out[k] = g.detach() * scale if scale < 1.0 else g
+            if scale == 1.0:
+                out[k] = g if is_torch_tensor(g) else converted[k]
+            elif is_torch_tensor(g):  # torch's own arithmetic keeps its dtype and device
+                out[k] = g.detach() * scale
             else:
-                out[k] = converted[k] * scale if scale < 1.0 else converted[k]
+                with np.errstate(invalid="ignore"):  # inf * 0: NaN, on purpose (see above)
+                    out[k] = converted[k] * scale
         clipped.append(out)
     return clipped, norm
 
@@ -429,14 +465,30 @@ class Adam:
         self.steps = 0
         self._m: list[dict[str, np.ndarray]] = [{} for _ in self.layers]
         self._v: list[dict[str, np.ndarray]] = [{} for _ in self.layers]
+        # steps from several threads (one optimiser over shared layers) take turns: each reads the
+        # parameters and moments another one writes, and concurrent steps would lose updates
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _lock=threading.Lock())
 
     def step(self, grads: Sequence[Mapping[str, Any]]) -> None:
         """Apply one update; ``grads[k]`` holds the gradients of ``layers[k]``'s parameters, all of them.
 
         Every gradient is converted and checked, and every new value computed,
         before anything changes: a bad gradient for the last layer must not
-        leave the first one (or the moments) a step ahead.
+        leave the first one (or the moments) a step ahead. Steps from several
+        threads take turns.
         """
+        with self._lock:
+            self._step(grads)
+
+    def _step(self, grads: Sequence[Mapping[str, Any]]) -> None:
         arrays = _gradient_dicts(grads)
         if len(arrays) != len(self.layers):
             raise ValueError(f"grads: expected one dictionary per layer ({len(self.layers)}), got {len(arrays)}")

@@ -143,6 +143,25 @@ def test_cross_entropy_is_stable_for_huge_logits():
     np.testing.assert_allclose(d_logits, [[0, 0, 0], [0, 0.5, -0.5]], atol=1e-12)
 
 
+def test_cross_entropy_of_float32_logits_near_their_range_does_not_overflow():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow warning escapes either
+        value, d_logits = cross_entropy(np.float32([[3e38, -3e38]]), np.array([1]))
+    assert value == pytest.approx(6e38, rel=1e-6)  # the logits' gap, in float64
+    assert d_logits.dtype == np.float32
+    np.testing.assert_allclose(d_logits, [[1.0, -1.0]])
+
+
+def test_a_zero_loss_is_positive_zero():
+    value, _ = cross_entropy(np.array([[0.0, -1e6]]), np.array([0]))
+    assert value == 0.0 and math.copysign(1.0, value) == 1.0
+
+
+def test_mse_names_a_ragged_mask():
+    with pytest.raises(TypeError, match=r"^mask: expected booleans"):
+        mse_loss(np.zeros((2, 3)), np.zeros((2, 3)), mask=[[True, False], [True]])
+
+
 def test_cross_entropy_rejects_bad_labels():
     with pytest.raises(ValueError, match="labels"):
         cross_entropy(np.zeros((2, 3)), np.array([0, 3]))
@@ -234,6 +253,45 @@ def test_linear_without_bias_and_checks():
         Linear(3, 2).backward(np.ones(2))
 
 
+def test_linear_bias_is_the_array_as_in_torch():
+    """torch.nn.Linear's .bias is the parameter (None without): ``x @ W.T + b`` must mean the layer."""
+    layer = Linear(3, 2, dtype="float64", seed=0)
+    x = np.random.default_rng(1).standard_normal((4, 3))
+    np.testing.assert_allclose(x @ layer.weight.T + layer.bias, layer(x), rtol=1e-15)
+    np.testing.assert_array_equal(layer.bias, layer.state_dict()["bias"])
+    assert not layer.bias.flags.writeable
+    assert Linear(3, 2, bias=False).bias is None
+    assert repr(layer) == "Linear(3, 2, bias=True, dtype='float64')"
+
+
+def test_linear_takes_its_dtype_in_the_other_byte_order():
+    layer = Linear(3, 2, seed=0)
+    x = np.random.default_rng(1).standard_normal((4, 3)).astype(np.float32)
+    np.testing.assert_array_equal(layer(x.astype(">f4")), layer(x))
+    np.testing.assert_array_equal(
+        layer.backward(np.ones((4, 2), ">f4")).input, layer.backward(np.ones((4, 2), "f4")).input
+    )
+    with pytest.raises(TypeError, match=r"^x: expected float32 \(the layer's dtype\), got >f8"):
+        layer(x.astype(">f8"))
+
+
+def test_adam_steps_from_several_threads_take_turns():
+    import threading
+
+    layer = Linear(2, 1, dtype="float64", seed=0)
+    opt = Adam([layer], lr=1e-3)
+    grads = [{"weight": np.ones((1, 2)), "bias": np.ones(1)}]
+    threads = [threading.Thread(target=lambda: [opt.step(grads) for _ in range(300)]) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # the same gradient 1200 times: m and v stay at (1, 1) after bias correction, so every step moves lr exactly
+    assert opt.steps == 1200
+    reference = Linear(2, 1, dtype="float64", seed=0)
+    np.testing.assert_allclose(layer.weight, reference.weight - 1200 * 1e-3 / (1 + 1e-8), rtol=1e-9)
+
+
 def test_linear_differentiates_the_call_even_if_x_or_the_weights_changed_since():
     """The weight gradient is d_yᵀ x and the input gradient d_y W, with x and W as they were at the call."""
     rng = np.random.default_rng(3)
@@ -287,8 +345,9 @@ def test_clip_grad_norm_scales_all_gradients_together():
     grads = [{"a": np.array([3.0, 0.0])}, {"b": np.array([[0.0], [4.0]])}]  # global norm 5
     clipped, norm = clip_grad_norm(grads, 1.0)
     assert norm == pytest.approx(5.0)
-    np.testing.assert_allclose(clipped[0]["a"], [0.6, 0.0])
-    np.testing.assert_allclose(clipped[1]["b"], [[0.0], [0.8]])
+    factor = 1.0 / (5.0 + 1e-6)  # torch's: max_norm / (norm + 1e-6)
+    np.testing.assert_allclose(clipped[0]["a"], [3 * factor, 0.0], rtol=1e-15)
+    np.testing.assert_allclose(clipped[1]["b"], [[0.0], [4 * factor]], rtol=1e-15)
     np.testing.assert_array_equal(grads[0]["a"], [3.0, 0.0])  # the inputs are left alone
     same, _ = clip_grad_norm(grads, 10.0)
     np.testing.assert_array_equal(same[1]["b"], grads[1]["b"])
@@ -331,10 +390,40 @@ def test_clip_grad_norm_gives_torch_gradients_back_as_torch(torch):
     assert isinstance(a, torch.Tensor) and a.dtype == torch.float32
     assert isinstance(b, torch.Tensor) and b.dtype == torch.float64
     np.testing.assert_allclose(a.numpy(), [0.6, 0.0], rtol=1e-6)
-    np.testing.assert_allclose(b.detach().numpy(), [[0.8]], rtol=1e-12)
+    np.testing.assert_allclose(b.detach().numpy(), [[4.0 / (5.0 + 1e-6)]], rtol=1e-15)
     np.testing.assert_array_equal(grads[0]["a"].numpy(), [3.0, 0.0])  # the inputs are left alone
     same, _ = clip_grad_norm(grads, 10.0)
     assert same[0]["a"] is grads[0]["a"]
+
+
+@pytest.mark.parametrize(
+    "values",
+    [[3.0, -4.0, 0.5], [1e-3, 2e-3, 0.0], [np.inf, 1e6, 2.0], [np.nan, 1e6, 2.0], [-np.inf, np.inf, 0.0]],
+    ids=["clipped", "below", "inf", "nan", "infs"],
+)
+def test_clip_grad_norm_agrees_with_torch_also_for_a_nonfinite_norm(torch, values):
+    """An inf norm scales by 0 (inf entries: NaN), a NaN norm makes every gradient NaN: never one left unclipped."""
+    a, b = np.array(values[:2]), np.array([[values[2]]])
+    clipped, norm = clip_grad_norm([{"a": a}, {"b": b}], 1.0)
+    tensors = [torch.zeros(shape, dtype=torch.float64, requires_grad=True) for shape in [(2,), (1, 1)]]
+    tensors[0].grad, tensors[1].grad = torch.from_numpy(a.copy()), torch.from_numpy(b.copy())
+    expected_norm = float(torch.nn.utils.clip_grad_norm_(tensors, 1.0))
+    assert norm == pytest.approx(expected_norm, rel=1e-12, nan_ok=True)
+    np.testing.assert_allclose(clipped[0]["a"], tensors[0].grad.numpy(), rtol=1e-12, equal_nan=True)
+    np.testing.assert_allclose(clipped[1]["b"], tensors[1].grad.numpy(), rtol=1e-12, equal_nan=True)
+    if not math.isfinite(norm):
+        with pytest.raises(ValueError, match=r"^grads: expected gradients of finite norm, got a norm of (inf|nan)"):
+            clip_grad_norm([{"a": a}, {"b": b}], 1.0, error_if_nonfinite=True)
+    else:
+        assert clip_grad_norm([{"a": a}], 1.0, error_if_nonfinite=True)[1] == pytest.approx(np.linalg.norm(a))
+    with pytest.raises(TypeError, match=r"^error_if_nonfinite: expected"):
+        clip_grad_norm([{"a": a}], 1.0, error_if_nonfinite="yes")
+
+
+def test_clip_grad_norm_with_an_infinite_max_norm_only_measures():
+    grads = [{"a": np.array([np.inf, 1.0])}]
+    clipped, norm = clip_grad_norm(grads, math.inf)
+    assert norm == math.inf and clipped[0]["a"] is grads[0]["a"]
 
 
 def test_adam_two_steps_by_hand():

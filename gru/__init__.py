@@ -8,7 +8,7 @@
 from gru import onnx
 from gru._errors import BackendError, BackendNotFoundError, BackendUnavailableError, UnsupportedRequestError
 from gru._io import load
-from gru._layers import GRU, GateTrace, Gradients, GRUCell
+from gru._layers import GRU, GateTrace, Gradients, GRUCell, IncompatibleKeys
 from gru._registry import BackendInfo, backend_available, get_backend, list_backends, register_backend
 
 __version__ = "0.1.0"
@@ -22,6 +22,7 @@ __all__ = [
     "GRUCell",
     "GateTrace",
     "Gradients",
+    "IncompatibleKeys",
     "UnsupportedRequestError",
     "backend_available",
     "get_backend",

@@ -18,6 +18,7 @@ from gru import _arrays, _io
 from gru import _validation as v
 from gru._errors import BackendError
 from gru._registry import select_backend
+from gru._validation import IncompatibleKeys
 from gru.backends._base import Backend, ForwardRequest, LayerWeights
 
 Seed = int | np.random.Generator | None
@@ -139,22 +140,16 @@ class _Recurrent:
         """Copies of the parameters under PyTorch's keys (``weight_ih_l0``, ...)."""
         return {name: value.copy() for name, value in self._params.items()}
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Replace every parameter; keys, shapes and gate order (r, z, n) as in PyTorch.
+    def load_state_dict(self, state_dict: dict[str, Any], strict: bool = True) -> IncompatibleKeys:
+        """Replace the parameters; keys, shapes and gate order (r, z, n) as in PyTorch.
 
-        Nothing changes unless every entry is valid.
+        Nothing changes unless every entry is valid. As torch's: with
+        ``strict=False`` the parameters the state dict lacks are kept and its
+        other keys ignored; returns the keys that did not match.
         """
-        if not hasattr(state_dict, "keys"):
-            raise TypeError(
-                f"state_dict: expected a mapping of parameter names to arrays, got {type(state_dict).__name__}"
-            )
-        shapes = self._parameter_shapes()
-        missing = [k for k in shapes if k not in state_dict]
-        unexpected = [k for k in state_dict.keys() if k not in shapes]
-        if missing or unexpected:
-            raise ValueError(f"state_dict: keys do not match the layer: missing {missing}, unexpected {unexpected}")
-        loaded = {k: v.canonical_parameter(state_dict[k], k, shape, self.dtype) for k, shape in shapes.items()}
+        loaded, mismatched = v.load_parameters(state_dict, self._parameter_shapes(), self.dtype, self._params, strict)
         self._params = loaded  # one swap: a call running meanwhile keeps the whole old set or takes the new
+        return mismatched
 
     def _gradients(self, tape: _Tape, d_output: Any, d_h_n: Any) -> tuple[Any, Any, dict[str, Any]]:
         """The backend's backward through ``tape`` for canonical (T, B, D·H) ``d_output`` and (L·D, B, H) ``d_h_n``.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import numbers
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -237,6 +237,42 @@ def canonical_lengths(lengths: Any, *, batch: int, seq_len: int, batched: bool) 
         return None
     array = integer_lengths(lengths, "lengths", batch=batch, seq_len=seq_len, scalar=not batched)
     return None if bool(np.all(array == seq_len)) else array
+
+
+class IncompatibleKeys(NamedTuple):
+    """What ``load_state_dict`` returns, as in torch: the layer's keys the state dict lacked, and its keys the
+    layer has not. Both are empty after a strict load."""
+
+    missing_keys: list[str]
+    unexpected_keys: list[str]
+
+
+def load_parameters(
+    state_dict: Any, shapes: dict[str, tuple[int, ...]], dtype: str, current: dict[str, np.ndarray], strict: Any
+) -> tuple[dict[str, np.ndarray], IncompatibleKeys]:
+    """A layer's parameters after loading ``state_dict``, and the keys that did not match.
+
+    Each value for one of ``shapes``' keys is checked and copied
+    (canonical_parameter); with ``strict`` every key must match (ValueError
+    naming the others), else keys the state dict lacks keep their ``current``
+    value and keys the layer lacks are ignored, as in torch. Nothing is
+    changed here: the caller swaps the result in, all or nothing.
+    """
+    strict = check_bool(strict, "strict")
+    if not hasattr(state_dict, "keys"):
+        raise TypeError(f"state_dict: expected a mapping of parameter names to arrays, got {type(state_dict).__name__}")
+    missing = [k for k in shapes if k not in state_dict]
+    unexpected = [k for k in state_dict.keys() if k not in shapes]
+    if strict and (missing or unexpected):
+        raise ValueError(
+            f"state_dict: keys do not match the layer: missing {missing}, unexpected {unexpected} "
+            "(strict=False loads those that match)"
+        )
+    loaded = {
+        k: canonical_parameter(state_dict[k], k, shape, dtype) if k in state_dict else current[k]
+        for k, shape in shapes.items()
+    }
+    return loaded, IncompatibleKeys(missing, unexpected)
 
 
 def canonical_parameter(value: Any, name: str, shape: tuple[int, ...], dtype: str) -> np.ndarray:

@@ -34,13 +34,14 @@ import numpy as np
 from gru._arrays import is_torch_tensor, to_host, torch_values_on_host
 from gru._layers import Seed, _make_rng
 from gru._validation import (
-    canonical_parameter,
+    IncompatibleKeys,
     check_bool,
     check_call_memory,
     check_dtype,
     check_int,
     check_parameter_memory,
     check_probability,
+    load_parameters,
 )
 
 __all__ = [
@@ -56,7 +57,7 @@ __all__ = [
 class _HasState(Protocol):
     def state_dict(self) -> dict[str, np.ndarray]: ...
 
-    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None: ...
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> Any: ...
 
 
 def _host_array(value: Any, name: str, kinds: str = "fiu", expected: str = "a real-valued array") -> np.ndarray:
@@ -189,18 +190,14 @@ class Linear:
         """Copies of the parameters: ``weight`` and (with bias) ``bias``."""
         return {k: v.copy() for k, v in self._params.items()}
 
-    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Replace every parameter (same keys and shapes); nothing changes unless all are valid."""
-        if not isinstance(state_dict, Mapping):
-            raise TypeError(
-                f"state_dict: expected a mapping of parameter names to arrays, got {type(state_dict).__name__}"
-            )
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> IncompatibleKeys:
+        """Replace the parameters (same keys and shapes); nothing changes unless all are valid. ``strict`` and
+        the result as for :meth:`gru.GRU.load_state_dict`."""
         shapes = {k: v.shape for k, v in self._params.items()}
-        if set(state_dict.keys()) != set(shapes):
-            raise ValueError(f"state_dict: expected keys {sorted(shapes)}, got {sorted(state_dict.keys(), key=str)}")
         # copies, as for the GRU: the caller's arrays may change later
-        loaded = {k: canonical_parameter(state_dict[k], k, shape, self.dtype.name) for k, shape in shapes.items()}
+        loaded, mismatched = load_parameters(state_dict, shapes, self.dtype.name, self._params, strict)
         self._params = loaded
+        return mismatched
 
     def __call__(self, x: Any) -> np.ndarray:
         x = self._own_dtype(_host_array(x, "x"), "x")

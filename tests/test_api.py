@@ -9,6 +9,7 @@ import pytest
 
 import gru
 from gru.testing._support import EACH_DTYPE
+from gru.train import Linear
 
 I, H, T, B = 5, 7, 6, 3
 
@@ -241,6 +242,42 @@ def test_a_load_landing_while_a_call_makes_its_weights_is_not_lost(monkeypatch):
     fresh = gru.GRU(I, H, num_layers=3, backend="numpy")
     fresh.load_state_dict(new)
     np.testing.assert_array_equal(layer(x)[0], fresh(x)[0])  # every later one with the new set
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda: gru.GRU(3, 4, num_layers=2, seed=0), lambda: gru.GRUCell(3, 4, seed=0), lambda: Linear(3, 4, seed=0)],
+    ids=["GRU", "GRUCell", "Linear"],
+)
+def test_load_state_dict_strict_and_its_result_as_in_torch(make):
+    layer, other = make(), make()
+    other.load_state_dict({k: v + 1 for k, v in other.state_dict().items()})
+    before, theirs = layer.state_dict(), other.state_dict()
+    keys = list(before)
+    assert layer.load_state_dict(theirs) == ([], [])
+    assert layer.load_state_dict(theirs) == gru.IncompatibleKeys(missing_keys=[], unexpected_keys=[])
+    layer.load_state_dict(before)
+    partial = {keys[0]: theirs[keys[0]], "extra": np.zeros(2)}
+    with pytest.raises(ValueError, match=r"^state_dict: keys do not match the layer: missing .*'extra'.*strict=False"):
+        layer.load_state_dict(partial)
+    assert all(np.array_equal(layer.state_dict()[k], before[k]) for k in keys)  # a refused load changes nothing
+    result = layer.load_state_dict(partial, strict=False)
+    assert result.missing_keys == keys[1:] and result.unexpected_keys == ["extra"]
+    after = layer.state_dict()
+    np.testing.assert_array_equal(after[keys[0]], theirs[keys[0]])
+    assert all(np.array_equal(after[k], before[k]) for k in keys[1:])
+    with pytest.raises(ValueError, match=rf"^state_dict\['{keys[0]}'\]: expected shape"):  # matching keys: checked
+        layer.load_state_dict({keys[0]: np.zeros(1)}, strict=False)
+    with pytest.raises(TypeError, match=r"^strict: expected"):
+        layer.load_state_dict(theirs, strict="no")
+
+
+def test_load_state_dict_result_matches_torchs(torch):
+    module, layer = torch.nn.GRU(3, 4), gru.GRU(3, 4)
+    partial = {"weight_ih_l0": torch.zeros(12, 3), "bias_hh_l1": torch.zeros(12)}
+    theirs = module.load_state_dict(partial, strict=False)
+    ours = layer.load_state_dict(partial, strict=False)
+    assert (ours.missing_keys, ours.unexpected_keys) == (theirs.missing_keys, theirs.unexpected_keys)
 
 
 def test_load_state_dict_converts_dtype_and_changes_output():

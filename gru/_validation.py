@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import numbers
 import os
+import sys
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -69,6 +70,9 @@ def array_module(value: Any) -> Any:
 def check_dtype(dtype: Any, name: str = "dtype") -> str:
     if dtype is None:  # np.dtype(None) is float64, which would silently differ from the float32 default
         raise TypeError(f"{name}: expected one of {SUPPORTED_DTYPES}, got None")
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(dtype, torch.dtype):  # torch.float32 and torch.float64 read as theirs
+        dtype = str(dtype).removeprefix("torch.")
     try:
         canonical = np.dtype(dtype).name
     except TypeError:

@@ -484,3 +484,13 @@ def test_the_initial_state_may_be_passed_by_pytorchs_name_hx():
         layer(x, h, hx=h)
     with pytest.raises(TypeError, match=r"^hx: .*got both"):
         cell(x[0], h0=h[0], hx=h[0])
+
+
+def test_torch_dtypes_name_the_layers_dtype(torch):
+    """A torch user writes dtype=torch.float64: it means what 'float64' means."""
+    assert gru.GRU(3, 4, dtype=torch.float64).dtype == "float64"
+    assert gru.GRUCell(3, 4, dtype=torch.double).dtype == "float64"
+    assert Linear(3, 4, dtype=torch.float32).dtype == np.float32
+    for unsupported in (torch.float16, torch.bfloat16, torch.int64):
+        with pytest.raises(TypeError, match=r"^dtype: expected one of \('float32', 'float64'\), got"):
+            gru.GRU(3, 4, dtype=unsupported)

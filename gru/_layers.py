@@ -79,13 +79,13 @@ def _from_backend(backend: Backend, call: Any, *args: Any) -> Any:
         raise
 
 
-def _initial_state(h0: Any, hx: Any) -> Any:
-    """The initial state, passed as ``h0`` or by PyTorch's name ``hx`` (one of them)."""
+def _initial_state(h0: Any, hx: Any) -> tuple[Any, str]:
+    """The initial state, passed as ``h0`` or by PyTorch's name ``hx`` (one of them), and that name (for errors)."""
     if hx is None:
-        return h0
+        return h0, "h0"
     if h0 is not None:
         raise TypeError("hx: expected the initial state as h0 or as hx (PyTorch's name), got both")
-    return hx
+    return hx, "hx"
 
 
 def _make_rng(seed: Seed) -> np.random.Generator:
@@ -430,7 +430,7 @@ class GRU(_Recurrent):
         ``threads`` caps the threads of backends that use them (None: the
         backend's default). ``hx`` is PyTorch's name for ``h0``, taken too.
         """
-        h0 = _initial_state(h0, hx)
+        h0, h0_name = _initial_state(h0, hx)
         give_back = _arrays.returner(x)  # results come back as x's array type (torch in, torch out)
         return_gates = v.check_bool(return_gates, "return_gates")
         train = v.check_bool(train, "train")
@@ -442,7 +442,7 @@ class GRU(_Recurrent):
         # what the call must hand back (output, h_n, the gates when asked for): a lower bound, never a guess
         gates = 3 * LD * T * B * H if return_gates or train else 0
         v.check_call_memory(x, T * B * self.num_directions * H + LD * B * H + gates, x.itemsize)
-        h0 = v.canonical_h0(h0, shape=(LD, B, H), batched=batched, dtype=self.dtype, xp=xp)
+        h0 = v.canonical_h0(h0, shape=(LD, B, H), batched=batched, dtype=self.dtype, xp=xp, name=h0_name)
         lengths = v.canonical_lengths(lengths, batch=B, seq_len=T, batched=batched)
         if train:  # backward() reads them later: the caller's arrays (canonical ones come uncopied) may change by then
             x, h0 = x.copy(), h0.copy()
@@ -605,7 +605,7 @@ class GRUCell(_Recurrent):
         stepping a sequence forward and then backward in reverse order
         backpropagates through time.
         """
-        h0 = _initial_state(h0, hx)
+        h0, h0_name = _initial_state(h0, hx)
         give_back = _arrays.returner(x)
         return_gates = v.check_bool(return_gates, "return_gates")
         train = v.check_bool(train, "train")
@@ -620,10 +620,10 @@ class GRUCell(_Recurrent):
         v.check_call_memory(x, B * H * (4 if return_gates or train else 1), x.itemsize)  # h1 (and its gates)
         steps = xp.ascontiguousarray(x[None] if batched else x[None, None])  # (1, B, I)
         if h0 is not None:
-            h0 = v.as_float_array(h0, "h0", self.dtype)
+            h0 = v.as_float_array(h0, h0_name, self.dtype)
             expected = (B, H) if batched else (H,)
             if tuple(h0.shape) != expected:
-                raise ValueError(f"h0: expected shape {expected}, got {tuple(h0.shape)}")
+                raise ValueError(f"{h0_name}: expected shape {expected}, got {tuple(h0.shape)}")
             h0 = xp.ascontiguousarray(h0.reshape(1, B, H))
         else:
             h0 = xp.zeros((1, B, H), self.dtype)

@@ -182,11 +182,11 @@ def canonical_input(x: Any, *, input_size: int, batch_first: bool, dtype: str) -
     return xp.ascontiguousarray(x), batched
 
 
-def canonical_h0(h0: Any, *, shape: tuple[int, int, int], batched: bool, dtype: str, xp: Any) -> Any:
-    """Return h0 as a contiguous (L*D, B, H) array; zeros when ``h0`` is None."""
+def canonical_h0(h0: Any, *, shape: tuple[int, int, int], batched: bool, dtype: str, xp: Any, name: str = "h0") -> Any:
+    """Return h0 as a contiguous (L*D, B, H) array; zeros when ``h0`` is None. ``name``: as the caller passed it."""
     if h0 is None:
         return xp.zeros(shape, dtype)
-    h0 = as_float_array(h0, "h0", dtype)
+    h0 = as_float_array(h0, name, dtype)
     expected = shape if batched else (shape[0], shape[2])
     if tuple(h0.shape) != expected:
         what = (
@@ -194,7 +194,7 @@ def canonical_h0(h0: Any, *, shape: tuple[int, int, int], batched: bool, dtype: 
             if batched
             else "(num_layers * num_directions, hidden_size) for unbatched x"
         )
-        raise ValueError(f"h0: expected shape {expected} {what}, got {tuple(h0.shape)}")
+        raise ValueError(f"{name}: expected shape {expected} {what}, got {tuple(h0.shape)}")
     if not batched:
         h0 = h0[:, None, :]
     return array_module(h0).ascontiguousarray(h0)

@@ -484,6 +484,12 @@ def test_the_initial_state_may_be_passed_by_pytorchs_name_hx():
         layer(x, h, hx=h)
     with pytest.raises(TypeError, match=r"^hx: .*got both"):
         cell(x[0], h0=h[0], hx=h[0])
+    # errors name the state as it was passed
+    for call in (lambda: layer(x, hx=h[:1]), lambda: cell(x[0], hx=h[0, :1])):
+        with pytest.raises(ValueError, match=r"^hx: expected shape"):
+            call()
+    with pytest.raises(TypeError, match=r"^hx: expected dtype float32"):
+        layer(x, hx=h.astype("float64"))
 
 
 def test_torch_dtypes_name_the_layers_dtype(torch):

@@ -80,7 +80,7 @@ def test_a_tensor_that_requires_grad_is_refused_in_grad_mode(torch):
         "X": lambda: gru.onnx.gru(x, *(torch.zeros(s) for s in [(1, 3 * H, I), (1, 3 * H, H)])),
     }
     for what, call in calls.items():
-        name = what.split()[-1]
+        name = what.split()[-1]  # named as the caller passed it
         with pytest.raises(TypeError, match=rf"{name}: expected a tensor that does not require grad") as info:
             call()
         assert f"pass {name}.detach()" in str(info.value), what

@@ -10,6 +10,7 @@ implementation. Files are plain .npz (no pickled objects).
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -56,6 +57,7 @@ def make(name, I, H, L, bidirectional, bias, T, B, lengths, with_h0, seed):
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()  # --help writes nothing
     OUT.mkdir(parents=True, exist_ok=True)
     for seed, case in enumerate(CASES):
         make(*case, seed=seed)

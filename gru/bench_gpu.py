@@ -380,6 +380,7 @@ def resident_grid(repeats: int, warmup: int) -> list[dict[str, Any]]:
     from cupyx.profiler import benchmark
 
     import gru
+    from gru.backends.cupy import _plans
 
     rows = []
     for H, batches in RESIDENT_GRID:
@@ -388,7 +389,7 @@ def resident_grid(repeats: int, warmup: int) -> list[dict[str, Any]]:
             for T in (1000, 2000) if B == 1 else (1000,):
                 x = cupy.random.default_rng(B).standard_normal((T, B, H), dtype=cupy.float32)
                 row: dict[str, Any] = {"H": H, "B": B, "T": T, "median_ms": {}}
-                for layout in ("chunked", "rows"):
+                for layout in (name for name in _plans.RESIDENT_LAYOUTS if name != "auto"):  # each forced
                     try:
                         with forced_path("resident"), resident_layout(layout):
                             times = time_events(lambda layer=layer, x=x: layer(x), repeats, cupy_events, warmup)

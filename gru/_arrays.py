@@ -75,25 +75,25 @@ def _cupy(name: str) -> Any:
 
 
 def _from_torch(value: Any, name: str) -> Any:
+    device = value.device.type
+    if device not in ("cpu", "cuda"):
+        raise TypeError(f"{name}: expected a tensor on the CPU or a CUDA device, got one on {device!r}")
     torch = sys.modules["torch"]
     if value.requires_grad and torch.is_grad_enabled():
         # torch's own tensor.numpy() refuses it too: the results could carry no gradient back to it
         raise TypeError(
             f"{name}: expected a tensor that does not require grad, got one with requires_grad=True; gru is not "
-            f"part of torch's autograd, so no gradient would reach it: pass {name}.detach() (and use the layer's "
-            "backward() for gradients), call under torch.no_grad(), or train in torch with GRU.to_torch()"
+            f"part of torch's autograd, so no gradient would reach it: pass {name}.detach() (gru's layers give "
+            "gradients through their backward()), call under torch.no_grad(), or train in torch with GRU.to_torch()"
         )
     tensor = value.detach()  # no autograd; shares memory
-    device = tensor.device.type
     if device == "cpu":
         tensor = tensor.resolve_conj().resolve_neg()  # no-ops unless a lazy view is pending
         try:
             return tensor.numpy()
         except TypeError as exc:  # e.g. bfloat16 has no NumPy dtype
             raise TypeError(f"{name}: torch dtype {tensor.dtype} has no NumPy equivalent ({exc})") from None
-    if device == "cuda":
-        return _cupy(name).asarray(tensor)
-    raise TypeError(f"{name}: expected a tensor on the CPU or a CUDA device, got one on {device!r}")
+    return _cupy(name).asarray(tensor)
 
 
 def refuse_masked(value: Any, name: str, hint: str = "pass the values you mean with .filled(value)") -> None:

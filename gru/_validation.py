@@ -43,8 +43,10 @@ def check_parameter_memory(sizes: str, count: int, nbytes: int, held: str = "") 
         )
 
 
-def check_call_memory(x: Any, elements: int, itemsize: int, what: str = "output, final state and gates") -> None:
-    """Refuse, naming x, a host call whose arrays (``elements`` values) would pass this machine's memory.
+def check_call_memory(
+    x: Any, elements: int, itemsize: int, what: str = "output, final state and gates", name: str = "x"
+) -> None:
+    """Refuse, naming x (or ``name``), a host call whose arrays (``elements`` values) would pass this machine's memory.
 
     NumPy would otherwise raise a MemoryError about some internal array; a device
     call is left to the device's own allocator, whose memory is not this one.
@@ -53,7 +55,7 @@ def check_call_memory(x: Any, elements: int, itemsize: int, what: str = "output,
     need = elements * itemsize
     if memory is not None and isinstance(x, np.ndarray) and need > memory:
         raise ValueError(
-            f"x: expected a call whose arrays fit in memory, got shape {tuple(x.shape)}, whose {what} "
+            f"{name}: expected a call whose arrays fit in memory, got shape {tuple(x.shape)}, whose {what} "
             f"would take {need / 2**30:,.1f} GiB (this machine has {memory / 2**30:,.1f} GiB)"
         )
 
@@ -146,6 +148,7 @@ def as_float_array(value: Any, name: str, dtype: str) -> Any:
             f"{name}: expected dtype {dtype} (the layer's dtype), got {array.dtype}; "
             f"convert with .astype('{dtype}'){other}"
         )
+    check_call_memory(array, array.size, array.itemsize, "copy in the native byte order", name)
     return array.astype(dtype)  # non-native byte order: the same values, in the order the kernels read
 
 

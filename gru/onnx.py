@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from gru._arrays import as_array, refuse_masked, returner, to_host
+from gru._arrays import as_array, refuse_masked, returner, to_host, torch_values_on_host
 from gru._errors import UnsupportedRequestError
 from gru._validation import array_module, integer_lengths
 from gru.backends._base import ForwardRequest, LayerWeights, reverse_padded
@@ -125,8 +125,12 @@ def _float_list(values, name) -> list[float]:
         raise TypeError(f"{name}: expected a list of floats, got {values!r}") from None
 
 
-def _float_input(value, name, ndim, dtype=None):
+def _float_input(value, name, ndim, dtype=None, *, weights=False):
+    """A float array of ``ndim`` axes (of ``dtype`` if given); ``weights`` are values, copied anyway, so a torch
+    parameter that requires grad is read as it is (inputs that do are refused: see gru._arrays)."""
     refuse_masked(value, name)
+    if weights:
+        value = torch_values_on_host(value)
     try:
         array = as_array(value, name)
     except (TypeError, ValueError) as exc:
@@ -173,8 +177,8 @@ def gru(
     give_back = returner(X)
     X = _float_input(X, "X", 3)
     dtype = X.dtype
-    W = _float_input(W, "W", 3, dtype)
-    R = _float_input(R, "R", 3, dtype)
+    W = _float_input(W, "W", 3, dtype, weights=True)
+    R = _float_input(R, "R", 3, dtype, weights=True)
     if isinstance(direction, bytes):
         direction = direction.decode()
     if direction not in DIRECTIONS:
@@ -213,7 +217,7 @@ def gru(
             f"R: expected shape {(D, 3 * H, H)} = [num_directions, 3*hidden_size, hidden_size], got {tuple(R.shape)}"
         )
     if B is not None:
-        B = _float_input(B, "B", 2, dtype)
+        B = _float_input(B, "B", 2, dtype, weights=True)
         if B.shape != (D, 6 * H):
             raise ValueError(f"B: expected shape {(D, 6 * H)} = [num_directions, 6*hidden_size], got {tuple(B.shape)}")
     lengths = _sequence_lens(sequence_lens, batch, T)

@@ -35,6 +35,7 @@ from gru._arrays import is_torch_tensor, to_host, torch_values_on_host
 from gru._layers import Seed, _make_rng
 from gru._validation import (
     IncompatibleKeys,
+    as_float_array,
     check_bool,
     check_call_memory,
     check_dtype,
@@ -200,7 +201,7 @@ class Linear:
         return mismatched
 
     def __call__(self, x: Any) -> np.ndarray:
-        x = self._own_dtype(_host_array(x, "x"), "x")
+        x = self._host_input(x, "x")
         if x.ndim < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"x: expected shape (..., {self.in_features}), got {x.shape}")
         rows = x.size // self.in_features
@@ -212,13 +213,11 @@ class Linear:
         self._tapes.tape = (x.copy(), weight)  # a copy: the caller may change x in place before backward
         return y
 
-    def _own_dtype(self, array: np.ndarray, name: str) -> np.ndarray:
-        """``array`` in the layer's dtype: the same values in another byte order are taken, another precision not."""
-        if array.dtype == self.dtype:
-            return array
-        if array.dtype.newbyteorder("=") != self.dtype:
-            raise TypeError(f"{name}: expected {self.dtype} (the layer's dtype), got {array.dtype}")
-        return array.astype(self.dtype)
+    def _host_input(self, value: Any, name: str) -> np.ndarray:
+        """``value`` read as the GRU reads its input (the layer's dtype, no silent precision change; a tensor that
+        requires grad refused), then on the host."""
+        array = as_float_array(value, name, self.dtype.name)
+        return array if isinstance(array, np.ndarray) else array.get()  # a device array: its values, here
 
     def backward(self, d_output: Any) -> LinearGradients:
         """Gradients through this thread's last call, given d loss / d output (same shape as the output)."""
@@ -226,7 +225,7 @@ class Linear:
         if tape is None:
             raise RuntimeError("backward: call the layer first (in this thread)")
         x, weight = tape
-        d_y = self._own_dtype(_host_array(d_output, "d_output"), "d_output")
+        d_y = self._host_input(d_output, "d_output")
         if d_y.shape != (*x.shape[:-1], self.out_features):
             raise ValueError(f"d_output: expected shape {(*x.shape[:-1], self.out_features)}, got {d_y.shape}")
         d_rows, x_rows = d_y.reshape(-1, self.out_features), x.reshape(-1, self.in_features)
@@ -242,6 +241,9 @@ class Linear:
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        if "bias" in state:  # pickled before bias became the array: it was the flag
+            state = {**state, "_has_bias": state["bias"]}
+            del state["bias"]
         self.__dict__.update(state, _tapes=threading.local())
 
     def __repr__(self) -> str:
@@ -374,7 +376,8 @@ def clip_grad_norm(
     ``min(1, max_norm / (norm + 1e-6))``, so an infinite norm scales the
     gradients by 0 (their infinite entries become NaN) and a NaN norm makes
     them all NaN; :class:`Adam` then refuses the step.
-    ``error_if_nonfinite=True`` raises ``ValueError`` instead.
+    ``error_if_nonfinite=True`` raises ``ValueError`` instead. Unlike torch's,
+    ``max_norm=math.inf`` only measures, whatever the norm.
     """
     max_norm = _check_number(max_norm, "max_norm", low=0.0, strict=True, finite=False)
     error_if_nonfinite = check_bool(error_if_nonfinite, "error_if_nonfinite")
@@ -465,10 +468,12 @@ class Adam:
         # steps from several threads (one optimiser over shared layers) take turns: each reads the
         # parameters and moments another one writes, and concurrent steps would lose updates
         self._lock = threading.Lock()
+        self._stepping: int | None = None  # the thread inside step(), if any
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         del state["_lock"]
+        state["_stepping"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -480,10 +485,17 @@ class Adam:
         Every gradient is converted and checked, and every new value computed,
         before anything changes: a bad gradient for the last layer must not
         leave the first one (or the moments) a step ahead. Steps from several
-        threads take turns.
+        threads take turns; a step taken from inside a step (a layer whose
+        ``load_state_dict`` steps this optimiser) raises ``RuntimeError``.
         """
+        if self._stepping == threading.get_ident():  # it would wait for itself for ever
+            raise RuntimeError("step: called from inside a step of the same optimiser (in a load_state_dict?)")
         with self._lock:
-            self._step(grads)
+            self._stepping = threading.get_ident()
+            try:
+                self._step(grads)
+            finally:
+                self._stepping = None
 
     def _step(self, grads: Sequence[Mapping[str, Any]]) -> None:
         arrays = _gradient_dicts(grads)

@@ -290,3 +290,14 @@ def test_a_forward_output_on_the_host_starts_on_a_cache_line():
     for _ in range(4):
         output, _ = layer(np.zeros((3, 2, 5), "float32"))
         assert output.ctypes.data % 64 == 0
+
+
+def test_a_meta_parameter_is_named_by_its_device_not_its_grad(torch):
+    with torch.device("meta"):
+        module = torch.nn.GRU(I, H)
+    for call in (
+        lambda: gru.GRU(I, H).load_state_dict(dict(module.named_parameters())),
+        lambda: gru.GRU(I, H)(torch.zeros(T, B, I, device="meta", requires_grad=True)),
+    ):
+        with pytest.raises((TypeError, ValueError), match=r"got one on 'meta'"):
+            call()

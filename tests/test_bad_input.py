@@ -587,8 +587,11 @@ def test_layers_larger_than_the_memory_are_refused_at_once(make, argument):
         (lambda: gru.GRU(I, H)(np.broadcast_to(np.zeros(I, "float32"), (2**22, 2**22, I))), "contiguous copy"),
         (lambda: gru.GRUCell(I, H)(np.broadcast_to(np.zeros(I, "float32"), (2**40, I))), "output, final state"),
         (lambda: Linear(I, H)(np.broadcast_to(np.zeros(I, "float32"), (2**40, I))), "output and kept copy"),
+        # the copy in native byte order is the first array made
+        (lambda: gru.GRU(I, H)(np.broadcast_to(np.zeros(I, ">f4"), (2**22, 2**22, I))), "native byte order"),
+        (lambda: Linear(I, H)(np.broadcast_to(np.zeros(I, ">f4"), (2**40, I))), "native byte order"),
     ],
-    ids=["empty-but-huge-batch", "broadcast-view", "cell", "linear"],
+    ids=["empty-but-huge-batch", "broadcast-view", "cell", "linear", "byte-order", "linear-byte-order"],
 )
 @pytest.mark.skipif(memory_bytes() is None, reason="this OS does not tell its memory size")
 def test_calls_whose_arrays_would_pass_the_memory_are_refused_naming_x(call, what):

@@ -421,3 +421,15 @@ def test_onnx_attribute_values_as_bytes_work():
     a = gru.onnx.gru(X, W, R, Bias, direction=b"bidirectional", activations=[b"Sigmoid", b"Tanh"] * 2)
     b = gru.onnx.gru(X, W, R, Bias, direction="bidirectional")
     np.testing.assert_array_equal(a[0], b[0])
+
+
+def test_torch_parameters_are_taken_as_weights(torch):
+    """W, R and B are copied: a parameter that requires grad is a value; X that requires grad is refused."""
+    rng = np.random.default_rng(0)
+    W, R, B = (rng.standard_normal(s).astype("float32") for s in [(1, 12, 3), (1, 12, 4), (1, 24)])
+    x = rng.standard_normal((5, 2, 3)).astype("float32")
+    params = [torch.nn.Parameter(torch.from_numpy(a)) for a in (W, R, B)]
+    for got, expected in zip(gru.onnx.gru(x, *params), gru.onnx.gru(x, W, R, B), strict=True):
+        np.testing.assert_array_equal(got, expected)
+    with pytest.raises(TypeError, match=r"X: expected a tensor that does not require grad"):
+        gru.onnx.gru(torch.from_numpy(x).requires_grad_(True), W, R, B)

@@ -243,9 +243,9 @@ def test_linear_without_bias_and_checks():
         layer(np.ones((4, 2)))
     with pytest.raises(ValueError, match="d_output"):
         layer.backward(np.ones((4, 3)))
-    with pytest.raises(TypeError, match=r"^d_output: expected float64 \(the layer's dtype\), got float32"):
+    with pytest.raises(TypeError, match=r"^d_output: expected dtype float64 \(the layer's dtype\), got float32"):
         layer.backward(np.ones((4, 2), "float32"))
-    with pytest.raises(TypeError, match=r"^d_output: expected a real-valued array, got dtype <U"):
+    with pytest.raises(TypeError, match=r"^d_output: expected a floating-point array of float64, got dtype <U"):
         layer.backward(np.full((4, 2), "1"))
     with pytest.raises(ValueError, match="state_dict"):
         layer.load_state_dict({"weight": np.ones((3, 2))})
@@ -271,7 +271,7 @@ def test_linear_takes_its_dtype_in_the_other_byte_order():
     np.testing.assert_array_equal(
         layer.backward(np.ones((4, 2), ">f4")).input, layer.backward(np.ones((4, 2), "f4")).input
     )
-    with pytest.raises(TypeError, match=r"^x: expected float32 \(the layer's dtype\), got >f8"):
+    with pytest.raises(TypeError, match=r"^x: expected dtype float32 \(the layer's dtype\), got >f8"):
         layer(x.astype(">f8"))
 
 
@@ -290,6 +290,45 @@ def test_adam_steps_from_several_threads_take_turns():
     assert opt.steps == 1200
     reference = Linear(2, 1, dtype="float64", seed=0)
     np.testing.assert_allclose(layer.weight, reference.weight - 1200 * 1e-3 / (1 + 1e-8), rtol=1e-9)
+
+
+def test_linear_refuses_a_tensor_that_requires_grad_as_the_gru_does(torch):
+    layer = Linear(3, 2, seed=0)
+    x = torch.randn(4, 3, requires_grad=True)
+    with pytest.raises(TypeError, match=r"^x: expected a tensor that does not require grad"):
+        layer(x)
+    np.testing.assert_array_equal(layer(x.detach()), layer(x.detach().numpy()))
+
+
+def test_a_linear_pickled_when_bias_was_its_flag_still_loads():
+    import pickle
+
+    layer = Linear(3, 2, seed=0)
+    state = layer.__getstate__()
+    state["bias"] = state.pop("_has_bias")  # the attribute's earlier name
+    old = Linear.__new__(Linear)
+    old.__setstate__(state)
+    restored = pickle.loads(pickle.dumps(old))
+    x = np.ones((1, 3), "float32")
+    np.testing.assert_array_equal(restored(x), layer(x))
+    assert repr(restored) == repr(layer) and restored.bias is not None
+
+
+def test_a_step_from_inside_a_step_raises_instead_of_waiting_for_itself():
+    class Stepping(Linear):
+        def load_state_dict(self, state_dict, strict=True):
+            opt.step(grads)  # e.g. a hook that steps the optimiser again
+
+    layer = Stepping(2, 1, dtype="float64", seed=0)
+    opt = Adam([layer])
+    grads = [{"weight": np.ones((1, 2)), "bias": np.ones(1)}]
+    with pytest.raises(RuntimeError, match=r"^step: called from inside a step"):
+        opt.step(grads)
+    assert opt.steps == 0
+    ok = Linear(2, 1, dtype="float64", seed=0)
+    opt.layers = [ok]  # the optimiser is usable again afterwards
+    opt.step(grads)
+    assert opt.steps == 1
 
 
 def test_linear_differentiates_the_call_even_if_x_or_the_weights_changed_since():

@@ -294,7 +294,7 @@ class GRU(_Recurrent):
     ) -> None:
         self.num_layers = v.check_int(num_layers, "num_layers", 1)
         self.batch_first = v.check_bool(batch_first, "batch_first")
-        self.dropout = v.check_probability(dropout, "dropout")
+        self.dropout = v.check_probability(dropout, "dropout", one=True)  # 1 zeroes the layers' inputs, as torch
         self.bidirectional = v.check_bool(bidirectional, "bidirectional")
         if self.dropout > 0 and self.num_layers == 1:
             warnings.warn(
@@ -534,7 +534,9 @@ class GRU(_Recurrent):
             return None
         keep = 1.0 - self.dropout
         shape = (T, B, self.num_directions * self.hidden_size)
-        return tuple(((self._rng.random(shape) < keep) / keep).astype(self.dtype) for _ in range(self.num_layers - 1))
+        # dropout=1 keeps nothing: zero masks (the draws still advance the generator as any other rate does)
+        scale = 1.0 / keep if keep > 0 else 0.0
+        return tuple(((self._rng.random(shape) < keep) * scale).astype(self.dtype) for _ in range(self.num_layers - 1))
 
     def __repr__(self) -> str:
         extra = "".join(

@@ -107,11 +107,13 @@ def check_bool(value: Any, name: str) -> bool:
     return bool(value)
 
 
-def check_probability(value: Any, name: str) -> float:
+def check_probability(value: Any, name: str, *, one: bool = False) -> float:
+    """A number in [0, 1), or [0, 1] with ``one``."""
+    expected = f"a number in [0, 1{']' if one else ')'}"
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name}: expected a number in [0, 1), got {value!r}")
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"{name}: expected a number in [0, 1), got {value}")
+        raise TypeError(f"{name}: expected {expected}, got {value!r}")
+    if not (0.0 <= value <= 1.0 if one else 0.0 <= value < 1.0):
+        raise ValueError(f"{name}: expected {expected}, got {value}")
     return float(value)
 
 

@@ -330,6 +330,19 @@ def test_ordinary_attributes_stay_assignable():
 # -- warnings, repr, dtype, backend override ---------------------------------------------------
 
 
+def test_dropout_of_one_zeroes_the_inputs_of_the_upper_layers_as_torch_does(torch):
+    module = torch.nn.GRU(3, 4, num_layers=2, dropout=1.0, dtype=torch.float64).train()
+    layer = gru.GRU.from_torch(module)
+    assert layer.dropout == 1.0
+    x = np.random.default_rng(0).standard_normal((5, 2, 3))
+    output, h_n = layer(x, train=True)
+    expected, expected_h_n = module(torch.from_numpy(x))  # every dropped: no randomness left to differ
+    np.testing.assert_allclose(output, expected.detach().numpy(), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(h_n, expected_h_n.detach().numpy(), rtol=1e-12, atol=1e-14)
+    grads = layer.backward(np.ones_like(output))  # the output depends on x through nothing
+    assert not np.any(grads.input) and np.all(np.isfinite(grads.params["weight_ih_l1"]))
+
+
 def test_dropout_with_one_layer_warns():
     with pytest.warns(UserWarning, match="dropout > 0 has no effect with num_layers=1"):
         gru.GRU(I, H, dropout=0.5)

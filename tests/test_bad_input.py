@@ -49,7 +49,7 @@ BAD_CONSTRUCTOR_ARGS = [
     ({"num_layers": 1.0}, TypeError, "num_layers"),
     ({"num_layers": True}, TypeError, "num_layers"),
     ({"dropout": -0.1}, ValueError, "dropout"),
-    ({"dropout": 1.0}, ValueError, "dropout"),
+    ({"dropout": 1.0000001}, ValueError, "dropout"),
     ({"dropout": float("nan")}, ValueError, "dropout"),
     ({"dropout": float("inf")}, ValueError, "dropout"),
     ({"dropout": "0.5"}, TypeError, "dropout"),

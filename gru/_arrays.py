@@ -74,20 +74,24 @@ def _cupy(name: str) -> Any:
     return cupy
 
 
-def _from_torch(value: Any, name: str) -> Any:
+def check_torch_input(value: Any, name: str) -> None:
+    """Refuse a tensor gru cannot read (not on the CPU or a CUDA device) or should not (one that requires grad)."""
     device = value.device.type
     if device not in ("cpu", "cuda"):
         raise TypeError(f"{name}: expected a tensor on the CPU or a CUDA device, got one on {device!r}")
-    torch = sys.modules["torch"]
-    if value.requires_grad and torch.is_grad_enabled():
+    if value.requires_grad and sys.modules["torch"].is_grad_enabled():
         # torch's own tensor.numpy() refuses it too: the results could carry no gradient back to it
         raise TypeError(
             f"{name}: expected a tensor that does not require grad, got one with requires_grad=True; gru is not "
             f"part of torch's autograd, so no gradient would reach it: pass {name}.detach() (gru's layers give "
             "gradients through their backward()), call under torch.no_grad(), or train in torch with GRU.to_torch()"
         )
+
+
+def _from_torch(value: Any, name: str) -> Any:
+    check_torch_input(value, name)
     tensor = value.detach()  # no autograd; shares memory
-    if device == "cpu":
+    if tensor.device.type == "cpu":
         tensor = tensor.resolve_conj().resolve_neg()  # no-ops unless a lazy view is pending
         try:
             return tensor.numpy()

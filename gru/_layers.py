@@ -425,7 +425,7 @@ class GRU(_Recurrent):
         that declares training, and applies dropout between layers: masks are
         drawn from the layer's generator (``seed``), one per layer boundary in
         layer order, as ``gen.random((T, B, D*H)) < 1 - dropout``, scaled by
-        1 / (1 - dropout). What a training call returns, and the x and h0 it
+        1 / (1 - dropout) (0 when dropout is 1). What a training call returns, and the x and h0 it
         took, are the caller's to change: backward() keeps copies.
         ``threads`` caps the threads of backends that use them (None: the
         backend's default). ``hx`` is PyTorch's name for ``h0``, taken too.

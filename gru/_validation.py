@@ -161,6 +161,8 @@ def _array_from_sequence(value: list | tuple, name: str, dtype: str) -> np.ndarr
         array = np.asarray(value)
     except ValueError as exc:  # ragged nesting
         raise TypeError(f"{name}: expected a rectangular nest of numbers, got a ragged {kind} ({exc})") from None
+    except RuntimeError as exc:  # e.g. torch tensors inside that require grad
+        raise TypeError(f"{name}: expected a nest of numbers, got a {kind} NumPy cannot read ({exc})") from None
     if array.dtype != dtype:
         raise TypeError(
             f"{name}: expected {dtype} values, got a {kind} that NumPy reads as {array.dtype}; "

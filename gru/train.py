@@ -31,7 +31,7 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
-from gru._arrays import is_torch_tensor, to_host, torch_values_on_host
+from gru._arrays import check_torch_input, is_torch_tensor, to_host, torch_values_on_host
 from gru._layers import Seed, _make_rng
 from gru._validation import (
     IncompatibleKeys,
@@ -216,6 +216,9 @@ class Linear:
     def _host_input(self, value: Any, name: str) -> np.ndarray:
         """``value`` read as the GRU reads its input (the layer's dtype, no silent precision change; a tensor that
         requires grad refused), then on the host."""
+        if is_torch_tensor(value):  # read on the host: a CUDA tensor needs no CuPy here
+            check_torch_input(value, name)
+            value = value.detach().cpu()
         array = as_float_array(value, name, self.dtype.name)
         return array if isinstance(array, np.ndarray) else array.get()  # a device array: its values, here
 
@@ -477,7 +480,7 @@ class Adam:
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state, _lock=threading.Lock())
+        self.__dict__.update(state, _lock=threading.Lock(), _stepping=None)  # (pickles from before the lock too)
 
     def step(self, grads: Sequence[Mapping[str, Any]]) -> None:
         """Apply one update; ``grads[k]`` holds the gradients of ``layers[k]``'s parameters, all of them.

@@ -300,6 +300,44 @@ def test_linear_refuses_a_tensor_that_requires_grad_as_the_gru_does(torch):
     np.testing.assert_array_equal(layer(x.detach()), layer(x.detach().numpy()))
 
 
+def test_linear_reads_a_cuda_tensor_on_the_host_without_cupy(torch, monkeypatch):
+    """Linear runs on the host: a CUDA tensor is copied there by torch (a stand-in here: no GPU needed)."""
+
+    class OnCuda(torch.Tensor):
+        @property
+        def device(self):
+            return torch.device("cuda", 0)
+
+        def cpu(self):
+            return self.as_subclass(torch.Tensor).clone()
+
+    monkeypatch.setitem(__import__("sys").modules, "cupy", None)  # as where CuPy is not installed
+    layer = Linear(3, 2, dtype="float64", seed=0)
+    x = torch.ones(4, 3, dtype=torch.float64)
+    np.testing.assert_array_equal(layer(x.as_subclass(OnCuda)), layer(x.numpy()))
+    with pytest.raises(TypeError, match=r"^x: expected a tensor that does not require grad"):
+        layer(x.clone().requires_grad_(True).as_subclass(OnCuda))
+
+
+def test_an_adam_pickled_before_its_lock_still_steps():
+    import pickle
+
+    layer = Linear(2, 1, dtype="float64", seed=0)
+    opt = Adam([layer])
+    state = opt.__getstate__()
+    del state["_stepping"]  # as pickled before steps took turns
+    old = Adam.__new__(Adam)
+    old.__setstate__(state)  # what unpickling such a file does
+    old.step([{"weight": np.ones((1, 2)), "bias": np.ones(1)}])
+    assert old.steps == 1
+    assert pickle.loads(pickle.dumps(old)).steps == 1
+
+
+def test_a_list_of_tensors_that_require_grad_is_named(torch):
+    with pytest.raises(TypeError, match=r"^x: expected a nest of numbers, got a list NumPy cannot read"):
+        Linear(3, 2, dtype="float64")([torch.ones(3, dtype=torch.float64, requires_grad=True)])
+
+
 def test_a_linear_pickled_when_bias_was_its_flag_still_loads():
     import pickle
 

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from gru._arrays import as_array, is_torch_tensor, refuse_masked, to_host, torch_values_on_host
+from gru._arrays import aligned_copy, as_array, is_torch_tensor, refuse_masked, to_host, torch_values_on_host
 
 SUPPORTED_DTYPES = ("float32", "float64")
 
@@ -300,7 +300,7 @@ def canonical_parameter(value: Any, name: str, shape: tuple[int, ...], dtype: st
     if array.shape != shape:
         raise ValueError(f"state_dict[{name!r}]: expected shape {shape}, got {array.shape}")
     with np.errstate(over="ignore"):
-        result = np.array(array, dtype=dtype, order="C", copy=True)
+        result = aligned_copy(array.astype(dtype, copy=False))  # the kernels read parameters row by row
     if array.dtype.kind == "f" and array.dtype.itemsize > result.dtype.itemsize:
         overflowed = int(np.count_nonzero(np.isinf(result) & np.isfinite(array)))
         if overflowed:  # narrowing would store infinities where the caller had numbers

@@ -31,7 +31,7 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
-from gru._arrays import check_torch_input, is_torch_tensor, to_host, torch_values_on_host
+from gru._arrays import aligned_copy, check_torch_input, is_torch_tensor, to_host, torch_values_on_host
 from gru._layers import Seed, _make_rng
 from gru._validation import (
     IncompatibleKeys,
@@ -165,9 +165,9 @@ class Linear:
         rng = _make_rng(seed)
         bound = 1.0 / math.sqrt(self.in_features)
         shape = (self.out_features, self.in_features)
-        self._params = {"weight": rng.uniform(-bound, bound, shape).astype(self.dtype)}
+        self._params = {"weight": aligned_copy(rng.uniform(-bound, bound, shape).astype(self.dtype))}
         if self._has_bias:
-            self._params["bias"] = rng.uniform(-bound, bound, self.out_features).astype(self.dtype)
+            self._params["bias"] = aligned_copy(rng.uniform(-bound, bound, self.out_features).astype(self.dtype))
         # per thread, as the GRU's: the last call's input (a copy) and weight
         self._tapes = threading.local()
 

@@ -284,6 +284,42 @@ def test_aligned_zeros_start_on_a_cache_line(dtype, shape):
         assert not a.any()
 
 
+def test_aligned_copy_is_an_equal_array_on_a_cache_line():
+    from gru._arrays import CACHE_LINE, aligned_copy
+
+    base = np.arange(24, dtype=">f4").reshape(4, 6)
+    for source in (base, base.T, base[:, ::2], base.astype("float64")):
+        copy = aligned_copy(source)
+        assert copy.ctypes.data % CACHE_LINE == 0 and copy.flags.c_contiguous
+        assert copy.dtype == source.dtype and copy.shape == source.shape
+        np.testing.assert_array_equal(copy, source)
+        assert not np.shares_memory(copy, source)
+
+
+@pytest.mark.parametrize("make", [lambda: gru.GRU(5, 24, num_layers=2, bidirectional=True), lambda: gru.GRUCell(5, 24)])
+def test_parameters_start_on_a_cache_line_whether_drawn_or_loaded(make):
+    """The kernels read every row of the weights at every step: a row load that spans two lines costs."""
+    for _ in range(4):  # fresh allocations land at different offsets
+        layer = make()
+        drawn = layer._params
+        layer.load_state_dict({k: v.astype("float64") for k, v in layer.state_dict().items()})
+        for params in (drawn, layer._params):
+            assert all(value.ctypes.data % 64 == 0 for value in params.values())
+
+
+def test_the_cython_backends_weights_and_panels_start_on_a_cache_line():
+    if not gru.backend_available("cython"):
+        pytest.skip("the cython backend is not built")
+    backend = gru.get_backend("cython")
+    for _ in range(4):
+        layer = gru.GRU(16, 48, backend="cython")
+        layer(np.zeros((3, 2, 16), "float32"))
+        weights = layer._layer_weights()[0]
+        prepared = backend._base(weights)
+        arrays = [prepared["w_ih_t"], prepared["w_hh"], backend._w_hh_t(weights), *prepared["panels"].values()]
+        assert all(a.ctypes.data % 64 == 0 for a in arrays)
+
+
 def test_a_forward_output_on_the_host_starts_on_a_cache_line():
     """The threads of the compiled kernels write neighbouring slices of each output row."""
     layer = gru.GRU(5, 32, backend="numpy", seed=0)

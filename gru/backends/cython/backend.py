@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from gru._arrays import aligned_zeros
+from gru._arrays import aligned_copy, aligned_zeros
 from gru.backends._base import (
     BackwardResult,
     Capabilities,
@@ -98,8 +98,8 @@ class CythonBackend(StackedBackend):
         if prepared is None:
             H = weights.w_hh.shape[1]
             prepared = self._prepared_weights[weights] = {
-                "w_ih_t": np.ascontiguousarray(weights.w_ih.T),
-                "w_hh": np.ascontiguousarray(weights.w_hh),
+                "w_ih_t": aligned_copy(weights.w_ih.T),  # read at every step, as W_hh: on cache lines
+                "w_hh": aligned_copy(weights.w_hh),
                 "bias": fold_biases(weights.b_ih, weights.b_hh, with_b_hn=False),  # the kernels add b_hn apart
                 "b_hn": np.ascontiguousarray(weights.b_hh[2 * H :]),
             }
@@ -109,7 +109,7 @@ class CythonBackend(StackedBackend):
         """W_hh^T, made once per LayerWeights: the backward's products take its rows (see backward_rows)."""
         prepared = self._base(weights)
         if "w_hh_t" not in prepared:
-            prepared["w_hh_t"] = np.ascontiguousarray(weights.w_hh.T)
+            prepared["w_hh_t"] = aligned_copy(weights.w_hh.T)
         return prepared["w_hh_t"]
 
     def _prepared(self, weights: LayerWeights, team: int, w_rows: bool) -> tuple[np.ndarray, ...]:
@@ -128,7 +128,7 @@ class CythonBackend(StackedBackend):
         if panels is None:
             # packed before it is shared: pack_panels releases the GIL, and a call in another thread
             # must never find a half-packed array in the cache
-            panels = np.empty_like(prepared["w_hh"])
+            panels = aligned_zeros(prepared["w_hh"].shape, prepared["w_hh"].dtype)
             self._kernels.pack_panels(prepared["w_hh"], team, panels, w_rows)
             with self._lock:
                 # the last two: a layer called with two thread counts (or layouts) in turn packs once for each

@@ -66,6 +66,13 @@ def aligned_copy(array: Any) -> np.ndarray:
     return out
 
 
+def on_cache_line(array: np.ndarray) -> np.ndarray:
+    """``array`` itself if it is C-contiguous and starts on a cache line, else an aligned copy."""
+    if array.flags.c_contiguous and array.__array_interface__["data"][0] % CACHE_LINE == 0:
+        return array
+    return aligned_copy(array)
+
+
 def _torch_tensor_type() -> type | None:
     torch = sys.modules.get("torch")
     return getattr(torch, "Tensor", None) if torch is not None else None

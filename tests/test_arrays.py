@@ -296,6 +296,17 @@ def test_aligned_copy_is_an_equal_array_on_a_cache_line():
         assert not np.shares_memory(copy, source)
 
 
+def test_on_cache_line_copies_only_what_is_not():
+    from gru._arrays import aligned_zeros, on_cache_line
+
+    aligned = aligned_zeros((4, 6), "float32")
+    assert on_cache_line(aligned) is aligned
+    for other in (aligned.T, aligned.reshape(-1)[1:]):
+        copy = on_cache_line(other)
+        assert copy.ctypes.data % 64 == 0 and copy.flags.c_contiguous
+        np.testing.assert_array_equal(copy, other)
+
+
 @pytest.mark.parametrize("make", [lambda: gru.GRU(5, 24, num_layers=2, bidirectional=True), lambda: gru.GRUCell(5, 24)])
 def test_parameters_start_on_a_cache_line_whether_drawn_or_loaded(make):
     """The kernels read every row of the weights at every step: a row load that spans two lines costs."""
@@ -316,7 +327,8 @@ def test_the_cython_backends_weights_and_panels_start_on_a_cache_line():
         layer(np.zeros((3, 2, 16), "float32"))
         weights = layer._layer_weights()[0]
         prepared = backend._base(weights)
-        arrays = [prepared["w_ih_t"], prepared["w_hh"], backend._w_hh_t(weights), *prepared["panels"].values()]
+        arrays = [prepared[k] for k in ("w_ih_t", "w_hh", "bias", "b_hn")]
+        arrays += [backend._w_hh_t(weights), *prepared["panels"].values()]
         assert all(a.ctypes.data % 64 == 0 for a in arrays)
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from gru._arrays import aligned_copy, aligned_zeros
+from gru._arrays import aligned_copy, aligned_zeros, on_cache_line
 from gru.backends._base import (
     BackwardResult,
     Capabilities,
@@ -98,10 +98,11 @@ class CythonBackend(StackedBackend):
         if prepared is None:
             H = weights.w_hh.shape[1]
             prepared = self._prepared_weights[weights] = {
-                "w_ih_t": aligned_copy(weights.w_ih.T),  # read at every step, as W_hh: on cache lines
-                "w_hh": aligned_copy(weights.w_hh),
-                "bias": fold_biases(weights.b_ih, weights.b_hh, with_b_hn=False),  # the kernels add b_hn apart
-                "b_hn": np.ascontiguousarray(weights.b_hh[2 * H :]),
+                # all read at every step: on cache lines (see aligned_copy)
+                "w_ih_t": aligned_copy(weights.w_ih.T),
+                "w_hh": on_cache_line(weights.w_hh),
+                "bias": on_cache_line(fold_biases(weights.b_ih, weights.b_hh, with_b_hn=False)),  # b_hn: apart
+                "b_hn": on_cache_line(weights.b_hh[2 * H :]),
             }
         return prepared
 

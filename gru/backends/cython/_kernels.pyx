@@ -32,6 +32,7 @@ from time import perf_counter
 
 from cython.parallel cimport parallel
 from libc.limits cimport INT_MAX
+from libc.stdint cimport uintptr_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy, memset
 from scipy.linalg.cython_blas cimport dgemm, dgemv, sgemm, sgemv
@@ -976,6 +977,15 @@ def run_direction(
 # thread 0 makes, timed alone in one thread, as the forward makes them. The
 # caller holds BLAS to one thread.
 
+cdef void* calloc_on_line(size_t count, size_t size, void** raw) noexcept nogil:
+    """``count * size`` zeroed bytes that start on a cache line, as the backend's buffers do (see
+    gru._arrays.aligned_zeros); ``free(raw[0])`` releases them. NULL when out of memory."""
+    raw[0] = calloc(count * size + 64, 1)
+    if raw[0] == NULL:
+        return NULL
+    return <void*>((<uintptr_t>raw[0] + 63) & ~(<uintptr_t>63))
+
+
 def step_seconds(const floating[:, ::1] w_hh not None, const floating[:, ::1] h not None, int team, bint w_rows,
                  Py_ssize_t calls) -> float:
     """Seconds per step of thread 0's recurrent products in a team of ``team``, for the B rows of ``h`` (B, H).
@@ -994,8 +1004,10 @@ def step_seconds(const floating[:, ::1] w_hh not None, const floating[:, ::1] h 
         raise ValueError(f"team, calls and rows: expected at least 1 each, got {team}, {calls} and {B}")
     nu = unit_slice(H, team, 0, &u0)
     cdef int ldp = B if w_rows else 3 * H  # as in run_rows
-    cdef floating* panel = <floating*>calloc(<size_t>3 * nu * H, sizeof(floating))
-    cdef floating* product = <floating*>calloc(<size_t>B * 3 * H, sizeof(floating))
+    cdef void* panel_memory = NULL
+    cdef void* product_memory = NULL
+    cdef floating* panel = <floating*>calloc_on_line(<size_t>3 * nu * H, sizeof(floating), &panel_memory)
+    cdef floating* product = <floating*>calloc_on_line(<size_t>B * 3 * H, sizeof(floating), &product_memory)
     try:
         if panel == NULL or product == NULL:
             raise MemoryError()
@@ -1009,8 +1021,8 @@ def step_seconds(const floating[:, ::1] w_hh not None, const floating[:, ::1] h 
                 product_rest(B, 3 * nu, 0, H, u0, nu, &h[0, 0], panel, w_rows, product, ldp)
         return (perf_counter() - start) / calls
     finally:
-        free(panel)
-        free(product)
+        free(panel_memory)
+        free(product_memory)
 
 
 def projection_seconds(const floating[:, ::1] x not None, const floating[:, ::1] w_ih_t not None, int team,
@@ -1029,7 +1041,8 @@ def projection_seconds(const floating[:, ::1] x not None, const floating[:, ::1]
     if team < 1 or calls < 1 or rows < 1 or H < 1:
         raise ValueError(f"team, calls, rows and H: expected at least 1 each, got {team}, {calls}, {rows} and {H}")
     nu = unit_slice(H, team, 0, &u0)
-    cdef floating* gx = <floating*>calloc(<size_t>rows * 3 * H, sizeof(floating))
+    cdef void* gx_memory = NULL
+    cdef floating* gx = <floating*>calloc_on_line(<size_t>rows * 3 * H, sizeof(floating), &gx_memory)
     try:
         if gx == NULL:
             raise MemoryError()
@@ -1044,7 +1057,7 @@ def projection_seconds(const floating[:, ::1] x not None, const floating[:, ::1]
                     project_inputs(rows, I, H, u0, nu, &x[0, 0], &w_ih_t[0, 0], gx)
         return (perf_counter() - start) / calls
     finally:
-        free(gx)
+        free(gx_memory)
 
 
 # --- backward --------------------------------------------------------------------------

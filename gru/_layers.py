@@ -223,6 +223,8 @@ class _Recurrent:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state, _tapes=threading.local())
+        # unpickled arrays start where the allocator puts them: back on cache lines (see aligned_copy)
+        self._params = {k: _arrays.on_cache_line(v) for k, v in self._params.items()}
 
     def __getattr__(self, name: str) -> np.ndarray:
         params = self.__dict__.get("_params", {})

@@ -31,7 +31,7 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
-from gru._arrays import aligned_copy, check_torch_input, is_torch_tensor, to_host, torch_values_on_host
+from gru._arrays import aligned_copy, check_torch_input, is_torch_tensor, on_cache_line, to_host, torch_values_on_host
 from gru._layers import Seed, _make_rng
 from gru._validation import (
     IncompatibleKeys,
@@ -248,6 +248,7 @@ class Linear:
             state = {**state, "_has_bias": state["bias"]}
             del state["bias"]
         self.__dict__.update(state, _tapes=threading.local())
+        self._params = {k: on_cache_line(v) for k, v in self._params.items()}  # as the GRU's (see aligned_copy)
 
     def __repr__(self) -> str:
         return f"Linear({self.in_features}, {self.out_features}, bias={self._has_bias}, dtype={str(self.dtype)!r})"

@@ -9,6 +9,7 @@ import gru
 from gru import _arrays
 from gru.backends import Backend, Capabilities
 from gru.testing._support import EACH_DTYPE
+from gru.train import Linear
 
 I, H, T, B = 3, 4, 5, 2
 
@@ -307,14 +308,22 @@ def test_on_cache_line_copies_only_what_is_not():
         np.testing.assert_array_equal(copy, other)
 
 
-@pytest.mark.parametrize("make", [lambda: gru.GRU(5, 24, num_layers=2, bidirectional=True), lambda: gru.GRUCell(5, 24)])
-def test_parameters_start_on_a_cache_line_whether_drawn_or_loaded(make):
+@pytest.mark.parametrize(
+    "make",
+    [lambda: gru.GRU(5, 24, num_layers=2, bidirectional=True), lambda: gru.GRUCell(5, 24), lambda: Linear(24, 40)],
+    ids=["GRU", "GRUCell", "Linear"],
+)
+def test_parameters_start_on_a_cache_line_whether_drawn_loaded_or_unpickled(make):
     """The kernels read every row of the weights at every step: a row load that spans two lines costs."""
-    for _ in range(4):  # fresh allocations land at different offsets
+    import copy
+    import pickle
+
+    for _ in range(8):  # fresh allocations land at different offsets
         layer = make()
         drawn = layer._params
         layer.load_state_dict({k: v.astype("float64") for k, v in layer.state_dict().items()})
-        for params in (drawn, layer._params):
+        copies = [copy.deepcopy(layer)._params, pickle.loads(pickle.dumps(layer))._params]
+        for params in (drawn, layer._params, *copies):
             assert all(value.ctypes.data % 64 == 0 for value in params.values())
 
 
@@ -322,8 +331,8 @@ def test_the_cython_backends_weights_and_panels_start_on_a_cache_line():
     if not gru.backend_available("cython"):
         pytest.skip("the cython backend is not built")
     backend = gru.get_backend("cython")
-    for _ in range(4):
-        layer = gru.GRU(16, 48, backend="cython")
+    for _ in range(8):  # H = 256: 768 KB panels, which the allocator maps 16 bytes past a page
+        layer = gru.GRU(16, 256, backend="cython")
         layer(np.zeros((3, 2, 16), "float32"))
         weights = layer._layer_weights()[0]
         prepared = backend._base(weights)

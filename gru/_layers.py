@@ -121,7 +121,7 @@ class _Recurrent:
         self._weights: tuple[dict[str, np.ndarray], tuple[LayerWeights, ...]] | None = None
         bound = 1.0 / np.sqrt(self.hidden_size)
         for name, shape in self._parameter_shapes().items():
-            self._params[name] = _arrays.aligned_copy(self._rng.uniform(-bound, bound, shape).astype(self.dtype))
+            self._params[name] = _arrays.aligned_copy(self._rng.uniform(-bound, bound, shape), self.dtype)
 
     # -- parameters -----------------------------------------------------------------
     def _parameter_shapes(self) -> dict[str, tuple[int, ...]]:

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from gru._arrays import aligned_zeros, as_array, is_torch_tensor, refuse_masked, to_host, torch_values_on_host
+from gru._arrays import aligned_copy, as_array, is_torch_tensor, refuse_masked, to_host, torch_values_on_host
 
 SUPPORTED_DTYPES = ("float32", "float64")
 
@@ -299,9 +299,8 @@ def canonical_parameter(value: Any, name: str, shape: tuple[int, ...], dtype: st
         raise TypeError(f"state_dict[{name!r}]: expected a real numeric array, got dtype {array.dtype}")
     if array.shape != shape:
         raise ValueError(f"state_dict[{name!r}]: expected shape {shape}, got {array.shape}")
-    result = aligned_zeros(shape, dtype)  # on a cache line: the kernels read parameters row by row
-    with np.errstate(over="ignore"):
-        np.copyto(result, array, casting="unsafe")  # converted in place: no second copy at any time
+    with np.errstate(over="ignore"):  # (checked just below)
+        result = aligned_copy(array, dtype)  # on a cache line: the kernels read parameters row by row
     if array.dtype.kind == "f" and array.dtype.itemsize > result.dtype.itemsize:
         overflowed = int(np.count_nonzero(np.isinf(result) & np.isfinite(array)))
         if overflowed:  # narrowing would store infinities where the caller had numbers

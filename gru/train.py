@@ -165,9 +165,9 @@ class Linear:
         rng = _make_rng(seed)
         bound = 1.0 / math.sqrt(self.in_features)
         shape = (self.out_features, self.in_features)
-        self._params = {"weight": aligned_copy(rng.uniform(-bound, bound, shape).astype(self.dtype))}
+        self._params = {"weight": aligned_copy(rng.uniform(-bound, bound, shape), self.dtype)}
         if self._has_bias:
-            self._params["bias"] = aligned_copy(rng.uniform(-bound, bound, self.out_features).astype(self.dtype))
+            self._params["bias"] = aligned_copy(rng.uniform(-bound, bound, self.out_features), self.dtype)
         # per thread, as the GRU's: the last call's input (a copy) and weight
         self._tapes = threading.local()
 

@@ -67,6 +67,13 @@ def aligned_copy(array: Any, dtype: Any = None) -> np.ndarray:
     return out
 
 
+def read_only(array: np.ndarray) -> np.ndarray:
+    """A view of ``array`` that cannot be written: how layers show their parameters (changed by load_state_dict)."""
+    view = array.view()
+    view.flags.writeable = False
+    return view
+
+
 def on_cache_line(array: np.ndarray) -> np.ndarray:
     """``array`` itself if it is C-contiguous and starts on a cache line, else an aligned copy."""
     if array.flags.c_contiguous and array.__array_interface__["data"][0] % CACHE_LINE == 0:

@@ -229,9 +229,7 @@ class _Recurrent:
     def __getattr__(self, name: str) -> np.ndarray:
         params = self.__dict__.get("_params", {})
         if name in params:
-            view = params[name].view()
-            view.flags.writeable = False  # change parameters through load_state_dict
-            return view
+            return _arrays.read_only(params[name])  # change parameters through load_state_dict
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def __setattr__(self, name: str, value: Any) -> None:

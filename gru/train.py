@@ -31,7 +31,15 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
-from gru._arrays import aligned_copy, check_torch_input, is_torch_tensor, on_cache_line, to_host, torch_values_on_host
+from gru._arrays import (
+    aligned_copy,
+    check_torch_input,
+    is_torch_tensor,
+    on_cache_line,
+    read_only,
+    to_host,
+    torch_values_on_host,
+)
 from gru._layers import Seed, _make_rng
 from gru._validation import (
     IncompatibleKeys,
@@ -174,18 +182,12 @@ class Linear:
     @property
     def weight(self) -> np.ndarray:
         """A read-only view: change parameters with :meth:`load_state_dict`, as for the GRU."""
-        view = self._params["weight"].view()
-        view.flags.writeable = False
-        return view
+        return read_only(self._params["weight"])
 
     @property
     def bias(self) -> np.ndarray | None:
         """A read-only view of the bias, or None for a layer built with ``bias=False`` (as ``torch.nn.Linear``)."""
-        if not self._has_bias:
-            return None
-        view = self._params["bias"].view()
-        view.flags.writeable = False
-        return view
+        return read_only(self._params["bias"]) if self._has_bias else None
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Copies of the parameters: ``weight`` and (with bias) ``bias``."""

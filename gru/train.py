@@ -478,7 +478,8 @@ class Adam:
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        del state["_lock"], state["_stepping"]  # both made anew by __setstate__
+        del state["_lock"]
+        state["_stepping"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:

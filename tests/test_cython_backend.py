@@ -128,17 +128,34 @@ def test_which_calls_split_their_sequences_between_threads(products_cut):
 @EACH_VARIANT
 @pytest.mark.parametrize("full_length", [True, False], ids=["full-length", "lengths"])
 def test_batches_split_by_sequence_match_the_oracle(threads, reset_after, full_length):
-    """27 sequences in chunks of 8, 8, 8 and 3, claimed by the threads as they come free: output and every
-    gradient, both directions, two layers; full-length batches project their inputs step by step."""
+    """35 sequences in chunks (16, 16, 3 for two threads; 8, 8, 8, 8, 3 for three), claimed by the threads as
+    they come free: output and every gradient, both directions, two layers; full-length batches project their
+    inputs step by step."""
     from gru.backends.cython import _kernels
 
-    T, B, I, H = 9, 27, 6, 48
+    T, B, I, H = 9, 35, 6, 48
     assert _kernels.splits_sequences(B, H, 8, threads)
+    assert _kernels.projects_step_by_step(T, B, I, H, 8, threads) == _kernels.uses_small_kernel()
     rng = np.random.default_rng(threads + 10 * reset_after + 100 * full_length)
     layer = gru.GRU(I, H, 2, bidirectional=True, reset_after=reset_after, dtype="float64", backend="cython", seed=rng)
     lengths = None if full_length else np.concatenate([[0, T, 1], rng.integers(0, T + 1, B - 3)])
     x, h0 = rng.standard_normal((T, B, I)), rng.standard_normal((4, B, H))
     assert_training_matches_oracle(layer, x, rng, h0=h0, lengths=lengths, threads=threads)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@EACH_VARIANT
+def test_batches_of_wide_layers_projected_step_by_step_match_the_oracle(threads, reset_after, products_cut):
+    """32 sequences past 2 MB of W_hh split the units and project each step's inputs: output and every gradient."""
+    from gru.backends.cython import _kernels
+
+    T, B, I, H = 4, 32, 5, 300
+    assert not _kernels.splits_sequences(B, H, 8, threads)
+    assert _kernels.projects_step_by_step(T, B, I, H, 8, threads)
+    rng = np.random.default_rng(7 + reset_after + 10 * threads)
+    layer = gru.GRU(I, H, reset_after=reset_after, bidirectional=True, dtype="float64", backend="cython", seed=rng)
+    x, h0 = rng.standard_normal((T, B, I)), rng.standard_normal((2, B, H))
+    assert_training_matches_oracle(layer, x, rng, h0=h0, threads=threads)
 
 
 @EACH_VARIANT
@@ -513,25 +530,26 @@ def test_which_batches_project_their_inputs_step_by_step(products_cut):
         assert rows in (4 * B + 2 * team, T * B + 3 * B + 2 * team)
         return rows == 4 * B + 2 * team
 
-    assert per_step(30, 32, 256, 256) and per_step(30, 16, 64, 1024)  # B >= 16, I <= 256
-    assert per_step(30, 8, 512, 512) and per_step(30, 64, 512, 512)  # small-kernel blocks, 6 MB of weights
-    assert not per_step(30, 8, 2048, 128)  # blocks of 64 too large for the small kernel
-    assert not per_step(30, 8, 1024, 1024) and not per_step(30, 8, 512, 512, itemsize=8)  # weights past 8 MB
-    assert not per_step(30, 4, 512, 512) and not per_step(100, 1, 64, 128)  # too few sequences
+    assert per_step(30, 32, 256, 256) and per_step(30, 32, 64, 1024)  # B >= 32, I <= 256
+    assert per_step(30, 32, 512, 512) and per_step(30, 64, 512, 512)  # small-kernel blocks, 6 MB of weights
+    assert not per_step(30, 32, 2048, 128)  # blocks of 64 too large for the small kernel
+    assert not per_step(30, 32, 1024, 1024) and not per_step(30, 32, 512, 512, itemsize=8)  # weights past 8 MB
+    assert not per_step(30, 31, 512, 512) and not per_step(30, 31, 256, 256)  # too few sequences
+    assert not per_step(30, 8, 512, 512) and not per_step(100, 1, 64, 128)
     assert not per_step(30, 32, 256, 256, reverse=True, shortest=20)  # a step's rows from different times
     # split by sequence (16 and more sequences for 2 threads), a chunk's rows of x must be consecutive
     assert per_step(30, 32, 256, 256, shortest=20) and not per_step(30, 32, 256, 256, shortest=20, team=2)
-    assert per_step(30, 32, 256, 256, team=2) and per_step(30, 8, 512, 512, shortest=20, team=2)
+    assert per_step(30, 32, 256, 256, team=2) and per_step(30, 32, 512, 512, shortest=20, team=2)
     with small_kernel(False):  # both were measured with the small kernel: without it, whole sequences
-        assert not per_step(30, 32, 256, 256) and not per_step(30, 8, 512, 512)
+        assert not per_step(30, 32, 256, 256) and not per_step(30, 32, 512, 512)
 
 
 @pytest.mark.parametrize("lengths", ["none", "all-T", "varied"])
 @EACH_VARIANT
 @pytest.mark.parametrize("threads", [1, 3])
-@pytest.mark.parametrize("B", [18, 8])
+@pytest.mark.parametrize("B", [40, 32])
 def test_batches_that_project_inputs_step_by_step_match_the_oracle(lengths, reset_after, threads, B):
-    """B >= 8 here projects each step's inputs on its own (reverse with varied lengths: the whole sequence first)."""
+    """B >= 32 here projects each step's inputs on its own (reverse with varied lengths: the whole sequence first)."""
     rng = np.random.default_rng(len(lengths) + threads + B)
     T, I, H = 7, 6, 40
     layer = gru.GRU(I, H, 2, bidirectional=True, reset_after=reset_after, dtype="float64", backend="cython", seed=rng)

@@ -319,18 +319,21 @@ cdef inline void whole_product(bint w_rows, int m, int n, int k, const floating*
 # (when a block of 16 units is small enough to qualify).
 cdef enum:
     SMALL_PRODUCT = 1000000
-    # Batches from 16 sequences with up to 256 inputs project their inputs step by step
+    # Batches from 32 sequences with up to 256 inputs project their inputs step by step
     # (measured on Zen 4: 10-17 % faster for I = 64-256 at B = 32-64; no gain at I = 512,
     # where the whole-sequence GEMM is efficient and its output small next to its work).
-    STEP_PROJECTION_BATCH = 16
+    STEP_PROJECTION_BATCH = 32
     STEP_PROJECTION_INPUTS = 256
-    # So do batches from 8 sequences whose step products run (in chunks of 8 rows, see
-    # matmul_step) in blocks of 64 units on OpenBLAS's small-matrix kernel: 8 x 512 by
-    # 512 x 768 at 114 GFLOP/s a step, against 96 for the whole sequence's 240 x 512 by
-    # 512 x 768 (one Zen 4 core); as long as both weight matrices stay in cache from step
-    # to step: 10 % faster at I = H = 512, B = 8 (6 MB of weights), 4-6 % at B = 64 (and
-    # no T*B*3H buffer), 2.3x slower at I = H = 1024 (25 MB), so only up to 8 MB.
-    SMALL_STEP_BATCH = 8
+    # So do batches from 32 sequences whose step products run (in chunks of 8 rows, see
+    # matmul_step) in blocks of 64 units on OpenBLAS's small-matrix kernel, as long as
+    # both weight matrices stay in cache from step to step: 4-6 % faster at I = H = 512,
+    # B = 64 (and no T*B*3H buffer), 2.3x slower at I = H = 1024 (25 MB), so only up to
+    # 8 MB (Zen 4). On Zen 5 (AVX-512 kernels, two threads, both builds alternating
+    # call by call) the whole-sequence GEMM won below 32 sequences: 5-7 % at B = 8
+    # (I = H = 128-512), 3-6 % at B = 12-24 (I = H = 256-512), level elsewhere at B = 16;
+    # from 32 the steps won or drew: 6 % at (128,128,32,200), 1.6-2 % at B = 64, level
+    # at (512,512,32,50). (Zen 4 had put the line at 8 sequences for I = H = 512.)
+    SMALL_STEP_BATCH = 32
     SMALL_STEP_WEIGHT_BYTES = 8 * 1024 * 1024
     # Products of many rows run in chunks of 8 rows on the small kernel while the
     # weights they take are at most 2 MB (two Zen 4 cores at once, each on its own:

@@ -479,8 +479,8 @@ def test_recurrent_weights_are_packed_once_per_layer_and_team(monkeypatch):
 
 
 def test_which_calls_read_panels_of_w_hh_rows():
-    """Rows (gemm('T', 'N')) unless the small-matrix kernel runs the transposed blocks, or one sequence reads
-    a panel that fits L2 (1 MB; see panel_rows)."""
+    """Several sequences: rows (gemm('T', 'N')) unless the small-matrix kernel runs the transposed blocks. One
+    sequence, with either kernel: rows past L2 (1 MB a thread's panel; see panel_rows)."""
     from gru.backends.cython import _kernels
 
     with small_kernel(False):
@@ -489,18 +489,21 @@ def test_which_calls_read_panels_of_w_hh_rows():
         assert _kernels.panel_rows(1, 1024, 4, 2) and _kernels.panel_rows(1, 300, 8, 2)  # 6 MB, 1.15 MB
         assert not _kernels.panel_rows(1, 300, 4, 2)  # 576 KB
     with small_kernel(True):
-        assert not _kernels.panel_rows(2, 64, 4, 2) and not _kernels.panel_rows(1, 1024, 4, 2)
+        assert not _kernels.panel_rows(2, 64, 4, 2) and not _kernels.panel_rows(40, 1024, 4, 2)
+        assert not _kernels.panel_rows(1, 256, 4, 2) and not _kernels.panel_rows(1, 384, 4, 2)  # 884 KB
+        assert _kernels.panel_rows(1, 1024, 4, 2) and _kernels.panel_rows(1, 512, 4, 2)  # 1.5 MB
 
 
+@pytest.mark.parametrize("small", [False, True], ids=["packed-kernels", "small-kernel"])
 @pytest.mark.parametrize("reset_after", [True, False], ids=["reset-after", "reset-before"])
-def test_one_sequence_past_l2_reads_rows_and_matches_the_oracle(reset_after):
+def test_one_sequence_past_l2_reads_rows_and_matches_the_oracle(reset_after, small):
     """One sequence at H = 300 in float64: 1.15 MB of panel a thread, rows read by gemv('T'), two threads."""
     from gru.backends.cython import _kernels
 
     rng = np.random.default_rng(11)
     layer = gru.GRU(7, 300, reset_after=reset_after, dtype="float64", backend="cython", seed=rng)
     x = rng.standard_normal((4, 1, 7))
-    with small_kernel(False):
+    with small_kernel(small):
         assert _kernels.panel_rows(1, 300, 8, 2)
         assert_training_matches_oracle(layer, x, rng, threads=2)
 

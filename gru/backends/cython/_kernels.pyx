@@ -577,16 +577,23 @@ def splits_sequences(Py_ssize_t B, Py_ssize_t H, Py_ssize_t itemsize, int thread
 def panel_rows(Py_ssize_t B, Py_ssize_t H, Py_ssize_t itemsize, int team) -> bool:
     """The layout of the panels a call of B sequences reads, with a team of ``team`` (see pack_panel).
 
-    W_hh's rows (products by gemm('T', 'N'), see matmul_w) unless BLAS has
-    the small-matrix kernel, which runs gemm('N', 'N') on the transposed
-    blocks far faster (SkylakeX kernels, 8 x 512 by 512 x 192: 7 against
-    18 us), or one sequence reads a panel that fits a core's L2 (gemv 'N' on
-    the transposed blocks, on Haswell kernels, took 0.270 against 0.305 ms at
-    (64,128,1,200), 2.84 against 3.04 at (256,256,1,500); past L2, gemv 'T'
-    on rows took 1.01-1.06x less time at (1024,1024,1,100) and 1.03-1.12x
-    at (512,512,1,100), every buffer on a cache line).
+    Several sequences: W_hh's rows (products by gemm('T', 'N'), see matmul_w)
+    unless BLAS has the small-matrix kernel, which runs gemm('N', 'N') on the
+    transposed blocks far faster (SkylakeX kernels, 8 x 512 by 512 x 192: 7
+    against 18 us). One sequence: the transposed blocks (gemv 'N') while a
+    thread's panel fits its core's L2, rows (gemv 'T') past it, with either
+    kernel family. On Haswell kernels the transposed blocks took 0.270 against
+    0.305 ms at (64,128,1,200), 2.84 against 3.04 at (256,256,1,500); rows took
+    1.01-1.06x less time at (1024,1024,1,100) and 1.03-1.12x at (512,512,1,100),
+    every buffer on a cache line. On SkylakeX kernels (Zen 5, two threads, both
+    layouts alternating call by call): rows 1.05-1.09x faster at
+    (512,512,1,100), (768,768,1,100) and (1024,1024,1,100); the transposed
+    blocks 1.05-1.31x faster at (384,384,1,100) (a 884 KB panel),
+    (256,256,1,500) and (64,128,1,200).
     """
-    return not small_kernel and (B > 1 or 3 * widest_slice(<int>H, team) * H * itemsize > PANEL_L2_BYTES)
+    if B == 1:
+        return 3 * widest_slice(<int>H, team) * H * itemsize > PANEL_L2_BYTES
+    return not small_kernel
 
 
 def pack_panels(const floating[:, ::1] w_hh not None, int team, floating[:, ::1] panels not None, bint w_rows):

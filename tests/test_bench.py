@@ -31,6 +31,24 @@ def _quick_run(implementations, cases=(TINY,), **kwargs):
     return bench.run(list(cases), implementations=implementations, **settings)
 
 
+@pytest.mark.skipif(not gru.backend_available("cython"), reason="the cython backend is not built here")
+def test_cli_leaves_the_thread_settings_of_its_process_as_they_were(monkeypatch, capsys):
+    """A run inside a longer process: torch, loaded while the run's OMP_NUM_THREADS was set, used to leave the
+    calling thread's OpenMP count at the run's --threads, so that later Cython calls took that many threads."""
+    from gru.backends.cython import _kernels
+
+    gru.get_backend("cython").available()
+    for var in _cases._THREAD_ENV:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "3")
+    before = _kernels.max_threads()
+    argv = ["bench", "--shapes", "8,16,2,5", "--backends", "numpy", "--repeats", "1", "--warmup", "0"]
+    assert cli_main([*argv, "--threads", str(before + 1), "--no-progress"]) == 0
+    assert _kernels.max_threads() == before
+    assert os.environ.get("OMP_NUM_THREADS") is None and os.environ["OPENBLAS_NUM_THREADS"] == "3"
+    assert capsys.readouterr().out
+
+
 def test_cli_writes_a_complete_json_report(tmp_path, capsys):
     path = tmp_path / "results" / "cpu.json"
     argv = ["bench", "--shapes", "8,16,2,5", "--backends", "numpy", "--repeats", "2", "--warmup", "1"]
@@ -302,6 +320,8 @@ def test_floors_add_up_the_projection_and_every_step(dtype):
         assert f["projection_s"] > 0 and f["step_s"] > 0 and f["team"] in (1, 2)
         steps = int(shape.split(",")[-1])
         assert f["floor_s"] == pytest.approx(f["projection_s"] + steps * f["step_s"])
+        assert f["shared_step_s"] > 0  # the team at once: never below the floor
+        assert f["shared_floor_s"] == pytest.approx(f["projection_s"] + steps * max(f["step_s"], f["shared_step_s"]))
 
 
 @pytest.mark.skipif(not gru.backend_available("cython"), reason="the cython backend is not built here")
@@ -336,7 +356,10 @@ def test_floor_bounds_divide_the_run_by_the_floor():
             {"label": "c", "results": [{"name": "cython", "kind": "gru", "status": "ok", "median_s": 1.0}]},
         ]
     }
-    found = floors.bounds({"a": {"floor_s": 2.0}, "b": {"floor_s": 4.0}, "c": {"skipped": "split by sequence"}}, report)
+    floor = {"a": {"floor_s": 2.0, "shared_floor_s": 4.0}, "b": {"floor_s": 4.0}, "c": {"skipped": "split by sequence"}}
+    shared = floors.bounds(floor, report, "shared_floor_s")  # only the shapes with a shared floor
+    assert set(shared["shapes"]) == {"a"} and shared["shapes"]["a"]["best_speedup"] == {"onnxruntime": 1.0}
+    found = floors.bounds(floor, report)
     assert set(found["shapes"]) == {"a", "b"}
     assert found["shapes"]["a"]["over_floor"] == {"cython": 1.5, "onnxruntime": 2.0}
     assert found["shapes"]["a"]["best_speedup"] == {"onnxruntime": 2.0}
@@ -382,6 +405,8 @@ def test_the_kernels_timing_calls_check_their_arguments():
         _kernels.step_seconds(np.zeros((12, 5), np.float32), h, 1, False, 1)
     with pytest.raises(ValueError, match="team, calls and rows"):
         _kernels.step_seconds(w_hh, h, 0, False, 1)
+    with pytest.raises(ValueError, match="team, calls and rows"):
+        _kernels.step_seconds(w_hh, h, 2, False, 0, together=True)
     with pytest.raises(ValueError, match="w_ih_t"):
         _kernels.projection_seconds(np.zeros((2, 3), np.float32), np.zeros((4, 12), np.float32), 1, False, 1)
     with pytest.raises(ValueError, match="team, calls, rows and H"):

@@ -44,7 +44,14 @@ from gru.bench._cases import (
     parse_shape,
 )
 from gru.bench._cli import add_arguments, main, run_from_args
-from gru.bench._machine import SIMD_FLAGS, machine_info, measure_gemm, set_thread_environment, usable_cpus
+from gru.bench._machine import (
+    SIMD_FLAGS,
+    machine_info,
+    measure_gemm,
+    set_thread_environment,
+    thread_environment,
+    usable_cpus,
+)
 from gru.bench._peers import (
     BackendImplementation,
     Implementation,
@@ -86,6 +93,7 @@ __all__ = [
     "run",
     "run_from_args",
     "set_thread_environment",
+    "thread_environment",
     "usable_cpus",
     "write_plot",
 ]

@@ -25,7 +25,7 @@ from gru.bench._cases import (
     Case,
     parse_shape,
 )
-from gru.bench._machine import set_thread_environment, usable_cpus
+from gru.bench._machine import thread_environment, usable_cpus
 from gru.bench._peers import resolve_implementations
 from gru.bench._report import format_table, write_plot
 from gru.bench._run import run
@@ -125,21 +125,21 @@ def run_from_args(args: argparse.Namespace) -> int:
     )
     if problem:
         return _fail(problem)
-    set_thread_environment(threads)  # before the first torch/onnxruntime/backend load picks up its pool size
     try:
-        impls = resolve_implementations(args.backends.split(",") if args.backends is not None else None)
-        report = run(
-            cases,
-            implementations=impls,
-            dtype=args.dtype,
-            threads=threads,
-            repeats=repeats,
-            warmup=warmup,
-            budget_s=args.budget or None,
-            seed=args.seed,
-            progress=args.progress,
-            training=training,
-        )
+        with thread_environment(threads):  # before the first torch/onnxruntime/backend load picks up its pool size
+            impls = resolve_implementations(args.backends.split(",") if args.backends is not None else None)
+            report = run(
+                cases,
+                implementations=impls,
+                dtype=args.dtype,
+                threads=threads,
+                repeats=repeats,
+                warmup=warmup,
+                budget_s=args.budget or None,
+                seed=args.seed,
+                progress=args.progress,
+                training=training,
+            )
     except ValueError as exc:
         message = str(exc)
         if message.startswith("nothing can run") and args.backends is not None:  # what the selection left

@@ -33,6 +33,34 @@ def set_thread_environment(threads: int) -> None:
 
 
 @contextmanager
+def thread_environment(threads: int) -> Iterator[None]:
+    """set_thread_environment for the duration: afterwards the variables and the thread counts of the pools
+    loaded on entry are as they were, so that a run inside a longer process (a test, a notebook) leaves no trace.
+
+    Torch, loaded while OMP_NUM_THREADS is set, sets the calling thread's OpenMP count from it, in the OpenMP
+    runtime the Cython backend shares: without this, a later call of that backend took the run's thread count.
+    """
+    saved = {var: os.environ.get(var) for var in _THREAD_ENV}
+    try:
+        from threadpoolctl import threadpool_limits
+
+        pools = threadpool_limits(limits=None)  # changes nothing: records the pools' counts to restore
+    except ImportError:
+        pools = None
+    set_thread_environment(threads)
+    try:
+        yield
+    finally:
+        for var, value in saved.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
+        if pools is not None:
+            pools.restore_original_limits()
+
+
+@contextmanager
 def limit_threads(threads: int) -> Iterator[list[dict[str, Any]]]:
     """Cap every BLAS and OpenMP pool loaded now at ``threads`` (threadpoolctl), restoring afterwards.
 

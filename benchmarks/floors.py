@@ -7,19 +7,24 @@ alone, exactly as thread 0 makes them, in one thread with BLAS held to one
 thread, and adds them up: the shape's floor. It leaves out everything else
 (the gate pass, the barrier, unpacking a column-major product) and the other
 threads' pull on the shared caches, so the backend cannot run a shape faster
-than its floor with this BLAS on this machine.
+than its floor with this BLAS on this machine. The shared floor times each
+step's products of the whole team at once instead (every thread on its own
+panel, no barrier): where the threads stream their weights from a cache they
+share, that is what the bandwidth they split leaves.
 
 Given a ``gru bench --json`` run (``--bench``), it takes the shapes, threads
 and dtype from it and also prints each implementation's time in that run
 against the floor, and for each peer the most the backend could be faster
 than it (peer time / floor), shape by shape and in geometric mean: a target
-above that bound cannot be met with this BLAS. Calls split by sequence (batches
+above that bound cannot be met with this BLAS (with the shared floor: nor
+above that one, with these threads on this machine's shared caches). Calls split by sequence (batches
 of small layers, see ``splits_by_sequence``) are not covered.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import statistics
@@ -66,6 +71,7 @@ def floor(case: Case, threads: int, dtype: str = "float32", seed: int = 0) -> di
         return backend._with_blas_held(function, *args)
 
     step = _seconds_per_call(held, kernels.step_seconds, w_hh, h, team, w_rows)
+    shared_step = _seconds_per_call(held, functools.partial(kernels.step_seconds, together=True), w_hh, h, team, w_rows)
     projection = _seconds_per_call(held, kernels.projection_seconds, x, w_ih_t, team, per_step)
     projection *= T if per_step else 1
     return {
@@ -75,26 +81,29 @@ def floor(case: Case, threads: int, dtype: str = "float32", seed: int = 0) -> di
         "projection_s": projection,
         "step_s": step,
         "floor_s": projection + T * step,
+        "shared_step_s": shared_step,
+        "shared_floor_s": projection + T * max(step, shared_step),
     }
 
 
-def bounds(floors: dict[str, dict[str, Any]], report: dict[str, Any]) -> dict[str, Any]:
+def bounds(floors: dict[str, dict[str, Any]], report: dict[str, Any], key: str = "floor_s") -> dict[str, Any]:
     """Per shape of a ``gru bench`` report: each implementation's time / the floor, and each peer's time / the floor.
 
     The second is the most the Cython backend can be faster than that peer on
-    the shape; ``geomean`` holds both in geometric mean over the shapes with a floor.
+    the shape; ``geomean`` holds both in geometric mean over the shapes with a
+    floor. ``key`` picks the floor: ``floor_s`` or ``shared_floor_s``.
     """
     shapes: dict[str, dict[str, Any]] = {}
     for case in report["cases"]:
         entry = floors.get(case["label"], {})
-        if "floor_s" not in entry:
+        if key not in entry:
             continue
         times = {r["name"]: r["median_s"] for r in case["results"] if r.get("status") == "ok"}
         shapes[case["label"]] = {
             "times_s": times,
-            "over_floor": {name: t / entry["floor_s"] for name, t in times.items()},
+            "over_floor": {name: t / entry[key] for name, t in times.items()},
             "best_speedup": {
-                r["name"]: times[r["name"]] / entry["floor_s"]
+                r["name"]: times[r["name"]] / entry[key]
                 for r in case["results"]
                 if r.get("kind") == "peer" and r["name"] in times
             },
@@ -109,9 +118,12 @@ def bounds(floors: dict[str, dict[str, Any]], report: dict[str, Any]) -> dict[st
     return {"shapes": shapes, "geomean": geomean}
 
 
-def format_floors(floors: dict[str, dict[str, Any]], limits: dict[str, Any] | None) -> str:
+def format_floors(
+    floors: dict[str, dict[str, Any]], limits: dict[str, Any] | None, shared_limits: dict[str, Any] | None = None
+) -> str:
     lines = [
         f"{'I,H,B,T':<18}{'team':>5}  {'panel':<9}  {'projection':<15}{'proj ms':>9}{'µs/step':>9}{'floor ms':>10}"
+        f"{'shared µs/step':>16}{'shared floor ms':>17}"
     ]
     for label, f in floors.items():
         if "skipped" in f:
@@ -120,21 +132,22 @@ def format_floors(floors: dict[str, dict[str, Any]], limits: dict[str, Any] | No
         lines.append(
             f"{label:<18}{f['team']:>5}  {f['layout']:<9}  {f['projection']:<15}"
             f"{f['projection_s'] * 1e3:>9.3f}{f['step_s'] * 1e6:>9.2f}{f['floor_s'] * 1e3:>10.3f}"
+            f"{f['shared_step_s'] * 1e6:>16.2f}{f['shared_floor_s'] * 1e3:>17.3f}"
         )
-    if limits:
-        lines += ["", "against the run (time / floor; for a peer, its time / our floor: the most we can be faster):"]
-        for label, s in limits["shapes"].items():
-            parts = [
-                f"{name} {t * 1e3:.3f} ms = {s['over_floor'][name]:.2f}x floor" for name, t in s["times_s"].items()
-            ]
+    for name, found in (("floor", limits), ("shared floor", shared_limits)):
+        if not found:
+            continue
+        lines += ["", f"against the run (time / {name}; for a peer, its time / our {name}: the most we can be faster):"]
+        for label, s in found["shapes"].items():
+            parts = [f"{who} {t * 1e3:.3f} ms = {s['over_floor'][who]:.2f}x" for who, t in s["times_s"].items()]
             lines.append(f"{label:<18}" + ";  ".join(parts))
         lines.append(
-            "geometric mean, time / floor: "
-            + ", ".join(f"{name} {v:.2f}x" for name, v in limits["geomean"]["over_floor"].items())
+            f"geometric mean, time / {name}: "
+            + ", ".join(f"{who} {v:.2f}x" for who, v in found["geomean"]["over_floor"].items())
         )
         lines.append(
             "geometric mean, most the Cython backend can be faster than: "
-            + ", ".join(f"{name} {v:.2f}x" for name, v in limits["geomean"]["best_speedup"].items())
+            + ", ".join(f"{who} {v:.2f}x" for who, v in found["geomean"]["best_speedup"].items())
         )
     return "\n".join(lines)
 
@@ -179,12 +192,26 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--json {args.json}: cannot write it ({exc.strerror})")
     floors = {case.label: floor(case, threads, dtype) for case in shapes}
     limits = bounds(floors, report) if report else None
+    shared_limits = bounds(floors, report, "shared_floor_s") if report else None
     team = f"{threads} thread{'s' if threads != 1 else ''}"
-    print(f"floors: {team}, {dtype}; thread 0's BLAS calls alone, one thread, medians of {MEASUREMENTS}")
-    print(format_floors(floors, limits))
+    print(
+        f"floors: {team}, {dtype}; thread 0's BLAS calls alone, one thread (shared: the team's at once),"
+        f" medians of {MEASUREMENTS}"
+    )
+    print(format_floors(floors, limits, shared_limits))
     if out is not None:
         with out:
-            json.dump({"threads": threads, "dtype": dtype, "floors": floors, "bounds": limits}, out, indent=1)
+            json.dump(
+                {
+                    "threads": threads,
+                    "dtype": dtype,
+                    "floors": floors,
+                    "bounds": limits,
+                    "shared_bounds": shared_limits,
+                },
+                out,
+                indent=1,
+            )
     return 0
 
 

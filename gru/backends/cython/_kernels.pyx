@@ -996,39 +996,74 @@ cdef void* calloc_on_line(size_t count, size_t size, void** raw) noexcept nogil:
     return <void*>((<uintptr_t>raw[0] + 63) & ~(<uintptr_t>63))
 
 
-def step_seconds(const floating[:, ::1] w_hh not None, const floating[:, ::1] h not None, int team, bint w_rows,
-                 Py_ssize_t calls) -> float:
-    """Seconds per step of thread 0's recurrent products in a team of ``team``, for the B rows of ``h`` (B, H).
+cdef void thread_products(int B, int H, int team, int tid, const floating* h, const floating* panels, bint w_rows,
+                          floating* product, Py_ssize_t calls) noexcept nogil:
+    """Thread ``tid``'s recurrent products of a step, ``calls`` times, as run_rows makes them (two parts)."""
+    cdef int u0, nu
+    cdef Py_ssize_t c
+    nu = unit_slice(H, team, tid, &u0)
+    if nu == 0:
+        return
+    cdef const floating* panel = panels + <Py_ssize_t>3 * H * u0
+    cdef int ldp = B if w_rows else 3 * H  # as in run_rows
+    for c in range(calls):
+        panel_part(B, 3 * nu, 0, u0, u0 + nu, H, nu, h, panel, w_rows, 0, product, ldp)
+        product_rest(B, 3 * nu, 0, H, u0, nu, h, panel, w_rows, product, ldp)
 
-    Its panel packed in the layout ``w_rows`` (see panel_rows), the products
-    made in the two parts run_rows makes them in; the gate pass, the barrier
-    and the unpacking of a column-major product are not counted.
+
+def step_seconds(const floating[:, ::1] w_hh not None, const floating[:, ::1] h not None, int team, bint w_rows,
+                 Py_ssize_t calls, bint together=False) -> float:
+    """Seconds per step of the recurrent products of a team of ``team``, for the B rows of ``h`` (B, H).
+
+    Each thread's panel packed in the layout ``w_rows`` (see panel_rows), its
+    products made in the two parts run_rows makes them in; the gate pass, the
+    barrier and the unpacking of a column-major product are not counted.
+    Thread 0's products alone, in the calling thread; or, ``together``, every
+    thread's at once, each on its own panel and product, with no barrier
+    between steps (wall time): the shared caches' and memory's bandwidth then
+    divides between them as in a forward call.
     """
     cdef int H = w_hh.shape[1]
     cdef int B = h.shape[0]
-    cdef int u0, nu
-    cdef Py_ssize_t c
+    cdef int u0, nu, tid
+    cdef int given = team  # the team OpenMP gives
     _expect_shape("w_hh", w_hh.shape, 2, 3 * H, H)
     _expect_shape("h", h.shape, 2, B, H)
     if team < 1 or calls < 1 or B < 1:
         raise ValueError(f"team, calls and rows: expected at least 1 each, got {team}, {calls} and {B}")
-    nu = unit_slice(H, team, 0, &u0)
-    cdef int ldp = B if w_rows else 3 * H  # as in run_rows
+    cdef int runners = team if together else 1
+    cdef Py_ssize_t product_size = <Py_ssize_t>B * 3 * H + 16  # a cache line apart
     cdef void* panel_memory = NULL
     cdef void* product_memory = NULL
-    cdef floating* panel = <floating*>calloc_on_line(<size_t>3 * nu * H, sizeof(floating), &panel_memory)
-    cdef floating* product = <floating*>calloc_on_line(<size_t>B * 3 * H, sizeof(floating), &product_memory)
+    cdef floating* panels = <floating*>calloc_on_line(<size_t>3 * H * H, sizeof(floating), &panel_memory)
+    cdef floating* products = <floating*>calloc_on_line(<size_t>(runners * product_size), sizeof(floating),
+                                                        &product_memory)
     try:
-        if panel == NULL or product == NULL:
+        if panels == NULL or products == NULL:
             raise MemoryError()
-        pack_panel(H, u0, nu, &w_hh[0, 0], panel, w_rows)
+        for tid in range(runners):
+            nu = unit_slice(H, team, tid, &u0)
+            if nu > 0:
+                pack_panel(H, u0, nu, &w_hh[0, 0], panels + <Py_ssize_t>3 * H * u0, w_rows)
         with nogil:  # one call untimed: the first writes fault the product's pages in
-            for c in range(calls + 1):
-                if c == 1:
-                    with gil:
-                        start = perf_counter()
-                panel_part(B, 3 * nu, 0, u0, u0 + nu, H, nu, &h[0, 0], panel, w_rows, 0, product, ldp)
-                product_rest(B, 3 * nu, 0, H, u0, nu, &h[0, 0], panel, w_rows, product, ldp)
+            if together:
+                with parallel(num_threads=team):
+                    thread_products(B, H, team, gru_thread_id(), &h[0, 0], panels, w_rows,
+                                    products + gru_thread_id() * product_size, 1)
+                    if gru_thread_id() == 0:
+                        given = gru_num_threads()
+            else:
+                thread_products(B, H, team, 0, &h[0, 0], panels, w_rows, products, 1)
+        if given != team:
+            raise RuntimeError(f"team: OpenMP gave {given} threads, not {team}")
+        start = perf_counter()
+        with nogil:
+            if together:
+                with parallel(num_threads=team):
+                    thread_products(B, H, team, gru_thread_id(), &h[0, 0], panels, w_rows,
+                                    products + gru_thread_id() * product_size, calls)
+            else:
+                thread_products(B, H, team, 0, &h[0, 0], panels, w_rows, products, calls)
         return (perf_counter() - start) / calls
     finally:
         free(panel_memory)

@@ -9,16 +9,18 @@ thread, and adds them up: the shape's floor. It leaves out everything else
 threads' pull on the shared caches, so the backend cannot run a shape faster
 than its floor with this BLAS on this machine. The shared floor times each
 step's products of the whole team at once instead (every thread on its own
-panel, no barrier): where the threads stream their weights from a cache they
-share, that is what the bandwidth they split leaves.
+panel, no barrier) and takes the slower of the two step times: where the
+threads stream their weights from a cache they share, that is what the
+bandwidth they split leaves.
 
 Given a ``gru bench --json`` run (``--bench``), it takes the shapes, threads
 and dtype from it and also prints each implementation's time in that run
 against the floor, and for each peer the most the backend could be faster
 than it (peer time / floor), shape by shape and in geometric mean: a target
 above that bound cannot be met with this BLAS (with the shared floor: nor
-above that one, with these threads on this machine's shared caches). Calls split by sequence (batches
-of small layers, see ``splits_by_sequence``) are not covered.
+above that one, with these threads on this machine's shared caches). Calls
+split by sequence (batches of small layers, see ``splits_by_sequence``) are
+not covered.
 """
 
 from __future__ import annotations
@@ -55,7 +57,8 @@ def floor(case: Case, threads: int, dtype: str = "float32", seed: int = 0) -> di
     kernels = backend._kernels
     I, H, B, T = case.input_size, case.hidden_size, case.batch, case.steps
     itemsize = np.dtype(dtype).itemsize
-    team = kernels.team_size(threads, H, B, itemsize)
+    # without OpenMP every call runs in one thread
+    team = kernels.team_size(threads, H, B, itemsize) if kernels.has_openmp() else 1
     if kernels.splits_sequences(B, H, itemsize, team):
         return {"skipped": "split by sequence"}
     w_rows = bool(kernels.panel_rows(B, H, itemsize, team))
@@ -109,12 +112,12 @@ def bounds(floors: dict[str, dict[str, Any]], report: dict[str, Any], key: str =
             },
         }
     geomean: dict[str, dict[str, float]] = {}
-    for key in ("over_floor", "best_speedup"):
-        names = {name for s in shapes.values() for name in s[key]}
-        geomean[key] = {}
+    for ratio in ("over_floor", "best_speedup"):
+        names = {name for s in shapes.values() for name in s[ratio]}
+        geomean[ratio] = {}
         for name in sorted(names):
-            values = [s[key][name] for s in shapes.values() if name in s[key]]
-            geomean[key][name] = math.exp(sum(math.log(v) for v in values) / len(values))
+            values = [s[ratio][name] for s in shapes.values() if name in s[ratio]]
+            geomean[ratio][name] = math.exp(sum(math.log(v) for v in values) / len(values))
     return {"shapes": shapes, "geomean": geomean}
 
 

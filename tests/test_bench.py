@@ -33,19 +33,32 @@ def _quick_run(implementations, cases=(TINY,), **kwargs):
 
 @pytest.mark.skipif(not gru.backend_available("cython"), reason="the cython backend is not built here")
 def test_cli_leaves_the_thread_settings_of_its_process_as_they_were(monkeypatch, capsys):
-    """A run inside a longer process: torch, loaded while the run's OMP_NUM_THREADS was set, used to leave the
-    calling thread's OpenMP count at the run's --threads, so that later Cython calls took that many threads."""
+    """A run inside a longer process: torch, loaded while the run's OMP_NUM_THREADS is set, may set the calling
+    thread's OpenMP count from it (here a run that leaves it changed stands in); later Cython calls then took it."""
+    from threadpoolctl import threadpool_limits
+
     from gru.backends.cython import _kernels
 
     gru.get_backend("cython").available()
     for var in _cases._THREAD_ENV:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "3")
+    monkeypatch.setenv("MKL_NUM_THREADS", "")
     before = _kernels.max_threads()
+    real_run = _cli.run
+
+    def run_that_changes_openmp(*args, **kwargs):
+        report = real_run(*args, **kwargs)
+        threadpool_limits(limits=before + 1, user_api="openmp")  # not restored, as torch's import left it
+        assert _kernels.max_threads() == before + 1
+        return report
+
+    monkeypatch.setattr(_cli, "run", run_that_changes_openmp)
     argv = ["bench", "--shapes", "8,16,2,5", "--backends", "numpy", "--repeats", "1", "--warmup", "0"]
     assert cli_main([*argv, "--threads", str(before + 1), "--no-progress"]) == 0
     assert _kernels.max_threads() == before
     assert os.environ.get("OMP_NUM_THREADS") is None and os.environ["OPENBLAS_NUM_THREADS"] == "3"
+    assert os.environ["MKL_NUM_THREADS"] == ""
     assert capsys.readouterr().out
 
 
@@ -320,7 +333,7 @@ def test_floors_add_up_the_projection_and_every_step(dtype):
         assert f["projection_s"] > 0 and f["step_s"] > 0 and f["team"] in (1, 2)
         steps = int(shape.split(",")[-1])
         assert f["floor_s"] == pytest.approx(f["projection_s"] + steps * f["step_s"])
-        assert f["shared_step_s"] > 0  # the team at once: never below the floor
+        assert f["shared_step_s"] > 0  # the team at once; the shared floor takes the slower of the two per step
         assert f["shared_floor_s"] == pytest.approx(f["projection_s"] + steps * max(f["step_s"], f["shared_step_s"]))
 
 

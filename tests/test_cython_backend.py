@@ -143,19 +143,25 @@ def test_batches_split_by_sequence_match_the_oracle(threads, reset_after, full_l
     assert_training_matches_oracle(layer, x, rng, h0=h0, lengths=lengths, threads=threads)
 
 
+@pytest.mark.parametrize("full_length", [True, False], ids=["full-length", "lengths"])
 @pytest.mark.parametrize("threads", [2, 3])
 @EACH_VARIANT
-def test_batches_of_wide_layers_projected_step_by_step_match_the_oracle(threads, reset_after, products_cut):
-    """32 sequences past 2 MB of W_hh split the units and project each step's inputs: output and every gradient."""
+def test_batches_of_wide_layers_projected_step_by_step_match_the_oracle(
+    threads, reset_after, full_length, products_cut
+):
+    """32 sequences past 2 MB of W_hh split the units and project each step's inputs (with varied lengths the
+    forward direction only: the reverse one's rows of a step come from different times): output and every
+    gradient."""
     from gru.backends.cython import _kernels
 
     T, B, I, H = 4, 32, 5, 300
     assert not _kernels.splits_sequences(B, H, 8, threads)
     assert _kernels.projects_step_by_step(T, B, I, H, 8, threads)
-    rng = np.random.default_rng(7 + reset_after + 10 * threads)
+    rng = np.random.default_rng(7 + reset_after + 10 * threads + 100 * full_length)
     layer = gru.GRU(I, H, reset_after=reset_after, bidirectional=True, dtype="float64", backend="cython", seed=rng)
     x, h0 = rng.standard_normal((T, B, I)), rng.standard_normal((2, B, H))
-    assert_training_matches_oracle(layer, x, rng, h0=h0, threads=threads)
+    lengths = None if full_length else np.concatenate([[T, 0, 1], rng.integers(0, T + 1, B - 3)])
+    assert_training_matches_oracle(layer, x, rng, h0=h0, lengths=lengths, threads=threads)
 
 
 @EACH_VARIANT
@@ -552,7 +558,9 @@ def test_which_batches_project_their_inputs_step_by_step(products_cut):
 @pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize("B", [40, 32])
 def test_batches_that_project_inputs_step_by_step_match_the_oracle(lengths, reset_after, threads, B):
-    """B >= 32 here projects each step's inputs on its own (reverse with varied lengths: the whole sequence first)."""
+    """B >= 32 here projects each step's inputs on its own, but where a step's rows would come from different
+    times (varied lengths: in reverse, and in both directions when three threads split the sequences) the
+    whole sequence's first."""
     rng = np.random.default_rng(len(lengths) + threads + B)
     T, I, H = 7, 6, 40
     layer = gru.GRU(I, H, 2, bidirectional=True, reset_after=reset_after, dtype="float64", backend="cython", seed=rng)

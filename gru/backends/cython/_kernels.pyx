@@ -984,8 +984,8 @@ def run_direction(
 
 # --- the products alone (benchmarks/floors.py) ------------------------------------------
 # The least time a forward split by unit can take with this BLAS: the products
-# thread 0 makes, timed alone in one thread, as the forward makes them. The
-# caller holds BLAS to one thread.
+# thread 0 makes, timed alone in one thread, as the forward makes them (or the
+# whole team's at once, see step_seconds). The caller holds BLAS to one thread.
 
 cdef void* calloc_on_line(size_t count, size_t size, void** raw) noexcept nogil:
     """``count * size`` zeroed bytes that start on a cache line, as the backend's buffers do (see
@@ -1026,13 +1026,14 @@ def step_seconds(const floating[:, ::1] w_hh not None, const floating[:, ::1] h 
     cdef int H = w_hh.shape[1]
     cdef int B = h.shape[0]
     cdef int u0, nu, tid
-    cdef int given = team  # the team OpenMP gives
+    cdef int given = team  # the team OpenMP gives, written through a pointer: a variable assigned
+    cdef int* given_at = &given  # inside a parallel block is private to each thread
     _expect_shape("w_hh", w_hh.shape, 2, 3 * H, H)
     _expect_shape("h", h.shape, 2, B, H)
     if team < 1 or calls < 1 or B < 1:
         raise ValueError(f"team, calls and rows: expected at least 1 each, got {team}, {calls} and {B}")
     cdef int runners = team if together else 1
-    cdef Py_ssize_t product_size = <Py_ssize_t>B * 3 * H + 16  # a cache line apart
+    cdef Py_ssize_t product_size = (<Py_ssize_t>B * 3 * H + 15) // 16 * 16 + 16  # each on a line, a line apart
     cdef void* panel_memory = NULL
     cdef void* product_memory = NULL
     cdef floating* panels = <floating*>calloc_on_line(<size_t>3 * H * H, sizeof(floating), &panel_memory)
@@ -1051,7 +1052,7 @@ def step_seconds(const floating[:, ::1] w_hh not None, const floating[:, ::1] h 
                     thread_products(B, H, team, gru_thread_id(), &h[0, 0], panels, w_rows,
                                     products + gru_thread_id() * product_size, 1)
                     if gru_thread_id() == 0:
-                        given = gru_num_threads()
+                        given_at[0] = gru_num_threads()
             else:
                 thread_products(B, H, team, 0, &h[0, 0], panels, w_rows, products, 1)
         if given != team:
@@ -1062,9 +1063,14 @@ def step_seconds(const floating[:, ::1] w_hh not None, const floating[:, ::1] h 
                 with parallel(num_threads=team):
                     thread_products(B, H, team, gru_thread_id(), &h[0, 0], panels, w_rows,
                                     products + gru_thread_id() * product_size, calls)
+                    if gru_thread_id() == 0:
+                        given_at[0] = gru_num_threads()
             else:
                 thread_products(B, H, team, 0, &h[0, 0], panels, w_rows, products, calls)
-        return (perf_counter() - start) / calls
+        seconds = (perf_counter() - start) / calls
+        if given != team:
+            raise RuntimeError(f"team: OpenMP gave {given} threads, not {team}")
+        return seconds
     finally:
         free(panel_memory)
         free(product_memory)

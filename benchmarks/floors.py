@@ -7,11 +7,11 @@ alone, exactly as thread 0 makes them, in one thread with BLAS held to one
 thread, and adds them up: the shape's floor. It leaves out everything else
 (the gate pass, the barrier, unpacking a column-major product) and the other
 threads' pull on the shared caches, so the backend cannot run a shape faster
-than its floor with this BLAS on this machine. The shared floor times each
-step's products of the whole team at once instead (every thread on its own
-panel, no barrier) and takes the slower of the two step times: where the
-threads stream their weights from a cache they share, that is what the
-bandwidth they split leaves.
+than its floor with this BLAS on this machine. The shared floor times the
+whole team's projections, and each step's products, at once instead (every
+thread on its own units, no barrier) and takes the slower of the two times
+of each: where the threads stream their weights from a cache they share,
+that is what the bandwidth they split leaves.
 
 Given a ``gru bench --json`` run (``--bench``), it takes the shapes, threads
 and dtype from it and also prints each implementation's time in that run
@@ -76,7 +76,11 @@ def floor(case: Case, threads: int, dtype: str = "float32", seed: int = 0) -> di
     step = _seconds_per_call(held, kernels.step_seconds, w_hh, h, team, w_rows)
     shared_step = _seconds_per_call(held, functools.partial(kernels.step_seconds, together=True), w_hh, h, team, w_rows)
     projection = _seconds_per_call(held, kernels.projection_seconds, x, w_ih_t, team, per_step)
+    shared_projection = _seconds_per_call(
+        held, functools.partial(kernels.projection_seconds, together=True), x, w_ih_t, team, per_step
+    )
     projection *= T if per_step else 1
+    shared_projection *= T if per_step else 1
     return {
         "team": team,
         "layout": "W_hh rows" if w_rows else "W_hh^T",
@@ -84,8 +88,9 @@ def floor(case: Case, threads: int, dtype: str = "float32", seed: int = 0) -> di
         "projection_s": projection,
         "step_s": step,
         "floor_s": projection + T * step,
+        "shared_projection_s": shared_projection,
         "shared_step_s": shared_step,
-        "shared_floor_s": projection + T * max(step, shared_step),
+        "shared_floor_s": max(projection, shared_projection) + T * max(step, shared_step),
     }
 
 
@@ -126,7 +131,7 @@ def format_floors(
 ) -> str:
     lines = [
         f"{'I,H,B,T':<18}{'team':>5}  {'panel':<9}  {'projection':<15}{'proj ms':>9}{'µs/step':>9}{'floor ms':>10}"
-        f"{'shared µs/step':>16}{'shared floor ms':>17}"
+        f"{'shared proj ms':>16}{'shared µs/step':>16}{'shared floor ms':>17}"
     ]
     for label, f in floors.items():
         if "skipped" in f:
@@ -135,7 +140,8 @@ def format_floors(
         lines.append(
             f"{label:<18}{f['team']:>5}  {f['layout']:<9}  {f['projection']:<15}"
             f"{f['projection_s'] * 1e3:>9.3f}{f['step_s'] * 1e6:>9.2f}{f['floor_s'] * 1e3:>10.3f}"
-            f"{f['shared_step_s'] * 1e6:>16.2f}{f['shared_floor_s'] * 1e3:>17.3f}"
+            f"{f['shared_projection_s'] * 1e3:>16.3f}{f['shared_step_s'] * 1e6:>16.2f}"
+            f"{f['shared_floor_s'] * 1e3:>17.3f}"
         )
     for name, found in (("floor", limits), ("shared floor", shared_limits)):
         if not found:

@@ -333,8 +333,11 @@ def test_floors_add_up_the_projection_and_every_step(dtype):
         assert f["projection_s"] > 0 and f["step_s"] > 0 and f["team"] in (1, 2)
         steps = int(shape.split(",")[-1])
         assert f["floor_s"] == pytest.approx(f["projection_s"] + steps * f["step_s"])
-        assert f["shared_step_s"] > 0  # the team at once; the shared floor takes the slower of the two per step
-        assert f["shared_floor_s"] == pytest.approx(f["projection_s"] + steps * max(f["step_s"], f["shared_step_s"]))
+        # the team at once; the shared floor takes the slower of the two times of each part
+        assert f["shared_step_s"] > 0 and f["shared_projection_s"] > 0
+        assert f["shared_floor_s"] == pytest.approx(
+            max(f["projection_s"], f["shared_projection_s"]) + steps * max(f["step_s"], f["shared_step_s"])
+        )
 
 
 @pytest.mark.skipif(not gru.backend_available("cython"), reason="the cython backend is not built here")
@@ -424,6 +427,8 @@ def test_the_kernels_timing_calls_check_their_arguments():
         _kernels.projection_seconds(np.zeros((2, 3), np.float32), np.zeros((4, 12), np.float32), 1, False, 1)
     with pytest.raises(ValueError, match="team, calls, rows and H"):
         _kernels.projection_seconds(np.zeros((2, 4), np.float32), np.zeros((4, 12), np.float32), 1, False, 0)
+    with pytest.raises(ValueError, match="team, calls, rows and H"):
+        _kernels.projection_seconds(np.zeros((2, 4), np.float32), np.zeros((4, 12), np.float32), 0, False, 1, True)
 
 
 # -- arguments are checked before anything is timed ---------------------------------------------------

@@ -985,7 +985,7 @@ def run_direction(
 # --- the products alone (benchmarks/floors.py) ------------------------------------------
 # The least time a forward split by unit can take with this BLAS: the products
 # thread 0 makes, timed alone in one thread, as the forward makes them (or the
-# whole team's at once, see step_seconds). The caller holds BLAS to one thread.
+# whole team's at once, see part_seconds). The caller holds BLAS to one thread.
 
 cdef void* calloc_on_line(size_t count, size_t size, void** raw) noexcept nogil:
     """``count * size`` zeroed bytes that start on a cache line, as the backend's buffers do (see
@@ -996,19 +996,59 @@ cdef void* calloc_on_line(size_t count, size_t size, void** raw) noexcept nogil:
     return <void*>((<uintptr_t>raw[0] + 63) & ~(<uintptr_t>63))
 
 
-cdef void thread_products(int B, int H, int team, int tid, const floating* h, const floating* panels, bint w_rows,
-                          floating* product, Py_ssize_t calls) noexcept nogil:
-    """Thread ``tid``'s recurrent products of a step, ``calls`` times, as run_rows makes them (two parts)."""
+cdef void thread_part(bint projection, Py_ssize_t rows, int I, int H, int team, int tid, const floating* a,
+                      const floating* w, bint flag, floating* out, Py_ssize_t out_apart, Py_ssize_t calls) noexcept nogil:
+    """Thread ``tid``'s part of a forward, ``calls`` times, as the kernels make it.
+
+    ``projection``: its units' input projection of the ``rows`` rows of ``a``
+    (x) with ``w`` (W_ih^T), whole (project_inputs) or, ``flag``, as a step's
+    (project_step), into ``out`` (gx, shared). Else: a step's recurrent
+    products of its units for the ``rows`` rows of ``a`` (h) with its panel in
+    ``w`` (every thread's, as pack_panels lays them out, in the layout
+    ``flag``), in the two parts run_rows makes them in, into its own product
+    ``out_apart`` values past ``out``.
+    """
     cdef int u0, nu
     cdef Py_ssize_t c
     nu = unit_slice(H, team, tid, &u0)
     if nu == 0:
         return
-    cdef const floating* panel = panels + <Py_ssize_t>3 * H * u0
-    cdef int ldp = B if w_rows else 3 * H  # as in run_rows
+    cdef const floating* panel = w + <Py_ssize_t>3 * H * u0
+    cdef floating* product = out + tid * out_apart
+    cdef int ldp = <int>rows if flag else 3 * H  # as in run_rows
     for c in range(calls):
-        panel_part(B, 3 * nu, 0, u0, u0 + nu, H, nu, h, panel, w_rows, 0, product, ldp)
-        product_rest(B, 3 * nu, 0, H, u0, nu, h, panel, w_rows, product, ldp)
+        if projection and flag:
+            project_step(rows, I, H, u0, nu, a, w, out)
+        elif projection:
+            project_inputs(rows, I, H, u0, nu, a, w, out)
+        else:
+            panel_part(rows, 3 * nu, 0, u0, u0 + nu, H, nu, a, panel, flag, 0, product, ldp)
+            product_rest(rows, 3 * nu, 0, H, u0, nu, a, panel, flag, product, ldp)
+
+
+cdef double part_seconds(bint projection, bint together, Py_ssize_t rows, int I, int H, int team,
+                         const floating* a, const floating* w, bint flag, floating* out, Py_ssize_t out_apart,
+                         Py_ssize_t calls) except -1:
+    """Seconds per call of thread_part: thread 0's alone, in the calling thread, or, ``together``, the
+    whole team's at once (wall time). One call untimed first: the first writes fault ``out``'s pages in."""
+    cdef int given = team  # written through a pointer: a variable assigned in a parallel block is private
+    cdef int* given_at = &given
+    cdef Py_ssize_t n
+    cdef double start = 0
+    for n in (1, calls):
+        if n == calls:
+            start = perf_counter()
+        with nogil:
+            if together:
+                with parallel(num_threads=team):
+                    thread_part(projection, rows, I, H, team, gru_thread_id(), a, w, flag, out, out_apart, n)
+                    if gru_thread_id() == 0:
+                        given_at[0] = gru_num_threads()
+            else:
+                thread_part(projection, rows, I, H, team, 0, a, w, flag, out, out_apart, n)
+        if given != team:
+            raise RuntimeError(f"team: OpenMP gave {given} threads, not {team}")
+    return (perf_counter() - start) / calls
 
 
 def step_seconds(const floating[:, ::1] w_hh not None, const floating[:, ::1] h not None, int team, bint w_rows,
@@ -1026,8 +1066,6 @@ def step_seconds(const floating[:, ::1] w_hh not None, const floating[:, ::1] h 
     cdef int H = w_hh.shape[1]
     cdef int B = h.shape[0]
     cdef int u0, nu, tid
-    cdef int given = team  # the team OpenMP gives, written through a pointer: a variable assigned
-    cdef int* given_at = &given  # inside a parallel block is private to each thread
     _expect_shape("w_hh", w_hh.shape, 2, 3 * H, H)
     _expect_shape("h", h.shape, 2, B, H)
     if team < 1 or calls < 1 or B < 1:
@@ -1046,67 +1084,33 @@ def step_seconds(const floating[:, ::1] w_hh not None, const floating[:, ::1] h 
             nu = unit_slice(H, team, tid, &u0)
             if nu > 0:
                 pack_panel(H, u0, nu, &w_hh[0, 0], panels + <Py_ssize_t>3 * H * u0, w_rows)
-        with nogil:  # one call untimed: the first writes fault the product's pages in
-            if together:
-                with parallel(num_threads=team):
-                    thread_products(B, H, team, gru_thread_id(), &h[0, 0], panels, w_rows,
-                                    products + gru_thread_id() * product_size, 1)
-                    if gru_thread_id() == 0:
-                        given_at[0] = gru_num_threads()
-            else:
-                thread_products(B, H, team, 0, &h[0, 0], panels, w_rows, products, 1)
-        if given != team:
-            raise RuntimeError(f"team: OpenMP gave {given} threads, not {team}")
-        start = perf_counter()
-        with nogil:
-            if together:
-                with parallel(num_threads=team):
-                    thread_products(B, H, team, gru_thread_id(), &h[0, 0], panels, w_rows,
-                                    products + gru_thread_id() * product_size, calls)
-                    if gru_thread_id() == 0:
-                        given_at[0] = gru_num_threads()
-            else:
-                thread_products(B, H, team, 0, &h[0, 0], panels, w_rows, products, calls)
-        seconds = (perf_counter() - start) / calls
-        if given != team:
-            raise RuntimeError(f"team: OpenMP gave {given} threads, not {team}")
-        return seconds
+        return part_seconds(False, together, B, 0, H, team, &h[0, 0], panels, w_rows, products, product_size, calls)
     finally:
         free(panel_memory)
         free(product_memory)
 
 
 def projection_seconds(const floating[:, ::1] x not None, const floating[:, ::1] w_ih_t not None, int team,
-                       bint per_step, Py_ssize_t calls) -> float:
+                       bint per_step, Py_ssize_t calls, bint together=False) -> float:
     """Seconds per call of thread 0's input projection of the rows of ``x`` (rows, I) in a team of ``team``.
 
     ``w_ih_t`` is (I, 3H). As thread_body makes it for every row at once
-    (project_inputs), or, ``per_step``, as own_part makes it for one step's rows.
+    (project_inputs), or, ``per_step``, as own_part makes it for one step's
+    rows. ``together``: every thread's projection at once (wall time), as in a
+    forward call.
     """
     cdef Py_ssize_t rows = x.shape[0]
     cdef int I = x.shape[1]
     cdef int H = w_ih_t.shape[1] // 3
-    cdef int u0, nu
-    cdef Py_ssize_t c
     _expect_shape("w_ih_t", w_ih_t.shape, 2, I, 3 * H)
     if team < 1 or calls < 1 or rows < 1 or H < 1:
         raise ValueError(f"team, calls, rows and H: expected at least 1 each, got {team}, {calls}, {rows} and {H}")
-    nu = unit_slice(H, team, 0, &u0)
     cdef void* gx_memory = NULL
     cdef floating* gx = <floating*>calloc_on_line(<size_t>rows * 3 * H, sizeof(floating), &gx_memory)
     try:
         if gx == NULL:
             raise MemoryError()
-        with nogil:  # one call untimed: the first writes fault gx's pages in (the backend reuses its scratch)
-            for c in range(calls + 1):
-                if c == 1:
-                    with gil:
-                        start = perf_counter()
-                if per_step:
-                    project_step(rows, I, H, u0, nu, &x[0, 0], &w_ih_t[0, 0], gx)
-                else:
-                    project_inputs(rows, I, H, u0, nu, &x[0, 0], &w_ih_t[0, 0], gx)
-        return (perf_counter() - start) / calls
+        return part_seconds(True, together, rows, I, H, team, &x[0, 0], &w_ih_t[0, 0], per_step, gx, 0, calls)
     finally:
         free(gx_memory)
 

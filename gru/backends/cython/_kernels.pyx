@@ -1010,20 +1010,24 @@ cdef void thread_part(bint projection, Py_ssize_t rows, int I, int H, int team, 
     """
     cdef int u0, nu
     cdef Py_ssize_t c
+    cdef const floating* panel
+    cdef floating* product
+    cdef int ldp = <int>rows if flag else 3 * H  # as in run_rows
     nu = unit_slice(H, team, tid, &u0)
     if nu == 0:
         return
-    cdef const floating* panel = w + <Py_ssize_t>3 * H * u0
-    cdef floating* product = out + tid * out_apart
-    cdef int ldp = <int>rows if flag else 3 * H  # as in run_rows
+    if projection:
+        for c in range(calls):
+            if flag:
+                project_step(rows, I, H, u0, nu, a, w, out)
+            else:
+                project_inputs(rows, I, H, u0, nu, a, w, out)
+        return
+    panel = w + <Py_ssize_t>3 * H * u0
+    product = out + tid * out_apart
     for c in range(calls):
-        if projection and flag:
-            project_step(rows, I, H, u0, nu, a, w, out)
-        elif projection:
-            project_inputs(rows, I, H, u0, nu, a, w, out)
-        else:
-            panel_part(rows, 3 * nu, 0, u0, u0 + nu, H, nu, a, panel, flag, 0, product, ldp)
-            product_rest(rows, 3 * nu, 0, H, u0, nu, a, panel, flag, product, ldp)
+        panel_part(rows, 3 * nu, 0, u0, u0 + nu, H, nu, a, panel, flag, 0, product, ldp)
+        product_rest(rows, 3 * nu, 0, H, u0, nu, a, panel, flag, product, ldp)
 
 
 cdef double part_seconds(bint projection, bint together, Py_ssize_t rows, int I, int H, int team,

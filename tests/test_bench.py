@@ -431,6 +431,35 @@ def test_the_kernels_timing_calls_check_their_arguments():
         _kernels.projection_seconds(np.zeros((2, 4), np.float32), np.zeros((4, 12), np.float32), 0, False, 1, True)
 
 
+@pytest.mark.skipif(not gru.backend_available("cython"), reason="the cython backend is not built here")
+def test_the_kernels_timers_refuse_a_team_openmp_does_not_give():
+    """With fewer threads than the team, some threads' parts would never run and the shared floor would be
+    too low: both timers raise instead (OpenMP held to one thread in a child process)."""
+    from gru.backends.cython import _kernels
+
+    if not _kernels.has_openmp():
+        pytest.skip("built without OpenMP: every call runs in one thread")
+    code = (
+        "import numpy as np\n"
+        "from gru.backends.cython import _kernels as k\n"
+        "w, h = np.zeros((96, 32), np.float32), np.zeros((1, 32), np.float32)\n"
+        "x, w_ih_t = np.zeros((3, 8), np.float32), np.zeros((8, 96), np.float32)\n"
+        "assert k.step_seconds(w, h, 1, False, 2, together=True) > 0\n"
+        "cases = ((k.step_seconds, (w, h, 2, False, 2)), (k.projection_seconds, (x, w_ih_t, 2, False, 2)))\n"
+        "for timed, args in cases:\n"
+        "    try:\n"
+        "        timed(*args, together=True)\n"
+        "    except RuntimeError as exc:\n"
+        "        assert 'OpenMP gave 1 threads, not 2' in str(exc), exc\n"
+        "    else:\n"
+        "        raise AssertionError(f'{timed.__name__}: no error')\n"
+        "print('ok')\n"
+    )
+    env = {**os.environ, "OMP_THREAD_LIMIT": "1"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
 # -- arguments are checked before anything is timed ---------------------------------------------------
 
 TINY_ARGV = ["bench", "--shapes", "8,8,1,4", "--backends", "numpy", "--repeats", "1", "--warmup", "0"]

@@ -432,7 +432,7 @@ def test_the_kernels_timing_calls_check_their_arguments():
 
 
 @pytest.mark.skipif(not gru.backend_available("cython"), reason="the cython backend is not built here")
-def test_the_kernels_timers_refuse_a_team_openmp_does_not_give():
+def test_the_kernels_timers_refuse_a_team_openmp_does_not_give(tmp_path):
     """With fewer threads than the team, some threads' parts would never run and the shared floor would be
     too low: both timers raise instead (OpenMP held to one thread in a child process)."""
     from gru.backends.cython import _kernels
@@ -456,7 +456,10 @@ def test_the_kernels_timers_refuse_a_team_openmp_does_not_give():
         "print('ok')\n"
     )
     env = {**os.environ, "OMP_THREAD_LIMIT": "1"}
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    # run from elsewhere: from the checkout, "-c" would import its uncompiled sources, not the installed package
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
 
 

@@ -463,7 +463,7 @@ def test_recurrent_weights_are_packed_once_per_layer_and_team(monkeypatch):
         return real_pack(w_hh, team, panels, w_rows)
 
     monkeypatch.setattr(backend._kernels, "pack_panels", counting_pack)
-    layer = gru.GRU(4, 40, num_layers=2, backend="cython", seed=0)
+    layer = gru.GRU(4, 96, num_layers=2, backend="cython", seed=0)  # teams of up to 6 (16 units a thread)
     x = np.random.default_rng(0).standard_normal((5, 2, 4)).astype("float32")
     first = layer(x, threads=2)[0]
     for _ in range(3):
@@ -474,14 +474,17 @@ def test_recurrent_weights_are_packed_once_per_layer_and_team(monkeypatch):
     for threads in (2, 1, 2):  # two team sizes in turn: both stay packed
         layer(x, threads=threads)
     assert packed == [2, 2, 1, 1]
-    layer(x, threads=3)  # a third: packed, in place of the oldest
+    for threads in (3, 4, 1, 2, 3, 4):  # up to four stay packed (PANEL_TEAMS_KEPT)
+        layer(x, threads=threads)
+    assert packed == [2, 2, 1, 1, 3, 3, 4, 4]
+    layer(x, threads=5)  # a fifth: packed, in place of the oldest
     layer(x, threads=1)
-    assert packed == [2, 2, 1, 1, 3, 3]
+    assert packed == [2, 2, 1, 1, 3, 3, 4, 4, 5, 5]
     layer(x, threads=2)
-    assert packed == [2, 2, 1, 1, 3, 3, 2, 2]
+    assert packed == [2, 2, 1, 1, 3, 3, 4, 4, 5, 5, 2, 2]
     layer.load_state_dict(layer.state_dict())
     layer(x, threads=1)
-    assert packed == [2, 2, 1, 1, 3, 3, 2, 2, 1, 1]
+    assert packed == [2, 2, 1, 1, 3, 3, 4, 4, 5, 5, 2, 2, 1, 1]
 
 
 def test_which_calls_read_panels_of_w_hh_rows():
@@ -512,6 +515,29 @@ def test_one_sequence_past_l2_reads_rows_and_matches_the_oracle(reset_after, sma
     with small_kernel(small):
         assert _kernels.panel_rows(1, 300, 8, 2)
         assert_training_matches_oracle(layer, x, rng, threads=2)
+
+
+def test_a_layer_called_with_two_layouts_and_two_thread_counts_in_turn_packs_each_once(products_cut):
+    """One sequence past L2 reads rows, a batch the transposed blocks (see panel_rows): with threads 1 and 2
+    that is four packings, all kept, so calls taking turns never repack."""
+    from gru.backends.cython import _kernels
+
+    I, H = 8, 512
+    assert _kernels.panel_rows(1, H, 4, 1) and _kernels.panel_rows(1, H, 4, 2)
+    assert not _kernels.panel_rows(4, H, 4, 1) and not _kernels.panel_rows(4, H, 4, 2)
+    layer = gru.GRU(I, H, backend="cython", seed=0)
+    backend = gru.get_backend("cython")
+    rng = np.random.default_rng(0)
+    calls = [(rng.standard_normal((2, B, I)).astype(np.float32), threads) for B in (1, 4) for threads in (1, 2)]
+    for x, threads in calls:
+        layer(x, threads=threads)
+    (weights,) = [w for w in backend._prepared_weights if w.w_ih.shape == (3 * H, I) and w.w_hh.shape == (3 * H, H)]
+    packed = dict(backend._prepared_weights[weights]["panels"])
+    assert len(packed) == 4
+    for x, threads in calls:
+        layer(x, threads=threads)
+    now = backend._prepared_weights[weights]["panels"]
+    assert now.keys() == packed.keys() and all(now[key] is packed[key] for key in packed)  # none packed again
 
 
 @pytest.mark.parametrize("B", [3, 40], ids=["split-by-unit", "split-by-sequence"])

@@ -32,7 +32,7 @@ from gru.backends._base import (
 )
 
 THREADS_ENV_VAR = "GRU_NUM_THREADS"
-PANEL_TEAMS_KEPT = 2  # packings (team size, layout) of its recurrent weights a layer keeps (see _prepared)
+PANEL_TEAMS_KEPT = 4  # packings (team size, layout) of its recurrent weights a layer keeps (see _prepared)
 MAX_THREADS = 2**31 - 1  # the kernel takes a C int (and uses at most one thread per 16 hidden units, see team_for)
 
 
@@ -132,8 +132,9 @@ class CythonBackend(StackedBackend):
             panels = aligned_zeros(prepared["w_hh"].shape, prepared["w_hh"].dtype)
             self._kernels.pack_panels(prepared["w_hh"], team, panels, w_rows)
             with self._lock:
-                # the last two: a layer called with two thread counts (or layouts) in turn packs once for each
-                # (at H = 1024 a repack copies 12 MB: 1.2 ms, a tenth of a 100-step call)
+                # the last four: a layer called in turn with one sequence and with batches (two layouts past
+                # L2, see panel_rows), each with two thread counts, packs once for each (at H = 1024 a repack
+                # copies 12 MB: 1.2 ms, a tenth of a 100-step call); at most four copies of W_hh are kept
                 while len(by_team) >= PANEL_TEAMS_KEPT:
                     del by_team[next(iter(by_team))]
                 by_team[key] = panels

@@ -596,6 +596,15 @@ def panel_rows(Py_ssize_t B, Py_ssize_t H, Py_ssize_t itemsize, int team) -> boo
     return not small_kernel
 
 
+cdef void pack_team_panels(int H, int team, const floating* w_hh, floating* panels, bint w_rows) noexcept nogil:
+    """Every thread's panel (pack_panel) for a team of ``team``, thread j's at panels + 3 H u0_j."""
+    cdef int tid, u0, nu
+    for tid in range(team):
+        nu = unit_slice(H, team, tid, &u0)
+        if nu > 0:
+            pack_panel(H, u0, nu, w_hh, panels + <Py_ssize_t>3 * H * u0, w_rows)
+
+
 def pack_panels(const floating[:, ::1] w_hh not None, int team, floating[:, ::1] panels not None, bint w_rows):
     """Every thread's packed recurrent weights for a team of ``team``, side by side, in the layout ``w_rows``.
 
@@ -604,16 +613,12 @@ def pack_panels(const floating[:, ::1] w_hh not None, int team, floating[:, ::1]
     are packed once, not on every call.
     """
     cdef int H = w_hh.shape[1]
-    cdef int tid, u0, nu
     _expect_shape("w_hh", w_hh.shape, 2, 3 * H, H)
     _expect_shape("panels", panels.shape, 2, 3 * H, H)
     if team < 1:
         raise ValueError(f"team: expected at least 1 thread, got {team}")
     with nogil:
-        for tid in range(team):
-            nu = unit_slice(H, team, tid, &u0)
-            if nu > 0:
-                pack_panel(H, u0, nu, &w_hh[0, 0], &panels[0, 0] + <Py_ssize_t>3 * H * u0, w_rows)
+        pack_team_panels(H, team, &w_hh[0, 0], &panels[0, 0], w_rows)
 
 
 cdef inline void project_step(Py_ssize_t rows, int I, int H, int u0, int nu, const floating* x,
@@ -1069,7 +1074,6 @@ def step_seconds(const floating[:, ::1] w_hh not None, const floating[:, ::1] h 
     """
     cdef int H = w_hh.shape[1]
     cdef int B = h.shape[0]
-    cdef int u0, nu, tid
     _expect_shape("w_hh", w_hh.shape, 2, 3 * H, H)
     _expect_shape("h", h.shape, 2, B, H)
     if team < 1 or calls < 1 or B < 1:
@@ -1084,10 +1088,7 @@ def step_seconds(const floating[:, ::1] w_hh not None, const floating[:, ::1] h 
     try:
         if panels == NULL or products == NULL:
             raise MemoryError()
-        for tid in range(runners):
-            nu = unit_slice(H, team, tid, &u0)
-            if nu > 0:
-                pack_panel(H, u0, nu, &w_hh[0, 0], panels + <Py_ssize_t>3 * H * u0, w_rows)
+        pack_team_panels(H, team, &w_hh[0, 0], panels, w_rows)  # every thread's, also when thread 0 runs alone
         return part_seconds(False, together, B, 0, H, team, &h[0, 0], panels, w_rows, products, product_size, calls)
     finally:
         free(panel_memory)

@@ -65,10 +65,10 @@ def floor(case: Case, threads: int, dtype: str = "float32", seed: int = 0) -> di
     per_step = bool(kernels.projects_step_by_step(T, B, I, H, itemsize, team))
     rng = np.random.default_rng(seed)
     # on cache lines, as the backend keeps its weights and buffers (misaligned panels cost up to 20 %)
-    w_hh = aligned_copy(rng.standard_normal((3 * H, H)).astype(dtype))
-    w_ih_t = aligned_copy(rng.standard_normal((I, 3 * H)).astype(dtype))
-    h = aligned_copy(rng.standard_normal((B, H)).astype(dtype))
-    x = aligned_copy(rng.standard_normal((B if per_step else T * B, I)).astype(dtype))
+    w_hh = aligned_copy(rng.standard_normal((3 * H, H)), dtype)
+    w_ih_t = aligned_copy(rng.standard_normal((I, 3 * H)), dtype)
+    h = aligned_copy(rng.standard_normal((B, H)), dtype)
+    x = aligned_copy(rng.standard_normal((B if per_step else T * B, I)), dtype)
 
     def held(function, *args):
         return backend._with_blas_held(function, *args)

@@ -257,13 +257,21 @@ class Linear:
 
 
 # -- losses ----------------------------------------------------------------------------------------
-def _mask(mask: Any, shape: tuple[int, ...] | None, what: str) -> np.ndarray | None:
-    """``mask`` as booleans of ``shape`` (the leading axes of ``what``; None: any), or None for no mask."""
+def _mask(mask: Any, shape: tuple[int, ...], what: str, *, leading: bool = False) -> np.ndarray | None:
+    """``mask`` as booleans of ``shape`` (``what``'s), or None for no mask.
+
+    ``leading``: of any number of ``shape``'s leading axes, the mask's own
+    number of axes saying how many.
+    """
     if mask is None:
         return None
     expected = "booleans (True where an element counts, e.g. np.arange(T) < lengths[:, None])"
     array = _host_array(mask, "mask", kinds="b", expected=expected)
-    if shape is not None and array.shape != shape:
+    if leading:
+        if array.ndim > len(shape):
+            raise ValueError(f"mask: expected at most {len(shape)} axes ({what}'s leading ones), got {array.ndim}")
+        shape, what = shape[: array.ndim], f"{what}'s first {array.ndim} axes"
+    if array.shape != shape:
         raise ValueError(f"mask: expected shape {shape} ({what}), got {array.shape}")
     return array
 
@@ -289,11 +297,7 @@ def mse_loss(pred: Any, target: Any, *, mask: Any = None) -> tuple[float, np.nda
     target = _host_array(target, "target")
     if target.shape != pred.shape:  # no broadcasting: (B, 1) against (B,) would silently give (B, B)
         raise ValueError(f"target: expected pred's shape {pred.shape}, got {target.shape}")
-    keep = _mask(mask, None, "")  # read first: how many of pred's axes it covers is its own number of axes
-    if keep is not None:
-        if keep.ndim > pred.ndim:
-            raise ValueError(f"mask: expected at most {pred.ndim} axes (pred's leading ones), got {keep.ndim}")
-        keep = _mask(keep, pred.shape[: keep.ndim], f"pred's first {keep.ndim} axes")
+    keep = _mask(mask, pred.shape, "pred", leading=True)
     with np.errstate(invalid="ignore", over="ignore"):  # inf or NaN padding: dropped just below
         diff = pred.astype(np.float64) - target.astype(np.float64)
     if keep is None:

@@ -164,9 +164,7 @@ template <typename T>
 __device__ __forceinline__ GxTriple<T> load_gx(const T* gx, int t, int b, int u, int d, int B, int D, int H) {
     const T* g = gx + (static_cast<long long>(t) * B + b) * D * 3 * H + static_cast<long long>(d) * 3 * H + u;
     GxTriple<T> v;
-    v.r = __ldg(g);
-    v.z = __ldg(g + H);
-    v.n = __ldg(g + 2 * H);
+    load_three(g, H, v.r, v.z, v.n);
     return v;
 }
 

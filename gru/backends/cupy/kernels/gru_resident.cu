@@ -43,17 +43,6 @@ __device__ __forceinline__ float component(const float4& v, int e) {
 }
 __device__ __forceinline__ double component(const double2& v, int e) { return e == 0 ? v.x : v.y; }
 
-// The three values of a unit at one time step (or its three folded biases): r's, z's and n's, H apart.
-// The kernels add the biases in the gate math: an add right after the loads would stall the step on
-// them (measured on an H100: 0.44 -> 0.82 us a step at H=32), where the loads alone are issued a
-// step ahead and land in time.
-template <typename T>
-__device__ __forceinline__ void load_three(const T* g, int H, T& r, T& z, T& n) {
-    r = __ldg(g);
-    z = __ldg(g + H);
-    n = __ldg(g + 2 * H);
-}
-
 // Index of column k in the chunk-padded shared-memory layout of h.
 template <typename T, int KC>
 __device__ __forceinline__ int resident_slot(int k) {

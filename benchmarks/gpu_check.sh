@@ -5,8 +5,9 @@
 #
 # installs this checkout (no build isolation, no dependency downloads: the machine must already
 # have numpy, scipy, cython, scikit-build-core, cmake, ninja, cupy, torch, pytest), lists the
-# backends, runs the conformance suite on the cupy backend and the GPU tests in tests/cupy_backend/, then
-# times the backend against torch.nn.GRU on cuDNN (benchmarks/gpu.py). Every step has its own
+# backends, runs the conformance suite on the cupy backend (gradients included) and the GPU tests in
+# tests/cupy_backend/, then times the backend against torch.nn.GRU on cuDNN (benchmarks/gpu.py), the
+# forward and training (OUTDIR/gpu_train.json). Every step has its own
 # time limit and its own log in OUTDIR; OUTDIR/summary.txt lists each step's exit status and
 # OUTDIR/gpu.json holds the benchmark's results. Exit status: 0 when every step passed.
 set -uo pipefail
@@ -42,7 +43,7 @@ step() {
 summary "gru GPU check, $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1 && summary "$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null)"
 
-# limits add up to 950 s (an H100 took 146-173 s), and 690 s more for the optional SASS and profiles
+# limits add up to 1070 s (an H100 took 146-173 s), and 690 s more for the optional SASS and profiles
 # and the CPU tests (left out with GRU_GPU_CHECK_SKIP_CPU=1);
 # the GPU tests run first (they say fastest whether the kernels work), the CPU-only tests last
 # (CI runs those anyway)
@@ -58,6 +59,8 @@ GRU_CUPY_PATH=stepwise step conf-stepwise 90 "$PYTHON" -m pytest -q -p no:cachep
 GRU_CUPY_RESIDENT_LAYOUT=chunked step conf-chunked 90 "$PYTHON" -m pytest -q -p no:cacheprovider --pyargs gru.testing --gru-backend cupy
 GRU_CUPY_RESIDENT_LAYOUT=rows step conf-rows 90 "$PYTHON" -m pytest -q -p no:cacheprovider --pyargs gru.testing --gru-backend cupy
 step benchmark 180 "$PYTHON" benchmarks/gpu.py --json "$OUT/gpu.json" --budget 40 ${GRU_GPU_SWEEP:+--sweep} ${GRU_GPU_CROSSOVER:+--crossover} ${GRU_GPU_RESIDENT:+--resident}
+# training: forward (train=True) + backward against torch.nn.GRU's autograd on cuDNN, gradients checked first
+step bench-train 120 "$PYTHON" benchmarks/gpu.py --train --json "$OUT/gpu_train.json" --budget 60
 # GRU_GPU_PROFILE=1: Nsight Compute on one launch of each benchmark shape's kernel (after warm-up)
 if [ -n "${GRU_GPU_PROFILE:-}" ] && command -v ncu >/dev/null; then
     for case in 128,128,1,1000:resident 1024,1024,1,1500:persistent 2816,2816,1,375:persistent \

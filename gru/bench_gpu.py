@@ -25,6 +25,8 @@ budget still leaves what it measured) and a table is printed at the end.
 block, threads per block, share of L2) on every shape it can run, and
 ``--crossover`` every path over a grid of batch sizes, for tuning the path rule;
 ``--resident`` every layout of the resident kernel over a grid of sizes.
+``--train`` times training instead (forward with ``train=True`` + backward,
+against ``torch.nn.GRU``'s autograd on cuDNN, gradients checked first).
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ SHAPES = [
     (512, 512, 256, 100),  # throughput
 ]
 AGREE_RELATIVE = 1e-4  # float32 vs float64 reference, relative L2 error
+#: --train: forward (train=True) + backward, the shapes of ``gru bench --train`` on the CPU
+TRAIN_SHAPES = [(64, 64, 32, 100), (256, 256, 32, 100), (512, 512, 64, 50), (128, 128, 64, 200)]
 PATH_NAMES = ("resident", "persistent", "fused", "stepwise")  # the CuPy backend's paths
 
 
@@ -217,6 +221,111 @@ def bench_shape(shape, repeats: int, warmup: int) -> dict[str, Any]:
     row["speedup_vs_cudnn_fp32"] = row["median_ms"]["cudnn_fp32"] / ours
     row["speedup_vs_cudnn_tf32"] = row["median_ms"]["cudnn_tf32"] / ours
     return row
+
+
+def train_shape(shape, repeats: int, warmup: int) -> dict[str, Any]:
+    """Forward (train=True) + backward of the CuPy backend against torch.nn.GRU's autograd on cuDNN.
+
+    The gradients (input and every parameter) are checked against a float64
+    cuDNN autograd run of the same weights and inputs first; cuDNN is timed with
+    TF32 off, the same float32 arithmetic as ours.
+    """
+    import cupy
+    import torch
+
+    import gru
+
+    I, H, B, T = shape
+    row: dict[str, Any] = {"shape": {"I": I, "H": H, "B": B, "T": T}, "dtype": "float32", "training": True}
+    torch.manual_seed(0)
+    torch.backends.cudnn.allow_tf32 = False
+    reference = torch.nn.GRU(I, H).cuda().float()
+    layer = gru.GRU(I, H, dtype="float32", backend="cupy")
+    layer.load_state_dict(reference.state_dict())
+    rng = cupy.random.default_rng(1)
+    x = rng.standard_normal((T, B, I), dtype=cupy.float32)
+    d_output = rng.standard_normal((T, B, H), dtype=cupy.float32)
+    x_torch, d_torch = torch.from_dlpack(x), torch.from_dlpack(d_output)
+
+    reference64 = torch.nn.GRU(I, H).cuda().double()
+    reference64.load_state_dict({k: v.double() for k, v in reference.state_dict().items()})
+    x64 = x_torch.double().requires_grad_()
+    reference64(x64)[0].backward(d_torch.double())
+    expected = {"input": x64.grad, **{name: p.grad for name, p in reference64.named_parameters()}}
+    layer(x, train=True)
+    grads = layer.backward(d_output)
+    row["path"] = gru.get_backend("cupy").last_paths[0]
+    ours = {"input": grads.input, **grads.params}
+    errors = {}
+    for name, want in expected.items():
+        want_np = want.cpu().numpy()
+        diff = cupy.asnumpy(ours[name]).astype(np.float64) - want_np
+        errors[name] = float(np.linalg.norm(diff)) / max(float(np.linalg.norm(want_np)), 1e-300)
+    row["gradient_relative_l2"] = errors
+    row["agrees"] = max(errors.values()) <= AGREE_RELATIVE
+    if not row["agrees"]:
+        return row
+
+    x_leaf = x_torch.clone().requires_grad_()
+
+    def run_gru():
+        layer(x, train=True)
+        layer.backward(d_output)
+
+    def run_cudnn():
+        reference.zero_grad(set_to_none=True)
+        x_leaf.grad = None
+        reference(x_leaf)[0].backward(d_torch)
+
+    timings = {"gru": time_events(run_gru, repeats, cupy_events, warmup)}
+    timings["cudnn_fp32"] = time_events(run_cudnn, repeats, torch_events, warmup)
+    row["times_ms"] = timings
+    row["median_ms"] = {k: statistics.median(v) for k, v in timings.items()}
+    row["speedup_vs_cudnn_fp32"] = row["median_ms"]["cudnn_fp32"] / row["median_ms"]["gru"]
+    return row
+
+
+def run_training(args: argparse.Namespace, report: dict[str, Any], start: float) -> int:
+    """--train: every training shape within the budget, a table at the end; 0 when every shape agreed and ran."""
+    for shape in TRAIN_SHAPES:
+        if time.monotonic() - start > args.budget:
+            report["skipped"].append({"shape": shape, "reason": f"time budget of {args.budget:.0f} s spent"})
+            continue
+        try:
+            row = train_shape(shape, args.repeats, args.warmup)
+        except Exception as exc:
+            row = {"shape": dict(zip("IHBT", shape, strict=True)), "error": f"{type(exc).__name__}: {exc}"}
+        report["results"].append(row)
+        args.json.write_text(json.dumps(report, indent=2, default=str))
+    env = report["environment"]
+    print(f"GPU: {env['gpu']}  cupy {env['cupy']}  torch {env['torch']}  cuDNN {env['cudnn']}")
+    print(
+        f"training (forward + backward), float32\n{'I,H,B,T':<22} {'path':<11} {'gru ms':>9} {'cudnn ms':>9} "
+        f"{'x fp32':>7} worst rel.err"
+    )
+    speedups = []
+    for row in report["results"]:
+        s = row["shape"]
+        label = f"{s['I']},{s['H']},{s['B']},{s['T']}"
+        if "error" in row:
+            print(f"{label:<22} ERROR {row['error'][:90]}")
+        elif not row["agrees"]:
+            print(f"{label:<22} DISAGREES with cuDNN float64 autograd: {row['gradient_relative_l2']}")
+        else:
+            m = row["median_ms"]
+            speedups.append(row["speedup_vs_cudnn_fp32"])
+            worst = max(row["gradient_relative_l2"].values())
+            print(
+                f"{label:<22} {row['path']:<11} {m['gru']:9.3f} {m['cudnn_fp32']:9.3f} "
+                f"{row['speedup_vs_cudnn_fp32']:7.2f} {worst:.1e}"
+            )
+    if speedups:
+        report["geomean_speedup_vs_cudnn_fp32"] = float(np.exp(np.mean(np.log(speedups))))
+        print(f"geometric mean vs cuDNN (fp32): {report['geomean_speedup_vs_cudnn_fp32']:.2f}x over {len(speedups)}")
+        args.json.write_text(json.dumps(report, indent=2, default=str))
+    for skipped in report["skipped"]:
+        print(f"skipped {skipped['shape']}: {skipped['reason']}")
+    return 0 if all(r.get("agrees") and "error" not in r for r in report["results"]) else 1
 
 
 #: the persistent kernel's knobs that --sweep tries, one change from the defaults at a time
@@ -429,6 +538,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--resident", action="store_true", help="also time every layout of the resident kernel over a grid of sizes"
     )
+    parser.add_argument(
+        "--train",
+        action="store_true",
+        help="time training (forward with train=True + backward) against torch.nn.GRU autograd on cuDNN instead",
+    )
     accept_negative_values(parser)
 
 
@@ -468,6 +582,8 @@ def run_from_args(args: argparse.Namespace) -> int:
     report: dict[str, Any] = {"environment": environment(), "results": [], "skipped": []}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
+    if args.train:
+        return run_training(args, report, start)
     for shape in SHAPES:
         if time.monotonic() - start > args.budget:
             report["skipped"].append({"shape": shape, "reason": f"time budget of {args.budget:.0f} s spent"})

@@ -87,7 +87,7 @@ def test_on_this_machine_the_registry_reports_the_reason():
         pytest.skip("the cupy entry point is not installed yet (reinstall gru)")
     info = rows["cupy"]
     assert info.capabilities.device == "cuda"
-    assert info.capabilities.training is False
+    assert info.capabilities.training is True
     if GPU_REASON is None:
         assert info.available
     else:
@@ -142,7 +142,7 @@ def test_named_device_backend_without_the_flag_still_refuses_host_input():
 def test_the_cupy_backend_declares_what_it_does():
     caps = CupyBackend.capabilities
     assert caps.device == "cuda" and caps.accepts_host_arrays
-    assert caps.training is False  # forward only, for now
+    assert caps.training  # forward and backward (kernels/gru_backward.cu)
     assert caps.priority > gru.get_backend("numpy").capabilities.priority
     assert caps.dtypes == frozenset({"float32", "float64"})
     assert caps.reset_after and caps.reset_before and caps.lengths and caps.gates

@@ -23,7 +23,7 @@ import gru
 from gru.backends import ForwardResult
 from gru.backends.cupy import _kernels, _paths, _plans
 from gru.backends.cupy._plans import PATH_ENV_VAR, RESIDENT_LAYOUT_ENV_VAR, PersistentPlan, plan_resident
-from gru.testing import test_forward, test_golden, test_layouts
+from gru.testing import test_forward, test_golden, test_gradients, test_layouts
 from gru.testing._support import EACH_DTYPE, EACH_VARIANT, oracle_for
 
 
@@ -449,3 +449,80 @@ def _request(layer: gru.GRU, x: np.ndarray, return_gates: bool):
         return_gates=return_gates,
         dtype=layer.dtype,
     )
+
+
+# Training: the backward's kernels and products on every path's training forward.
+GRADIENT_CASES = [
+    # dtype, bias, bidirectional, num_layers, reset_after, lengths, with_h0, batch_first
+    ("float32", True, False, 1, True, None, False, False),
+    ("float64", True, True, 2, True, test_gradients.MIXED_LENGTHS, True, True),
+    ("float64", False, True, 2, False, test_gradients.MIXED_LENGTHS, True, False),
+    ("float32", True, True, 3, False, None, False, True),
+]
+
+
+@pytest.mark.parametrize("case", GRADIENT_CASES)
+def test_conformance_gradients_match_oracle(emulated, case):
+    test_gradients.test_gradients_match_oracle(emulated, *case)
+
+
+@EACH_DTYPE
+def test_conformance_other_gradient_checks(emulated, dtype):
+    test_gradients.test_two_backward_calls_agree(emulated, dtype)
+    test_gradients.test_unbatched_gradients(emulated, dtype)
+    test_gradients.test_gradients_ignore_d_output_past_each_length(emulated, dtype)
+    for reset_after in (True, False):
+        test_gradients.test_gradients_with_dropout_use_the_forward_masks(emulated, dtype, reset_after)
+
+
+@EACH_VARIANT
+def test_conformance_gradients_match_finite_differences(emulated, reset_after):
+    test_gradients.test_gradients_match_finite_differences_of_the_oracle(emulated, reset_after)
+
+
+@EACH_VARIANT
+def test_a_backward_runs_per_step_one_kernel_per_half_and_nothing_else(emulator_library, monkeypatch, reset_after):
+    """Both directions of a layer in one launch per step (two for reset-before); no other kernel in the loop."""
+    monkeypatch.setenv(PATH_ENV_VAR, "stepwise")
+    backend = emulated_backend(emulator_library)
+    layer = gru.GRU(3, 6, 2, bidirectional=True, reset_after=reset_after, dtype="float64", backend=backend, seed=0)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((7, 2, 3))
+    layer(x, lengths=[7, 4], train=True)
+    backend.device.launches.clear()
+    layer.backward(rng.standard_normal((7, 2, 12)))
+    kernels = ["gru_backward_after"] if reset_after else ["gru_backward_before_zn", "gru_backward_before_r"]
+    per_step = [_kernels.stepwise_name(kernel, "float64") for kernel in kernels]
+    assert [launch[0] for launch in backend.device.launches] == per_step * 7 * 2  # 7 steps, 2 layers
+
+
+@pytest.mark.parametrize("path", ["resident", "stepwise"])
+def test_non_finite_padding_reaches_no_gradient(emulator_library, monkeypatch, path):
+    """What a caller keeps in padded steps (inf, NaN) must not reach d W_ih, d b or d x through 0 * inf."""
+    monkeypatch.setenv(PATH_ENV_VAR, path)
+    backend = emulated_backend(emulator_library)
+    layer = gru.GRU(3, 4, bidirectional=True, dtype="float32", backend=backend, seed=0)
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((5, 3, 3)).astype("float32")
+    d_output = rng.standard_normal((5, 3, 8)).astype("float32")
+    lengths = [5, 2, 0]
+    layer(x, lengths=lengths, train=True)
+    clean = layer.backward(d_output)
+    dirty_x = x.copy()
+    dirty_x[2:, 1] = np.inf
+    dirty_x[:, 2] = np.nan
+    with np.errstate(invalid="ignore", over="ignore"):  # the emulation's NumPy projection of the padding
+        layer(dirty_x, lengths=lengths, train=True)
+    dirty = layer.backward(d_output)
+    assert np.isfinite(dirty.input[:2, :2]).all() and (dirty.input[2:, 1] == 0).all() and (dirty.input[:, 2] == 0).all()
+    for name in clean.params:
+        np.testing.assert_array_equal(dirty.params[name], clean.params[name])
+
+
+def test_numpy_in_numpy_gradients_out(emulator_library):
+    backend = emulated_backend(emulator_library)
+    layer = gru.GRU(3, 4, 2, dtype="float32", backend=backend, seed=0)
+    x = np.random.default_rng(7).standard_normal((4, 2, 3)).astype("float32")
+    output, _ = layer(x, train=True)
+    grads = layer.backward(np.ones_like(output))
+    assert all(type(a) is np.ndarray for a in (grads.input, grads.h0, *grads.params.values()))

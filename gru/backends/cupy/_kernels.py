@@ -74,7 +74,7 @@ def persistent_name(dtype: str, batch_tile: int, reset_after: bool) -> str:
 
 
 def stepwise_name(kernel: str, dtype: str) -> str:
-    """The name expression of one per-step gate kernel (``gru_step_after``, ...)."""
+    """The name expression of one per-step kernel (``gru_step_after``, ``gru_backward_after``, ...)."""
     return f"{kernel}<{DTYPES[dtype]}>"
 
 
@@ -123,6 +123,8 @@ def fused_shared_memory(dtype: str, gate_rows: int, tile: tuple[int, int], stage
 
 
 STEPWISE_KERNELS = ("gru_step_after", "gru_step_before_rz", "gru_step_before_n")
+#: The backward's per-step kernels (named like the stepwise ones: ``stepwise_name``).
+BACKWARD_KERNELS = ("gru_backward_after", "gru_backward_before_zn", "gru_backward_before_r")
 
 PERSISTENT = KernelFile(
     "gru_persistent.cu",
@@ -151,7 +153,11 @@ FUSED = KernelFile(
     "gru_fused.cu",
     tuple(fused_name(dtype, g, tile) for dtype in DTYPES for g in (3, 2, 1) for tile in FUSED_TILES),
 )
-KERNEL_FILES = (PERSISTENT, STEPWISE, RESIDENT, FUSED)
+BACKWARD = KernelFile(
+    "gru_backward.cu",
+    tuple(stepwise_name(kernel, dtype) for dtype in DTYPES for kernel in BACKWARD_KERNELS),
+)
+KERNEL_FILES = (PERSISTENT, STEPWISE, RESIDENT, FUSED, BACKWARD)
 
 _INCLUDE = re.compile(r'^#include\s+"([^"]+)"\s*$', re.MULTILINE)
 

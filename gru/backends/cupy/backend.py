@@ -28,6 +28,12 @@ Per layer (both directions together):
      buffers. Measured slower than the stepwise path wherever it was timed on
      an H100. See ``kernels/gru_fused.cu``.
 
+Training (``train=True``, then ``backward``): the forward runs the same
+paths with the gate activations kept; the backward runs each layer's steps
+from the last to the first, per step one gate-gradient kernel and one cuBLAS
+product (two of each for reset-before), and the weight gradients as
+whole-sequence GEMMs afterwards. See ``_backward.py``.
+
 Nothing in the time loop is an element-wise CuPy expression: every per-step
 operation is a cuBLAS call or one of our kernels.
 
@@ -49,7 +55,16 @@ from typing import Any
 
 import numpy as np
 
-from gru.backends._base import Backend, Capabilities, ForwardRequest, ForwardResult, LayerWeights, fold_biases
+from gru.backends._base import (
+    Backend,
+    BackwardResult,
+    Capabilities,
+    ForwardRequest,
+    ForwardResult,
+    LayerWeights,
+    fold_biases,
+)
+from gru.backends.cupy._backward import TrainingTape, layer_backward
 from gru.backends.cupy._paths import BIAS_IN_KERNEL, RUNS
 from gru.backends.cupy._plans import (
     LARGE_BATCH_PATH,
@@ -125,6 +140,21 @@ class _Packed:
         H = self.H
         return self._get("w_n_t", lambda: np.ascontiguousarray(np.stack([w[2 * H :].T for w in self._host_w_hh])))
 
+    # the backward's products carry gate gradients back to h_{t-1}: d_gates @ W_hh (untransposed)
+    def w_hh(self) -> Any:
+        """(D, 3H, H): W_hh of each direction."""
+        return self._get("w_hh", lambda: np.stack(self._host_w_hh))
+
+    def w_hrz(self) -> Any:
+        """(D, 2H, H): the r and z rows of W_hh (reset-before's backward)."""
+        H = self.H
+        return self._get("w_hrz", lambda: np.ascontiguousarray(np.stack([w[: 2 * H] for w in self._host_w_hh])))
+
+    def w_hn(self) -> Any:
+        """(D, H, H): the candidate rows of W_hh (reset-before's backward, for d(r * h))."""
+        H = self.H
+        return self._get("w_hn", lambda: np.ascontiguousarray(np.stack([w[2 * H :] for w in self._host_w_hh])))
+
 
 def _host(a: Any) -> np.ndarray:
     return a.get() if hasattr(a, "__cuda_array_interface__") else np.asarray(a)
@@ -135,13 +165,13 @@ def _is_device_array(a: Any) -> bool:
 
 
 class CupyBackend(Backend):
-    """GRU inference on NVIDIA GPUs through CuPy: every forward feature, float32 and float64 (no training).
+    """GRUs on NVIDIA GPUs through CuPy: every forward feature and training, float32 and float64.
 
     ``device_factory`` exists for the test suite (a CPU emulation of the kernels);
     by default devices come from CuPy.
     """
 
-    capabilities = Capabilities(device="cuda", priority=200, training=False, accepts_host_arrays=True)
+    capabilities = Capabilities(device="cuda", priority=200, training=True, accepts_host_arrays=True)
 
     def __init__(self, device_factory: Any | None = None) -> None:
         self._device_factory = device_factory
@@ -271,13 +301,19 @@ class CupyBackend(Backend):
         # outputs and gates past a sequence's length stay zero; when every sequence runs all T
         # steps the kernels write every element, and the zero fill (a launch) is skipped
         fill = xp.empty if lengths is None or bool((lengths == T).all()) else xp.zeros
-        gates = fill((L * D, 3, T, B, H), dtype) if request.return_gates else None
+        # training keeps the gate activations for the backward, and each layer's input and output
+        gates = fill((L * D, 3, T, B, H), dtype) if request.return_gates or request.training else None
+        inputs: list[Any] = []
+        outputs: list[Any] = []
         paths: tuple[str, ...] = ()  # the path of each layer (all take the same)
         checks: list[Any] = []
 
+        lengths_device = None
         if steps == 0 or B == 0:
             output = xp.zeros((T, B, D * H), dtype)
             h_n[...] = h0
+            if gates is not None:
+                gates[...] = 0
         else:
             lengths_device = (
                 self._full_lengths(device, B, T) if lengths is None else device.asarray(lengths.astype(np.int32))
@@ -347,8 +383,15 @@ class CupyBackend(Backend):
                 )
                 if check is not None:
                     checks.append(check)
+                if request.training:
+                    inputs.append(layer_input)
+                    outputs.append(output)
                 if request.dropout_masks is not None and layer < L - 1:
-                    output *= device.asarray(request.dropout_masks[layer])
+                    mask = device.asarray(request.dropout_masks[layer])
+                    if request.training:  # the backward reads the output before dropout
+                        output = output * mask
+                    else:
+                        output *= mask
                 layer_input = output
             output = layer_input
         self.last_paths = paths
@@ -360,10 +403,73 @@ class CupyBackend(Backend):
                     raise RuntimeError(
                         f"gru cupy backend: the persistent kernel needed {needed} bytes of shared memory"
                     )
+        saved = TrainingTape(inputs, outputs, gates, h0, lengths_device, steps) if request.training else None
+        if not request.return_gates:
+            gates = None
         if host_input:
             return ForwardResult(
                 output=device.to_host(output),
                 h_n=device.to_host(h_n),
                 gates=None if gates is None else device.to_host(gates),
+                saved=saved,
             )
-        return ForwardResult(output=output, h_n=h_n, gates=gates)
+        return ForwardResult(output=output, h_n=h_n, gates=gates, saved=saved)
+
+    # -- backward ------------------------------------------------------------------------------
+    def backward(self, request: ForwardRequest, result: ForwardResult, d_output: Any, d_h_n: Any) -> BackwardResult:
+        device = self._device(request.x)
+        if self._device_factory is None:
+            import cupy
+
+            with cupy.cuda.Device(device.device_id):
+                return self._backward(device, request, result.saved, d_output, d_h_n)
+        return self._backward(device, request, result.saved, d_output, d_h_n)
+
+    def _backward(
+        self, device: Any, request: ForwardRequest, tape: TrainingTape, d_output: Any, d_h_n: Any
+    ) -> BackwardResult:
+        """The layers in reverse (see _backward.py); host inputs get host gradients, as the forward's results."""
+        xp = device.xp
+        host_input = not _is_device_array(request.x)
+        B = request.batch_size
+        D, L = request.num_directions, request.num_layers
+        d_output = xp.ascontiguousarray(device.asarray(d_output))
+        d_h_n = xp.ascontiguousarray(device.asarray(d_h_n))
+        if tape.steps == 0 or B == 0:  # nothing ran: h_n was h0, and no weight took part
+            d_x = xp.zeros(request.x.shape, request.x.dtype)
+            d_h0 = d_h_n.copy()
+            grads = [
+                LayerWeights(*(xp.zeros(a.shape, a.dtype) for a in (w.w_ih, w.w_hh, w.b_ih, w.b_hh)))
+                for w in request.weights
+            ]
+        else:
+            d_h0 = xp.empty_like(tape.h0)
+            grads = [None] * (L * D)
+            d_layer = d_output
+            for layer in reversed(range(L)):
+                k = slice(layer * D, (layer + 1) * D)
+                d_x, d_h0[k], grads[k] = layer_backward(
+                    device,
+                    self._packed_weights(device, request.weights[k], request.reset_after),
+                    x=tape.inputs[layer],
+                    output=tape.outputs[layer],
+                    gates=tape.gates[k],
+                    h0=tape.h0[k],
+                    lengths=tape.lengths,
+                    host_lengths=request.lengths,
+                    steps=tape.steps,
+                    d_output=d_layer,
+                    d_h_n=d_h_n[k],
+                    reset_after=request.reset_after,
+                )
+                if layer > 0 and request.dropout_masks is not None:
+                    d_x = d_x * device.asarray(request.dropout_masks[layer - 1])
+                d_layer = d_x
+        if host_input:
+            to_host = device.to_host
+            return BackwardResult(
+                d_x=to_host(d_x),
+                d_h0=to_host(d_h0),
+                weights=tuple(LayerWeights(*(to_host(a) for a in (g.w_ih, g.w_hh, g.b_ih, g.b_hh))) for g in grads),
+            )
+        return BackwardResult(d_x=d_x, d_h0=d_h0, weights=tuple(grads))

@@ -8,6 +8,7 @@
 #include "gru_resident.cu"
 #include "gru_fused.cu"
 #include "gru_stepwise.cu"
+#include "gru_backward.cu"
 
 #include <cstring>
 

@@ -119,6 +119,34 @@ __device__ __forceinline__ void load_three(const T* g, int H, T& r, T& z, T& n) 
     n = __ldg(g + 2 * H);
 }
 
+// One thread's (direction, sequence, unit) of a per-step kernel (gru_stepwise.cu, gru_backward.cu), from its
+// index i into (D, B, H): sequence b is alive at step s while s < lengths[b], and direction 1 visits
+// t = lengths[b] - 1 - s.
+struct StepIndex {
+    int d, b, u, len, t;
+    bool alive;
+};
+
+__device__ __forceinline__ StepIndex step_index(long long i, int s, int B, int H, const int* lengths) {
+    StepIndex x;
+    x.u = static_cast<int>(i % H);
+    const long long db = i / H;
+    x.b = static_cast<int>(db % B);
+    x.d = static_cast<int>(db / B);
+    x.len = lengths[x.b];
+    x.alive = s < x.len;
+    x.t = x.d == 1 ? x.len - 1 - s : s;
+    return x;
+}
+
+__device__ __forceinline__ long long gx_index(const StepIndex& x, int B, int D, int H) {
+    return ((static_cast<long long>(x.t) * B + x.b) * D + x.d) * 3LL * H + x.u;
+}
+
+__device__ __forceinline__ long long step_gate_index(const StepIndex& x, int g, int seq_len, int B, int H) {
+    return ((static_cast<long long>(x.d * 3 + g) * seq_len + x.t) * B + x.b) * H + x.u;
+}
+
 // Sum over the 32 lanes of a warp; every lane gets the total. All 32 lanes must call it.
 template <typename T>
 __device__ __forceinline__ T warp_sum(T v) {

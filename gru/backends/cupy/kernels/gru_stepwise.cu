@@ -27,37 +27,12 @@
 
 namespace gru {
 
-struct StepIndex {
-    int d, b, u, len, t;
-    bool alive;
-};
-
-__device__ __forceinline__ StepIndex step_index(long long i, int s, int B, int H, const int* lengths) {
-    StepIndex x;
-    x.u = static_cast<int>(i % H);
-    const long long db = i / H;
-    x.b = static_cast<int>(db % B);
-    x.d = static_cast<int>(db / B);
-    x.len = lengths[x.b];
-    x.alive = s < x.len;
-    x.t = x.d == 1 ? x.len - 1 - s : s;
-    return x;
-}
-
-__device__ __forceinline__ long long gx_index(const StepIndex& x, int B, int D, int H) {
-    return ((static_cast<long long>(x.t) * B + x.b) * D + x.d) * 3LL * H + x.u;
-}
-
 // The recurrent product at p: the sum of its S partial products, `part` elements apart.
 template <typename T>
 __device__ __forceinline__ T split_sum(const T* p, int splits, long long part) {
     T v = p[0];
     for (int k = 1; k < splits; ++k) v += p[k * part];
     return v;
-}
-
-__device__ __forceinline__ long long step_gate_index(const StepIndex& x, int g, int seq_len, int B, int H) {
-    return ((static_cast<long long>(x.d * 3 + g) * seq_len + x.t) * B + x.b) * H + x.u;
 }
 
 }  // namespace gru

@@ -108,16 +108,18 @@ def layer_backward(
     total = D * B * H
     grid = (max(1, min(-(-total // STEPWISE_THREADS), device.sm_count * STEPWISE_BLOCKS_PER_SM)),)
     block = (STEPWISE_THREADS,)
-    tail = (_kernels.STEP, i32(T), i32(B), i32(H), i32(D))
+
+    def step_kernel(kernel: str, *args: Any):
+        """The per-step launch of one of gru_backward.cu's kernels, its arguments packed once."""
+        tail = (_kernels.STEP, i32(T), i32(B), i32(H), i32(D))
+        return device.prepare(_kernels.stepwise_name(kernel, name), grid, block, (*args, *tail))
+
     if reset_after:
         # W_hn h_{t-1} + b_hn of every step at once: (D, T*B, H) @ (D, H, H)
         hn = device.matmul(prev.reshape(D, T * B, H), packed.w_n_t()) + packed.b_hn[:, None, :]
         d_step = xp.zeros((D, B, 3 * H), dtype)
-        kernel = device.prepare(
-            _kernels.stepwise_name("gru_backward_after", name),
-            grid,
-            block,
-            (d_output, d_h_n, gates, prev, hn, lengths, carry, product, d_gx, d_step, *tail),
+        kernel = step_kernel(
+            "gru_backward_after", d_output, d_h_n, gates, prev, hn, lengths, carry, product, d_gx, d_step
         )
         carry_back = device.prepare_split_matmul(d_step, packed.w_hh(), product)
         for s in reversed(range(steps)):
@@ -127,19 +129,11 @@ def layer_backward(
         d_n_step = xp.zeros((D, B, H), dtype)
         d_rh = xp.zeros((1, D, B, H), dtype)
         d_rz_step = xp.zeros((D, B, 2 * H), dtype)
-        first = device.prepare(
-            _kernels.stepwise_name("gru_backward_before_zn", name),
-            grid,
-            block,
-            (d_output, d_h_n, gates, prev, lengths, carry, product, d_gx, d_n_step, d_rz_step, *tail),
+        first = step_kernel(
+            "gru_backward_before_zn", d_output, d_h_n, gates, prev, lengths, carry, product, d_gx, d_n_step, d_rz_step
         )
         through_w_hn = device.prepare_split_matmul(d_n_step, packed.w_hn(), d_rh)
-        second = device.prepare(
-            _kernels.stepwise_name("gru_backward_before_r", name),
-            grid,
-            block,
-            (gates, prev, lengths, d_rh, carry, d_gx, d_rz_step, *tail),
-        )
+        second = step_kernel("gru_backward_before_r", gates, prev, lengths, d_rh, carry, d_gx, d_rz_step)
         carry_back = device.prepare_split_matmul(d_rz_step, packed.w_hrz(), product)
         for s in reversed(range(steps)):
             first(s)

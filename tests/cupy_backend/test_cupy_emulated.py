@@ -526,3 +526,29 @@ def test_numpy_in_numpy_gradients_out(emulator_library):
     output, _ = layer(x, train=True)
     grads = layer.backward(np.ones_like(output))
     assert all(type(a) is np.ndarray for a in (grads.input, grads.h0, *grads.params.values()))
+
+
+def test_a_cell_trains_step_by_step_as_on_the_reference(emulator_library):
+    """GRUCell: train=True per step, backward per step in reverse, the gradients the NumPy backend gives."""
+    backend = emulated_backend(emulator_library)
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((4, 2, 3))
+    d_loss = rng.standard_normal((4, 2, 5))
+    results = []
+    for choice in (backend, "numpy"):
+        cell = gru.GRUCell(3, 5, reset_after=False, dtype="float64", backend=choice, seed=1)
+        h = np.zeros((2, 5))
+        for t in range(4):
+            h = cell(x[t], h, train=True)
+        d_h, d_x, sums = np.zeros((2, 5)), [], {}
+        for t in reversed(range(4)):
+            g = cell.backward(d_loss[t] + d_h)
+            d_h = g.h0
+            d_x.append(g.input)
+            sums = {k: sums.get(k, 0) + v for k, v in g.params.items()}
+        results.append((d_h, d_x, sums))
+    (d_h, d_x, sums), (ref_h, ref_x, ref_sums) = results
+    np.testing.assert_allclose(d_h, ref_h, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(np.array(d_x), np.array(ref_x), rtol=1e-12, atol=1e-12)
+    for name, value in ref_sums.items():
+        np.testing.assert_allclose(sums[name], value, rtol=1e-12, atol=1e-12, err_msg=name)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check of the CuPy backend, on a fresh GPU machine without network, in about 3 minutes:
+# The GPU check of the CuPy backend, on a fresh GPU machine without network, in about 4 minutes:
 #
 #   benchmarks/gpu_check.sh OUTDIR
 #
@@ -43,8 +43,9 @@ step() {
 summary "gru GPU check, $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1 && summary "$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null)"
 
-# limits add up to 1070 s (an H100 took 146-173 s), and 690 s more for the optional SASS and profiles
-# and the CPU tests (left out with GRU_GPU_CHECK_SKIP_CPU=1);
+# limits add up to 1070 s (an H100 took 125-173 s for the forward alone, 232 s with the gradient
+# tests and the training benchmark), and 690 s more for the optional SASS and profiles and the
+# CPU tests (left out with GRU_GPU_CHECK_SKIP_CPU=1);
 # the GPU tests run first (they say fastest whether the kernels work), the CPU-only tests last
 # (CI runs those anyway)
 step install 90 "$PYTHON" -m pip install --no-build-isolation --no-deps --no-cache-dir .

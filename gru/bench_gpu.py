@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from gru._cli_checks import accept_negative_values, number_error, output_error
+from gru.bench._cases import TRAIN_SHAPES  # --train: forward (train=True) + backward, as gru bench --train
 
 #: (input_size, hidden_size, batch, seq_len): one shape per regime of the GPU paths
 SHAPES = [
@@ -55,8 +56,6 @@ SHAPES = [
     (512, 512, 256, 100),  # throughput
 ]
 AGREE_RELATIVE = 1e-4  # float32 vs float64 reference, relative L2 error
-#: --train: forward (train=True) + backward, the shapes of ``gru bench --train`` on the CPU
-TRAIN_SHAPES = [(64, 64, 32, 100), (256, 256, 32, 100), (512, 512, 64, 50), (128, 128, 64, 200)]
 PATH_NAMES = ("resident", "persistent", "fused", "stepwise")  # the CuPy backend's paths
 
 
@@ -553,6 +552,15 @@ def main(argv: list[str] | None = None) -> int:
     return run_from_args(parser.parse_args(argv))
 
 
+def train_alone_error(args: argparse.Namespace) -> str | None:
+    """--train times training only: the forward's tuning runs do not go with it."""
+    others = [flag for flag in ("sweep", "crossover", "resident") if getattr(args, flag)]
+    if args.train and others:
+        given = ", ".join(f"--{flag}" for flag in others)
+        return f"--train: expected alone (it times training only), got it with {given}"
+    return None
+
+
 def run_from_args(args: argparse.Namespace) -> int:
     """Run what parsed ``args`` say (see :func:`main`); the arguments are checked before CuPy is needed."""
     import gru
@@ -562,6 +570,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         or number_error("--warmup", args.warmup, 0)
         or number_error("--budget", args.budget, 0, "a number of seconds", above=True)  # 0 would skip every shape
         or output_error(str(args.json), "--json")
+        or train_alone_error(args)
     )
     if problem:
         print(f"gru bench-gpu: error: {problem}", file=sys.stderr)

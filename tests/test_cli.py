@@ -146,6 +146,15 @@ def test_bench_gpu_checks_its_arguments_before_the_gpu(capsys, tmp_path, extra, 
     assert not (tmp_path / "gpu.json").exists()
 
 
+@pytest.mark.parametrize("others", [["--sweep"], ["--crossover", "--resident"]])
+def test_bench_gpu_train_goes_alone(capsys, tmp_path, others):
+    assert main(["bench-gpu", "--json", str(tmp_path / "gpu.json"), "--train", *others]) == 2
+    given = ", ".join(others)
+    assert capsys.readouterr().err == (
+        f"gru bench-gpu: error: --train: expected alone (it times training only), got it with {given}\n"
+    )
+
+
 def test_bench_gpu_refuses_a_results_file_it_cannot_write(capsys, tmp_path):
     assert main(["bench-gpu", "--json", str(tmp_path)]) == 2
     assert (

@@ -339,7 +339,7 @@ class StackedBackend(Backend):
         tape: StackedTape = result.saved
         H, D, L = request.hidden_size, request.num_directions, request.num_layers
         d_h0 = xp.zeros_like(request.h0)
-        grads = [LayerWeights(*(xp.zeros_like(a) for a in (w.w_ih, w.w_hh, w.b_ih, w.b_hh))) for w in request.weights]
+        grads = zero_gradients(xp, request.weights)
         d_layer_output = d_output
         for layer in reversed(range(L)):
             layer_input = tape.inputs[layer]
@@ -368,6 +368,11 @@ class StackedBackend(Backend):
                 d_input = d_input * request.dropout_masks[layer - 1]
             d_layer_output = d_input
         return BackwardResult(d_x=d_layer_output, d_h0=d_h0, weights=tuple(grads))
+
+
+def zero_gradients(xp: Any, weights: tuple[LayerWeights, ...]) -> list[LayerWeights]:
+    """A LayerWeights of zeros shaped like each weight set, in the array module ``xp`` (gradients to add into)."""
+    return [LayerWeights(*(xp.zeros(a.shape, a.dtype) for a in (w.w_ih, w.w_hh, w.b_ih, w.b_hh))) for w in weights]
 
 
 def reverse_padded(a: Any, lengths: np.ndarray | None, axis: int = 0, xp: Any = np) -> Any:

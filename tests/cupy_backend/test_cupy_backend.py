@@ -25,7 +25,7 @@ import gru
 from gru.backends import Backend, Capabilities
 from gru.backends.cupy import CupyBackend
 from gru.backends.cupy._plans import PATH_ENV_VAR, RESIDENT_LAYOUT_ENV_VAR, RESIDENT_LAYOUTS
-from gru.testing._support import EACH_DTYPE, EACH_VARIANT, oracle_for
+from gru.testing._support import EACH_DTYPE, EACH_VARIANT, oracle_for, oracle_gradients_for
 
 # -- availability ----------------------------------------------------------------------------
 
@@ -178,6 +178,38 @@ def test_gpu_cupy_arrays_in_and_out(cupy, monkeypatch, path_name, reset_after, d
     np.testing.assert_allclose(h_n.get(), expected_h_n, rtol=0, atol=tol)
     np.testing.assert_allclose(gates.n.get(), expected_gates[:, 2], rtol=0, atol=tol)
     assert gru.get_backend("cupy").last_paths == (path_name, path_name)
+
+
+@needs_gpu
+@pytest.mark.parametrize("path_name", ["resident", "persistent", "stepwise"])
+@EACH_VARIANT
+def test_gpu_cupy_arrays_train(cupy, monkeypatch, path_name, reset_after):
+    """Training on CuPy arrays: gradients come back as CuPy arrays, equal to the oracle's, for a layer and a cell."""
+    monkeypatch.setenv(PATH_ENV_VAR, path_name)
+    rng = np.random.default_rng(6)
+    T, B, I, H = 9, 4, 12, 32
+    layer = gru.GRU(I, H, 2, bidirectional=True, reset_after=reset_after, dtype="float64", backend="cupy", seed=rng)
+    x = rng.standard_normal((T, B, I))
+    h0 = rng.standard_normal((4, B, H))
+    d_output, d_h_n = rng.standard_normal((T, B, 2 * H)), rng.standard_normal((4, B, H))
+    lengths = [9, 3, 0, 6]
+    layer(cupy.asarray(x), cupy.asarray(h0), lengths, train=True)
+    grads = layer.backward(cupy.asarray(d_output), cupy.asarray(d_h_n))
+    assert all(isinstance(a, cupy.ndarray) for a in (grads.input, grads.h0, *grads.params.values()))
+    d_x, d_h0, d_params = oracle_gradients_for(layer, x, d_output, d_h_n, h0, lengths)
+    np.testing.assert_allclose(grads.input.get(), d_x, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(grads.h0.get(), d_h0, rtol=0, atol=1e-10)
+    for name, value in d_params.items():
+        np.testing.assert_allclose(grads.params[name].get(), value, rtol=0, atol=1e-10, err_msg=name)
+    cell = gru.GRUCell(I, H, reset_after=reset_after, dtype="float64", backend="cupy", seed=rng)
+    h1 = cell(cupy.asarray(x[0]), cupy.asarray(h0[0]), train=True)
+    step = cell.backward(cupy.ones_like(h1))
+    reference = gru.GRUCell(I, H, reset_after=reset_after, dtype="float64", backend="numpy")
+    reference.load_state_dict(cell.state_dict())
+    reference(x[0], h0[0], train=True)
+    expected = reference.backward(np.ones((B, H)))
+    np.testing.assert_allclose(step.input.get(), expected.input, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(step.h0.get(), expected.h0, rtol=0, atol=1e-12)
 
 
 @needs_gpu

@@ -519,6 +519,54 @@ def test_non_finite_padding_reaches_no_gradient(emulator_library, monkeypatch, p
         np.testing.assert_array_equal(dirty.params[name], clean.params[name])
 
 
+@pytest.mark.parametrize("path", ["resident", "stepwise"])
+@EACH_VARIANT
+def test_non_finite_h0_of_an_empty_sequence_reaches_no_weight(emulator_library, monkeypatch, path, reset_after):
+    """A sequence of length 0 hands its h0 on as h_n, whatever it holds; no weight ever multiplies it."""
+    monkeypatch.setenv(PATH_ENV_VAR, path)
+    backend = emulated_backend(emulator_library)
+    layer = gru.GRU(3, 4, bidirectional=True, reset_after=reset_after, dtype="float64", backend=backend, seed=0)
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((4, 3, 3))
+    h0 = rng.standard_normal((2, 3, 4))
+    d_output, d_h_n = rng.standard_normal((4, 3, 8)), rng.standard_normal((2, 3, 4))
+    lengths = [4, 0, 2]
+    layer(x, h0, lengths, train=True)
+    clean = layer.backward(d_output, d_h_n)
+    h0[:, 1] = np.nan
+    layer(x, h0, lengths, train=True)
+    dirty = layer.backward(d_output, d_h_n)
+    for name in clean.params:
+        np.testing.assert_array_equal(dirty.params[name], clean.params[name], err_msg=name)
+    np.testing.assert_array_equal(dirty.input, clean.input)
+    np.testing.assert_array_equal(dirty.h0[:, 1], d_h_n[:, 1])
+
+
+@pytest.mark.parametrize(
+    ("shape", "lengths"),
+    [((6, 3), [4, 1, 0]), ((0, 3), None), ((5, 0), None), ((5, 3), [0, 0, 0])],
+    ids=["longest-below-T", "T=0", "B=0", "all-empty"],
+)
+def test_training_edge_shapes_match_the_reference(emulator_library, shape, lengths):
+    """Against the NumPy backend: sequences all shorter than T, and calls where no step runs."""
+    backend = emulated_backend(emulator_library)
+    rng = np.random.default_rng(10)
+    T, B = shape
+    x = rng.standard_normal((T, B, 3))
+    h0 = rng.standard_normal((4, B, 4))
+    d_output, d_h_n = rng.standard_normal((T, B, 8)), rng.standard_normal((4, B, 4))
+    results = []
+    for choice in (backend, "numpy"):
+        layer = gru.GRU(3, 4, 2, bidirectional=True, dtype="float64", backend=choice, seed=2)
+        layer(x, h0, lengths, train=True)
+        results.append(layer.backward(d_output, d_h_n))
+    ours, reference = results
+    np.testing.assert_allclose(ours.input, reference.input, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(ours.h0, reference.h0, rtol=1e-12, atol=1e-12)
+    for name, value in reference.params.items():
+        np.testing.assert_allclose(ours.params[name], value, rtol=1e-12, atol=1e-12, err_msg=name)
+
+
 def test_numpy_in_numpy_gradients_out(emulator_library):
     backend = emulated_backend(emulator_library)
     layer = gru.GRU(3, 4, 2, dtype="float32", backend=backend, seed=0)

@@ -27,7 +27,7 @@ import numpy as np
 
 from gru.backends._base import LayerWeights
 from gru.backends.cupy import _kernels
-from gru.backends.cupy._paths import STEPWISE_BLOCKS_PER_SM, STEPWISE_THREADS
+from gru.backends.cupy._paths import step_launch_shape
 
 
 @dataclass
@@ -37,7 +37,8 @@ class TrainingTape:
     Per layer its input (T, B, I_layer), after the previous layer's dropout,
     and its output (T, B, D*H), before dropout; the gate activations of every
     layer and direction (L*D, 3, T, B, H); h0 (L*D, B, H); the lengths as the
-    kernels read them (B,) int32, and the steps the longest sequence runs.
+    kernels read them (B,) int32, and the steps the longest sequence runs; the
+    device all of it is on, where the backward runs whichever is current then.
     """
 
     inputs: list[Any]
@@ -46,6 +47,7 @@ class TrainingTape:
     h0: Any
     lengths: Any
     steps: int
+    device: Any
 
 
 def previous_states(xp: Any, output: Any, h0: Any, lengths: np.ndarray | None, reverse: bool) -> Any:
@@ -53,7 +55,8 @@ def previous_states(xp: Any, output: Any, h0: Any, lengths: np.ndarray | None, r
 
     Forward, step t starts from the output at t - 1 (h0 at t = 0); in reverse
     from the output at t + 1, and from h0 at each sequence's last step. Steps
-    past a length get a finite value the gate gradients (zero there) ignore.
+    past a length get whatever is at hand (h0 for a sequence of length 0, which
+    may hold anything): the weight gradients take only the steps that ran.
     """
     T = output.shape[0]
     states = xp.empty(output.shape, output.dtype)
@@ -105,9 +108,7 @@ def layer_backward(
     d_gx = xp.zeros((T, B, D * 3 * H), dtype)
     carry = xp.zeros((D, B, H), dtype)
     product = xp.zeros((1, D, B, H), dtype)  # (splits, D, B, H) for prepare_split_matmul, one split
-    total = D * B * H
-    grid = (max(1, min(-(-total // STEPWISE_THREADS), device.sm_count * STEPWISE_BLOCKS_PER_SM)),)
-    block = (STEPWISE_THREADS,)
+    grid, block = step_launch_shape(device, D * B * H)
 
     def step_kernel(kernel: str, *args: Any):
         """The per-step launch of one of gru_backward.cu's kernels, its arguments packed once."""
@@ -147,16 +148,24 @@ def layer_backward(
 
     rows = d_gx.reshape(T * B, D * 3 * H)
     x_rows = x.reshape(T * B, I)
-    if host_lengths is not None:  # padding may hold anything, inf and NaN too: it must not reach dW_ih
-        live = xp.asarray((np.arange(T)[:, None] < host_lengths[None, :]).reshape(T * B, 1))
-        x_rows = xp.where(live, x_rows, xp.zeros((), dtype))
-    d_w_ih = device.matmul(rows.T, x_rows)  # (D*3H, I)
-    d_b_ih = rows.sum(axis=0)
+    live = None if host_lengths is None else xp.asarray((np.arange(T)[:, None] < host_lengths[None, :]).reshape(-1, 1))
+
+    def steps_that_ran(a: Any) -> Any:
+        """``a`` (T*B, n) with the rows of steps past a length zeroed.
+
+        Padding may hold anything, inf and NaN too (in x, and in h0 as the
+        state before a step that never ran), and 0 * inf is NaN: it must not
+        reach a weight gradient.
+        """
+        return a if live is None else xp.where(live, a, xp.zeros((), dtype))
+
+    d_w_ih = device.matmul(rows.T, steps_that_ran(x_rows))  # (D*3H, I)
+    d_b_ih = _sum_rows(rows)
     d_x = device.matmul(rows, packed.w_ih_t.T).reshape(T, B, I)
     grads = []
     for d in range(D):
         d_gates = d_gx.reshape(T, B, D, 3 * H)[:, :, d].reshape(T * B, 3 * H)
-        prev_rows = prev[d].reshape(T * B, H)
+        prev_rows = steps_that_ran(prev[d].reshape(T * B, H))
         r = gates[d, 0].reshape(T * B, H)
         if reset_after:  # the recurrent side of n is r * (W_hn h + b_hn): its gradient is d_n * r
             d_gates = d_gates.copy()
@@ -168,6 +177,11 @@ def layer_backward(
             d_w_hh[2 * H :] = device.matmul(d_gates[:, 2 * H :].T, r * prev_rows)
         block_rows = slice(d * 3 * H, (d + 1) * 3 * H)
         grads.append(
-            LayerWeights(w_ih=d_w_ih[block_rows], w_hh=d_w_hh, b_ih=d_b_ih[block_rows], b_hh=d_gates.sum(axis=0))
+            LayerWeights(w_ih=d_w_ih[block_rows], w_hh=d_w_hh, b_ih=d_b_ih[block_rows], b_hh=_sum_rows(d_gates))
         )
     return d_x, d_h0, grads
+
+
+def _sum_rows(a: Any) -> Any:
+    """The sum of ``a``'s rows, accumulated in float64 (a bias gradient sums T*B terms), in ``a``'s dtype."""
+    return a.sum(axis=0, dtype=np.float64).astype(a.dtype)

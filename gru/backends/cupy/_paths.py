@@ -23,6 +23,11 @@ STEPWISE_THREADS = 256
 STEPWISE_BLOCKS_PER_SM = 8
 
 
+def step_launch_shape(device, total: int) -> tuple[tuple[int], tuple[int]]:
+    """(grid, block) of a per-step kernel with one thread per (direction, sequence, unit), grid-stride."""
+    return (max(1, min(-(-total // STEPWISE_THREADS), device.sm_count * STEPWISE_BLOCKS_PER_SM)),), (STEPWISE_THREADS,)
+
+
 def _state_pair(xp, h0, width: int):
     """Two (D, B, width) state buffers, h_{t-1} and h_t in turn: the first holds h0, the pads beyond H zeros."""
     hbuf = xp.zeros((2, *h0.shape[:2], width), h0.dtype)
@@ -188,9 +193,7 @@ def run_stepwise(device, packed, plan, *, gx, h0, lengths, steps, output, h_n, g
     dtype = output.dtype
     name = dtype.name
     hbuf = _state_pair(xp, h0, H)
-    total = D * B * H
-    grid = (max(1, min(-(-total // STEPWISE_THREADS), device.sm_count * STEPWISE_BLOCKS_PER_SM)),)
-    block = (STEPWISE_THREADS,)
+    grid, block = step_launch_shape(device, D * B * H)
     i32 = np.int32
     gates_arg, has_gates = _gates_args(gates, placeholder)
     tail = (i32(T), i32(B), i32(H), i32(D))

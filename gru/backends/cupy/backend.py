@@ -63,6 +63,7 @@ from gru.backends._base import (
     ForwardResult,
     LayerWeights,
     fold_biases,
+    zero_gradients,
 )
 from gru.backends.cupy._backward import TrainingTape, layer_backward
 from gru.backends.cupy._paths import BIAS_IN_KERNEL, RUNS
@@ -403,7 +404,7 @@ class CupyBackend(Backend):
                     raise RuntimeError(
                         f"gru cupy backend: the persistent kernel needed {needed} bytes of shared memory"
                     )
-        saved = TrainingTape(inputs, outputs, gates, h0, lengths_device, steps) if request.training else None
+        saved = TrainingTape(inputs, outputs, gates, h0, lengths_device, steps, device) if request.training else None
         if not request.return_gates:
             gates = None
         if host_input:
@@ -417,7 +418,7 @@ class CupyBackend(Backend):
 
     # -- backward ------------------------------------------------------------------------------
     def backward(self, request: ForwardRequest, result: ForwardResult, d_output: Any, d_h_n: Any) -> BackwardResult:
-        device = self._device(request.x)
+        device = result.saved.device  # the forward's, also for host input when another device is current now
         if self._device_factory is None:
             import cupy
 
@@ -438,10 +439,7 @@ class CupyBackend(Backend):
         if tape.steps == 0 or B == 0:  # nothing ran: h_n was h0, and no weight took part
             d_x = xp.zeros(request.x.shape, request.x.dtype)
             d_h0 = d_h_n.copy()
-            grads = [
-                LayerWeights(*(xp.zeros(a.shape, a.dtype) for a in (w.w_ih, w.w_hh, w.b_ih, w.b_hh)))
-                for w in request.weights
-            ]
+            grads = zero_gradients(xp, request.weights)
         else:
             d_h0 = xp.empty_like(tape.h0)
             grads = [None] * (L * D)

@@ -134,6 +134,21 @@ def environment() -> dict[str, Any]:
     }
 
 
+def _same_weights(I: int, H: int) -> tuple[Any, Any, Any]:
+    """torch.nn.GRU on the GPU (seeded), its float64 twin and a float32 gru.GRU (cupy), with one set of weights."""
+    import torch
+
+    import gru
+
+    torch.manual_seed(0)
+    reference = torch.nn.GRU(I, H).cuda().float()
+    reference64 = torch.nn.GRU(I, H).cuda().double()
+    reference64.load_state_dict({k: v.double() for k, v in reference.state_dict().items()})
+    layer = gru.GRU(I, H, dtype="float32", backend="cupy")
+    layer.load_state_dict(reference.state_dict())
+    return reference, reference64, layer
+
+
 def bench_shape(shape, repeats: int, warmup: int) -> dict[str, Any]:
     import cupy
     import torch
@@ -145,17 +160,14 @@ def bench_shape(shape, repeats: int, warmup: int) -> dict[str, Any]:
     row: dict[str, Any] = {"shape": {"I": I, "H": H, "B": B, "T": T}, "dtype": "float32"}
     row["recurrent_flops_per_step"] = 6 * H * H * B
     row["recurrent_weight_bytes"] = 12 * H * H
-    torch.manual_seed(0)
-    reference = torch.nn.GRU(I, H).cuda().float().eval()
-    layer = gru.GRU(I, H, dtype="float32", backend="cupy")
-    layer.load_state_dict(reference.state_dict())
+    reference, reference64, layer = _same_weights(I, H)
+    reference.eval()
+    reference64.eval()
     rng = cupy.random.default_rng(1)
     x = rng.standard_normal((T, B, I), dtype=cupy.float32)
     x_torch = torch.from_dlpack(x)
 
     # -- agreement, against a float64 cuDNN run of the same weights and inputs
-    reference64 = torch.nn.GRU(I, H).cuda().double().eval()
-    reference64.load_state_dict({k: v.double() for k, v in reference.state_dict().items()})
     with torch.no_grad():
         expected = reference64(x_torch.double())[0]
         torch.backends.cudnn.allow_tf32 = False
@@ -236,18 +248,13 @@ def train_shape(shape, repeats: int, warmup: int) -> dict[str, Any]:
 
     I, H, B, T = shape
     row: dict[str, Any] = {"shape": {"I": I, "H": H, "B": B, "T": T}, "dtype": "float32", "training": True}
-    torch.manual_seed(0)
     torch.backends.cudnn.allow_tf32 = False
-    reference = torch.nn.GRU(I, H).cuda().float()
-    layer = gru.GRU(I, H, dtype="float32", backend="cupy")
-    layer.load_state_dict(reference.state_dict())
+    reference, reference64, layer = _same_weights(I, H)
     rng = cupy.random.default_rng(1)
     x = rng.standard_normal((T, B, I), dtype=cupy.float32)
     d_output = rng.standard_normal((T, B, H), dtype=cupy.float32)
     x_torch, d_torch = torch.from_dlpack(x), torch.from_dlpack(d_output)
 
-    reference64 = torch.nn.GRU(I, H).cuda().double()
-    reference64.load_state_dict({k: v.double() for k, v in reference.state_dict().items()})
     x64 = x_torch.double().requires_grad_()
     reference64(x64)[0].backward(d_torch.double())
     expected = {"input": x64.grad, **{name: p.grad for name, p in reference64.named_parameters()}}

@@ -312,9 +312,7 @@ class CupyBackend(Backend):
         lengths_device = None
         if steps == 0 or B == 0:
             output = xp.zeros((T, B, D * H), dtype)
-            h_n[...] = h0
-            if gates is not None:
-                gates[...] = 0
+            h_n[...] = h0  # gates, if kept, have no elements here or came as zeros (see fill)
         else:
             lengths_device = (
                 self._full_lengths(device, B, T) if lengths is None else device.asarray(lengths.astype(np.int32))

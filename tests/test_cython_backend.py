@@ -517,6 +517,77 @@ def test_one_sequence_past_l2_reads_rows_and_matches_the_oracle(reset_after, sma
         assert_training_matches_oracle(layer, x, rng, threads=2)
 
 
+@contextlib.contextmanager
+def l1_of(size: int):
+    """The kernels planning for an L1 data cache of ``size`` bytes (then the machine's again)."""
+    from gru.backends.cython import _kernels
+
+    _kernels.use_l1_bytes(size)
+    try:
+        yield
+    finally:
+        _kernels.use_l1_bytes(0)
+
+
+def test_which_one_sequence_calls_keep_blocks_of_their_panel_in_l1():
+    """One sequence whose panel (transposed blocks) takes 1.25-8 L1s: kept blocks of 3/4 of the L1, at most half
+    of the thread's own inputs (see _kernels.kept_inputs)."""
+    from gru.backends.cython import _kernels
+
+    assert _kernels.l1_data_bytes() >= 4096
+    with l1_of(48 * 1024):
+        # H = 128, two threads: 64 units a thread, 768 B an input, a 96 KB panel; 36 KB / 768 B = 48 > 64 / 2
+        assert _kernels.kept_block_inputs(1, 128, 4, 2) == 32
+        assert _kernels.kept_block_inputs(1, 160, 4, 2) == 36864 // 960  # 80 units: a 150 KB panel
+        assert _kernels.kept_block_inputs(1, 128, 4, 1) == 36864 // 1536  # one thread: 192 KB
+        assert _kernels.kept_block_inputs(1, 128, 8, 2) == 36864 // 1536  # float64
+        assert _kernels.kept_block_inputs(1, 96, 4, 2) == 0  # 54 KB: 1.1 L1s
+        assert _kernels.kept_block_inputs(1, 300, 4, 2) == 0  # 540 KB: 11 L1s
+        assert _kernels.kept_block_inputs(1, 1024, 4, 2) == 0  # past L2: rows (gemv 'T')
+        assert _kernels.kept_block_inputs(2, 128, 4, 2) == 0  # two sequences
+    with l1_of(32 * 1024):
+        assert _kernels.kept_block_inputs(1, 96, 4, 2) == 24  # 54 KB: 1.7 L1s; 24 KB / 576 B = 42 > 48 / 2
+
+
+@pytest.mark.parametrize(("l1", "threads"), [(8192, 1), (8192, 2), (8192, 3), (16384, 1), (16384, 2)])
+@EACH_VARIANT
+def test_one_sequence_with_kept_blocks_matches_the_oracle(l1, threads, reset_after):
+    """H = 40 in float64 with a small L1 planned for: kept blocks with a middle one (8 KB) or without (16 KB),
+    odd and even steps, both directions, a second layer, a shorter sequence; forward, gates and training."""
+    from gru.backends.cython import _kernels
+
+    rng = np.random.default_rng(l1 + threads)
+    layer = gru.GRU(6, 40, 2, bidirectional=True, reset_after=reset_after, dtype="float64", backend="cython", seed=rng)
+    h0 = rng.standard_normal((4, 1, 40))
+    with l1_of(l1):
+        assert _kernels.kept_block_inputs(1, 40, 8, threads) > 0
+        for T, length in [(7, 7), (8, 5)]:
+            x = rng.standard_normal((T, 1, 6))
+            lengths = np.array([length])
+            output, h_n, gates = layer(x, h0, lengths, threads=threads, return_gates=True)
+            expected_output, expected_h_n, expected_gates = oracle_for(layer, x, h0, lengths)
+            np.testing.assert_allclose(output, expected_output, rtol=0, atol=1e-12)
+            np.testing.assert_allclose(h_n, expected_h_n, rtol=0, atol=1e-12)
+            for g, name in enumerate("rzn"):
+                np.testing.assert_allclose(getattr(gates, name), expected_gates[:, g], rtol=0, atol=1e-12)
+            assert_training_matches_oracle(layer, x, rng, h0=h0, lengths=lengths, threads=threads)
+
+
+def test_one_sequence_in_float32_with_kept_blocks_at_this_machines_l1():
+    """H = 128 on two threads, the L1 the machine reports (or 48 KB where its panel would not qualify)."""
+    from gru.backends.cython import _kernels
+
+    rng = np.random.default_rng(12)
+    layer = gru.GRU(64, 128, dtype="float32", backend="cython", seed=rng)
+    x = rng.standard_normal((41, 1, 64)).astype("float32")
+    with l1_of(0 if _kernels.kept_block_inputs(1, 128, 4, 2) else 48 * 1024):
+        assert _kernels.kept_block_inputs(1, 128, 4, 2) > 0
+        output, h_n = layer(x, threads=2)
+    expected, expected_h_n, _ = oracle_for(layer, x)
+    np.testing.assert_allclose(output, expected, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(h_n, expected_h_n, rtol=0, atol=1e-5)
+
+
 def test_a_layer_called_with_two_layouts_and_two_thread_counts_in_turn_packs_each_once(products_cut):
     """One sequence past L2 reads rows, a batch the transposed blocks (see panel_rows): with threads 1 and 2
     that is four packings, all kept, so calls taking turns never repack."""

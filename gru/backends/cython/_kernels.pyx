@@ -52,6 +52,7 @@ cdef extern from "gru_math.h" nogil:
     int gru_max_threads()
     int gru_num_threads()
     int gru_has_openmp()
+    int gru_l1_data_bytes()
     void gru_gates_after_f(int n, int stride, int gh_stride, const float* gx, const float* gh, const float* bias,
                            const float* b_hn, const float* h_old, float* h_new, float* out,
                            float* r_out, float* z_out, float* n_out, float* hn_out)
@@ -356,6 +357,14 @@ cdef enum:
     PARTIAL_SUM_VALUES = 4 * 1024 * 1024
 
 
+# One sequence's panels between KEPT_MIN_L1S and KEPT_MAX_L1S times the L1 keep blocks of
+# KEPT_L1_PART of it in L1 from step to step (see kept_inputs).
+cdef int l1_bytes = gru_l1_data_bytes()
+cdef double KEPT_L1_PART = 0.75
+cdef double KEPT_MIN_L1S = 1.25
+cdef double KEPT_MAX_L1S = 8
+
+
 cdef inline int small_block(int m, int n, int k) noexcept nogil:
     """Width of the column blocks that keep an m x k by k x n product on the small kernel (n: no cut).
 
@@ -596,6 +605,22 @@ def panel_rows(Py_ssize_t B, Py_ssize_t H, Py_ssize_t itemsize, int team) -> boo
     return not small_kernel
 
 
+def kept_block_inputs(Py_ssize_t B, Py_ssize_t H, Py_ssize_t itemsize, int team) -> int:
+    """How many inputs each kept block of the first thread spans in a call split by unit (see kept_inputs)."""
+    return kept_inputs(B, <int>H, widest_slice(<int>H, team), itemsize, panel_rows(B, H, itemsize, team))
+
+
+def l1_data_bytes() -> int:
+    """The L1 data cache size the kernels plan for (see kept_inputs)."""
+    return l1_bytes
+
+
+def use_l1_bytes(int size) -> None:
+    """Plan for an L1 of ``size`` bytes (tests: small layers then take the kept-block path; 0: the machine's)."""
+    global l1_bytes
+    l1_bytes = size if size > 0 else gru_l1_data_bytes()
+
+
 cdef void pack_team_panels(int H, int team, const floating* w_hh, floating* panels, bint w_rows) noexcept nogil:
     """Every thread's panel (pack_panel) for a team of ``team``, thread j's at panels + 3 H u0_j."""
     cdef int tid, u0, nu
@@ -676,6 +701,30 @@ cdef inline void product_rest(Py_ssize_t m, int n, int row0, int H, int u0, int 
     panel_part(m, n, row0, u0 + nu, H, H, nu, a, panel, w_rows, 1, c, ldc)
 
 
+cdef inline int kept_inputs(Py_ssize_t rows, int H, int nu, Py_ssize_t itemsize, bint w_rows) noexcept nogil:
+    """How many of a thread's own inputs each of its two kept blocks spans (0: none).
+
+    One sequence's panel a little larger than the core's L1 is read from L2
+    at every step, none of it still in L1 from the step before. Its own
+    inputs' columns then come in three blocks: K1, the middle and K2, each K
+    about KEPT_L1_PART of the L1. At even steps K1 and the middle come before
+    the barrier and K2 last, after the others' inputs; at odd steps K2 (still
+    in L1) and the middle come first and K1 last. So each step starts with
+    the block the step before ended with, and the part before the barrier
+    still fills its wait. Zen 5 (48 KB L1, SkylakeX sgemv), both builds
+    alternating call by call, T = 200: two threads 13 % faster at H = 112,
+    10 % at 128, 9 % at 144, 6 % at 160, 5 % at 192, 2 % at (256,256,1,500);
+    one thread 10 % at H = 72, 9 % at 96, 6 % at 128, 3 % at 160. Just over
+    the L1 (H = 96 on two threads, 1.1 L1s) it lost 4 % in a slow phase of
+    the machine: the plain order already finds part of the panel in L1.
+    """
+    cdef Py_ssize_t per_input = <Py_ssize_t>3 * nu * itemsize
+    if rows != 1 or w_rows or nu < 2 or per_input * H <= KEPT_MIN_L1S * l1_bytes \
+            or per_input * H > KEPT_MAX_L1S * l1_bytes:
+        return 0
+    return <int>max(1, min(nu // 2, <Py_ssize_t>(l1_bytes * KEPT_L1_PART) // per_input))
+
+
 cdef inline void unpack_rows(int i0, int i1, int n, const floating* t, int ldt, floating* rows, int G,
                              bint add=False) noexcept nogil:
     """rows[i, :n] = (or, ``add``, +=) the column-major product t's row i, for i in [i0, i1): row-major again.
@@ -699,7 +748,7 @@ cdef inline void unpack_rows(int i0, int i1, int n, const floating* t, int ldt, 
 
 
 cdef inline int own_part(int s, int T, int B, int I, int H, int i0, int i1, int live, int u0, int nu, int first,
-                         const floating* x, const floating* w_ih_t, const floating* panel, bint w_rows,
+                         int keep, const floating* x, const floating* w_ih_t, const floating* panel, bint w_rows,
                          const long long* lengths, bint reverse, bint per_step, floating* gx, const floating* h_prev,
                          floating* product, int ldp) noexcept nogil:
     """Step s's work that needs no other thread; returns the sequences live at s (the end of [i0, live)).
@@ -707,7 +756,8 @@ cdef inline int own_part(int s, int T, int B, int I, int H, int i0, int i1, int 
     The input projection of its rows (per_step), and the first product (the
     ``first`` rows of the panel) over this thread's own part of h_{t-1},
     into ``product`` (from row i0, see panel_part): product_rest adds the
-    others' once they are written.
+    others' once they are written. With ``keep`` (see kept_inputs), one of the
+    kept blocks is left for kept_block to make after the others'.
     """
     cdef int G = 3 * H
     cdef int t
@@ -718,8 +768,22 @@ cdef inline int own_part(int s, int T, int B, int I, int H, int i0, int i1, int 
     if per_step:  # every sequence is at the same t
         t = T - 1 - s if reverse else s
         project_step(i1 - i0, I, H, u0, nu, x + (<Py_ssize_t>t * B + i0) * I, w_ih_t, gx + <Py_ssize_t>i0 * G)
-    panel_part(live - i0, first, 0, u0, u0 + nu, H, nu, h_prev + <Py_ssize_t>i0 * H, panel, w_rows, 0, product, ldp)
+    h_prev += <Py_ssize_t>i0 * H
+    if keep == 0:
+        panel_part(live - i0, first, 0, u0, u0 + nu, H, nu, h_prev, panel, w_rows, 0, product, ldp)
+    elif s % 2 == 0:  # K1, then the middle
+        panel_part(live - i0, first, 0, u0, u0 + nu - keep, H, nu, h_prev, panel, w_rows, 0, product, ldp)
+    else:  # K2, then the middle
+        panel_part(live - i0, first, 0, u0 + nu - keep, u0 + nu, H, nu, h_prev, panel, w_rows, 0, product, ldp)
+        panel_part(live - i0, first, 0, u0 + keep, u0 + nu - keep, H, nu, h_prev, panel, w_rows, 1, product, ldp)
     return live
+
+
+cdef inline void kept_block(int s, int n, int H, int u0, int nu, int keep, const floating* a, const floating* panel,
+                            floating* c) noexcept nogil:
+    """c += step s's last part of one sequence's product: K2 at even steps, K1 at odd ones (see kept_inputs)."""
+    cdef int k0 = u0 + nu - keep if s % 2 == 0 else u0
+    panel_part(1, n, 0, k0, k0 + keep, H, nu, a, panel, False, 1, c, 0)
 
 
 cdef void run_rows(
@@ -775,16 +839,19 @@ cdef void run_rows(
                                    ght + <Py_ssize_t>i0 * G + <Py_ssize_t>3 * u0 * (i1 - i0) - i0)
     cdef Py_ssize_t row_step = 1 if w_rows else G  # from one row of the product to the next
     cdef Py_ssize_t col_step = 1 if into_gh else ldp  # and from one column to the next
+    cdef int keep = kept_inputs(i1 - i0, H, nu, sizeof(floating), w_rows)
 
     for s in range(steps):
         if s == 0:  # h0 was written before the team started
-            live = own_part(0, T, B, I, H, i0, i1, live, u0, nu, first, x, w_ih_t, panel, w_rows, lengths, reverse,
-                            per_step, gx, h_prev, product_mine + i0 * row_step, ldp)
+            live = own_part(0, T, B, I, H, i0, i1, live, u0, nu, first, keep, x, w_ih_t, panel, w_rows, lengths,
+                            reverse, per_step, gx, h_prev, product_mine + i0 * row_step, ldp)
         else:
             gru_team_await(barrier, team, generation)  # every thread's part of h_{t-1} is written
         if nu > 0:
             product_rest(live - i0, first, 0, H, u0, nu, h_prev + <Py_ssize_t>i0 * H, panel, w_rows,
                          product_mine + i0 * row_step, ldp)
+            if keep:
+                kept_block(s, first, H, u0, nu, keep, h_prev + <Py_ssize_t>i0 * H, panel, product_mine + i0 * row_step)
             unpack_rows(i0, live, first, product_mine, ldp, gh_mine, G)
         if not reset_after:
             if nu > 0:
@@ -828,8 +895,8 @@ cdef void run_rows(
         h_prev = h_next
         h_next = swap
         if s + 1 < steps:  # the next step's own part, while the others finish theirs
-            live = own_part(s + 1, T, B, I, H, i0, i1, live, u0, nu, first, x, w_ih_t, panel, w_rows, lengths, reverse,
-                            per_step, gx, h_prev, product_mine + i0 * row_step, ldp)
+            live = own_part(s + 1, T, B, I, H, i0, i1, live, u0, nu, first, keep, x, w_ih_t, panel, w_rows,
+                            lengths, reverse, per_step, gx, h_prev, product_mine + i0 * row_step, ldp)
 
 
 cdef void thread_body(

@@ -114,6 +114,15 @@ typedef struct {
     char pad[48];
 } gru_team_barrier;
 
+/* The L1 data cache of one core, in bytes (32 KB when the system does not say). */
+static inline int gru_l1_data_bytes(void) {
+#ifdef _SC_LEVEL1_DCACHE_SIZE
+    long size = sysconf(_SC_LEVEL1_DCACHE_SIZE);
+    if (size >= 4096 && size <= (1L << 24)) return (int)size;
+#endif
+    return 32 * 1024;
+}
+
 /* CPUs this process may run on. */
 static inline int gru_available_cpus(void) {
 #if defined(__linux__) && defined(CPU_COUNT)

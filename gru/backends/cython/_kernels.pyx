@@ -13,7 +13,10 @@ slice of them and
 * then, per step, the product of h_{t-1} with its panel for all three gates,
   the fused gate pass, and one barrier with the others (two for reset-before,
   whose candidate needs the whole r ⊙ h_{t-1}); the part of the product over
-  its own units' h is made while it waits at the barrier (see run_rows).
+  its own units' h is made while it waits at the barrier (see run_rows);
+  one sequence whose panel is a little larger than L1 takes that part in
+  blocks that take turns, so that each step starts with one still in L1
+  (see kept_inputs).
 Batches of 8 sequences and more per thread split the sequences instead (see
 splits_by_sequence): the threads claim chunks of them as they come free and
 run each chunk through every step, for every unit, with no barrier.

@@ -771,15 +771,20 @@ cdef inline int own_part(int s, int T, int B, int I, int H, int i0, int i1, int 
     if per_step:  # every sequence is at the same t
         t = T - 1 - s if reverse else s
         project_step(i1 - i0, I, H, u0, nu, x + (<Py_ssize_t>t * B + i0) * I, w_ih_t, gx + <Py_ssize_t>i0 * G)
-    h_prev += <Py_ssize_t>i0 * H
-    if keep == 0:
-        panel_part(live - i0, first, 0, u0, u0 + nu, H, nu, h_prev, panel, w_rows, 0, product, ldp)
-    elif s % 2 == 0:  # K1, then the middle
-        panel_part(live - i0, first, 0, u0, u0 + nu - keep, H, nu, h_prev, panel, w_rows, 0, product, ldp)
-    else:  # K2, then the middle
-        panel_part(live - i0, first, 0, u0 + nu - keep, u0 + nu, H, nu, h_prev, panel, w_rows, 0, product, ldp)
-        panel_part(live - i0, first, 0, u0 + keep, u0 + nu - keep, H, nu, h_prev, panel, w_rows, 1, product, ldp)
+    own_inputs_part(s, live - i0, first, H, u0, nu, keep, h_prev + <Py_ssize_t>i0 * H, panel, w_rows, product, ldp)
     return live
+
+
+cdef inline void own_inputs_part(int s, Py_ssize_t m, int n, int H, int u0, int nu, int keep, const floating* a,
+                                 const floating* panel, bint w_rows, floating* c, int ldc) noexcept nogil:
+    """C = step s's product over the thread's own inputs (see panel_part), less the kept block it ends with."""
+    if keep == 0:
+        panel_part(m, n, 0, u0, u0 + nu, H, nu, a, panel, w_rows, 0, c, ldc)
+    elif s % 2 == 0:  # K1, then the middle
+        panel_part(m, n, 0, u0, u0 + nu - keep, H, nu, a, panel, w_rows, 0, c, ldc)
+    else:  # K2, then the middle
+        panel_part(m, n, 0, u0 + nu - keep, u0 + nu, H, nu, a, panel, w_rows, 0, c, ldc)
+        panel_part(m, n, 0, u0 + keep, u0 + nu - keep, H, nu, a, panel, w_rows, 1, c, ldc)
 
 
 cdef inline void kept_block(int s, int n, int H, int u0, int nu, int keep, const floating* a, const floating* panel,
@@ -1080,10 +1085,10 @@ cdef void thread_part(bint projection, Py_ssize_t rows, int I, int H, int team, 
     (project_step), into ``out`` (gx, shared). Else: a step's recurrent
     products of its units for the ``rows`` rows of ``a`` (h) with its panel in
     ``w`` (every thread's, as pack_panels lays them out, in the layout
-    ``flag``), in the two parts run_rows makes them in, into its own product
-    ``out_apart`` values past ``out``.
+    ``flag``), in the parts and order run_rows makes them in (call c as step
+    c), into its own product ``out_apart`` values past ``out``.
     """
-    cdef int u0, nu
+    cdef int u0, nu, keep
     cdef Py_ssize_t c
     cdef const floating* panel
     cdef floating* product
@@ -1100,9 +1105,12 @@ cdef void thread_part(bint projection, Py_ssize_t rows, int I, int H, int team, 
         return
     panel = w + <Py_ssize_t>3 * H * u0
     product = out + tid * out_apart
+    keep = kept_inputs(rows, H, nu, sizeof(floating), flag)
     for c in range(calls):
-        panel_part(rows, 3 * nu, 0, u0, u0 + nu, H, nu, a, panel, flag, 0, product, ldp)
+        own_inputs_part(<int>c, rows, 3 * nu, H, u0, nu, keep, a, panel, flag, product, ldp)
         product_rest(rows, 3 * nu, 0, H, u0, nu, a, panel, flag, product, ldp)
+        if keep:
+            kept_block(<int>c, 3 * nu, H, u0, nu, keep, a, panel, product)
 
 
 cdef double part_seconds(bint projection, bint together, Py_ssize_t rows, int I, int H, int team,
@@ -1135,7 +1143,7 @@ def step_seconds(const floating[:, ::1] w_hh not None, const floating[:, ::1] h 
     """Seconds per step of the recurrent products of a team of ``team``, for the B rows of ``h`` (B, H).
 
     Each thread's panel packed in the layout ``w_rows`` (see panel_rows), its
-    products made in the two parts run_rows makes them in; the gate pass, the
+    products made in the parts run_rows makes them in; the gate pass, the
     barrier and the unpacking of a column-major product are not counted.
     Thread 0's products alone, in the calling thread; or, ``together``, every
     thread's at once, each on its own panel and product, with no barrier

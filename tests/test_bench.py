@@ -673,6 +673,30 @@ def test_other_load_is_at_most_the_cpus_and_the_warning_counts_right(monkeypatch
     assert "median of up to 2 calls in 2 interleaved rounds" in table
 
 
+@pytest.mark.skipif(not gru.backend_available("cython"), reason="the cython backend is not built here")
+def test_each_shape_says_how_long_the_threads_took_to_pass_a_barrier_just_before_it():
+    two = _quick_run(bench.resolve_implementations(["numpy"]), cases=(TINY, bench.Case(4, 8, 1, 3)), threads=2)
+    assert all(case["barrier_ns"] > 0 for case in two["cases"])
+    table = bench.format_table(two)
+    low, high = min(c["barrier_ns"] for c in two["cases"]), max(c["barrier_ns"] for c in two["cases"])
+    assert f"barrier: 2 threads passed one of the cython kernels' barriers in {low:.0f}-{high:.0f} ns" in table
+    # one implementation: the load and the barrier beside the shape, on its one row
+    assert f"8,16,2,5 (other load {two['cases'][0]['other_load_cpus']:.1f}, barrier" in table
+
+    one = _quick_run(bench.resolve_implementations(["numpy"]))
+    assert one["cases"][0]["barrier_ns"] is None and "barrier" not in bench.format_table(one)
+
+
+@pytest.mark.skipif(not gru.backend_available("cython"), reason="the cython backend is not built here")
+def test_barrier_seconds_times_a_team_and_refuses_nonsense():
+    from gru.backends.cython import _kernels
+
+    assert 0 < _kernels.barrier_seconds(1, 10) < _kernels.barrier_seconds(2, 2000) < 1e-3
+    for team, rounds in [(0, 10), (2, 0)]:
+        with pytest.raises(ValueError, match="team and rounds: expected at least 1 each"):
+            _kernels.barrier_seconds(team, rounds)
+
+
 def test_more_threads_than_cpus_is_warned_about_as_such_not_as_a_busy_machine():
     report = _quick_run(bench.resolve_implementations(["numpy"]))
     cpus = report["machine"]["usable_cpus"]

@@ -192,6 +192,24 @@ def measure_gemm(dtype: str = "float32", n: int = 1024, repeats: int = 10) -> di
     }
 
 
+def measure_barrier(threads: int, rounds: int = 5000) -> float | None:
+    """Nanoseconds ``threads`` threads take to pass one barrier of the Cython kernels (median of 3), or None.
+
+    A layer split by unit pays it at every step. On a shared VM it swings from
+    tens to hundreds of nanoseconds as the vCPUs are placed near or far apart
+    on the host, and the multi-threaded timings of small layers swing with it:
+    each shape's figure lets a reader tell the phase a run was in. None with
+    one thread or without the compiled extension.
+    """
+    if threads < 2:
+        return None
+    try:
+        from gru.backends.cython import _kernels
+    except ImportError:
+        return None
+    return statistics.median(_kernels.barrier_seconds(threads, rounds) for _ in range(3)) * 1e9
+
+
 def _busy_cpu_seconds() -> float | None:
     """CPU seconds every CPU has spent busy (not idle or iowait; hypervisor steal counts as busy), or None."""
     try:

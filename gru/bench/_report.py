@@ -80,10 +80,13 @@ def format_table(report: dict[str, Any]) -> str:
     header += [f"vs {p}" for p in peers] + ["max |diff|"]
     rows = []
     for case in report["cases"]:
-        load = case.get("other_load_cpus")
-        labels = [case["label"], f"  other load {load:.1f}" if load is not None else ""]
-        if len(case["results"]) == 1 and load is not None:
-            labels = [f"{case['label']} (other load {load:.1f})"]
+        load, barrier = case.get("other_load_cpus"), case.get("barrier_ns")
+        notes = ([f"other load {load:.1f}"] if load is not None else []) + (
+            [f"barrier {barrier:.0f} ns"] if barrier is not None else []
+        )
+        labels = [case["label"]] + [f"  {note}" for note in notes]
+        if len(case["results"]) < len(labels):
+            labels = [f"{case['label']} ({', '.join(notes)})"]
         for k, r in enumerate(case["results"]):
             row = [labels[k] if k < len(labels) else "", r["name"]]
             if r["status"] == "ok":
@@ -133,6 +136,13 @@ def format_table(report: dict[str, Any]) -> str:
             f"other load: other processes kept {load:.2f} CPUs busy on average during the run"
             + (f" ({busiest['other_load_cpus']:.2f} during {busiest['label']})" if busiest else "")
         )
+        barriers = [c["barrier_ns"] for c in report["cases"] if c.get("barrier_ns") is not None]
+        if barriers:
+            lines.append(
+                f"barrier: {_count(s['threads'], 'thread')} passed one of the cython kernels' barriers in"
+                f" {min(barriers):.0f}-{max(barriers):.0f} ns (before each shape); hundreds of ns mean the threads"
+                " sit far apart (a shared VM's slow phase), which slows teams that meet every step"
+            )
         cpus = report["machine"]["usable_cpus"]
         if s["threads"] > cpus:
             lines.append(

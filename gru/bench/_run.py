@@ -30,7 +30,7 @@ from gru.bench._cases import (
     Gradients,
     Runner,
 )
-from gru.bench._machine import _LoadMeter, limit_threads, machine_info, measure_gemm, usable_cpus
+from gru.bench._machine import _LoadMeter, limit_threads, machine_info, measure_barrier, measure_gemm, usable_cpus
 from gru.bench._peers import Implementation, resolve_implementations
 
 
@@ -231,9 +231,11 @@ def run(
                 gemm.append(measure_gemm(dtype))
             whole_run = _LoadMeter()
             for case in cases:
+                barrier_ns = measure_barrier(settings.threads)
                 meter = _LoadMeter()
                 report["cases"].append(_run_case(case, runnable, rng, settings, bar))
                 report["cases"][-1]["other_load_cpus"] = meter.other_cpus()
+                report["cases"][-1]["barrier_ns"] = barrier_ns
             report["other_load_cpus"] = whole_run.other_cpus()
             if measure_machine_gemm:
                 gemm.append(measure_gemm(dtype))

@@ -1138,6 +1138,34 @@ cdef double part_seconds(bint projection, bint together, Py_ssize_t rows, int I,
     return (perf_counter() - start) / calls
 
 
+def barrier_seconds(int team, Py_ssize_t rounds) -> float:
+    """Seconds a team of ``team`` threads takes to pass one of the kernels' barriers, the mean of ``rounds``.
+
+    What a forward split by unit pays at every step on top of its work. On a
+    shared VM it is the first thing a slow phase shows (two vCPUs placed far
+    apart pass a cache line in hundreds of nanoseconds instead of tens).
+    """
+    if team < 1 or rounds < 1:
+        raise ValueError(f"team and rounds: expected at least 1 each, got {team} and {rounds}")
+    cdef gru_team_barrier barrier
+    cdef int given = team  # written through a pointer: a variable assigned in a parallel block is private
+    cdef int* given_at = &given
+    cdef Py_ssize_t n, r
+    cdef double start = 0
+    for n in (min(rounds, 1000), rounds):  # an untimed pass first: the threads start and spin up
+        gru_team_barrier_init(&barrier, team)
+        if n == rounds:
+            start = perf_counter()
+        with nogil, parallel(num_threads=team):
+            for r in range(n):
+                gru_team_barrier_wait(&barrier, team)
+            if gru_thread_id() == 0:
+                given_at[0] = gru_num_threads()
+        if given != team:
+            raise RuntimeError(f"team: OpenMP gave {given} threads, not {team}")
+    return (perf_counter() - start) / rounds
+
+
 def step_seconds(const floating[:, ::1] w_hh not None, const floating[:, ::1] h not None, int team, bint w_rows,
                  Py_ssize_t calls, bint together=False) -> float:
     """Seconds per step of the recurrent products of a team of ``team``, for the B rows of ``h`` (B, H).

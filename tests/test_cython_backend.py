@@ -542,25 +542,36 @@ def test_which_one_sequence_calls_keep_blocks_of_their_panel_in_l1():
         assert _kernels.kept_block_inputs(1, 128, 4, 1) == 36864 // 1536  # one thread: 192 KB
         assert _kernels.kept_block_inputs(1, 128, 8, 2) == 36864 // 1536  # float64
         assert _kernels.kept_block_inputs(1, 96, 4, 2) == 0  # 54 KB: 1.1 L1s
-        assert _kernels.kept_block_inputs(1, 300, 4, 2) == 0  # 540 KB: 11 L1s
+        assert _kernels.kept_block_inputs(1, 300, 4, 2) == 0  # 160 units a thread: 576 KB, 11.7 L1s
         assert _kernels.kept_block_inputs(1, 1024, 4, 2) == 0  # past L2: rows (gemv 'T')
         assert _kernels.kept_block_inputs(2, 128, 4, 2) == 0  # two sequences
     with l1_of(32 * 1024):
         assert _kernels.kept_block_inputs(1, 96, 4, 2) == 24  # 54 KB: 1.7 L1s; 24 KB / 576 B = 42 > 48 / 2
 
 
-@pytest.mark.parametrize(("l1", "threads"), [(8192, 1), (8192, 2), (8192, 3), (16384, 1), (16384, 2)])
+@pytest.mark.parametrize(
+    ("H", "l1", "threads", "keep"),
+    [
+        (40, 8192, 1, 6),  # 40 own inputs: K1, a middle of 28, K2
+        (40, 8192, 2, 8),  # the first thread 32 own inputs (a middle of 16), the second 8 (no kept blocks)
+        (40, 8192, 3, 8),  # 16 own inputs: two halves, no middle
+        (40, 16384, 1, 12),
+        (40, 16384, 2, 16),  # 32: halves
+        (41, 4096, 3, 8),  # the last thread's 9 own inputs: K 4, a middle of 1 (odd: K at most 9 // 2)
+        (21, 8000, 1, 10),  # 21 own inputs: K 10, a middle of 1
+    ],
+)
 @EACH_VARIANT
-def test_one_sequence_with_kept_blocks_matches_the_oracle(l1, threads, reset_after):
-    """H = 40 in float64 with a small L1 planned for: kept blocks with a middle one (8 KB) or without (16 KB),
+def test_one_sequence_with_kept_blocks_matches_the_oracle(H, l1, threads, keep, reset_after):
+    """float64 with a small L1 planned for: kept blocks with and without a middle one, odd numbers of own inputs,
     odd and even steps, both directions, a second layer, a shorter sequence; forward, gates and training."""
     from gru.backends.cython import _kernels
 
-    rng = np.random.default_rng(l1 + threads)
-    layer = gru.GRU(6, 40, 2, bidirectional=True, reset_after=reset_after, dtype="float64", backend="cython", seed=rng)
-    h0 = rng.standard_normal((4, 1, 40))
+    rng = np.random.default_rng(l1 + threads + H)
+    layer = gru.GRU(6, H, 2, bidirectional=True, reset_after=reset_after, dtype="float64", backend="cython", seed=rng)
+    h0 = rng.standard_normal((4, 1, H))
     with l1_of(l1):
-        assert _kernels.kept_block_inputs(1, 40, 8, threads) > 0
+        assert _kernels.kept_block_inputs(1, H, 8, threads) == keep  # the first thread's
         for T, length in [(7, 7), (8, 5)]:
             x = rng.standard_normal((T, 1, 6))
             lengths = np.array([length])

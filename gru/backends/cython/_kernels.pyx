@@ -360,8 +360,8 @@ cdef enum:
     PARTIAL_SUM_VALUES = 4 * 1024 * 1024
 
 
-# One sequence's panels between KEPT_MIN_L1S and KEPT_MAX_L1S times the L1 keep blocks of
-# KEPT_L1_PART of it in L1 from step to step (see kept_inputs).
+# One sequence's panels between KEPT_MIN_L1S and KEPT_MAX_L1S times the L1 keep a block of
+# at most KEPT_L1_PART of it in L1 from step to step (see kept_inputs).
 cdef int l1_bytes = gru_l1_data_bytes()
 cdef double KEPT_L1_PART = 0.75
 cdef double KEPT_MIN_L1S = 1.25
@@ -710,16 +710,20 @@ cdef inline int kept_inputs(Py_ssize_t rows, int H, int nu, Py_ssize_t itemsize,
     One sequence's panel a little larger than the core's L1 is read from L2
     at every step, none of it still in L1 from the step before. Its own
     inputs' columns then come in three blocks: K1, the middle and K2, each K
-    about KEPT_L1_PART of the L1. At even steps K1 and the middle come before
-    the barrier and K2 last, after the others' inputs; at odd steps K2 (still
-    in L1) and the middle come first and K1 last. So each step starts with
+    at most KEPT_L1_PART of the L1 and half the own inputs (then the middle
+    is empty). At even steps K1 and the middle come before the barrier and
+    K2 last, after the others' inputs; at odd steps K2 (still in L1) and the
+    middle come first and K1 last. So each step of reset-after starts with
     the block the step before ended with, and the part before the barrier
-    still fills its wait. Zen 5 (48 KB L1, SkylakeX sgemv), both builds
-    alternating call by call, T = 200: two threads 13 % faster at H = 112,
-    10 % at 128, 9 % at 144, 6 % at 160, 5 % at 192, 2 % at (256,256,1,500);
-    one thread 10 % at H = 72, 9 % at 96, 6 % at 128, 3 % at 160. Just over
-    the L1 (H = 96 on two threads, 1.1 L1s) it lost 4 % in a slow phase of
-    the machine: the plain order already finds part of the panel in L1.
+    still fills its wait. (Reset-before reads the candidate's columns after
+    the kept block; the order is the same there, its effect not measured.)
+    Zen 5 (48 KB L1, SkylakeX sgemv), reset-after, both builds alternating
+    call by call, T = 200: two threads 13 % faster at H = 112, 10 % at 128,
+    9 % at 144, 6 % at 160, 5 % at 192, 2 % at (256,256,1,500); one thread
+    10 % at H = 72, 9 % at 96, 6 % at 128, 3 % at 160. Just over the L1
+    (H = 96 on two threads, 1.1 L1s) it lost 4 % in a slow phase of the
+    machine: the plain order already finds part of the panel in L1. A chunk
+    of one sequence in a call split by sequence takes it too.
     """
     cdef Py_ssize_t per_input = <Py_ssize_t>3 * nu * itemsize
     if rows != 1 or w_rows or nu < 2 or per_input * H <= KEPT_MIN_L1S * l1_bytes \
@@ -789,7 +793,10 @@ cdef inline void own_inputs_part(int s, Py_ssize_t m, int n, int H, int u0, int 
 
 cdef inline void kept_block(int s, int n, int H, int u0, int nu, int keep, const floating* a, const floating* panel,
                             floating* c) noexcept nogil:
-    """c += step s's last part of one sequence's product: K2 at even steps, K1 at odd ones (see kept_inputs)."""
+    """c += step s's last part of one sequence's product: K2 at even steps, K1 at odd ones (see kept_inputs).
+
+    One row and the transposed panel, the only case kept_inputs keeps blocks for.
+    """
     cdef int k0 = u0 + nu - keep if s % 2 == 0 else u0
     panel_part(1, n, 0, k0, k0 + keep, H, nu, a, panel, False, 1, c, 0)
 
@@ -818,7 +825,9 @@ cdef void run_rows(
     others'. The first needs nobody, so a thread makes it between arriving
     at the barrier and awaiting the others: the wait, a few hundred
     nanoseconds when the two cores sit far apart on the machine, overlaps
-    with work.
+    with work. With one sequence and a panel a little larger than the L1,
+    a block of the own inputs comes last instead, after the others' (see
+    kept_inputs).
     """
     cdef int G = 3 * H
     cdef int P = 3 * nu  # the panel's columns: r, z, n of the units
@@ -1085,8 +1094,9 @@ cdef void thread_part(bint projection, Py_ssize_t rows, int I, int H, int team, 
     (project_step), into ``out`` (gx, shared). Else: a step's recurrent
     products of its units for the ``rows`` rows of ``a`` (h) with its panel in
     ``w`` (every thread's, as pack_panels lays them out, in the layout
-    ``flag``), in the parts and order run_rows makes them in (call c as step
-    c), into its own product ``out_apart`` values past ``out``.
+    ``flag``), in the parts and order run_rows makes them in for reset-after
+    (call c as step c; the benchmark's layer), into its own product
+    ``out_apart`` values past ``out``.
     """
     cdef int u0, nu, keep
     cdef Py_ssize_t c
@@ -1171,7 +1181,7 @@ def step_seconds(const floating[:, ::1] w_hh not None, const floating[:, ::1] h 
     """Seconds per step of the recurrent products of a team of ``team``, for the B rows of ``h`` (B, H).
 
     Each thread's panel packed in the layout ``w_rows`` (see panel_rows), its
-    products made in the parts run_rows makes them in; the gate pass, the
+    products made in the parts run_rows makes them in for reset-after; the gate pass, the
     barrier and the unpacking of a column-major product are not counted.
     Thread 0's products alone, in the calling thread; or, ``together``, every
     thread's at once, each on its own panel and product, with no barrier

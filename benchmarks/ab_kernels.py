@@ -51,6 +51,7 @@ def compare(
     window: float,
     threads: int,
     train: bool,
+    reset_after: bool = True,
     out=sys.stdout,
 ) -> dict[str, dict[str, float]]:
     """Alternate the builds call by call for ``seconds``; print each window's medians; return the overall ones (ms)."""
@@ -63,7 +64,7 @@ def compare(
     rng = np.random.default_rng(0)
     cases = []
     for case in shapes:
-        layer = gru.GRU(case.input_size, case.hidden_size, backend="cython", seed=0)
+        layer = gru.GRU(case.input_size, case.hidden_size, backend="cython", seed=0, reset_after=reset_after)
         x = rng.standard_normal((case.steps, case.batch, case.input_size), dtype=np.float32)
         d_out = rng.standard_normal((case.steps, case.batch, case.hidden_size), dtype=np.float32)
         cases.append((case.label, layer, x, d_out))
@@ -119,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=float, default=10.0, help="seconds per printed line (default 10)")
     parser.add_argument("--threads", type=int, default=2, help="threads of each call (default 2)")
     parser.add_argument("--train", action="store_true", help="time forward (train=True) + backward")
+    parser.add_argument("--reset-before", action="store_true", help="the reset-before variant (default reset-after)")
     args = parser.parse_args(argv)
     if (
         not (math.isfinite(args.seconds) and math.isfinite(args.window))
@@ -136,7 +138,15 @@ def main(argv: list[str] | None = None) -> int:
             builds[tag] = load_build(path, tag.lower())
         except (ImportError, OSError, ValueError) as exc:
             parser.error(f"{path}: expected a build of gru/backends/cython/_kernels, could not load it ({exc})")
-    compare(builds, args.shapes, seconds=args.seconds, window=args.window, threads=args.threads, train=args.train)
+    compare(
+        builds,
+        args.shapes,
+        seconds=args.seconds,
+        window=args.window,
+        threads=args.threads,
+        train=args.train,
+        reset_after=not args.reset_before,
+    )
     return 0
 
 

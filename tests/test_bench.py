@@ -293,10 +293,12 @@ def test_ab_kernels_runs_both_builds_and_restores_the_installed_one(tmp_path):
         builds[tag] = ab.load_build(str(copy), tag.lower())
     assert builds["A"] is not builds["B"] and _kernels not in builds.values()
     calls = {"A": 0, "B": 0}
+    variants = set()  # run_direction's reset_after argument
     for tag, module in builds.items():  # count the calls that reach each build
 
         def counted(*args, _run=module.run_direction, _tag=tag):
             calls[_tag] += 1
+            variants.add(args[8])
             return _run(*args)
 
         module.run_direction = counted
@@ -307,6 +309,9 @@ def test_ab_kernels_runs_both_builds_and_restores_the_installed_one(tmp_path):
     assert calls["A"] > 0 and calls["B"] > 0 and abs(calls["A"] - calls["B"]) <= 1
     assert "B/A" in out.getvalue() and "t=" in out.getvalue()
     assert backend._kernels is _kernels  # the installed build is back
+    assert variants == {True}
+    ab.compare(builds, shapes, seconds=0.1, window=0.1, threads=1, train=False, reset_after=False, out=out)
+    assert variants == {True, False}
 
 
 @pytest.mark.parametrize("option", [["--seconds", "nan"], ["--window", "inf"], ["--seconds", "0"], ["--threads", "0"]])

@@ -545,6 +545,7 @@ def test_which_one_sequence_calls_keep_blocks_of_their_panel_in_l1():
         assert _kernels.kept_block_inputs(1, 300, 4, 2) == 0  # 160 units a thread: 576 KB, 11.7 L1s
         assert _kernels.kept_block_inputs(1, 1024, 4, 2) == 0  # past L2: rows (gemv 'T')
         assert _kernels.kept_block_inputs(2, 128, 4, 2) == 0  # two sequences
+        assert _kernels.kept_block_inputs(1, 128, 4, 2, reset_after=False) == 0  # the candidate's product reads last
     with l1_of(32 * 1024):
         assert _kernels.kept_block_inputs(1, 96, 4, 2) == 24  # 54 KB: 1.7 L1s; 24 KB / 576 B = 42 > 48 / 2
 
@@ -564,14 +565,15 @@ def test_which_one_sequence_calls_keep_blocks_of_their_panel_in_l1():
 @EACH_VARIANT
 def test_one_sequence_with_kept_blocks_matches_the_oracle(H, l1, threads, keep, reset_after):
     """float64 with a small L1 planned for: kept blocks with and without a middle one, odd numbers of own inputs,
-    odd and even steps, both directions, a second layer, a shorter sequence; forward, gates and training."""
+    odd and even steps, both directions, a second layer, a shorter sequence; forward, gates and training.
+    Reset-before keeps none, and runs the same shapes as a check."""
     from gru.backends.cython import _kernels
 
     rng = np.random.default_rng(l1 + threads + H)
     layer = gru.GRU(6, H, 2, bidirectional=True, reset_after=reset_after, dtype="float64", backend="cython", seed=rng)
     h0 = rng.standard_normal((4, 1, H))
     with l1_of(l1):
-        assert _kernels.kept_block_inputs(1, H, 8, threads) == keep  # the first thread's
+        assert _kernels.kept_block_inputs(1, H, 8, threads, reset_after) == (keep if reset_after else 0)
         for T, length in [(7, 7), (8, 5)]:
             x = rng.standard_normal((T, 1, 6))
             lengths = np.array([length])

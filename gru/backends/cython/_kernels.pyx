@@ -14,7 +14,7 @@ slice of them and
   the fused gate pass, and one barrier with the others (two for reset-before,
   whose candidate needs the whole r ⊙ h_{t-1}); the part of the product over
   its own units' h is made while it waits at the barrier (see run_rows);
-  one sequence whose panel is a little larger than L1 takes that part in
+  one sequence (reset-after) whose panel is a little larger than L1 takes that part in
   blocks that take turns, so that each step starts with one still in L1
   (see kept_inputs).
 Batches of 8 sequences and more per thread split the sequences instead (see
@@ -608,9 +608,10 @@ def panel_rows(Py_ssize_t B, Py_ssize_t H, Py_ssize_t itemsize, int team) -> boo
     return not small_kernel
 
 
-def kept_block_inputs(Py_ssize_t B, Py_ssize_t H, Py_ssize_t itemsize, int team) -> int:
+def kept_block_inputs(Py_ssize_t B, Py_ssize_t H, Py_ssize_t itemsize, int team, bint reset_after=True) -> int:
     """How many inputs each kept block of the first thread spans in a call split by unit (see kept_inputs)."""
-    return kept_inputs(B, <int>H, widest_slice(<int>H, team), itemsize, panel_rows(B, H, itemsize, team))
+    return kept_inputs(B, <int>H, widest_slice(<int>H, team), itemsize, panel_rows(B, H, itemsize, team),
+                       reset_after)
 
 
 def l1_data_bytes() -> int:
@@ -704,7 +705,8 @@ cdef inline void product_rest(Py_ssize_t m, int n, int row0, int H, int u0, int 
     panel_part(m, n, row0, u0 + nu, H, H, nu, a, panel, w_rows, 1, c, ldc)
 
 
-cdef inline int kept_inputs(Py_ssize_t rows, int H, int nu, Py_ssize_t itemsize, bint w_rows) noexcept nogil:
+cdef inline int kept_inputs(Py_ssize_t rows, int H, int nu, Py_ssize_t itemsize, bint w_rows,
+                            bint reset_after) noexcept nogil:
     """How many of a thread's own inputs each of its two kept blocks spans (0: none).
 
     One sequence's panel a little larger than the core's L1 is read from L2
@@ -713,10 +715,11 @@ cdef inline int kept_inputs(Py_ssize_t rows, int H, int nu, Py_ssize_t itemsize,
     at most KEPT_L1_PART of the L1 and half the own inputs (then the middle
     is empty). At even steps K1 and the middle come before the barrier and
     K2 last, after the others' inputs; at odd steps K2 (still in L1) and the
-    middle come first and K1 last. So each step of reset-after starts with
-    the block the step before ended with, and the part before the barrier
-    still fills its wait. (Reset-before reads the candidate's columns after
-    the kept block; the order is the same there, its effect not measured.)
+    middle come first and K1 last. So each step starts with the block the
+    step before ended with, and the part before the barrier still fills its
+    wait. Not for reset-before, which reads the candidate's columns of the
+    panel after the kept block: there the same order ran 4 % faster at
+    H = 128 and 1-2 % slower at 112 and (256,256,1,500) (two threads).
     Zen 5 (48 KB L1, SkylakeX sgemv), reset-after, both builds alternating
     call by call, T = 200: two threads 13 % faster at H = 112, 10 % at 128,
     9 % at 144, 6 % at 160, 5 % at 192, 2 % at (256,256,1,500); one thread
@@ -726,7 +729,7 @@ cdef inline int kept_inputs(Py_ssize_t rows, int H, int nu, Py_ssize_t itemsize,
     of one sequence in a call split by sequence takes it too.
     """
     cdef Py_ssize_t per_input = <Py_ssize_t>3 * nu * itemsize
-    if rows != 1 or w_rows or nu < 2 or per_input * H <= KEPT_MIN_L1S * l1_bytes \
+    if not reset_after or rows != 1 or w_rows or nu < 2 or per_input * H <= KEPT_MIN_L1S * l1_bytes \
             or per_input * H > KEPT_MAX_L1S * l1_bytes:
         return 0
     return <int>max(1, min(nu // 2, <Py_ssize_t>(l1_bytes * KEPT_L1_PART) // per_input))
@@ -856,7 +859,7 @@ cdef void run_rows(
                                    ght + <Py_ssize_t>i0 * G + <Py_ssize_t>3 * u0 * (i1 - i0) - i0)
     cdef Py_ssize_t row_step = 1 if w_rows else G  # from one row of the product to the next
     cdef Py_ssize_t col_step = 1 if into_gh else ldp  # and from one column to the next
-    cdef int keep = kept_inputs(i1 - i0, H, nu, sizeof(floating), w_rows)
+    cdef int keep = kept_inputs(i1 - i0, H, nu, sizeof(floating), w_rows, reset_after)
 
     for s in range(steps):
         if s == 0:  # h0 was written before the team started
@@ -1115,7 +1118,7 @@ cdef void thread_part(bint projection, Py_ssize_t rows, int I, int H, int team, 
         return
     panel = w + <Py_ssize_t>3 * H * u0
     product = out + tid * out_apart
-    keep = kept_inputs(rows, H, nu, sizeof(floating), flag)
+    keep = kept_inputs(rows, H, nu, sizeof(floating), flag, True)
     for c in range(calls):
         own_inputs_part(<int>c, rows, 3 * nu, H, u0, nu, keep, a, panel, flag, product, ldp)
         product_rest(rows, 3 * nu, 0, H, u0, nu, a, panel, flag, product, ldp)

@@ -703,6 +703,23 @@ def test_barrier_seconds_times_a_team_and_refuses_nonsense():
             _kernels.barrier_seconds(team, rounds)
 
 
+@pytest.mark.skipif(not gru.backend_available("cython"), reason="the cython backend is not built here")
+def test_a_team_smaller_than_asked_for_raises_instead_of_waiting_forever_and_the_bench_leaves_it_out():
+    code = (
+        "from gru.backends.cython import _kernels\n"
+        "from gru.bench import _machine\n"
+        "try:\n"
+        "    _kernels.barrier_seconds(2, 10)\n"
+        "except RuntimeError as exc:\n"
+        "    print(exc)\n"
+        "print(_machine.measure_barrier(2))\n"
+    )
+    env = dict(os.environ, OMP_THREAD_LIMIT="1")  # OpenMP then starts one thread, whatever is asked for
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["team: OpenMP gave 1 threads, not 2", "None"]
+
+
 def test_more_threads_than_cpus_is_warned_about_as_such_not_as_a_busy_machine():
     report = _quick_run(bench.resolve_implementations(["numpy"]))
     cpus = report["machine"]["usable_cpus"]

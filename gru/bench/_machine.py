@@ -199,7 +199,8 @@ def measure_barrier(threads: int, rounds: int = 5000) -> float | None:
     tens to hundreds of nanoseconds as the vCPUs are placed near or far apart
     on the host, and the multi-threaded timings of small layers swing with it:
     each shape's figure lets a reader tell the phase a run was in. None with
-    one thread or without the compiled extension.
+    one thread, without the compiled extension or its OpenMP, or when OpenMP
+    starts fewer threads (a thread limit).
     """
     if threads < 2:
         return None
@@ -207,7 +208,12 @@ def measure_barrier(threads: int, rounds: int = 5000) -> float | None:
         from gru.backends.cython import _kernels
     except ImportError:
         return None
-    return statistics.median(_kernels.barrier_seconds(threads, rounds) for _ in range(3)) * 1e9
+    if not _kernels.has_openmp():
+        return None
+    try:
+        return statistics.median(_kernels.barrier_seconds(threads, rounds) for _ in range(3)) * 1e9
+    except RuntimeError:  # OpenMP gave a smaller team
+        return None
 
 
 def _busy_cpu_seconds() -> float | None:

@@ -129,6 +129,13 @@ def format_table(report: dict[str, Any]) -> str:
     ]
     for b in bad:
         lines.append(f"NOT TIMED: {b}")
+    barriers = [c["barrier_ns"] for c in report["cases"] if c.get("barrier_ns") is not None]
+    if barriers:
+        lines.append(
+            f"barrier: {_count(s['threads'], 'thread')} passed one of the cython kernels' barriers in"
+            f" {min(barriers):.0f}-{max(barriers):.0f} ns (before each shape); hundreds of ns mean the threads"
+            " sit far apart (a shared VM's slow phase), which slows teams that meet every step"
+        )
     load = report.get("other_load_cpus")
     if load is not None:
         busiest = max(report["cases"], key=lambda c: c.get("other_load_cpus") or 0, default=None)
@@ -136,13 +143,6 @@ def format_table(report: dict[str, Any]) -> str:
             f"other load: other processes kept {load:.2f} CPUs busy on average during the run"
             + (f" ({busiest['other_load_cpus']:.2f} during {busiest['label']})" if busiest else "")
         )
-        barriers = [c["barrier_ns"] for c in report["cases"] if c.get("barrier_ns") is not None]
-        if barriers:
-            lines.append(
-                f"barrier: {_count(s['threads'], 'thread')} passed one of the cython kernels' barriers in"
-                f" {min(barriers):.0f}-{max(barriers):.0f} ns (before each shape); hundreds of ns mean the threads"
-                " sit far apart (a shared VM's slow phase), which slows teams that meet every step"
-            )
         cpus = report["machine"]["usable_cpus"]
         if s["threads"] > cpus:
             lines.append(

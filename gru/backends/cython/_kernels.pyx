@@ -14,9 +14,9 @@ slice of them and
   the fused gate pass, and one barrier with the others (two for reset-before,
   whose candidate needs the whole r ⊙ h_{t-1}); the part of the product over
   its own units' h is made while it waits at the barrier (see run_rows);
-  one sequence (reset-after) whose panel is a little larger than L1 takes that part in
-  blocks that take turns, so that each step starts with one still in L1
-  (see kept_inputs).
+  with one sequence (reset-after) and a panel of 1.25-8 L1s, that part
+  comes in blocks that take turns, so that each step starts with one still
+  in L1 (see kept_inputs).
 Batches of 8 sequences and more per thread split the sequences instead (see
 splits_by_sequence): the threads claim chunks of them as they come free and
 run each chunk through every step, for every unit, with no barrier.
@@ -709,21 +709,21 @@ cdef inline int kept_inputs(Py_ssize_t rows, int H, int nu, Py_ssize_t itemsize,
                             bint reset_after) noexcept nogil:
     """How many of a thread's own inputs each of its two kept blocks spans (0: none).
 
-    One sequence's panel a little larger than the core's L1 is read from L2
+    One sequence's panel of 1.25-8 times the core's L1 is read from L2
     at every step, none of it still in L1 from the step before. Its own
     inputs' columns then come in three blocks: K1, the middle and K2, each K
     at most KEPT_L1_PART of the L1 and half the own inputs (then the middle
-    is empty). At even steps K1 and the middle come before the barrier and
+    is empty, or one input when their number is odd). At even steps K1 and the middle come before the barrier and
     K2 last, after the others' inputs; at odd steps K2 (still in L1) and the
     middle come first and K1 last. So each step starts with the block the
     step before ended with, and the part before the barrier still fills its
     wait. Not for reset-before, which reads the candidate's columns of the
     panel after the kept block: there the same order ran 4 % faster at
-    H = 128 and 1-2 % slower at 112 and (256,256,1,500) (two threads).
+    H = 128, 2 % slower at 112 and (256,256,1,500), 1 % at 160 (two threads).
     Zen 5 (48 KB L1, SkylakeX sgemv), reset-after, both builds alternating
     call by call, T = 200: two threads 13 % faster at H = 112, 10 % at 128,
     9 % at 144, 6 % at 160, 5 % at 192, 2 % at (256,256,1,500); one thread
-    10 % at H = 72, 9 % at 96, 6 % at 128, 3 % at 160. Just over the L1
+    10 % at H = 72, 9 % at 96, 6 % at 128, 3 % at (32,160,1,100). Just over the L1
     (H = 96 on two threads, 1.1 L1s) it lost 4 % in a slow phase of the
     machine: the plain order already finds part of the panel in L1. A chunk
     of one sequence in a call split by sequence takes it too.
@@ -828,7 +828,7 @@ cdef void run_rows(
     others'. The first needs nobody, so a thread makes it between arriving
     at the barrier and awaiting the others: the wait, a few hundred
     nanoseconds when the two cores sit far apart on the machine, overlaps
-    with work. With one sequence and a panel a little larger than the L1,
+    with work. With one sequence (reset-after) and a panel of 1.25-8 L1s,
     a block of the own inputs comes last instead, after the others' (see
     kept_inputs).
     """
@@ -1156,7 +1156,9 @@ def barrier_seconds(int team, Py_ssize_t rounds) -> float:
 
     What a forward split by unit pays at every step on top of its work. On a
     shared VM it is the first thing a slow phase shows (two vCPUs placed far
-    apart pass a cache line in hundreds of nanoseconds instead of tens).
+    apart pass a cache line in hundreds of nanoseconds instead of tens). The
+    threads meet as the team OpenMP really starts; a smaller one (a thread
+    limit, a build without OpenMP) raises RuntimeError.
     """
     if team < 1 or rounds < 1:
         raise ValueError(f"team and rounds: expected at least 1 each, got {team} and {rounds}")
@@ -1171,7 +1173,7 @@ def barrier_seconds(int team, Py_ssize_t rounds) -> float:
             start = perf_counter()
         with nogil, parallel(num_threads=team):
             for r in range(n):
-                gru_team_barrier_wait(&barrier, team)
+                gru_team_barrier_wait(&barrier, gru_num_threads())
             if gru_thread_id() == 0:
                 given_at[0] = gru_num_threads()
         if given != team:

@@ -704,7 +704,7 @@ def test_barrier_seconds_times_a_team_and_refuses_nonsense():
 
 
 @pytest.mark.skipif(not gru.backend_available("cython"), reason="the cython backend is not built here")
-def test_a_team_smaller_than_asked_for_raises_instead_of_waiting_forever_and_the_bench_leaves_it_out():
+def test_a_team_smaller_than_asked_for_raises_instead_of_waiting_forever_and_the_bench_leaves_it_out(tmp_path):
     code = (
         "from gru.backends.cython import _kernels\n"
         "from gru.bench import _machine\n"
@@ -715,7 +715,10 @@ def test_a_team_smaller_than_asked_for_raises_instead_of_waiting_forever_and_the
         "print(_machine.measure_barrier(2))\n"
     )
     env = dict(os.environ, OMP_THREAD_LIMIT="1")  # OpenMP then starts one thread, whatever is asked for
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    # run from elsewhere: from a source checkout, `gru` would be the uncompiled tree, not the installed package
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["team: OpenMP gave 1 threads, not 2", "None"]
 

@@ -586,6 +586,64 @@ def test_one_sequence_with_kept_blocks_matches_the_oracle(H, l1, threads, keep, 
             assert_training_matches_oracle(layer, x, rng, h0=h0, lengths=lengths, threads=threads)
 
 
+@contextlib.contextmanager
+def l2_of(size: int):
+    """The kernels planning their panels for an L2 of ``size`` bytes (then the default again)."""
+    from gru.backends.cython import _kernels
+
+    _kernels.use_l2_bytes(size)
+    try:
+        yield
+    finally:
+        _kernels.use_l2_bytes(0)
+
+
+def test_which_one_sequence_calls_keep_rows_of_a_panel_of_rows_in_l2():
+    """Past the L2 (1 MB planned for) and up to 4 L2s: kept rows of at most 3/4 of the L2 (each row: the own
+    inputs), at most half the rows of the first product (see _kernels.kept_inputs)."""
+    from gru.backends.cython import _kernels
+
+    with l2_of(0):
+        assert _kernels.kept_block_inputs(1, 512, 4, 2) == 384  # 256 own inputs: 1 KB a row, 768 rows
+        assert _kernels.kept_block_inputs(1, 768, 4, 2) == 786432 // 1536  # 384 inputs, 1.5 KB a row: 3.4 MB
+        assert _kernels.kept_block_inputs(1, 1024, 4, 2) == 0  # 6 MB: 6 L2s
+        assert _kernels.kept_block_inputs(1, 512, 4, 2, reset_after=False) == 0
+
+
+@pytest.mark.parametrize(
+    ("H", "l2", "threads", "keep"),
+    [
+        (40, 16384, 2, 48),  # the first thread: 96 rows of 32 own inputs, R1 and R2 of 48, no middle
+        (40, 8192, 2, 24),  # R of 24, a middle of 48
+        (40, 16384, 1, 38),  # one thread: 120 rows of 40 inputs, R of 38, a middle of 44
+        (41, 4096, 3, 24),  # the first thread: 48 rows of 16 (R 24, no middle); the last: 27 rows of 9 (R 13, 1)
+    ],
+)
+@EACH_VARIANT
+def test_one_sequence_with_kept_rows_matches_the_oracle(H, l2, threads, keep, reset_after):
+    """float64, panels of rows with a small L2 planned for: kept rows with and without a middle, odd counts, odd
+    and even steps, both directions, a second layer, a shorter sequence; forward, gates and training.
+    Reset-before keeps none, and runs the same shapes as a check."""
+    from gru.backends.cython import _kernels
+
+    rng = np.random.default_rng(l2 + threads + H)
+    layer = gru.GRU(6, H, 2, bidirectional=True, reset_after=reset_after, dtype="float64", backend="cython", seed=rng)
+    h0 = rng.standard_normal((4, 1, H))
+    with l2_of(l2):
+        assert _kernels.panel_rows(1, H, 8, threads)
+        assert _kernels.kept_block_inputs(1, H, 8, threads, reset_after) == (keep if reset_after else 0)
+        for T, length in [(7, 7), (8, 5)]:
+            x = rng.standard_normal((T, 1, 6))
+            lengths = np.array([length])
+            output, h_n, gates = layer(x, h0, lengths, threads=threads, return_gates=True)
+            expected_output, expected_h_n, expected_gates = oracle_for(layer, x, h0, lengths)
+            np.testing.assert_allclose(output, expected_output, rtol=0, atol=1e-12)
+            np.testing.assert_allclose(h_n, expected_h_n, rtol=0, atol=1e-12)
+            for g, name in enumerate("rzn"):
+                np.testing.assert_allclose(getattr(gates, name), expected_gates[:, g], rtol=0, atol=1e-12)
+            assert_training_matches_oracle(layer, x, rng, h0=h0, lengths=lengths, threads=threads)
+
+
 def test_one_sequence_in_float32_with_kept_blocks_at_this_machines_l1():
     """H = 128 on two threads, the L1 the machine reports (or 48 KB where its panel would not qualify)."""
     from gru.backends.cython import _kernels

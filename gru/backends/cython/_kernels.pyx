@@ -16,7 +16,8 @@ slice of them and
   its own units' h is made while it waits at the barrier (see run_rows);
   with one sequence (reset-after) and a panel of 1.25-8 L1s, that part
   comes in blocks that take turns, so that each step starts with one still
-  in L1 (see kept_inputs).
+  in L1, and past the L2 (up to 4 MB), in blocks of rows kept in L2 (see
+  kept_inputs).
 Batches of 8 sequences and more per thread split the sequences instead (see
 splits_by_sequence): the threads claim chunks of them as they come free and
 run each chunk through every step, for every unit, with no barrier.
@@ -361,11 +362,15 @@ cdef enum:
 
 
 # One sequence's panels between KEPT_MIN_L1S and KEPT_MAX_L1S times the L1 keep a block of
-# at most KEPT_L1_PART of it in L1 from step to step (see kept_inputs).
+# at most KEPT_L1_PART of it in L1 from step to step; panels of rows, past the L2 and up to
+# KEPT_MAX_L2S times it, rows of at most KEPT_L2_PART of it in L2 (see kept_inputs).
 cdef int l1_bytes = gru_l1_data_bytes()
+cdef Py_ssize_t l2_bytes = PANEL_L2_BYTES  # the L2 the panels plan for (see panel_rows, use_l2_bytes)
 cdef double KEPT_L1_PART = 0.75
 cdef double KEPT_MIN_L1S = 1.25
 cdef double KEPT_MAX_L1S = 8
+cdef double KEPT_L2_PART = 0.75
+cdef double KEPT_MAX_L2S = 4
 
 
 cdef inline int small_block(int m, int n, int k) noexcept nogil:
@@ -604,7 +609,7 @@ def panel_rows(Py_ssize_t B, Py_ssize_t H, Py_ssize_t itemsize, int team) -> boo
     (256,256,1,500) and (64,128,1,200).
     """
     if B == 1:
-        return 3 * widest_slice(<int>H, team) * H * itemsize > PANEL_L2_BYTES
+        return 3 * widest_slice(<int>H, team) * H * itemsize > l2_bytes
     return not small_kernel
 
 
@@ -612,6 +617,12 @@ def kept_block_inputs(Py_ssize_t B, Py_ssize_t H, Py_ssize_t itemsize, int team,
     """How many inputs each kept block of the first thread spans in a call split by unit (see kept_inputs)."""
     return kept_inputs(B, <int>H, widest_slice(<int>H, team), itemsize, panel_rows(B, H, itemsize, team),
                        reset_after)
+
+
+def use_l2_bytes(Py_ssize_t size) -> None:
+    """Plan the panels for an L2 of ``size`` bytes (tests: small layers then read rows and keep rows; 0: 1 MB)."""
+    global l2_bytes
+    l2_bytes = size if size > 0 else PANEL_L2_BYTES
 
 
 def l1_data_bytes() -> int:
@@ -707,7 +718,7 @@ cdef inline void product_rest(Py_ssize_t m, int n, int row0, int H, int u0, int 
 
 cdef inline int kept_inputs(Py_ssize_t rows, int H, int nu, Py_ssize_t itemsize, bint w_rows,
                             bint reset_after) noexcept nogil:
-    """How many of a thread's own inputs each of its two kept blocks spans (0: none).
+    """How many of a thread's own inputs (rows, for a panel of rows) each of its two kept blocks spans (0: none).
 
     One sequence's panel of 1.25-8 times the core's L1 is read from L2
     at every step, none of it still in L1 from the step before. Its own
@@ -727,10 +738,25 @@ cdef inline int kept_inputs(Py_ssize_t rows, int H, int nu, Py_ssize_t itemsize,
     (H = 96 on two threads, 1.1 L1s) it lost 4 % in a slow phase of the
     machine: the plain order already finds part of the panel in L1. A chunk
     of one sequence in a call split by sequence takes it too.
+
+    A panel of W_hh's rows (past the L2, see panel_rows) cannot be read in
+    pieces of its inputs (gemv 'T' over part of each row was 12-28 % slower),
+    so there the product over the own inputs comes in three blocks of rows
+    (outputs), R1, the middle and R2, each R at most KEPT_L2_PART of the L2,
+    taking turns the same way; the others' part adds into R2 (R1) before its
+    own part does, so those rows start at zero. Up to KEPT_MAX_L2S L2s
+    (A/B, two threads: (512,512,1,100) 4 % faster, (640,640,1,100) 3 %,
+    (768,768,1,100) 2 %; one thread: (384,384,1,100) 5 %, (512,512,1,100)
+    2 %; past that, at (1024,1024,1,100), a microbenchmark found no gain).
     """
     cdef Py_ssize_t per_input = <Py_ssize_t>3 * nu * itemsize
-    if not reset_after or rows != 1 or w_rows or nu < 2 or per_input * H <= KEPT_MIN_L1S * l1_bytes \
-            or per_input * H > KEPT_MAX_L1S * l1_bytes:
+    if not reset_after or rows != 1 or nu < 2:
+        return 0
+    if w_rows:  # rows of the panel kept in L2 (per row, the own inputs: nu values)
+        if per_input * H > KEPT_MAX_L2S * l2_bytes:
+            return 0
+        return <int>max(1, min(3 * nu // 2, <Py_ssize_t>(l2_bytes * KEPT_L2_PART) // (nu * itemsize)))
+    if per_input * H <= KEPT_MIN_L1S * l1_bytes or per_input * H > KEPT_MAX_L1S * l1_bytes:
         return 0
     return <int>max(1, min(nu // 2, <Py_ssize_t>(l1_bytes * KEPT_L1_PART) // per_input))
 
@@ -784,9 +810,23 @@ cdef inline int own_part(int s, int T, int B, int I, int H, int i0, int i1, int 
 
 cdef inline void own_inputs_part(int s, Py_ssize_t m, int n, int H, int u0, int nu, int keep, const floating* a,
                                  const floating* panel, bint w_rows, floating* c, int ldc) noexcept nogil:
-    """C = step s's product over the thread's own inputs (see panel_part), less the kept block it ends with."""
+    """C = step s's product over the thread's own inputs (see panel_part), less the kept block it ends with.
+
+    A panel of rows keeps rows (then C's kept rows are zeroed, for the others' part to add to).
+    """
+    cdef int j
     if keep == 0:
         panel_part(m, n, 0, u0, u0 + nu, H, nu, a, panel, w_rows, 0, c, ldc)
+    elif w_rows:  # one row: column j of C at c[j * ldc]
+        if s % 2 == 0:  # R1, then the middle
+            panel_part(1, n - keep, 0, u0, u0 + nu, H, nu, a, panel, True, 0, c, ldc)
+            for j in range(n - keep, n):
+                c[<Py_ssize_t>j * ldc] = 0
+        else:  # R2, then the middle
+            panel_part(1, keep, n - keep, u0, u0 + nu, H, nu, a, panel, True, 0, c + <Py_ssize_t>(n - keep) * ldc, ldc)
+            panel_part(1, n - 2 * keep, keep, u0, u0 + nu, H, nu, a, panel, True, 0, c + <Py_ssize_t>keep * ldc, ldc)
+            for j in range(keep):
+                c[<Py_ssize_t>j * ldc] = 0
     elif s % 2 == 0:  # K1, then the middle
         panel_part(m, n, 0, u0, u0 + nu - keep, H, nu, a, panel, w_rows, 0, c, ldc)
     else:  # K2, then the middle
@@ -795,13 +835,16 @@ cdef inline void own_inputs_part(int s, Py_ssize_t m, int n, int H, int u0, int 
 
 
 cdef inline void kept_block(int s, int n, int H, int u0, int nu, int keep, const floating* a, const floating* panel,
-                            floating* c) noexcept nogil:
-    """c += step s's last part of one sequence's product: K2 at even steps, K1 at odd ones (see kept_inputs).
-
-    One row and the transposed panel, the only case kept_inputs keeps blocks for.
+                            bint w_rows, floating* c, int ldc) noexcept nogil:
+    """c += step s's last part of one sequence's product: K2 (R2) at even steps, K1 (R1) at odd ones (see
+    kept_inputs). One row, the only case kept_inputs keeps blocks for.
     """
     cdef int k0 = u0 + nu - keep if s % 2 == 0 else u0
-    panel_part(1, n, 0, k0, k0 + keep, H, nu, a, panel, False, 1, c, 0)
+    cdef int j0 = n - keep if s % 2 == 0 else 0
+    if w_rows:
+        panel_part(1, keep, j0, u0, u0 + nu, H, nu, a, panel, True, 1, c + <Py_ssize_t>j0 * ldc, ldc)
+    else:
+        panel_part(1, n, 0, k0, k0 + keep, H, nu, a, panel, False, 1, c, 0)
 
 
 cdef void run_rows(
@@ -871,7 +914,8 @@ cdef void run_rows(
             product_rest(live - i0, first, 0, H, u0, nu, h_prev + <Py_ssize_t>i0 * H, panel, w_rows,
                          product_mine + i0 * row_step, ldp)
             if keep:
-                kept_block(s, first, H, u0, nu, keep, h_prev + <Py_ssize_t>i0 * H, panel, product_mine + i0 * row_step)
+                kept_block(s, first, H, u0, nu, keep, h_prev + <Py_ssize_t>i0 * H, panel, w_rows,
+                           product_mine + i0 * row_step, ldp)
             unpack_rows(i0, live, first, product_mine, ldp, gh_mine, G)
         if not reset_after:
             if nu > 0:
@@ -1123,7 +1167,7 @@ cdef void thread_part(bint projection, Py_ssize_t rows, int I, int H, int team, 
         own_inputs_part(<int>c, rows, 3 * nu, H, u0, nu, keep, a, panel, flag, product, ldp)
         product_rest(rows, 3 * nu, 0, H, u0, nu, a, panel, flag, product, ldp)
         if keep:
-            kept_block(<int>c, 3 * nu, H, u0, nu, keep, a, panel, product)
+            kept_block(<int>c, 3 * nu, H, u0, nu, keep, a, panel, flag, product, ldp)
 
 
 cdef double part_seconds(bint projection, bint together, Py_ssize_t rows, int I, int H, int team,

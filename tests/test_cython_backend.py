@@ -543,7 +543,7 @@ def test_which_one_sequence_calls_keep_blocks_of_their_panel_in_l1():
         assert _kernels.kept_block_inputs(1, 128, 8, 2) == 36864 // 1536  # float64
         assert _kernels.kept_block_inputs(1, 96, 4, 2) == 0  # 54 KB: 1.1 L1s
         assert _kernels.kept_block_inputs(1, 300, 4, 2) == 0  # 160 units a thread: 576 KB, 11.7 L1s
-        assert _kernels.kept_block_inputs(1, 1024, 4, 2) == 0  # past L2: rows (gemv 'T')
+        assert _kernels.kept_block_inputs(1, 1024, 4, 2) == 0  # 6 MB of rows: past 4 L2s
         assert _kernels.kept_block_inputs(2, 128, 4, 2) == 0  # two sequences
         assert _kernels.kept_block_inputs(1, 128, 4, 2, reset_after=False) == 0  # the candidate's product reads last
     with l1_of(32 * 1024):
@@ -642,6 +642,28 @@ def test_one_sequence_with_kept_rows_matches_the_oracle(H, l2, threads, keep, re
             for g, name in enumerate("rzn"):
                 np.testing.assert_allclose(getattr(gates, name), expected_gates[:, g], rtol=0, atol=1e-12)
             assert_training_matches_oracle(layer, x, rng, h0=h0, lengths=lengths, threads=threads)
+
+
+@EACH_VARIANT
+def test_a_chunk_of_one_sequence_split_by_sequence_keeps_rows_and_matches_the_oracle(reset_after):
+    """Without the small kernel a call split by sequence reads rows; 17 sequences on 2 threads end with a chunk of
+    one, whose 55 KB panel is past a 16 KB L2 planned for: kept rows there, and a panel within it keeps none."""
+    from gru.backends.cython import _kernels
+
+    rng = np.random.default_rng(17)
+    layer = gru.GRU(5, 48, reset_after=reset_after, dtype="float64", backend="cython", seed=rng)
+    x = rng.standard_normal((6, 17, 5))
+    lengths = rng.integers(0, 7, 17)
+    with small_kernel(False):
+        assert _kernels.splits_sequences(17, 48, 8, 2) and _kernels.panel_rows(17, 48, 8, 1)
+        assert _kernels.kept_block_inputs(1, 48, 8, 1, reset_after) == 0  # 55 KB within a 1 MB L2
+        with l2_of(16384):
+            assert _kernels.kept_block_inputs(1, 48, 8, 1, reset_after) == (32 if reset_after else 0)  # 12 KB / 384 B
+            output, h_n = layer(x, None, lengths, threads=2)
+            expected_output, expected_h_n, _ = oracle_for(layer, x, None, lengths)
+            np.testing.assert_allclose(output, expected_output, rtol=0, atol=1e-12)
+            np.testing.assert_allclose(h_n, expected_h_n, rtol=0, atol=1e-12)
+            assert_training_matches_oracle(layer, x, rng, lengths=lengths, threads=2)
 
 
 def test_one_sequence_in_float32_with_kept_blocks_at_this_machines_l1():

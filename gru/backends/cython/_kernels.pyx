@@ -614,7 +614,8 @@ def panel_rows(Py_ssize_t B, Py_ssize_t H, Py_ssize_t itemsize, int team) -> boo
 
 
 def kept_block_inputs(Py_ssize_t B, Py_ssize_t H, Py_ssize_t itemsize, int team, bint reset_after=True) -> int:
-    """How many inputs each kept block of the first thread spans in a call split by unit (see kept_inputs)."""
+    """How many inputs (rows, for a panel of rows) each kept block of the first thread spans in a call split by
+    unit (see kept_inputs)."""
     return kept_inputs(B, <int>H, widest_slice(<int>H, team), itemsize, panel_rows(B, H, itemsize, team),
                        reset_after)
 
@@ -753,7 +754,9 @@ cdef inline int kept_inputs(Py_ssize_t rows, int H, int nu, Py_ssize_t itemsize,
     if not reset_after or rows != 1 or nu < 2:
         return 0
     if w_rows:  # rows of the panel kept in L2 (per row, the own inputs: nu values)
-        if per_input * H > KEPT_MAX_L2S * l2_bytes:
+        # rows are read past the L2 (one sequence, see panel_rows) or without the small kernel (a chunk of
+        # one sequence in a call split by sequence): only a panel past the L2 gains
+        if per_input * H <= l2_bytes or per_input * H > KEPT_MAX_L2S * l2_bytes:
             return 0
         return <int>max(1, min(3 * nu // 2, <Py_ssize_t>(l2_bytes * KEPT_L2_PART) // (nu * itemsize)))
     if per_input * H <= KEPT_MIN_L1S * l1_bytes or per_input * H > KEPT_MAX_L1S * l1_bytes:
@@ -819,12 +822,12 @@ cdef inline void own_inputs_part(int s, Py_ssize_t m, int n, int H, int u0, int 
         panel_part(m, n, 0, u0, u0 + nu, H, nu, a, panel, w_rows, 0, c, ldc)
     elif w_rows:  # one row: column j of C at c[j * ldc]
         if s % 2 == 0:  # R1, then the middle
-            panel_part(1, n - keep, 0, u0, u0 + nu, H, nu, a, panel, True, 0, c, ldc)
+            panel_part(m, n - keep, 0, u0, u0 + nu, H, nu, a, panel, True, 0, c, ldc)
             for j in range(n - keep, n):
                 c[<Py_ssize_t>j * ldc] = 0
         else:  # R2, then the middle
-            panel_part(1, keep, n - keep, u0, u0 + nu, H, nu, a, panel, True, 0, c + <Py_ssize_t>(n - keep) * ldc, ldc)
-            panel_part(1, n - 2 * keep, keep, u0, u0 + nu, H, nu, a, panel, True, 0, c + <Py_ssize_t>keep * ldc, ldc)
+            panel_part(m, keep, n - keep, u0, u0 + nu, H, nu, a, panel, True, 0, c + <Py_ssize_t>(n - keep) * ldc, ldc)
+            panel_part(m, n - 2 * keep, keep, u0, u0 + nu, H, nu, a, panel, True, 0, c + <Py_ssize_t>keep * ldc, ldc)
             for j in range(keep):
                 c[<Py_ssize_t>j * ldc] = 0
     elif s % 2 == 0:  # K1, then the middle
@@ -872,8 +875,8 @@ cdef void run_rows(
     at the barrier and awaiting the others: the wait, a few hundred
     nanoseconds when the two cores sit far apart on the machine, overlaps
     with work. With one sequence (reset-after) and a panel of 1.25-8 L1s,
-    a block of the own inputs comes last instead, after the others' (see
-    kept_inputs).
+    a block of the own inputs comes last instead, after the others'; past
+    the L2, a block of rows of the own part (see kept_inputs).
     """
     cdef int G = 3 * H
     cdef int P = 3 * nu  # the panel's columns: r, z, n of the units

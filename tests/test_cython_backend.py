@@ -517,6 +517,20 @@ def test_one_sequence_past_l2_reads_rows_and_matches_the_oracle(reset_after, sma
         assert_training_matches_oracle(layer, x, rng, threads=2)
 
 
+def assert_one_sequence_matches_oracle(layer, h0, rng, threads):
+    """One sequence (input size 6) at T = 7 and at T = 8 with length 5: forward, gates and training, float64."""
+    for T, length in [(7, 7), (8, 5)]:
+        x = rng.standard_normal((T, 1, 6))
+        lengths = np.array([length])
+        output, h_n, gates = layer(x, h0, lengths, threads=threads, return_gates=True)
+        expected_output, expected_h_n, expected_gates = oracle_for(layer, x, h0, lengths)
+        np.testing.assert_allclose(output, expected_output, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(h_n, expected_h_n, rtol=0, atol=1e-12)
+        for g, name in enumerate("rzn"):
+            np.testing.assert_allclose(getattr(gates, name), expected_gates[:, g], rtol=0, atol=1e-12)
+        assert_training_matches_oracle(layer, x, rng, h0=h0, lengths=lengths, threads=threads)
+
+
 @contextlib.contextmanager
 def l1_of(size: int):
     """The kernels planning for an L1 data cache of ``size`` bytes (then the machine's again)."""
@@ -574,16 +588,7 @@ def test_one_sequence_with_kept_blocks_matches_the_oracle(H, l1, threads, keep, 
     h0 = rng.standard_normal((4, 1, H))
     with l1_of(l1):
         assert _kernels.kept_block_inputs(1, H, 8, threads, reset_after) == (keep if reset_after else 0)
-        for T, length in [(7, 7), (8, 5)]:
-            x = rng.standard_normal((T, 1, 6))
-            lengths = np.array([length])
-            output, h_n, gates = layer(x, h0, lengths, threads=threads, return_gates=True)
-            expected_output, expected_h_n, expected_gates = oracle_for(layer, x, h0, lengths)
-            np.testing.assert_allclose(output, expected_output, rtol=0, atol=1e-12)
-            np.testing.assert_allclose(h_n, expected_h_n, rtol=0, atol=1e-12)
-            for g, name in enumerate("rzn"):
-                np.testing.assert_allclose(getattr(gates, name), expected_gates[:, g], rtol=0, atol=1e-12)
-            assert_training_matches_oracle(layer, x, rng, h0=h0, lengths=lengths, threads=threads)
+        assert_one_sequence_matches_oracle(layer, h0, rng, threads)
 
 
 @contextlib.contextmanager
@@ -632,16 +637,7 @@ def test_one_sequence_with_kept_rows_matches_the_oracle(H, l2, threads, keep, re
     with l2_of(l2):
         assert _kernels.panel_rows(1, H, 8, threads)
         assert _kernels.kept_block_inputs(1, H, 8, threads, reset_after) == (keep if reset_after else 0)
-        for T, length in [(7, 7), (8, 5)]:
-            x = rng.standard_normal((T, 1, 6))
-            lengths = np.array([length])
-            output, h_n, gates = layer(x, h0, lengths, threads=threads, return_gates=True)
-            expected_output, expected_h_n, expected_gates = oracle_for(layer, x, h0, lengths)
-            np.testing.assert_allclose(output, expected_output, rtol=0, atol=1e-12)
-            np.testing.assert_allclose(h_n, expected_h_n, rtol=0, atol=1e-12)
-            for g, name in enumerate("rzn"):
-                np.testing.assert_allclose(getattr(gates, name), expected_gates[:, g], rtol=0, atol=1e-12)
-            assert_training_matches_oracle(layer, x, rng, h0=h0, lengths=lengths, threads=threads)
+        assert_one_sequence_matches_oracle(layer, h0, rng, threads)
 
 
 @EACH_VARIANT

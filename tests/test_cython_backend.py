@@ -532,15 +532,25 @@ def assert_one_sequence_matches_oracle(layer, h0, rng, threads):
 
 
 @contextlib.contextmanager
-def l1_of(size: int):
-    """The kernels planning for an L1 data cache of ``size`` bytes (then the machine's again)."""
+def planned_cache(level: int, size: int):
+    """The kernels planning for an L1 data cache (``level`` 1) or, for their panels, an L2 of ``size`` bytes; then
+    the machine's L1 or the default L2 again (see _kernels.use_l1_bytes, use_l2_bytes)."""
     from gru.backends.cython import _kernels
 
-    _kernels.use_l1_bytes(size)
+    use = _kernels.use_l1_bytes if level == 1 else _kernels.use_l2_bytes
+    use(size)
     try:
         yield
     finally:
-        _kernels.use_l1_bytes(0)
+        use(0)
+
+
+def l1_of(size: int):
+    return planned_cache(1, size)
+
+
+def l2_of(size: int):
+    return planned_cache(2, size)
 
 
 def test_which_one_sequence_calls_keep_blocks_of_their_panel_in_l1():
@@ -589,18 +599,6 @@ def test_one_sequence_with_kept_blocks_matches_the_oracle(H, l1, threads, keep, 
     with l1_of(l1):
         assert _kernels.kept_block_inputs(1, H, 8, threads, reset_after) == (keep if reset_after else 0)
         assert_one_sequence_matches_oracle(layer, h0, rng, threads)
-
-
-@contextlib.contextmanager
-def l2_of(size: int):
-    """The kernels planning their panels for an L2 of ``size`` bytes (then the default again)."""
-    from gru.backends.cython import _kernels
-
-    _kernels.use_l2_bytes(size)
-    try:
-        yield
-    finally:
-        _kernels.use_l2_bytes(0)
 
 
 def test_which_one_sequence_calls_keep_rows_of_a_panel_of_rows_in_l2():

@@ -721,24 +721,25 @@ cdef inline int kept_inputs(Py_ssize_t rows, int H, int nu, Py_ssize_t itemsize,
                             bint reset_after) noexcept nogil:
     """How many of a thread's own inputs (rows, for a panel of rows) each of its two kept blocks spans (0: none).
 
-    One sequence's panel of 1.25-8 times the core's L1 is read from L2
-    at every step, none of it still in L1 from the step before. Its own
-    inputs' columns then come in three blocks: K1, the middle and K2, each K
-    at most KEPT_L1_PART of the L1 and half the own inputs (then the middle
-    is empty, or one input when their number is odd). At even steps K1 and the middle come before the barrier and
-    K2 last, after the others' inputs; at odd steps K2 (still in L1) and the
-    middle come first and K1 last. So each step starts with the block the
-    step before ended with, and the part before the barrier still fills its
-    wait. Not for reset-before, which reads the candidate's columns of the
-    panel after the kept block: there the same order ran 4 % faster at
-    H = 128, 2 % slower at 112 and (256,256,1,500), 1 % at 160 (two threads).
-    Zen 5 (48 KB L1, SkylakeX sgemv), reset-after, both builds alternating
-    call by call, T = 200: two threads 13 % faster at H = 112, 10 % at 128,
-    9 % at 144, 6 % at 160, 5 % at 192, 2 % at (256,256,1,500); one thread
-    10 % at H = 72, 9 % at 96, 6 % at 128, 3 % at (32,160,1,100). Just over the L1
-    (H = 96 on two threads, 1.1 L1s) it lost 4 % in a slow phase of the
-    machine: the plain order already finds part of the panel in L1. A chunk
-    of one sequence in a call split by sequence takes it too.
+    One sequence's panel of 1.25-8 times the core's L1 is read from L2 at
+    every step, none of it still in L1 from the step before. Its own inputs'
+    columns then come in three blocks: K1, the middle and K2, each K at most
+    KEPT_L1_PART of the L1 and half the own inputs (then the middle is empty,
+    or one input when their number is odd). At even steps K1 and the middle
+    come before the barrier and K2 last, after the others' inputs; at odd
+    steps K2 (still in L1) and the middle come first and K1 last. So each step
+    starts with the block the step before ended with, and the part before the
+    barrier still fills its wait. Not for reset-before, which reads the
+    candidate's columns of the panel after the kept block: there the same
+    order ran 4 % faster at H = 128, 2 % slower at 112 and (256,256,1,500),
+    1 % at 160 (two threads). Zen 5 (48 KB L1, SkylakeX sgemv), reset-after,
+    both builds alternating call by call, T = 200: two threads 13 % faster at
+    H = 112, 10 % at 128, 9 % at 144, 6 % at 160, 5 % at 192, 2 % at
+    (256,256,1,500); one thread 10 % at H = 72, 9 % at 96, 6 % at 128, 3 % at
+    (32,160,1,100). Just over the L1 (H = 96 on two threads, 1.1 L1s) it lost
+    4 % in a slow phase of the machine: the plain order already finds part of
+    the panel in L1. A chunk of one sequence in a call split by sequence takes
+    it too.
 
     A panel of W_hh's rows (past the L2, see panel_rows) cannot be read in
     pieces of its inputs (gemv 'T' over part of each row was 12-28 % slower),

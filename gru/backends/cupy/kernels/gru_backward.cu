@@ -51,8 +51,7 @@ __global__ void gru_backward_after(const T* __restrict__ d_out, const T* __restr
                                    const T* __restrict__ product, T* __restrict__ d_gx, T* __restrict__ d_step, int s,
                                    int seq_len, int B, int H, int D) {
     const long long total = static_cast<long long>(D) * B * H;
-    for (long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; i < total;
-         i += static_cast<long long>(gridDim.x) * blockDim.x) {
+    for (long long i = gru::grid_first(); i < total; i += gru::grid_stride()) {
         const gru::StepIndex x = gru::step_index(i, s, B, H, lengths);
         T* step = d_step + (i / H) * 3 * H + x.u;  // row (d, b) of d_step, unit u
         if (!x.alive) {
@@ -87,8 +86,7 @@ __global__ void gru_backward_before_zn(const T* __restrict__ d_out, const T* __r
                                        const T* __restrict__ product, T* __restrict__ d_gx, T* __restrict__ d_n_step,
                                        T* __restrict__ d_rz_step, int s, int seq_len, int B, int H, int D) {
     const long long total = static_cast<long long>(D) * B * H;
-    for (long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; i < total;
-         i += static_cast<long long>(gridDim.x) * blockDim.x) {
+    for (long long i = gru::grid_first(); i < total; i += gru::grid_stride()) {
         const gru::StepIndex x = gru::step_index(i, s, B, H, lengths);
         T* rz = d_rz_step + (i / H) * 2 * H + x.u;
         if (!x.alive) {
@@ -118,8 +116,7 @@ __global__ void gru_backward_before_r(const T* __restrict__ gates, const T* __re
                                       T* __restrict__ carry, T* __restrict__ d_gx, T* __restrict__ d_rz_step, int s,
                                       int seq_len, int B, int H, int D) {
     const long long total = static_cast<long long>(D) * B * H;
-    for (long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; i < total;
-         i += static_cast<long long>(gridDim.x) * blockDim.x) {
+    for (long long i = gru::grid_first(); i < total; i += gru::grid_stride()) {
         const gru::StepIndex x = gru::step_index(i, s, B, H, lengths);
         T* rz = d_rz_step + (i / H) * 2 * H + x.u;
         if (!x.alive) {

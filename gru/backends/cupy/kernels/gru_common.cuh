@@ -119,6 +119,14 @@ __device__ __forceinline__ void load_three(const T* g, int H, T& r, T& z, T& n) 
     n = __ldg(g + 2 * H);
 }
 
+// The per-step kernels run one thread per element in a grid-stride loop:
+//   for (long long i = grid_first(); i < total; i += grid_stride())
+__device__ __forceinline__ long long grid_first() {
+    return blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x;
+}
+
+__device__ __forceinline__ long long grid_stride() { return static_cast<long long>(gridDim.x) * blockDim.x; }
+
 // One thread's (direction, sequence, unit) of a per-step kernel (gru_stepwise.cu, gru_backward.cu), from its
 // index i into (D, B, H): sequence b is alive at step s while s < lengths[b], and direction 1 visits
 // t = lengths[b] - 1 - s.

@@ -44,8 +44,7 @@ __global__ void gru_step_after(const T* __restrict__ gx, const T* __restrict__ g
                                int H, int D, int splits) {
     const long long total = static_cast<long long>(D) * B * H;
     const long long part = 3 * total;  // one partial product of gh
-    for (long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; i < total;
-         i += static_cast<long long>(gridDim.x) * blockDim.x) {
+    for (long long i = gru::grid_first(); i < total; i += gru::grid_stride()) {
         const gru::StepIndex x = gru::step_index(i, s, B, H, lengths);
         const T h_old = hcur[i];
         T h = h_old;
@@ -74,8 +73,7 @@ __global__ void gru_step_before_rz(const T* __restrict__ gx, const T* __restrict
                                    int splits) {
     const long long total = static_cast<long long>(D) * B * H;
     const long long part = 2 * total;
-    for (long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; i < total;
-         i += static_cast<long long>(gridDim.x) * blockDim.x) {
+    for (long long i = gru::grid_first(); i < total; i += gru::grid_stride()) {
         const gru::StepIndex x = gru::step_index(i, s, B, H, lengths);
         T r_h = T(0);
         T z = T(0);
@@ -101,8 +99,7 @@ __global__ void gru_step_before_n(const T* __restrict__ gx, const T* __restrict_
                                   T* __restrict__ out, T* __restrict__ gates, int has_gates, int s, int seq_len, int B,
                                   int H, int D, int splits) {
     const long long total = static_cast<long long>(D) * B * H;
-    for (long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; i < total;
-         i += static_cast<long long>(gridDim.x) * blockDim.x) {
+    for (long long i = gru::grid_first(); i < total; i += gru::grid_stride()) {
         const gru::StepIndex x = gru::step_index(i, s, B, H, lengths);
         const T h_old = hcur[i];
         T h = h_old;

@@ -506,7 +506,8 @@ def test_which_calls_read_panels_of_w_hh_rows():
 @pytest.mark.parametrize("small", [False, True], ids=["packed-kernels", "small-kernel"])
 @pytest.mark.parametrize("reset_after", [True, False], ids=["reset-after", "reset-before"])
 def test_one_sequence_past_l2_reads_rows_and_matches_the_oracle(reset_after, small):
-    """One sequence at H = 300 in float64: 1.15 MB of panel a thread, rows read by gemv('T'), two threads."""
+    """One sequence at H = 300 in float64: 1.15 MB of panel a thread, two threads; rows read by gemv('T'), or
+    with the small kernel by gemm('T', 'N') (480 rows and more than 32 inputs a part, see _kernels.matmul_w)."""
     from gru.backends.cython import _kernels
 
     rng = np.random.default_rng(11)
@@ -622,17 +623,19 @@ def test_which_one_sequence_calls_keep_rows_of_a_panel_of_rows_in_l2():
         (41, 4096, 3, 24),  # the first thread: 48 rows of 16 (R 24, no middle); the last: 27 rows of 9 (R 13, 1)
     ],
 )
+@pytest.mark.parametrize("small", [False, True], ids=["packed-kernels", "small-kernel"])
 @EACH_VARIANT
-def test_one_sequence_with_kept_rows_matches_the_oracle(H, l2, threads, keep, reset_after):
+def test_one_sequence_with_kept_rows_matches_the_oracle(H, l2, threads, keep, reset_after, small):
     """float64, panels of rows with a small L2 planned for: kept rows with and without a middle, odd counts, odd
     and even steps, both directions, a second layer, a shorter sequence; forward, gates and training.
-    Reset-before keeps none, and runs the same shapes as a check."""
+    Reset-before keeps none, and runs the same shapes as a check. Parts of at least 32 inputs go by gemm('T',
+    'N') with the small kernel, narrower ones by gemv('T') (see _kernels.matmul_w)."""
     from gru.backends.cython import _kernels
 
     rng = np.random.default_rng(l2 + threads + H)
     layer = gru.GRU(6, H, 2, bidirectional=True, reset_after=reset_after, dtype="float64", backend="cython", seed=rng)
     h0 = rng.standard_normal((4, 1, H))
-    with l2_of(l2):
+    with l2_of(l2), small_kernel(small):
         assert _kernels.panel_rows(1, H, 8, threads)
         assert _kernels.kept_block_inputs(1, H, 8, threads, reset_after) == (keep if reset_after else 0)
         assert_one_sequence_matches_oracle(layer, h0, rng, threads)

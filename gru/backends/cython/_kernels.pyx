@@ -299,11 +299,24 @@ cdef inline void matmul_w(int m, int n, int k, const floating* a, int lda, const
     packs much faster than its first when the batch is small (8 x 512 by
     512 x 768: 80 against 162 us on Haswell kernels, 77 against 111 on
     SkylakeX ones; 64 rows: 419 against 494 and 229 against 269), and each
-    unit's weights are one contiguous row. gemv('T') for one row.
+    unit's weights are one contiguous row.
+
+    One row (into a contiguous C): gemm('T', 'N') with W as the first
+    operand where OpenBLAS's small-matrix kernel takes it (up to
+    SMALL_TN_OUTPUTS outputs, at least SMALL_TN_INPUTS inputs), else gemv('T').
+    The small kernel reads a panel just past the L2 faster than gemv (Zen 5,
+    one thread, 768 x 512: 36,900 against 41,400 cycles); in the backend, both
+    builds alternating call by call: two threads 6 % faster at (512,512,1,100),
+    2 % at (640|768,...,1,100); one thread 6 % at (320,320,1,100), 5 % at
+    (384,...), 8 % at (512,...). Past the L2's reach (1536 x 512) both run at
+    the L3's rate.
     """
     if m <= 0 or n <= 0:
         return
-    if m == 1:
+    if (m == 1 and ldc == 1 and small_kernel and n <= SMALL_TN_OUTPUTS and k >= SMALL_TN_INPUTS
+            and <long long>n * k <= SMALL_PRODUCT):
+        gemm(c'T', c'N', n, 1, k, w, ldw, a, k, beta, c, n)
+    elif m == 1:
         gemv(c'T', k, n, w, ldw, a, beta, c, ldc)
     else:
         gemm(c'T', c'N', m, n, k, a, lda, w, ldw, beta, c, ldc)
@@ -324,6 +337,11 @@ cdef inline void whole_product(bint w_rows, int m, int n, int k, const floating*
 # (when a block of 16 units is small enough to qualify).
 cdef enum:
     SMALL_PRODUCT = 1000000
+    # gemm('T', 'N') takes the small kernel only for C of at most 1,200 values and
+    # at least 32 inputs (SkylakeX, float and double alike: past either it packs,
+    # 7x slower for one row); see matmul_w
+    SMALL_TN_OUTPUTS = 1200
+    SMALL_TN_INPUTS = 32
     # Batches from 32 sequences with up to 256 inputs project their inputs step by step
     # (measured on Zen 4: 10-17 % faster for I = 64-256 at B = 32-64; no gain at I = 512,
     # where the whole-sequence GEMM is efficient and its output small next to its work).

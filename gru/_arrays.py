@@ -46,9 +46,19 @@ def aligned_zeros(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     same line. Off by 16 bytes, the workspace and output of (128,128,1,200)
     made a 2-thread call 1.47x slower, (256,256,1,500) 1.09-1.26x.
     """
+    return _on_a_line(np.zeros, shape, dtype)
+
+
+def aligned_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """aligned_zeros without the zeros, for a buffer its writer fills whole: the 13 MB output of
+    (512,512,64,100) left uninitialized made 50 ms calls 0.4-0.5 ms faster (Zen 5, alternating calls)."""
+    return _on_a_line(np.empty, shape, dtype)
+
+
+def _on_a_line(make: Callable[..., np.ndarray], shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     dtype = np.dtype(dtype)
     nbytes = math.prod(shape) * dtype.itemsize
-    raw = np.zeros(nbytes + CACHE_LINE, np.uint8)
+    raw = make(nbytes + CACHE_LINE, np.uint8)
     start = -raw.__array_interface__["data"][0] % CACHE_LINE  # (.ctypes.data builds a ctypes object: microseconds)
     return raw[start : start + nbytes].view(dtype).reshape(shape)
 

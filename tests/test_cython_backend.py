@@ -755,3 +755,66 @@ def test_batches_that_project_inputs_step_by_step_match_the_oracle(lengths, rese
     h0 = rng.standard_normal((4, B, H))
     lens = {"none": None, "all-T": np.full(B, T), "varied": rng.integers(0, T + 1, B)}[lengths]
     assert_training_matches_oracle(layer, x, rng, h0, lens, threads)
+
+
+@pytest.mark.parametrize(
+    ("B", "H", "threads"),
+    [
+        (1, 128, 2),  # one sequence, kept blocks in L1
+        (1, 300, 2),  # one sequence, a panel of rows past L2
+        (5, 72, 3),  # split by unit, a partial slice
+        (17, 40, 2),  # split by sequence: chunks of 8, 8 and 1
+        (40, 48, 2),  # the projection step by step
+    ],
+)
+@EACH_VARIANT
+def test_full_length_calls_write_every_element_of_an_uninitialized_output(monkeypatch, B, H, threads, reset_after):
+    """Without lengths the backend's output arrives uninitialized (fills_full_output): here NaN, which any element
+    the kernels left unwritten would carry into the result. Both layers, both directions; forward and training."""
+    import gru.backends._base as base
+    from gru._arrays import aligned_empty
+
+    handed = []
+
+    def nan_filled(shape, dtype):
+        array = aligned_empty(shape, dtype)
+        array.fill(np.nan)
+        handed.append(shape)
+        return array
+
+    monkeypatch.setattr(base, "aligned_empty", nan_filled)
+    rng = np.random.default_rng(B * H + threads)
+    layer = gru.GRU(6, H, 2, bidirectional=True, reset_after=reset_after, dtype="float64", backend="cython", seed=rng)
+    x = rng.standard_normal((7, B, 6))
+    h0 = rng.standard_normal((4, B, H))
+    output, h_n = layer(x, h0, threads=threads)
+    expected_output, expected_h_n, _ = oracle_for(layer, x, h0, None)
+    assert handed == [(7, B, 2 * H)] * 2
+    np.testing.assert_allclose(output, expected_output, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(h_n, expected_h_n, rtol=0, atol=1e-12)
+    assert_training_matches_oracle(layer, x, rng, h0=h0, threads=threads)
+    assert len(handed) == 4
+    lengths = np.full(B, 7)  # full lengths are no lengths (canonical): uninitialized too
+    np.testing.assert_allclose(layer(x, h0, lengths, threads=threads)[0], expected_output, rtol=0, atol=1e-12)
+    lengths[0] = 4  # a shorter sequence: its steps past 4 are zeros
+    output = layer(x, h0, lengths, threads=threads)[0]
+    np.testing.assert_allclose(output, oracle_for(layer, x, h0, lengths)[0], rtol=0, atol=1e-12)
+
+
+def test_a_float32_full_length_output_arrives_uninitialized_and_comes_back_whole(monkeypatch):
+    import gru.backends._base as base
+    from gru._arrays import aligned_empty
+
+    def nan_filled(shape, dtype):
+        array = aligned_empty(shape, dtype)
+        array.fill(np.nan)
+        return array
+
+    monkeypatch.setattr(base, "aligned_empty", nan_filled)
+    rng = np.random.default_rng(5)
+    layer = gru.GRU(64, 128, dtype="float32", backend="cython", seed=rng)
+    x = rng.standard_normal((20, 1, 64)).astype("float32")
+    output, _ = layer(x, threads=2)
+    expected_output, _, _ = oracle_for(layer, x, None, None)
+    assert np.isfinite(output).all()
+    np.testing.assert_allclose(output, expected_output, rtol=0, atol=1e-5)

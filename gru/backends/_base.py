@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from gru._arrays import aligned_zeros
+from gru._arrays import aligned_empty, aligned_zeros
 
 __all__ = [
     "Backend",
@@ -229,6 +229,9 @@ class StackedBackend(Backend):
     """
 
     xp: Any = np
+    #: True when run_direction writes every element of ``output`` for sequences that run all T
+    #: steps: a NumPy backend's calls without ``lengths`` then get ``output`` uninitialized.
+    fills_full_output: bool = False
 
     @abc.abstractmethod
     def run_direction(
@@ -250,7 +253,8 @@ class StackedBackend(Backend):
 
         ``x`` is (T, B, I_layer); ``h0`` is (B, H). Write the hidden state of
         every step into ``output`` (T, B, H; a strided view, arriving filled
-        with zeros: leave steps past a sequence's length at zero), the last
+        with zeros: leave steps past a sequence's length at zero; without
+        ``lengths`` uninitialized where ``fills_full_output``), the last
         valid state into ``h_n`` (B, H) and, when ``gates`` is not None, the
         gate activations into it (3, T, B, H, zeros). ``reverse`` runs each
         sequence from its own last valid step back to step 0; ``output``,
@@ -300,6 +304,8 @@ class StackedBackend(Backend):
     def forward(self, request: ForwardRequest) -> ForwardResult:
         xp = self.xp
         zeros = aligned_zeros if xp is np else xp.zeros  # see aligned_zeros
+        # each direction writes every step of its half (see fills_full_output)
+        fresh = aligned_empty if xp is np and self.fills_full_output and request.lengths is None else zeros
         T, B = request.seq_len, request.batch_size
         H, D, L = request.hidden_size, request.num_directions, request.num_layers
         dtype = request.dtype
@@ -310,7 +316,7 @@ class StackedBackend(Backend):
         inputs, outputs = [], []
         layer_input = request.x
         for layer in range(L):
-            output = zeros((T, B, D * H), dtype)
+            output = fresh((T, B, D * H), dtype)
             for direction in range(D):
                 k = layer * D + direction
                 self.run_direction(

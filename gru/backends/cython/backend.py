@@ -73,6 +73,7 @@ class CythonBackend(StackedBackend):
     """Compiled CPU backend; every feature, training included, float32 and float64."""
 
     capabilities = Capabilities(priority=100, training=True)
+    fills_full_output = True  # every live step of every unit is written (run_rows)
 
     def __init__(self) -> None:
         self._kernels = None

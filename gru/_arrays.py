@@ -24,6 +24,7 @@ imported torch, so ``sys.modules`` tells whether a value can be one.
 
 from __future__ import annotations
 
+import ctypes
 import math
 import sys
 from collections.abc import Callable
@@ -59,7 +60,8 @@ def _on_a_line(make: Callable[..., np.ndarray], shape: tuple[int, ...], dtype: A
     dtype = np.dtype(dtype)
     nbytes = math.prod(shape) * dtype.itemsize
     raw = make(nbytes + CACHE_LINE, np.uint8)
-    start = -raw.__array_interface__["data"][0] % CACHE_LINE  # (.ctypes.data builds a ctypes object: microseconds)
+    # the address in 0.2 us (raw.__array_interface__ builds a dict, .ctypes.data an object: 0.8-1 us)
+    start = -ctypes.addressof(ctypes.c_char.from_buffer(raw)) % CACHE_LINE
     return raw[start : start + nbytes].view(dtype).reshape(shape)
 
 

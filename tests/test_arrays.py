@@ -274,15 +274,20 @@ def test_cupy_in_cupy_out():
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("shape", [(3,), (5, 7), (2, 3, 17)])
-def test_aligned_zeros_start_on_a_cache_line(dtype, shape):
-    from gru._arrays import CACHE_LINE, aligned_zeros
+@pytest.mark.parametrize("shape", [(3,), (5, 7), (2, 3, 17), (0, 4)])
+@pytest.mark.parametrize("zeroed", [True, False], ids=["aligned_zeros", "aligned_empty"])
+def test_aligned_arrays_start_on_a_cache_line(dtype, shape, zeroed):
+    from gru._arrays import CACHE_LINE, aligned_empty, aligned_zeros
 
-    for _ in range(8):  # fresh allocations land at different offsets
-        a = aligned_zeros(shape, dtype)
-        assert a.ctypes.data % CACHE_LINE == 0
+    kept = []  # alive together: each allocation lands somewhere new
+    for _ in range(8):
+        a = (aligned_zeros if zeroed else aligned_empty)(shape, dtype)
+        assert a.ctypes.data % CACHE_LINE == 0 or a.size == 0  # (an empty array holds no line)
         assert a.shape == shape and a.dtype == np.dtype(dtype) and a.flags.c_contiguous and a.flags.writeable
-        assert not a.any()
+        assert not zeroed or not a.any()
+        a[...] = 1  # all of it is the array's own memory
+        kept.append(a)
+    assert all(not np.shares_memory(a, b) for i, a in enumerate(kept) for b in kept[i + 1 :])
 
 
 def test_aligned_copy_is_an_equal_array_on_a_cache_line():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 
 import numpy as np
 import pytest
@@ -534,16 +535,17 @@ def assert_one_sequence_matches_oracle(layer, h0, rng, threads):
 
 @contextlib.contextmanager
 def planned_cache(level: int, size: int):
-    """The kernels planning for an L1 data cache (``level`` 1) or, for their panels, an L2 of ``size`` bytes; then
-    the machine's L1 or the default L2 again (see _kernels.use_l1_bytes, use_l2_bytes)."""
+    """The kernels planning for an L1 data cache (``level`` 1) or, for their panels, an L2 of ``size`` bytes
+    (0: the machine's); then for the one planned for before (see _kernels.use_l1_bytes, use_l2_bytes)."""
     from gru.backends.cython import _kernels
 
     use = _kernels.use_l1_bytes if level == 1 else _kernels.use_l2_bytes
+    before = _kernels.l1_data_bytes() if level == 1 else _kernels.l2_cache_bytes()
     use(size)
     try:
         yield
     finally:
-        use(0)
+        use(before)
 
 
 def l1_of(size: int):
@@ -552,6 +554,28 @@ def l1_of(size: int):
 
 def l2_of(size: int):
     return planned_cache(2, size)
+
+
+@pytest.fixture(autouse=True)
+def one_mb_l2():
+    """The expectations here are written for a core with a 1 MB L2 (Zen 4 and 5, most server cores of Intel's):
+    planned for, whatever this machine's is (see _kernels.panel_rows)."""
+    with l2_of(1 << 20):
+        yield
+
+
+def test_the_l2_planned_for_is_the_machines():
+    """sysconf's L2 when it says a plausible size (64 KB to 64 MB), else 1 MB."""
+    from gru.backends.cython import _kernels
+
+    try:
+        reported = os.sysconf("SC_LEVEL2_CACHE_SIZE")
+    except (ValueError, OSError):
+        reported = 0
+    expected = reported if 1 << 16 <= reported <= 1 << 26 else 1 << 20
+    with l2_of(0):
+        assert _kernels.l2_cache_bytes() == expected
+    assert _kernels.l2_cache_bytes() == 1 << 20  # back to the fixture's
 
 
 def test_which_one_sequence_calls_keep_blocks_of_their_panel_in_l1():
@@ -607,11 +631,11 @@ def test_which_one_sequence_calls_keep_rows_of_a_panel_of_rows_in_l2():
     inputs), at most half the rows of the first product (see _kernels.kept_inputs)."""
     from gru.backends.cython import _kernels
 
-    with l2_of(0):
-        assert _kernels.kept_block_inputs(1, 512, 4, 2) == 384  # 256 own inputs: 1 KB a row, 768 rows
-        assert _kernels.kept_block_inputs(1, 768, 4, 2) == 786432 // 1536  # 384 inputs, 1.5 KB a row: 3.4 MB
-        assert _kernels.kept_block_inputs(1, 1024, 4, 2) == 0  # 6 MB: 6 L2s
-        assert _kernels.kept_block_inputs(1, 512, 4, 2, reset_after=False) == 0
+    assert _kernels.l2_cache_bytes() == 1 << 20  # the module's fixture
+    assert _kernels.kept_block_inputs(1, 512, 4, 2) == 384  # 256 own inputs: 1 KB a row, 768 rows
+    assert _kernels.kept_block_inputs(1, 768, 4, 2) == 786432 // 1536  # 384 inputs, 1.5 KB a row: 3.4 MB
+    assert _kernels.kept_block_inputs(1, 1024, 4, 2) == 0  # 6 MB: 6 L2s
+    assert _kernels.kept_block_inputs(1, 512, 4, 2, reset_after=False) == 0
 
 
 @pytest.mark.parametrize(

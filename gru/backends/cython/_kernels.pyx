@@ -57,6 +57,7 @@ cdef extern from "gru_math.h" nogil:
     int gru_num_threads()
     int gru_has_openmp()
     int gru_l1_data_bytes()
+    long gru_l2_bytes()
     void gru_gates_after_f(int n, int stride, int gh_stride, const float* gx, const float* gh, const float* bias,
                            const float* b_hn, const float* h_old, float* h_new, float* out,
                            float* r_out, float* z_out, float* n_out, float* hn_out)
@@ -368,8 +369,6 @@ cdef enum:
     SMALL_KERNEL_WEIGHT_BYTES = 2 * 1024 * 1024
     # see team_for
     UNIT_SPLIT_WORK = 8192
-    # see panel_rows
-    PANEL_L2_BYTES = 1024 * 1024
     # see weights_in_loop
     WEIGHTS_IN_LOOP_BATCH = 16
     WEIGHT_ROWS_IN_LOOP_BYTES = 1024 * 1024
@@ -383,7 +382,7 @@ cdef enum:
 # at most KEPT_L1_PART of it in L1 from step to step; panels of rows, past the L2 and up to
 # KEPT_MAX_L2S times it, rows of at most KEPT_L2_PART of it in L2 (see kept_inputs).
 cdef int l1_bytes = gru_l1_data_bytes()
-cdef Py_ssize_t l2_bytes = PANEL_L2_BYTES  # the L2 the panels plan for (see panel_rows, use_l2_bytes)
+cdef Py_ssize_t l2_bytes = gru_l2_bytes()  # the L2 the panels plan for (see panel_rows, use_l2_bytes)
 cdef double KEPT_L1_PART = 0.75
 cdef double KEPT_MIN_L1S = 1.25
 cdef double KEPT_MAX_L1S = 8
@@ -616,7 +615,8 @@ def panel_rows(Py_ssize_t B, Py_ssize_t H, Py_ssize_t itemsize, int team) -> boo
     unless BLAS has the small-matrix kernel, which runs gemm('N', 'N') on the
     transposed blocks far faster (SkylakeX kernels, 8 x 512 by 512 x 192: 7
     against 18 us). One sequence: the transposed blocks (gemv 'N') while a
-    thread's panel fits its core's L2, rows (gemv 'T') past it, with either
+    thread's panel fits its core's L2 (l2_cache_bytes: sysconf's, 1 MB on the
+    machines below), rows (gemv 'T') past it, with either
     kernel family. On Haswell kernels the transposed blocks took 0.270 against
     0.305 ms at (64,128,1,200), 2.84 against 3.04 at (256,256,1,500); rows took
     1.01-1.06x less time at (1024,1024,1,100) and 1.03-1.12x at (512,512,1,100),
@@ -638,10 +638,16 @@ def kept_block_inputs(Py_ssize_t B, Py_ssize_t H, Py_ssize_t itemsize, int team,
                        reset_after)
 
 
+def l2_cache_bytes() -> int:
+    """The L2 size the panels plan for (see panel_rows): the core's, from sysconf (1 MB when it does not say)."""
+    return l2_bytes
+
+
 def use_l2_bytes(Py_ssize_t size) -> None:
-    """Plan the panels for an L2 of ``size`` bytes (tests: small layers then read rows and keep rows; 0: 1 MB)."""
+    """Plan the panels for an L2 of ``size`` bytes (tests: small layers then read rows and keep rows; 0: the
+    machine's)."""
     global l2_bytes
-    l2_bytes = size if size > 0 else PANEL_L2_BYTES
+    l2_bytes = size if size > 0 else gru_l2_bytes()
 
 
 def l1_data_bytes() -> int:

@@ -123,6 +123,16 @@ static inline int gru_l1_data_bytes(void) {
     return 32 * 1024;
 }
 
+/* The L2 cache of one core, in bytes (1 MB when the system does not say, or says
+ * something no core has). */
+static inline long gru_l2_bytes(void) {
+#ifdef _SC_LEVEL2_CACHE_SIZE
+    long size = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    if (size >= (1L << 16) && size <= (1L << 26)) return size;
+#endif
+    return 1L << 20;
+}
+
 /* CPUs this process may run on. */
 static inline int gru_available_cpus(void) {
 #if defined(__linux__) && defined(CPU_COUNT)

@@ -508,7 +508,8 @@ def test_which_calls_read_panels_of_w_hh_rows():
 @pytest.mark.parametrize("reset_after", [True, False], ids=["reset-after", "reset-before"])
 def test_one_sequence_past_l2_reads_rows_and_matches_the_oracle(reset_after, small):
     """One sequence at H = 300 in float64: 1.15 MB of panel a thread, two threads; rows read by gemv('T'), or
-    with the small kernel by gemm('T', 'N') (480 rows and more than 32 inputs a part, see _kernels.matmul_w)."""
+    with the small kernel by gemm('T', 'N') (parts of 160-480 rows and more than 32 inputs, see
+    _kernels.matmul_w)."""
     from gru.backends.cython import _kernels
 
     rng = np.random.default_rng(11)
@@ -791,8 +792,11 @@ def test_batches_that_project_inputs_step_by_step_match_the_oracle(lengths, rese
         (40, 48, 2),  # the projection step by step
     ],
 )
+@pytest.mark.parametrize("small", [False, True], ids=["packed-kernels", "small-kernel"])
 @EACH_VARIANT
-def test_full_length_calls_write_every_element_of_an_uninitialized_output(monkeypatch, B, H, threads, reset_after):
+def test_full_length_calls_write_every_element_of_an_uninitialized_output(
+    monkeypatch, B, H, threads, reset_after, small
+):
     """Without lengths the backend's output arrives uninitialized (fills_full_output): here NaN, which any element
     the kernels left unwritten would carry into the result. Both layers, both directions; forward and training."""
     import gru.backends._base as base
@@ -811,34 +815,47 @@ def test_full_length_calls_write_every_element_of_an_uninitialized_output(monkey
     layer = gru.GRU(6, H, 2, bidirectional=True, reset_after=reset_after, dtype="float64", backend="cython", seed=rng)
     x = rng.standard_normal((7, B, 6))
     h0 = rng.standard_normal((4, B, H))
-    output, h_n = layer(x, h0, threads=threads)
+    with small_kernel(small):
+        output, h_n = layer(x, h0, threads=threads)
     expected_output, expected_h_n, _ = oracle_for(layer, x, h0, None)
     assert handed == [(7, B, 2 * H)] * 2
     np.testing.assert_allclose(output, expected_output, rtol=0, atol=1e-12)
     np.testing.assert_allclose(h_n, expected_h_n, rtol=0, atol=1e-12)
-    assert_training_matches_oracle(layer, x, rng, h0=h0, threads=threads)
+    with small_kernel(small):
+        assert_training_matches_oracle(layer, x, rng, h0=h0, threads=threads)
     assert len(handed) == 4
     lengths = np.full(B, 7)  # full lengths are no lengths (canonical): uninitialized too
     np.testing.assert_allclose(layer(x, h0, lengths, threads=threads)[0], expected_output, rtol=0, atol=1e-12)
+    assert len(handed) == 6
     lengths[0] = 4  # a shorter sequence: its steps past 4 are zeros
     output = layer(x, h0, lengths, threads=threads)[0]
     np.testing.assert_allclose(output, oracle_for(layer, x, h0, lengths)[0], rtol=0, atol=1e-12)
 
 
-def test_a_float32_full_length_output_arrives_uninitialized_and_comes_back_whole(monkeypatch):
+@pytest.mark.parametrize("H", [128, 300])
+def test_a_float32_full_length_output_arrives_uninitialized_and_comes_back_whole(monkeypatch, H):
+    """float32 (sgemm, sgemv) with the small kernel: kept blocks at H = 128, at H = 300 a panel of rows past a
+    256 KB L2, its one-row products by gemm('T', 'N')."""
     import gru.backends._base as base
     from gru._arrays import aligned_empty
+    from gru.backends.cython import _kernels
+
+    handed = []
 
     def nan_filled(shape, dtype):
         array = aligned_empty(shape, dtype)
         array.fill(np.nan)
+        handed.append(shape)
         return array
 
     monkeypatch.setattr(base, "aligned_empty", nan_filled)
     rng = np.random.default_rng(5)
-    layer = gru.GRU(64, 128, dtype="float32", backend="cython", seed=rng)
+    layer = gru.GRU(64, H, dtype="float32", backend="cython", seed=rng)
     x = rng.standard_normal((20, 1, 64)).astype("float32")
-    output, _ = layer(x, threads=2)
+    with small_kernel(True), l2_of(256 * 1024):
+        assert _kernels.panel_rows(1, H, 4, 2) == (H == 300)
+        output, _ = layer(x, threads=2)
     expected_output, _, _ = oracle_for(layer, x, None, None)
+    assert handed == [(20, 1, H)]
     assert np.isfinite(output).all()
     np.testing.assert_allclose(output, expected_output, rtol=0, atol=1e-5)

@@ -309,8 +309,9 @@ cdef inline void matmul_w(int m, int n, int k, const floating* a, int lda, const
     one thread, 768 x 512: 36,900 against 41,400 cycles); in the backend, both
     builds alternating call by call: two threads 6 % faster at (512,512,1,100),
     2 % at (640|768,...,1,100); one thread 6 % at (320,320,1,100), 5 % at
-    (384,...), 8 % at (512,...). Past the L2's reach (1536 x 512) both run at
-    the L3's rate.
+    (384,...), 8 % at (512,...). Past its 1,200 outputs gemv stays: cut in
+    two 768-row products, 1536 x 512 from L3 gained nothing (both at the L3's
+    rate).
     """
     if m <= 0 or n <= 0:
         return
@@ -616,7 +617,8 @@ def panel_rows(Py_ssize_t B, Py_ssize_t H, Py_ssize_t itemsize, int team) -> boo
     transposed blocks far faster (SkylakeX kernels, 8 x 512 by 512 x 192: 7
     against 18 us). One sequence: the transposed blocks (gemv 'N') while a
     thread's panel fits its core's L2 (l2_cache_bytes: sysconf's, 1 MB on the
-    machines below), rows (gemv 'T') past it, with either
+    machines below), rows (gemv 'T', or with the small kernel gemm('T', 'N')
+    where it takes them, see matmul_w) past it, with either
     kernel family. On Haswell kernels the transposed blocks took 0.270 against
     0.305 ms at (64,128,1,200), 2.84 against 3.04 at (256,256,1,500); rows took
     1.01-1.06x less time at (1024,1024,1,100) and 1.03-1.12x at (512,512,1,100),

@@ -782,6 +782,23 @@ def test_batches_that_project_inputs_step_by_step_match_the_oracle(lengths, rese
     assert_training_matches_oracle(layer, x, rng, h0, lens, threads)
 
 
+def nan_filled_outputs(monkeypatch) -> list:
+    """Outputs handed to the backend uninitialized come filled with NaN; returns the shapes handed out, in order."""
+    import gru.backends._base as base
+    from gru._arrays import aligned_empty
+
+    handed = []
+
+    def nan_filled(shape, dtype):
+        array = aligned_empty(shape, dtype)
+        array.fill(np.nan)
+        handed.append(shape)
+        return array
+
+    monkeypatch.setattr(base, "aligned_empty", nan_filled)
+    return handed
+
+
 @pytest.mark.parametrize(
     ("B", "H", "threads"),
     [
@@ -799,18 +816,7 @@ def test_full_length_calls_write_every_element_of_an_uninitialized_output(
 ):
     """Without lengths the backend's output arrives uninitialized (fills_full_output): here NaN, which any element
     the kernels left unwritten would carry into the result. Both layers, both directions; forward and training."""
-    import gru.backends._base as base
-    from gru._arrays import aligned_empty
-
-    handed = []
-
-    def nan_filled(shape, dtype):
-        array = aligned_empty(shape, dtype)
-        array.fill(np.nan)
-        handed.append(shape)
-        return array
-
-    monkeypatch.setattr(base, "aligned_empty", nan_filled)
+    handed = nan_filled_outputs(monkeypatch)
     rng = np.random.default_rng(B * H + threads)
     layer = gru.GRU(6, H, 2, bidirectional=True, reset_after=reset_after, dtype="float64", backend="cython", seed=rng)
     x = rng.standard_normal((7, B, 6))
@@ -836,19 +842,9 @@ def test_full_length_calls_write_every_element_of_an_uninitialized_output(
 def test_a_float32_full_length_output_arrives_uninitialized_and_comes_back_whole(monkeypatch, H):
     """float32 (sgemm, sgemv) with the small kernel: kept blocks at H = 128, at H = 300 a panel of rows past a
     256 KB L2, its one-row products by gemm('T', 'N')."""
-    import gru.backends._base as base
-    from gru._arrays import aligned_empty
     from gru.backends.cython import _kernels
 
-    handed = []
-
-    def nan_filled(shape, dtype):
-        array = aligned_empty(shape, dtype)
-        array.fill(np.nan)
-        handed.append(shape)
-        return array
-
-    monkeypatch.setattr(base, "aligned_empty", nan_filled)
+    handed = nan_filled_outputs(monkeypatch)
     rng = np.random.default_rng(5)
     layer = gru.GRU(64, H, dtype="float32", backend="cython", seed=rng)
     x = rng.standard_normal((20, 1, 64)).astype("float32")

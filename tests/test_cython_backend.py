@@ -821,21 +821,20 @@ def test_full_length_calls_write_every_element_of_an_uninitialized_output(
     layer = gru.GRU(6, H, 2, bidirectional=True, reset_after=reset_after, dtype="float64", backend="cython", seed=rng)
     x = rng.standard_normal((7, B, 6))
     h0 = rng.standard_normal((4, B, H))
+    expected_output, expected_h_n, _ = oracle_for(layer, x, h0, None)
     with small_kernel(small):
         output, h_n = layer(x, h0, threads=threads)
-    expected_output, expected_h_n, _ = oracle_for(layer, x, h0, None)
-    assert handed == [(7, B, 2 * H)] * 2
-    np.testing.assert_allclose(output, expected_output, rtol=0, atol=1e-12)
-    np.testing.assert_allclose(h_n, expected_h_n, rtol=0, atol=1e-12)
-    with small_kernel(small):
+        assert handed == [(7, B, 2 * H)] * 2
+        np.testing.assert_allclose(output, expected_output, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(h_n, expected_h_n, rtol=0, atol=1e-12)
         assert_training_matches_oracle(layer, x, rng, h0=h0, threads=threads)
-    assert len(handed) == 4
-    lengths = np.full(B, 7)  # full lengths are no lengths (canonical): uninitialized too
-    np.testing.assert_allclose(layer(x, h0, lengths, threads=threads)[0], expected_output, rtol=0, atol=1e-12)
-    assert len(handed) == 6
-    lengths[0] = 4  # a shorter sequence: its steps past 4 are zeros
-    output = layer(x, h0, lengths, threads=threads)[0]
-    np.testing.assert_allclose(output, oracle_for(layer, x, h0, lengths)[0], rtol=0, atol=1e-12)
+        assert len(handed) == 4
+        lengths = np.full(B, 7)  # full lengths are no lengths (canonical): uninitialized too
+        np.testing.assert_allclose(layer(x, h0, lengths, threads=threads)[0], expected_output, rtol=0, atol=1e-12)
+        assert len(handed) == 6
+        lengths[0] = 4  # a shorter sequence: its steps past 4 are zeros
+        output = layer(x, h0, lengths, threads=threads)[0]
+        np.testing.assert_allclose(output, oracle_for(layer, x, h0, lengths)[0], rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("H", [128, 300])

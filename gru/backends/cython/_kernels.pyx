@@ -315,13 +315,13 @@ cdef inline void matmul_w(int m, int n, int k, const floating* a, int lda, const
     """
     if m <= 0 or n <= 0:
         return
-    if (m == 1 and ldc == 1 and small_kernel and n <= SMALL_TN_OUTPUTS and k >= SMALL_TN_INPUTS
+    if m > 1:
+        gemm(c'T', c'N', m, n, k, a, lda, w, ldw, beta, c, ldc)
+    elif (ldc == 1 and small_kernel and n <= SMALL_TN_OUTPUTS and k >= SMALL_TN_INPUTS
             and <long long>n * k <= SMALL_PRODUCT):
         gemm(c'T', c'N', n, 1, k, w, ldw, a, k, beta, c, n)
-    elif m == 1:
-        gemv(c'T', k, n, w, ldw, a, beta, c, ldc)
     else:
-        gemm(c'T', c'N', m, n, k, a, lda, w, ldw, beta, c, ldc)
+        gemv(c'T', k, n, w, ldw, a, beta, c, ldc)
 
 
 cdef inline void whole_product(bint w_rows, int m, int n, int k, const floating* a, int lda, const floating* w,

@@ -490,18 +490,22 @@ def test_recurrent_weights_are_packed_once_per_layer_and_team(monkeypatch):
 
 def test_which_calls_read_panels_of_w_hh_rows():
     """Several sequences: rows (gemm('T', 'N')) unless the small-matrix kernel runs the transposed blocks. One
-    sequence, with either kernel: rows past L2 (1 MB a thread's panel; see panel_rows)."""
+    sequence: rows past L2 (1 MB a thread's panel), and with the small kernel from 8 L1s (48 KB here); see
+    panel_rows."""
     from gru.backends.cython import _kernels
 
-    with small_kernel(False):
+    with small_kernel(False), l1_of(48 * 1024):
         assert _kernels.panel_rows(2, 64, 4, 2) and _kernels.panel_rows(40, 128, 4, 1)
         assert not _kernels.panel_rows(1, 256, 4, 2)  # 128 units a thread: 384 KB
         assert _kernels.panel_rows(1, 1024, 4, 2) and _kernels.panel_rows(1, 300, 8, 2)  # 6 MB, 1.15 MB
         assert not _kernels.panel_rows(1, 300, 4, 2)  # 576 KB
-    with small_kernel(True):
+    with small_kernel(True), l1_of(48 * 1024):
         assert not _kernels.panel_rows(2, 64, 4, 2) and not _kernels.panel_rows(40, 1024, 4, 2)
-        assert not _kernels.panel_rows(1, 256, 4, 2) and not _kernels.panel_rows(1, 384, 4, 2)  # 884 KB
         assert _kernels.panel_rows(1, 1024, 4, 2) and _kernels.panel_rows(1, 512, 4, 2)  # 1.5 MB
+        assert _kernels.panel_rows(1, 384, 4, 2) and _kernels.panel_rows(1, 256, 4, 2)  # 884 KB, 384 KB: 8 L1s
+        assert not _kernels.panel_rows(1, 240, 4, 2) and not _kernels.panel_rows(1, 128, 4, 2)  # 338 KB, 96 KB
+        assert _kernels.panel_rows(1, 192, 8, 2) and not _kernels.panel_rows(1, 160, 8, 2)  # 432 KB, 300 KB
+        assert _kernels.panel_rows(1, 182, 4, 1) and not _kernels.panel_rows(1, 181, 4, 1)  # just past 8 L1s, just short
 
 
 @pytest.mark.parametrize("small", [False, True], ids=["packed-kernels", "small-kernel"])
@@ -518,6 +522,21 @@ def test_one_sequence_past_l2_reads_rows_and_matches_the_oracle(reset_after, sma
     with small_kernel(small):
         assert _kernels.panel_rows(1, 300, 8, 2)
         assert_training_matches_oracle(layer, x, rng, threads=2)
+
+
+@pytest.mark.parametrize("reset_after", [True, False], ids=["reset-after", "reset-before"])
+def test_one_sequence_within_l2_reads_rows_on_the_small_kernel(reset_after):
+    """One sequence at H = 192 in float64, two threads: a 432 KB panel a thread, within the L2 but past 8 L1s,
+    reads rows with the small kernel (see _kernels.panel_rows) and keeps none of them (kept_block_inputs 0);
+    forward with lengths and training against the oracle."""
+    from gru.backends.cython import _kernels
+
+    rng = np.random.default_rng(12)
+    layer = gru.GRU(6, 192, reset_after=reset_after, dtype="float64", backend="cython", seed=rng)
+    with small_kernel(True), l1_of(48 * 1024):
+        assert _kernels.panel_rows(1, 192, 8, 2) and _kernels.kept_block_inputs(1, 192, 8, 2) == 0
+        assert_one_sequence_matches_oracle(layer, rng.standard_normal((1, 1, 192)), rng, threads=2)
+        assert_training_matches_oracle(layer, rng.standard_normal((6, 1, 6)), rng, threads=2)
 
 
 def assert_one_sequence_matches_oracle(layer, h0, rng, threads):

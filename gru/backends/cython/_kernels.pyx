@@ -389,6 +389,8 @@ cdef double KEPT_MIN_L1S = 1.25
 cdef double KEPT_MAX_L1S = 8
 cdef double KEPT_L2_PART = 0.75
 cdef double KEPT_MAX_L2S = 4
+# with the small kernel, one sequence's panels from this many L1s on read rows (see panel_rows)
+cdef int ROWS_FROM_L1S = 8
 
 
 cdef inline int small_block(int m, int n, int k) noexcept nogil:
@@ -626,10 +628,20 @@ def panel_rows(Py_ssize_t B, Py_ssize_t H, Py_ssize_t itemsize, int team) -> boo
     layouts alternating call by call): rows 1.05-1.09x faster at
     (512,512,1,100), (768,768,1,100) and (1024,1024,1,100); the transposed
     blocks 1.05-1.31x faster at (384,384,1,100) (a 884 KB panel),
-    (256,256,1,500) and (64,128,1,200).
+    (256,256,1,500) and (64,128,1,200), against gemv('T') on rows. Since one
+    row from rows runs on the small kernel (gemm('T', 'N'), see matmul_w),
+    a panel of at least ROWS_FROM_L1S L1s reads rows with it there too (Zen
+    5, both layouts taking turns in blocks of calls, medians): two threads
+    3 % faster at (256,256,1,500) (8 L1s), 8 % at (320,320,1,200), 2.5 % at
+    (384,384,1,100), 2-3 % for reset-before at H = 320-384, 7 % at
+    (128,192,1,200) in float64, level on one thread (H = 192-256); below, the
+    kept blocks in L1 (see kept_inputs) win: level at 7 L1s (H = 240), 2 %
+    slower at 6 (H = 224), 5 % at 3 (H = 160).
     """
+    cdef Py_ssize_t panel
     if B == 1:
-        return 3 * widest_slice(<int>H, team) * H * itemsize > l2_bytes
+        panel = <Py_ssize_t>3 * widest_slice(<int>H, team) * H * itemsize
+        return panel > l2_bytes or (small_kernel and panel >= ROWS_FROM_L1S * l1_bytes)
     return not small_kernel
 
 

@@ -919,6 +919,7 @@ def kernel_forward_args(T_=4, B_=3, I_=5, H_=16):
     return {
         "x": rng.standard_normal((T_, B_, I_)),
         "w_ih_t": w_ih_t,
+        "w_ih": np.ascontiguousarray(w_ih_t.T),
         "w_hh": w_hh,
         "bias": np.zeros(3 * H_),
         "b_hn": np.zeros(H_),

@@ -298,7 +298,7 @@ def test_ab_kernels_runs_both_builds_and_restores_the_installed_one(tmp_path):
 
         def counted(*args, _run=module.run_direction, _tag=tag):
             calls[_tag] += 1
-            variants.add(args[8])
+            variants.add(args[9])
             return _run(*args)
 
         module.run_direction = counted
@@ -422,6 +422,7 @@ def test_the_kernels_timing_calls_check_their_arguments():
     from gru.backends.cython import _kernels
 
     w_hh, h = np.zeros((12, 4), np.float32), np.zeros((2, 4), np.float32)
+    w_ih = np.zeros((12, 4), np.float32)  # W_ih of H = 4, I = 4
     with pytest.raises(ValueError, match="w_hh"):
         _kernels.step_seconds(np.zeros((12, 5), np.float32), h, 1, False, 1)
     with pytest.raises(ValueError, match="team, calls and rows"):
@@ -429,11 +430,13 @@ def test_the_kernels_timing_calls_check_their_arguments():
     with pytest.raises(ValueError, match="team, calls and rows"):
         _kernels.step_seconds(w_hh, h, 2, False, 0, together=True)
     with pytest.raises(ValueError, match="w_ih_t"):
-        _kernels.projection_seconds(np.zeros((2, 3), np.float32), np.zeros((4, 12), np.float32), 1, False, 1)
+        _kernels.projection_seconds(np.zeros((2, 3), np.float32), np.zeros((4, 12), np.float32), w_ih, 1, False, 1)
+    with pytest.raises(ValueError, match="w_ih"):
+        _kernels.projection_seconds(np.zeros((2, 4), np.float32), np.zeros((4, 12), np.float32), w_ih[:4], 1, False, 1)
     with pytest.raises(ValueError, match="team, calls, rows and H"):
-        _kernels.projection_seconds(np.zeros((2, 4), np.float32), np.zeros((4, 12), np.float32), 1, False, 0)
+        _kernels.projection_seconds(np.zeros((2, 4), np.float32), np.zeros((4, 12), np.float32), w_ih, 1, False, 0)
     with pytest.raises(ValueError, match="team, calls, rows and H"):
-        _kernels.projection_seconds(np.zeros((2, 4), np.float32), np.zeros((4, 12), np.float32), 0, False, 1, True)
+        _kernels.projection_seconds(np.zeros((2, 4), np.float32), np.zeros((4, 12), np.float32), w_ih, 0, False, 1, True)
 
 
 @pytest.mark.skipif(not gru.backend_available("cython"), reason="the cython backend is not built here")
@@ -448,9 +451,9 @@ def test_the_kernels_timers_refuse_a_team_openmp_does_not_give(tmp_path):
         "import numpy as np\n"
         "from gru.backends.cython import _kernels as k\n"
         "w, h = np.zeros((96, 32), np.float32), np.zeros((1, 32), np.float32)\n"
-        "x, w_ih_t = np.zeros((3, 8), np.float32), np.zeros((8, 96), np.float32)\n"
+        "x, w_ih_t, w_ih = np.zeros((3, 8), np.float32), np.zeros((8, 96), np.float32), np.zeros((96, 8), np.float32)\n"
         "assert k.step_seconds(w, h, 1, False, 2, together=True) > 0\n"
-        "cases = ((k.step_seconds, (w, h, 2, False, 2)), (k.projection_seconds, (x, w_ih_t, 2, False, 2)))\n"
+        "cases = ((k.step_seconds, (w, h, 2, False, 2)), (k.projection_seconds, (x, w_ih_t, w_ih, 2, False, 2)))\n"
         "for timed, args in cases:\n"
         "    try:\n"
         "        timed(*args, together=True)\n"

@@ -407,7 +407,7 @@ def kernel_call(team_of_panels, panels_fill=None, threads=2, w_rows=True):
     output, h_n = np.zeros((T, B, H)), rng.standard_normal((B, H))
     workspace = np.zeros((_kernels.workspace_rows(T, B, I, H, 8, False, T, threads), 3 * H))
     _kernels.run_direction(
-        rng.standard_normal((T, B, I)), w_ih_t, w_hh, rng.standard_normal(3 * H),
+        rng.standard_normal((T, B, I)), w_ih_t, np.ascontiguousarray(w_ih_t.T), w_hh, rng.standard_normal(3 * H),
         rng.standard_normal(H), np.full(B, T, np.int64), np.arange(B, dtype=np.int64), False, True, output, h_n,
         None, None, workspace, panels, team_of_panels, w_rows, np.zeros((3 * H, H)), threads,
     )  # fmt: skip
@@ -522,6 +522,28 @@ def test_one_sequence_past_l2_reads_rows_and_matches_the_oracle(reset_after, sma
     with small_kernel(small):
         assert _kernels.panel_rows(1, 300, 8, 2)
         assert_training_matches_oracle(layer, x, rng, threads=2)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("reset_after", [True, False], ids=["reset-after", "reset-before"])
+def test_few_rows_with_large_input_weights_project_with_w_ih_rows(threads, reset_after):
+    """float32, 2.15 MB of input weights a thread and 10 rows: the whole-sequence projection takes W_ih's rows
+    as BLAS's second operand and unpacks the product (see _kernels.project_by_rows); both directions, with
+    lengths, against the oracle; and not in float64, nor past 128 rows."""
+    from gru.backends.cython import _kernels
+
+    I = 1400 * threads
+    rng = np.random.default_rng(13)
+    layer = gru.GRU(I, 128, bidirectional=True, reset_after=reset_after, backend="cython", seed=rng)
+    x = rng.standard_normal((5, 2, I)).astype("float32")
+    assert _kernels.projects_with_w_ih_rows(5, 2, I, 128, 4, threads)
+    assert not _kernels.projects_with_w_ih_rows(5, 2, I, 128, 8, threads)
+    assert not _kernels.projects_with_w_ih_rows(65, 2, I, 128, 4, threads)
+    for lengths in (None, np.array([5, 3])):
+        output, h_n = layer(x, lengths=lengths, threads=threads)
+        expected_output, expected_h_n, _ = oracle_for(layer, x.astype(np.float64), lengths=lengths)
+        np.testing.assert_allclose(output, expected_output, rtol=0, atol=2e-5)
+        np.testing.assert_allclose(h_n, expected_h_n, rtol=0, atol=2e-5)
 
 
 @pytest.mark.parametrize("reset_after", [True, False], ids=["reset-after", "reset-before"])

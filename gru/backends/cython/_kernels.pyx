@@ -8,8 +8,9 @@ slice of them and
   own, packed once per layer (so they stay in its cache across steps when
   they fit);
 * computes the input projection of its units: for every step at once (per
-  gate, all T*B rows), or, where projects_per_step says so, step by step
-  while the rows are in cache;
+  gate, all T*B rows; a few rows in float32 with W_ih's rows as BLAS's
+  second operand, see project_by_rows), or, where projects_per_step says
+  so, step by step while the rows are in cache;
 * then, per step, the product of h_{t-1} with its panel for all three gates,
   the fused gate pass, and one barrier with the others (two for reset-before,
   whose candidate needs the whole r ⊙ h_{t-1}); the part of the product over
@@ -17,7 +18,8 @@ slice of them and
   with one sequence (reset-after) and a panel of 1.25-8 L1s, that part
   comes in blocks that take turns, so that each step starts with one still
   in L1, and past the L2 (up to 4 MB), in blocks of rows kept in L2 (see
-  kept_inputs).
+  kept_inputs); with the small-matrix kernel, one sequence's panels of 8
+  L1s and more are W_hh's rows (see panel_rows).
 Batches of 8 sequences and more per thread split the sequences instead (see
 splits_by_sequence): the threads claim chunks of them as they come free and
 run each chunk through every step, for every unit, with no barrier.
@@ -128,6 +130,47 @@ def use_small_kernel(bint enabled):
 
 def uses_small_kernel() -> bool:
     return small_kernel
+
+
+# --- BLAS threads ---------------------------------------------------------------------------
+# The BLAS libraries' own "set my thread count, return the old one" functions, called from here:
+# a ctypes call costs microseconds, and after a large kernel has evicted its code, 5-10 of them.
+ctypedef int (*blas_thread_setter)(int) noexcept nogil
+cdef enum:
+    MAX_BLAS_LIBRARIES = 16
+cdef blas_thread_setter blas_setters[MAX_BLAS_LIBRARIES]
+cdef int blas_saved[MAX_BLAS_LIBRARIES]
+cdef int blas_setter_count = 0
+
+
+def use_blas_thread_setters(addresses) -> None:
+    """Take the addresses of C functions ``int set(int threads)`` that set a BLAS's thread count and return the
+    one before (OpenBLAS's openblas_set_num_threads_local), for hold_blas_threads."""
+    global blas_setter_count
+    cdef list found = [int(address) for address in addresses]
+    cdef int i
+    if len(found) > MAX_BLAS_LIBRARIES or any(address == 0 for address in found):
+        raise ValueError(f"addresses: expected at most {MAX_BLAS_LIBRARIES} function addresses, none 0, got {found}")
+    for i in range(len(found)):
+        blas_setters[i] = <blas_thread_setter><size_t>found[i]
+    blas_setter_count = len(found)
+
+
+def hold_blas_threads(int threads) -> None:
+    """Set every BLAS given to use_blas_thread_setters to ``threads``, keeping their counts for restore.
+
+    Not reentrant: the caller holds (and counts) the calls that share a hold.
+    """
+    cdef int i
+    for i in range(blas_setter_count):
+        blas_saved[i] = blas_setters[i](threads)
+
+
+def restore_blas_threads() -> None:
+    """Give every BLAS back the thread count hold_blas_threads found."""
+    cdef int i
+    for i in range(blas_setter_count):
+        blas_setters[i](blas_saved[i])
 
 
 # --- argument checks ---------------------------------------------------------------------
@@ -368,6 +411,9 @@ cdef enum:
     # 3 MB and more of them, the projection in chunks was slower than one GEMM.
     ROW_CHUNK = 8
     SMALL_KERNEL_WEIGHT_BYTES = 2 * 1024 * 1024
+    # A whole-sequence projection past SMALL_KERNEL_WEIGHT_BYTES of at most this many rows takes
+    # W_ih's rows as BLAS's second operand (see project_by_rows)
+    ROWS_PROJECTION_ROWS = 128
     # see team_for
     UNIT_SPLIT_WORK = 8192
     # see weights_in_loop
@@ -554,7 +600,17 @@ def workspace_rows(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, Py_ss
     """Rows of 3H values run_direction's ``workspace`` needs; ``shortest`` is the least of the lengths."""
     cdef bint by_sequence = splits_by_sequence(B, H, itemsize, team)
     cdef bint per_step = projects_per_step(T, B, I, H, itemsize, reverse, shortest, by_sequence)
-    return (B if per_step else T * B) + 3 * B + 2 * max(team, 1)
+    cdef Py_ssize_t projected = 0 if by_sequence else projection_room(T * B, I, H, itemsize, per_step)
+    return (B if per_step else T * B) + 3 * B + 2 * max(team, 1) + (projected + 3 * H - 1) // (3 * H)
+
+
+def projects_with_w_ih_rows(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, Py_ssize_t itemsize,
+                            int team) -> bool:
+    """Whether the first thread of a forward call of T steps of B full-length sequences projects its inputs
+    with W_ih's rows as BLAS's second operand (project_by_rows)."""
+    if splits_by_sequence(B, H, itemsize, team) or projects_step_by_step(T, B, I, H, itemsize, team):
+        return False
+    return projects_by_rows(T * B, I, widest_slice(<int>H, team), itemsize)
 
 
 def projects_step_by_step(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, Py_ssize_t itemsize,
@@ -723,6 +779,64 @@ cdef void project_inputs(Py_ssize_t rows, int I, int H, int u0, int nu, const fl
         return
     for g in range(3):
         matmul(<int>rows, nu, I, x, I, w_ih_t + g * H + u0, G, 0, gx + g * H + u0, G)
+
+
+cdef inline bint projects_by_rows(Py_ssize_t rows, Py_ssize_t I, int nu, Py_ssize_t itemsize) noexcept nogil:
+    """Whether a whole-sequence projection of ``rows`` rows for ``nu`` units goes by project_by_rows.
+
+    In float32 only: in float64 it ran slower (two threads, (1024,1024,1,2)
+    30 %, (1024,1024,1,16) 7 %, (1024,1024,1,100) 4 %).
+    """
+    return (itemsize == sizeof(float) and 2 <= rows <= ROWS_PROJECTION_ROWS
+            and I * 3 * nu * itemsize > SMALL_KERNEL_WEIGHT_BYTES)
+
+
+cdef void project_by_rows(Py_ssize_t rows, int I, int H, int u0, int nu, const floating* x, const floating* w_ih,
+                          floating* t, floating* gx) noexcept nogil:
+    """project_inputs with W_ih's rows (``w_ih``, (3H, I)) as BLAS's second operand: gemm('T', 'N') into ``t``
+    (``rows`` x ``nu``, column-major), then unpacked into gx, gate by gate.
+
+    OpenBLAS packs its second operand far faster than its first, and each call
+    packs a thread's 3 nu x I input weights again. For few rows that packing is
+    most of the product (sgemm, one thread, 2 x 1024 by 1024 x 1536: 0.25
+    against 0.39 ms; 100 rows: 1.43 against 1.58). In the backend (Zen 5, two
+    threads, both ways taking turns in blocks of calls, medians): (1024,1024,1,T)
+    23 % faster at T = 2, 7 % at T = 4 and 16, 1.4 % at 100, 0.5 % at 128, but
+    1.3 % slower at 200 (and (1024,1024,2,100) 1.5 %): from a few hundred
+    rows the first operand's rate wins back more than packing and unpacking
+    cost. (768,768,1,100) 1.4 % faster, (1024,512,1,100) 2.4 %; on Haswell
+    kernels (1024,1024,1,16) 9 %, (1024,1024,1,100) 1.7 %; one thread 7 % at
+    (1024,1024,1,16), level at 100.
+    """
+    cdef int g
+    for g in range(3):
+        matmul_w(<int>rows, nu, I, x, I, w_ih + <Py_ssize_t>(g * H + u0) * I, I, 0, t, <int>rows)
+        unpack_rows(0, <int>rows, nu, t, <int>rows, gx + g * H + u0, 3 * H)
+
+
+cdef inline Py_ssize_t projection_room(Py_ssize_t rows, Py_ssize_t I, Py_ssize_t H, Py_ssize_t itemsize,
+                                       bint per_step) noexcept nogil:
+    """Values of workspace a whole-sequence projection of ``rows`` rows needs for project_by_rows (0: none).
+
+    Any thread may take that path (it decides by its own units, at most H), so
+    the room is for every unit, and a cache line to start on.
+    """
+    if per_step or not projects_by_rows(rows, I, <int>H, itemsize):
+        return 0
+    return rows * H + 16
+
+
+cdef void project_sequence(Py_ssize_t rows, int I, int H, int u0, int nu, const floating* x, const floating* w_ih_t,
+                           const floating* w_ih, floating* t, floating* gx) noexcept nogil:
+    """A thread's whole-sequence projection of its units: project_by_rows when it applies, else project_inputs.
+
+    ``t`` is room for ``rows`` x H values shared by the team: the thread's part
+    starts at ``t + rows * u0`` (on a cache line where t is: u0 is a multiple of 16).
+    """
+    if projects_by_rows(rows, I, nu, sizeof(floating)):
+        project_by_rows(rows, I, H, u0, nu, x, w_ih, t + rows * u0, gx)
+    else:
+        project_inputs(rows, I, H, u0, nu, x, w_ih_t, gx)
 
 
 cdef inline void panel_part(Py_ssize_t m, int n, int row0, int k0, int k1, int H, int nu, const floating* a,
@@ -1007,12 +1121,12 @@ cdef void run_rows(
 
 cdef void thread_body(
     int T, int B, int I, int H, bint by_sequence, int* next_chunk,
-    const floating* x, const floating* w_ih_t, const floating* w_hh, const floating* whole, bint w_rows,
-    const floating* bias, const floating* b_hn,
+    const floating* x, const floating* w_ih_t, const floating* w_ih, const floating* w_hh, const floating* whole,
+    bint w_rows, const floating* bias, const floating* b_hn,
     const long long* lengths, const long long* order,
     bint reverse, bint reset_after, bint per_step,
     floating* gx, floating* gh, floating* ght, floating* rh, floating* h_a, floating* h_b, floating* scratch,
-    const floating* packed, int packed_team, floating* own_panels, gru_team_barrier* barrier,
+    floating* projected, const floating* packed, int packed_team, floating* own_panels, gru_team_barrier* barrier,
     floating* out, Py_ssize_t out_t, Py_ssize_t out_b,
     floating* h_n, floating* gates, floating* hn_keep,
 ) noexcept nogil:
@@ -1055,7 +1169,7 @@ cdef void thread_body(
             pack_panel(H, u0, nu, w_hh, own_panels + <Py_ssize_t>H * 3 * u0, w_rows)
             panel = own_panels + <Py_ssize_t>H * 3 * u0
         if not per_step:  # the input projection of this thread's units, every step at once
-            project_inputs(M, I, H, u0, nu, x, w_ih_t, gx)
+            project_sequence(M, I, H, u0, nu, x, w_ih_t, w_ih, projected, gx)
     run_rows(T, B, I, H, 0, B, u0, nu, team, x, w_ih_t, panel, w_rows, bias, b_hn, lengths, order, reverse, reset_after,
              per_step, gx, gh, ght, rh, h_a, h_b, scratch, barrier, out, out_t, out_b, h_n, gates, hn_keep)
 
@@ -1063,6 +1177,7 @@ cdef void thread_body(
 def run_direction(
     const floating[:, :, ::1] x not None,
     const floating[:, ::1] w_ih_t not None,
+    const floating[:, ::1] w_ih not None,
     const floating[:, ::1] w_hh not None,
     const floating[::1] bias not None,
     const floating[::1] b_hn not None,
@@ -1083,7 +1198,8 @@ def run_direction(
 ):
     """Run one layer in one direction; see the module docstring.
 
-    ``w_ih_t`` (I, 3H) is the transposed input weights, ``w_hh`` (3H, H) W_hh;
+    ``w_ih_t`` (I, 3H) is the transposed input weights, ``w_ih`` (3H, I) the
+    same as they come (see project_by_rows), ``w_hh`` (3H, H) W_hh;
     ``bias`` is (b_ir + b_hr, b_iz + b_hz, b_in) and ``b_hn`` the rest.
     ``lengths`` is sorted in decreasing order and ``order[i]`` is the batch
     index of the i-th longest sequence; ``h_n`` arrives holding h0 and
@@ -1117,7 +1233,11 @@ def run_direction(
     cdef bint per_step = B > 0 and projects_per_step(T, B, I, H, sizeof(floating), reverse, lengths[B - 1],
                                                      by_sequence)
     cdef Py_ssize_t gx_rows = B if per_step else <Py_ssize_t>T * B
-    _expect_room("workspace", workspace.shape[0] * workspace.shape[1], (gx_rows + 3 * B) * G + 4 * H * threads)
+    cdef Py_ssize_t projected_room = 0 if by_sequence else projection_room(<Py_ssize_t>T * B, I, H, sizeof(floating),
+                                                                            per_step)
+    _expect_room("workspace", workspace.shape[0] * workspace.shape[1],
+                 (gx_rows + 3 * B) * G + 4 * H * threads + projected_room)
+    _expect_shape("w_ih", w_ih.shape, 2, G, I)
     _expect_shape("panels", panels.shape, 2, G, H)
     _expect_shape("own_panels", own_panels.shape, 2, G, H)
     if T == 0 or B == 0:
@@ -1133,6 +1253,8 @@ def run_direction(
     cdef floating* h_b = h_a + <Py_ssize_t>B * H
     cdef floating* scratch = h_b + <Py_ssize_t>B * H  # gate values nobody asked for (4H per thread)
     cdef floating* ght = scratch + <Py_ssize_t>4 * H * threads  # the products, column-major (see run_rows)
+    # then room for project_by_rows (projection_room), on a cache line
+    cdef floating* projected = <floating*>((<uintptr_t>(ght + <Py_ssize_t>B * G) + 63) & ~(<uintptr_t>63))
     cdef floating* gates_ptr = NULL
     cdef floating* hn_ptr = NULL
     if hn is not None:
@@ -1152,10 +1274,10 @@ def run_direction(
             for u in range(H):
                 h_a[i * H + u] = h_n[order[i], u]
         with parallel(num_threads=threads):
-            thread_body(T, B, I, H, by_sequence, &next_chunk, &x[0, 0, 0], &w_ih_t[0, 0], &w_hh[0, 0], whole,
-                        panels_w_rows, &bias[0],
+            thread_body(T, B, I, H, by_sequence, &next_chunk, &x[0, 0, 0], &w_ih_t[0, 0], &w_ih[0, 0], &w_hh[0, 0],
+                        whole, panels_w_rows, &bias[0],
                         &b_hn[0], &lengths[0], &order[0], reverse, reset_after, per_step, gx, gh, ght, rh, h_a, h_b,
-                        scratch,
+                        scratch, projected,
                         &panels[0, 0], panels_team, &own_panels[0, 0], &barrier,
                         out, out_t, out_b, &h_n[0, 0], gates_ptr, hn_ptr)
 
@@ -1175,12 +1297,14 @@ cdef void* calloc_on_line(size_t count, size_t size, void** raw) noexcept nogil:
 
 
 cdef void thread_part(bint projection, Py_ssize_t rows, int I, int H, int team, int tid, const floating* a,
-                      const floating* w, bint flag, floating* out, Py_ssize_t out_apart, Py_ssize_t calls) noexcept nogil:
+                      const floating* w, const floating* w_ih, floating* projected, bint flag, floating* out,
+                      Py_ssize_t out_apart, Py_ssize_t calls) noexcept nogil:
     """Thread ``tid``'s part of a forward, ``calls`` times, as the kernels make it.
 
     ``projection``: its units' input projection of the ``rows`` rows of ``a``
-    (x) with ``w`` (W_ih^T), whole (project_inputs) or, ``flag``, as a step's
-    (project_step), into ``out`` (gx, shared). Else: a step's recurrent
+    (x) with ``w`` (W_ih^T) and ``w_ih`` (W_ih), whole (project_sequence, with
+    ``projected`` its room) or, ``flag``, as a step's (project_step), into
+    ``out`` (gx, shared). Else: a step's recurrent
     products of its units for the ``rows`` rows of ``a`` (h) with its panel in
     ``w`` (every thread's, as pack_panels lays them out, in the layout
     ``flag``), in the parts and order run_rows makes them in for reset-after
@@ -1200,7 +1324,7 @@ cdef void thread_part(bint projection, Py_ssize_t rows, int I, int H, int team, 
             if flag:
                 project_step(rows, I, H, u0, nu, a, w, out)
             else:
-                project_inputs(rows, I, H, u0, nu, a, w, out)
+                project_sequence(rows, I, H, u0, nu, a, w, w_ih, projected, out)
         return
     panel = w + <Py_ssize_t>3 * H * u0
     product = out + tid * out_apart
@@ -1213,8 +1337,8 @@ cdef void thread_part(bint projection, Py_ssize_t rows, int I, int H, int team, 
 
 
 cdef double part_seconds(bint projection, bint together, Py_ssize_t rows, int I, int H, int team,
-                         const floating* a, const floating* w, bint flag, floating* out, Py_ssize_t out_apart,
-                         Py_ssize_t calls) except -1:
+                         const floating* a, const floating* w, const floating* w_ih, floating* projected, bint flag,
+                         floating* out, Py_ssize_t out_apart, Py_ssize_t calls) except -1:
     """Seconds per call of thread_part: thread 0's alone, in the calling thread, or, ``together``, the
     whole team's at once (wall time). One call untimed first: the first writes fault ``out``'s pages in."""
     cdef int given = team  # written through a pointer: a variable assigned in a parallel block is private
@@ -1227,11 +1351,12 @@ cdef double part_seconds(bint projection, bint together, Py_ssize_t rows, int I,
         with nogil:
             if together:
                 with parallel(num_threads=team):
-                    thread_part(projection, rows, I, H, team, gru_thread_id(), a, w, flag, out, out_apart, n)
+                    thread_part(projection, rows, I, H, team, gru_thread_id(), a, w, w_ih, projected, flag, out,
+                                out_apart, n)
                     if gru_thread_id() == 0:
                         given_at[0] = gru_num_threads()
             else:
-                thread_part(projection, rows, I, H, team, 0, a, w, flag, out, out_apart, n)
+                thread_part(projection, rows, I, H, team, 0, a, w, w_ih, projected, flag, out, out_apart, n)
         if given != team:
             raise RuntimeError(f"team: OpenMP gave {given} threads, not {team}")
     return (perf_counter() - start) / calls
@@ -1296,35 +1421,42 @@ def step_seconds(const floating[:, ::1] w_hh not None, const floating[:, ::1] h 
         if panels == NULL or products == NULL:
             raise MemoryError()
         pack_team_panels(H, team, &w_hh[0, 0], panels, w_rows)  # every thread's, also when thread 0 runs alone
-        return part_seconds(False, together, B, 0, H, team, &h[0, 0], panels, w_rows, products, product_size, calls)
+        return part_seconds(False, together, B, 0, H, team, &h[0, 0], panels, NULL, NULL, w_rows, products,
+                            product_size, calls)
     finally:
         free(panel_memory)
         free(product_memory)
 
 
-def projection_seconds(const floating[:, ::1] x not None, const floating[:, ::1] w_ih_t not None, int team,
-                       bint per_step, Py_ssize_t calls, bint together=False) -> float:
+def projection_seconds(const floating[:, ::1] x not None, const floating[:, ::1] w_ih_t not None,
+                       const floating[:, ::1] w_ih not None, int team, bint per_step, Py_ssize_t calls,
+                       bint together=False) -> float:
     """Seconds per call of thread 0's input projection of the rows of ``x`` (rows, I) in a team of ``team``.
 
-    ``w_ih_t`` is (I, 3H). As thread_body makes it for every row at once
-    (project_inputs), or, ``per_step``, as own_part makes it for one step's
-    rows. ``together``: every thread's projection at once (wall time), as in a
-    forward call.
+    ``w_ih_t`` is (I, 3H), ``w_ih`` (3H, I). As thread_body makes it for every
+    row at once (project_sequence), or, ``per_step``, as own_part makes it for
+    one step's rows. ``together``: every thread's projection at once (wall
+    time), as in a forward call.
     """
     cdef Py_ssize_t rows = x.shape[0]
     cdef int I = x.shape[1]
     cdef int H = w_ih_t.shape[1] // 3
     _expect_shape("w_ih_t", w_ih_t.shape, 2, I, 3 * H)
+    _expect_shape("w_ih", w_ih.shape, 2, 3 * H, I)
     if team < 1 or calls < 1 or rows < 1 or H < 1:
         raise ValueError(f"team, calls, rows and H: expected at least 1 each, got {team}, {calls}, {rows} and {H}")
     cdef void* gx_memory = NULL
+    cdef void* projected_memory = NULL
     cdef floating* gx = <floating*>calloc_on_line(<size_t>rows * 3 * H, sizeof(floating), &gx_memory)
+    cdef floating* projected = <floating*>calloc_on_line(<size_t>(rows * H), sizeof(floating), &projected_memory)
     try:
-        if gx == NULL:
+        if gx == NULL or projected == NULL:
             raise MemoryError()
-        return part_seconds(True, together, rows, I, H, team, &x[0, 0], &w_ih_t[0, 0], per_step, gx, 0, calls)
+        return part_seconds(True, together, rows, I, H, team, &x[0, 0], &w_ih_t[0, 0], &w_ih[0, 0], projected,
+                            per_step, gx, 0, calls)
     finally:
         free(gx_memory)
+        free(projected_memory)
 
 
 # --- backward --------------------------------------------------------------------------

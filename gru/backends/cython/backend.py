@@ -77,7 +77,7 @@ class CythonBackend(StackedBackend):
 
     def __init__(self) -> None:
         self._kernels = None
-        self._blas_setters = None  # per loaded BLAS library: set its thread count, return the previous one
+        self._blas_setters = None  # per BLAS library but OpenBLAS (whose the kernels set): set its threads, return the old count
         self._blas_saved: list[int] = []
         self._blas_users = 0
         self._lock = threading.Lock()
@@ -183,8 +183,8 @@ class CythonBackend(StackedBackend):
         return self._kernels.max_threads()
 
     @staticmethod
-    def _find_blas_setters() -> list:
-        """Per loaded BLAS library, a function that sets its thread count and returns the previous one.
+    def _find_blas_setters() -> tuple[list[int], list]:
+        """Per loaded BLAS library, a way to set its thread count that returns the previous one.
 
         OpenBLAS's openblas_set_num_threads (what threadpoolctl calls) is ignored
         when called from any thread but the main one once the main thread has
@@ -192,18 +192,19 @@ class CythonBackend(StackedBackend):
         Python threads then ran their BLAS products multi-threaded, and OpenBLAS's
         busy-waiting worker took a core from them. Its openblas_set_num_threads_local
         (0.3.27 and later), in spite of its name, sets the process-wide count from
-        any thread; it is used where it exists.
+        any thread; it is used where it exists, called from the kernels (its
+        address: the first list), not through ctypes. Other libraries get a
+        Python function (the second list).
         """
         from threadpoolctl import ThreadpoolController
 
-        setters = []
+        addresses, setters = [], []
         for lib in ThreadpoolController().select(user_api="blas").lib_controllers:
             local = None
             if lib.internal_api == "openblas":
                 local = getattr(lib.dynlib, "openblas_set_num_threads_local", None)
             if local is not None:
-                local.argtypes, local.restype = [ctypes.c_int], ctypes.c_int
-                setters.append(local)
+                addresses.append(ctypes.cast(local, ctypes.c_void_p).value)
             else:
 
                 def swap(threads: int, lib=lib) -> int:
@@ -212,21 +213,24 @@ class CythonBackend(StackedBackend):
                     return previous
 
                 setters.append(swap)
-        return setters
+        return addresses, setters
 
     def _hold_blas_to_one_thread(self) -> None:
         """Hold BLAS to one thread while any call of this backend runs (undo: _release_blas).
 
         The BLAS libraries are found once (threadpoolctl) and then set through
         their own calls, a few microseconds instead of a fresh threadpoolctl
-        scan per call. Reference-counted: with calls running concurrently from
-        several Python threads, the first one in sets the limit and the last one
-        out restores it.
+        scan per call (OpenBLAS's from compiled code: a ctypes call costs 5-10
+        us once a large kernel has evicted its code, and a call makes four).
+        Reference-counted: with calls running concurrently from several Python
+        threads, the first one in sets the limit and the last one out restores it.
         """
         with self._lock:
             if self._blas_users == 0:
                 if self._blas_setters is None:
-                    self._blas_setters = self._find_blas_setters()
+                    addresses, self._blas_setters = self._find_blas_setters()
+                    self._kernels.use_blas_thread_setters(addresses)
+                self._kernels.hold_blas_threads(1)
                 self._blas_saved = [set_threads(1) for set_threads in self._blas_setters]
             self._blas_users += 1
 
@@ -234,6 +238,7 @@ class CythonBackend(StackedBackend):
         with self._lock:
             self._blas_users -= 1
             if self._blas_users == 0:
+                self._kernels.restore_blas_threads()
                 for set_threads, threads in zip(self._blas_setters, self._blas_saved, strict=True):
                     set_threads(threads)
 
@@ -294,6 +299,7 @@ class CythonBackend(StackedBackend):
         self._kernels.run_direction(
             x,
             w_ih_t,
+            weights.w_ih,
             w_hh,
             bias,
             b_hn,

@@ -436,7 +436,8 @@ def test_the_kernels_timing_calls_check_their_arguments():
     with pytest.raises(ValueError, match="team, calls, rows and H"):
         _kernels.projection_seconds(np.zeros((2, 4), np.float32), np.zeros((4, 12), np.float32), w_ih, 1, False, 0)
     with pytest.raises(ValueError, match="team, calls, rows and H"):
-        _kernels.projection_seconds(np.zeros((2, 4), np.float32), np.zeros((4, 12), np.float32), w_ih, 0, False, 1, True)
+        x, w_ih_t = np.zeros((2, 4), np.float32), np.zeros((4, 12), np.float32)
+        _kernels.projection_seconds(x, w_ih_t, w_ih, 0, False, 1, True)
 
 
 @pytest.mark.skipif(not gru.backend_available("cython"), reason="the cython backend is not built here")

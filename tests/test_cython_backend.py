@@ -505,7 +505,7 @@ def test_which_calls_read_panels_of_w_hh_rows():
         assert _kernels.panel_rows(1, 384, 4, 2) and _kernels.panel_rows(1, 256, 4, 2)  # 884 KB, 384 KB: 8 L1s
         assert not _kernels.panel_rows(1, 240, 4, 2) and not _kernels.panel_rows(1, 128, 4, 2)  # 338 KB, 96 KB
         assert _kernels.panel_rows(1, 192, 8, 2) and not _kernels.panel_rows(1, 160, 8, 2)  # 432 KB, 300 KB
-        assert _kernels.panel_rows(1, 182, 4, 1) and not _kernels.panel_rows(1, 181, 4, 1)  # just past 8 L1s, just short
+        assert _kernels.panel_rows(1, 182, 4, 1) and not _kernels.panel_rows(1, 181, 4, 1)  # past 8 L1s, not
 
 
 @pytest.mark.parametrize("small", [False, True], ids=["packed-kernels", "small-kernel"])

@@ -77,7 +77,8 @@ class CythonBackend(StackedBackend):
 
     def __init__(self) -> None:
         self._kernels = None
-        self._blas_setters = None  # per BLAS library but OpenBLAS (whose the kernels set): set its threads, return the old count
+        # per BLAS library but OpenBLAS (which the kernels set): set its threads, return the old count
+        self._blas_setters = None
         self._blas_saved: list[int] = []
         self._blas_users = 0
         self._lock = threading.Lock()

@@ -215,14 +215,14 @@ class Watched:
 def progress_buffer(name, args):
     """(T, B, k) views whose time steps the kernel fills one after the other, first to last.
 
-    Forward: its ``output`` (argument 9). Backward: the start of its workspace (argument 20),
+    Forward: its ``output`` (argument 10). Backward: the start of its workspace (argument 20),
     where the reverse time loop writes the gate gradients of step t to rows t * B ... (B of 3H
     values each), last step first.
     """
     x = args[0]
     steps, batch = x.shape[0], x.shape[1]
     if name == "run_direction":
-        return args[9]
+        return args[10]
     hidden = args[3].shape[1]
     workspace = args[20].reshape(-1)
     return workspace[: steps * batch * 3 * hidden].reshape(steps, batch, 3 * hidden)[::-1]

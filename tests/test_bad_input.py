@@ -998,6 +998,7 @@ KERNEL_FORWARD_CASES = {
     "gates-shape": ({"gates": np.zeros((3, 4, 3, 15))}, ValueError, "gates"),
     "hn-shape": ({"hn": np.zeros((3, 3, 16))}, ValueError, "hn"),
     "w_ih_t-shape": ({"w_ih_t": np.zeros((4, 48))}, ValueError, "w_ih_t"),
+    "w_ih-shape": ({"w_ih": np.zeros((48, 4))}, ValueError, "w_ih:"),
     "w_hh-shape": ({"w_hh": np.zeros((47, 16))}, ValueError, "w_hh"),
     "bias-length": ({"bias": np.zeros(47)}, ValueError, "bias"),
     "b_hn-length": ({"b_hn": np.zeros(17)}, ValueError, "b_hn"),

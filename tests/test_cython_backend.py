@@ -286,6 +286,40 @@ def test_blas_thread_limit_is_restored_after_a_call(blas_at_two_threads):
     assert blas_threads() == blas_at_two_threads
 
 
+def test_holds_through_two_backend_instances_restore_blas_in_either_order(blas_at_two_threads):
+    """Thread counts are the process's: holds by two instances (one made by hand, as register_backend does)
+    overlap and end in either order, and BLAS stays at one thread until the last one ends."""
+    from gru.backends.cython.backend import CythonBackend
+
+    a, b = CythonBackend(), CythonBackend()
+    a.available(), b.available()
+    for first, last in ((a, b), (b, a)):
+        a._hold_blas_to_one_thread()
+        b._hold_blas_to_one_thread()
+        assert blas_threads() == [1] * len(blas_at_two_threads)
+        first._release_blas()
+        assert blas_threads() == [1] * len(blas_at_two_threads)  # the other call still runs
+        last._release_blas()
+        assert blas_threads() == blas_at_two_threads
+
+
+def test_a_failing_blas_setter_leaves_no_library_held(monkeypatch, blas_at_two_threads):
+    """A setter of another BLAS that raises while the hold sets the counts: the error reaches the caller, and
+    OpenBLAS, already set, gets its count back."""
+    from gru.backends.cython import backend as cython_backend
+
+    def refuse(threads):
+        raise RuntimeError("this BLAS cannot be set")
+
+    hold = cython_backend._BlasHold()
+    addresses, setters = cython_backend._find_blas_setters()
+    monkeypatch.setattr(cython_backend, "_find_blas_setters", lambda: (addresses, [*setters, refuse]))
+    kernels = gru.get_backend("cython")._kernels
+    with pytest.raises(RuntimeError, match="cannot be set"):
+        hold.hold(kernels)
+    assert blas_threads() == blas_at_two_threads
+
+
 def test_a_threadpoolctl_limit_is_the_calling_threads(monkeypatch):
     """OpenMP's limits are per thread: one set in a worker thread holds there, and nowhere else."""
     import threading
@@ -537,13 +571,49 @@ def test_few_rows_with_large_input_weights_project_with_w_ih_rows(threads, reset
     layer = gru.GRU(I, 128, bidirectional=True, reset_after=reset_after, backend="cython", seed=rng)
     x = rng.standard_normal((5, 2, I)).astype("float32")
     assert _kernels.projects_with_w_ih_rows(5, 2, I, 128, 4, threads)
+    assert _kernels.projects_with_w_ih_rows(64, 2, I, 128, 4, threads)  # 128 rows
     assert not _kernels.projects_with_w_ih_rows(5, 2, I, 128, 8, threads)
     assert not _kernels.projects_with_w_ih_rows(65, 2, I, 128, 4, threads)
     for lengths in (None, np.array([5, 3])):
-        output, h_n = layer(x, lengths=lengths, threads=threads)
-        expected_output, expected_h_n, _ = oracle_for(layer, x.astype(np.float64), lengths=lengths)
+        output, h_n, gates = layer(x, lengths=lengths, threads=threads, return_gates=True)
+        expected_output, expected_h_n, expected_gates = oracle_for(layer, x.astype(np.float64), lengths=lengths)
         np.testing.assert_allclose(output, expected_output, rtol=0, atol=2e-5)
         np.testing.assert_allclose(h_n, expected_h_n, rtol=0, atol=2e-5)
+        for g, name in enumerate("rzn"):
+            np.testing.assert_allclose(getattr(gates, name), expected_gates[:, g], rtol=0, atol=2e-5)
+
+
+def test_a_smaller_team_than_planned_finds_room_for_a_projection_with_w_ih_rows(tmp_path):
+    """Planned for two threads, (5,2,2000,128) projects as before (1.5 MB of input weights a thread); on the one
+    thread OpenMP gives (OMP_THREAD_LIMIT=1, in a child process), 3 MB, with W_ih's rows: the workspace has room
+    for it, and the result matches the numpy backend's."""
+    import subprocess
+    import sys
+
+    from gru.backends.cython import _kernels
+
+    if not _kernels.has_openmp():
+        pytest.skip("built without OpenMP: every call runs in one thread")
+    assert not _kernels.projects_with_w_ih_rows(5, 2, 2000, 128, 4, 2)
+    assert _kernels.projects_with_w_ih_rows(5, 2, 2000, 128, 4, 1)
+    code = (
+        "import numpy as np, gru\n"
+        "rng = np.random.default_rng(14)\n"
+        "x = rng.standard_normal((5, 2, 2000)).astype('float32')\n"
+        "layer = gru.GRU(2000, 128, backend='cython', seed=1)\n"
+        "reference = gru.GRU(2000, 128, backend='numpy', dtype='float64', seed=1)\n"
+        "for lengths in (None, [5, 2]):\n"
+        "    got = layer(x, lengths=lengths, threads=2)[0]\n"
+        "    want = reference(x.astype('float64'), lengths=lengths)[0]\n"
+        "    assert np.abs(got - want).max() < 2e-5, np.abs(got - want).max()\n"
+        "print('ok')\n"
+    )
+    env = {**os.environ, "OMP_THREAD_LIMIT": "1"}
+    # run from elsewhere: from the checkout, "-c" would import its uncompiled sources, not the installed package
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
 
 
 @pytest.mark.parametrize("reset_after", [True, False], ids=["reset-after", "reset-before"])

@@ -15,11 +15,11 @@ slice of them and
   the fused gate pass, and one barrier with the others (two for reset-before,
   whose candidate needs the whole r ⊙ h_{t-1}); the part of the product over
   its own units' h is made while it waits at the barrier (see run_rows);
-  with one sequence (reset-after) and a panel of 1.25-8 L1s, that part
-  comes in blocks that take turns, so that each step starts with one still
-  in L1, and past the L2 (up to 4 MB), in blocks of rows kept in L2 (see
-  kept_inputs); with the small-matrix kernel, one sequence's panels of 8
-  L1s and more are W_hh's rows (see panel_rows).
+  with one sequence (reset-after) and a panel of 1.25-8 L1s (below 8 with
+  the small-matrix kernel, whose one sequence reads W_hh's rows from 8 L1s
+  on, see panel_rows), that part comes in blocks that take turns, so that
+  each step starts with one still in L1, and past the L2 (up to 4 MB), in
+  blocks of rows kept in L2 (see kept_inputs).
 Batches of 8 sequences and more per thread split the sequences instead (see
 splits_by_sequence): the threads claim chunks of them as they come free and
 run each chunk through every step, for every unit, with no barrier.
@@ -139,8 +139,12 @@ ctypedef int (*blas_thread_setter)(int) noexcept nogil
 cdef enum:
     MAX_BLAS_LIBRARIES = 16
 cdef blas_thread_setter blas_setters[MAX_BLAS_LIBRARIES]
-cdef int blas_saved[MAX_BLAS_LIBRARIES]
 cdef int blas_setter_count = 0
+
+
+def blas_setter_slots() -> int:
+    """How many setters use_blas_thread_setters takes (the rest stay with the caller)."""
+    return MAX_BLAS_LIBRARIES
 
 
 def use_blas_thread_setters(addresses) -> None:
@@ -156,21 +160,23 @@ def use_blas_thread_setters(addresses) -> None:
     blas_setter_count = len(found)
 
 
-def hold_blas_threads(int threads) -> None:
-    """Set every BLAS given to use_blas_thread_setters to ``threads``, keeping their counts for restore.
-
-    Not reentrant: the caller holds (and counts) the calls that share a hold.
-    """
+def hold_blas_threads(int threads) -> tuple:
+    """Set every BLAS given to use_blas_thread_setters to ``threads``; return their counts before, for
+    restore_blas_threads (the caller keeps them: holds of several callers may nest)."""
     cdef int i
+    cdef list saved = []
     for i in range(blas_setter_count):
-        blas_saved[i] = blas_setters[i](threads)
+        saved.append(blas_setters[i](threads))
+    return tuple(saved)
 
 
-def restore_blas_threads() -> None:
-    """Give every BLAS back the thread count hold_blas_threads found."""
+def restore_blas_threads(tuple saved not None) -> None:
+    """Give every BLAS back the thread count hold_blas_threads returned, in the reverse order."""
     cdef int i
-    for i in range(blas_setter_count):
-        blas_setters[i](blas_saved[i])
+    if len(saved) != blas_setter_count:
+        raise ValueError(f"saved: expected {blas_setter_count} thread counts, got {len(saved)}")
+    for i in reversed(range(blas_setter_count)):
+        blas_setters[i](<int>saved[i])
 
 
 # --- argument checks ---------------------------------------------------------------------
@@ -694,10 +700,13 @@ def panel_rows(Py_ssize_t B, Py_ssize_t H, Py_ssize_t itemsize, int team) -> boo
     kept blocks in L1 (see kept_inputs) win: level at 7 L1s (H = 240), 2 %
     slower at 6 (H = 224), 5 % at 3 (H = 160).
     """
+    cdef int nu
     cdef Py_ssize_t panel
     if B == 1:
-        panel = <Py_ssize_t>3 * widest_slice(<int>H, team) * H * itemsize
-        return panel > l2_bytes or (small_kernel and panel >= ROWS_FROM_L1S * l1_bytes)
+        nu = widest_slice(<int>H, team)
+        panel = <Py_ssize_t>3 * nu * H * itemsize
+        # within the L2 only where a part's rows fit the small kernel (else gemv('T'), slower there)
+        return panel > l2_bytes or (small_kernel and panel >= ROWS_FROM_L1S * l1_bytes and 3 * nu <= SMALL_TN_OUTPUTS)
     return not small_kernel
 
 
@@ -891,9 +900,11 @@ cdef inline int kept_inputs(Py_ssize_t rows, int H, int nu, Py_ssize_t itemsize,
     (32,160,1,100). Just over the L1 (H = 96 on two threads, 1.1 L1s) it lost
     4 % in a slow phase of the machine: the plain order already finds part of
     the panel in L1. A chunk of one sequence in a call split by sequence takes
-    it too.
+    it too. With the small-matrix kernel, panels from ROWS_FROM_L1S (8) L1s on
+    are W_hh's rows (see panel_rows), so there the blocks stop just below 8.
 
-    A panel of W_hh's rows (past the L2, see panel_rows) cannot be read in
+    A panel of W_hh's rows (past the L2, or from 8 L1s with the small kernel;
+    see panel_rows) cannot be read in
     pieces of its inputs (gemv 'T' over part of each row was 12-28 % slower),
     so there the product over the own inputs comes in three blocks of rows
     (outputs), R1, the middle and R2, each R at most KEPT_L2_PART of the L2,
@@ -907,8 +918,9 @@ cdef inline int kept_inputs(Py_ssize_t rows, int H, int nu, Py_ssize_t itemsize,
     if not reset_after or rows != 1 or nu < 2:
         return 0
     if w_rows:  # rows of the panel kept in L2 (per row, the own inputs: nu values)
-        # rows are read past the L2 (one sequence, see panel_rows) or without the small kernel (a chunk of
-        # one sequence in a call split by sequence): only a panel past the L2 gains
+        # rows are read past the L2, from 8 L1s with the small kernel (one sequence, see panel_rows), or
+        # without it (a chunk of one sequence in a call split by sequence): only a panel past the L2 gains
+        # (keeping rows of one within it in L1 changed nothing: 1.000-1.006x at H = 256-384)
         if per_input * H <= l2_bytes or per_input * H > KEPT_MAX_L2S * l2_bytes:
             return 0
         return <int>max(1, min(3 * nu // 2, <Py_ssize_t>(l2_bytes * KEPT_L2_PART) // (nu * itemsize)))

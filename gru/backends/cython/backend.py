@@ -61,12 +61,103 @@ def blas_has_small_kernel() -> bool:
     )
 
 
+def _ctypes_setter(address: int):
+    """A Python function calling the C function ``int set(int threads)`` at ``address`` (see _find_blas_setters)."""
+    return ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int)(address)
+
+
 @functools.lru_cache(maxsize=64)
 def _full_lengths(T: int, B: int) -> tuple[np.ndarray, np.ndarray]:
     """The order and lengths of B sequences of length T, made once (read-only: shared between calls)."""
     order, lengths = np.arange(B, dtype=np.int64), np.full(B, T, dtype=np.int64)
     order.flags.writeable = lengths.flags.writeable = False
     return order, lengths
+
+
+def _find_blas_setters() -> tuple[list[int], list]:
+    """Per loaded BLAS library, a way to set its thread count that returns the previous one.
+
+    OpenBLAS's openblas_set_num_threads (what threadpoolctl calls) is ignored
+    when called from any thread but the main one once the main thread has
+    called it (OpenBLAS 0.3.30 and 0.3.31, pthreads builds): calls from other
+    Python threads then ran their BLAS products multi-threaded, and OpenBLAS's
+    busy-waiting worker took a core from them. Its openblas_set_num_threads_local
+    (0.3.27 and later), in spite of its name, sets the process-wide count from
+    any thread; it is used where it exists, called from the kernels (its
+    address: the first list), not through ctypes. Other libraries get a
+    Python function (the second list).
+    """
+    from threadpoolctl import ThreadpoolController
+
+    addresses, setters = [], []
+    for lib in ThreadpoolController().select(user_api="blas").lib_controllers:
+        local = None
+        if lib.internal_api == "openblas":
+            local = getattr(lib.dynlib, "openblas_set_num_threads_local", None)
+        if local is not None:
+            addresses.append(ctypes.cast(local, ctypes.c_void_p).value)
+        else:
+
+            def swap(threads: int, lib=lib) -> int:
+                previous = lib.get_num_threads()
+                lib.set_num_threads(threads)
+                return previous
+
+            setters.append(swap)
+    return addresses, setters
+
+
+class _BlasHold:
+    """BLAS held to one thread while any call of the Cython backend runs, whichever instance makes it.
+
+    The BLAS libraries are found once (threadpoolctl) and then set through
+    their own calls, a few microseconds instead of a fresh threadpoolctl scan
+    per call (OpenBLAS's from compiled code: a ctypes call costs 5-10 us once a
+    large kernel has evicted its code, and a call makes four). Thread counts
+    are the process's, so there is one hold per process, reference-counted:
+    with calls running concurrently (from several Python threads, through
+    several backend instances), the first one in sets the limit and the last
+    one out restores it.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._found: tuple[list[int], list] | None = None  # _find_blas_setters's answer, the first time
+        self._told: set = set()  # the kernel modules given the addresses (benchmarks/ab_kernels.py loads two)
+        self._held: tuple = (None, (), [])  # the module that holds, the counts it found, the others' counts
+
+    def hold(self, kernels: Any) -> None:
+        """One more call of ``kernels`` (the compiled module that sets OpenBLAS's threads) runs."""
+        with self._lock:
+            if self._users == 0:
+                if self._found is None:
+                    addresses, setters = _find_blas_setters()
+                    slots = kernels.blas_setter_slots()  # past them (never seen): through ctypes
+                    self._found = addresses[:slots], setters + [_ctypes_setter(a) for a in addresses[slots:]]
+                addresses, setters = self._found
+                if kernels not in self._told:
+                    kernels.use_blas_thread_setters(addresses)
+                    self._told.add(kernels)
+                saved = kernels.hold_blas_threads(1)
+                try:
+                    self._held = (kernels, saved, [set_threads(1) for set_threads in setters])
+                except BaseException:
+                    kernels.restore_blas_threads(saved)
+                    raise
+            self._users += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users == 0:
+                kernels, saved, others = self._held
+                for set_threads, threads in reversed(list(zip(self._found[1], others, strict=True))):
+                    set_threads(threads)
+                kernels.restore_blas_threads(saved)
+
+
+_BLAS_HOLD = _BlasHold()
 
 
 class CythonBackend(StackedBackend):
@@ -77,10 +168,6 @@ class CythonBackend(StackedBackend):
 
     def __init__(self) -> None:
         self._kernels = None
-        # per BLAS library but OpenBLAS (which the kernels set): set its threads, return the old count
-        self._blas_setters = None
-        self._blas_saved: list[int] = []
-        self._blas_users = 0
         self._lock = threading.Lock()
         self._local = threading.local()
         self._prepared_weights: weakref.WeakKeyDictionary[LayerWeights, dict] = weakref.WeakKeyDictionary()
@@ -118,8 +205,8 @@ class CythonBackend(StackedBackend):
     def _prepared(self, weights: LayerWeights, team: int, w_rows: bool) -> tuple[np.ndarray, ...]:
         """Weights as the kernel takes them, made once per LayerWeights (and team size and layout, for the panels).
 
-        Transposed input weights (BLAS's fastest layout for the input
-        projection), W_hh and its per-thread panels packed for ``team``
+        Transposed input weights (the input projection's layout but for a
+        few rows, see _kernels.project_by_rows), W_hh and its per-thread panels packed for ``team``
         threads in the layout ``w_rows`` (see _kernels.pack_panels), and the biases folded:
         (b_ir + b_hr, b_iz + b_hz, b_in) and b_hn, which reset-after applies
         under the reset gate.
@@ -183,65 +270,12 @@ class CythonBackend(StackedBackend):
             return min(count, MAX_THREADS)
         return self._kernels.max_threads()
 
-    @staticmethod
-    def _find_blas_setters() -> tuple[list[int], list]:
-        """Per loaded BLAS library, a way to set its thread count that returns the previous one.
-
-        OpenBLAS's openblas_set_num_threads (what threadpoolctl calls) is ignored
-        when called from any thread but the main one once the main thread has
-        called it (OpenBLAS 0.3.30 and 0.3.31, pthreads builds): calls from other
-        Python threads then ran their BLAS products multi-threaded, and OpenBLAS's
-        busy-waiting worker took a core from them. Its openblas_set_num_threads_local
-        (0.3.27 and later), in spite of its name, sets the process-wide count from
-        any thread; it is used where it exists, called from the kernels (its
-        address: the first list), not through ctypes. Other libraries get a
-        Python function (the second list).
-        """
-        from threadpoolctl import ThreadpoolController
-
-        addresses, setters = [], []
-        for lib in ThreadpoolController().select(user_api="blas").lib_controllers:
-            local = None
-            if lib.internal_api == "openblas":
-                local = getattr(lib.dynlib, "openblas_set_num_threads_local", None)
-            if local is not None:
-                addresses.append(ctypes.cast(local, ctypes.c_void_p).value)
-            else:
-
-                def swap(threads: int, lib=lib) -> int:
-                    previous = lib.get_num_threads()
-                    lib.set_num_threads(threads)
-                    return previous
-
-                setters.append(swap)
-        return addresses, setters
-
     def _hold_blas_to_one_thread(self) -> None:
-        """Hold BLAS to one thread while any call of this backend runs (undo: _release_blas).
-
-        The BLAS libraries are found once (threadpoolctl) and then set through
-        their own calls, a few microseconds instead of a fresh threadpoolctl
-        scan per call (OpenBLAS's from compiled code: a ctypes call costs 5-10
-        us once a large kernel has evicted its code, and a call makes four).
-        Reference-counted: with calls running concurrently from several Python
-        threads, the first one in sets the limit and the last one out restores it.
-        """
-        with self._lock:
-            if self._blas_users == 0:
-                if self._blas_setters is None:
-                    addresses, self._blas_setters = self._find_blas_setters()
-                    self._kernels.use_blas_thread_setters(addresses)
-                self._kernels.hold_blas_threads(1)
-                self._blas_saved = [set_threads(1) for set_threads in self._blas_setters]
-            self._blas_users += 1
+        """Hold BLAS to one thread while this call runs (undo: _release_blas); see _BlasHold."""
+        _BLAS_HOLD.hold(self._kernels)
 
     def _release_blas(self) -> None:
-        with self._lock:
-            self._blas_users -= 1
-            if self._blas_users == 0:
-                self._kernels.restore_blas_threads()
-                for set_threads, threads in zip(self._blas_setters, self._blas_saved, strict=True):
-                    set_threads(threads)
+        _BLAS_HOLD.release()
 
     def _with_blas_held(self, call, *args):
         """``call(*args)`` with BLAS held to one thread (a plain call: a context manager costs microseconds)."""

@@ -152,8 +152,9 @@ class _BlasHold:
             self._users -= 1
             if self._users == 0:
                 kernels, saved, others = self._held
-                for set_threads, threads in reversed(list(zip(self._found[1], others, strict=True))):
-                    set_threads(threads)
+                if others:  # the libraries set last, first
+                    for set_threads, threads in reversed(list(zip(self._found[1], others, strict=True))):
+                        set_threads(threads)
                 kernels.restore_blas_threads(saved)
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import os
+import subprocess
 import sys
 import textwrap
 import uuid
@@ -15,6 +17,26 @@ import pytest
 def no_env_backend(monkeypatch):
     """Tests choose their backends themselves: a GRU_BACKEND set in the shell must not leak in."""
     monkeypatch.delenv("GRU_BACKEND", raising=False)
+
+
+@pytest.fixture
+def run_on_one_openmp_thread(tmp_path):
+    """A function that runs Python ``code`` in a child process whose OpenMP starts one thread, whatever is asked
+    for (OMP_THREAD_LIMIT=1), and returns its output lines once it has succeeded.
+
+    The child runs from elsewhere: from a source checkout, ``-c`` would import
+    the uncompiled tree, not the installed package.
+    """
+
+    def run(code: str) -> list[str]:
+        env = {**os.environ, "OMP_THREAD_LIMIT": "1"}
+        done = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.splitlines()
+
+    return run
 
 
 @pytest.fixture(autouse=True)

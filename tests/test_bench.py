@@ -441,7 +441,7 @@ def test_the_kernels_timing_calls_check_their_arguments():
 
 
 @pytest.mark.skipif(not gru.backend_available("cython"), reason="the cython backend is not built here")
-def test_the_kernels_timers_refuse_a_team_openmp_does_not_give(tmp_path):
+def test_the_kernels_timers_refuse_a_team_openmp_does_not_give(run_on_one_openmp_thread):
     """With fewer threads than the team, some threads' parts would never run and the shared floor would be
     too low: both timers raise instead (OpenMP held to one thread in a child process)."""
     from gru.backends.cython import _kernels
@@ -464,12 +464,7 @@ def test_the_kernels_timers_refuse_a_team_openmp_does_not_give(tmp_path):
         "        raise AssertionError(f'{timed.__name__}: no error')\n"
         "print('ok')\n"
     )
-    env = {**os.environ, "OMP_THREAD_LIMIT": "1"}
-    # run from elsewhere: from the checkout, "-c" would import its uncompiled sources, not the installed package
-    done = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path
-    )
-    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+    assert run_on_one_openmp_thread(code) == ["ok"]
 
 
 # -- arguments are checked before anything is timed ---------------------------------------------------
@@ -708,7 +703,9 @@ def test_barrier_seconds_times_a_team_and_refuses_nonsense():
 
 
 @pytest.mark.skipif(not gru.backend_available("cython"), reason="the cython backend is not built here")
-def test_a_team_smaller_than_asked_for_raises_instead_of_waiting_forever_and_the_bench_leaves_it_out(tmp_path):
+def test_a_team_smaller_than_asked_for_raises_instead_of_waiting_forever_and_the_bench_leaves_it_out(
+    run_on_one_openmp_thread,
+):
     code = (
         "from gru.backends.cython import _kernels\n"
         "from gru.bench import _machine\n"
@@ -718,13 +715,7 @@ def test_a_team_smaller_than_asked_for_raises_instead_of_waiting_forever_and_the
         "    print(exc)\n"
         "print(_machine.measure_barrier(2))\n"
     )
-    env = dict(os.environ, OMP_THREAD_LIMIT="1")  # OpenMP then starts one thread, whatever is asked for
-    # run from elsewhere: from a source checkout, `gru` would be the uncompiled tree, not the installed package
-    done = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == ["team: OpenMP gave 1 threads, not 2", "None"]
+    assert run_on_one_openmp_thread(code) == ["team: OpenMP gave 1 threads, not 2", "None"]
 
 
 def test_more_threads_than_cpus_is_warned_about_as_such_not_as_a_busy_machine():

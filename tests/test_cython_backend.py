@@ -583,13 +583,10 @@ def test_few_rows_with_large_input_weights_project_with_w_ih_rows(threads, reset
             np.testing.assert_allclose(getattr(gates, name), expected_gates[:, g], rtol=0, atol=2e-5)
 
 
-def test_a_smaller_team_than_planned_finds_room_for_a_projection_with_w_ih_rows(tmp_path):
+def test_a_smaller_team_than_planned_finds_room_for_a_projection_with_w_ih_rows(run_on_one_openmp_thread):
     """Planned for two threads, (5,2,2000,128) projects as before (1.5 MB of input weights a thread); on the one
     thread OpenMP gives (OMP_THREAD_LIMIT=1, in a child process), 3 MB, with W_ih's rows: the workspace has room
     for it, and the result matches the numpy backend's."""
-    import subprocess
-    import sys
-
     from gru.backends.cython import _kernels
 
     if not _kernels.has_openmp():
@@ -608,12 +605,7 @@ def test_a_smaller_team_than_planned_finds_room_for_a_projection_with_w_ih_rows(
         "    assert np.abs(got - want).max() < 2e-5, np.abs(got - want).max()\n"
         "print('ok')\n"
     )
-    env = {**os.environ, "OMP_THREAD_LIMIT": "1"}
-    # run from elsewhere: from the checkout, "-c" would import its uncompiled sources, not the installed package
-    done = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path
-    )
-    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+    assert run_on_one_openmp_thread(code) == ["ok"]
 
 
 @pytest.mark.parametrize("reset_after", [True, False], ids=["reset-after", "reset-before"])

@@ -293,31 +293,110 @@ def test_holds_through_two_backend_instances_restore_blas_in_either_order(blas_a
 
     a, b = CythonBackend(), CythonBackend()
     a.available(), b.available()
-    for first, last in ((a, b), (b, a)):
-        a._hold_blas_to_one_thread()
-        b._hold_blas_to_one_thread()
-        assert blas_threads() == [1] * len(blas_at_two_threads)
-        first._release_blas()
-        assert blas_threads() == [1] * len(blas_at_two_threads)  # the other call still runs
-        last._release_blas()
-        assert blas_threads() == blas_at_two_threads
+    held = []  # released in the end whatever fails: a hold left over would skip the holds of later tests
+    try:
+        for first, last in ((a, b), (b, a)):
+            for backend in (a, b):
+                backend._hold_blas_to_one_thread()
+                held.append(backend)
+            assert blas_threads() == [1] * len(blas_at_two_threads)
+            first._release_blas()
+            held.remove(first)
+            assert blas_threads() == [1] * len(blas_at_two_threads)  # the other call still runs
+            last._release_blas()
+            held.remove(last)
+            assert blas_threads() == blas_at_two_threads
+    finally:
+        for backend in held:
+            backend._release_blas()
 
 
-def test_a_failing_blas_setter_leaves_no_library_held(monkeypatch, blas_at_two_threads):
-    """A setter of another BLAS that raises while the hold sets the counts: the error reaches the caller, and
-    OpenBLAS, already set, gets its count back."""
+class FakeKernels:
+    """What the BLAS hold asks of a kernels module, recorded: one OpenBLAS at 4 threads."""
+
+    def __init__(self):
+        self.told, self.calls, self.threads = [], [], 4
+
+    def blas_setter_slots(self):
+        return 16
+
+    def use_blas_thread_setters(self, addresses):
+        self.told.append(list(addresses))
+
+    def hold_blas_threads(self, threads):
+        self.calls.append("hold")
+        saved, self.threads = (self.threads,), threads
+        return saved
+
+    def restore_blas_threads(self, saved):
+        self.calls.append("restore")
+        (self.threads,) = saved
+
+
+def a_library(threads):
+    """A setter of a BLAS library the kernels do not set, at ``threads``; its count in ``setter.threads``."""
+
+    def setter(count):
+        previous, setter.threads = setter.threads, count
+        return previous
+
+    setter.threads = threads
+    return setter
+
+
+def test_the_blas_hold_restores_through_the_kernels_module_that_set_it(monkeypatch):
+    """benchmarks/ab_kernels.py swaps two builds of the kernels between calls: each is given the addresses once,
+    and the hold is undone by the one that made it, while a call through the other may still run."""
+    from gru.backends.cython import backend as cython_backend
+
+    monkeypatch.setattr(cython_backend, "_find_blas_setters", lambda: ([1234], []))
+    hold, first, second = cython_backend._BlasHold(), FakeKernels(), FakeKernels()
+    hold.hold(first)
+    hold.hold(second)  # nested: counted, nothing set again
+    assert first.threads == 1 and first.calls == ["hold"] and second.calls == []
+    hold.release()
+    assert first.threads == 1  # the other call still runs
+    hold.release()
+    assert first.threads == 4 and first.calls == ["hold", "restore"] and second.calls == []
+    hold.hold(second)
+    hold.release()
+    hold.hold(first)
+    hold.release()
+    assert first.told == [[1234]] and second.told == [[1234]]  # each module told once
+    assert second.calls == ["hold", "restore"] and second.threads == 4
+    with pytest.raises(RuntimeError, match="released more often than held"):
+        hold.release()
+
+
+def test_a_failing_blas_setter_leaves_no_library_held(monkeypatch):
+    """A setter that raises while the hold sets the counts: the error reaches the caller, and every library
+    already set (OpenBLAS's through the kernels, another one before it) gets its count back. One that raises
+    when its count is given back stops none of the others either."""
     from gru.backends.cython import backend as cython_backend
 
     def refuse(threads):
         raise RuntimeError("this BLAS cannot be set")
 
-    hold = cython_backend._BlasHold()
-    addresses, setters = cython_backend._find_blas_setters()
-    monkeypatch.setattr(cython_backend, "_find_blas_setters", lambda: (addresses, [*setters, refuse]))
-    kernels = gru.get_backend("cython")._kernels
+    other = a_library(3)
+    monkeypatch.setattr(cython_backend, "_find_blas_setters", lambda: ([1234], [other, refuse]))
+    hold, kernels = cython_backend._BlasHold(), FakeKernels()
     with pytest.raises(RuntimeError, match="cannot be set"):
         hold.hold(kernels)
-    assert blas_threads() == blas_at_two_threads
+    assert other.threads == 3 and kernels.threads == 4
+
+    def refuse_to_go_back(threads):
+        if threads != 1:
+            raise RuntimeError("this BLAS cannot go back")
+        return 5
+
+    other, last = a_library(3), a_library(7)
+    monkeypatch.setattr(cython_backend, "_find_blas_setters", lambda: ([1234], [other, refuse_to_go_back, last]))
+    hold, kernels = cython_backend._BlasHold(), FakeKernels()
+    hold.hold(kernels)
+    assert (other.threads, last.threads, kernels.threads) == (1, 1, 1)
+    with pytest.raises(RuntimeError, match="cannot go back"):
+        hold.release()
+    assert (other.threads, last.threads, kernels.threads) == (3, 7, 4)
 
 
 def test_a_threadpoolctl_limit_is_the_calling_threads(monkeypatch):

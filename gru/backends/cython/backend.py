@@ -84,8 +84,8 @@ def _find_blas_setters() -> tuple[list[int], list]:
     busy-waiting worker took a core from them. Its openblas_set_num_threads_local
     (0.3.27 and later), in spite of its name, sets the process-wide count from
     any thread; it is used where it exists, called from the kernels (its
-    address: the first list), not through ctypes. Other libraries get a
-    Python function (the second list).
+    address: the first list; past the kernels' slots, through ctypes). Other
+    libraries get a Python function (the second list).
     """
     from threadpoolctl import ThreadpoolController
 
@@ -117,7 +117,8 @@ class _BlasHold:
     are the process's, so there is one hold per process, reference-counted:
     with calls running concurrently (from several Python threads, through
     several backend instances), the first one in sets the limit and the last
-    one out restores it.
+    one out restores it. The libraries are the ones loaded at the first hold:
+    a BLAS loaded later (MKL with a later import) is not held.
     """
 
     def __init__(self) -> None:
@@ -139,23 +140,39 @@ class _BlasHold:
                 if kernels not in self._told:
                     kernels.use_blas_thread_setters(addresses)
                     self._told.add(kernels)
-                saved = kernels.hold_blas_threads(1)
+                saved, others = kernels.hold_blas_threads(1), []
                 try:
-                    self._held = (kernels, saved, [set_threads(1) for set_threads in setters])
+                    for set_threads in setters:
+                        others.append(set_threads(1))
                 except BaseException:
-                    kernels.restore_blas_threads(saved)
+                    self._undo(kernels, saved, others)  # those set so far get their counts back
                     raise
+                self._held = (kernels, saved, others)
             self._users += 1
 
     def release(self) -> None:
+        """A call that hold() counted has ended."""
         with self._lock:
+            if self._users <= 0:
+                raise RuntimeError("BLAS hold: released more often than held")
             self._users -= 1
             if self._users == 0:
-                kernels, saved, others = self._held
-                if others:  # the libraries set last, first
-                    for set_threads, threads in reversed(list(zip(self._found[1], others, strict=True))):
-                        set_threads(threads)
-                kernels.restore_blas_threads(saved)
+                self._undo(*self._held)
+
+    def _undo(self, kernels: Any, saved: tuple[int, ...], others: list[int]) -> None:
+        """Give every library set its count back, the last set first; a setter that fails stops none of the
+        others (its error comes after)."""
+        error = None
+        if others:
+            setters = self._found[1][: len(others)]  # a hold that failed midway set a prefix of them
+            for set_threads, threads in reversed(list(zip(setters, others, strict=True))):
+                try:
+                    set_threads(threads)
+                except BaseException as exc:
+                    error = error or exc
+        kernels.restore_blas_threads(saved)
+        if error is not None:
+            raise error
 
 
 _BLAS_HOLD = _BlasHold()

@@ -606,7 +606,7 @@ def workspace_rows(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, Py_ss
     """Rows of 3H values run_direction's ``workspace`` needs; ``shortest`` is the least of the lengths."""
     cdef bint by_sequence = splits_by_sequence(B, H, itemsize, team)
     cdef bint per_step = projects_per_step(T, B, I, H, itemsize, reverse, shortest, by_sequence)
-    cdef Py_ssize_t projected = 0 if by_sequence else projection_room(T * B, I, H, itemsize, per_step)
+    cdef Py_ssize_t projected = projection_room(T * B, I, H, itemsize, per_step, by_sequence)
     return (B if per_step else T * B) + 3 * B + 2 * max(team, 1) + (projected + 3 * H - 1) // (3 * H)
 
 
@@ -824,13 +824,14 @@ cdef void project_by_rows(Py_ssize_t rows, int I, int H, int u0, int nu, const f
 
 
 cdef inline Py_ssize_t projection_room(Py_ssize_t rows, Py_ssize_t I, Py_ssize_t H, Py_ssize_t itemsize,
-                                       bint per_step) noexcept nogil:
+                                       bint per_step, bint by_sequence) noexcept nogil:
     """Values of workspace a whole-sequence projection of ``rows`` rows needs for project_by_rows (0: none).
 
-    Any thread may take that path (it decides by its own units, at most H), so
-    the room is for every unit, and a cache line to start on.
+    Any thread of a call split by unit may take that path (it decides by its
+    own units, at most H), so the room is for every unit, and a cache line to
+    start on. Calls split by sequence, or projecting step by step, never do.
     """
-    if per_step or not projects_by_rows(rows, I, <int>H, itemsize):
+    if per_step or by_sequence or not projects_by_rows(rows, I, <int>H, itemsize):
         return 0
     return rows * H + 16
 
@@ -1245,8 +1246,7 @@ def run_direction(
     cdef bint per_step = B > 0 and projects_per_step(T, B, I, H, sizeof(floating), reverse, lengths[B - 1],
                                                      by_sequence)
     cdef Py_ssize_t gx_rows = B if per_step else <Py_ssize_t>T * B
-    cdef Py_ssize_t projected_room = 0 if by_sequence else projection_room(<Py_ssize_t>T * B, I, H, sizeof(floating),
-                                                                            per_step)
+    cdef Py_ssize_t projected_room = projection_room(<Py_ssize_t>T * B, I, H, sizeof(floating), per_step, by_sequence)
     _expect_room("workspace", workspace.shape[0] * workspace.shape[1],
                  (gx_rows + 3 * B) * G + 4 * H * threads + projected_room)
     _expect_shape("w_ih", w_ih.shape, 2, G, I)

@@ -177,6 +177,54 @@ def test_batches_of_wide_layers_split_by_unit_match_the_oracle(reset_after):
     assert_training_matches_oracle(layer, rng.standard_normal((3, 17, 5)), rng, lengths=lengths, threads=2)
 
 
+@pytest.mark.parametrize(
+    ("I", "H", "B", "T", "threads"),
+    [
+        (6, 40, 1, 5, 2),  # one sequence: transposed blocks, kept blocks of the own inputs
+        (7, 300, 1, 4, 2),  # one sequence past the L2: W_hh's rows
+        (5, 72, 5, 6, 3),  # a batch split by unit, a partial slice
+        (6, 48, 35, 5, 2),  # split by sequence
+        (5, 300, 32, 4, 2),  # wide: split by unit, inputs projected step by step
+    ],
+    ids=["one-sequence", "rows", "by-unit", "by-sequence", "per-step"],
+)
+@EACH_VARIANT
+def test_a_zero_initial_state_skips_the_first_product_and_stays_exact(I, H, B, T, threads, reset_after):
+    """h0 = 0 (none given) makes the first step's products zero, and the kernels skip them: output, gates and
+    every gradient are still the oracle's, in both directions and with lengths. One nonzero entry of the
+    forward direction's h0 (its last unit of the last sequence) makes that direction's product again, while
+    the reverse one, still zero, skips it."""
+    rng = np.random.default_rng(I + H + B + 10 * reset_after)
+    layer = gru.GRU(I, H, reset_after=reset_after, bidirectional=True, dtype="float64", backend="cython", seed=rng)
+    x = rng.standard_normal((T, B, I))
+    lengths = np.concatenate([[T], rng.integers(0, T + 1, B - 1)])
+    assert_training_matches_oracle(layer, x, rng, lengths=lengths, threads=threads)
+    _, _, gates = layer(x, None, lengths, threads=threads, return_gates=True)
+    np.testing.assert_allclose(gates.r, oracle_for(layer, x, None, lengths)[2][:, 0], rtol=0, atol=1e-12)
+    h0 = np.zeros((2, B, H))
+    h0[0, -1, -1] = 0.5
+    assert_training_matches_oracle(layer, x, rng, h0=h0, lengths=lengths, threads=threads)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("bad", [np.inf, np.nan], ids=["inf", "nan"])
+@EACH_VARIANT
+def test_a_zero_initial_state_with_non_finite_recurrent_weights_still_gives_nan(bad, reset_after, dtype):
+    """0 * inf is NaN: where W_hh is not finite the first product is made even from h0 = 0, and the output is
+    NaN where the oracle's is (skipped, step 0 would come out finite and later steps need not be NaN)."""
+    rng = np.random.default_rng(5)
+    layer = gru.GRU(4, 40, reset_after=reset_after, dtype=dtype, backend="cython", seed=rng)
+    state = layer.state_dict()
+    state["weight_hh_l0"][5, 3] = bad  # the reset gate of unit 5, from unit 3
+    layer.load_state_dict(state)
+    x = rng.standard_normal((3, 2, 4)).astype(dtype)
+    output, _ = layer(x, threads=2)
+    with np.errstate(invalid="ignore"):
+        expected, _, _ = oracle_for(layer, x, None, None)
+    assert np.isnan(expected[0]).any()
+    np.testing.assert_array_equal(np.isnan(output), np.isnan(expected))
+
+
 @contextlib.contextmanager
 def small_kernel(enabled: bool):
     """The kernels as with a BLAS with (True) or without (False) a small-matrix kernel, whatever this machine's is."""
@@ -660,6 +708,29 @@ def test_few_rows_with_large_input_weights_project_with_w_ih_rows(threads, reset
         np.testing.assert_allclose(h_n, expected_h_n, rtol=0, atol=2e-5)
         for g, name in enumerate("rzn"):
             np.testing.assert_allclose(getattr(gates, name), expected_gates[:, g], rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("small", [False, True], ids=["packed-kernels", "small-kernel"])
+def test_up_to_eight_rows_with_large_input_weights_project_without_packing(dtype, small):
+    """At most 8 rows (T * B) past 2 MB of input weights a thread: with the small kernel the whole-sequence
+    projection is one chunk of rows cut for it (project_step), not a packed GEMM nor W_ih's rows; 9 rows in
+    float32 take W_ih's rows again. Both directions, lengths and two threads, against the oracle."""
+    from gru.backends.cython import _kernels
+
+    I, itemsize = 2800, np.dtype(dtype).itemsize  # 2.15 MB a thread in float32
+    rng = np.random.default_rng(15)
+    layer = gru.GRU(I, 128, bidirectional=True, dtype=dtype, backend="cython", seed=rng)
+    x = rng.standard_normal((4, 2, I)).astype(dtype)
+    atol = 2e-5 if dtype == "float32" else 1e-12
+    with small_kernel(small):
+        assert _kernels.projects_with_w_ih_rows(4, 2, I, 128, itemsize, 2) == (not small and dtype == "float32")
+        assert _kernels.projects_with_w_ih_rows(9, 1, I, 128, itemsize, 2) == (dtype == "float32")
+        for lengths in (None, np.array([1, 4])):
+            output, h_n = layer(x, lengths=lengths, threads=2)
+            expected_output, expected_h_n, _ = oracle_for(layer, x.astype(np.float64), lengths=lengths)
+            np.testing.assert_allclose(output, expected_output, rtol=0, atol=atol)
+            np.testing.assert_allclose(h_n, expected_h_n, rtol=0, atol=atol)
 
 
 def test_a_smaller_team_than_planned_finds_room_for_a_projection_with_w_ih_rows(run_on_one_openmp_thread):

@@ -778,12 +778,27 @@ cdef inline void project_step(Py_ssize_t rows, int I, int H, int u0, int nu, con
         matmul_step(rows, nu, I, x, I, w_ih_t + g * H + u0, G, 0, gx + g * H + u0, G)
 
 
+cdef inline bint projects_unpacked(Py_ssize_t rows, Py_ssize_t I, int nu, Py_ssize_t itemsize) noexcept nogil:
+    """Whether project_inputs cuts a projection of ``rows`` rows for ``nu`` units for the small kernel.
+
+    While the units' input weights are small (in chunks of rows, see
+    cut_product), and at any size for at most ROW_CHUNK rows: one chunk
+    reads the weights once, where one GEMM packs all of them first (Zen 5,
+    two threads at once, each 3 x 512 units: 2 rows of 1024 inputs 0.096
+    against 0.265 ms in float32, 0.37 against 0.67 in float64; 8 rows 0.25
+    against 0.34 and 0.71 against 0.83; 3 x 384 units of 768 inputs, 4-8
+    rows: 0.06 against 0.15-0.23 ms).
+    """
+    return (I * 3 * nu * itemsize <= SMALL_KERNEL_WEIGHT_BYTES
+            or (small_kernel and rows <= ROW_CHUNK))
+
+
 cdef void project_inputs(Py_ssize_t rows, int I, int H, int u0, int nu, const floating* x, const floating* w_ih_t,
                          floating* gx) noexcept nogil:
-    """project_step for any number of rows: in chunks of rows only while the units' input weights are small."""
+    """project_step for any number of rows where projects_unpacked says so, else one GEMM per gate."""
     cdef int g
     cdef int G = 3 * H
-    if <Py_ssize_t>I * 3 * nu * sizeof(floating) <= SMALL_KERNEL_WEIGHT_BYTES:
+    if projects_unpacked(rows, I, nu, sizeof(floating)):
         project_step(rows, I, H, u0, nu, x, w_ih_t, gx)
         return
     for g in range(3):
@@ -797,7 +812,7 @@ cdef inline bint projects_by_rows(Py_ssize_t rows, Py_ssize_t I, int nu, Py_ssiz
     30 %, (1024,1024,1,16) 7 %, (1024,1024,1,100) 4 %).
     """
     return (itemsize == sizeof(float) and 2 <= rows <= ROWS_PROJECTION_ROWS
-            and I * 3 * nu * itemsize > SMALL_KERNEL_WEIGHT_BYTES)
+            and not projects_unpacked(rows, I, nu, itemsize))
 
 
 cdef void project_by_rows(Py_ssize_t rows, int I, int H, int u0, int nu, const floating* x, const floating* w_ih,
@@ -955,14 +970,15 @@ cdef inline void unpack_rows(int i0, int i1, int n, const floating* t, int ldt, 
 cdef inline int own_part(int s, int T, int B, int I, int H, int i0, int i1, int live, int u0, int nu, int first,
                          int keep, const floating* x, const floating* w_ih_t, const floating* panel, bint w_rows,
                          const long long* lengths, bint reverse, bint per_step, floating* gx, const floating* h_prev,
-                         floating* product, int ldp) noexcept nogil:
+                         floating* product, int ldp, bint zero_state=False) noexcept nogil:
     """Step s's work that needs no other thread; returns the sequences live at s (the end of [i0, live)).
 
     The input projection of its rows (per_step), and the first product (the
     ``first`` rows of the panel) over this thread's own part of h_{t-1},
     into ``product`` (from row i0, see panel_part): product_rest adds the
     others' once they are written. With ``keep`` (see kept_inputs), one of the
-    kept blocks is left for kept_block to make after the others'.
+    kept blocks is left for kept_block to make after the others'. A
+    ``zero_state`` (h_{t-1} = 0, see run_rows) has no product to make.
     """
     cdef int G = 3 * H
     cdef int t
@@ -973,6 +989,8 @@ cdef inline int own_part(int s, int T, int B, int I, int H, int i0, int i1, int 
     if per_step:  # every sequence is at the same t
         t = T - 1 - s if reverse else s
         project_step(i1 - i0, I, H, u0, nu, x + (<Py_ssize_t>t * B + i0) * I, w_ih_t, gx + <Py_ssize_t>i0 * G)
+    if zero_state:
+        return live
     own_inputs_part(s, live - i0, first, H, u0, nu, keep, h_prev + <Py_ssize_t>i0 * H, panel, w_rows, product, ldp)
     return live
 
@@ -1024,7 +1042,7 @@ cdef void run_rows(
     bint reverse, bint reset_after, bint per_step,
     floating* gx, floating* gh, floating* ght, floating* rh, floating* h_a, floating* h_b, floating* scratch,
     gru_team_barrier* barrier, floating* out, Py_ssize_t out_t, Py_ssize_t out_b,
-    floating* h_n, floating* gates, floating* hn_keep,
+    floating* h_n, floating* gates, floating* hn_keep, bint zero_h0,
 ) noexcept nogil:
     """The time loop of the sequences [i0, i1) (sorted order) for the units [u0, u0 + nu).
 
@@ -1043,6 +1061,10 @@ cdef void run_rows(
     with work. With one sequence (reset-after) and a panel of 1.25-8 L1s,
     a block of the own inputs comes last instead, after the others'; past
     the L2, a block of rows of the own part (see kept_inputs).
+
+    ``zero_h0``: h0 is all zeros and W_hh finite, so the first step's
+    products are exactly zero: gh is zeroed instead of reading the panel
+    (a whole step's weights: one step in T saved, the most of a short call).
     """
     cdef int G = 3 * H
     cdef int P = 3 * nu  # the panel's columns: r, z, n of the units
@@ -1076,10 +1098,13 @@ cdef void run_rows(
     for s in range(steps):
         if s == 0:  # h0 was written before the team started
             live = own_part(0, T, B, I, H, i0, i1, live, u0, nu, first, keep, x, w_ih_t, panel, w_rows, lengths,
-                            reverse, per_step, gx, h_prev, product_mine + i0 * row_step, ldp)
+                            reverse, per_step, gx, h_prev, product_mine + i0 * row_step, ldp, zero_h0)
         else:
             gru_team_await(barrier, team, generation)  # every thread's part of h_{t-1} is written
-        if nu > 0:
+        if nu > 0 and s == 0 and zero_h0:
+            for i in range(i0, live):
+                memset(gh_mine + <Py_ssize_t>i * G, 0, P * sizeof(floating))
+        elif nu > 0:
             product_rest(live - i0, first, 0, H, u0, nu, h_prev + <Py_ssize_t>i0 * H, panel, w_rows,
                          product_mine + i0 * row_step, ldp)
             if keep:
@@ -1094,11 +1119,11 @@ cdef void run_rows(
                     r_out = gates + (<Py_ssize_t>t * B + order[i]) * H + u0 if gates != NULL else scratch + u0
                     reset_before(nu, gx_row, gh_mine + i * G, bias + u0, h_prev + i * H + u0, r_out, rh + i * H + u0)
             generation = gru_team_arrive(barrier, team)  # this thread's part of r ⊙ h_{t-1} is written
-            if nu > 0:
+            if nu > 0 and not (s == 0 and zero_h0):  # (r ⊙ h0 = 0: gh's n block is zero already)
                 panel_part(live - i0, nu, 2 * nu, u0, u0 + nu, H, nu, rh + <Py_ssize_t>i0 * H, panel, w_rows, 0,
                            product_mine + 2 * nu * col_step + i0 * row_step, ldp)
             gru_team_await(barrier, team, generation)
-            if nu > 0:
+            if nu > 0 and not (s == 0 and zero_h0):
                 product_rest(live - i0, nu, 2 * nu, H, u0, nu, rh + <Py_ssize_t>i0 * H, panel, w_rows,
                              product_mine + 2 * nu * col_step + i0 * row_step, ldp)
                 unpack_rows(i0, live, nu, product_mine + 2 * nu * col_step, ldp, gh_mine + 2 * nu, G)
@@ -1141,7 +1166,7 @@ cdef void thread_body(
     floating* gx, floating* gh, floating* ght, floating* rh, floating* h_a, floating* h_b, floating* scratch,
     floating* projected, const floating* packed, int packed_team, floating* own_panels, gru_team_barrier* barrier,
     floating* out, Py_ssize_t out_t, Py_ssize_t out_b,
-    floating* h_n, floating* gates, floating* hn_keep,
+    floating* h_n, floating* gates, floating* hn_keep, bint zero_h0,
 ) noexcept nogil:
     """Everything one thread does; every thread passes the same barriers.
 
@@ -1168,7 +1193,7 @@ cdef void thread_body(
         while c0 < B:
             run_rows(T, B, I, H, c0, min(c0 + chunk, B), 0, H, 1, x, w_ih_t, whole, w_rows, bias, b_hn, lengths, order,
                      reverse, reset_after, per_step, gx, gh, ght, rh, h_a, h_b, scratch + 4 * H * tid, barrier,
-                     out, out_t, out_b, h_n, gates, hn_keep)
+                     out, out_t, out_b, h_n, gates, hn_keep, zero_h0)
             c0 = claim_chunk(next_chunk, chunk)
         return
 
@@ -1184,7 +1209,7 @@ cdef void thread_body(
         if not per_step:  # the input projection of this thread's units, every step at once
             project_sequence(M, I, H, u0, nu, x, w_ih_t, w_ih, projected, gx)
     run_rows(T, B, I, H, 0, B, u0, nu, team, x, w_ih_t, panel, w_rows, bias, b_hn, lengths, order, reverse, reset_after,
-             per_step, gx, gh, ght, rh, h_a, h_b, scratch, barrier, out, out_t, out_b, h_n, gates, hn_keep)
+             per_step, gx, gh, ght, rh, h_a, h_b, scratch, barrier, out, out_t, out_b, h_n, gates, hn_keep, zero_h0)
 
 
 def run_direction(
@@ -1208,6 +1233,7 @@ def run_direction(
     bint panels_w_rows,
     floating[:, ::1] own_panels not None,
     int threads,
+    bint w_hh_finite=False,
 ):
     """Run one layer in one direction; see the module docstring.
 
@@ -1222,7 +1248,9 @@ def run_direction(
     pack_panels packed them for a team of ``panels_team`` threads (1 for a
     call that splits its sequences), in the layout ``panels_w_rows`` (see
     panel_rows); if OpenMP gives another team, the threads pack theirs into
-    ``own_panels`` (3H, H).
+    ``own_panels`` (3H, H). ``w_hh_finite``: W_hh holds no inf or NaN, so
+    a zero h0 gives a zero first product, which is then not made (else
+    0 * inf must come out NaN).
     Inconsistent shapes raise ValueError.
     """
     _check_sizes(x.shape[0], x.shape[1], x.shape[2], w_hh.shape[1])
@@ -1277,6 +1305,7 @@ def run_direction(
     cdef Py_ssize_t out_t = output.strides[0] // sizeof(floating)
     cdef Py_ssize_t out_b = output.strides[1] // sizeof(floating)
     cdef const floating* whole = &panels[0, 0]
+    cdef bint zero_h0 = w_hh_finite
 
     with nogil:
         if by_sequence and panels_team != 1:
@@ -1285,13 +1314,15 @@ def run_direction(
         for i in range(B):  # the state, in order of decreasing length
             for u in range(H):
                 h_a[i * H + u] = h_n[order[i], u]
+                if h_a[i * H + u] != 0:  # (NaN too)
+                    zero_h0 = False
         with parallel(num_threads=threads):
             thread_body(T, B, I, H, by_sequence, &next_chunk, &x[0, 0, 0], &w_ih_t[0, 0], &w_ih[0, 0], &w_hh[0, 0],
                         whole, panels_w_rows, &bias[0],
                         &b_hn[0], &lengths[0], &order[0], reverse, reset_after, per_step, gx, gh, ght, rh, h_a, h_b,
                         scratch, projected,
                         &panels[0, 0], panels_team, &own_panels[0, 0], &barrier,
-                        out, out_t, out_b, &h_n[0, 0], gates_ptr, hn_ptr)
+                        out, out_t, out_b, &h_n[0, 0], gates_ptr, hn_ptr, zero_h0)
 
 
 # --- the products alone (benchmarks/floors.py) ------------------------------------------

@@ -210,6 +210,8 @@ class CythonBackend(StackedBackend):
                 "w_hh": on_cache_line(weights.w_hh),
                 "bias": on_cache_line(fold_biases(weights.b_ih, weights.b_hh, with_b_hn=False)),  # b_hn: apart
                 "b_hn": on_cache_line(weights.b_hh[2 * H :]),
+                # a zero h0 then makes a zero first product, which the kernel skips (see run_rows)
+                "w_hh_finite": bool(np.isfinite(weights.w_hh).all()),
             }
         return prepared
 
@@ -220,14 +222,14 @@ class CythonBackend(StackedBackend):
             prepared["w_hh_t"] = aligned_copy(weights.w_hh.T)
         return prepared["w_hh_t"]
 
-    def _prepared(self, weights: LayerWeights, team: int, w_rows: bool) -> tuple[np.ndarray, ...]:
+    def _prepared(self, weights: LayerWeights, team: int, w_rows: bool) -> tuple:
         """Weights as the kernel takes them, made once per LayerWeights (and team size and layout, for the panels).
 
         Transposed input weights (the input projection's layout but for a
         few rows, see _kernels.project_by_rows), W_hh and its per-thread panels packed for ``team``
         threads in the layout ``w_rows`` (see _kernels.pack_panels), and the biases folded:
         (b_ir + b_hr, b_iz + b_hz, b_in) and b_hn, which reset-after applies
-        under the reset gate.
+        under the reset gate; and whether W_hh is finite (see _kernels.run_direction).
         """
         prepared = self._base(weights)
         by_team = prepared.setdefault("panels", {})
@@ -245,7 +247,7 @@ class CythonBackend(StackedBackend):
                 while len(by_team) >= PANEL_TEAMS_KEPT:
                     del by_team[next(iter(by_team))]
                 by_team[key] = panels
-        return prepared["w_ih_t"], prepared["w_hh"], prepared["bias"], prepared["b_hn"], panels
+        return prepared["w_ih_t"], prepared["w_hh"], prepared["bias"], prepared["b_hn"], panels, prepared["w_hh_finite"]
 
     def _scratch(self, dtype: np.dtype, *shapes: tuple[int, int]) -> list[np.ndarray]:
         """Scratch arrays of these shapes, from a buffer kept per calling thread.
@@ -344,7 +346,7 @@ class CythonBackend(StackedBackend):
         # a call split by sequence reads every unit's panel: that of a team of one
         panels_team = 1 if self._kernels.splits_sequences(B, H, x.itemsize, team) else team
         w_rows = self._kernels.panel_rows(B, H, x.itemsize, panels_team)
-        w_ih_t, w_hh, bias, b_hn, panels = self._prepared(weights, panels_team, w_rows)
+        w_ih_t, w_hh, bias, b_hn, panels, w_hh_finite = self._prepared(weights, panels_team, w_rows)
         # gx, gh and its column-major twin, r*h and two states, gate scratch; then room for packed
         # recurrent weights, should OpenMP give another team than asked for
         rows = self._kernels.workspace_rows(T, B, x.shape[2], H, x.itemsize, reverse, sorted_lengths[-1], team)
@@ -370,6 +372,7 @@ class CythonBackend(StackedBackend):
             w_rows,
             own_panels,
             team,
+            w_hh_finite,
         )
 
     def backward_direction(

@@ -206,6 +206,24 @@ def test_a_zero_initial_state_skips_the_first_product_and_stays_exact(I, H, B, T
     assert_training_matches_oracle(layer, x, rng, h0=h0, lengths=lengths, threads=threads)
 
 
+@pytest.mark.parametrize("where", ["weight_ih_l0", "bias_ih_l0", "bias_hh_l0"])
+@EACH_VARIANT
+def test_a_zero_initial_state_with_a_nan_reset_gate_still_gives_nan(where, reset_after):
+    """From h0 = 0 a NaN reset gate (a NaN input weight or bias of unit 5's r) must still make the candidate
+    NaN: r ⊙ h0 (reset-before) and r * (W_hn h0 + b_hn) (reset-after) are NaN, whatever W_hh h0 is."""
+    rng = np.random.default_rng(6)
+    layer = gru.GRU(4, 40, reset_after=reset_after, dtype="float64", backend="cython", seed=rng)
+    state = layer.state_dict()
+    state[where][5] = np.nan
+    layer.load_state_dict(state)
+    x = rng.standard_normal((3, 2, 4))
+    output, _ = layer(x, threads=2)
+    with np.errstate(invalid="ignore"):
+        expected, _, _ = oracle_for(layer, x, None, None)
+    assert np.isnan(expected[0, :, 5]).all()  # (reset-before: every unit, through W_hn (r ⊙ h0))
+    np.testing.assert_array_equal(np.isnan(output), np.isnan(expected))
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("bad", [np.inf, np.nan], ids=["inf", "nan"])
 @EACH_VARIANT
@@ -553,12 +571,15 @@ def test_weight_gradients_split_over_rows_and_gate_blocks_match_the_oracle(I, H,
     assert_training_matches_oracle(layer, rng.standard_normal((T, B, I)), rng, threads=threads)
 
 
-def kernel_call(team_of_panels, panels_fill=None, threads=2, w_rows=True):
-    """One direct call of the forward kernel; the recurrent weights packed for ``team_of_panels`` threads."""
+def kernel_call(
+    team_of_panels, panels_fill=None, threads=2, w_rows=True, T=6, h0=None, reset_after=True, w_hh_finite=False
+):
+    """One direct call of the forward kernel; the recurrent weights packed for ``team_of_panels`` threads
+    (``panels_fill``: then overwritten with it), h0 random unless given."""
     from gru.backends.cython import _kernels
 
     rng = np.random.default_rng(7)
-    T, B, I, H = 6, 3, 5, 48
+    B, I, H = 3, 5, 48
     w_ih_t = rng.standard_normal((I, 3 * H))
     w_hh = rng.standard_normal((3 * H, H)) / 8
     panels = np.empty_like(w_hh)
@@ -566,13 +587,29 @@ def kernel_call(team_of_panels, panels_fill=None, threads=2, w_rows=True):
     if panels_fill is not None:
         panels[...] = panels_fill
     output, h_n = np.zeros((T, B, H)), rng.standard_normal((B, H))
+    if h0 is not None:
+        h_n[...] = h0
     workspace = np.zeros((_kernels.workspace_rows(T, B, I, H, 8, False, T, threads), 3 * H))
     _kernels.run_direction(
         rng.standard_normal((T, B, I)), w_ih_t, np.ascontiguousarray(w_ih_t.T), w_hh, rng.standard_normal(3 * H),
-        rng.standard_normal(H), np.full(B, T, np.int64), np.arange(B, dtype=np.int64), False, True, output, h_n,
-        None, None, workspace, panels, team_of_panels, w_rows, np.zeros((3 * H, H)), threads,
+        rng.standard_normal(H), np.full(B, T, np.int64), np.arange(B, dtype=np.int64), False, reset_after, output,
+        h_n, None, None, workspace, panels, team_of_panels, w_rows, np.zeros((3 * H, H)), threads, w_hh_finite,
     )  # fmt: skip
     return output, h_n
+
+
+@pytest.mark.parametrize("w_rows", [True, False], ids=["rows", "transposed"])
+def test_a_one_step_call_from_h0_zero_reads_no_recurrent_weights(w_rows):
+    """Told W_hh is finite, a one-step reset-after call from h0 = 0 never reads its panels (NaN here): the output
+    is finite. Told otherwise, or from an h0 with one nonzero value, it makes the product: NaN. Reset-before
+    still makes its candidate's product over r ⊙ h0 (NaN where r is), so NaN there either way."""
+    nan_panels = {"team_of_panels": 2, "panels_fill": np.nan, "w_rows": w_rows, "T": 1}
+    one_value = np.zeros((3, 48))
+    one_value[2, 47] = 0.5
+    assert np.isfinite(kernel_call(**nan_panels, h0=0.0, w_hh_finite=True)[0]).all()
+    assert np.isnan(kernel_call(**nan_panels, h0=0.0, w_hh_finite=False)[0]).all()
+    assert np.isnan(kernel_call(**nan_panels, h0=one_value, w_hh_finite=True)[0]).all()
+    assert np.isnan(kernel_call(**nan_panels, h0=0.0, w_hh_finite=True, reset_after=False)[0]).all()
 
 
 @pytest.mark.parametrize("w_rows", [True, False], ids=["rows", "transposed"])

@@ -8,7 +8,8 @@ slice of them and
   own, packed once per layer (so they stay in its cache across steps when
   they fit);
 * computes the input projection of its units: for every step at once (per
-  gate, all T*B rows; a few rows in float32 with W_ih's rows as BLAS's
+  gate, all T*B rows; at most 8 rows cut for the small-matrix kernel, see
+  projects_unpacked, and up to 128 in float32 with W_ih's rows as BLAS's
   second operand, see project_by_rows), or, where projects_per_step says
   so, step by step while the rows are in cache;
 * then, per step, the product of h_{t-1} with its panel for all three gates,
@@ -31,7 +32,8 @@ thread: the caller limits BLAS threads so the two never oversubscribe the
 cores. The backward (backward_direction) splits the work the same way.
 
 Sequences are processed in order of decreasing length (``order``) so that the
-live ones form a prefix: finished sequences cost nothing.
+live ones form a prefix: finished sequences cost nothing. From h0 = 0 (and a
+finite W_hh) the first step's products are zero and not made.
 """
 
 from time import perf_counter
@@ -104,6 +106,7 @@ cdef extern from *:
     #endif
     """
     int gru_thread_id() nogil
+    void __builtin_prefetch(const void*) nogil
 
 
 def max_threads() -> int:
@@ -414,11 +417,13 @@ cdef enum:
     # 64 x 512 by 512 x 768, a step of the forward, in 442 us against 553 as one
     # product; 64 x 1536 by 1536 x 256, one of the backward, in 470 against 581; the
     # whole-sequence projection 6,400 x 512 by 512 x 768 in 51 ms against 55). With
-    # 3 MB and more of them, the projection in chunks was slower than one GEMM.
+    # 3 MB and more of them, the projection in chunks was slower than one GEMM, but for
+    # one chunk (see projects_unpacked).
     ROW_CHUNK = 8
     SMALL_KERNEL_WEIGHT_BYTES = 2 * 1024 * 1024
-    # A whole-sequence projection past SMALL_KERNEL_WEIGHT_BYTES of at most this many rows takes
-    # W_ih's rows as BLAS's second operand (see project_by_rows)
+    # A whole-sequence projection past SMALL_KERNEL_WEIGHT_BYTES of at most this many rows (and,
+    # with the small kernel, more than ROW_CHUNK) takes W_ih's rows as BLAS's second operand (see
+    # project_by_rows)
     ROWS_PROJECTION_ROWS = 128
     # see team_for
     UNIT_SPLIT_WORK = 8192
@@ -1062,9 +1067,17 @@ cdef void run_rows(
     a block of the own inputs comes last instead, after the others'; past
     the L2, a block of rows of the own part (see kept_inputs).
 
+    With one sequence, the lines of h_{t-1} are prefetched together as soon
+    as the others have written theirs: the product would read them one after
+    another, each a trip to the core that wrote it, hundreds of nanoseconds
+    in the VM's slow phases (there 2-4 % faster at H = 96-128, two threads,
+    the two ways taking turns in blocks of calls; in the fast ones level).
+
     ``zero_h0``: h0 is all zeros and W_hh finite, so the first step's
-    products are exactly zero: gh is zeroed instead of reading the panel
-    (a whole step's weights: one step in T saved, the most of a short call).
+    products over h0 are exactly zero: gh is zeroed instead of reading the
+    panel (a whole step's weights: one step in T saved, the most of a short
+    call). Reset-before still makes its candidate's product over r ⊙ h0,
+    which is NaN where r is (a NaN input or bias).
     """
     cdef int G = 3 * H
     cdef int P = 3 * nu  # the panel's columns: r, z, n of the units
@@ -1101,6 +1114,9 @@ cdef void run_rows(
                             reverse, per_step, gx, h_prev, product_mine + i0 * row_step, ldp, zero_h0)
         else:
             gru_team_await(barrier, team, generation)  # every thread's part of h_{t-1} is written
+            if live - i0 == 1:  # h_{t-1}'s lines all asked for at once, before the product reads them
+                for i in range(i0 * H, live * H, 16):
+                    __builtin_prefetch(h_prev + i)
         if nu > 0 and s == 0 and zero_h0:
             for i in range(i0, live):
                 memset(gh_mine + <Py_ssize_t>i * G, 0, P * sizeof(floating))
@@ -1119,11 +1135,11 @@ cdef void run_rows(
                     r_out = gates + (<Py_ssize_t>t * B + order[i]) * H + u0 if gates != NULL else scratch + u0
                     reset_before(nu, gx_row, gh_mine + i * G, bias + u0, h_prev + i * H + u0, r_out, rh + i * H + u0)
             generation = gru_team_arrive(barrier, team)  # this thread's part of r ⊙ h_{t-1} is written
-            if nu > 0 and not (s == 0 and zero_h0):  # (r ⊙ h0 = 0: gh's n block is zero already)
+            if nu > 0:  # also from h0 = 0: r ⊙ h0 is NaN where r is
                 panel_part(live - i0, nu, 2 * nu, u0, u0 + nu, H, nu, rh + <Py_ssize_t>i0 * H, panel, w_rows, 0,
                            product_mine + 2 * nu * col_step + i0 * row_step, ldp)
             gru_team_await(barrier, team, generation)
-            if nu > 0 and not (s == 0 and zero_h0):
+            if nu > 0:
                 product_rest(live - i0, nu, 2 * nu, H, u0, nu, rh + <Py_ssize_t>i0 * H, panel, w_rows,
                              product_mine + 2 * nu * col_step + i0 * row_step, ldp)
                 unpack_rows(i0, live, nu, product_mine + 2 * nu * col_step, ldp, gh_mine + 2 * nu, G)
@@ -1249,8 +1265,8 @@ def run_direction(
     call that splits its sequences), in the layout ``panels_w_rows`` (see
     panel_rows); if OpenMP gives another team, the threads pack theirs into
     ``own_panels`` (3H, H). ``w_hh_finite``: W_hh holds no inf or NaN, so
-    a zero h0 gives a zero first product, which is then not made (else
-    0 * inf must come out NaN).
+    a zero h0 gives a zero first product W_hh h0, which is then not made
+    (else 0 * inf must come out NaN; see run_rows).
     Inconsistent shapes raise ValueError.
     """
     _check_sizes(x.shape[0], x.shape[1], x.shape[2], w_hh.shape[1])

@@ -883,7 +883,7 @@ def test_which_one_sequence_calls_keep_blocks_of_their_panel_in_l1():
         assert _kernels.kept_block_inputs(1, 128, 8, 2) == 36864 // 1536  # float64
         assert _kernels.kept_block_inputs(1, 96, 4, 2) == 0  # 54 KB: 1.1 L1s
         assert _kernels.kept_block_inputs(1, 300, 4, 2) == 0  # 160 units a thread: 576 KB, 11.7 L1s
-        assert _kernels.kept_block_inputs(1, 1024, 4, 2) == 0  # 6 MB of rows: past 4 L2s
+        assert _kernels.kept_block_inputs(1, 1024, 4, 2) == 786432 // 2048  # 6 MB of rows: kept rows in L2
         assert _kernels.kept_block_inputs(2, 128, 4, 2) == 0  # two sequences
         assert _kernels.kept_block_inputs(1, 128, 4, 2, reset_after=False) == 0  # the candidate's product reads last
     with l1_of(32 * 1024):
@@ -918,14 +918,15 @@ def test_one_sequence_with_kept_blocks_matches_the_oracle(H, l1, threads, keep, 
 
 
 def test_which_one_sequence_calls_keep_rows_of_a_panel_of_rows_in_l2():
-    """Past the L2 (1 MB planned for) and up to 4 L2s: kept rows of at most 3/4 of the L2 (each row: the own
-    inputs), at most half the rows of the first product (see _kernels.kept_inputs)."""
+    """Past the L2 (1 MB planned for): kept rows of at most 3/4 of the L2 (each row: the own inputs), at most
+    half the rows of the first product (see _kernels.kept_inputs), however large the panel."""
     from gru.backends.cython import _kernels
 
     assert _kernels.l2_cache_bytes() == 1 << 20  # the module's fixture
     assert _kernels.kept_block_inputs(1, 512, 4, 2) == 384  # 256 own inputs: 1 KB a row, 768 rows
     assert _kernels.kept_block_inputs(1, 768, 4, 2) == 786432 // 1536  # 384 inputs, 1.5 KB a row: 3.4 MB
-    assert _kernels.kept_block_inputs(1, 1024, 4, 2) == 0  # 6 MB: 6 L2s
+    assert _kernels.kept_block_inputs(1, 1024, 4, 2) == 786432 // 2048  # 512 inputs, 2 KB a row: 6 MB
+    assert _kernels.kept_block_inputs(1, 4096, 4, 1) == 786432 // 16384  # 48 MB: 48 rows of 16 KB
     assert _kernels.kept_block_inputs(1, 512, 4, 2, reset_after=False) == 0
 
 
@@ -936,6 +937,7 @@ def test_which_one_sequence_calls_keep_rows_of_a_panel_of_rows_in_l2():
         (40, 8192, 2, 24),  # R of 24, a middle of 48
         (40, 16384, 1, 38),  # one thread: 120 rows of 40 inputs, R of 38, a middle of 44
         (41, 4096, 3, 24),  # the first thread: 48 rows of 16 (R 24, no middle); the last: 27 rows of 9 (R 13, 1)
+        (40, 4096, 1, 9),  # a panel of 9.4 L2s: R of 9, a middle of 102
     ],
 )
 @pytest.mark.parametrize("small", [False, True], ids=["packed-kernels", "small-kernel"])

@@ -19,7 +19,7 @@ slice of them and
   with one sequence (reset-after) and a panel of 1.25-8 L1s (below 8 with
   the small-matrix kernel, whose one sequence reads W_hh's rows from 8 L1s
   on, see panel_rows), that part comes in blocks that take turns, so that
-  each step starts with one still in L1, and past the L2 (up to 4 MB), in
+  each step starts with one still in L1, and past the L2, in
   blocks of rows kept in L2 (see kept_inputs).
 Batches of 8 sequences and more per thread split the sequences instead (see
 splits_by_sequence): the threads claim chunks of them as they come free and
@@ -437,15 +437,14 @@ cdef enum:
 
 
 # One sequence's panels between KEPT_MIN_L1S and KEPT_MAX_L1S times the L1 keep a block of
-# at most KEPT_L1_PART of it in L1 from step to step; panels of rows, past the L2 and up to
-# KEPT_MAX_L2S times it, rows of at most KEPT_L2_PART of it in L2 (see kept_inputs).
+# at most KEPT_L1_PART of it in L1 from step to step; panels of rows past the L2, rows of at
+# most KEPT_L2_PART of it in L2 (see kept_inputs).
 cdef int l1_bytes = gru_l1_data_bytes()
 cdef Py_ssize_t l2_bytes = gru_l2_bytes()  # the L2 the panels plan for (see panel_rows, use_l2_bytes)
 cdef double KEPT_L1_PART = 0.75
 cdef double KEPT_MIN_L1S = 1.25
 cdef double KEPT_MAX_L1S = 8
 cdef double KEPT_L2_PART = 0.75
-cdef double KEPT_MAX_L2S = 4
 # with the small kernel, one sequence's panels from this many L1s on read rows (see panel_rows)
 cdef int ROWS_FROM_L1S = 8
 
@@ -930,10 +929,15 @@ cdef inline int kept_inputs(Py_ssize_t rows, int H, int nu, Py_ssize_t itemsize,
     so there the product over the own inputs comes in three blocks of rows
     (outputs), R1, the middle and R2, each R at most KEPT_L2_PART of the L2,
     taking turns the same way; the others' part adds into R2 (R1) before its
-    own part does, so those rows start at zero. Up to KEPT_MAX_L2S L2s
-    (A/B, two threads: (512,512,1,100) 4 % faster, (640,640,1,100) 3 %,
-    (768,768,1,100) 2 %; one thread: (384,384,1,100) 5 %, (512,512,1,100)
-    2 %; past that, at (1024,1024,1,100), a microbenchmark found no gain).
+    own part does, so those rows start at zero. A/B, two threads:
+    (512,512,1,100) 4 % faster, (640,640,1,100) 3 %, (768,768,1,100) 2 %;
+    one thread: (384,384,1,100) 5 %, (512,512,1,100) 2 %. Past 4 L2s too
+    (Zen 5, both ways taking turns in blocks of calls in one process):
+    (896,896,1,100) 7 %, (1024,1024,1,20) 6 %, (1024,1024,1,100) 4-10 %,
+    (1280,1280,1,50) 3.6 %, (1536,1536,1,30) 2.9 %; float64 (768,...) 5.6 %,
+    (1024,...) 1.2 %; one thread (768|1024,...) 1.7 %. (A microbenchmark of
+    the products alone had found no gain at (1024,1024,1,100), and 4 L2s
+    had been the limit.)
     """
     cdef Py_ssize_t per_input = <Py_ssize_t>3 * nu * itemsize
     if not reset_after or rows != 1 or nu < 2:
@@ -942,7 +946,7 @@ cdef inline int kept_inputs(Py_ssize_t rows, int H, int nu, Py_ssize_t itemsize,
         # rows are read past the L2, from 8 L1s with the small kernel (one sequence, see panel_rows), or
         # without it (a chunk of one sequence in a call split by sequence): only a panel past the L2 gains
         # (keeping rows of one within it in L1 changed nothing: 1.000-1.006x at H = 256-384)
-        if per_input * H <= l2_bytes or per_input * H > KEPT_MAX_L2S * l2_bytes:
+        if per_input * H <= l2_bytes:
             return 0
         return <int>max(1, min(3 * nu // 2, <Py_ssize_t>(l2_bytes * KEPT_L2_PART) // (nu * itemsize)))
     if per_input * H <= KEPT_MIN_L1S * l1_bytes or per_input * H > KEPT_MAX_L1S * l1_bytes:

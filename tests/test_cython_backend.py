@@ -206,20 +206,27 @@ def test_a_zero_initial_state_skips_the_first_product_and_stays_exact(I, H, B, T
     assert_training_matches_oracle(layer, x, rng, h0=h0, lengths=lengths, threads=threads)
 
 
+def outputs_from_h0_zero_with_one_bad_parameter(reset_after, dtype, seed, name, index, value):
+    """A GRU(4, 40)'s output from h0 = 0 (3 steps, 2 sequences, two threads) with ``state[name][index] = value``,
+    and the oracle's."""
+    rng = np.random.default_rng(seed)
+    layer = gru.GRU(4, 40, reset_after=reset_after, dtype=dtype, backend="cython", seed=rng)
+    state = layer.state_dict()
+    state[name][index] = value
+    layer.load_state_dict(state)
+    x = rng.standard_normal((3, 2, 4)).astype(dtype)
+    output, _ = layer(x, threads=2)
+    with np.errstate(invalid="ignore"):
+        expected, _, _ = oracle_for(layer, x, None, None)
+    return output, expected
+
+
 @pytest.mark.parametrize("where", ["weight_ih_l0", "bias_ih_l0", "bias_hh_l0"])
 @EACH_VARIANT
 def test_a_zero_initial_state_with_a_nan_reset_gate_still_gives_nan(where, reset_after):
     """From h0 = 0 a NaN reset gate (a NaN input weight or bias of unit 5's r) must still make the candidate
     NaN: r ⊙ h0 (reset-before) and r * (W_hn h0 + b_hn) (reset-after) are NaN, whatever W_hh h0 is."""
-    rng = np.random.default_rng(6)
-    layer = gru.GRU(4, 40, reset_after=reset_after, dtype="float64", backend="cython", seed=rng)
-    state = layer.state_dict()
-    state[where][5] = np.nan
-    layer.load_state_dict(state)
-    x = rng.standard_normal((3, 2, 4))
-    output, _ = layer(x, threads=2)
-    with np.errstate(invalid="ignore"):
-        expected, _, _ = oracle_for(layer, x, None, None)
+    output, expected = outputs_from_h0_zero_with_one_bad_parameter(reset_after, "float64", 6, where, 5, np.nan)
     assert np.isnan(expected[0, :, 5]).all()  # (reset-before: every unit, through W_hn (r ⊙ h0))
     np.testing.assert_array_equal(np.isnan(output), np.isnan(expected))
 
@@ -230,15 +237,8 @@ def test_a_zero_initial_state_with_a_nan_reset_gate_still_gives_nan(where, reset
 def test_a_zero_initial_state_with_non_finite_recurrent_weights_still_gives_nan(bad, reset_after, dtype):
     """0 * inf is NaN: where W_hh is not finite the first product is made even from h0 = 0, and the output is
     NaN where the oracle's is (skipped, step 0 would come out finite and later steps need not be NaN)."""
-    rng = np.random.default_rng(5)
-    layer = gru.GRU(4, 40, reset_after=reset_after, dtype=dtype, backend="cython", seed=rng)
-    state = layer.state_dict()
-    state["weight_hh_l0"][5, 3] = bad  # the reset gate of unit 5, from unit 3
-    layer.load_state_dict(state)
-    x = rng.standard_normal((3, 2, 4)).astype(dtype)
-    output, _ = layer(x, threads=2)
-    with np.errstate(invalid="ignore"):
-        expected, _, _ = oracle_for(layer, x, None, None)
+    # the reset gate of unit 5, from unit 3
+    output, expected = outputs_from_h0_zero_with_one_bad_parameter(reset_after, dtype, 5, "weight_hh_l0", (5, 3), bad)
     assert np.isnan(expected[0]).any()
     np.testing.assert_array_equal(np.isnan(output), np.isnan(expected))
 

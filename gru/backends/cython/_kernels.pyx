@@ -1119,8 +1119,10 @@ cdef void run_rows(
         else:
             gru_team_await(barrier, team, generation)  # every thread's part of h_{t-1} is written
             if live - i0 == 1:  # h_{t-1}'s lines all asked for at once, before the product reads them
-                for i in range(i0 * H, live * H, 16):
+                i = i0 * H
+                while i < live * H:
                     __builtin_prefetch(h_prev + i)
+                    i += 64 // sizeof(floating)  # a cache line
         if nu > 0 and s == 0 and zero_h0:
             for i in range(i0, live):
                 memset(gh_mine + <Py_ssize_t>i * G, 0, P * sizeof(floating))

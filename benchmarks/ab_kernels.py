@@ -52,6 +52,7 @@ def compare(
     threads: int,
     train: bool,
     reset_after: bool = True,
+    dtype: str = "float32",
     out=sys.stdout,
 ) -> dict[str, dict[str, float]]:
     """Alternate the builds call by call for ``seconds``; print each window's medians; return the overall ones (ms)."""
@@ -64,9 +65,11 @@ def compare(
     rng = np.random.default_rng(0)
     cases = []
     for case in shapes:
-        layer = gru.GRU(case.input_size, case.hidden_size, backend="cython", seed=0, reset_after=reset_after)
-        x = rng.standard_normal((case.steps, case.batch, case.input_size), dtype=np.float32)
-        d_out = rng.standard_normal((case.steps, case.batch, case.hidden_size), dtype=np.float32)
+        layer = gru.GRU(
+            case.input_size, case.hidden_size, backend="cython", seed=0, reset_after=reset_after, dtype=dtype
+        )
+        x = rng.standard_normal((case.steps, case.batch, case.input_size)).astype(dtype)
+        d_out = rng.standard_normal((case.steps, case.batch, case.hidden_size)).astype(dtype)
         cases.append((case.label, layer, x, d_out))
     times = {(label, tag): [] for label, *_ in cases for tag in builds}
     window_from = 0  # the current window's first round: its calls are times[key][window_from:]
@@ -121,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="threads of each call (default 2)")
     parser.add_argument("--train", action="store_true", help="time forward (train=True) + backward")
     parser.add_argument("--reset-before", action="store_true", help="the reset-before variant (default reset-after)")
+    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     args = parser.parse_args(argv)
     if (
         not (math.isfinite(args.seconds) and math.isfinite(args.window))
@@ -146,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         threads=args.threads,
         train=args.train,
         reset_after=not args.reset_before,
+        dtype=args.dtype,
     )
     return 0
 

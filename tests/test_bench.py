@@ -294,11 +294,13 @@ def test_ab_kernels_runs_both_builds_and_restores_the_installed_one(tmp_path):
     assert builds["A"] is not builds["B"] and _kernels not in builds.values()
     calls = {"A": 0, "B": 0}
     variants = set()  # run_direction's reset_after argument
+    dtypes = set()  # and its input's dtype
     for tag, module in builds.items():  # count the calls that reach each build
 
         def counted(*args, _run=module.run_direction, _tag=tag):
             calls[_tag] += 1
             variants.add(args[9])
+            dtypes.add(args[0].dtype.name)
             return _run(*args)
 
         module.run_direction = counted
@@ -312,6 +314,9 @@ def test_ab_kernels_runs_both_builds_and_restores_the_installed_one(tmp_path):
     assert variants == {True}
     ab.compare(builds, shapes, seconds=0.1, window=0.1, threads=1, train=False, reset_after=False, out=out)
     assert variants == {True, False}
+    assert dtypes == {"float32"}
+    ab.compare(builds, shapes, seconds=0.1, window=0.1, threads=1, train=False, dtype="float64", out=out)
+    assert dtypes == {"float32", "float64"}
 
 
 @pytest.mark.parametrize("option", [["--seconds", "nan"], ["--window", "inf"], ["--seconds", "0"], ["--threads", "0"]])

@@ -25,6 +25,7 @@ errors (overflow, divide, invalid) raised, so a spurious warning fails.
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 
 import numpy as np
@@ -418,3 +419,114 @@ def test_clip_grad_norm_on_extreme_gradients(dtype, magnitude):
                 np.testing.assert_allclose(after[k], expected, rtol=1e-5 if dtype == "float32" else 1e-12)
             else:
                 np.testing.assert_array_equal(after[k], before[k])
+
+
+# --- the gate activations over the whole range -------------------------------------------------
+
+# pre-activations from tiny (where tanh must keep its relative accuracy) through the reduction's
+# edges (|r| near ln(2) / 2), to past a branch-free exp's clamp (708) and infinity
+_SPOT_VALUES = [
+    0.0,
+    1e-300,
+    -1e-300,
+    1e-200,
+    1e-20,
+    -1e-20,
+    1e-8,
+    -1e-8,
+    1e-3,
+    0.1,
+    -0.1,
+    0.3465,
+    -0.3466,
+    0.5,
+    -0.5,
+    1.0,
+    -1.0,
+    3.0,
+    -3.0,
+    10.0,
+    -10.0,
+    25.97,
+    -25.97,
+    36.0,
+    -36.0,
+    100.0,
+    -100.0,
+    354.0,
+    -354.5,
+    700.0,
+    -700.0,
+    707.9,
+    -707.9,
+    708.0,
+    -708.0,
+    708.5,
+    -708.5,
+    709.0,
+    -709.0,
+    745.0,
+    -745.0,
+    800.0,
+    -800.0,
+    1e10,
+    -1e10,
+    1e308,
+    -1e308,
+    math.inf,
+    -math.inf,
+    math.nan,
+]
+
+
+def _pre_activations() -> np.ndarray:
+    rng = np.random.default_rng(11)
+    magnitudes = 10.0 ** rng.uniform(-320, 3, 1500)
+    return np.concatenate([_SPOT_VALUES, rng.uniform(-40, 40, 1500), magnitudes * rng.choice([-1.0, 1.0], 1500)])
+
+
+def _math_sigmoid(v: float) -> float:
+    if math.isnan(v):
+        return math.nan
+    return 1.0 / (1.0 + math.exp(-v)) if v >= 0 else math.exp(v) / (1.0 + math.exp(v))
+
+
+def _math_tanh(v: float) -> float:
+    return math.tanh(v)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_gate_activations_match_math_over_the_whole_range(backend, dtype):
+    """r = z = sigmoid(v) and n = tanh(v), v each pre-activation: within 4 ulps of math's in float64.
+
+    One unit, W_ih = 1, W_hh = 0, no bias, h0 = 0: each sequence's only step
+    has pre-activation v in all three gates, so the gate trace is the
+    activations themselves. float64 must hold its relative accuracy for tiny
+    arguments too (tanh(1e-300) = 1e-300); a sigmoid's value below 3.3e-308
+    (v < -708) may come out 0. float32 keeps its own, looser bound (an
+    absolute 2e-7, as a fast exp's tanh gives, on top of 1e-6 relative).
+    """
+    with np.errstate(over="ignore"):  # 1e308 is inf in float32
+        values = _pre_activations().astype(dtype)
+    layer = gru.GRU(1, 1, bias=False, dtype=dtype, backend=backend, seed=0)
+    _set_params(layer, lambda name, shape: np.ones(shape) if "ih" in name else np.zeros(shape))
+    with strict():
+        *_, trace = layer(values.reshape(1, -1, 1), return_gates=True)
+    r, z, n = (np.asarray(g, dtype=np.float64).reshape(-1) for g in trace)
+    exact = values.astype(np.float64)
+    want_sigmoid = np.array([_math_sigmoid(v) for v in exact])
+    want_tanh = np.array([_math_tanh(v) for v in exact])
+    if dtype == "float64":
+        # the reference's sigmoid, 0.5 (1 + tanh(v / 2)), is accurate to half an ulp of 1, not relatively,
+        # for large negative v; the others' must be relatively accurate down to double's normal numbers
+        rtol, atol = 4 * np.finfo(np.float64).eps, 3.4e-308
+        sigmoid_atol = np.finfo(np.float64).eps / 2 if backend == "numpy" else atol
+    else:
+        rtol, atol, sigmoid_atol = 1e-6, 2e-7, 2e-7
+    for name, got, want, tol in (
+        ("r", r, want_sigmoid, sigmoid_atol),
+        ("z", z, want_sigmoid, sigmoid_atol),
+        ("n", n, want_tanh, atol),
+    ):
+        np.testing.assert_allclose(got, want, rtol=rtol, atol=tol, equal_nan=True, err_msg=f"{name}, {dtype}")

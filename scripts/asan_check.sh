@@ -18,8 +18,9 @@
 #    the conformance suite on the cython backend (pytest --pyargs gru.testing
 #    --gru-backend cython: forward over the whole feature matrix, layouts, the
 #    cell, and every gradient), tests/test_cython_backend.py, tests/test_threads.py
-#    (eight threads at once) and tests/test_bad_input.py (malformed calls, the
-#    kernels' own argument checks among them). A pytest plugin makes the backend
+#    (eight threads at once), tests/test_bad_input.py (malformed calls, the
+#    kernels' own argument checks among them) and tests/test_extreme_numbers.py
+#    (NaN, infinities, denormals and huge values through the gate pass). A pytest plugin makes the backend
 #    allocate its scratch memory exactly to size on every call (it normally
 #    reuses a larger per-thread buffer), so that a write past the workspace
 #    lands in ASan's red zone instead of in slack;
@@ -150,13 +151,13 @@ addopts = -ra -p no:cacheprovider
 EOF
 
 echo "== under ASan: conformance suite on the cython backend (forward and gradients), tests/test_cython_backend.py,"
-echo "   tests/test_threads.py, tests/test_bad_input.py"
+echo "   tests/test_threads.py, tests/test_bad_input.py, tests/test_extreme_numbers.py"
 export ASAN_OPTIONS="detect_leaks=0:halt_on_error=0:log_path=$LOGS/run:allocator_may_return_null=1"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=0:log_path=$LOGS/ubsan"
 set +e
 PYTHONPATH="$WORK" "$VPY" -m pytest -c "$WORK/pytest.ini" -q -p asan_exact_scratch \
     --pyargs gru.testing "$ROOT/tests/test_cython_backend.py" "$ROOT/tests/test_threads.py" \
-    "$ROOT/tests/test_bad_input.py" --gru-backend cython "$@" 2>&1 | tee "$WORK/pytest.log" |
+    "$ROOT/tests/test_bad_input.py" "$ROOT/tests/test_extreme_numbers.py" --gru-backend cython "$@" 2>&1 | tee "$WORK/pytest.log" |
     grep -E "asan_exact_scratch:|passed|failed|error" | tail -n 3
 status=${PIPESTATUS[0]}
 set -e

@@ -24,8 +24,11 @@
 static inline float gru_expf(float x) {
     x = x > 88.0f ? 88.0f : x;
     x = x < -87.0f ? -87.0f : x;
-    /* round to nearest by adding and removing 1.5 * 2^23 (floorf would block vectorisation) */
-    const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    /* round to nearest by adding and removing 1.5 * 2^23 (floorf would block vectorisation);
+     * n is then also in the low bits of the sum, which give 2^n below without a float-to-int
+     * conversion (undefined for NaN, as a shift of the negative int it gives would be) */
+    const float k = x * 1.44269504088896341f + 12582912.0f;
+    const float n = k - 12582912.0f;
     float r = x - n * 0.693359375f;   /* ln 2 split in two so that n * ln2_hi is exact */
     r = r - n * -2.12194440e-4f;
     float p = 1.0f / 5040.0f;
@@ -36,7 +39,9 @@ static inline float gru_expf(float x) {
     p = p * r + 0.5f;
     p = p * r + 1.0f;
     p = p * r + 1.0f;
-    const int32_t bits = ((int32_t)n + 127) << 23;
+    uint32_t bits;
+    memcpy(&bits, &k, sizeof bits);
+    bits = (bits - UINT32_C(0x4B400000) + 127) << 23;
     float scale;
     memcpy(&scale, &bits, sizeof scale);
     return p * scale;

@@ -68,8 +68,8 @@ def compare(
         layer = gru.GRU(
             case.input_size, case.hidden_size, backend="cython", seed=0, reset_after=reset_after, dtype=dtype
         )
-        x = rng.standard_normal((case.steps, case.batch, case.input_size)).astype(dtype)
-        d_out = rng.standard_normal((case.steps, case.batch, case.hidden_size)).astype(dtype)
+        x = rng.standard_normal((case.steps, case.batch, case.input_size), dtype=np.dtype(dtype))
+        d_out = rng.standard_normal((case.steps, case.batch, case.hidden_size), dtype=np.dtype(dtype))
         cases.append((case.label, layer, x, d_out))
     times = {(label, tag): [] for label, *_ in cases for tag in builds}
     window_from = 0  # the current window's first round: its calls are times[key][window_from:]

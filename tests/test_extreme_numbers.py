@@ -482,7 +482,8 @@ _SPOT_VALUES = [
 def _pre_activations() -> np.ndarray:
     rng = np.random.default_rng(11)
     magnitudes = 10.0 ** rng.uniform(-320, 3, 1500)
-    return np.concatenate([_SPOT_VALUES, rng.uniform(-40, 40, 1500), magnitudes * rng.choice([-1.0, 1.0], 1500)])
+    nans = np.array([0x7FF8000000000ABC, 0xFFF8000000000000], dtype=np.uint64).view(np.float64)  # payload, -NaN
+    return np.concatenate([_SPOT_VALUES, nans, rng.uniform(-40, 40, 1500), magnitudes * rng.choice([-1.0, 1.0], 1500)])
 
 
 def _math_sigmoid(v: float) -> float:
@@ -491,8 +492,7 @@ def _math_sigmoid(v: float) -> float:
     return 1.0 / (1.0 + math.exp(-v)) if v >= 0 else math.exp(v) / (1.0 + math.exp(v))
 
 
-def _math_tanh(v: float) -> float:
-    return math.tanh(v)
+UNITS = 37  # a gate pass over 37 units runs whole vectors and a remainder, with 4, 8 or 16 lanes
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -500,28 +500,32 @@ def _math_tanh(v: float) -> float:
 def test_gate_activations_match_math_over_the_whole_range(backend, dtype):
     """r = z = sigmoid(v) and n = tanh(v), v each pre-activation: within 4 ulps of math's in float64.
 
-    One unit, W_ih = 1, W_hh = 0, no bias, h0 = 0: each sequence's only step
-    has pre-activation v in all three gates, so the gate trace is the
-    activations themselves. float64 must hold its relative accuracy for tiny
-    arguments too (tanh(1e-300) = 1e-300); a sigmoid's value below 3.3e-308
-    (v < -708) may come out 0. float32 keeps its own, looser bound (an
-    absolute 2e-7, as a fast exp's tanh gives, on top of 1e-6 relative).
+    One input, 37 units, W_ih = 1, W_hh = 0, no bias, h0 = 0: every unit of
+    each sequence's only step has pre-activation x in all three gates (one
+    value per sequence: a product spreading one value over the units would
+    turn another's inf into NaN), so the gate trace is the activations
+    themselves, in whole vectors and a remainder. float64 must hold its
+    relative accuracy for tiny arguments too, down to denormals (tanh(1e-300)
+    = 1e-300); a sigmoid's value below 3.3e-308 (v < -708) may come out 0.
+    float32 keeps its own, looser bound (an absolute 2e-7, as a fast exp's
+    tanh gives, on top of 1e-6 relative).
     """
     with np.errstate(over="ignore"):  # 1e308 is inf in float32
         values = _pre_activations().astype(dtype)
-    layer = gru.GRU(1, 1, bias=False, dtype=dtype, backend=backend, seed=0)
+    layer = gru.GRU(1, UNITS, bias=False, dtype=dtype, backend=backend, seed=0)
     _set_params(layer, lambda name, shape: np.ones(shape) if "ih" in name else np.zeros(shape))
     with strict():
         *_, trace = layer(values.reshape(1, -1, 1), return_gates=True)
-    r, z, n = (np.asarray(g, dtype=np.float64).reshape(-1) for g in trace)
+    r, z, n = (np.asarray(g, dtype=np.float64).reshape(values.size, UNITS) for g in trace)
     exact = values.astype(np.float64)
-    want_sigmoid = np.array([_math_sigmoid(v) for v in exact])
-    want_tanh = np.array([_math_tanh(v) for v in exact])
+    want_sigmoid = np.array([[_math_sigmoid(v)] for v in exact])  # the same for every unit
+    want_tanh = np.array([[math.tanh(v)] for v in exact])
     if dtype == "float64":
-        # the reference's sigmoid, 0.5 (1 + tanh(v / 2)), is accurate to half an ulp of 1, not relatively,
-        # for large negative v; the others' must be relatively accurate down to double's normal numbers
-        rtol, atol = 4 * np.finfo(np.float64).eps, 3.4e-308
-        sigmoid_atol = np.finfo(np.float64).eps / 2 if backend == "numpy" else atol
+        # relative everywhere for tanh (a denormal's last bit is its ulp); for a sigmoid, below 3.3e-308 (see
+        # above), and the reference's, 0.5 (1 + tanh(v / 2)), is accurate to half an ulp of 1, not relatively,
+        # for large negative v
+        rtol, atol = 4 * np.finfo(np.float64).eps, np.finfo(np.float64).smallest_subnormal
+        sigmoid_atol = np.finfo(np.float64).eps / 2 if backend == "numpy" else 3.4e-308
     else:
         rtol, atol, sigmoid_atol = 1e-6, 2e-7, 2e-7
     for name, got, want, tol in (
@@ -529,4 +533,5 @@ def test_gate_activations_match_math_over_the_whole_range(backend, dtype):
         ("z", z, want_sigmoid, sigmoid_atol),
         ("n", n, want_tanh, atol),
     ):
+        want = np.broadcast_to(want, got.shape)
         np.testing.assert_allclose(got, want, rtol=rtol, atol=tol, equal_nan=True, err_msg=f"{name}, {dtype}")

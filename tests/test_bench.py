@@ -779,6 +779,26 @@ def test_the_header_names_the_blas_kernels_and_who_chose_them(monkeypatch, coret
     assert header[0].endswith(")") is (coretype is not None or l2_size is not None)
 
 
+def test_the_header_says_how_the_cython_kernels_were_built():
+    """Their vector instruction set (a portable build's gate pass is slower) and whether they have OpenMP."""
+    if not gru.backend_available("cython"):
+        pytest.skip("the cython backend is not built")
+    from gru.backends.cython import _kernels
+
+    report = _quick_run(bench.resolve_implementations(["numpy"]))
+    built = report["machine"]["cython_kernels"]
+    assert built == {"vector_isa": _kernels.vector_isa(), "openmp": _kernels.has_openmp()}
+    assert built["vector_isa"] in {"AVX-512", "AVX2+FMA", "AVX", "SSE2", "NEON", "none"}
+    for isa, openmp, expected in (
+        ("SSE2", False, "  cython kernels compiled for SSE2 vectors, without OpenMP (one thread)"),
+        ("AVX-512", True, "  cython kernels compiled for AVX-512 vectors, with OpenMP"),
+    ):
+        report["machine"]["cython_kernels"] = {"vector_isa": isa, "openmp": openmp}
+        assert expected in bench.format_table(report).splitlines()
+    report["machine"]["cython_kernels"] = None  # not built: no line
+    assert "cython kernels compiled" not in bench.format_table(report)
+
+
 @pytest.mark.parametrize("training", [False, True])
 def test_the_runs_thread_count_reaches_the_packages_backends_whatever_the_environment_says(monkeypatch, training):
     """GRU_NUM_THREADS is a user's default; a benchmark of --threads N must run N (here: a bad value, ignored)."""

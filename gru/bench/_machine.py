@@ -121,6 +121,15 @@ def _blas_small_kernel() -> bool | None:
         return None
 
 
+def _cython_kernels() -> dict[str, Any] | None:
+    """How the cython backend's kernels were built: their vector instruction set and OpenMP (None: not built)."""
+    try:
+        from gru.backends.cython import _kernels
+    except ImportError:
+        return None
+    return {"vector_isa": _kernels.vector_isa(), "openmp": _kernels.has_openmp()}
+
+
 def _dist_version(name: str) -> str | None:
     try:
         return metadata.version(name)
@@ -148,6 +157,7 @@ def machine_info() -> dict[str, Any]:
         "cpu_simd": cpu.get("flags"),
         "cpu_cache": cpu.get("cache size"),  # as the kernel reports it: per core, usually L2
         "blas_small_kernel": _blas_small_kernel(),
+        "cython_kernels": _cython_kernels(),
         # OpenBLAS picks its kernels for the CPU unless this names others (read when it loads)
         "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
         # ... and takes this for its L2 size (kB) instead of asking the CPU

@@ -69,6 +69,12 @@ def format_table(report: dict[str, Any]) -> str:
                 else "no, the cython backend makes each product whole"
             )
         )
+    built = m.get("cython_kernels")
+    if built:
+        lines.append(
+            f"  cython kernels compiled for {built['vector_isa']} vectors, "
+            + ("with OpenMP" if built["openmp"] else "without OpenMP (one thread)")
+        )
     gemm = report.get("gemm")
     if gemm:
         lines.append(

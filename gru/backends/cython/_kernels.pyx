@@ -118,6 +118,36 @@ def has_openmp() -> bool:
     return bool(gru_has_openmp())
 
 
+cdef extern from *:
+    """
+    #if defined(__AVX512F__)
+    #define GRU_VECTOR_ISA "AVX-512"
+    #elif defined(__AVX2__) && defined(__FMA__)
+    #define GRU_VECTOR_ISA "AVX2+FMA"
+    #elif defined(__AVX__)
+    #define GRU_VECTOR_ISA "AVX"
+    #elif defined(__SSE2__) || defined(_M_X64)
+    #define GRU_VECTOR_ISA "SSE2"
+    #elif defined(__ARM_NEON) || defined(__aarch64__)
+    #define GRU_VECTOR_ISA "NEON"
+    #else
+    #define GRU_VECTOR_ISA "none"
+    #endif
+    """
+    const char* GRU_VECTOR_ISA
+
+
+def vector_isa() -> str:
+    """The widest vector instruction set this build was compiled for: what the gate pass runs on.
+
+    The build targets the building machine's CPU unless GRU_NATIVE_ARCH is
+    off; a portable build's gate pass runs on narrower vectors (at the
+    benchmark's shapes, SSE2 builds took 6-25 % longer than native ones on an
+    AVX-512 CPU), so a benchmark quotes it beside its numbers.
+    """
+    return GRU_VECTOR_ISA.decode()
+
+
 # Whether the products are cut for a small-matrix kernel (see matmul_step). OpenBLAS runs
 # products of up to about a million multiply-adds without packing only with its SkylakeX
 # kernels (AVX-512); elsewhere (its Haswell kernels on AVX2, other BLAS) every cut would be

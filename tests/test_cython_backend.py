@@ -256,6 +256,83 @@ def small_kernel(enabled: bool):
         _kernels.use_small_kernel(before)
 
 
+@contextlib.contextmanager
+def row_padding(enabled: bool):
+    """Steps' products over 4k + 3 rows padded to 4k + 4 (True, the default) or not (see _kernels.product_rows)."""
+    from gru.backends.cython import _kernels
+
+    before = _kernels.pads_product_rows()
+    _kernels.use_row_padding(enabled)
+    try:
+        yield
+    finally:
+        _kernels.use_row_padding(before)
+
+
+def test_the_rule_for_padding_a_products_rows():
+    """4k + 3 rows take one more, where the buffers have it and a row is 65,536 multiply-adds or more."""
+    from gru.backends.cython import _kernels
+
+    rows = _kernels.padded_product_rows
+    assert [rows(m, 16, 256, 128, False) for m in range(1, 13)] == [1, 2, 4, 4, 5, 6, 8, 8, 9, 10, 12, 12]
+    assert rows(7, 7, 256, 128, False) == 7  # no room for another row
+    assert rows(7, 8, 256, 128, False) == 8
+    assert rows(7, 8, 170, 128, False) == 7 and rows(7, 8, 171, 128, False) == 8  # 65,280 and 65,664 a row
+    assert rows(7, 8, 256, 128, True) == 7  # a panel of W_hh's rows: column-major, no room
+    with row_padding(False):
+        assert rows(7, 8, 256, 128, False) == 7
+
+
+@pytest.mark.parametrize(
+    ("B", "lengths", "threads"),
+    [
+        (7, None, 2),  # split by unit: the row past the batch
+        (8, [5, 5, 5, 5, 5, 5, 5, 2], 2),  # 7 live from step 2: the finished sequence's row
+        (12, [5, 4, 5, 3, 5, 5, 1, 5, 2, 5, 4, 5], 1),  # one thread: 11, 7, 3 live on the way
+        (31, None, 2),  # split by sequence (8 a chunk): the last chunk's 7, into the row past the batch
+        (31, [5, 5, 4, 4, 3, 3, 2, 2] * 3 + [5, 4, 3, 2, 1, 1, 1], 2),  # and chunks' finished rows
+    ],
+    ids=["unit-split-past-the-batch", "finished-row", "one-thread", "by-sequence", "by-sequence-lengths"],
+)
+@EACH_VARIANT
+@pytest.mark.parametrize("padded", [True, False], ids=["padded", "unpadded"])
+def test_padded_products_match_the_oracle(padded, reset_after, B, lengths, threads):
+    """Steps' products over 4k + 3 rows, padded and not: outputs and every gradient against the oracle."""
+    from gru.backends.cython import _kernels
+
+    H = 256 if B < 16 else 160
+    if B >= 16:
+        assert _kernels.splits_sequences(B, H, 8, threads)
+    else:
+        assert not _kernels.splits_sequences(B, H, 8, max(threads, 1))
+    rng = np.random.default_rng(B + H)
+    layer = gru.GRU(8, H, reset_after=reset_after, dtype="float64", backend="cython", seed=rng)
+    x = rng.standard_normal((5, B, 8))
+    lengths = None if lengths is None else np.array(lengths)
+    with row_padding(padded):
+        assert_training_matches_oracle(layer, x, rng, lengths=lengths, threads=threads)
+
+
+@EACH_VARIANT
+def test_a_nan_sequence_whose_row_pads_a_product_changes_no_other(reset_after):
+    """The finished sequence whose row pads 7 live rows to 8 holds NaN: the 7 others match the oracle."""
+    from gru.backends.cython import _kernels
+
+    H, B = 256, 8
+    assert _kernels.padded_product_rows(7, 8, H, H // 2, False) == 8
+    rng = np.random.default_rng(3)
+    layer = gru.GRU(8, H, reset_after=reset_after, dtype="float64", backend="cython", seed=rng)
+    x = rng.standard_normal((5, B, 8))
+    x[0, 7] = np.nan  # the shortest sequence: the last row once sorted
+    lengths = np.array([5, 5, 5, 5, 5, 5, 5, 2])
+    output, h_n = layer(x, None, lengths, threads=2)
+    expected, expected_h_n, _ = oracle_for(layer, x, None, lengths)
+    assert np.isnan(output[:2, 7]).all() and np.isnan(h_n[0, 7]).all()
+    assert np.isfinite(output[:, :7]).all() and np.isfinite(h_n[0, :7]).all()
+    np.testing.assert_allclose(output[:, :7], expected[:, :7], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(h_n[0, :7], expected_h_n[0, :7], rtol=0, atol=1e-12)
+
+
 @pytest.fixture
 def products_cut():
     """The kernels as with OpenBLAS's small-matrix kernel: products cut to its size (see _kernels.matmul_step)."""
@@ -282,7 +359,9 @@ def test_every_path_cut_for_the_small_kernel_also_runs_whole(cut, I, H, T, B, re
     with small_kernel(cut):
         assert _kernels.uses_small_kernel() is cut
         if not cut:  # no step-by-step projection
-            assert _kernels.workspace_rows(T, B, I, H, 8, False, T, 1) == T * B + 3 * B + 2
+            # gx, gh, r * h and two states, each of gh and the states' three with a row past the batch,
+            # the products' column-major twin and the gate scratch of one thread
+            assert _kernels.workspace_rows(T, B, I, H, 8, False, T, 1) == T * B + 3 * B + 2 + 2
         assert_training_matches_oracle(layer, x, rng, threads=2)
 
 
@@ -1040,8 +1119,9 @@ def test_which_batches_project_their_inputs_step_by_step(products_cut):
 
     def per_step(T, B, I, H, itemsize=4, reverse=False, shortest=None, team=1):
         rows = _kernels.workspace_rows(T, B, I, H, itemsize, reverse, T if shortest is None else shortest, team)
-        assert rows in (4 * B + 2 * team, T * B + 3 * B + 2 * team)
-        return rows == 4 * B + 2 * team
+        padding = 2  # gh's row past the batch, and the states' (see product_rows)
+        assert rows in (4 * B + 2 * team + padding, T * B + 3 * B + 2 * team + padding)
+        return rows == 4 * B + 2 * team + padding
 
     assert per_step(30, 32, 256, 256) and per_step(30, 32, 64, 1024)  # B >= 32, I <= 256
     assert per_step(30, 32, 512, 512) and per_step(30, 64, 512, 512)  # small-kernel blocks, 6 MB of weights

@@ -165,6 +165,66 @@ def uses_small_kernel() -> bool:
     return small_kernel
 
 
+# A step's product over a number of rows 3 more than a multiple of 4 is made over one row
+# more (see product_rows). Set by tests, to compare both ways with the oracle.
+cdef bint pads_rows = True
+
+
+def use_row_padding(bint enabled):
+    """Whether a step's product over 4k + 3 rows is made over 4k + 4 (see product_rows)."""
+    global pads_rows
+    pads_rows = enabled
+
+
+def pads_product_rows() -> bool:
+    return pads_rows
+
+
+cdef enum:
+    PADDED_ROW_WORK = 65536  # multiply-adds a row of a thread's step product needs before padding pays
+
+
+cdef inline Py_ssize_t padding_room(Py_ssize_t room, int H, int nu, bint w_rows) noexcept nogil:
+    """``room`` for product_rows where a padded row pays, else 0 (no padding).
+
+    It pays from about 65,536 multiply-adds a row of a thread's product (H x
+    3 nu): Zen 5, two threads, padded and not alternating in blocks of calls:
+    (256,256,3,100) 22 % faster, (256,256,11,100) 9 %, (384,384,7,50) 7 %,
+    (512,512,7,30) 19 %, (1024,1024,3|7|11,20) 17-23 %; below, (128,128,3,100)
+    6 % faster but (128,128,7,100) 2 % slower, (192,192,7,100) level,
+    (64,64,3|7,200) 2-3 % slower. Never for a panel of W_hh's rows, whose
+    column-major product has no room for another row.
+    """
+    if not pads_rows or w_rows or <Py_ssize_t>H * 3 * nu < PADDED_ROW_WORK:
+        return 0
+    return room
+
+
+cdef inline Py_ssize_t product_rows(Py_ssize_t m, Py_ssize_t room) noexcept nogil:
+    """Rows to make a step's product over: ``m``, or m + 1 where m is 3 more than a multiple of 4.
+
+    OpenBLAS's kernels take a product's rows (with W_hh^T's panel: its
+    second dimension) in fours, then a pair, then one: 4k + 3 rows cost about
+    as much as 4k + 8 (Zen 5, SkylakeX kernels, a step of two threads at H =
+    1024: 3 rows 142 us, 4 rows 80; 7 rows 191, 8 rows 137; 11 rows 277, 12
+    rows 182; at H = 512, 7 rows 40.8 us, 8 rows 27.9). The extra row is one
+    the buffers have (``room``, from padding_room: the rows from the first
+    that the product may read and write), a finished sequence's or the zeroed
+    row past the batch; its result is never read. Each output row depends on
+    its own input row alone, so the others come out as they would without it
+    (bit for bit, in the measurements above).
+    """
+    if m % 4 == 3 and m < room:
+        return m + 1
+    return m
+
+
+def padded_product_rows(Py_ssize_t m, Py_ssize_t room, int H, int nu, bint w_rows) -> int:
+    """The rows run_rows makes a step's product over, for ``m`` live rows of a thread's ``nu`` units
+    (product_rows, padding_room): for tests."""
+    return product_rows(m, padding_room(room, H, nu, w_rows))
+
+
 # --- BLAS threads ---------------------------------------------------------------------------
 # The BLAS libraries' own "set my thread count, return the old one" functions, called from here:
 # a ctypes call costs microseconds, and after a large kernel has evicted its code, 5-10 of them.
@@ -641,7 +701,8 @@ def workspace_rows(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, Py_ss
     cdef bint by_sequence = splits_by_sequence(B, H, itemsize, team)
     cdef bint per_step = projects_per_step(T, B, I, H, itemsize, reverse, shortest, by_sequence)
     cdef Py_ssize_t projected = projection_room(T * B, I, H, itemsize, per_step, by_sequence)
-    return (B if per_step else T * B) + 3 * B + 2 * max(team, 1) + (projected + 3 * H - 1) // (3 * H)
+    # gh and the three rows of H (r * h and two states) have a row past the batch (see product_rows)
+    return (B if per_step else T * B) + 3 * B + 2 + 2 * max(team, 1) + (projected + 3 * H - 1) // (3 * H)
 
 
 def projects_with_w_ih_rows(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, Py_ssize_t itemsize,
@@ -1009,7 +1070,7 @@ cdef inline void unpack_rows(int i0, int i1, int n, const floating* t, int ldt, 
 cdef inline int own_part(int s, int T, int B, int I, int H, int i0, int i1, int live, int u0, int nu, int first,
                          int keep, const floating* x, const floating* w_ih_t, const floating* panel, bint w_rows,
                          const long long* lengths, bint reverse, bint per_step, floating* gx, const floating* h_prev,
-                         floating* product, int ldp, bint zero_state=False) noexcept nogil:
+                         floating* product, int ldp, Py_ssize_t room, bint zero_state=False) noexcept nogil:
     """Step s's work that needs no other thread; returns the sequences live at s (the end of [i0, live)).
 
     The input projection of its rows (per_step), and the first product (the
@@ -1017,7 +1078,8 @@ cdef inline int own_part(int s, int T, int B, int I, int H, int i0, int i1, int 
     into ``product`` (from row i0, see panel_part): product_rest adds the
     others' once they are written. With ``keep`` (see kept_inputs), one of the
     kept blocks is left for kept_block to make after the others'. A
-    ``zero_state`` (h_{t-1} = 0, see run_rows) has no product to make.
+    ``zero_state`` (h_{t-1} = 0, see run_rows) has no product to make. ``room``:
+    see product_rows (0: none).
     """
     cdef int G = 3 * H
     cdef int t
@@ -1030,7 +1092,8 @@ cdef inline int own_part(int s, int T, int B, int I, int H, int i0, int i1, int 
         project_step(i1 - i0, I, H, u0, nu, x + (<Py_ssize_t>t * B + i0) * I, w_ih_t, gx + <Py_ssize_t>i0 * G)
     if zero_state:
         return live
-    own_inputs_part(s, live - i0, first, H, u0, nu, keep, h_prev + <Py_ssize_t>i0 * H, panel, w_rows, product, ldp)
+    own_inputs_part(s, product_rows(live - i0, room), first, H, u0, nu, keep, h_prev + <Py_ssize_t>i0 * H,
+                    panel, w_rows, product, ldp)
     return live
 
 
@@ -1141,11 +1204,15 @@ cdef void run_rows(
     cdef Py_ssize_t row_step = 1 if w_rows else G  # from one row of the product to the next
     cdef Py_ssize_t col_step = 1 if into_gh else ldp  # and from one column to the next
     cdef int keep = kept_inputs(i1 - i0, H, nu, sizeof(floating), w_rows, reset_after)
+    # rows a product may take past the live ones (product_rows): this call's own, and the zeroed row past
+    # the batch after the last; never another chunk's, which another thread writes
+    cdef Py_ssize_t room = padding_room((i1 + 1 if i1 == B else i1) - i0, H, nu, w_rows)
+    cdef Py_ssize_t m  # the rows of a step's product
 
     for s in range(steps):
         if s == 0:  # h0 was written before the team started
             live = own_part(0, T, B, I, H, i0, i1, live, u0, nu, first, keep, x, w_ih_t, panel, w_rows, lengths,
-                            reverse, per_step, gx, h_prev, product_mine + i0 * row_step, ldp, zero_h0)
+                            reverse, per_step, gx, h_prev, product_mine + i0 * row_step, ldp, room, zero_h0)
         else:
             gru_team_await(barrier, team, generation)  # every thread's part of h_{t-1} is written
             if live - i0 == 1:  # h_{t-1}'s lines all asked for at once, before the product reads them
@@ -1157,7 +1224,8 @@ cdef void run_rows(
             for i in range(i0, live):
                 memset(gh_mine + <Py_ssize_t>i * G, 0, P * sizeof(floating))
         elif nu > 0:
-            product_rest(live - i0, first, 0, H, u0, nu, h_prev + <Py_ssize_t>i0 * H, panel, w_rows,
+            m = product_rows(live - i0, room)
+            product_rest(m, first, 0, H, u0, nu, h_prev + <Py_ssize_t>i0 * H, panel, w_rows,
                          product_mine + i0 * row_step, ldp)
             if keep:
                 kept_block(s, first, H, u0, nu, keep, h_prev + <Py_ssize_t>i0 * H, panel, w_rows,
@@ -1171,12 +1239,13 @@ cdef void run_rows(
                     r_out = gates + (<Py_ssize_t>t * B + order[i]) * H + u0 if gates != NULL else scratch + u0
                     reset_before(nu, gx_row, gh_mine + i * G, bias + u0, h_prev + i * H + u0, r_out, rh + i * H + u0)
             generation = gru_team_arrive(barrier, team)  # this thread's part of r ⊙ h_{t-1} is written
+            m = product_rows(live - i0, room)
             if nu > 0:  # also from h0 = 0: r ⊙ h0 is NaN where r is
-                panel_part(live - i0, nu, 2 * nu, u0, u0 + nu, H, nu, rh + <Py_ssize_t>i0 * H, panel, w_rows, 0,
+                panel_part(m, nu, 2 * nu, u0, u0 + nu, H, nu, rh + <Py_ssize_t>i0 * H, panel, w_rows, 0,
                            product_mine + 2 * nu * col_step + i0 * row_step, ldp)
             gru_team_await(barrier, team, generation)
             if nu > 0:
-                product_rest(live - i0, nu, 2 * nu, H, u0, nu, rh + <Py_ssize_t>i0 * H, panel, w_rows,
+                product_rest(m, nu, 2 * nu, H, u0, nu, rh + <Py_ssize_t>i0 * H, panel, w_rows,
                              product_mine + 2 * nu * col_step + i0 * row_step, ldp)
                 unpack_rows(i0, live, nu, product_mine + 2 * nu * col_step, ldp, gh_mine + 2 * nu, G)
         if nu > 0:
@@ -1206,7 +1275,7 @@ cdef void run_rows(
         h_next = swap
         if s + 1 < steps:  # the next step's own part, while the others finish theirs
             live = own_part(s + 1, T, B, I, H, i0, i1, live, u0, nu, first, keep, x, w_ih_t, panel, w_rows,
-                            lengths, reverse, per_step, gx, h_prev, product_mine + i0 * row_step, ldp)
+                            lengths, reverse, per_step, gx, h_prev, product_mine + i0 * row_step, ldp, room)
 
 
 cdef void thread_body(
@@ -1328,7 +1397,7 @@ def run_direction(
     cdef Py_ssize_t gx_rows = B if per_step else <Py_ssize_t>T * B
     cdef Py_ssize_t projected_room = projection_room(<Py_ssize_t>T * B, I, H, sizeof(floating), per_step, by_sequence)
     _expect_room("workspace", workspace.shape[0] * workspace.shape[1],
-                 (gx_rows + 3 * B) * G + 4 * H * threads + projected_room)
+                 (gx_rows + 3 * B + 2) * G + 4 * H * threads + projected_room)
     _expect_shape("w_ih", w_ih.shape, 2, G, I)
     _expect_shape("panels", panels.shape, 2, G, H)
     _expect_shape("own_panels", own_panels.shape, 2, G, H)
@@ -1338,12 +1407,13 @@ def run_direction(
     cdef gru_team_barrier barrier
     gru_team_barrier_init(&barrier, threads)
 
+    # gh, rh, h_a and h_b have a row past the batch, which a product may take (see product_rows)
     cdef floating* gx = &workspace[0, 0]
     cdef floating* gh = gx + gx_rows * G
-    cdef floating* rh = gh + <Py_ssize_t>B * G
-    cdef floating* h_a = rh + <Py_ssize_t>B * H
-    cdef floating* h_b = h_a + <Py_ssize_t>B * H
-    cdef floating* scratch = h_b + <Py_ssize_t>B * H  # gate values nobody asked for (4H per thread)
+    cdef floating* rh = gh + <Py_ssize_t>(B + 1) * G
+    cdef floating* h_a = rh + <Py_ssize_t>(B + 1) * H
+    cdef floating* h_b = h_a + <Py_ssize_t>(B + 1) * H
+    cdef floating* scratch = h_b + <Py_ssize_t>(B + 1) * H  # gate values nobody asked for (4H per thread)
     cdef floating* ght = scratch + <Py_ssize_t>4 * H * threads  # the products, column-major (see run_rows)
     # then room for project_by_rows (projection_room), on a cache line
     cdef floating* projected = <floating*>((<uintptr_t>(ght + <Py_ssize_t>B * G) + 63) & ~(<uintptr_t>63))
@@ -1368,6 +1438,10 @@ def run_direction(
                 h_a[i * H + u] = h_n[order[i], u]
                 if h_a[i * H + u] != 0:  # (NaN too)
                     zero_h0 = False
+        for u in range(H):  # the row past the batch, which only padded products read (see product_rows)
+            h_a[<Py_ssize_t>B * H + u] = 0
+            h_b[<Py_ssize_t>B * H + u] = 0
+            rh[<Py_ssize_t>B * H + u] = 0
         with parallel(num_threads=threads):
             thread_body(T, B, I, H, by_sequence, &next_chunk, &x[0, 0, 0], &w_ih_t[0, 0], &w_ih[0, 0], &w_hh[0, 0],
                         whole, panels_w_rows, &bias[0],
@@ -1407,7 +1481,7 @@ cdef void thread_part(bint projection, Py_ssize_t rows, int I, int H, int team, 
     ``out_apart`` values past ``out``.
     """
     cdef int u0, nu, keep
-    cdef Py_ssize_t c
+    cdef Py_ssize_t c, m
     cdef const floating* panel
     cdef floating* product
     cdef int ldp = <int>rows if flag else 3 * H  # as in run_rows
@@ -1424,9 +1498,10 @@ cdef void thread_part(bint projection, Py_ssize_t rows, int I, int H, int team, 
     panel = w + <Py_ssize_t>3 * H * u0
     product = out + tid * out_apart
     keep = kept_inputs(rows, H, nu, sizeof(floating), flag, True)
+    m = product_rows(rows, padding_room(rows + 1, H, nu, flag))  # a and out have a row past the rows
     for c in range(calls):
-        own_inputs_part(<int>c, rows, 3 * nu, H, u0, nu, keep, a, panel, flag, product, ldp)
-        product_rest(rows, 3 * nu, 0, H, u0, nu, a, panel, flag, product, ldp)
+        own_inputs_part(<int>c, m, 3 * nu, H, u0, nu, keep, a, panel, flag, product, ldp)
+        product_rest(m, 3 * nu, 0, H, u0, nu, a, panel, flag, product, ldp)
         if keep:
             kept_block(<int>c, 3 * nu, H, u0, nu, keep, a, panel, flag, product, ldp)
 
@@ -1506,21 +1581,26 @@ def step_seconds(const floating[:, ::1] w_hh not None, const floating[:, ::1] h 
     if team < 1 or calls < 1 or B < 1:
         raise ValueError(f"team, calls and rows: expected at least 1 each, got {team}, {calls} and {B}")
     cdef int runners = team if together else 1
-    cdef Py_ssize_t product_size = (<Py_ssize_t>B * 3 * H + 15) // 16 * 16 + 16  # each on a line, a line apart
+    # h and each product with a zeroed row past the B, as run_direction's buffers (see product_rows)
+    cdef Py_ssize_t product_size = (<Py_ssize_t>(B + 1) * 3 * H + 15) // 16 * 16 + 16  # each on a line, apart
     cdef void* panel_memory = NULL
     cdef void* product_memory = NULL
+    cdef void* h_memory = NULL
     cdef floating* panels = <floating*>calloc_on_line(<size_t>3 * H * H, sizeof(floating), &panel_memory)
     cdef floating* products = <floating*>calloc_on_line(<size_t>(runners * product_size), sizeof(floating),
                                                         &product_memory)
+    cdef floating* rows = <floating*>calloc_on_line(<size_t>(B + 1) * H, sizeof(floating), &h_memory)
     try:
-        if panels == NULL or products == NULL:
+        if panels == NULL or products == NULL or rows == NULL:
             raise MemoryError()
+        memcpy(rows, &h[0, 0], <size_t>B * H * sizeof(floating))
         pack_team_panels(H, team, &w_hh[0, 0], panels, w_rows)  # every thread's, also when thread 0 runs alone
-        return part_seconds(False, together, B, 0, H, team, &h[0, 0], panels, NULL, NULL, w_rows, products,
+        return part_seconds(False, together, B, 0, H, team, rows, panels, NULL, NULL, w_rows, products,
                             product_size, calls)
     finally:
         free(panel_memory)
         free(product_memory)
+        free(h_memory)
 
 
 def projection_seconds(const floating[:, ::1] x not None, const floating[:, ::1] w_ih_t not None,

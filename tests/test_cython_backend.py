@@ -849,6 +849,46 @@ def test_up_to_eight_rows_with_large_input_weights_project_without_packing(dtype
             np.testing.assert_allclose(h_n, expected_h_n, rtol=0, atol=atol)
 
 
+def test_the_rule_for_padding_a_projections_rows():
+    """Rounded up to OpenBLAS's row block (16 with the small kernel's SkylakeX kernels, else 8) where the rest
+    needs two or more of its smaller blocks (8, 4, 2, 1)."""
+    from gru.backends.cython import _kernels
+
+    rows = _kernels.padded_projection_rows
+    with small_kernel(True):
+        assert [rows(r) for r in range(1, 18)] == [1, 2, 16, 4, 16, 16, 16, 8, 16, 16, 16, 16, 16, 16, 16, 16, 17]
+        assert (rows(99), rows(100), rows(104), rows(120), rows(121)) == (112, 100, 104, 120, 128)
+    with small_kernel(False):
+        assert [rows(r) for r in range(1, 18)] == [1, 2, 8, 4, 8, 8, 8, 8, 9, 10, 16, 12, 16, 16, 16, 16, 17]
+    with row_padding(False):
+        assert rows(15) == 15
+
+
+@pytest.mark.parametrize("small", [False, True], ids=["packed-kernels", "small-kernel"])
+@pytest.mark.parametrize(("T", "B"), [(3, 1), (11, 1), (5, 3), (33, 3)], ids=["3", "11", "15", "99"])
+def test_padded_projections_with_w_ih_rows_match_the_oracle(small, T, B):
+    """T * B rows projected with W_ih's rows (2.15 MB a thread; 3 rows only without the small kernel, which
+    takes up to 8 unpacked), padded with rows of zeros (to 8 or 16, 16, 16, 112) and not: both directions,
+    lengths, two threads, against the oracle."""
+    from gru.backends.cython import _kernels
+
+    I = 2800
+    rng = np.random.default_rng(T * B)
+    layer = gru.GRU(I, 128, bidirectional=True, backend="cython", seed=rng)
+    x = rng.standard_normal((T, B, I)).astype("float32")
+    lengths = np.array([T] + [max(1, T - 2 * b) for b in range(1, B)])
+    with small_kernel(small):
+        assert _kernels.projects_with_w_ih_rows(T, B, I, 128, 4, 2) == (T * B > 8 or not small)
+        assert _kernels.padded_projection_rows(T * B) > T * B  # padded where W_ih's rows project them
+        for padded in (True, False):
+            with row_padding(padded):
+                for given in (None, lengths):
+                    output, h_n = layer(x, lengths=given, threads=2)
+                    want_output, want_h_n, _ = oracle_for(layer, x.astype(np.float64), lengths=given)
+                    np.testing.assert_allclose(output, want_output, rtol=0, atol=2e-5)
+                    np.testing.assert_allclose(h_n, want_h_n, rtol=0, atol=2e-5)
+
+
 def test_a_smaller_team_than_planned_finds_room_for_a_projection_with_w_ih_rows(run_on_one_openmp_thread):
     """Planned for two threads, (5,2,2000,128) projects as before (1.5 MB of input weights a thread); on the one
     thread OpenMP gives (OMP_THREAD_LIMIT=1, in a child process), 3 MB, with W_ih's rows: the workspace has room

@@ -910,10 +910,12 @@ cdef inline bint projects_by_rows(Py_ssize_t rows, Py_ssize_t I, int nu, Py_ssiz
             and not projects_unpacked(rows, I, nu, itemsize))
 
 
-cdef void project_by_rows(Py_ssize_t rows, int I, int H, int u0, int nu, const floating* x, const floating* w_ih,
-                          floating* t, floating* gx) noexcept nogil:
+cdef void project_by_rows(Py_ssize_t rows, Py_ssize_t padded, int I, int H, int u0, int nu, const floating* x,
+                          const floating* w_ih, floating* t, floating* gx) noexcept nogil:
     """project_inputs with W_ih's rows (``w_ih``, (3H, I)) as BLAS's second operand: gemm('T', 'N') into ``t``
-    (``rows`` x ``nu``, column-major), then unpacked into gx, gate by gate.
+    (``padded`` x ``nu``, column-major), then its first ``rows`` rows unpacked into gx, gate by gate.
+
+    ``padded`` (see projection_rows) rows of ``x`` are multiplied: past ``rows``, zeros.
 
     OpenBLAS packs its second operand far faster than its first, and each call
     packs a thread's 3 nu x I input weights again. For few rows that packing is
@@ -929,8 +931,36 @@ cdef void project_by_rows(Py_ssize_t rows, int I, int H, int u0, int nu, const f
     """
     cdef int g
     for g in range(3):
-        matmul_w(<int>rows, nu, I, x, I, w_ih + <Py_ssize_t>(g * H + u0) * I, I, 0, t, <int>rows)
-        unpack_rows(0, <int>rows, nu, t, <int>rows, gx + g * H + u0, 3 * H)
+        matmul_w(<int>padded, nu, I, x, I, w_ih + <Py_ssize_t>(g * H + u0) * I, I, 0, t, <int>padded)
+        unpack_rows(0, <int>rows, nu, t, <int>padded, gx + g * H + u0, 3 * H)
+
+
+cdef inline Py_ssize_t projection_rows(Py_ssize_t rows) noexcept nogil:
+    """Rows project_by_rows multiplies for ``rows``: rows, or the next multiple of OpenBLAS's row block.
+
+    OpenBLAS's sgemm takes the first operand's rows in blocks of 16 with its
+    SkylakeX kernels (8 with its Haswell ones), then a block of 8, 4, 2 and 1
+    for the rest: a rest that needs two or more of those costs more than a
+    whole block (one thread, 3 x 512 units of 1024 inputs, SkylakeX kernels:
+    10 rows 0.46 ms, 15 rows 0.71, 16 rows 0.33; 99 rows 1.69, 112 rows 1.62;
+    Haswell kernels: 7 rows 0.46 against 0.33 for 8). Such a count is
+    rounded up to the block, the extra rows zeros.
+    """
+    cdef Py_ssize_t block = 16 if small_kernel else 8
+    cdef Py_ssize_t rest = rows % block
+    if not pads_rows or (rest & (rest - 1)) == 0:  # none, or one block of 8, 4, 2 or 1
+        return rows
+    return rows - rest + block
+
+
+def padded_projection_rows(Py_ssize_t rows) -> int:
+    """projection_rows(rows): for tests."""
+    return projection_rows(rows)
+
+
+cdef inline floating* padded_inputs(floating* t, Py_ssize_t padded, Py_ssize_t H) noexcept nogil:
+    """Where project_by_rows's zero-padded copy of x starts: after its ``padded`` x H product, on a cache line."""
+    return <floating*>((<uintptr_t>(t + padded * H) + 63) & ~(<uintptr_t>63))
 
 
 cdef inline Py_ssize_t projection_room(Py_ssize_t rows, Py_ssize_t I, Py_ssize_t H, Py_ssize_t itemsize,
@@ -939,22 +969,42 @@ cdef inline Py_ssize_t projection_room(Py_ssize_t rows, Py_ssize_t I, Py_ssize_t
 
     Any thread of a call split by unit may take that path (it decides by its
     own units, at most H), so the room is for every unit, and a cache line to
-    start on. Calls split by sequence, or projecting step by step, never do.
+    start on; then, for a padded projection (projection_rows), the copy of x
+    with its rows of zeros, on a cache line too. Calls split by sequence, or
+    projecting step by step, never do.
     """
+    cdef Py_ssize_t padded = projection_rows(rows)
     if per_step or by_sequence or not projects_by_rows(rows, I, <int>H, itemsize):
         return 0
-    return rows * H + 16
+    return padded * H + 16 + (padded * I + 16 if padded > rows else 0)
+
+
+cdef void fill_padded_inputs(Py_ssize_t rows, int I, int H, const floating* x, floating* t) noexcept nogil:
+    """Copy x's ``rows`` rows, and rows of zeros up to projection_rows(rows), where project_sequence reads them."""
+    cdef Py_ssize_t padded = projection_rows(rows)
+    cdef floating* copy
+    if padded == rows:
+        return
+    copy = padded_inputs(t, padded, H)
+    memcpy(copy, x, <size_t>(rows * I) * sizeof(floating))
+    memset(copy + rows * I, 0, <size_t>((padded - rows) * I) * sizeof(floating))
 
 
 cdef void project_sequence(Py_ssize_t rows, int I, int H, int u0, int nu, const floating* x, const floating* w_ih_t,
                            const floating* w_ih, floating* t, floating* gx) noexcept nogil:
     """A thread's whole-sequence projection of its units: project_by_rows when it applies, else project_inputs.
 
-    ``t`` is room for ``rows`` x H values shared by the team: the thread's part
-    starts at ``t + rows * u0`` (on a cache line where t is: u0 is a multiple of 16).
+    ``t`` is room for ``padded`` x H values shared by the team (padded =
+    projection_rows(rows)): the thread's part starts at ``t + padded * u0`` (on
+    a cache line where t is: u0 is a multiple of 16); where padded > rows, the
+    rows of x and padded - rows rows of zeros follow (padded_inputs), written
+    before the team starts (fill_padded_inputs).
     """
+    cdef Py_ssize_t padded
     if projects_by_rows(rows, I, nu, sizeof(floating)):
-        project_by_rows(rows, I, H, u0, nu, x, w_ih, t + rows * u0, gx)
+        padded = projection_rows(rows)
+        project_by_rows(rows, padded, I, H, u0, nu, padded_inputs(t, padded, H) if padded > rows else x, w_ih,
+                        t + padded * u0, gx)
     else:
         project_inputs(rows, I, H, u0, nu, x, w_ih_t, gx)
 
@@ -1442,6 +1492,8 @@ def run_direction(
             h_a[<Py_ssize_t>B * H + u] = 0
             h_b[<Py_ssize_t>B * H + u] = 0
             rh[<Py_ssize_t>B * H + u] = 0
+        if projected_room > 0:  # x with rows of zeros, for a padded projection (see projection_rows)
+            fill_padded_inputs(<Py_ssize_t>T * B, I, H, &x[0, 0, 0], projected)
         with parallel(num_threads=threads):
             thread_body(T, B, I, H, by_sequence, &next_chunk, &x[0, 0, 0], &w_ih_t[0, 0], &w_ih[0, 0], &w_hh[0, 0],
                         whole, panels_w_rows, &bias[0],
@@ -1623,10 +1675,15 @@ def projection_seconds(const floating[:, ::1] x not None, const floating[:, ::1]
     cdef void* gx_memory = NULL
     cdef void* projected_memory = NULL
     cdef floating* gx = <floating*>calloc_on_line(<size_t>rows * 3 * H, sizeof(floating), &gx_memory)
-    cdef floating* projected = <floating*>calloc_on_line(<size_t>(rows * H), sizeof(floating), &projected_memory)
+    # as run_direction's: room for a padded projection and its copy of x (see projection_rows)
+    cdef Py_ssize_t padded = projection_rows(rows)
+    cdef floating* projected = <floating*>calloc_on_line(<size_t>(padded * H + 16 + padded * I + 16), sizeof(floating),
+                                                         &projected_memory)
     try:
         if gx == NULL or projected == NULL:
             raise MemoryError()
+        if not per_step and projects_by_rows(rows, I, H, sizeof(floating)):
+            fill_padded_inputs(rows, I, H, &x[0, 0], projected)
         return part_seconds(True, together, rows, I, H, team, &x[0, 0], &w_ih_t[0, 0], &w_ih[0, 0], projected,
                             per_step, gx, 0, calls)
     finally:

@@ -943,7 +943,7 @@ cdef inline Py_ssize_t projection_rows(Py_ssize_t rows) noexcept nogil:
     for the rest: a rest that needs two or more of those costs more than a
     whole block (one thread, 3 x 512 units of 1024 inputs, SkylakeX kernels:
     10 rows 0.46 ms, 15 rows 0.71, 16 rows 0.33; 99 rows 1.69, 112 rows 1.62;
-    Haswell kernels: 7 rows 0.46 against 0.33 for 8). Such a count is
+    Haswell kernels: 7 rows 0.57 against 0.32 for 8). Such a count is
     rounded up to the block, the extra rows zeros.
     """
     cdef Py_ssize_t block = 16 if small_kernel else 8

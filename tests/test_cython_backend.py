@@ -288,7 +288,7 @@ def test_the_rule_for_padding_a_products_rows():
     [
         (7, None, 2),  # split by unit: the row past the batch
         (8, [5, 5, 5, 5, 5, 5, 5, 2], 2),  # 7 live from step 2: the finished sequence's row
-        (12, [5, 4, 5, 3, 5, 5, 1, 5, 2, 5, 4, 5], 1),  # one thread: 11, 7, 3 live on the way
+        (12, [5, 4, 5, 3, 5, 5, 1, 5, 2, 5, 4, 5], 1),  # one thread: 11 and 7 live on the way
         (31, None, 2),  # split by sequence (8 a chunk): the last chunk's 7, into the row past the batch
         (31, [5, 5, 4, 4, 3, 3, 2, 2] * 3 + [5, 4, 3, 2, 1, 1, 1], 2),  # and chunks' finished rows
     ],
@@ -297,19 +297,26 @@ def test_the_rule_for_padding_a_products_rows():
 @EACH_VARIANT
 @pytest.mark.parametrize("padded", [True, False], ids=["padded", "unpadded"])
 def test_padded_products_match_the_oracle(padded, reset_after, B, lengths, threads):
-    """Steps' products over 4k + 3 rows, padded and not: outputs and every gradient against the oracle."""
+    """Steps' products over 4k + 3 rows, padded and not: outputs and every gradient against the oracle.
+
+    With the small kernel, whatever this machine's BLAS: without it a batch's panel is W_hh's rows, which
+    are never padded (see _kernels.padding_room).
+    """
     from gru.backends.cython import _kernels
 
     H = 256 if B < 16 else 160
-    if B >= 16:
-        assert _kernels.splits_sequences(B, H, 8, threads)
-    else:
-        assert not _kernels.splits_sequences(B, H, 8, max(threads, 1))
+    by_sequence = B >= 16
+    team = _kernels.team_size(threads, H, B, 8)
+    assert _kernels.splits_sequences(B, H, 8, team) is by_sequence
     rng = np.random.default_rng(B + H)
     layer = gru.GRU(8, H, reset_after=reset_after, dtype="float64", backend="cython", seed=rng)
     x = rng.standard_normal((5, B, 8))
     lengths = None if lengths is None else np.array(lengths)
-    with row_padding(padded):
+    with small_kernel(True), row_padding(padded):
+        panel_team, units = (1, H) if by_sequence else (team, H // team)
+        assert _kernels.padded_product_rows(7, 8, H, units, _kernels.panel_rows(B, H, 8, panel_team)) == (
+            8 if padded else 7
+        )
         assert_training_matches_oracle(layer, x, rng, lengths=lengths, threads=threads)
 
 
@@ -319,13 +326,15 @@ def test_a_nan_sequence_whose_row_pads_a_product_changes_no_other(reset_after):
     from gru.backends.cython import _kernels
 
     H, B = 256, 8
-    assert _kernels.padded_product_rows(7, 8, H, H // 2, False) == 8
+    with small_kernel(True):
+        assert _kernels.padded_product_rows(7, 8, H, H // 2, _kernels.panel_rows(B, H, 8, 2)) == 8
     rng = np.random.default_rng(3)
     layer = gru.GRU(8, H, reset_after=reset_after, dtype="float64", backend="cython", seed=rng)
     x = rng.standard_normal((5, B, 8))
     x[0, 7] = np.nan  # the shortest sequence: the last row once sorted
     lengths = np.array([5, 5, 5, 5, 5, 5, 5, 2])
-    output, h_n = layer(x, None, lengths, threads=2)
+    with small_kernel(True):
+        output, h_n = layer(x, None, lengths, threads=2)
     expected, expected_h_n, _ = oracle_for(layer, x, None, lengths)
     assert np.isnan(output[:2, 7]).all() and np.isnan(h_n[0, 7]).all()
     assert np.isfinite(output[:, :7]).all() and np.isfinite(h_n[0, :7]).all()
@@ -868,8 +877,8 @@ def test_the_rule_for_padding_a_projections_rows():
 @pytest.mark.parametrize(("T", "B"), [(3, 1), (11, 1), (5, 3), (33, 3)], ids=["3", "11", "15", "99"])
 def test_padded_projections_with_w_ih_rows_match_the_oracle(small, T, B):
     """T * B rows projected with W_ih's rows (2.15 MB a thread; 3 rows only without the small kernel, which
-    takes up to 8 unpacked), padded with rows of zeros (to 8 or 16, 16, 16, 112) and not: both directions,
-    lengths, two threads, against the oracle."""
+    takes up to 8 unpacked), padded with rows of zeros (to the next 16 with the small kernel's blocks, else
+    the next 8) and not: both directions, lengths, two threads, against the oracle."""
     from gru.backends.cython import _kernels
 
     I = 2800

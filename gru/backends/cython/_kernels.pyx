@@ -212,7 +212,8 @@ cdef inline Py_ssize_t product_rows(Py_ssize_t m, Py_ssize_t room) noexcept nogi
     that the product may read and write), a finished sequence's or the zeroed
     row past the batch; its result is never read. Each output row depends on
     its own input row alone, so the others come out as they would without it
-    (bit for bit, in the measurements above).
+    (bit for bit in the float32 measurements above; a kernel for another row
+    count may round a float64 value differently in its last bit).
     """
     if m % 4 == 3 and m < room:
         return m + 1

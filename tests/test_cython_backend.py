@@ -244,29 +244,26 @@ def test_a_zero_initial_state_with_non_finite_recurrent_weights_still_gives_nan(
 
 
 @contextlib.contextmanager
+def _kernels_switch(read: str, write: str, enabled: bool):
+    """One of the kernels' module-wide switches set to ``enabled`` for the block, then put back."""
+    from gru.backends.cython import _kernels
+
+    before = getattr(_kernels, read)()
+    getattr(_kernels, write)(enabled)
+    try:
+        yield
+    finally:
+        getattr(_kernels, write)(before)
+
+
 def small_kernel(enabled: bool):
     """The kernels as with a BLAS with (True) or without (False) a small-matrix kernel, whatever this machine's is."""
-    from gru.backends.cython import _kernels
-
-    before = _kernels.uses_small_kernel()
-    _kernels.use_small_kernel(enabled)
-    try:
-        yield
-    finally:
-        _kernels.use_small_kernel(before)
+    return _kernels_switch("uses_small_kernel", "use_small_kernel", enabled)
 
 
-@contextlib.contextmanager
 def row_padding(enabled: bool):
     """Steps' products over 4k + 3 rows padded to 4k + 4 (True, the default) or not (see _kernels.product_rows)."""
-    from gru.backends.cython import _kernels
-
-    before = _kernels.pads_product_rows()
-    _kernels.use_row_padding(enabled)
-    try:
-        yield
-    finally:
-        _kernels.use_row_padding(before)
+    return _kernels_switch("pads_product_rows", "use_row_padding", enabled)
 
 
 def test_the_rule_for_padding_a_products_rows():

@@ -1676,14 +1676,13 @@ def projection_seconds(const floating[:, ::1] x not None, const floating[:, ::1]
     cdef void* gx_memory = NULL
     cdef void* projected_memory = NULL
     cdef floating* gx = <floating*>calloc_on_line(<size_t>rows * 3 * H, sizeof(floating), &gx_memory)
-    # as run_direction's: room for a padded projection and its copy of x (see projection_rows)
-    cdef Py_ssize_t padded = projection_rows(rows)
-    cdef floating* projected = <floating*>calloc_on_line(<size_t>(padded * H + 16 + padded * I + 16), sizeof(floating),
-                                                         &projected_memory)
+    # as run_direction's: room for project_by_rows, with a padded projection's copy of x (see projection_room)
+    cdef Py_ssize_t room = projection_room(rows, I, H, sizeof(floating), per_step, False)
+    cdef floating* projected = <floating*>calloc_on_line(<size_t>room, sizeof(floating), &projected_memory)
     try:
         if gx == NULL or projected == NULL:
             raise MemoryError()
-        if not per_step and projects_by_rows(rows, I, H, sizeof(floating)):
+        if room > 0:
             fill_padded_inputs(rows, I, H, &x[0, 0], projected)
         return part_seconds(True, together, rows, I, H, team, &x[0, 0], &w_ih_t[0, 0], &w_ih[0, 0], projected,
                             per_step, gx, 0, calls)

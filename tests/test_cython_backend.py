@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 
 import numpy as np
 import pytest
@@ -157,12 +158,14 @@ def test_batches_of_wide_layers_projected_step_by_step_match_the_oracle(
 
     T, B, I, H = 4, 32, 5, 300
     assert not _kernels.splits_sequences(B, H, 8, threads)
-    assert _kernels.projects_step_by_step(T, B, I, H, 8, threads)
-    rng = np.random.default_rng(7 + reset_after + 10 * threads + 100 * full_length)
-    layer = gru.GRU(I, H, reset_after=reset_after, bidirectional=True, dtype="float64", backend="cython", seed=rng)
-    x, h0 = rng.standard_normal((T, B, I)), rng.standard_normal((2, B, H))
-    lengths = None if full_length else np.concatenate([[T, 0, 1], rng.integers(0, T + 1, B - 3)])
-    assert_training_matches_oracle(layer, x, rng, h0=h0, lengths=lengths, threads=threads)
+    assert not _kernels.projects_step_by_step(T, B, I, H, 8, threads)  # 1.2 MB a thread: past half a 1 MB L2
+    with l2_of(3 << 20):
+        assert _kernels.projects_step_by_step(T, B, I, H, 8, threads)
+        rng = np.random.default_rng(7 + reset_after + 10 * threads + 100 * full_length)
+        layer = gru.GRU(I, H, reset_after=reset_after, bidirectional=True, dtype="float64", backend="cython", seed=rng)
+        x, h0 = rng.standard_normal((T, B, I)), rng.standard_normal((2, B, H))
+        lengths = None if full_length else np.concatenate([[T, 0, 1], rng.integers(0, T + 1, B - 3)])
+        assert_training_matches_oracle(layer, x, rng, h0=h0, lengths=lengths, threads=threads)
 
 
 @EACH_VARIANT
@@ -964,6 +967,20 @@ def planned_cache(level: int, size: int):
         use(before)
 
 
+def libc_sysconf(name: str) -> int:
+    """The C library's sysconf value ``name`` (as ``getconf`` spells it), as the kernels read it; 0 where it
+    has none. Python's os.sysconf knows only the names its build was compiled with: some lack the caches'."""
+    try:
+        return int(os.sysconf(f"SC_{name}"))
+    except (ValueError, OSError):
+        pass
+    try:
+        printed = subprocess.run(["getconf", name], capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return int(printed) if printed.isdigit() else 0
+
+
 def l1_of(size: int):
     return planned_cache(1, size)
 
@@ -984,10 +1001,7 @@ def test_the_l2_planned_for_is_the_machines():
     """sysconf's L2 when it says a plausible size (64 KB to 64 MB), else 1 MB."""
     from gru.backends.cython import _kernels
 
-    try:
-        reported = os.sysconf("SC_LEVEL2_CACHE_SIZE")
-    except (ValueError, OSError):
-        reported = 0
+    reported = libc_sysconf("LEVEL2_CACHE_SIZE")
     expected = reported if 1 << 16 <= reported <= 1 << 26 else 1 << 20
     with l2_of(0):
         assert _kernels.l2_cache_bytes() == expected
@@ -1169,18 +1183,63 @@ def test_which_batches_project_their_inputs_step_by_step(products_cut):
         assert rows in (4 * B + 2 * team + padding, T * B + 3 * B + 2 * team + padding)
         return rows == 4 * B + 2 * team + padding
 
-    assert per_step(30, 32, 256, 256) and per_step(30, 32, 64, 1024)  # B >= 32, I <= 256
-    assert per_step(30, 32, 512, 512) and per_step(30, 64, 512, 512)  # small-kernel blocks, 6 MB of weights
-    assert not per_step(30, 32, 2048, 128)  # blocks of 64 too large for the small kernel
-    assert not per_step(30, 32, 1024, 1024) and not per_step(30, 32, 512, 512, itemsize=8)  # weights past 8 MB
-    assert not per_step(30, 31, 512, 512) and not per_step(30, 31, 256, 256)  # too few sequences
-    assert not per_step(30, 8, 512, 512) and not per_step(100, 1, 64, 128)
-    assert not per_step(30, 32, 256, 256, reverse=True, shortest=20)  # a step's rows from different times
-    # split by sequence (16 and more sequences for 2 threads), a chunk's rows of x must be consecutive
-    assert per_step(30, 32, 256, 256, shortest=20) and not per_step(30, 32, 256, 256, shortest=20, team=2)
-    assert per_step(30, 32, 256, 256, team=2) and per_step(30, 32, 512, 512, shortest=20, team=2)
-    with small_kernel(False):  # both were measured with the small kernel: without it, whole sequences
-        assert not per_step(30, 32, 256, 256) and not per_step(30, 32, 512, 512)
+    MB = 1 << 20
+    with l2_of(4 * MB):  # both weights' share of a thread (one for team=1) within half of it: 2 MB
+        assert per_step(30, 32, 256, 256) and per_step(30, 32, 64, 256)  # B >= 32, I <= 256: 1.5 MB, 0.9 MB
+        assert per_step(30, 32, 64, 96, itemsize=8)
+        assert not per_step(30, 32, 2048, 128)  # blocks of 64 too large for the small kernel
+        assert not per_step(30, 31, 256, 256) and not per_step(30, 8, 256, 256)  # too few sequences
+        assert not per_step(100, 1, 64, 128)
+        assert not per_step(30, 32, 256, 256, reverse=True, shortest=20)  # a step's rows from different times
+        # split by sequence (16 and more sequences for 2 threads): a chunk's rows of x must be consecutive, and
+        # each thread reads all of both weights
+        assert per_step(30, 32, 256, 256, shortest=20) and not per_step(30, 32, 256, 256, shortest=20, team=2)
+        assert per_step(30, 32, 256, 256, team=2)
+    with l2_of(8 * MB):  # I > 256 on the small kernel's blocks: H = 512 split by unit, 3 MB a thread of two
+        assert per_step(30, 32, 512, 512, team=2) and per_step(30, 64, 512, 512, shortest=20, team=2)
+        assert not per_step(30, 32, 512, 512)  # one thread: 6 MB
+        assert not per_step(30, 32, 1024, 1024, team=2)  # 12 MB a thread
+    with l2_of(2 * MB):  # past half of the L2, whole sequences
+        assert not per_step(30, 32, 256, 256)  # 1.5 MB
+        assert not per_step(30, 32, 256, 256, team=2)  # split by sequence: 1.5 MB each, not the 0.75 of a unit split
+        assert per_step(30, 32, 64, 256) and not per_step(30, 32, 64, 256, itemsize=8)  # 0.9 MB, 1.8 MB
+        assert not per_step(30, 64, 512, 512, team=2)
+    with l2_of(8 * MB), small_kernel(False):  # both were measured with the small kernel: without it, whole sequences
+        assert not per_step(30, 32, 256, 256) and not per_step(30, 32, 512, 512, team=2)
+
+
+def test_which_projections_give_each_thread_a_block_of_rows():
+    """Whole-sequence projections split by unit give each thread a block of rows for every unit from 512 rows a
+    thread (see _kernels.projects_row_blocks); split by sequence always."""
+    from gru.backends.cython import _kernels
+
+    rows_blocks = _kernels.projects_in_row_blocks
+    assert rows_blocks(100, 64, 512, 512, 4, 2) and rows_blocks(128, 8, 512, 512, 4, 2)  # 6,400 and 1,024 rows
+    assert not rows_blocks(127, 8, 512, 512, 4, 2) and not rows_blocks(100, 1, 1024, 1024, 4, 2)
+    assert rows_blocks(1536, 1, 512, 512, 4, 3) and not rows_blocks(1535, 1, 512, 512, 4, 3)
+    assert rows_blocks(512, 1, 64, 64, 4, 1) and not rows_blocks(511, 1, 64, 64, 4, 1)
+    assert rows_blocks(10, 20, 8, 64, 4, 2)  # split by sequence: 200 rows
+    with small_kernel(True), l2_of(4 << 20):  # projected step by step: no whole-sequence projection
+        assert _kernels.projects_step_by_step(100, 32, 256, 256, 4, 2) and not rows_blocks(100, 32, 256, 256, 4, 2)
+
+
+@pytest.mark.parametrize("cut", [True, False], ids=["cut", "whole"])
+@pytest.mark.parametrize("threads", [2, 3])
+@EACH_VARIANT
+def test_projections_in_blocks_of_rows_match_the_oracle(threads, reset_after, cut):
+    """1,540 rows split by unit, projected in blocks of rows (every unit, one product) that the other threads'
+    steps read: output and every gradient, both directions, varied lengths."""
+    from gru.backends.cython import _kernels
+
+    T, B, I, H = 140, 11, 6, 48
+    rng = np.random.default_rng(threads + 10 * reset_after + 100 * cut)
+    with small_kernel(cut):
+        assert not _kernels.splits_sequences(B, H, 8, threads)
+        assert _kernels.projects_in_row_blocks(T, B, I, H, 8, threads)
+        layer = gru.GRU(I, H, bidirectional=True, reset_after=reset_after, dtype="float64", backend="cython", seed=rng)
+        x, h0 = rng.standard_normal((T, B, I)), rng.standard_normal((2, B, H))
+        lengths = np.concatenate([[T, 0, 1], rng.integers(0, T + 1, B - 3)])
+        assert_training_matches_oracle(layer, x, rng, h0=h0, lengths=lengths, threads=threads)
 
 
 @pytest.mark.parametrize("lengths", ["none", "all-T", "varied"])

@@ -487,22 +487,15 @@ cdef enum:
     # 7x slower for one row); see matmul_w
     SMALL_TN_OUTPUTS = 1200
     SMALL_TN_INPUTS = 32
-    # Batches from 32 sequences with up to 256 inputs project their inputs step by step
-    # (measured on Zen 4: 10-17 % faster for I = 64-256 at B = 32-64; no gain at I = 512,
-    # where the whole-sequence GEMM is efficient and its output small next to its work).
+    # Batches from 32 sequences project their inputs step by step while a thread's share of
+    # both weight matrices takes at most half its L2 (see projects_per_step), if they have up
+    # to 256 inputs (Zen 4: 10-17 % faster for I = 64-256 at B = 32-64) or their step
+    # products run (in chunks of 8 rows, see matmul_step) in blocks of 64 units on OpenBLAS's
+    # small-matrix kernel. On Zen 5 (AVX-512 kernels, two threads, both builds alternating
+    # call by call) the whole-sequence GEMM won below 32 sequences: 5-7 % at B = 8
+    # (I = H = 128-512), 3-6 % at B = 12-24 (I = H = 256-512), level elsewhere at B = 16.
     STEP_PROJECTION_BATCH = 32
     STEP_PROJECTION_INPUTS = 256
-    # So do batches from 32 sequences whose step products run (in chunks of 8 rows, see
-    # matmul_step) in blocks of 64 units on OpenBLAS's small-matrix kernel, as long as
-    # both weight matrices stay in cache from step to step: 4-6 % faster at I = H = 512,
-    # B = 64 (and no T*B*3H buffer), 2.3x slower at I = H = 1024 (25 MB), so only up to
-    # 8 MB (Zen 4). On Zen 5 (AVX-512 kernels, two threads, both builds alternating
-    # call by call) the whole-sequence GEMM won below 32 sequences: 5-7 % at B = 8
-    # (I = H = 128-512), 3-6 % at B = 12-24 (I = H = 256-512), level elsewhere at B = 16;
-    # from 32 the steps won or drew: 6 % at (128,128,32,200), 1.6-2 % at B = 64, level
-    # at (512,512,32,50). (Zen 4 had put the line at 8 sequences for I = H = 512.)
-    SMALL_STEP_BATCH = 32
-    SMALL_STEP_WEIGHT_BYTES = 8 * 1024 * 1024
     # Products of many rows run in chunks of 8 rows on the small kernel while the
     # weights they take are at most 2 MB (two Zen 4 cores at once, each on its own:
     # 64 x 512 by 512 x 768, a step of the forward, in 442 us against 553 as one
@@ -516,6 +509,9 @@ cdef enum:
     # with the small kernel, more than ROW_CHUNK) takes W_ih's rows as BLAS's second operand (see
     # project_by_rows)
     ROWS_PROJECTION_ROWS = 128
+    # a whole-sequence projection split by unit gives each thread a block of rows from this many
+    # rows a thread (see projects_row_blocks)
+    ROW_BLOCK_ROWS = 512
     # see team_for
     UNIT_SPLIT_WORK = 8192
     # see weights_in_loop
@@ -575,10 +571,13 @@ cdef inline void cut_product(bint w_rows, Py_ssize_t m, int n, int k, const floa
 
     A product past the small kernel's size goes in chunks of ROW_CHUNK rows
     while the weights take at most SMALL_KERNEL_WEIGHT_BYTES (and a chunk's
-    column blocks of 64 still qualify), each chunk in column blocks
-    (matmul_blocks).
+    column blocks of 64 still qualify): column block by column block (as
+    matmul_blocks cuts a chunk), every chunk of rows through each, so a
+    block's weights are read from memory once, not once per chunk, where all
+    of them do not fit the L2.
     """
-    cdef Py_ssize_t r0 = 0
+    cdef Py_ssize_t r0
+    cdef int block, start, width
     if not small_kernel:
         whole_product(w_rows, <int>m, n, k, a, lda, w, ldw, beta, c, ldc)
         return
@@ -586,10 +585,17 @@ cdef inline void cut_product(bint w_rows, Py_ssize_t m, int n, int k, const floa
             or ROW_CHUNK * k * 64 > SMALL_PRODUCT):
         matmul_blocks(w_rows, <int>m, n, k, a, lda, w, ldw, beta, c, ldc)
         return
-    while r0 < m:
-        matmul_blocks(w_rows, <int>min(<Py_ssize_t>ROW_CHUNK, m - r0), n, k, a + r0 * lda, lda, w, ldw, beta,
-                      c + (r0 if w_rows else r0 * ldc), ldc)
-        r0 += ROW_CHUNK
+    block = small_block(ROW_CHUNK, n, k)
+    start = 0
+    while start < n:
+        width = min(block, n - start)
+        r0 = 0
+        while r0 < m:
+            whole_product(w_rows, <int>min(<Py_ssize_t>ROW_CHUNK, m - r0), width, k, a + r0 * lda, lda,
+                          w + (<Py_ssize_t>start * ldw if w_rows else start), ldw, beta,
+                          c + (<Py_ssize_t>start * ldc + r0 if w_rows else r0 * ldc + start), ldc)
+            r0 += ROW_CHUNK
+        start += block
 
 
 cdef inline void matmul_step(Py_ssize_t m, int n, int k, const floating* a, int lda, const floating* wt, int ldw,
@@ -680,27 +686,42 @@ cdef inline Py_ssize_t claim_chunk(int* next_chunk, int chunk) noexcept nogil:
 
 
 cdef inline bint projects_per_step(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, Py_ssize_t itemsize,
-                                   bint reverse, long long shortest, bint by_sequence) noexcept nogil:
+                                   bint reverse, long long shortest, bint by_sequence, int team) noexcept nogil:
     """Whether a batch projects its inputs step by step, one small product each, while the rows are in cache.
 
     Projecting the whole sequence first writes T*B*3H values to memory and
     reads them back. Not when sequences of different lengths run in reverse
     (their rows of one step belong to different times) or split by sequence
     (a chunk's rows of x are then not consecutive).
+
+    Step by step, every step reads the thread's share of both W_ih and W_hh
+    (all of both, split by sequence); the whole sequence's GEMM leaves the
+    steps W_hh's share alone. So only while both shares together take at most
+    half the core's L2 (l2_bytes): past it, every step streams weights from
+    L3, and a mesh L3 gives a core far less than its small-kernel products
+    take. Xeon with 2 MB of L2 (two threads, both ways taking turns call by
+    call in one process): the whole sequence's GEMM won at (512,512,32,50)
+    by 15 %, (384,384,64,100) 16 %, (512,512,64,100) 7 %, (256,256,64,100)
+    7 %, (256,512,64,100) 2 %, (512,512,128,50) 2 %; within half the L2,
+    level to 3 % either way ((64,128,64,200), (32,256,64,100), (64,256,32,100),
+    (128,128,32,200)). Zen 4 and 5, whose L3 is near, had found the steps 1.5-6 %
+    faster from 32 sequences up to 8 MB of weights, and 10-17 % for I = 64-256;
+    this rule keeps (128,128,32,200), their 6 %, and gives up 1.5-2 % at
+    (512,512,64,100) and (256,256,64,100) there.
     """
+    cdef Py_ssize_t units = H if by_sequence else widest_slice(<int>H, team)
     if (shortest != T and (reverse or by_sequence)) or not small_kernel:  # both regimes were measured with it
         return False
-    if B >= STEP_PROJECTION_BATCH and I <= STEP_PROJECTION_INPUTS:
-        return True
-    return (B >= SMALL_STEP_BATCH and min(B, <Py_ssize_t>ROW_CHUNK) * I * 64 <= SMALL_PRODUCT
-            and (I + H) * 3 * H * itemsize <= SMALL_STEP_WEIGHT_BYTES)
+    if B < STEP_PROJECTION_BATCH or 2 * (I + H) * 3 * units * itemsize > l2_bytes:
+        return False
+    return I <= STEP_PROJECTION_INPUTS or min(B, <Py_ssize_t>ROW_CHUNK) * I * 64 <= SMALL_PRODUCT
 
 
 def workspace_rows(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, Py_ssize_t itemsize, bint reverse,
                    long long shortest, int team) -> int:
     """Rows of 3H values run_direction's ``workspace`` needs; ``shortest`` is the least of the lengths."""
     cdef bint by_sequence = splits_by_sequence(B, H, itemsize, team)
-    cdef bint per_step = projects_per_step(T, B, I, H, itemsize, reverse, shortest, by_sequence)
+    cdef bint per_step = projects_per_step(T, B, I, H, itemsize, reverse, shortest, by_sequence, team)
     cdef Py_ssize_t projected = projection_room(T * B, I, H, itemsize, per_step, by_sequence)
     # gh and the three rows of H (r * h and two states) have a row past the batch (see product_rows)
     return (B if per_step else T * B) + 3 * B + 2 + 2 * max(team, 1) + (projected + 3 * H - 1) // (3 * H)
@@ -718,7 +739,16 @@ def projects_with_w_ih_rows(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t
 def projects_step_by_step(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, Py_ssize_t itemsize,
                           int team) -> bool:
     """Whether a forward call of T steps of B full-length sequences projects its inputs step by step."""
-    return projects_per_step(T, B, I, H, itemsize, False, T, splits_by_sequence(B, H, itemsize, team))
+    return projects_per_step(T, B, I, H, itemsize, False, T, splits_by_sequence(B, H, itemsize, team), team)
+
+
+def projects_in_row_blocks(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, Py_ssize_t itemsize,
+                           int team) -> bool:
+    """Whether a forward call of T steps of B full-length sequences projects the whole sequence first, each
+    thread a block of its rows for every unit (projects_row_blocks)."""
+    if projects_step_by_step(T, B, I, H, itemsize, team):
+        return False
+    return projects_row_blocks(T * B, splits_by_sequence(B, H, itemsize, team), team)
 
 
 # the least share of a team split by unit (see team_for); 0: every team a caller asks for
@@ -899,6 +929,41 @@ cdef void project_inputs(Py_ssize_t rows, int I, int H, int u0, int nu, const fl
         return
     for g in range(3):
         matmul(<int>rows, nu, I, x, I, w_ih_t + g * H + u0, G, 0, gx + g * H + u0, G)
+
+
+cdef inline bint projects_row_blocks(Py_ssize_t rows, bint by_sequence, int team) noexcept nogil:
+    """Whether a whole-sequence projection of ``rows`` rows gives each thread a block of rows for every unit
+    (project_row_block; the team waits for all of them), not its own units for every row (project_sequence).
+
+    Split by sequence always: each thread runs every unit. Split by unit from
+    ROW_BLOCK_ROWS rows a thread: every unit is one product of 3H columns,
+    which BLAS runs faster than a thread's units, three products of ``nu``
+    columns (or their small-kernel cuts). Xeon with 2 MB of L2, two threads,
+    both ways taking turns call by call: (512,512,64,100) 10 % faster,
+    (512,512,32,50) 9 %, (512,512,16,100) 5 %, (512,512,4,400) 5 %,
+    (128,128,4,1000) 4 %, (512,512,2,1000) 3 %, (768,768,16,100) 2 %,
+    (1024,1024,64,50) 1 %, level at (1024,1024,32,50), (256,256,8,500) and
+    (256,512,16,100). Below it each thread reads all of W_ih for few rows:
+    (1024,1024,8,100) 2 % slower, (1024,1024,4,100) 6 %, (1024,1024,1,100)
+    18 %; (512,512,8,100) 3.5 % faster, (512,512,8,50) level.
+    """
+    return by_sequence or rows >= <Py_ssize_t>ROW_BLOCK_ROWS * team
+
+
+cdef void project_row_block(Py_ssize_t rows, int I, int H, int team, int tid, const floating* x,
+                            const floating* w_ih_t, floating* gx) noexcept nogil:
+    """Thread ``tid``'s block of the ``rows`` rows of a whole-sequence projection, every unit in one product
+    (cut for the small kernel where projects_unpacked says so; see projects_row_blocks)."""
+    cdef int G = 3 * H
+    cdef Py_ssize_t per_thread = (rows + team - 1) // team
+    cdef Py_ssize_t r0 = min(tid * per_thread, rows)
+    cdef Py_ssize_t count = min(r0 + per_thread, rows) - r0
+    if count <= 0:
+        return
+    if projects_unpacked(count, I, H, sizeof(floating)):
+        matmul_step(count, G, I, x + r0 * I, I, w_ih_t, G, 0, gx + r0 * G, G)
+    else:
+        matmul(<int>count, G, I, x + r0 * I, I, w_ih_t, G, 0, gx + r0 * G, G)
 
 
 cdef inline bint projects_by_rows(Py_ssize_t rows, Py_ssize_t I, int nu, Py_ssize_t itemsize) noexcept nogil:
@@ -1348,16 +1413,13 @@ cdef void thread_body(
     cdef int tid = gru_thread_id()
     cdef int G = 3 * H
     cdef Py_ssize_t M = <Py_ssize_t>T * B
-    cdef Py_ssize_t rows, r0
     cdef int u0, nu, chunk
     cdef Py_ssize_t c0  # a chunk's first sequence
     cdef const floating* panel
 
     if by_sequence:
         if not per_step:  # the whole sequence's input projection first, a block of its rows per thread
-            rows = (M + team - 1) // team
-            r0 = min(tid * rows, M)
-            project_inputs(min(r0 + rows, M) - r0, I, H, 0, H, x + r0 * I, w_ih_t, gx + r0 * G)
+            project_row_block(M, I, H, team, tid, x, w_ih_t, gx)
             gru_team_barrier_wait(barrier, team)
         # then chunks of sequences, each through every step, with every unit
         chunk = sequence_chunk(B, team)
@@ -1378,8 +1440,11 @@ cdef void thread_body(
         if team != packed_team:
             pack_panel(H, u0, nu, w_hh, own_panels + <Py_ssize_t>H * 3 * u0, w_rows)
             panel = own_panels + <Py_ssize_t>H * 3 * u0
-        if not per_step:  # the input projection of this thread's units, every step at once
-            project_sequence(M, I, H, u0, nu, x, w_ih_t, w_ih, projected, gx)
+    if not per_step and projects_row_blocks(M, False, team):  # a block of rows, every unit, then the others'
+        project_row_block(M, I, H, team, tid, x, w_ih_t, gx)
+        gru_team_barrier_wait(barrier, team)
+    elif nu > 0 and not per_step:  # the input projection of this thread's units, every step at once
+        project_sequence(M, I, H, u0, nu, x, w_ih_t, w_ih, projected, gx)
     run_rows(T, B, I, H, 0, B, u0, nu, team, x, w_ih_t, panel, w_rows, bias, b_hn, lengths, order, reverse, reset_after,
              per_step, gx, gh, ght, rh, h_a, h_b, scratch, barrier, out, out_t, out_b, h_n, gates, hn_keep, zero_h0)
 
@@ -1444,7 +1509,7 @@ def run_direction(
     threads = team_for(threads, H, B, sizeof(floating))
     cdef bint by_sequence = splits_by_sequence(B, H, sizeof(floating), threads)
     cdef bint per_step = B > 0 and projects_per_step(T, B, I, H, sizeof(floating), reverse, lengths[B - 1],
-                                                     by_sequence)
+                                                     by_sequence, threads)
     cdef Py_ssize_t gx_rows = B if per_step else <Py_ssize_t>T * B
     cdef Py_ssize_t projected_room = projection_room(<Py_ssize_t>T * B, I, H, sizeof(floating), per_step, by_sequence)
     _expect_room("workspace", workspace.shape[0] * workspace.shape[1],
@@ -1539,6 +1604,10 @@ cdef void thread_part(bint projection, Py_ssize_t rows, int I, int H, int team, 
     cdef floating* product
     cdef int ldp = <int>rows if flag else 3 * H  # as in run_rows
     nu = unit_slice(H, team, tid, &u0)
+    if projection and not flag and projects_row_blocks(rows, False, team):
+        for c in range(calls):
+            project_row_block(rows, I, H, team, tid, a, w, out)
+        return
     if nu == 0:
         return
     if projection:
@@ -2173,3 +2242,4 @@ def backward_direction(
         for i in range(B):
             for u in range(H):
                 d_h0[order[i], u] = d_carry[i * H + u]
+

@@ -1,6 +1,7 @@
 """``python benchmarks/floors.py [--bench RUN.json] [--shapes ...]``: the least time the Cython backend can take.
 
-A forward call split by unit is, for each thread, an input projection and then,
+A forward call split by unit is, for each thread, an input projection (its units'
+for every row, or from 512 rows a thread a block of rows for every unit) and then,
 step by step, the products of h_{t-1} with its units' recurrent weights (from
 the second step on where h0 = 0, as in ``gru bench``; see
 ``gru/backends/cython/_kernels.pyx``). This script times those BLAS calls

@@ -158,7 +158,7 @@ def test_batches_of_wide_layers_projected_step_by_step_match_the_oracle(
 
     T, B, I, H = 4, 32, 5, 300
     assert not _kernels.splits_sequences(B, H, 8, threads)
-    assert not _kernels.projects_step_by_step(T, B, I, H, 8, threads)  # 1.2 MB a thread: past half a 1 MB L2
+    assert not _kernels.projects_step_by_step(T, B, I, H, 8, threads)  # 1.2 MB (two threads), 0.8: past half a 1 MB L2
     with l2_of(3 << 20):
         assert _kernels.projects_step_by_step(T, B, I, H, 8, threads)
         rng = np.random.default_rng(7 + reset_after + 10 * threads + 100 * full_length)
@@ -1187,7 +1187,6 @@ def test_which_batches_project_their_inputs_step_by_step(products_cut):
     with l2_of(4 * MB):  # both weights' share of a thread (one for team=1) within half of it: 2 MB
         assert per_step(30, 32, 256, 256) and per_step(30, 32, 64, 256)  # B >= 32, I <= 256: 1.5 MB, 0.9 MB
         assert per_step(30, 32, 64, 96, itemsize=8)
-        assert not per_step(30, 32, 2048, 128)  # blocks of 64 too large for the small kernel
         assert not per_step(30, 31, 256, 256) and not per_step(30, 8, 256, 256)  # too few sequences
         assert not per_step(100, 1, 64, 128)
         assert not per_step(30, 32, 256, 256, reverse=True, shortest=20)  # a step's rows from different times
@@ -1198,6 +1197,7 @@ def test_which_batches_project_their_inputs_step_by_step(products_cut):
     with l2_of(8 * MB):  # I > 256 on the small kernel's blocks: H = 512 split by unit, 3 MB a thread of two
         assert per_step(30, 32, 512, 512, team=2) and per_step(30, 64, 512, 512, shortest=20, team=2)
         assert not per_step(30, 32, 512, 512)  # one thread: 6 MB
+        assert not per_step(30, 32, 2048, 128)  # 3.3 MB, but blocks of 64 too large for the small kernel
         assert not per_step(30, 32, 1024, 1024, team=2)  # 12 MB a thread
     with l2_of(2 * MB):  # past half of the L2, whole sequences
         assert not per_step(30, 32, 256, 256)  # 1.5 MB
@@ -1240,6 +1240,61 @@ def test_projections_in_blocks_of_rows_match_the_oracle(threads, reset_after, cu
         x, h0 = rng.standard_normal((T, B, I)), rng.standard_normal((2, B, H))
         lengths = np.concatenate([[T, 0, 1], rng.integers(0, T + 1, B - 3)])
         assert_training_matches_oracle(layer, x, rng, h0=h0, lengths=lengths, threads=threads)
+
+
+@EACH_VARIANT
+def test_projections_in_blocks_of_rows_with_a_thread_of_no_units_match_the_oracle(reset_after):
+    """Five threads for 100 units take 32 each, so the fifth has none; it still projects its block of the 2,600
+    rows for every unit and passes every barrier: output and every gradient."""
+    from gru.backends.cython import _kernels
+
+    T, B, I, H = 260, 10, 4, 100
+    assert _kernels.team_size(5, H, B, 8) == 5 and not _kernels.splits_sequences(B, H, 8, 5)
+    assert _kernels.projects_in_row_blocks(T, B, I, H, 8, 5)
+    rng = np.random.default_rng(31 + reset_after)
+    layer = gru.GRU(I, H, reset_after=reset_after, dtype="float64", backend="cython", seed=rng)
+    x, h0 = rng.standard_normal((T, B, I)), rng.standard_normal((1, B, H))
+    lengths = np.concatenate([[T, 0], rng.integers(0, T + 1, B - 2)])
+    assert_training_matches_oracle(layer, x, rng, h0=h0, lengths=lengths, threads=5)
+
+
+def test_a_smaller_team_than_planned_projects_in_blocks_of_rows(run_on_one_openmp_thread):
+    """Planned for two threads, 600 rows are projected unit by unit (under 512 a thread); on the one thread
+    OpenMP gives (OMP_THREAD_LIMIT=1, in a child process), in one block of rows: the result matches the numpy
+    backend's."""
+    from gru.backends.cython import _kernels
+
+    if not _kernels.has_openmp():
+        pytest.skip("built without OpenMP: every call runs in one thread")
+    assert not _kernels.projects_in_row_blocks(60, 10, 8, 64, 4, 2)
+    assert _kernels.projects_in_row_blocks(60, 10, 8, 64, 4, 1)
+    code = (
+        "import numpy as np, gru\n"
+        "rng = np.random.default_rng(15)\n"
+        "x = rng.standard_normal((60, 10, 8)).astype('float32')\n"
+        "layer = gru.GRU(8, 64, bidirectional=True, backend='cython', seed=2)\n"
+        "reference = gru.GRU(8, 64, bidirectional=True, backend='numpy', dtype='float64', seed=2)\n"
+        "lengths = rng.integers(0, 61, 10)\n"
+        "for given in (None, lengths):\n"
+        "    got = layer(x, lengths=given, threads=2)[0]\n"
+        "    want = reference(x.astype('float64'), lengths=given)[0]\n"
+        "    assert np.abs(got - want).max() < 2e-5, np.abs(got - want).max()\n"
+        "print('ok')\n"
+    )
+    assert run_on_one_openmp_thread(code) == ["ok"]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_products_cut_in_column_blocks_and_parts_of_their_inputs_match_the_oracle(threads, products_cut):
+    """(400,128,17,9) in float64: each thread's block of the projection is 8-row chunks (the last of fewer rows)
+    through two column blocks, each product in four parts of its 400 inputs (see _kernels.small_product); the
+    backward's products over 3H = 384 inputs in three: output and every gradient, with lengths."""
+    T, B, I, H = 9, 17, 400, 128
+    rng = np.random.default_rng(40 + threads)
+    layer = gru.GRU(I, H, bidirectional=True, dtype="float64", backend="cython", seed=rng)
+    x, h0 = rng.standard_normal((T, B, I)), rng.standard_normal((2, B, H))
+    lengths = np.concatenate([[T, 0, 1], rng.integers(0, T + 1, B - 3)])
+    assert_training_matches_oracle(layer, x, rng, h0=h0, lengths=lengths, threads=threads)
 
 
 @pytest.mark.parametrize("lengths", ["none", "all-T", "varied"])

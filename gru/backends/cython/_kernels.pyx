@@ -10,7 +10,9 @@ slice of them and
 * computes the input projection of its units: for every step at once (per
   gate, all T*B rows; at most 8 rows cut for the small-matrix kernel, see
   projects_unpacked, and up to 128 in float32 with W_ih's rows as BLAS's
-  second operand, see project_by_rows), or, where projects_per_step says
+  second operand, see project_by_rows), or, from 512 rows a thread, a block
+  of the rows for every unit, one product, after which the team waits for
+  all of them (see projects_row_blocks), or, where projects_per_step says
   so, step by step while the rows are in cache;
 * then, per step, the product of h_{t-1} with its panel for all three gates,
   the fused gate pass, and one barrier with the others (two for reset-before,
@@ -25,7 +27,8 @@ Batches of 8 sequences and more per thread split the sequences instead (see
 splits_by_sequence): the threads claim chunks of them as they come free and
 run each chunk through every step, for every unit, with no barrier.
 Products are cut so that OpenBLAS runs them on its small-matrix kernel where
-that is faster (see matmul_step); elsewhere the step products take the
+that is faster (see matmul_step), deep ones in parts of their inputs (see
+small_product); elsewhere the step products take the
 weights as BLAS's second operand, which OpenBLAS packs faster (see matmul_w
 and panel_rows). BLAS is called single-threaded from each
 thread: the caller limits BLAS threads so the two never oversubscribe the
@@ -505,6 +508,8 @@ cdef enum:
     # one chunk (see projects_unpacked).
     ROW_CHUNK = 8
     SMALL_KERNEL_WEIGHT_BYTES = 2 * 1024 * 1024
+    # the most bytes of each row of A one small-kernel product takes (see small_product)
+    SMALL_DEPTH_BYTES = 1024
     # A whole-sequence projection past SMALL_KERNEL_WEIGHT_BYTES of at most this many rows (and,
     # with the small kernel, more than ROW_CHUNK) takes W_ih's rows as BLAS's second operand (see
     # project_by_rows)
@@ -552,6 +557,35 @@ cdef inline int small_block(int m, int n, int k) noexcept nogil:
     return ((n + count - 1) // count + 15) // 16 * 16
 
 
+cdef inline void small_product(bint w_rows, int m, int n, int k, const floating* a, int lda, const floating* w,
+                               int ldw, floating beta, floating* c, int ldc) noexcept nogil:
+    """whole_product for the small-matrix kernel: deep products in parts of their inputs, added up.
+
+    The kernel keeps A's rows in L1 while it streams W's columns past them;
+    rows of more than SMALL_DEPTH_BYTES crowd them out. Parts of at most that
+    many bytes of a row (equal widths, whole cache lines): training steps of
+    (1024,1024,16,20) 28 % faster (float64 23 %), (512,512,64,50) 12 %,
+    (512,512,8,50) 8 % (float64 7 %), forward (1024,1024,8,50) in float64
+    13 %, in float32 level; level where no product is that deep. Xeon with
+    48 KB of L1, two threads, both ways taking turns call by call; 384-byte
+    and 512-byte rows of a float32 part (the carry product's 8 x 1536 by
+    1536 x 64 in a loop, alone: 111-129 against 196-198 GFLOP/s), 256 and 192
+    a little faster still.
+    """
+    cdef int depth = SMALL_DEPTH_BYTES // sizeof(floating)
+    cdef int parts, width, k0
+    if m <= 1 or k <= depth:
+        whole_product(w_rows, m, n, k, a, lda, w, ldw, beta, c, ldc)
+        return
+    parts = (k + depth - 1) // depth
+    width = ((k + parts - 1) // parts + 15) // 16 * 16
+    k0 = 0
+    while k0 < k:
+        whole_product(w_rows, m, n, min(width, k - k0), a + k0, lda, w + (k0 if w_rows else <Py_ssize_t>k0 * ldw),
+                      ldw, beta if k0 == 0 else 1, c, ldc)
+        k0 += width
+
+
 cdef inline void matmul_blocks(bint w_rows, int m, int n, int k, const floating* a, int lda, const floating* w,
                                int ldw, floating beta, floating* c, int ldc) noexcept nogil:
     """matmul (or, w_rows, matmul_w) as column blocks that each stay a small product."""
@@ -561,7 +595,7 @@ cdef inline void matmul_blocks(bint w_rows, int m, int n, int k, const floating*
     while start < n:
         w_at = <Py_ssize_t>start * ldw if w_rows else start
         c_at = <Py_ssize_t>start * ldc if w_rows else start
-        whole_product(w_rows, m, min(block, n - start), k, a, lda, w + w_at, ldw, beta, c + c_at, ldc)
+        small_product(w_rows, m, min(block, n - start), k, a, lda, w + w_at, ldw, beta, c + c_at, ldc)
         start += block
 
 
@@ -591,7 +625,7 @@ cdef inline void cut_product(bint w_rows, Py_ssize_t m, int n, int k, const floa
         width = min(block, n - start)
         r0 = 0
         while r0 < m:
-            whole_product(w_rows, <int>min(<Py_ssize_t>ROW_CHUNK, m - r0), width, k, a + r0 * lda, lda,
+            small_product(w_rows, <int>min(<Py_ssize_t>ROW_CHUNK, m - r0), width, k, a + r0 * lda, lda,
                           w + (<Py_ssize_t>start * ldw if w_rows else start), ldw, beta,
                           c + (<Py_ssize_t>start * ldc + r0 if w_rows else r0 * ldc + start), ldc)
             r0 += ROW_CHUNK
@@ -703,13 +737,15 @@ cdef inline bint projects_per_step(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_
     call in one process): the whole sequence's GEMM won at (512,512,32,50)
     by 15 %, (384,384,64,100) 16 %, (512,512,64,100) 7 %, (256,256,64,100)
     7 %, (256,512,64,100) 2 %, (512,512,128,50) 2 %; within half the L2,
-    level to 3 % either way ((64,128,64,200), (32,256,64,100), (64,256,32,100),
-    (128,128,32,200)). Zen 4 and 5, whose L3 is near, had found the steps 1.5-6 %
-    faster from 32 sequences up to 8 MB of weights, and 10-17 % for I = 64-256;
-    this rule keeps (128,128,32,200), their 6 %, and gives up 1.5-2 % at
-    (512,512,64,100) and (256,256,64,100) there.
+    within 3.4 % either way ((64,128,64,200), (32,256,64,100),
+    (64,256,32,100), (128,128,32,200)). Zen 4 and 5, whose L3 is near, had
+    found the steps 1.5-6 % faster from 32 sequences up to 8 MB of weights,
+    and 10-17 % for I = 64-256 (Zen 4); on their 1 MB L2 this rule keeps
+    (128,128,32,200), Zen 5's 6 %, and gives up its 1.5-2 % at
+    (512,512,64,100) and (256,256,64,100), and, not measured there again,
+    part of Zen 4's gain at I = 64-256 where the weights pass 512 KB a thread.
     """
-    cdef Py_ssize_t units = H if by_sequence else widest_slice(<int>H, team)
+    cdef Py_ssize_t units = H if by_sequence else widest_slice(<int>H, max(team, 1))
     if (shortest != T and (reverse or by_sequence)) or not small_kernel:  # both regimes were measured with it
         return False
     if B < STEP_PROJECTION_BATCH or 2 * (I + H) * 3 * units * itemsize > l2_bytes:
@@ -1588,10 +1624,11 @@ cdef void thread_part(bint projection, Py_ssize_t rows, int I, int H, int team, 
                       Py_ssize_t out_apart, Py_ssize_t calls) noexcept nogil:
     """Thread ``tid``'s part of a forward, ``calls`` times, as the kernels make it.
 
-    ``projection``: its units' input projection of the ``rows`` rows of ``a``
-    (x) with ``w`` (W_ih^T) and ``w_ih`` (W_ih), whole (project_sequence, with
-    ``projected`` its room) or, ``flag``, as a step's (project_step), into
-    ``out`` (gx, shared). Else: a step's recurrent
+    ``projection``: its input projection of the ``rows`` rows of ``a`` (x) with
+    ``w`` (W_ih^T) and ``w_ih`` (W_ih), whole (its block of rows for every
+    unit where projects_row_blocks says so, else its units' for every row,
+    project_sequence, with ``projected`` its room) or, ``flag``, as a step's
+    (project_step), into ``out`` (gx, shared). Else: a step's recurrent
     products of its units for the ``rows`` rows of ``a`` (h) with its panel in
     ``w`` (every thread's, as pack_panels lays them out, in the layout
     ``flag``), in the parts and order run_rows makes them in for reset-after
@@ -1731,8 +1768,8 @@ def projection_seconds(const floating[:, ::1] x not None, const floating[:, ::1]
     """Seconds per call of thread 0's input projection of the rows of ``x`` (rows, I) in a team of ``team``.
 
     ``w_ih_t`` is (I, 3H), ``w_ih`` (3H, I). As thread_body makes it for every
-    row at once (project_sequence), or, ``per_step``, as own_part makes it for
-    one step's rows. ``together``: every thread's projection at once (wall
+    row at once (project_row_block or project_sequence), or, ``per_step``, as
+    own_part makes it for one step's rows. ``together``: every thread's projection at once (wall
     time), as in a forward call.
     """
     cdef Py_ssize_t rows = x.shape[0]

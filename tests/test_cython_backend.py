@@ -1244,7 +1244,7 @@ def test_projections_in_blocks_of_rows_match_the_oracle(threads, reset_after, cu
 
 @EACH_VARIANT
 def test_projections_in_blocks_of_rows_with_a_thread_of_no_units_match_the_oracle(reset_after):
-    """Five threads for 100 units take 32 each, so the fifth has none; it still projects its block of the 2,600
+    """Five threads for 100 units take 32, 32, 32, 4 and none; the fifth still projects its block of the 2,600
     rows for every unit and passes every barrier: output and every gradient."""
     from gru.backends.cython import _kernels
 
@@ -1286,9 +1286,10 @@ def test_a_smaller_team_than_planned_projects_in_blocks_of_rows(run_on_one_openm
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_products_cut_in_column_blocks_and_parts_of_their_inputs_match_the_oracle(threads, products_cut):
-    """(400,128,17,9) in float64: each thread's block of the projection is 8-row chunks (the last of fewer rows)
-    through two column blocks, each product in four parts of its 400 inputs (see _kernels.small_product); the
-    backward's products over 3H = 384 inputs in three: output and every gradient, with lengths."""
+    """(400,128,17,9) in float64. Two threads split the sequences: each one's block of the projection (77 or 76
+    rows) runs in 8-row chunks (the last of fewer) through two column blocks of 192; one thread splits the units:
+    three products of 128 columns. Each small product takes its 400 inputs in four parts (see
+    _kernels.small_product), the backward's over 3H = 384 in three: output and every gradient, with lengths."""
     T, B, I, H = 9, 17, 400, 128
     rng = np.random.default_rng(40 + threads)
     layer = gru.GRU(I, H, bidirectional=True, dtype="float64", backend="cython", seed=rng)

@@ -562,27 +562,31 @@ cdef inline void small_product(bint w_rows, int m, int n, int k, const floating*
     """whole_product for the small-matrix kernel: deep products in parts of their inputs, added up.
 
     The kernel keeps A's rows in L1 while it streams W's columns past them;
-    rows of more than SMALL_DEPTH_BYTES crowd them out. Parts of at most that
-    many bytes of a row (equal widths, whole cache lines): training steps of
-    (1024,1024,16,20) 28 % faster (float64 23 %), (512,512,64,50) 12 %,
-    (512,512,8,50) 8 % (float64 7 %), forward (1024,1024,8,50) in float64
-    13 %, in float32 level; level where no product is that deep. Xeon with
-    48 KB of L1, two threads, both ways taking turns call by call; 384-byte
-    and 512-byte rows of a float32 part (the carry product's 8 x 1536 by
-    1536 x 64 in a loop, alone: 111-129 against 196-198 GFLOP/s), 256 and 192
-    a little faster still.
+    rows of more than SMALL_DEPTH_BYTES crowd them out. So a product of
+    several rows that the kernel takes (at most SMALL_PRODUCT multiply-adds)
+    goes in parts of at most that many bytes of a row: equal widths rounded
+    up to 16 values, the last shorter. The carry product's 8 x 1536 by
+    1536 x 64 in a loop, alone, in float32: 111-129 GFLOP/s, against 196-198
+    for the same over 768 or 512 inputs. In the backend (Xeon, 48 KB of L1,
+    two threads, both ways taking turns call by call) with parts of 256
+    floats: training steps of (1024,1024,16,20) 28 % faster, (512,512,64,50)
+    12 %, (512,512,8,50) 8 %; of 128 doubles: 23 % and 7 %, forward
+    (1024,1024,8,50) 13 %. Float32 forward: level on the default shapes,
+    5 % faster at (1024,1024,8,50) and (1024,1024,32,20) with parts of 384.
+    Parts of 512 or 192 floats were as fast at (512,512,64,50), 192 2 %
+    faster at (1024,1024,16,20). W's rows (``w_rows``) reach here with one
+    row only (see panel_rows): never split.
     """
     cdef int depth = SMALL_DEPTH_BYTES // sizeof(floating)
     cdef int parts, width, k0
-    if m <= 1 or k <= depth:
+    if w_rows or m <= 1 or k <= depth or <long long>m * n * k > SMALL_PRODUCT:
         whole_product(w_rows, m, n, k, a, lda, w, ldw, beta, c, ldc)
         return
     parts = (k + depth - 1) // depth
     width = ((k + parts - 1) // parts + 15) // 16 * 16
     k0 = 0
     while k0 < k:
-        whole_product(w_rows, m, n, min(width, k - k0), a + k0, lda, w + (k0 if w_rows else <Py_ssize_t>k0 * ldw),
-                      ldw, beta if k0 == 0 else 1, c, ldc)
+        matmul(m, n, min(width, k - k0), a + k0, lda, w + <Py_ssize_t>k0 * ldw, ldw, beta if k0 == 0 else 1, c, ldc)
         k0 += width
 
 

@@ -898,6 +898,25 @@ def test_padded_projections_with_w_ih_rows_match_the_oracle(small, T, B):
                     np.testing.assert_allclose(h_n, want_h_n, rtol=0, atol=2e-5)
 
 
+def _one_thread_child_matches_numpy(run, x_shape: tuple, layer_args: str, lengths: str, *, seed: int) -> None:
+    """In a child whose OpenMP gives one thread (``run``: the run_on_one_openmp_thread fixture), a float32 Cython
+    layer called with ``threads=2`` matches the float64 numpy backend's layer of the same weights, for each of
+    ``lengths`` (a Python expression of the choices, which may draw from ``rng``)."""
+    code = (
+        "import numpy as np, gru\n"
+        f"rng = np.random.default_rng({seed})\n"
+        f"x = rng.standard_normal({x_shape!r}).astype('float32')\n"
+        f"layer = gru.GRU({layer_args}, backend='cython', seed={seed})\n"
+        f"reference = gru.GRU({layer_args}, backend='numpy', dtype='float64', seed={seed})\n"
+        f"for given in {lengths}:\n"
+        "    got = layer(x, lengths=given, threads=2)[0]\n"
+        "    want = reference(x.astype('float64'), lengths=given)[0]\n"
+        "    assert np.abs(got - want).max() < 2e-5, np.abs(got - want).max()\n"
+        "print('ok')\n"
+    )
+    assert run(code) == ["ok"]
+
+
 def test_a_smaller_team_than_planned_finds_room_for_a_projection_with_w_ih_rows(run_on_one_openmp_thread):
     """Planned for two threads, (5,2,2000,128) projects as before (1.5 MB of input weights a thread); on the one
     thread OpenMP gives (OMP_THREAD_LIMIT=1, in a child process), 3 MB, with W_ih's rows: the workspace has room
@@ -908,19 +927,7 @@ def test_a_smaller_team_than_planned_finds_room_for_a_projection_with_w_ih_rows(
         pytest.skip("built without OpenMP: every call runs in one thread")
     assert not _kernels.projects_with_w_ih_rows(5, 2, 2000, 128, 4, 2)
     assert _kernels.projects_with_w_ih_rows(5, 2, 2000, 128, 4, 1)
-    code = (
-        "import numpy as np, gru\n"
-        "rng = np.random.default_rng(14)\n"
-        "x = rng.standard_normal((5, 2, 2000)).astype('float32')\n"
-        "layer = gru.GRU(2000, 128, backend='cython', seed=1)\n"
-        "reference = gru.GRU(2000, 128, backend='numpy', dtype='float64', seed=1)\n"
-        "for lengths in (None, [5, 2]):\n"
-        "    got = layer(x, lengths=lengths, threads=2)[0]\n"
-        "    want = reference(x.astype('float64'), lengths=lengths)[0]\n"
-        "    assert np.abs(got - want).max() < 2e-5, np.abs(got - want).max()\n"
-        "print('ok')\n"
-    )
-    assert run_on_one_openmp_thread(code) == ["ok"]
+    _one_thread_child_matches_numpy(run_on_one_openmp_thread, (5, 2, 2000), "2000, 128", "(None, [5, 2])", seed=14)
 
 
 @pytest.mark.parametrize("reset_after", [True, False], ids=["reset-after", "reset-before"])
@@ -1268,20 +1275,8 @@ def test_a_smaller_team_than_planned_projects_in_blocks_of_rows(run_on_one_openm
         pytest.skip("built without OpenMP: every call runs in one thread")
     assert not _kernels.projects_in_row_blocks(60, 10, 8, 64, 4, 2)
     assert _kernels.projects_in_row_blocks(60, 10, 8, 64, 4, 1)
-    code = (
-        "import numpy as np, gru\n"
-        "rng = np.random.default_rng(15)\n"
-        "x = rng.standard_normal((60, 10, 8)).astype('float32')\n"
-        "layer = gru.GRU(8, 64, bidirectional=True, backend='cython', seed=2)\n"
-        "reference = gru.GRU(8, 64, bidirectional=True, backend='numpy', dtype='float64', seed=2)\n"
-        "lengths = rng.integers(0, 61, 10)\n"
-        "for given in (None, lengths):\n"
-        "    got = layer(x, lengths=given, threads=2)[0]\n"
-        "    want = reference(x.astype('float64'), lengths=given)[0]\n"
-        "    assert np.abs(got - want).max() < 2e-5, np.abs(got - want).max()\n"
-        "print('ok')\n"
-    )
-    assert run_on_one_openmp_thread(code) == ["ok"]
+    layer_args, lengths = "8, 64, bidirectional=True", "(None, rng.integers(0, 61, 10))"
+    _one_thread_child_matches_numpy(run_on_one_openmp_thread, (60, 10, 8), layer_args, lengths, seed=15)
 
 
 @pytest.mark.parametrize("threads", [1, 2])

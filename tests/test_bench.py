@@ -780,21 +780,34 @@ def test_the_header_names_the_blas_kernels_and_who_chose_them(monkeypatch, coret
 
 
 def test_the_header_says_how_the_cython_kernels_were_built():
-    """Their vector instruction set (a portable build's gate pass is slower) and whether they have OpenMP."""
+    """Their vector instruction set, the gate pass's where a portable build picked a clone for the CPU, and
+    whether they have OpenMP."""
     if not gru.backend_available("cython"):
         pytest.skip("the cython backend is not built")
     from gru.backends.cython import _kernels
 
     report = _quick_run(bench.resolve_implementations(["numpy"]))
     built = report["machine"]["cython_kernels"]
-    assert built == {"vector_isa": _kernels.vector_isa(), "openmp": _kernels.has_openmp()}
+    assert built == {
+        "vector_isa": _kernels.vector_isa(),
+        "gate_pass_isa": _kernels.gate_pass_isa(),
+        "openmp": _kernels.has_openmp(),
+    }
     assert built["vector_isa"] in {"AVX-512", "AVX2+FMA", "AVX", "SSE2", "NEON", "none"}
-    for isa, openmp, expected in (
-        ("SSE2", False, "  cython kernels compiled for SSE2 vectors, without OpenMP (one thread)"),
-        ("AVX-512", True, "  cython kernels compiled for AVX-512 vectors, with OpenMP"),
+    for isa, gate_pass, openmp, expected in (
+        ("SSE2", "SSE2", False, "  cython kernels compiled for SSE2 vectors, without OpenMP (one thread)"),
+        ("AVX-512", "AVX-512", True, "  cython kernels compiled for AVX-512 vectors, with OpenMP"),
+        (
+            "SSE2",
+            "AVX2+FMA",
+            True,
+            "  cython kernels compiled for SSE2 vectors (the gate pass on AVX2+FMA, a clone for this CPU), with OpenMP",
+        ),
     ):
-        report["machine"]["cython_kernels"] = {"vector_isa": isa, "openmp": openmp}
+        report["machine"]["cython_kernels"] = {"vector_isa": isa, "gate_pass_isa": gate_pass, "openmp": openmp}
         assert expected in bench.format_table(report).splitlines()
+    report["machine"]["cython_kernels"] = {"vector_isa": "AVX", "openmp": True}  # a report from before the clones
+    assert "  cython kernels compiled for AVX vectors, with OpenMP" in bench.format_table(report).splitlines()
     report["machine"]["cython_kernels"] = None  # not built: no line
     assert "cython kernels compiled" not in bench.format_table(report)
 

@@ -1015,6 +1015,40 @@ def test_the_l2_planned_for_is_the_machines():
     assert _kernels.l2_cache_bytes() == 1 << 20  # back to the fixture's
 
 
+def _cpu_flags() -> set[str]:
+    """The CPU's feature flags as Linux lists them (empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+# x86-64 microarchitecture levels v3 and v4 by /proc/cpuinfo's flags (the psABI's lists)
+X86_64_V3 = {"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave"}
+X86_64_V4 = X86_64_V3 | {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"}
+
+
+def test_the_gate_pass_runs_on_the_widest_vectors_the_build_and_the_cpu_allow():
+    """A native build's gate pass runs on what it was compiled for; a portable one with clones on the clone for
+    the CPU's x86-64 level (read from /proc/cpuinfo), the baseline below v3."""
+    from gru.backends.cython import _kernels
+
+    isa = _kernels.gate_pass_isa()
+    assert isa in {"AVX-512", "AVX2+FMA", "AVX", "SSE2", "NEON", "none"}
+    if not _kernels.has_gate_pass_clones():
+        assert isa == _kernels.vector_isa()
+        return
+    flags = _cpu_flags()
+    if not flags:
+        pytest.skip("no /proc/cpuinfo to read the CPU's level from")
+    expected = "AVX-512" if X86_64_V4 <= flags else "AVX2+FMA" if X86_64_V3 <= flags else _kernels.vector_isa()
+    assert isa == expected
+
+
 def test_which_one_sequence_calls_keep_blocks_of_their_panel_in_l1():
     """One sequence whose panel (transposed blocks) takes 1.25-8 L1s: kept blocks of 3/4 of the L1, at most half
     of the thread's own inputs (see _kernels.kept_inputs)."""

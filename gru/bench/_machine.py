@@ -122,12 +122,17 @@ def _blas_small_kernel() -> bool | None:
 
 
 def _cython_kernels() -> dict[str, Any] | None:
-    """How the cython backend's kernels were built: their vector instruction set and OpenMP (None: not built)."""
+    """How the cython backend's kernels were built: their vector instruction set, the one their gate pass runs on
+    here, and OpenMP (None: not built)."""
     try:
         from gru.backends.cython import _kernels
     except ImportError:
         return None
-    return {"vector_isa": _kernels.vector_isa(), "openmp": _kernels.has_openmp()}
+    return {
+        "vector_isa": _kernels.vector_isa(),
+        "gate_pass_isa": _kernels.gate_pass_isa(),
+        "openmp": _kernels.has_openmp(),
+    }
 
 
 def _dist_version(name: str) -> str | None:

@@ -53,6 +53,8 @@ ctypedef fused floating:
     double
 
 cdef extern from "gru_math.h" nogil:
+    const char* gru_gate_pass_isa(const char* built)
+    int GRU_GATE_CLONES
     ctypedef struct gru_team_barrier:
         int arrived
     void gru_team_barrier_init(gru_team_barrier* b, int team)
@@ -141,14 +143,30 @@ cdef extern from *:
 
 
 def vector_isa() -> str:
-    """The widest vector instruction set this build was compiled for: what the gate pass runs on.
+    """The widest vector instruction set this build was compiled for.
 
     The build targets the building machine's CPU unless GRU_NATIVE_ARCH is
-    off; a portable build's gate pass runs on narrower vectors (at the
-    benchmark's shapes, SSE2 builds took 6-25 % longer than native ones on an
-    AVX-512 CPU), so a benchmark quotes it beside its numbers.
+    off; a portable one is compiled for the baseline (SSE2 on x86-64), so a
+    benchmark quotes it beside its numbers, with gate_pass_isa.
     """
     return GRU_VECTOR_ISA.decode()
+
+
+def gate_pass_isa() -> str:
+    """The vector instruction set the gate pass runs on, on this CPU.
+
+    A native build's own (vector_isa). A portable build made by GCC 12+ on
+    glibc has the pass in clones for AVX-512, AVX2+FMA and the baseline, one
+    picked for the CPU as the module loads (see gru_math.h); elsewhere it
+    runs on the baseline's vectors (at the benchmark's shapes, SSE2 builds took
+    6-25 % longer than native ones on an AVX-512 CPU).
+    """
+    return gru_gate_pass_isa(GRU_VECTOR_ISA).decode()
+
+
+def has_gate_pass_clones() -> bool:
+    """Whether this build's gate pass comes in clones per instruction set (see gate_pass_isa)."""
+    return GRU_GATE_CLONES != 0
 
 
 # Whether the products are cut for a small-matrix kernel (see matmul_step). OpenBLAS runs

@@ -9,13 +9,15 @@
  * folded: bias = (b_ir + b_hr, b_iz + b_hz, b_in), and b_hn on its own, since
  * reset-after puts it under the reset gate. `restrict` lets the compiler
  * vectorise.
+ * GRU_GATE_PASS (gru_math.h) makes each function inline, or, in a portable
+ * build, one clone per instruction set, picked when the module loads.
  * The gate activations are always stored (to r_out, z_out, n_out: scratch
  * when the caller does not want them) so that each loop is one straight
  * body the compiler vectorises.
  */
 
 /* reset-after: n = tanh(x_n + b_in + r * (W_hn h + b_hn)); h_t goes to h_new and out */
-static inline void GRU_NAME(gru_gates_after)(
+GRU_GATE_PASS void GRU_NAME(gru_gates_after)(
     int n, int stride, int gh_stride, const REAL *restrict gx, const REAL *restrict gh,
     const REAL *restrict bias, const REAL *restrict b_hn,
     const REAL *restrict h_old, REAL *restrict h_new, REAL *restrict out,
@@ -37,7 +39,7 @@ static inline void GRU_NAME(gru_gates_after)(
 
 /* reset-before, first half: r = sigmoid(x_r + W_hr h + b_ir + b_hr) to r_out,
  * and r * h_{t-1} to rh for the candidate's product */
-static inline void GRU_NAME(gru_reset_before)(
+GRU_GATE_PASS void GRU_NAME(gru_reset_before)(
     int n, const REAL *restrict gx, const REAL *restrict gh, const REAL *restrict bias,
     const REAL *restrict h_old, REAL *restrict r_out, REAL *restrict rh) {
     for (int u = 0; u < n; u++) {
@@ -49,7 +51,7 @@ static inline void GRU_NAME(gru_reset_before)(
 
 /* reset-before, second half, once W_hn (r * h) is in gh's n block:
  * n = tanh(x_n + b_in + W_hn (r * h) + b_hn) */
-static inline void GRU_NAME(gru_gates_before)(
+GRU_GATE_PASS void GRU_NAME(gru_gates_before)(
     int n, int stride, int gh_stride, const REAL *restrict gx, const REAL *restrict gh,
     const REAL *restrict bias, const REAL *restrict b_hn,
     const REAL *restrict h_old, REAL *restrict h_new, REAL *restrict out,
@@ -70,7 +72,7 @@ static inline void GRU_NAME(gru_gates_before)(
  * gate pre-activations: d_x (input side: r, z, n blocks `stride` apart) and
  * d_h (recurrent side: r, z and hn), and d_carry = dh * z, the direct part of
  * d loss / d h_{t-1}. */
-static inline void GRU_NAME(gru_backward_after)(
+GRU_GATE_PASS void GRU_NAME(gru_backward_after)(
     int n, int stride, const REAL *restrict dh, const REAL *restrict h_prev,
     const REAL *restrict r, const REAL *restrict z, const REAL *restrict c, const REAL *restrict hn,
     REAL *restrict d_x, REAL *restrict d_h, REAL *restrict d_carry) {
@@ -90,7 +92,7 @@ static inline void GRU_NAME(gru_backward_after)(
 
 /* Backward, reset-before, first half: everything but the reset gate, whose
  * gradient needs W_hn^T d_n_pre over all units. d_h's n block is d_n_pre. */
-static inline void GRU_NAME(gru_backward_before)(
+GRU_GATE_PASS void GRU_NAME(gru_backward_before)(
     int n, int stride, const REAL *restrict dh, const REAL *restrict h_prev,
     const REAL *restrict z, const REAL *restrict c,
     REAL *restrict d_x, REAL *restrict d_h, REAL *restrict d_carry) {
@@ -106,7 +108,7 @@ static inline void GRU_NAME(gru_backward_before)(
 }
 
 /* Backward, reset-before, second half: d_rh = d loss / d (r * h_{t-1}). */
-static inline void GRU_NAME(gru_backward_before_reset)(
+GRU_GATE_PASS void GRU_NAME(gru_backward_before_reset)(
     int n, const REAL *restrict d_rh, const REAL *restrict h_prev, const REAL *restrict r,
     REAL *restrict d_x_r, REAL *restrict d_h_r, REAL *restrict d_carry) {
     for (int u = 0; u < n; u++) {

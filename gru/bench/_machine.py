@@ -80,6 +80,19 @@ def limit_threads(threads: int) -> Iterator[list[dict[str, Any]]]:
 SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile")
 
 
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as /proc/cpuinfo lists them (Linux; empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "flags":
+                    return set(value.split())
+    except OSError:
+        pass
+    return set()
+
+
 def _cpuinfo() -> dict[str, Any]:
     """From /proc/cpuinfo (Linux; empty elsewhere): model name, family and model numbers, the SIMD extensions
     the libraries choose kernels by, the per-core cache the kernel reports, physical cores."""
@@ -96,9 +109,6 @@ def _cpuinfo() -> dict[str, Any]:
         key, value = key.strip(), value.strip()
         if key in ("model name", "cache size", "cpu family", "model") and key not in info:
             info[key] = value
-        elif key == "flags" and "flags" not in info:
-            present = set(value.split())
-            info["flags"] = [flag for flag in SIMD_FLAGS if flag in present]
         elif key == "physical id":
             physical = value
         elif key == "core id":
@@ -107,6 +117,9 @@ def _cpuinfo() -> dict[str, Any]:
             if core is not None:
                 cores.add((physical or "0", core))
             physical = core = None
+    present = cpu_flags()
+    if present:
+        info["flags"] = [flag for flag in SIMD_FLAGS if flag in present]
     info["physical_cores"] = len(cores) or None
     return info
 

@@ -72,9 +72,10 @@ def format_table(report: dict[str, Any]) -> str:
     built = m.get("cython_kernels")
     if built:
         gate_pass = built.get("gate_pass_isa", built["vector_isa"])  # reports written before it was recorded
+        cloned = gate_pass != built["vector_isa"]
         lines.append(
             f"  cython kernels compiled for {built['vector_isa']} vectors"
-            + (f" (the gate pass on {gate_pass}, a clone for this CPU), " if gate_pass != built["vector_isa"] else ", ")
+            + (f" (the gate pass on {gate_pass}, a clone for the benchmarked CPU), " if cloned else ", ")
             + ("with OpenMP" if built["openmp"] else "without OpenMP (one thread)")
         )
     gemm = report.get("gemm")

@@ -107,19 +107,20 @@ static inline double gru_tanh(double x) {
     return copysign(-t / (2.0 + t), x);
 }
 
-/* A portable build (GRU_NATIVE_ARCH=OFF: nothing past SSE2 at compile time) would run the gate
- * pass, the part of a step the backend computes itself, on SSE2 vectors: 3.7x the time a unit of
- * a native build (a C loop over 2,048 float32 units on an AVX-512 core: 14.3 against 3.8
- * time-stamp ticks). With GCC 12 and later on glibc it gets clones for x86-64-v4 (AVX-512) and
- * x86-64-v3 (AVX2, FMA) besides the baseline one; the loader picks one for the CPU (an ifunc),
- * and each row's pass is a call. CMakeLists.txt holds such a build to 256-bit vectors, as GCC's
- * tuning holds native ones: 512-bit gate loops slowed OpenBLAS's products after them (see
- * benchmarks/RESULTS.md). The AVX-512 clone ran that loop in 3.9 ticks a unit (as the native
- * build), the AVX2 one in 5.5 (as a -march=x86-64-v3 build). */
+/* A build compiled without AVX2 (a portable one, GRU_NATIVE_ARCH=OFF: nothing past SSE2 at compile
+ * time) would run the gate pass, the part of a step the backend computes itself, on SSE2 vectors:
+ * 3.8x the time a unit of a native build (a C loop over 2,048 float32 units on an AVX-512 core:
+ * 14.3 against 3.8 time-stamp ticks). With GCC 12 and later on glibc x86-64 it gets clones for
+ * x86-64-v4 (AVX-512) and x86-64-v3 (AVX2, FMA) besides the baseline one; the loader picks one for
+ * the CPU (an ifunc), and each row's pass is a call. CMakeLists.txt holds a portable build to
+ * 256-bit vectors, as GCC's Intel AVX-512 tunings do: 512-bit gate loops slowed OpenBLAS's products
+ * after them (see benchmarks/RESULTS.md). The AVX-512 clone ran that loop in 3.9 ticks a unit (as
+ * the native build), the AVX2 one in 5.5 (as a -march=x86-64-v3 build). */
 #if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12 && defined(__x86_64__) && defined(__GLIBC__) \
     && !defined(__AVX2__)
 #define GRU_GATE_CLONES 1
-#define GRU_GATE_PASS __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) static
+#define GRU_GATE_PASS \
+    __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), unused)) static
 #else
 #define GRU_GATE_CLONES 0
 #define GRU_GATE_PASS static inline
